@@ -1,0 +1,67 @@
+"""The `llmroute` command: one entry point for the sidecar, the operator, the demo and the tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .model.files import LocalKeys, compile_files
+
+    keys = LocalKeys(args.secrets_dir) if args.check_keys else None
+    result, problems = compile_files(args.files, keys or _NoKeys())
+    for where, items in sorted(problems.items()):
+        for problem in items:
+            print(f"{where}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    for route in result.table.routes:
+        print(f"{route.key}: ok ({', '.join(route.models)} -> {', '.join(b.name for b in route.backends)})")
+    print(f"table version {result.table.version}")
+    return 0
+
+
+class _NoKeys:
+    """Key resolver for `validate` without --check-keys: keys are a deploy-time matter."""
+
+    def __call__(self, backend: object, namespace: str) -> None:
+        return None
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from .model.schema import crd
+
+    sys.stdout.write(yaml.safe_dump(crd(), sort_keys=False, width=120))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one subcommand per job."""
+    parser = argparse.ArgumentParser(prog="llmroute", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check LLMRoute YAML files and print every problem")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("--check-keys", action="store_true", help="also resolve API keys (env, --secrets-dir)")
+    validate.add_argument("--secrets-dir", type=Path, default=None)
+    validate.set_defaults(func=_validate)
+
+    crd = sub.add_parser("crd", help="print the LLMRoute CustomResourceDefinition")
+    crd.set_defaults(func=_crd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command named on the command line and return its exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Turn an LLMRoute document (a dict from YAML or the API server) into a validated `Route`.
+
+Every problem names the field it is about (`spec.backends[1].name: ...`), first the schema's, then
+the rules the schema states as CEL and the parser checks here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import jsonschema
+
+from .durations import parse_duration
+from .schema import GROUP, KIND, SPEC, VERSION
+from .spec import (
+    DEFAULT_AZURE_API_VERSION,
+    DEFAULT_PRIORITIES,
+    Backend,
+    OutlierDetection,
+    Price,
+    Priority,
+    PriorityPolicy,
+    Provider,
+    RetryOn,
+    RetryPolicy,
+    Route,
+    SecretRef,
+    Strategy,
+    Weights,
+)
+
+API_VERSION = f"{GROUP}/{VERSION}"
+_VALIDATOR = jsonschema.Draft7Validator(SPEC)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a document is invalid, with the path of the field at fault."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class RouteInvalid(ValueError):
+    """An LLMRoute failed validation; `problems` lists every reason, not just the first."""
+
+    def __init__(self, route: str, problems: list[Problem]) -> None:
+        self.route = route
+        self.problems = problems
+        super().__init__(f"LLMRoute {route} is invalid: " + "; ".join(str(p) for p in problems))
+
+
+def _json_path(parts: Iterable[str | int]) -> str:
+    out = "spec"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _schema_problems(spec: Any) -> list[Problem]:
+    problems = []
+    for error in sorted(_VALIDATOR.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
+        message = error.message
+        if error.validator == "additionalProperties":
+            message = message.replace("Additional properties are not allowed", "unknown field")
+        problems.append(Problem(_json_path(error.absolute_path), message))
+    return problems
+
+
+def _rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
+    """The CEL rules of the schema and what the schema cannot say, checked in Python."""
+    problems = []
+    names = [b.get("name") for b in spec.get("backends", [])]
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.append(Problem(f"spec.backends[{i}].name", f"duplicate backend name {name!r}"))
+        seen.add(name)
+    for i, target in enumerate(spec.get("fallback", [])):
+        if target not in seen:
+            problems.append(
+                Problem(f"spec.fallback[{i}]", f"unknown backend {target!r}; backends are {sorted(seen)}")
+            )
+    models_seen: set[str] = set()
+    for i, model in enumerate(spec.get("models", [])):
+        if model in models_seen:
+            problems.append(Problem(f"spec.models[{i}]", f"duplicate model name {model!r}"))
+        models_seen.add(model)
+    for i, backend in enumerate(spec.get("backends", [])):
+        if "apiKeySecretRef" in backend and "apiKeyEnv" in backend:
+            problems.append(Problem(f"spec.backends[{i}]", "set at most one of apiKeySecretRef and apiKeyEnv"))
+    for i, backend in enumerate(spec.get("backends", [])):
+        if "apiVersion" in backend and backend.get("provider") != "azure-openai":
+            problems.append(Problem(f"spec.backends[{i}].apiVersion", "only applies to provider azure-openai"))
+    return problems
+
+
+def _duration(value: str, path: str, problems: list[Problem]) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        problems.append(Problem(path, str(exc)))
+        return 0.0
+    if seconds <= 0:
+        problems.append(Problem(path, "must be greater than zero"))
+    return seconds
+
+
+def _backend(raw: Mapping[str, Any]) -> Backend:
+    price = raw.get("price", {})
+    ref = raw.get("apiKeySecretRef")
+    return Backend(
+        name=raw["name"],
+        provider=cast(Provider, raw["provider"]),
+        url=raw["url"].rstrip("/"),
+        model=raw["model"],
+        price=Price(
+            input_per_mtok=float(price.get("inputPerMTok", 0.0)),
+            output_per_mtok=float(price.get("outputPerMTok", 0.0)),
+            cached_input_per_mtok=(
+                float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None
+            ),
+        ),
+        quality=int(raw.get("quality", 50)),
+        capabilities=frozenset(raw.get("capabilities", ())),
+        max_concurrency=raw.get("maxConcurrency"),
+        weight=int(raw.get("weight", 1)),
+        self_hosted=bool(raw.get("selfHosted", False)),
+        api_version=raw.get("apiVersion", DEFAULT_AZURE_API_VERSION),
+        api_key_secret_ref=SecretRef(ref["name"], ref["key"]) if ref else None,
+        api_key_env=raw.get("apiKeyEnv"),
+    )
+
+
+def _priorities(raw: Mapping[str, Any], problems: list[Problem]) -> dict[Priority, PriorityPolicy]:
+    out = dict(DEFAULT_PRIORITIES)
+    for name, policy in raw.items():
+        default = DEFAULT_PRIORITIES[cast(Priority, name)]
+        timeout = default.timeout
+        if "timeout" in policy:
+            timeout = _duration(policy["timeout"], f"spec.priorities.{name}.timeout", problems)
+        out[cast(Priority, name)] = PriorityPolicy(
+            timeout=timeout,
+            hedge=bool(policy.get("hedge", default.hedge)),
+            max_concurrency=policy.get("maxConcurrency"),
+            strategy=cast(Strategy | None, policy.get("strategy")),
+        )
+    return out
+
+
+def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> Route:
+    """Validate an LLMRoute `spec` and build the Route; raise RouteInvalid listing every problem."""
+    key = f"{namespace}/{name}"
+    problems = _schema_problems(spec)
+    if problems:
+        raise RouteInvalid(key, problems)
+    problems = _rule_problems(spec)
+    priorities = _priorities(spec.get("priorities", {}), problems)
+    outlier_raw = spec.get("outlierDetection", {})
+    base_ejection = OutlierDetection.base_ejection_time
+    if "baseEjectionTime" in outlier_raw:
+        base_ejection = _duration(outlier_raw["baseEjectionTime"], "spec.outlierDetection.baseEjectionTime", problems)
+    if problems:
+        raise RouteInvalid(key, problems)
+    weights = spec.get("weights", {})
+    retry = spec.get("retry", {})
+    defaults = RetryPolicy()
+    return Route(
+        name=name,
+        namespace=namespace,
+        generation=generation,
+        models=tuple(spec["models"]),
+        backends=tuple(_backend(b) for b in spec["backends"]),
+        strategy=cast(Strategy, spec.get("strategy", "latency")),
+        weights=Weights(
+            latency=float(weights.get("latency", Weights.latency)),
+            cost=float(weights.get("cost", Weights.cost)),
+            quality=float(weights.get("quality", Weights.quality)),
+        ),
+        fallback=tuple(spec.get("fallback", ())),
+        priorities=priorities,
+        retry=RetryPolicy(
+            attempts=int(retry.get("attempts", defaults.attempts)),
+            budget_percent=float(retry.get("budgetPercent", defaults.budget_percent)),
+            retry_on=frozenset(cast(list[RetryOn], retry.get("retryOn", sorted(defaults.retry_on)))),
+        ),
+        outlier_detection=OutlierDetection(
+            consecutive_failures=int(outlier_raw.get("consecutiveFailures", OutlierDetection.consecutive_failures)),
+            base_ejection_time=base_ejection,
+            max_ejection_percent=int(outlier_raw.get("maxEjectionPercent", OutlierDetection.max_ejection_percent)),
+        ),
+        workload_selector=dict(spec.get("workloadSelector", {}).get("matchLabels", {})),
+    )
+
+
+def parse_document(doc: Any, *, default_namespace: str = "default") -> Route:
+    """Validate a whole LLMRoute object (apiVersion, kind, metadata, spec)."""
+    if not isinstance(doc, Mapping):
+        raise RouteInvalid("?", [Problem("", f"expected an LLMRoute object, got {type(doc).__name__}")])
+    metadata = doc.get("metadata") or {}
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    namespace = (metadata.get("namespace") if isinstance(metadata, Mapping) else None) or default_namespace
+    key = f"{namespace}/{name or '?'}"
+    problems = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(Problem("apiVersion", f"expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"))
+    if doc.get("kind") != KIND:
+        problems.append(Problem("kind", f"expected {KIND!r}, got {doc.get('kind')!r}"))
+    if not isinstance(name, str) or not name:
+        problems.append(Problem("metadata.name", "is required"))
+    if "spec" not in doc:
+        problems.append(Problem("spec", "is required"))
+    if problems:
+        raise RouteInvalid(key, problems)
+    generation = metadata.get("generation", 0)
+    return parse_spec(doc["spec"], name=cast(str, name), namespace=namespace, generation=int(generation or 0))

@@ -1,0 +1,167 @@
+"""Typed, validated LLMRoute objects: what the parser produces and the sidecar routes by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Provider = Literal["openai", "anthropic", "azure-openai"]
+Strategy = Literal["latency", "score", "cost", "ordered", "weighted"]
+Priority = Literal["critical", "normal", "batch"]
+RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
+
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+
+class SecretValue:
+    """A credential whose repr and str never show the value, so it cannot leak through logs or debug output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The raw value: call only where it goes on the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretValue('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretValue) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A key of a Secret in the route's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    cached_input_per_mtok: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for one request's usage; cached prompt tokens are priced at the cached rate."""
+        cached = min(cached_tokens, prompt_tokens)
+        cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        return (
+            (prompt_tokens - cached) * self.input_per_mtok
+            + cached * cached_rate
+            + completion_tokens * self.output_per_mtok
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One LLM API a route may call. `api_key` is resolved by whoever loads the route (files or operator)."""
+
+    name: str
+    provider: Provider
+    url: str
+    model: str
+    price: Price = field(default_factory=Price)
+    quality: int = 50
+    capabilities: frozenset[str] = frozenset()
+    max_concurrency: int | None = None
+    weight: int = 1
+    self_hosted: bool = False
+    api_version: str = DEFAULT_AZURE_API_VERSION
+    api_key_secret_ref: SecretRef | None = None
+    api_key_env: str | None = None
+    api_key: SecretValue | None = field(default=None, compare=True, repr=False)
+
+    @property
+    def load_sensitive(self) -> bool:
+        """Whether latency grows with our own load, so the balancer should weigh in-flight requests."""
+        return self.self_hosted or self.max_concurrency is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityPolicy:
+    """What a priority class gets: a deadline, hedging, a concurrency cap, a strategy override."""
+
+    timeout: float
+    hedge: bool = False
+    max_concurrency: int | None = None
+    strategy: Strategy | None = None
+
+
+DEFAULT_PRIORITIES: dict[Priority, PriorityPolicy] = {
+    "critical": PriorityPolicy(timeout=10.0, hedge=True),
+    "normal": PriorityPolicy(timeout=30.0),
+    "batch": PriorityPolicy(timeout=300.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Relative weights of the score strategy."""
+
+    latency: float = 0.4
+    cost: float = 0.3
+    quality: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Extra attempts on other backends, bounded by a budget so an outage never multiplies load."""
+
+    attempts: int = 2
+    budget_percent: float = 20.0
+    retry_on: frozenset[RetryOn] = frozenset({"connect-failure", "reset", "5xx", "429", "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Envoy-style ejection of backends that fail in a row."""
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One validated LLMRoute."""
+
+    name: str
+    namespace: str
+    models: tuple[str, ...]
+    backends: tuple[Backend, ...]
+    strategy: Strategy = "latency"
+    weights: Weights = field(default_factory=Weights)
+    fallback: tuple[str, ...] = ()
+    priorities: dict[Priority, PriorityPolicy] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
+    workload_selector: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, how logs and status name the route."""
+        return f"{self.namespace}/{self.name}"
+
+    def backend(self, name: str) -> Backend:
+        """The backend called `name`; KeyError when the route has none."""
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+    def selects(self, labels: dict[str, str]) -> bool:
+        """Whether a pod with these labels gets this route."""
+        return all(labels.get(k) == v for k, v in self.workload_selector.items())
