@@ -13,8 +13,10 @@ import yaml
 def _validate(args: argparse.Namespace) -> int:
     from .model.files import LocalKeys, compile_files
 
+    # Without --check-keys, keys are a deploy-time matter: an empty environment and no secrets dir
+    # would report every key as missing, so references are not resolved at all.
     keys = LocalKeys(args.secrets_dir) if args.check_keys else None
-    result, problems = compile_files(args.files, keys or _NoKeys())
+    result, problems = compile_files(args.files, keys)
     for where, items in sorted(problems.items()):
         for problem in items:
             print(f"{where}: {problem}", file=sys.stderr)
@@ -24,13 +26,6 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{route.key}: ok ({', '.join(route.models)} -> {', '.join(b.name for b in route.backends)})")
     print(f"table version {result.table.version}")
     return 0
-
-
-class _NoKeys:
-    """Key resolver for `validate` without --check-keys: keys are a deploy-time matter."""
-
-    def __call__(self, backend: object, namespace: str) -> None:
-        return None
 
 
 def _crd(args: argparse.Namespace) -> int:

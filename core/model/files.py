@@ -21,9 +21,7 @@ def route_files(paths: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(
-                sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and not p.name.startswith("."))
-            )
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and not p.name.startswith(".")))
         else:
             files.append(path)
     return files
@@ -85,7 +83,7 @@ class LocalKeys:
             raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} (looked for {path})") from None
 
 
-def compile_files(paths: Iterable[Path], keys: LocalKeys) -> tuple[CompileResult, dict[str, list[Problem]]]:
+def compile_files(paths: Iterable[Path], keys: LocalKeys | None) -> tuple[CompileResult, dict[str, list[Problem]]]:
     """Load, validate and compile; routes in name order so the first by name wins a contested model."""
     loaded = load_routes(paths)
     result = compile_table(sorted(loaded.routes, key=lambda r: r.key), keys)

@@ -12,8 +12,8 @@ from typing import Any, cast
 
 import jsonschema
 
-from .durations import parse_duration
-from .schema import GROUP, KIND, SPEC, VERSION
+from .durations import DURATION_PATTERN, parse_duration
+from .schema import DNS_LABEL, ENV_NAME, GROUP, KIND, SPEC, VERSION
 from .spec import (
     DEFAULT_AZURE_API_VERSION,
     DEFAULT_PRIORITIES,
@@ -62,39 +62,56 @@ def _json_path(parts: Iterable[str | int]) -> str:
     return out
 
 
+# Messages for patterns, which jsonschema would otherwise report as the bare regular expression.
+_PATTERN_MESSAGES = {
+    DURATION_PATTERN: "invalid duration {value!r}: expected a number with a unit, such as 500ms, 2s or 1m30s",
+    DNS_LABEL: "{value!r} is not a DNS label (lower-case letters, digits and '-', at most 63)",
+    ENV_NAME: "{value!r} is not an environment variable name",
+}
+
+
 def _schema_problems(spec: Any) -> list[Problem]:
     problems = []
     for error in sorted(_VALIDATOR.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown field")
+        elif error.validator == "pattern" and error.validator_value in _PATTERN_MESSAGES:
+            message = _PATTERN_MESSAGES[error.validator_value].format(value=error.instance)
         problems.append(Problem(_json_path(error.absolute_path), message))
     return problems
 
 
+def _dicts(value: Any) -> list[Mapping[str, Any]]:
+    """The mappings in a list, so the rules below also run on documents that failed the schema."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
 def _rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
     """The CEL rules of the schema and what the schema cannot say, checked in Python."""
+    if not isinstance(spec, Mapping):
+        return []
     problems = []
-    names = [b.get("name") for b in spec.get("backends", [])]
+    backends = _dicts(spec.get("backends"))
+    names = [str(b.get("name")) for b in backends]
     seen: set[str] = set()
     for i, name in enumerate(names):
         if name in seen:
             problems.append(Problem(f"spec.backends[{i}].name", f"duplicate backend name {name!r}"))
         seen.add(name)
-    for i, target in enumerate(spec.get("fallback", [])):
+    fallback = spec.get("fallback")
+    for i, target in enumerate(fallback if isinstance(fallback, list) else []):
         if target not in seen:
-            problems.append(
-                Problem(f"spec.fallback[{i}]", f"unknown backend {target!r}; backends are {sorted(seen)}")
-            )
+            problems.append(Problem(f"spec.fallback[{i}]", f"unknown backend {target!r}; backends are {sorted(seen)}"))
     models_seen: set[str] = set()
-    for i, model in enumerate(spec.get("models", [])):
+    models = spec.get("models")
+    for i, model in enumerate(models if isinstance(models, list) else []):
         if model in models_seen:
             problems.append(Problem(f"spec.models[{i}]", f"duplicate model name {model!r}"))
         models_seen.add(model)
-    for i, backend in enumerate(spec.get("backends", [])):
+    for i, backend in enumerate(backends):
         if "apiKeySecretRef" in backend and "apiKeyEnv" in backend:
             problems.append(Problem(f"spec.backends[{i}]", "set at most one of apiKeySecretRef and apiKeyEnv"))
-    for i, backend in enumerate(spec.get("backends", [])):
         if "apiVersion" in backend and backend.get("provider") != "azure-openai":
             problems.append(Problem(f"spec.backends[{i}].apiVersion", "only applies to provider azure-openai"))
     return problems
@@ -122,9 +139,7 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
         price=Price(
             input_per_mtok=float(price.get("inputPerMTok", 0.0)),
             output_per_mtok=float(price.get("outputPerMTok", 0.0)),
-            cached_input_per_mtok=(
-                float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None
-            ),
+            cached_input_per_mtok=(float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None),
         ),
         quality=int(raw.get("quality", 50)),
         capabilities=frozenset(raw.get("capabilities", ())),
@@ -157,17 +172,19 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
     """Validate an LLMRoute `spec` and build the Route; raise RouteInvalid listing every problem."""
     key = f"{namespace}/{name}"
     problems = _schema_problems(spec)
+    problems += [p for p in _rule_problems(spec) if p not in problems]
     if problems:
         raise RouteInvalid(key, problems)
-    problems = _rule_problems(spec)
     priorities = _priorities(spec.get("priorities", {}), problems)
     outlier_raw = spec.get("outlierDetection", {})
-    base_ejection = OutlierDetection.base_ejection_time
+    outlier = OutlierDetection()
+    base_ejection = outlier.base_ejection_time
     if "baseEjectionTime" in outlier_raw:
         base_ejection = _duration(outlier_raw["baseEjectionTime"], "spec.outlierDetection.baseEjectionTime", problems)
     if problems:
         raise RouteInvalid(key, problems)
     weights = spec.get("weights", {})
+    default_weights = Weights()
     retry = spec.get("retry", {})
     defaults = RetryPolicy()
     return Route(
@@ -178,9 +195,9 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
         backends=tuple(_backend(b) for b in spec["backends"]),
         strategy=cast(Strategy, spec.get("strategy", "latency")),
         weights=Weights(
-            latency=float(weights.get("latency", Weights.latency)),
-            cost=float(weights.get("cost", Weights.cost)),
-            quality=float(weights.get("quality", Weights.quality)),
+            latency=float(weights.get("latency", default_weights.latency)),
+            cost=float(weights.get("cost", default_weights.cost)),
+            quality=float(weights.get("quality", default_weights.quality)),
         ),
         fallback=tuple(spec.get("fallback", ())),
         priorities=priorities,
@@ -190,9 +207,9 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
             retry_on=frozenset(cast(list[RetryOn], retry.get("retryOn", sorted(defaults.retry_on)))),
         ),
         outlier_detection=OutlierDetection(
-            consecutive_failures=int(outlier_raw.get("consecutiveFailures", OutlierDetection.consecutive_failures)),
+            consecutive_failures=int(outlier_raw.get("consecutiveFailures", outlier.consecutive_failures)),
             base_ejection_time=base_ejection,
-            max_ejection_percent=int(outlier_raw.get("maxEjectionPercent", OutlierDetection.max_ejection_percent)),
+            max_ejection_percent=int(outlier_raw.get("maxEjectionPercent", outlier.max_ejection_percent)),
         ),
         workload_selector=dict(spec.get("workloadSelector", {}).get("matchLabels", {})),
     )

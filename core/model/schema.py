@@ -68,20 +68,26 @@ BACKEND = {
     "additionalProperties": False,
     "properties": {
         "name": {
-            "type": "string", "maxLength": 63, "pattern": DNS_LABEL,
+            "type": "string",
+            "maxLength": 63,
+            "pattern": DNS_LABEL,
             "description": "DNS-label name, unique in the route; shown in headers, metrics and status.",
         },
         "provider": {
-            "type": "string", "enum": PROVIDERS,
+            "type": "string",
+            "enum": PROVIDERS,
             "description": "Wire protocol: openai (any OpenAI-compatible API), anthropic or azure-openai.",
         },
         "url": {
-            "type": "string", "maxLength": 2048, "pattern": r"^https?://[^\s]+$",
+            "type": "string",
+            "maxLength": 2048,
+            "pattern": r"^https?://[^\s]+$",
             "description": "Base URL of the API, e.g. https://api.openai.com/v1.",
         },
         "model": {"type": "string", "minLength": 1, "maxLength": 256, "description": "Model name sent upstream."},
         "apiVersion": {
-            "type": "string", "maxLength": 32,
+            "type": "string",
+            "maxLength": 32,
             "description": "azure-openai only: the api-version query parameter (default 2024-10-21).",
         },
         "apiKeySecretRef": {
@@ -95,13 +101,17 @@ BACKEND = {
             },
         },
         "apiKeyEnv": {
-            "type": "string", "maxLength": 128, "pattern": ENV_NAME,
+            "type": "string",
+            "maxLength": 128,
+            "pattern": ENV_NAME,
             "description": "Name of an environment variable of the sidecar holding the API key.",
         },
         "price": PRICE,
         "quality": _integer("Relative answer quality 0..100, used by strategy score (default 50).", 0, 100),
         "capabilities": {
-            "type": "array", "maxItems": len(CAPABILITIES), "items": {"type": "string", "enum": CAPABILITIES},
+            "type": "array",
+            "maxItems": len(CAPABILITIES),
+            "items": {"type": "string", "enum": CAPABILITIES},
             "description": "Request features the backend serves: tools, vision (image parts), json (response_format).",
         },
         "maxConcurrency": _integer("Most requests in flight to this backend from one sidecar.", 1, 100000),
@@ -137,7 +147,9 @@ SPEC = {
     "additionalProperties": False,
     "properties": {
         "models": {
-            "type": "array", "minItems": 1, "maxItems": MAX_MODELS,
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_MODELS,
             "items": {"type": "string", "minLength": 1, "maxLength": 256},
             "description": "Model names apps send; unique across the LLMRoutes of a namespace.",
         },
@@ -147,7 +159,8 @@ SPEC = {
             "additionalProperties": False,
             "properties": {
                 "matchLabels": {
-                    "type": "object", "maxProperties": 64,
+                    "type": "object",
+                    "maxProperties": 64,
                     "additionalProperties": {"type": "string", "maxLength": 63},
                     "description": "Labels a pod must all have.",
                 },
@@ -165,11 +178,15 @@ SPEC = {
             },
         },
         "backends": {
-            "type": "array", "minItems": 1, "maxItems": MAX_BACKENDS, "items": BACKEND,
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_BACKENDS,
+            "items": BACKEND,
             "description": "The LLM APIs this route may use.",
         },
         "fallback": {
-            "type": "array", "maxItems": MAX_BACKENDS,
+            "type": "array",
+            "maxItems": MAX_BACKENDS,
             "items": {"type": "string", "maxLength": 63},
             "description": "Backend names tried, in order, after the chosen backend fails or times out.",
         },
@@ -187,7 +204,9 @@ SPEC = {
                 "attempts": _integer("Most extra attempts per request (default 2).", 0, 10),
                 "budgetPercent": _number("Retries at most this share of recent requests (default 20).", 0, 100),
                 "retryOn": {
-                    "type": "array", "maxItems": len(RETRY_ON), "items": {"type": "string", "enum": RETRY_ON},
+                    "type": "array",
+                    "maxItems": len(RETRY_ON),
+                    "items": {"type": "string", "enum": RETRY_ON},
                     "description": "Failures that are retried (default all).",
                 },
             },
@@ -252,8 +271,10 @@ STATUS = {
     "properties": {
         "observedGeneration": {"type": "integer"},
         "conditions": {
-            "type": "array", "items": CONDITION,
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
+            "type": "array",
+            "items": CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
         },
         "version": {"type": "string", "description": "Routing-table version that includes this generation."},
         "sidecars": {
@@ -269,7 +290,7 @@ STATUS = {
 }
 
 PRINTER_COLUMNS = [
-    {"name": "Programmed", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Programmed\")].status"},
+    {"name": "Programmed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Programmed")].status'},
     {"name": "Models", "type": "string", "jsonPath": ".spec.models"},
     {"name": "Backends", "type": "string", "jsonPath": ".spec.backends[*].name", "priority": 1},
     {"name": "Sidecars", "type": "integer", "jsonPath": ".status.sidecars.programmed"},
