@@ -1,0 +1,232 @@
+"""Live per-backend estimates from real traffic: peak-EWMA latency and TTFT, in-flight requests,
+failure rate and recent quantiles. Pure bookkeeping: every method takes `now` (monotonic seconds)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+from .outcome import FailureKind
+
+DECAY_S = 10.0
+"""Time constant of the latency estimates and failure rate (Finagle's and linkerd's default)."""
+FAILURE_PENALTY_S = 5.0
+"""Seconds added per unit of failure rate: a failure costs the user a failover, so a backend failing 10% of
+requests (+0.5 s) loses to a healthy one up to half a second slower."""
+WINDOW = 128
+"""Recent samples kept for quantiles (hedging delay, status p50/p95)."""
+PRIOR_SUCCESSES = 1.0
+"""Pseudo-successes in the failure rate, so one failure on a quiet backend reads as 50%, not 100%."""
+
+
+class PeakEWMA:
+    """A latency estimate that rises to a new peak at once and decays toward lower samples with time
+    constant `decay` (Finagle/linkerd), so one slow answer is believed at once and forgotten gradually."""
+
+    __slots__ = ("_decay", "_stamp", "value")
+
+    def __init__(self, decay: float = DECAY_S) -> None:
+        self._decay = decay
+        self._stamp = 0.0
+        self.value: float | None = None
+        """Seconds; None until the first sample."""
+
+    def observe(self, sample: float, now: float) -> None:
+        """A measured duration: a new peak replaces the estimate, a lower one is blended in by elapsed time."""
+        value = self.value
+        if value is None or sample >= value:
+            self.value = sample
+        else:
+            keep = math.exp(-max(now - self._stamp, 0.0) / self._decay)
+            self.value = value * keep + sample * (1.0 - keep)
+        self._stamp = now
+
+    def observe_at_least(self, bound: float, now: float) -> None:
+        """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower."""
+        if self.value is None or bound > self.value:
+            self.value = bound
+            self._stamp = now
+
+
+class FailureRate:
+    """Share of failed outcomes over roughly the last `decay` seconds (time-decayed counts), so old failures
+    are forgiven even when the backend gets no traffic, and busy and quiet backends are judged alike."""
+
+    __slots__ = ("_decay", "_failed", "_stamp", "_total")
+
+    def __init__(self, decay: float = DECAY_S) -> None:
+        self._decay = decay
+        self._failed = 0.0
+        self._total = 0.0
+        self._stamp = 0.0
+
+    def _keep(self, now: float) -> float:
+        return math.exp(-max(now - self._stamp, 0.0) / self._decay)
+
+    def observe(self, failed: bool, now: float) -> None:
+        """One outcome that says something about the backend."""
+        keep = self._keep(now)
+        self._failed = self._failed * keep + failed
+        self._total = self._total * keep + 1.0
+        self._stamp = now
+
+    def value(self, now: float) -> float:
+        """0..1; starts at 0 and, once failures stop, decays toward 0."""
+        if not self._failed:
+            return 0.0
+        keep = self._keep(now)
+        return self._failed * keep / (self._total * keep + PRIOR_SUCCESSES)
+
+
+class RecentWindow:
+    """The last `size` samples; quantiles sort lazily and stay cached until the next sample, so reading the
+    hedging delay on every critical request costs nothing between observations."""
+
+    __slots__ = ("_next", "_samples", "_size", "_sorted")
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self._size = size
+        self._samples: list[float] = []
+        self._next = 0
+        self._sorted: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, sample: float) -> None:
+        """Record a sample, overwriting the oldest once full."""
+        if len(self._samples) < self._size:
+            self._samples.append(sample)
+        else:
+            self._samples[self._next] = sample
+            self._next = (self._next + 1) % self._size
+        self._sorted = None
+
+    def quantile(self, q: float) -> float | None:
+        """Nearest-rank quantile (q in 0..1) of the window, or None when it is empty."""
+        if not self._samples:
+            return None
+        ordered = self._sorted
+        if ordered is None:
+            ordered = self._sorted = sorted(self._samples)
+        return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+class BackendStats:
+    """Everything the balancer knows about one backend, fed by the request path:
+    `token = start(now)`, optionally `first_byte(token, now)` for streams, then `finish(token, now, failure)`
+    or `cancel(token, now)` for a hedge loser. Finishing an unknown token is a no-op, so cleanup can be
+    unconditional.
+
+    Priors: a backend never observed is expected to take 0 s while idle (optimistic, so a new backend is
+    explored by one request) and `inf` while that first request is in flight (so a burst does not herd onto
+    an unknown backend).
+    """
+
+    __slots__ = (
+        "_awaiting",
+        "_next_token",
+        "_penalty",
+        "_started",
+        "failures",
+        "last_observed",
+        "latencies",
+        "latency",
+        "ttft",
+        "ttfts",
+    )
+
+    def __init__(
+        self, *, decay: float = DECAY_S, failure_penalty: float = FAILURE_PENALTY_S, window: int = WINDOW
+    ) -> None:
+        self.latency = PeakEWMA(decay)
+        self.ttft = PeakEWMA(decay)
+        self.latencies = RecentWindow(window)
+        self.ttfts = RecentWindow(window)
+        self.failures = FailureRate(decay)
+        self.last_observed: float | None = None
+        """When an outcome last told us about this backend (success or its fault); None if never."""
+        self._penalty = failure_penalty
+        self._started: dict[int, float] = {}
+        self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
+        self._next_token = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests (including shadow probes and hedges) started and not yet finished."""
+        return len(self._started)
+
+    def start(self, now: float) -> int:
+        """An attempt begins; returns the token to finish it with."""
+        token = self._next_token
+        self._next_token = token + 1
+        self._started[token] = now
+        self._awaiting[token] = now
+        return token
+
+    def first_byte(self, token: int, now: float) -> None:
+        """A stream's first content chunk arrived: records TTFT."""
+        started = self._awaiting.pop(token, None)
+        if started is not None:
+            self.ttft.observe(now - started, now)
+            self.ttfts.add(now - started)
+
+    def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
+        """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
+        rate and is only a lower bound on latency, so a fast 429/5xx never makes the backend look fast."""
+        started = self._release(token)
+        if started is None or (failure is not None and not failure.blames_backend):
+            return
+        elapsed = now - started
+        if failure is None:
+            self.latency.observe(elapsed, now)
+            self.latencies.add(elapsed)
+        else:
+            self.latency.observe_at_least(elapsed, now)
+        self.failures.observe(failure is not None, now)
+        self.last_observed = now
+
+    def cancel(self, token: int, now: float) -> None:
+        """We abandoned the attempt (hedge loser): it would have taken at least this long."""
+        started = self._release(token)
+        if started is not None:
+            self.latency.observe_at_least(now - started, now)
+
+    def _release(self, token: int) -> float | None:
+        self._awaiting.pop(token, None)
+        return self._started.pop(token, None)
+
+    def expected_latency(self, now: float, *, load_sensitive: bool, stream: bool = False) -> float:
+        """Seconds a new request is expected to take (to first byte when `stream`), for ranking.
+
+        Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
+        stopped answering looks slow at once, not after its first slow answer), times (in_flight + 1) only
+        when `load_sensitive` (self-hosted or concurrency-limited), plus failure rate * penalty.
+        """
+        estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
+        if estimate is None:
+            return math.inf if self._started else 0.0
+        if self._awaiting:
+            estimate = max(estimate, now - next(iter(self._awaiting.values())))
+        if load_sensitive:
+            estimate *= len(self._started) + 1
+        return estimate + self.failures.value(now) * self._penalty
+
+    def quantile(self, q: float, *, stream: bool = False) -> float | None:
+        """Recent latency (TTFT when `stream`, falling back to latency) quantile; the hedging delay uses 0.95."""
+        if stream and len(self.ttfts):
+            return self.ttfts.quantile(q)
+        return self.latencies.quantile(q)
+
+    def snapshot(self, now: float) -> dict[str, float | int | None]:
+        """Live estimates for /debug/backends, status and load reports (seconds)."""
+        return {
+            "latency_ewma_s": self.latency.value,
+            "ttft_ewma_s": self.ttft.value,
+            "latency_p50_s": self.latencies.quantile(0.5),
+            "latency_p95_s": self.latencies.quantile(0.95),
+            "ttft_p95_s": self.ttfts.quantile(0.95),
+            "in_flight": len(self._started),
+            "failure_rate": self.failures.value(now),
+            "since_observed_s": None if self.last_observed is None else now - self.last_observed,
+        }

@@ -1,0 +1,53 @@
+"""Exploration without slow paths: the backends a request is not sent to still get a background,
+max_tokens-capped copy now and then, so their estimates stay fresh and a backend that recovers wins its
+traffic back within seconds, while no user waits on it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .candidates import Candidate
+
+STALE_AFTER_S = 2.0
+"""A backend with no outcome for this long is due for a shadow probe."""
+MIN_INTERVAL_S = 1.0
+"""At most one shadow probe per backend per this interval."""
+PROBE_TIMEOUT_S = 30.0
+"""A shadow probe not reported `done` within this is considered lost."""
+
+
+class ShadowProber:
+    """Per-route choice of shadow probes: at most one in flight and one per `min_interval` per backend.
+    Probes are only ever triggered by real requests, so an idle route costs nothing."""
+
+    __slots__ = ("_in_flight", "_min_interval", "_sent", "_stale_after")
+
+    def __init__(self, *, stale_after: float = STALE_AFTER_S, min_interval: float = MIN_INTERVAL_S) -> None:
+        self._stale_after = stale_after
+        self._min_interval = min_interval
+        self._sent: dict[str, float] = {}
+        self._in_flight: set[str] = set()
+
+    def due(self, ranked: Sequence[Candidate], now: float) -> list[Candidate]:
+        """The non-primary candidates of this request that are stale and may be probed now; they are
+        marked in flight. Pass the eligible, ranked list (ejected backends are probed by ejection, not
+        here). Feed each probe through the backend's stats as usual, then call `done`."""
+        due = []
+        for candidate in ranked[1:]:
+            seen = candidate.stats.last_observed
+            if seen is not None and now - seen <= self._stale_after:
+                continue
+            name = candidate.name
+            sent = self._sent.get(name)
+            if sent is not None and (
+                now - sent < self._min_interval or (name in self._in_flight and now - sent < PROBE_TIMEOUT_S)
+            ):
+                continue
+            self._sent[name] = now
+            self._in_flight.add(name)
+            due.append(candidate)
+        return due
+
+    def done(self, name: str) -> None:
+        """The shadow probe to `name` finished (whatever its outcome)."""
+        self._in_flight.discard(name)

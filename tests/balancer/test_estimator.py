@@ -1,0 +1,165 @@
+"""Live estimates: what a backend's traffic makes the balancer believe about it."""
+
+import math
+
+import pytest
+
+from llmroute.sidecar.balancer import BackendStats, FailureKind
+from llmroute.sidecar.balancer.estimator import PeakEWMA, RecentWindow
+
+
+def served(stats: BackendStats, latency: float, end: float, failure: FailureKind | None = None) -> None:
+    stats.finish(stats.start(end - latency), end, failure)
+
+
+def test_one_slow_answer_is_believed_at_once() -> None:
+    ewma = PeakEWMA()
+    for i in range(20):
+        ewma.observe(0.3, i * 0.1)
+    ewma.observe(8.5, 2.1)
+    assert ewma.value == 8.5
+
+
+def test_a_peak_decays_toward_faster_answers_with_a_10s_time_constant() -> None:
+    ewma = PeakEWMA()
+    ewma.observe(8.5, 0.0)
+    ewma.observe(0.3, 10.0)
+    assert ewma.value == pytest.approx(0.3 + 8.2 / math.e)
+
+
+def test_fast_failures_count_as_failures_and_never_make_a_backend_look_fast() -> None:
+    flaky, healthy = BackendStats(), BackendStats()
+    for i in range(10):
+        served(flaky, 1.0, i * 1.0)
+        served(healthy, 0.3, i * 1.0)
+    for i in range(10):
+        served(flaky, 0.02, 10.0 + i * 0.1, FailureKind.SERVER_ERROR)
+    assert flaky.latency.value == pytest.approx(1.0)
+    assert flaky.failures.value(11.0) > 0.5
+    assert flaky.expected_latency(11.0, load_sensitive=False) > 3.0
+    assert healthy.expected_latency(11.0, load_sensitive=False) == pytest.approx(0.3)
+
+
+def test_a_new_backend_that_only_fails_fast_still_looks_worse_than_a_slow_healthy_one() -> None:
+    failing, slow = BackendStats(), BackendStats()
+    for i in range(3):
+        served(failing, 0.01, float(i), FailureKind.RATE_LIMITED)
+        served(slow, 2.0, float(i))
+    assert failing.expected_latency(3.0, load_sensitive=False) > slow.expected_latency(3.0, load_sensitive=False)
+
+
+def test_a_timeout_raises_the_estimate_to_at_least_the_time_waited() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    served(stats, 2.0, 3.0, FailureKind.TIMEOUT)
+    assert stats.latency.value == pytest.approx(2.0)
+
+
+def test_a_backend_that_stops_answering_looks_slow_before_any_answer_comes_back() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    stats.start(2.0)
+    assert stats.expected_latency(2.1, load_sensitive=False) == pytest.approx(0.3)
+    assert stats.expected_latency(3.5, load_sensitive=False) == pytest.approx(1.5)
+
+
+def test_a_long_stream_stops_counting_against_the_backend_after_its_first_byte() -> None:
+    stats = BackendStats()
+    token = stats.start(0.0)
+    stats.first_byte(token, 0.2)
+    stats.finish(token, 30.0)
+    long_stream = stats.start(40.0)
+    stats.first_byte(long_stream, 40.2)
+    assert stats.expected_latency(60.0, load_sensitive=False, stream=True) == pytest.approx(0.2)
+    assert stats.quantile(0.95, stream=True) == pytest.approx(0.2)
+
+
+def test_streams_rank_by_ttft_and_fall_back_to_latency_before_any_stream() -> None:
+    stats = BackendStats()
+    served(stats, 1.2, 1.0)
+    assert stats.expected_latency(1.0, load_sensitive=False, stream=True) == pytest.approx(1.2)
+    token = stats.start(2.0)
+    stats.first_byte(token, 2.25)
+    stats.finish(token, 3.0)
+    assert stats.expected_latency(3.0, load_sensitive=False, stream=True) == pytest.approx(0.25)
+
+
+def test_in_flight_load_counts_only_where_latency_grows_with_load() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)
+    for _ in range(3):
+        stats.start(1.0)
+    assert stats.in_flight == 3
+    assert stats.expected_latency(1.0, load_sensitive=False) == pytest.approx(0.5)
+    assert stats.expected_latency(1.0, load_sensitive=True) == pytest.approx(0.5 * 4)
+
+
+def test_an_unknown_backend_is_tried_by_one_request_not_by_a_burst() -> None:
+    stats = BackendStats()
+    assert stats.expected_latency(0.0, load_sensitive=False) == 0.0
+    token = stats.start(0.0)
+    assert stats.expected_latency(0.01, load_sensitive=False) == math.inf
+    stats.finish(token, 0.4)
+    assert stats.expected_latency(0.4, load_sensitive=False) == pytest.approx(0.4)
+
+
+def test_failures_are_forgiven_over_time_and_diluted_by_traffic() -> None:
+    quiet, busy = BackendStats(), BackendStats()
+    for i in range(100):
+        served(busy, 0.3, i * 0.01)
+    served(quiet, 0.3, 0.9, FailureKind.SERVER_ERROR)
+    served(busy, 0.3, 1.0, FailureKind.SERVER_ERROR)
+    assert quiet.failures.value(1.0) == pytest.approx(0.5, abs=0.01)
+    assert busy.failures.value(1.0) < 0.02
+    assert quiet.failures.value(31.0) < 0.05
+
+
+def test_request_errors_say_nothing_about_the_backend() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    served(stats, 0.001, 2.0, FailureKind.CLIENT_ERROR)
+    assert stats.failures.value(2.0) == 0.0
+    assert stats.last_observed == 1.0
+    assert stats.in_flight == 0
+
+
+def test_finishing_twice_or_cancelling_a_finished_attempt_changes_nothing() -> None:
+    stats = BackendStats()
+    token = stats.start(0.0)
+    stats.finish(token, 0.3)
+    stats.finish(token, 5.0, FailureKind.SERVER_ERROR)
+    stats.cancel(token, 9.0)
+    assert stats.in_flight == 0
+    assert stats.latency.value == pytest.approx(0.3)
+    assert stats.failures.value(5.0) == 0.0
+
+
+def test_a_cancelled_hedge_loser_only_ever_raises_the_estimate() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)
+    stats.cancel(stats.start(2.0), 2.1)
+    assert stats.latency.value == pytest.approx(0.5)
+    stats.cancel(stats.start(3.0), 4.5)
+    assert stats.latency.value == pytest.approx(1.5)
+    assert stats.failures.value(4.5) == 0.0
+
+
+def test_p95_covers_the_last_128_answers() -> None:
+    window = RecentWindow(128)
+    assert window.quantile(0.95) is None
+    for ms in range(1, 101):
+        window.add(ms / 1000)
+    assert window.quantile(0.95) == pytest.approx(0.095)
+    for _ in range(128):
+        window.add(0.2)
+    assert window.quantile(0.95) == pytest.approx(0.2)
+    assert window.quantile(0.0) == pytest.approx(0.2)
+
+
+def test_snapshot_reports_live_estimates() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    snap = stats.snapshot(3.0)
+    assert snap["latency_ewma_s"] == pytest.approx(0.3)
+    assert snap["in_flight"] == 0
+    assert snap["since_observed_s"] == pytest.approx(2.0)

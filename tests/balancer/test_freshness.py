@@ -1,0 +1,52 @@
+"""Shadow probes keep the estimates of backends not currently chosen fresh, at a bounded rate."""
+
+from collections.abc import Callable
+
+from llmroute.sidecar.balancer import Candidate, ShadowProber
+
+MakeCandidate = Callable[..., Candidate]
+Observe = Callable[..., float]
+
+
+def names(cands: list[Candidate]) -> list[str]:
+    return [c.name for c in cands]
+
+
+def test_only_stale_non_primary_backends_are_probed(make: MakeCandidate, observe: Observe) -> None:
+    primary, fresh, stale, unknown = make("primary"), make("fresh"), make("stale"), make("unknown")
+    observe(primary, 0.3, 1.0)
+    observe(fresh, 0.5, 9.0)
+    observe(stale, 0.5, 5.0)
+    assert names(ShadowProber().due([primary, fresh, stale, unknown], 10.0)) == ["stale", "unknown"]
+
+
+def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:
+    primary, other = make("primary"), make("other")
+    prober = ShadowProber()
+    ranked = [primary, other]
+    assert names(prober.due(ranked, 10.0)) == ["other"]
+    assert prober.due(ranked, 12.0) == []  # still in flight
+    prober.done("other")
+    assert names(prober.due(ranked, 12.0)) == ["other"]
+    prober.done("other")
+    assert prober.due(ranked, 12.5) == []  # within a second of the last
+    assert names(prober.due(ranked, 13.0)) == ["other"]
+
+
+def test_a_probe_that_never_reports_back_does_not_block_probing_forever(make: MakeCandidate) -> None:
+    ranked = [make("primary"), make("other")]
+    prober = ShadowProber()
+    prober.due(ranked, 0.0)
+    assert prober.due(ranked, 29.0) == []
+    assert names(prober.due(ranked, 30.0)) == ["other"]
+
+
+def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
+    primary, other = make("primary"), make("other")
+    prober = ShadowProber()
+    (probe,) = prober.due([primary, other], 10.0)
+    token = probe.stats.start(10.0)
+    probe.stats.finish(token, 10.4)
+    prober.done(probe.name)
+    assert prober.due([primary, other], 11.5) == []
+    assert names(prober.due([primary, other], 12.5)) == ["other"]
