@@ -1,1 +1,7 @@
+"""A small, fast HTTP/1.1 server on asyncio and httptools, shared by the sidecar and the simulators."""
 
+from llmroute.http.loop import run
+from llmroute.http.messages import Handler, Request, Response, StreamingResponse
+from llmroute.http.server import HTTPServer
+
+__all__ = ["HTTPServer", "Handler", "Request", "Response", "StreamingResponse", "run"]

@@ -1,0 +1,69 @@
+"""HTTPServer: listen, serve connections, and drain gracefully on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from llmroute.http.connection import HTTPConnection, ServerContext, default_error_body
+from llmroute.http.messages import Handler
+
+
+class HTTPServer:
+    """A small HTTP/1.1 server for one async handler, built for low per-request overhead."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        error_body: Callable[[int, str], bytes] | None = None,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self._ctx = ServerContext(
+            handler, max_body_bytes, error_body or default_error_body, keepalive_timeout
+        )
+        self._server: asyncio.Server | None = None
+        self._port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on host:port (port 0 picks a free one, see `port`)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HTTPConnection(self._ctx), host, port, reuse_address=True, backlog=1024
+        )
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled or written right now."""
+        return len(self._ctx.tasks)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting and close idle connections; let in-flight requests and streams finish
+        for up to `grace` seconds, then drop what is left."""
+        ctx = self._ctx
+        ctx.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(ctx.connections):
+            conn.drain()
+        ctx.note_change()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.idle.wait(), grace)
+        for conn in list(ctx.connections):
+            conn.abort(reset=True)
+        tasks = list(ctx.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,202 @@
+"""SimProvider: a real HTTP server that answers like an LLM API, following a scripted Behavior."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from typing import Literal
+
+from llmroute.http import HTTPServer, Request, Response, StreamingResponse
+from llmroute.sim.anthropic_wire import AnthropicDialect
+from llmroute.sim.behavior import Behavior, Schedule
+from llmroute.sim.dialect import ChatRequest, Completion, Dialect, Endpoint, dump
+from llmroute.sim.openai_wire import AzureOpenAIDialect, OpenAIDialect
+from llmroute.sim.stats import SimStats
+
+Kind = Literal["openai", "anthropic", "azure-openai"]
+_ID_MARK = "@sim-id@"  # stands in for the id in a cached body; ids come first in every body
+_DIALECTS: dict[str, type[Dialect]] = {
+    "openai": OpenAIDialect,
+    "anthropic": AnthropicDialect,
+    "azure-openai": AzureOpenAIDialect,
+}
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+class SimProvider:
+    """One simulated backend. `url` is what a route's backend `url` would be set to."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: Kind = "openai",
+        behavior: Behavior | None = None,
+        *,
+        schedule: Schedule | None = None,
+        models: tuple[str, ...] = ("sim-model",),
+        seed: int | None = None,
+    ) -> None:
+        if kind not in _DIALECTS:
+            raise ValueError(f"unknown provider kind {kind!r}: expected one of {sorted(_DIALECTS)}")
+        if behavior is not None and schedule is not None:
+            raise ValueError("give a behavior or a schedule, not both")
+        self.name = name
+        self.kind = kind
+        self.schedule = schedule or Schedule.constant(behavior or Behavior())
+        self.stats = SimStats()
+        self._dialect = _DIALECTS[kind]()
+        self._rng = random.Random(seed)
+        self._models_body = self._dialect.models_body(models)
+        self._headers = [("x-sim-backend", name)]
+        self._ids = 0
+        self._body_key: tuple[object, ...] = ()
+        self._body_parts: list[bytes] = []
+        self._started_at = time.time()
+        self._host = "127.0.0.1"
+        self._server = HTTPServer(self._handle, error_body=self._dialect.error_body)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen (port 0 = any free port); schedules without an epoch count from now."""
+        await self._server.start(host, port)
+        self._host = host
+        self._started_at = time.time()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop serving; requests still running after `grace` seconds (hangs, streams) are dropped."""
+        await self._server.shutdown(grace)
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """Base URL for a route: .../v1 for OpenAI and Anthropic, the bare origin for Azure."""
+        origin = f"http://{self._host}:{self.port}"
+        return origin if self.kind == "azure-openai" else f"{origin}/v1"
+
+    @property
+    def behavior(self) -> Behavior:
+        """The behaviour in force right now."""
+        return self.schedule.at(time.time() - (self.schedule.epoch or self._started_at))
+
+    def set_behavior(self, behavior: Behavior) -> None:
+        """Switch to one constant behaviour from now on."""
+        self.schedule = Schedule.constant(behavior)
+
+    # -- request handling ----------------------------------------------------------------------------
+
+    async def _handle(self, request: Request) -> Response | StreamingResponse:
+        if request.path == "/sim/stats":
+            return Response(200, dump(self.stats.to_json()))
+        self.stats.record(request)
+        dialect = self._dialect
+        endpoint = dialect.route(request)
+        if endpoint is None:
+            return self._error(404, "not_found", f"Unknown request URL: {request.method} {request.path}")
+        behavior = self.behavior
+        if behavior.api_key is not None and dialect.api_key(request.headers) != behavior.api_key:
+            return self._error(401, "unauthorized", "Incorrect API key provided.")
+        if endpoint is Endpoint.MODELS:
+            outcome = behavior.outcome(self._rng)
+            if outcome != "ok":
+                return await self._misbehave(outcome, request, behavior)
+            self.stats.by_outcome["ok"] += 1
+            return Response(200, self._models_body, self._headers)
+        try:
+            payload = json.loads(request.body)
+        except ValueError:
+            return self._error(400, "bad_request", "We could not parse the JSON body of your request.")
+        chat = dialect.parse(request, payload)
+        if isinstance(chat, str):
+            return self._error(400, "bad_request", chat)
+        outcome = behavior.outcome(self._rng)
+        if outcome != "ok":
+            return await self._misbehave(outcome, request, behavior)
+        completion = self._complete(chat, behavior, request)
+        if chat.stream:
+            broken = self._rng.random() < behavior.midstream_failure_rate
+            self.stats.by_outcome["midstream_failure" if broken else "ok"] += 1
+            await _sleep((behavior.ttft or behavior.latency).sample(self._rng))
+            chunks = self._stream(request, chat, completion, behavior, broken)
+            return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
+        self.stats.by_outcome["ok"] += 1
+        await _sleep(behavior.latency.sample(self._rng))
+        return Response(200, self._completion_body(completion), self._headers)
+
+    def _completion_body(self, completion: Completion) -> bytes:
+        """The JSON answer; consecutive answers that differ only by id reuse one encoding (benchmarks)."""
+        c = completion
+        key = (c.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.truncated, c.created)
+        if key != self._body_key:
+            template = self._dialect.completion_body(dataclasses.replace(c, id=_ID_MARK))
+            self._body_key, self._body_parts = key, template.split(_ID_MARK.encode(), 1)
+        return self._body_parts[0] + c.id.encode() + self._body_parts[1]
+
+    def _complete(self, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
+        self._ids += 1
+        tokens = behavior.output_tokens
+        truncated = chat.max_tokens is not None and chat.max_tokens < tokens
+        if truncated and chat.max_tokens is not None:
+            tokens = chat.max_tokens
+        prompt_tokens = max(1, len(request.body) // 4)  # roughly 4 bytes per token
+        return Completion(
+            id=f"{self._dialect.id_prefix}{self.name}-{self._ids}",
+            model=chat.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=tokens,
+            cached_tokens=min(behavior.cached_tokens, prompt_tokens),
+            truncated=truncated,
+            created=int(time.time()),
+        )
+
+    async def _stream(
+        self, request: Request, chat: ChatRequest, completion: Completion, behavior: Behavior, broken: bool
+    ) -> AsyncIterator[bytes]:
+        dialect = self._dialect
+        yield dialect.stream_start(completion) + dialect.stream_token(completion, "token")
+        if broken:
+            failure = dialect.stream_error("simulated failure after the first chunk")
+            if failure is None:
+                request.abort()
+            else:
+                yield failure
+            return
+        token = dialect.stream_token(completion, " token")
+        for _ in range(completion.completion_tokens - 1):
+            await _sleep(behavior.token_delay)
+            yield token
+        yield dialect.stream_end(completion, chat.include_usage)
+
+    async def _misbehave(self, outcome: str, request: Request, behavior: Behavior) -> Response:
+        self.stats.by_outcome[outcome] += 1
+        if outcome == "reset":
+            request.abort(reset=True)
+        elif outcome == "hang":
+            await request.wait_disconnected()
+        elif outcome == "rate_limited":
+            retry = behavior.retry_after
+            headers = [("retry-after", str(math.ceil(retry))), ("retry-after-ms", str(round(retry * 1000)))]
+            return self._response(429, "Rate limit reached, please retry later.", headers)
+        else:
+            status = self._rng.choice(behavior.error_statuses)
+            return self._response(status, f"Simulated error: {HTTPStatus(status).phrase}.", [])
+        return Response(500)  # never sent: the connection is gone
+
+    def _error(self, status: int, outcome: str, message: str) -> Response:
+        self.stats.by_outcome[outcome] += 1
+        return self._response(status, message, [])
+
+    def _response(self, status: int, message: str, headers: list[tuple[str, str]]) -> Response:
+        return Response(status, self._dialect.error_body(status, message), [*self._headers, *headers])
