@@ -1,0 +1,75 @@
+"""The small interface every provider adapter implements, so the client stays provider-agnostic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmroute.sidecar.upstream.sse import SSEEvent
+from llmroute.sidecar.upstream.usage import Completion, Usage
+
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class WireRequest:
+    """What goes on the wire for one call. `headers` may hold the API key: never log or repr them."""
+
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(default=b"", repr=False)
+
+
+class StreamTranslator(Protocol):
+    """Turns one upstream stream's events into OpenAI SSE events for the app, counting usage on the way."""
+
+    usage: Usage
+
+    def event(self, event: SSEEvent) -> list[bytes]:
+        """The app-bound SSE events for one upstream event; raises UpstreamError for an error event."""
+        ...
+
+    def end(self) -> list[bytes]:
+        """At upstream EOF: the closing events (ending with [DONE]); raises UpstreamError if cut short."""
+        ...
+
+
+class Adapter(Protocol):
+    """One provider's wire format. Implementations hold the API key and must not expose it in repr."""
+
+    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
+        """The upstream request for the app's OpenAI chat.completions body (never mutated)."""
+        ...
+
+    def completion(self, status: int, body: bytes) -> Completion:
+        """The OpenAI chat.completion for a 2xx body; raises UpstreamError when it is unusable."""
+        ...
+
+    def translator(self, request: dict[str, Any]) -> StreamTranslator:
+        """A fresh translator for one stream of `request` (which says whether the app wants usage)."""
+        ...
+
+    def probe(self) -> WireRequest:
+        """A cheap GET that shows the backend is reachable and the key accepted (never a completion)."""
+        ...
+
+
+def wants_usage(request: dict[str, Any]) -> bool:
+    """Whether the app asked for the usage chunk at the end of a stream."""
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """One app-bound SSE event."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` decoded as a JSON object, or None."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None

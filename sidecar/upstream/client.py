@@ -1,0 +1,184 @@
+"""One backend's HTTP client: a shared connection pool, the provider adapter, and failures classified."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from llmroute.model import Backend
+from llmroute.sidecar.upstream.anthropic import AnthropicAdapter
+from llmroute.sidecar.upstream.azure import AzureOpenAIAdapter
+from llmroute.sidecar.upstream.base import Adapter, StreamTranslator
+from llmroute.sidecar.upstream.errors import (
+    UpstreamError,
+    bad_body,
+    error_from_response,
+    error_from_transport,
+)
+from llmroute.sidecar.upstream.openai import OpenAIAdapter
+from llmroute.sidecar.upstream.sse import SSEParser
+from llmroute.sidecar.upstream.usage import Completion, Usage
+
+__all__ = ["Completion", "CompletionStream", "Upstream", "make_adapter"]
+
+MIN_IDLE_TIMEOUT = 30.0  # between stream chunks: models pause while thinking or calling tools
+_TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
+
+
+def _scrub(error: UpstreamError, backend: Backend) -> UpstreamError:
+    """Mask the API key wherever an upstream or transport message might have echoed it."""
+    return error.scrubbed(backend.api_key.reveal() if backend.api_key is not None else None)
+
+
+def make_adapter(backend: Backend) -> Adapter:
+    """The wire-format adapter for the backend's provider."""
+    if backend.provider == "anthropic":
+        return AnthropicAdapter(backend)
+    if backend.provider == "azure-openai":
+        return AzureOpenAIAdapter(backend)
+    return OpenAIAdapter(backend)
+
+
+class Upstream:
+    """One backend: owns a shared httpx.AsyncClient (connection pool, keep-alive) and the provider adapter.
+
+    Each call takes its own `timeout` (not asyncio.timeout around the call) because the phases differ:
+    a stream's timeout bounds only the wait for headers, then an idle bound applies between chunks.
+    """
+
+    __slots__ = ("_adapter", "_client", "backend")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._adapter = make_adapter(backend)
+        # Concurrency is the balancer's job, so the pool itself is unbounded; timeouts are per call.
+        self._client = httpx.AsyncClient(limits=_LIMITS, timeout=None, follow_redirects=False)
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
+
+    async def complete(self, request: dict[str, Any], *, timeout: float) -> Completion:  # noqa: ASYNC109
+        """A non-streamed chat completion within `timeout` seconds; UpstreamError on any failure."""
+        wire = self._adapter.chat(request, stream=False)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.post(wire.url, content=wire.body, headers=wire.headers)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no answer within {timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise _scrub(error_from_transport(exc), self.backend) from None
+        if not 200 <= response.status_code < 300:
+            error = error_from_response(response.status_code, response.headers, response.content)
+            raise _scrub(error, self.backend)
+        try:
+            return self._adapter.completion(response.status_code, response.content)
+        except UpstreamError as error:
+            raise _scrub(error, self.backend) from None
+
+    async def stream(self, request: dict[str, Any], *, timeout: float) -> CompletionStream:  # noqa: ASYNC109
+        """Start a streamed completion: returns once upstream answered 2xx with headers within `timeout`.
+
+        After that, each read may wait up to max(timeout, MIN_IDLE_TIMEOUT) for the next chunk.
+        """
+        wire = self._adapter.chat(request, stream=True)
+        idle = max(timeout, MIN_IDLE_TIMEOUT)
+        outgoing = self._client.build_request(
+            "POST", wire.url, content=wire.body, headers=wire.headers, timeout=httpx.Timeout(idle)
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.send(outgoing, stream=True)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no response headers within {timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise _scrub(error_from_transport(exc), self.backend) from None
+        if not 200 <= response.status_code < 300:
+            try:
+                body = await response.aread()
+            except httpx.TransportError:
+                body = b""
+            finally:
+                await response.aclose()
+            raise _scrub(error_from_response(response.status_code, response.headers, body), self.backend)
+        return CompletionStream(response, self._adapter.translator(request), self.backend)
+
+    async def probe(self, *, timeout: float) -> bool:  # noqa: ASYNC109
+        """Cheap health probe (GET the model list, never a paid completion): True on 2xx."""
+        wire = self._adapter.probe()
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.get(wire.url, headers=wire.headers)
+        except _TRANSPORT_ERRORS:
+            return False
+        return 200 <= response.status_code < 300
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+class CompletionStream:
+    """OpenAI SSE events for the app, one per item, ending with `data: [DONE]`; `usage` fills as they pass.
+
+    A failure after the start raises UpstreamError from the iterator; `aclose()` releases the connection.
+    """
+
+    __slots__ = ("_backend", "_chunks", "_eof", "_out", "_parser", "_response", "_translator")
+
+    def __init__(self, response: httpx.Response, translator: StreamTranslator, backend: Backend) -> None:
+        self._response = response
+        self._translator = translator
+        self._backend = backend
+        self._parser = SSEParser()
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._out: deque[bytes] = deque()
+        self._eof = False
+
+    def __repr__(self) -> str:
+        return f"CompletionStream({self._backend.name!r}, usage={self.usage!r})"
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens reported so far (complete once the stream has ended)."""
+        return self._translator.usage
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            while not self._out:
+                if self._eof:
+                    await self.aclose()
+                    raise StopAsyncIteration
+                await self._read()
+        except UpstreamError as error:
+            await self.aclose()
+            raise _scrub(error, self._backend) from None
+        return self._out.popleft()
+
+    async def _read(self) -> None:
+        """Read one network chunk and translate the events it completes."""
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._eof = True
+            self._out.extend(self._translator.end())
+            return
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc) from None
+        try:
+            events = self._parser.feed(chunk)
+        except ValueError as exc:
+            raise bad_body(200, str(exc)) from None
+        for event in events:
+            self._out.extend(self._translator.event(event))
+
+    async def aclose(self) -> None:
+        """Release the connection (idempotent)."""
+        await self._response.aclose()

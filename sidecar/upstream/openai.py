@@ -1,0 +1,113 @@
+"""The OpenAI chat.completions wire format (and any API compatible with it): a pass-through."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmroute.model import Backend
+from llmroute.sidecar.upstream.base import DONE, WireRequest, json_object, wants_usage
+from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
+from llmroute.sidecar.upstream.sse import SSEEvent
+from llmroute.sidecar.upstream.usage import Completion, Usage
+
+
+class OpenAIAdapter:
+    """POST {url}/chat/completions with `Authorization: Bearer`; the body goes through with `model` replaced."""
+
+    __slots__ = ("_chat_url", "_headers", "_model", "_probe_url")
+
+    def __init__(self, backend: Backend) -> None:
+        self._model = backend.model
+        self._chat_url, self._probe_url = self._urls(backend)
+        self._headers = {"content-type": "application/json", **self._auth(backend)}
+
+    @staticmethod
+    def _urls(backend: Backend) -> tuple[str, str]:
+        """The chat and probe URLs."""
+        base = backend.url.rstrip("/")
+        return f"{base}/chat/completions", f"{base}/models"
+
+    @staticmethod
+    def _auth(backend: Backend) -> dict[str, str]:
+        """The header carrying the API key, if the backend has one."""
+        return {} if backend.api_key is None else {"authorization": f"Bearer {backend.api_key.reveal()}"}
+
+    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
+        """The app's body with the upstream model, and in streams always asking for the usage chunk."""
+        body = dict(request)
+        body["model"] = self._model
+        if stream:
+            body["stream"] = True
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return WireRequest(self._chat_url, self._headers, json.dumps(body, separators=(",", ":")).encode())
+
+    def completion(self, status: int, body: bytes) -> Completion:
+        """The body as is (no re-serialising), its usage read for cost."""
+        doc = json_object(body)
+        if doc is None:
+            raise bad_body(status, "not a JSON object")
+        if doc.get("error"):
+            raise error_from_event(doc["error"], "in a successful answer")
+        if not isinstance(doc.get("choices"), list):
+            raise bad_body(status, "no choices")
+        return Completion(body, Usage.from_openai(doc.get("usage")))
+
+    def translator(self, request: dict[str, Any]) -> OpenAIStream:
+        """Forwards events as they are; drops the usage-only chunk unless the app asked for it."""
+        return OpenAIStream(forward_usage=wants_usage(request))
+
+    def probe(self) -> WireRequest:
+        """GET {url}/models."""
+        return WireRequest(self._probe_url, self._headers)
+
+
+class OpenAIStream:
+    """OpenAI events are already what the app wants: check them, read usage, pass the bytes on."""
+
+    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "usage")
+
+    def __init__(self, *, forward_usage: bool) -> None:
+        self.usage = Usage()
+        self._forward_usage = forward_usage
+        self._events = 0
+        self._finished = False
+        self._done = False
+
+    def event(self, event: SSEEvent) -> list[bytes]:
+        """Pass one event on; raises UpstreamError for an error event or an event that is not JSON."""
+        if self._done:
+            return []
+        self._events += 1
+        if event.data == b"[DONE]":
+            self._done = True
+            return [DONE]
+        chunk = json_object(event.data)
+        if chunk is None:
+            raise bad_body(200, "stream event is not a JSON object")
+        if chunk.get("error"):
+            raise error_from_event(chunk["error"], "mid-stream")
+        choices = chunk.get("choices")
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = Usage.from_openai(usage)
+            if not choices and not self._forward_usage:
+                return []
+        if choices and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+            self._finished = True
+        return [b"data: " + event.data + b"\n\n"]
+
+    def end(self) -> list[bytes]:
+        """[DONE] if upstream finished without sending it; an error if the stream was cut short."""
+        if self._done:
+            return []
+        if self._finished:
+            self._done = True
+            return [DONE]
+        if not self._events:
+            raise bad_body(200, "the event stream ended without any event")
+        raise UpstreamError("reset", "the event stream ended before the answer was complete")

@@ -1,0 +1,180 @@
+"""A scriptable HTTP/1.1 server on a real socket (stdlib asyncio) standing in for LLM providers.
+
+Each test gives a `reply(received, responder)` coroutine; the responder writes JSON, SSE (chunked),
+resets the connection or hangs, so every failure the upstream layer classifies happens on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from llmroute.model import Backend, SecretValue
+
+KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+@dataclass
+class Received:
+    """One request as the server saw it."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    connection: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Responder:
+    """Writes one response on the connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.closed = False
+
+    async def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        head = {"content-type": "application/json", "content-length": str(len(body)), **(headers or {})}
+        lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in head.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await self.writer.drain()
+
+    async def json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        await self.send(status, json.dumps(doc).encode(), headers)
+
+    async def sse(self, pieces: list[bytes], *, complete: bool = True, pause: float = 0.0) -> None:
+        """Each piece goes out as its own chunk (and network write); `complete=False` resets afterwards."""
+        self.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            self.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await self.writer.drain()
+            await asyncio.sleep(pause)
+        if complete:
+            self.writer.write(b"0\r\n\r\n")
+            await self.writer.drain()
+        else:
+            await self.reset()
+
+    async def reset(self) -> None:
+        """Close with RST (SO_LINGER 0), as a crashing server or a dropping load balancer does."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+        self.closed = True
+
+    async def hang(self) -> None:
+        await asyncio.sleep(3600)
+
+
+Reply = Callable[[Received, Responder], Awaitable[None]]
+
+
+@dataclass
+class RawServer:
+    reply: Reply
+    received: list[Received] = field(default_factory=list)
+    connections: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        connection = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *header_lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = request_line.split(" ", 2)
+                headers = {}
+                for line in header_lines:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                received = Received(method, target, headers, body, connection)
+                self.received.append(received)
+                responder = Responder(writer)
+                await self.reply(received, responder)
+                if responder.closed:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # client went away, or the test is over
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[RawServer]]]:
+    """Start a RawServer answering with `reply`; stopped after the test."""
+    servers: list[RawServer] = []
+
+    async def start(reply: Reply) -> RawServer:
+        server = await RawServer(reply).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+def backend() -> Callable[..., Backend]:
+    """A Backend for a server URL, with the test key unless `key=None`."""
+
+    def make(url: str, provider: str = "openai", model: str = "up-model", key: str | None = KEY) -> Backend:
+        return Backend(
+            name="b1",
+            provider=provider,  # type: ignore[arg-type]
+            url=url,
+            model=model,
+            api_key=None if key is None else SecretValue(key),
+        )
+
+    return make
+
+
+def sse_events(*docs: Any) -> list[bytes]:
+    """`data:` events (dicts as JSON, strings as they are)."""
+    return [b"data: " + (d if isinstance(d, str) else json.dumps(d)).encode() + b"\n\n" for d in docs]
+
+
+@pytest.fixture
+def events() -> Callable[..., list[bytes]]:
+    return sse_events
+
+
+@pytest.fixture
+def key() -> str:
+    """The API key every test backend uses: it must reach the wire and nothing else."""
+    return KEY

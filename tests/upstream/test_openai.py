@@ -1,0 +1,208 @@
+"""OpenAI-compatible and Azure OpenAI backends over real sockets: pass-through, auth headers, usage, streams."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from llmroute.sidecar.upstream import Upstream, UpstreamError
+
+REQUEST: dict[str, Any] = {
+    "model": "chat",
+    "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 5,
+}
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "up-model-2025",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+    "usage": {
+        "prompt_tokens": 120,
+        "completion_tokens": 7,
+        "total_tokens": 127,
+        "prompt_tokens_details": {"cached_tokens": 100},
+    },
+}
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up-model-2025",
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+STREAM = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hel"}),
+    chunk({"content": "lo"}),
+    chunk({}, "stop"),
+    {**chunk({}), "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}},
+    "[DONE]",
+]
+
+
+async def test_complete_passes_body_through_with_upstream_model_and_bearer_key(serve, backend, key) -> None:
+    async def reply(received, res) -> None:
+        await res.json(200, ANSWER)
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url))
+    request = {**REQUEST, "stream": False, "messages": list(REQUEST["messages"])}
+    before = json.dumps(request)
+    try:
+        completion = await upstream.complete(request, timeout=5)
+    finally:
+        await upstream.aclose()
+
+    seen = server.received[0]
+    assert (seen.method, seen.target) == ("POST", "/chat/completions")
+    assert seen.headers["authorization"] == f"Bearer {key}"
+    assert seen.json() == {**REQUEST, "model": "up-model"}
+    assert json.dumps(request) == before  # the caller's dict is untouched
+    assert json.loads(completion.body) == ANSWER
+    assert ChatCompletion.model_validate_json(completion.body).model == "up-model-2025"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (120, 7)
+    assert completion.usage.cached_tokens == 100
+
+
+async def test_calls_reuse_one_keep_alive_connection(serve, backend) -> None:
+    async def reply(received, res) -> None:
+        await res.json(200, ANSWER)
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url))
+    try:
+        for _ in range(3):
+            await upstream.complete(REQUEST, timeout=5)
+    finally:
+        await upstream.aclose()
+    assert [r.connection for r in server.received] == [1, 1, 1]
+
+
+async def test_no_key_means_no_authorization_header(serve, backend) -> None:
+    async def reply(received, res) -> None:
+        await res.json(200, ANSWER)
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url, key=None))
+    try:
+        await upstream.complete(REQUEST, timeout=5)
+    finally:
+        await upstream.aclose()
+    assert "authorization" not in server.received[0].headers
+
+
+async def collect(upstream: Upstream, request: dict[str, Any]) -> tuple[list[bytes], Any]:
+    stream = await upstream.stream(request, timeout=5)
+    try:
+        return [event async for event in stream], stream.usage
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("app_wants_usage", [False, True])
+async def test_stream_always_asks_usage_and_forwards_it_only_when_asked(
+    serve, backend, events, app_wants_usage: bool
+) -> None:
+    async def reply(received, res) -> None:
+        await res.sse(events(*STREAM))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url))
+    request = {**REQUEST, "stream": True}
+    if app_wants_usage:
+        request["stream_options"] = {"include_usage": True}
+    try:
+        out, usage = await collect(upstream, request)
+    finally:
+        await upstream.aclose()
+
+    sent = server.received[0].json()
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert request.get("stream_options", {}).get("include_usage", False) is app_wants_usage
+    assert out[-1] == b"data: [DONE]\n\n"
+    chunks = [ChatCompletionChunk.model_validate_json(e.removeprefix(b"data: ")) for e in out[:-1]]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert [c.usage.total_tokens for c in chunks if c.usage] == ([11] if app_wants_usage else [])
+    assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+    assert out[1] == events(STREAM[1])[0]  # forwarded byte for byte
+
+
+async def test_stream_without_done_after_finish_is_closed_for_the_app(serve, backend, events) -> None:
+    async def reply(received, res) -> None:
+        await res.sse(events(*STREAM[:4]))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url))
+    try:
+        out, _ = await collect(upstream, {**REQUEST, "stream": True})
+    finally:
+        await upstream.aclose()
+    assert len(out) == 5 and out[-1] == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    ("tail", "kind"),
+    [
+        (STREAM[:2], "reset"),  # clean EOF before the answer finished
+        ([*STREAM[:2], {"error": {"message": "overloaded", "type": "server_error"}}], "5xx"),
+        ([*STREAM[:2], "not json"], "5xx"),
+        ([], "5xx"),  # 200 with an empty stream
+    ],
+)
+async def test_incomplete_or_failed_stream_raises_from_the_iterator(serve, backend, events, tail, kind) -> None:
+    async def reply(received, res) -> None:
+        await res.sse(events(*tail))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.url))
+    got: list[bytes] = []
+    try:
+        stream = await upstream.stream({**REQUEST, "stream": True}, timeout=5)
+        with pytest.raises(UpstreamError) as caught:
+            async for event in stream:
+                got.append(event)
+    finally:
+        await upstream.aclose()
+    assert caught.value.kind == kind
+    assert len(got) == min(len(tail), 2)
+
+
+async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, events, key) -> None:
+    async def reply(received, res) -> None:
+        if received.method == "GET":
+            await res.json(200, {"data": []})
+        elif received.json().get("stream"):
+            await res.sse(events(*STREAM))
+        else:
+            await res.json(200, ANSWER)
+
+    server = await serve(reply)
+    b = backend(server.url, provider="azure-openai", model="my-deploy")
+    upstream = Upstream(b)
+    try:
+        completion = await upstream.complete(REQUEST, timeout=5)
+        out, usage = await collect(upstream, {**REQUEST, "stream": True})
+        healthy = await upstream.probe(timeout=5)
+    finally:
+        await upstream.aclose()
+
+    post, streamed, probe = server.received
+    version = b.api_version
+    assert post.target == f"/openai/deployments/my-deploy/chat/completions?api-version={version}"
+    assert post.headers["api-key"] == key and "authorization" not in post.headers
+    assert completion.usage.cached_tokens == 100
+    assert streamed.json()["stream_options"] == {"include_usage": True}
+    assert usage.completion_tokens == 2 and out[-1] == b"data: [DONE]\n\n"
+    assert (probe.method, probe.target, healthy) == ("GET", f"/openai/models?api-version={version}", True)
