@@ -48,11 +48,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the LLMRoute CustomResourceDefinition")
     crd.set_defaults(func=_crd)
+
+    for name, help_text in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+# Subcommands with their own parsers: everything after the name is theirs.
+_DELEGATED = {
+    "sidecar": "run the data plane: an OpenAI-compatible proxy on localhost",
+    "sim": "run simulated LLM providers from a config file",
+    "demo": "run the local demo: simulated providers, a sidecar, traffic and the 21:00 incident",
+}
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    if command == "sidecar":
+        from .sidecar.main import run_sidecar
+
+        return run_sidecar(argv)
+    if command == "sim":
+        from .sim import run_sim
+
+        return run_sim(argv)
+    from .demo import run_demo
+
+    return run_demo(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command named on the command line and return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

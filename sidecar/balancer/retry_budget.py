@@ -7,9 +7,9 @@ WINDOW_S = 10.0
 """How far back 'recent' reaches (Linkerd's ttl)."""
 BUCKETS = 10
 """Window granularity: 1 s buckets, so the floor is per second and old traffic ages out smoothly."""
-MIN_RETRIES_PER_S = 3
-"""Retries always allowed per second (Linkerd's minRetriesPerSecond is 10, per proxy and all traffic; a
-sidecar's route is smaller, and 3/s is enough for a quiet route without amplifying much)."""
+MIN_RETRIES_PER_S = 10
+"""Retries always allowed per second, Linkerd's minRetriesPerSecond: enough that a quiet route fails
+over every request while a backend is being ejected, too few to amplify an outage meaningfully."""
 
 
 class RetryBudget:

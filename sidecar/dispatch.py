@@ -1,0 +1,418 @@
+"""One app request's journey across backends: rank, call, hedge, fail over, retry, within a deadline.
+
+The policies (ranking, budget, ejection, estimates) live in `llmroute.sidecar.balancer`; this module only
+sequences attempts and feeds every outcome back into them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmroute.model import Priority
+from llmroute.sidecar.balancer.candidates import Candidate, eligible
+from llmroute.sidecar.balancer.outcome import FailureKind
+from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
+from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.runtime import RouteRuntime
+from llmroute.sidecar.upstream.client import CompletionStream
+from llmroute.sidecar.upstream.errors import UpstreamError
+from llmroute.sidecar.upstream.usage import Completion
+
+SHADOW_MAX_TOKENS = 16
+"""Shadow probes ask for at most this many tokens: enough to measure, too few to cost."""
+SHADOW_TIMEOUT_S = 30.0
+MIN_ATTEMPT_S = 0.05
+"""An attempt is not started with less time than this left: it could not succeed."""
+
+_rng = random.Random()
+
+
+@dataclass(slots=True)
+class Call:
+    """One app request as the dispatcher sees it."""
+
+    runtime: RouteRuntime
+    body: dict[str, Any]
+    stream: bool
+    priority: Priority
+    deadline: float
+    """time.monotonic() by which an answer (for streams: the first chunk) must be there."""
+    needs: frozenset[str]
+    attempts: int = 0
+    upstream_started: float = 0.0
+    upstream_done: float = 0.0
+    """When the first attempt began and the last one ended: between them the sidecar waits on backends,
+    so time outside them is the sidecar's own overhead."""
+    errors: list[tuple[str, UpstreamError]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Answer:
+    """The winning attempt: a completion, or an open stream whose first chunk already arrived."""
+
+    candidate: Candidate
+    completion: Completion | None = None
+    stream: CompletionStream | None = None
+    first_chunk: bytes = b""
+    token: int = -1
+    """The stats token of a stream, finished when the stream ends."""
+    started: float = 0.0
+
+
+def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
+    """What a backend must support to serve this request: tools, vision (image parts), json."""
+    needs = set()
+    if body.get("tools") or body.get("functions"):
+        needs.add("tools")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        needs.add("json")
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "image_url" for part in content
+        ):
+            needs.add("vision")
+            break
+    return frozenset(needs)
+
+
+def _estimated_tokens(body: dict[str, Any]) -> tuple[int, int]:
+    """Rough prompt and completion sizes for pricing a request before it is sent (4 chars a token)."""
+    chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict))
+    out = body.get("max_completion_tokens") or body.get("max_tokens") or 300
+    return max(chars // 4, 1), int(out) if isinstance(out, int) else 300
+
+
+class Dispatcher:
+    """Runs calls against a route's backends and keeps the route's policies informed."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self.metrics = metrics
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ----- planning -------------------------------------------------------------------------------------
+
+    def _plan(self, call: Call, now: float) -> list[Candidate]:
+        runtime = call.runtime
+        route = runtime.route
+        capable = [c for c in runtime.candidates if call.needs <= c.spec.capabilities]
+        if not capable:
+            raise ProxyError(
+                400,
+                f"no backend of route {route.name} supports {', '.join(sorted(call.needs))} "
+                f"(backends: {', '.join(c.name for c in runtime.candidates)})",
+                "unsupported_capability",
+            )
+        available = eligible(capable, runtime.detector)
+        if not available:
+            names = [c.name for c in capable]
+            retry_after = runtime.detector.retry_after(names, now)
+            if retry_after is not None:
+                raise ProxyError(
+                    429,
+                    f"every backend of route {route.name} is rate limited",
+                    "rate_limited",
+                    [("retry-after", str(max(1, round(retry_after))))],
+                )
+            states = {s.name: s for s in runtime.detector.snapshot(now)}
+            detail = "; ".join(
+                f"{n}: {states[n].state} ({states[n].reason}, {states[n].remaining_s:.0f} s left)"
+                if n in states and states[n].state != "active"
+                else f"{n}: at maxConcurrency"
+                for n in names
+            )
+            raise ProxyError(503, f"no backend of route {route.name} can take the request: {detail}", "no_backend")
+        policy = route.priorities[call.priority]
+        tokens_in, tokens_out = _estimated_tokens(call.body)
+        ctx = PickContext(
+            now=now,
+            rng=_rng,
+            deadline=call.deadline - now,
+            stream=call.stream,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            weights=route.weights,
+        )
+        ranked = with_fallback(rank(policy.strategy or route.strategy, available, ctx), route.fallback)
+        for candidate in runtime.shadow.due(ranked, now):
+            self._spawn(self._shadow_probe(runtime, candidate))
+        return ranked
+
+    # ----- the attempt loop -----------------------------------------------------------------------------
+
+    async def run(self, call: Call) -> Answer:
+        """Serve `call`: the first successful answer, or a ProxyError / UpstreamError (4xx) to return."""
+        runtime = call.runtime
+        route = runtime.route
+        now = time.monotonic()
+        runtime.budget.record_request(now)
+        plan = self._plan(call, now)
+        hedge = route.priorities[call.priority].hedge and len(plan) > 1
+        # The plan, then the plan again: a route with fewer backends than attempts retries the same ones.
+        order = plan + plan
+        running: dict[asyncio.Task[Answer], Candidate] = {}
+        hedged = False
+        first_started = now
+        order_index = [1]  # next position in `order`; plan[0] is started below
+
+        def start(candidate: Candidate) -> None:
+            call.attempts += 1
+            task = asyncio.ensure_future(self._attempt(call, candidate))
+            running[task] = candidate
+
+        def next_candidate(after: UpstreamError | None) -> Candidate | None:
+            """The next backend to try, if the retry policy, the budget and the deadline allow one."""
+            if call.attempts > route.retry.attempts:
+                return None
+            if after is not None and after.kind not in route.retry.retry_on and after.kind != "auth":
+                return None
+            if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+                return None
+            excluded = {name for name, e in call.errors if e.kind in ("auth", "429")} | {
+                c.name for c in running.values()
+            }
+            while order_index[0] < len(order):
+                candidate = order[order_index[0]]
+                order_index[0] += 1
+                if candidate.name in excluded or not runtime.detector.is_available(candidate.name):
+                    continue
+                if not runtime.budget.try_acquire_retry(time.monotonic()):
+                    self.metrics.retries_refused.labels(route.name).inc()
+                    return None
+                return candidate
+            return None
+
+        call.upstream_started = time.monotonic()
+        start(plan[0])
+        try:
+            while running:
+                now = time.monotonic()
+                wake = self._next_wake(call, running, plan, hedge and not hedged, first_started, now)
+                done, _ = await asyncio.wait(running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED)
+                now = time.monotonic()
+                for task in done:
+                    candidate = running.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        answer = task.result()
+                        self._won(call, answer, hedged, plan)
+                        return answer
+                    if not isinstance(error, UpstreamError):
+                        raise error
+                    call.errors.append((candidate.name, error))
+                    if error.kind == "4xx":
+                        raise error
+                    if running:
+                        continue
+                    following = next_candidate(error)
+                    if following is not None:
+                        self.metrics.retries.labels(route.name, error.kind).inc()
+                        start(following)
+                if done or not running:
+                    continue
+                if now >= call.deadline:
+                    break
+                if hedge and not hedged and now >= self._hedge_at(call, plan[0], first_started):
+                    hedged = True
+                    following = next_candidate(None)
+                    if following is not None:
+                        self.metrics.hedges.labels(route.name, "sent").inc()
+                        start(following)
+                    continue
+                if not hedge and len(running) == 1:
+                    # The one attempt is slower than the time the next backend needs: give up on it while
+                    # a failover can still make the deadline.
+                    following = next_candidate(UpstreamError("timeout", "slower than the failover reserve"))
+                    if following is not None:
+                        slow_task, slow = next(iter(running.items()))
+                        slow_task.cancel()
+                        running.pop(slow_task)
+                        call.errors.append((slow.name, UpstreamError("timeout", "timed out (failed over)")))
+                        self.metrics.retries.labels(route.name, "timeout").inc()
+                        start(following)
+        finally:
+            call.upstream_done = time.monotonic()
+            for task in running:
+                task.cancel()
+        raise self._failure(call)
+
+    def _next_wake(
+        self,
+        call: Call,
+        running: dict[asyncio.Task[Answer], Candidate],
+        plan: list[Candidate],
+        may_hedge: bool,
+        first_started: float,
+        now: float,
+    ) -> float:
+        """When to look again if no attempt finishes: the deadline, the hedge time, or the failover point."""
+        wake = call.deadline
+        if may_hedge:
+            return min(wake, self._hedge_at(call, plan[0], first_started))
+        if len(running) == 1 and len(plan) > 1:
+            remaining = call.deadline - now
+            following = next((c for c in plan if c not in running.values()), None)
+            if following is not None:
+                needed = following.stats.quantile(0.95, stream=call.stream)
+                reserve = min(remaining / 2, 2 * needed) if needed is not None else remaining / 2
+                wake = min(wake, call.deadline - max(reserve, MIN_ATTEMPT_S))
+        return wake
+
+    @staticmethod
+    def _hedge_at(call: Call, primary: Candidate, started: float) -> float:
+        """After the primary's p95 (bounded by half the time to the deadline) a hedge is sent."""
+        half = (call.deadline - started) / 2
+        p95 = primary.stats.quantile(0.95, stream=call.stream)
+        return started + (half if p95 is None else min(p95, half))
+
+    def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
+        route = call.runtime.route.name
+        if answer.candidate is not plan[0]:
+            self.metrics.fallbacks.labels(route).inc()
+        if hedged:
+            self.metrics.hedges.labels(route, "won" if answer.candidate is not plan[0] else "lost").inc()
+
+    def _failure(self, call: Call) -> ProxyError:
+        """The error for a call every attempt of which failed, naming each backend and its last error."""
+        route = call.runtime.route.name
+        if time.monotonic() >= call.deadline:
+            tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no answer in time"
+            return ProxyError(504, f"deadline exceeded for route {route} ({tried})", "deadline_exceeded")
+        if call.errors and all(e.kind == "429" for _, e in call.errors):
+            waits = [e.retry_after for _, e in call.errors if e.retry_after is not None]
+            retry_after = str(max(1, round(min(waits)))) if waits else "1"
+            return ProxyError(
+                429, f"every backend of route {route} is rate limited", "rate_limited", [("retry-after", retry_after)]
+            )
+        tried = "; ".join(f"{name}: {error}" for name, error in call.errors)
+        return ProxyError(503, f"no backend of route {route} could serve the request: {tried}", "no_backend")
+
+    # ----- one attempt ----------------------------------------------------------------------------------
+
+    async def _attempt(self, call: Call, candidate: Candidate) -> Answer:
+        """Call one backend; record the outcome in its stats, ejection state and metrics."""
+        runtime = call.runtime
+        upstream = runtime.upstreams[candidate.name]
+        stats = candidate.stats
+        started = time.monotonic()
+        token = stats.start(started)
+        runtime.pool.lease(upstream)
+        stream: CompletionStream | None = None
+        won = False  # a winning stream keeps its lease and stats token until the app has read it all
+        try:
+            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
+                if call.stream:
+                    stream = await upstream.stream(call.body, timeout=call.deadline - started)
+                    first = await anext(stream)
+                    stats.first_byte(token, time.monotonic())
+                    won = True
+                    return Answer(candidate, stream=stream, first_chunk=first, token=token, started=started)
+                completion = await upstream.complete(call.body, timeout=call.deadline - started)
+        except TimeoutError:
+            error = UpstreamError("timeout", f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
+            self._failed(call, candidate, token, error)
+            raise error from None
+        except StopAsyncIteration:
+            error = UpstreamError("5xx", "stream ended before any content")
+            self._failed(call, candidate, token, error)
+            raise error from None
+        except UpstreamError as error:
+            self._failed(call, candidate, token, error)
+            raise
+        except asyncio.CancelledError:
+            stats.cancel(token, time.monotonic())
+            raise
+        finally:
+            if not won:
+                if stream is not None:
+                    await stream.aclose()
+                runtime.pool.release(upstream)
+        stats.finish(token, time.monotonic())
+        runtime.detector.record_success(candidate.name)
+        self.metrics.attempts.labels(runtime.route.name, candidate.name, "success").inc()
+        return Answer(candidate, completion=completion, started=started)
+
+    def _failed(self, call: Call, candidate: Candidate, token: int, error: UpstreamError) -> None:
+        runtime = call.runtime
+        now = time.monotonic()
+        candidate.stats.finish(token, now, FailureKind(error.kind))
+        self.record_failure(runtime, candidate.name, error, now)
+
+    def record_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
+        """Feed a failure into ejection and metrics (shared with streams failing after the first chunk)."""
+        kind = FailureKind(error.kind)
+        self.metrics.attempts.labels(runtime.route.name, name, kind.value).inc()
+        if kind is FailureKind.RATE_LIMITED:
+            ejected = runtime.detector.record_rate_limited(name, error.retry_after, now)
+        else:
+            ejected = runtime.detector.record_failure(name, kind, now)
+        if ejected:
+            self.metrics.ejections.labels(runtime.route.name, name, kind.value).inc()
+
+    # ----- background probes ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
+        """A max_tokens-capped copy of a real request to a backend it did not go to, to keep its estimate fresh."""
+        upstream = runtime.upstreams[candidate.name]
+        started = time.monotonic()
+        token = candidate.stats.start(started)
+        runtime.pool.lease(upstream)
+        try:
+            body = dict(_SHADOW_BODY)
+            completion = await upstream.complete(body, timeout=SHADOW_TIMEOUT_S)
+        except UpstreamError as error:
+            candidate.stats.finish(token, time.monotonic(), FailureKind(error.kind))
+            self.record_failure(runtime, candidate.name, error, time.monotonic())
+        except asyncio.CancelledError:
+            candidate.stats.cancel(token, time.monotonic())
+            raise
+        else:
+            candidate.stats.finish(token, time.monotonic())
+            runtime.detector.record_success(candidate.name)
+            self.metrics.attempts.labels(runtime.route.name, candidate.name, "shadow").inc()
+            cost = candidate.spec.price.cost(
+                completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.cached_tokens
+            )
+            self.metrics.cost.labels(runtime.route.name, candidate.name).inc(cost)
+        finally:
+            runtime.pool.release(upstream)
+            runtime.shadow.done(candidate.name)
+
+    async def probe_ejected(self, runtime: RouteRuntime) -> None:
+        """Probe (GET /models, never a completion) every backend whose ejection is over."""
+        due = runtime.detector.due_for_probe(time.monotonic())
+        results = await asyncio.gather(*(runtime.upstreams[name].probe(timeout=5.0) for name in due))
+        for name, ok in zip(due, results, strict=True):
+            runtime.detector.probe_result(name, ok, time.monotonic())
+
+    async def aclose(self) -> None:
+        """Cancel background probes."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+# A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is
+# copied to a backend the user's request did not go to.
+_SHADOW_BODY: dict[str, Any] = {
+    "model": "probe",
+    "messages": [{"role": "user", "content": "ping"}],
+    "max_tokens": SHADOW_MAX_TOKENS,
+}
+
+
+def _loop_deadline(deadline: float) -> float:
+    """`deadline` (time.monotonic) on the event loop's clock, for asyncio.timeout_at."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())

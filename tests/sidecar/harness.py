@@ -1,0 +1,120 @@
+"""A real sidecar (in this process, real sockets) in front of real simulated providers, for the tests."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from llmroute.sidecar.main import Sidecar, add_arguments
+from llmroute.sim import Behavior, SimProvider
+
+
+@dataclass
+class Harness:
+    """Simulated backends, the route file that names them, and the sidecar serving it."""
+
+    sims: dict[str, SimProvider]
+    route_file: Path
+    sidecar: Sidecar
+    spec: dict[str, Any] = field(default_factory=dict)
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar.app_server.port}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar.admin_server.port}"
+
+    def client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official SDK pointed at the sidecar, with its own retries off so ours are what is tested."""
+        kwargs.setdefault("max_retries", 0)
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key="app-key-unused", **kwargs)
+        self.clients.append(client)
+        return client
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30)
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        """Replace the route file's spec (the sidecar picks it up on its next poll or `reload`)."""
+        self.spec = spec
+        self.route_file.write_text(yaml.safe_dump(route_doc(spec)))
+
+
+def route_doc(spec: dict[str, Any], name: str = "chat") -> dict[str, Any]:
+    return {
+        "apiVersion": "llmroute.io/v1alpha1",
+        "kind": "LLMRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def backend_entry(name: str, sim: SimProvider, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "provider": sim.kind, "url": sim.url, "model": f"{name}-model", **extra}
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path,
+    backends: dict[str, Behavior | tuple[str, Behavior]],
+    *,
+    spec: dict[str, Any] | None = None,
+    backend_extra: dict[str, dict[str, Any]] | None = None,
+    argv: list[str] | None = None,
+) -> AsyncIterator[Harness]:
+    """Start one SimProvider per backend (`Behavior` or `(kind, Behavior)`) and a sidecar routing model
+    `chat` over them, in the order given; `spec` entries override the route's defaults."""
+    sims: dict[str, SimProvider] = {}
+    for name, value in backends.items():
+        kind, behavior = value if isinstance(value, tuple) else ("openai", value)
+        sims[name] = SimProvider(name, kind, behavior, seed=1)  # type: ignore[arg-type]
+        await sims[name].start()
+    extra = backend_extra or {}
+    full_spec: dict[str, Any] = {
+        "models": ["chat"],
+        "backends": [backend_entry(n, s, **extra.get(n, {})) for n, s in sims.items()],
+        **(spec or {}),
+    }
+    route_file = tmp_path / "route.yaml"
+    route_file.write_text(yaml.safe_dump(route_doc(full_spec)))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--routes",
+            str(route_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "2",
+            *(argv or []),
+        ]
+    )
+    sidecar = Sidecar(args)
+    await sidecar.start()
+    harness = Harness(sims, route_file, sidecar, full_spec)
+    try:
+        yield harness
+    finally:
+        for client in harness.clients:
+            await client.close()
+        await sidecar.stop()
+        for sim in sims.values():
+            await sim.stop()
+
+
+def chat_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "chat", "messages": [{"role": "user", "content": "hello"}], **extra}

@@ -1,0 +1,166 @@
+"""Routing behaviour a user relies on: latency-aware choice, failover, hedging, caps, ejection, probes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from llmroute.sim import Behavior, Latency
+
+from .harness import chat_body, running
+
+FAST = Behavior(latency=Latency.fixed(0.02))
+SLOW = Behavior(latency=Latency.fixed(0.25))
+
+
+async def send(http: httpx.AsyncClient, n: int, **headers: str) -> list[httpx.Response]:
+    return [await http.post("/chat/completions", json=chat_body(), headers=headers) for _ in range(n)]
+
+
+async def test_latency_strategy_sends_most_traffic_to_the_fastest(tmp_path: Path) -> None:
+    async with running(tmp_path, {"slow": SLOW, "fast": FAST}) as h, h.http() as http:
+        responses = await send(http, 40)
+        assert all(r.status_code == 200 for r in responses)
+        share = Counter(r.headers["x-llmroute-backend"] for r in responses)
+        assert share["fast"] >= 36, share
+
+
+async def test_degraded_backend_loses_traffic_at_once(tmp_path: Path) -> None:
+    async with (
+        running(tmp_path, {"primary": FAST, "other": Behavior(latency=Latency.fixed(0.08))}) as h,
+        h.http() as http,
+    ):
+        await send(http, 10)
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(3.0)))
+        started = time.monotonic()
+        responses = await send(http, 20)
+        elapsed = time.monotonic() - started
+        assert all(r.status_code == 200 for r in responses)
+        late = Counter(r.headers["x-llmroute-backend"] for r in responses[5:])
+        assert late == {"other": 15}, late
+        assert elapsed < 8, f"20 requests took {elapsed:.1f} s: the slow backend kept getting traffic"
+
+
+async def test_failover_on_hang_within_the_deadline(tmp_path: Path) -> None:
+    spec = {"strategy": "ordered", "priorities": {"normal": {"timeout": "2s"}}}
+    async with running(tmp_path, {"hang": Behavior(hang_rate=1.0), "backup": FAST}, spec=spec) as h, h.http() as http:
+        started = time.monotonic()
+        response = await http.post("/chat/completions", json=chat_body())
+        assert response.status_code == 200
+        assert response.headers["x-llmroute-backend"] == "backup"
+        assert response.headers["x-llmroute-attempts"] == "2"
+        assert time.monotonic() - started < 2.0
+
+
+async def test_failover_on_5xx_429_and_reset(tmp_path: Path) -> None:
+    for bad in (
+        Behavior(error_rate=1.0, error_statuses=(502,)),
+        Behavior(rate_limit_rate=1.0, retry_after=30),
+        Behavior(reset_rate=1.0),
+    ):
+        async with running(tmp_path, {"bad": bad, "good": FAST}, spec={"strategy": "ordered"}) as h, h.http() as http:
+            responses = await send(http, 5)
+            assert [r.status_code for r in responses] == [200] * 5, bad
+            assert {r.headers["x-llmroute-backend"] for r in responses} == {"good"}
+
+
+async def test_rate_limited_backend_is_ejected_for_retry_after(tmp_path: Path) -> None:
+    limited = Behavior(rate_limit_rate=1.0, retry_after=30)
+    async with (
+        running(tmp_path, {"limited": limited, "good": FAST}, spec={"strategy": "ordered"}) as h,
+        h.http() as http,
+    ):
+        await send(http, 5)
+        # The 429 ejected it for Retry-After: only the first request tried it.
+        assert h.sims["limited"].stats.by_path["POST /v1/chat/completions"] == 1
+        backends = (await httpx.AsyncClient(base_url=h.admin_url).get("/debug/backends")).json()
+        limited_state = next(b for b in backends["default/chat"] if b["name"] == "limited")
+        assert limited_state["ejection"]["state"] == "ejected"
+        assert limited_state["ejection"]["reason"] == "rate-limited"
+
+
+async def test_ejected_backend_returns_after_a_free_probe(tmp_path: Path) -> None:
+    spec = {"strategy": "ordered", "outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "500ms"}}
+    broken = Behavior(error_rate=1.0, error_statuses=(500,))
+    async with running(tmp_path, {"flaky": broken, "good": FAST}, spec=spec) as h, h.http() as http:
+        await send(http, 4)
+        completions_while_broken = h.sims["flaky"].stats.by_path["POST /v1/chat/completions"]
+        h.sims["flaky"].set_behavior(FAST)
+        for _ in range(50):  # the prober runs every 0.5 s; the ejection lasts 0.5 s
+            if h.sims["flaky"].stats.by_path["GET /v1/models"]:
+                break
+            await asyncio.sleep(0.1)
+        assert h.sims["flaky"].stats.by_path["GET /v1/models"] >= 1, "ejected backend was never probed"
+        await asyncio.sleep(0.2)
+        responses = await send(http, 3)
+        assert responses[-1].headers["x-llmroute-backend"] == "flaky"
+        # Between ejection and return it got only GET /models probes, never paid completions.
+        assert completions_while_broken == 2
+
+
+async def test_critical_requests_hedge_to_the_second_choice(tmp_path: Path) -> None:
+    spec = {"strategy": "ordered", "priorities": {"critical": {"timeout": "2s", "hedge": True}}}
+    async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
+        await send(http, 10, **{"x-llmroute-priority": "critical"})  # learn the primary's p95 (~20 ms)
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(1.5)))
+        started = time.monotonic()
+        response = await http.post("/chat/completions", json=chat_body(), headers={"x-llmroute-priority": "critical"})
+        assert response.status_code == 200
+        assert response.headers["x-llmroute-backend"] == "second"
+        assert time.monotonic() - started < 1.0
+        metrics = (await httpx.AsyncClient(base_url=h.admin_url).get("/metrics")).text
+        assert 'llmroute_hedges_total{result="sent",route="chat"} 1.0' in metrics
+
+
+async def test_batch_concurrency_cap(tmp_path: Path) -> None:
+    spec = {"priorities": {"batch": {"maxConcurrency": 2, "timeout": "10s"}}}
+    slowish = Behavior(latency=Latency.fixed(0.2))
+    async with running(tmp_path, {"only": slowish}, spec=spec) as h, h.http() as http:
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, h.sidecar.router.by_model["chat"].candidates[0].stats.in_flight)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(
+                http.post("/chat/completions", json=chat_body(), headers={"x-llmroute-priority": "batch"})
+                for _ in range(6)
+            )
+        )
+        watcher.cancel()
+        assert [r.status_code for r in responses] == [200] * 6
+        assert peak == 2
+        assert time.monotonic() - started >= 0.55  # three waves of two
+
+
+async def test_stream_fails_over_before_the_first_byte(tmp_path: Path) -> None:
+    async with running(
+        tmp_path, {"bad": Behavior(error_rate=1.0, error_statuses=(503,)), "good": FAST}, spec={"strategy": "ordered"}
+    ) as h:
+        raw = await h.client().chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        assert raw.headers["x-llmroute-backend"] == "good"
+        chunks = [c async for c in raw.parse()]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+async def test_stream_failing_after_first_byte_ends_with_an_error_event(tmp_path: Path) -> None:
+    broken = Behavior(midstream_failure_rate=1.0, token_delay=0.01)
+    async with running(tmp_path, {"broken": broken, "good": FAST}, spec={"strategy": "ordered"}) as h, h.http() as http:
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            assert response.status_code == 200
+            body = (await response.aread()).decode()
+        events = [line for line in body.splitlines() if line.startswith("data: ")]
+        assert events[0].startswith('data: {"id"')
+        assert '"error"' in events[-1] and "mid-stream" in events[-1]
+        assert response.headers["x-llmroute-backend"] == "broken"  # no silent switch once bytes reached the app
