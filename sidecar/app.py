@@ -14,6 +14,7 @@ from llmroute.sidecar.dispatch import Answer, Call, Dispatcher, needed_capabilit
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router, RouteRuntime
+from llmroute.sidecar.upstream.base import DONE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -153,16 +154,20 @@ class SidecarApp:
             yield answer.first_chunk
             try:
                 async for chunk in stream:
+                    if chunk == DONE:
+                        break
                     yield chunk
             except UpstreamError as error:
                 failure = error
                 outcome = "error"
-                proxy_error = ProxyError(
+                yield ProxyError(
                     502, f"backend {candidate.name} failed mid-stream: {error}", "stream_interrupted"
-                )
-                yield proxy_error.sse_event()
+                ).sse_event()
+            # Streams carry their cost as an SSE comment (clients ignore comments), before the final [DONE].
             cost = self._account(call, answer, stream.usage)
             yield f": x-llmroute-cost-usd={cost:.8f}\n\n".encode()
+            if failure is None:
+                yield DONE
         finally:
             now = time.monotonic()
             if failure is not None:

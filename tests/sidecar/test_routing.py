@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -113,7 +114,7 @@ async def test_critical_requests_hedge_to_the_second_choice(tmp_path: Path) -> N
         assert response.headers["x-llmroute-backend"] == "second"
         assert time.monotonic() - started < 1.0
         metrics = (await httpx.AsyncClient(base_url=h.admin_url).get("/metrics")).text
-        assert 'llmroute_hedges_total{result="sent",route="chat"} 1.0' in metrics
+        assert re.search(r'llmroute_hedges_total\{result="won",route="chat"\} [1-9]', metrics), metrics
 
 
 async def test_batch_concurrency_cap(tmp_path: Path) -> None:
