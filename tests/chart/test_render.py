@@ -1,0 +1,221 @@
+"""The Helm chart: lint, render with default and non-default values, validate against Kubernetes 1.30."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.chart.conftest import CHART, Render
+
+K8S_VERSION = "1.30.0"
+# Kinds from CRDs that kubernetes-validate has no schema for; rendered only when asked for.
+CRD_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
+             ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "regular-container-sidecar": {"injection.mode": "container"},
+    "cert-manager-self-signed": {"injection.tls.source": "cert-manager"},
+    "cert-manager-cluster-issuer": {
+        "injection.tls.source": "cert-manager",
+        "injection.tls.certManager.issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+    },
+    "monitoring": {"serviceMonitor.enabled": True, "dashboard.enabled": True},
+    "one-namespace-tls-no-injection": {
+        "operator.watchNamespace": "shop", "controlPlane.tls.enabled": True, "injection.enabled": False,
+    },
+}
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [found] = by_kind(objects, kind)
+    return found
+
+
+def test_lint_strict(helm_bin: Path) -> None:
+    result = subprocess.run([str(helm_bin), "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_rendered_object_is_valid_kubernetes_1_30(render: Render, values: dict[str, Any]) -> None:
+    for obj in render(values):
+        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
+            assert obj["metadata"]["name"].startswith("llmroute")
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_optional_objects_follow_their_values(render: Render) -> None:
+    default_kinds = {o["kind"] for o in render()}
+    assert {"ServiceMonitor", "PodMonitor", "Certificate", "Issuer"}.isdisjoint(default_kinds)
+    assert not [o for o in render() if o["metadata"]["name"].endswith("-dashboard")]
+    monitoring = render(VALUE_SETS["monitoring"])
+    assert one(monitoring, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http-metrics"
+    assert one(monitoring, "PodMonitor")["spec"]["selector"]["matchLabels"] == {"llmroute.io/sidecar": "injected"}
+    dashboard = next(o for o in monitoring if o["metadata"]["name"].endswith("-dashboard"))
+    assert json.loads(dashboard["data"]["llmroute.json"])["uid"] == "llmroute"
+    assert "MutatingWebhookConfiguration" not in {o["kind"] for o in render({"injection.enabled": False})}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("injection.mod", "container", "additional properties 'mod' not allowed"),
+        ("operater.auth", False, "additional properties 'operater' not allowed"),
+        ("injection.mode", "sidecar", "value must be one of 'native', 'container'"),
+    ],
+)
+def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
+    result = subprocess.run(
+        [str(helm_bin), "template", "llmroute", str(CHART), "--set-json", f"{key}={json.dumps(value)}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
+    objects = render()
+    rules = {
+        (group, resource): sorted(rule["verbs"])
+        for role in by_kind(objects, "ClusterRole")
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
+        ("authentication.k8s.io", "tokenreviews"): ["create"],
+        ("llmroute.io", "llmroutes"): ["get", "list", "patch", "watch"],
+        ("llmroute.io", "llmroutes/status"): ["patch"],
+        ("", "secrets"): ["get", "list", "watch"],
+        ("", "events"): ["create"],
+    }
+    assert not by_kind(objects, "Role")
+
+
+def test_one_watched_namespace_binds_route_access_in_that_namespace_only(render: Render) -> None:
+    objects = render({"operator.watchNamespace": "shop"})
+    [binding] = by_kind(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "shop"
+    assert binding["roleRef"]["name"].endswith("-routes")
+    assert [b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding")] == ["llmroute-cluster"]
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=shop" in args and "--all-namespaces" not in args
+
+
+def test_operator_pod_is_hardened_and_probed_on_the_admin_port(render: Render) -> None:
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    admin = next(p for p in container["ports"] if p["containerPort"] == 15020)["name"]
+    assert {container[p]["httpGet"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {admin}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["args"][:4] == ["operator", "--grpc-listen=0.0.0.0:15010", "--admin-listen=0.0.0.0:15020",
+                                     "--all-namespaces"]
+
+
+@pytest.mark.parametrize(("mode", "native"), [("native", True), ("container", False)])
+def test_injection_config_carries_the_sidecar_mode(render: Render, mode: str, native: bool) -> None:
+    config_map = next(o for o in render({"injection.mode": mode}) if o["metadata"]["name"].endswith("-injection")
+                      and o["kind"] == "ConfigMap")
+    config = json.loads(config_map["data"]["config.json"])
+    assert config["mode"] == mode
+    assert config["controlPlane"] == "llmroute.llmroute-system.svc:15010"
+    assert config["operatorNamespace"] == "llmroute-system"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics for the operators the chart uses."""
+    for expr in selector.get("matchExpressions", []):
+        has = labels.get(expr["key"]) in expr["values"]
+        if (expr["operator"] == "In") != has:
+            return False
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_webhook_selects_labelled_namespaces_except_system_and_its_own(render: Render) -> None:
+    [webhook] = one(render({"injection.excludedNamespaces": ["legacy"]}), "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["failurePolicy"] == "Ignore"
+    assert webhook["clientConfig"]["service"]["path"] == "/llmroute-inject"
+
+    def namespace(name: str, **labels: str) -> dict[str, str]:
+        return {"kubernetes.io/metadata.name": name, **labels}
+
+    enabled = {"llmroute.io/injection": "enabled"}
+    assert _selects(webhook["namespaceSelector"], namespace("shop", **enabled))
+    assert not _selects(webhook["namespaceSelector"], namespace("shop"))
+    for excluded in ("kube-system", "llmroute-system", "legacy"):
+        assert not _selects(webhook["namespaceSelector"], namespace(excluded, **enabled))
+    assert _selects(webhook["objectSelector"], {"app": "storefront"})
+    assert not _selects(webhook["objectSelector"], {"llmroute.io/inject": "false"})
+
+
+def test_generated_certificate_is_trusted_for_the_service_name(render: Render) -> None:
+    objects = render()
+    secret = one(objects, "Secret")["data"]
+    [webhook] = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["clientConfig"]["caBundle"] == secret["ca.crt"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        cert.write_bytes(base64.b64decode(secret["tls.crt"]))
+        key.write_bytes(base64.b64decode(secret["tls.key"]))
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cadata=base64.b64decode(webhook["clientConfig"]["caBundle"]).decode())
+    _handshake(client, server, "llmroute.llmroute-system.svc")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(client, server, "elsewhere.example.com")
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, hostname: str) -> None:
+    """A TLS handshake over memory BIOs: what the API server does when it calls the webhook Service."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(c_in, c_out, server_hostname=hostname)
+    tls_server = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, end, out, peer_in in (("client", tls_client, c_out, s_in), ("server", tls_server, s_out, c_in)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(out.read())
+        if all(done.values()):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_cert_manager_mode_injects_the_ca_and_skips_the_helm_secret(render: Render) -> None:
+    objects = render(VALUE_SETS["cert-manager-self-signed"])
+    assert not by_kind(objects, "Secret")
+    certificate = one(objects, "Certificate")
+    assert "llmroute.llmroute-system.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == one(objects, "Issuer")["metadata"]["name"]
+    webhook = one(objects, "MutatingWebhookConfiguration")
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "llmroute-system/llmroute"
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    issued = render(VALUE_SETS["cert-manager-cluster-issuer"])
+    assert not by_kind(issued, "Issuer")
+    assert one(issued, "Certificate")["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
