@@ -19,15 +19,26 @@ PRIOR_SUCCESSES = 1.0
 """Pseudo-successes in the failure rate, so one failure on a quiet backend reads as 50%, not 100%."""
 
 
+RECOVERY_SAMPLES = 3
+"""Answers in a row at under half the estimate that prove a recovery: the estimate drops to their worst."""
+
+
 class PeakEWMA:
     """A latency estimate that rises to a new peak at once and decays toward lower samples with time
-    constant `decay` (Finagle/linkerd), so one slow answer is believed at once and forgotten gradually."""
+    constant `decay` (Finagle/linkerd), so one slow answer is believed at once and forgotten gradually.
 
-    __slots__ = ("_decay", "_stamp", "value")
+    Plain decay takes ~30 s to forget an 8.5 s peak; a backend that has recovered would lose traffic it
+    deserves all that time. So `RECOVERY_SAMPLES` answers in a row at under half the estimate (real or
+    shadow traffic) reset it to the slowest of them: a recovery is believed after a few answers, while a
+    single fast answer still cannot hide a slow backend."""
+
+    __slots__ = ("_decay", "_low_count", "_low_max", "_stamp", "value")
 
     def __init__(self, decay: float = DECAY_S) -> None:
         self._decay = decay
         self._stamp = 0.0
+        self._low_count = 0
+        self._low_max = 0.0
         self.value: float | None = None
         """Seconds; None until the first sample."""
 
@@ -36,9 +47,18 @@ class PeakEWMA:
         value = self.value
         if value is None or sample >= value:
             self.value = sample
+            self._low_count = 0
         else:
             keep = math.exp(-max(now - self._stamp, 0.0) / self._decay)
             self.value = value * keep + sample * (1.0 - keep)
+            if sample < value / 2:
+                self._low_max = sample if self._low_count == 0 else max(self._low_max, sample)
+                self._low_count += 1
+                if self._low_count >= RECOVERY_SAMPLES:
+                    self.value = min(self.value, self._low_max)
+                    self._low_count = 0
+            else:
+                self._low_count = 0
         self._stamp = now
 
     def observe_at_least(self, bound: float, now: float) -> None:
@@ -46,6 +66,7 @@ class PeakEWMA:
         if self.value is None or bound > self.value:
             self.value = bound
             self._stamp = now
+            self._low_count = 0
 
 
 class FailureRate:

@@ -163,3 +163,18 @@ def test_snapshot_reports_live_estimates() -> None:
     assert snap["latency_ewma_s"] == pytest.approx(0.3)
     assert snap["in_flight"] == 0
     assert snap["since_observed_s"] == pytest.approx(2.0)
+
+
+def test_a_recovery_is_believed_after_a_few_fast_answers_in_a_row() -> None:
+    ewma = PeakEWMA()
+    ewma.observe(8.5, 0.0)
+    ewma.observe(0.3, 1.0)
+    ewma.observe(0.35, 2.0)
+    assert ewma.value is not None and ewma.value > 5  # two fast answers are not yet proof
+    ewma.observe(0.32, 3.0)
+    assert ewma.value == 0.35  # the third resets to the slowest of them
+    ewma.observe(0.3, 4.0)
+    ewma.observe(9.0, 5.0)
+    ewma.observe(0.3, 6.0)
+    ewma.observe(0.3, 7.0)
+    assert ewma.value is not None and ewma.value > 5  # a new peak in between restarts the count
