@@ -1,0 +1,254 @@
+"""The sidecar's control-plane client: subscribes to its routing table, ACKs or NACKs it, reports load.
+
+The last applied table stays in force whatever happens to the connection, and is kept in --state-dir
+so a sidecar restarted while the operator is away still serves. Reconnects back off exponentially
+with jitter and resend the version the sidecar has, so an unchanged table is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from llmroute.model import Backend, RouteInvalid, RoutingTable, SecretValue, compile_table, parse_spec, resolve_keys
+from llmroute.model.files import LocalKeys
+from llmroute.v1 import load_pb2, routes_pb2, rpc
+
+from ..load import LoadRecorder
+from . import state
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What the sidecar tells the operator about its pod (the namespace is checked against the token)."""
+
+    pod: str
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    sidecar_version: str = ""
+
+    def message(self) -> routes_pb2.Node:
+        return routes_pb2.Node(
+            pod=self.pod, namespace=self.namespace, labels=dict(self.labels), sidecar_version=self.sidecar_version
+        )
+
+
+class TableRejected(ValueError):
+    """A table from the control plane that this sidecar cannot serve; the message goes back in the NACK."""
+
+
+def build_table(response: routes_pb2.RouteResponse, namespace: str, env_keys: LocalKeys | None = None) -> RoutingTable:
+    """Validate every route of a response with the LLMRoute parser and resolve its keys, or raise TableRejected.
+
+    Keys of `apiKeySecretRef` backends come with the response; `apiKeyEnv` ones from this process' environment.
+    """
+    env_keys = env_keys or LocalKeys(None)
+    problems: list[str] = []
+    routes = []
+    for message in response.table.routes:
+        key = f"{message.namespace}/{message.name}"
+        if message.namespace != namespace:
+            problems.append(f"LLMRoute {key} is not in this sidecar's namespace {namespace!r}")
+            continue
+        try:
+            route = parse_spec(
+                json.loads(message.spec_json), name=message.name, namespace=namespace, generation=message.generation
+            )
+            routes.append(resolve_keys(route, _keys(dict(message.api_keys), env_keys)))
+        except json.JSONDecodeError as exc:
+            problems.append(f"LLMRoute {key}: spec_json is not JSON: {exc}")
+        except RouteInvalid as exc:
+            problems.append(str(exc))
+    compiled = compile_table(routes)
+    problems.extend(str(RouteInvalid(k, p)) for k, p in compiled.rejected.items())
+    if problems:
+        raise TableRejected("; ".join(problems))
+    return RoutingTable(version=response.version_info, routes=compiled.table.routes)
+
+
+def _keys(api_keys: dict[str, str], env_keys: LocalKeys) -> Callable[[Backend, str], SecretValue | None]:
+    def resolve(backend: Backend, namespace: str) -> SecretValue | None:
+        if backend.api_key_secret_ref is None:
+            return env_keys(backend, namespace)
+        if backend.name not in api_keys:
+            ref = backend.api_key_secret_ref
+            raise LookupError(f"the control plane sent no key for Secret {ref.name!r} key {ref.key!r}")
+        return SecretValue(api_keys[backend.name])
+
+    return resolve
+
+
+class ControlPlaneClient:
+    """Keeps the sidecar subscribed to the operator; `apply` receives each table that validates."""
+
+    def __init__(
+        self,
+        address: str,
+        node: NodeInfo,
+        *,
+        token_file: Path | None,
+        state_dir: Path | None,
+        tls_ca: Path | None,
+        apply: Callable[[RoutingTable], None],
+        load: LoadRecorder,
+        backoff_min: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.node = node
+        self.version = ""  # of the table applied last ("" = none yet)
+        self.connected = False  # subscribed and authenticated right now
+        self._token_file = token_file
+        self._state_dir = state_dir
+        self._ca = tls_ca.read_bytes() if tls_ca is not None else None
+        self._apply = apply
+        self._load = load
+        self._backoff = (backoff_min, backoff_max)
+        self._failures = 0
+        self._report_interval = 5.0
+        self._stopping = asyncio.Event()
+        self._session: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Restore the saved table, then stay subscribed until stop()."""
+        await self._restore()
+        while not self._stopping.is_set():
+            self._session = asyncio.create_task(self._subscribe())
+            try:
+                await self._session
+                log.warning("control plane %s closed the route stream", self.address)
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    break
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("control plane %s: %s %s", self.address, exc.code().name, exc.details())
+            except Exception:
+                log.exception("control-plane session failed")
+            finally:
+                self.connected = False
+            self._failures += 1
+            low, high = self._backoff
+            delay = min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def stop(self) -> None:
+        """Leave the control plane; the applied table stays in force."""
+        self._stopping.set()
+        if self._session is not None:
+            self._session.cancel()
+            await asyncio.gather(self._session, return_exceptions=True)
+
+    async def _restore(self) -> None:
+        if self._state_dir is None:
+            return
+        try:
+            saved = await asyncio.to_thread(state.load, self._state_dir)
+            if saved is None:
+                return
+            self._apply(build_table(saved, self.node.namespace))
+        except Exception as exc:
+            log.warning("cannot restore the routing table saved in %s: %s", self._state_dir, exc)
+            return
+        self.version = saved.version_info
+        log.info("restored routing table %s from %s", self.version, self._state_dir)
+
+    async def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token_file is None:
+            return ()
+        token = (await asyncio.to_thread(self._token_file.read_text)).strip()  # re-read: projected tokens rotate
+        return (("authorization", f"Bearer {token}"),)
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self._ca is None:
+            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
+        return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+
+    async def _subscribe(self) -> None:
+        """One connection: the route stream until it ends, load reports alongside."""
+        metadata = await self._metadata()
+        channel = self._channel()
+        reporting: asyncio.Task[None] | None = None
+        try:
+            call = rpc.stream_routes(channel)(None, metadata=metadata)
+            await call.write(routes_pb2.RouteRequest(node=self.node.message(), version_info=self.version))
+            await call.initial_metadata()  # the server sends it once the stream is authenticated
+            if call.done():
+                await call.read()  # raises the status the server ended the call with
+                return
+            self.connected = True
+            self._failures = 0
+            log.info("subscribed to control plane %s with version %r", self.address, self.version)
+            reporting = asyncio.create_task(self._report(channel, metadata))
+            while True:
+                response = await call.read()
+                if not isinstance(response, routes_pb2.RouteResponse):
+                    return  # EOF
+                await call.write(await self._answer(response))
+        finally:
+            if reporting is not None:
+                reporting.cancel()
+                await asyncio.gather(reporting, return_exceptions=True)
+            await channel.close(None)
+
+    async def _answer(self, response: routes_pb2.RouteResponse) -> routes_pb2.RouteRequest:
+        """Apply the table and ACK it, or NACK it with every problem and keep the current one."""
+        try:
+            self._apply(build_table(response, self.node.namespace))
+        except Exception as exc:
+            log.warning("rejected routing table %s: %s", response.version_info, exc)
+            return routes_pb2.RouteRequest(
+                version_info=self.version, response_nonce=response.nonce, error_detail=str(exc) or repr(exc)
+            )
+        self.version = response.version_info
+        log.info("applied routing table %s (%d routes)", self.version, len(response.table.routes))
+        if self._state_dir is not None:
+            try:
+                await asyncio.to_thread(state.save, self._state_dir, response)
+            except OSError as exc:
+                log.warning("cannot save the routing table in %s: %s", self._state_dir, exc)
+        return routes_pb2.RouteRequest(version_info=self.version, response_nonce=response.nonce)
+
+    async def _report(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Send load reports at the interval the server asks for, for as long as the connection lasts."""
+        while True:
+            call = rpc.stream_load(channel)(None, metadata=metadata)
+            directives = asyncio.create_task(self._read_directives(call))
+            try:
+                first = self._load.snapshot_and_reset()
+                first.node.CopyFrom(self.node.message())
+                await call.write(first)
+                while not call.done():
+                    await asyncio.sleep(self._report_interval)
+                    await call.write(self._load.snapshot_and_reset())
+            except grpc.aio.AioRpcError as exc:
+                log.warning("load reporting to %s failed: %s %s", self.address, exc.code().name, exc.details())
+            finally:
+                directives.cancel()
+                await asyncio.gather(directives, return_exceptions=True)
+            await asyncio.sleep(self._report_interval)
+
+    async def _read_directives(
+        self, call: grpc.aio.StreamStreamCall[load_pb2.LoadReport, load_pb2.LoadDirective]
+    ) -> None:
+        async for directive in call:
+            if directive.report_interval_seconds > 0:
+                self._report_interval = directive.report_interval_seconds
