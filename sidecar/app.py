@@ -9,14 +9,12 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
-from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher, needed_capabilities
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router, RouteRuntime
 from llmroute.sidecar.upstream.base import DONE
 from llmroute.sidecar.upstream.errors import UpstreamError
-from llmroute.sidecar.upstream.usage import Usage
 
 PRIORITIES = ("critical", "normal", "batch")
 _JSON = "application/json"
@@ -128,10 +126,9 @@ class SidecarApp:
                     200, self._relay(call, answer, received, gate), self._headers(call, answer, received)
                 )
             assert answer.completion is not None
-            cost = self._account(call, answer, answer.completion.usage)
             self._observe(call, answer, "success", received)
             headers = self._headers(call, answer, received)
-            headers.append(("x-llmroute-cost-usd", f"{cost:.8f}"))
+            headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
             return Response(200, answer.completion.body, headers)
         finally:
             if not holds_stream:
@@ -145,11 +142,8 @@ class SidecarApp:
         assert stream is not None
         runtime = call.runtime
         candidate = answer.candidate
-        upstream = runtime.upstreams[candidate.name]
-        route = runtime.route.name
-        self.metrics.ttft.labels(route, candidate.name, call.priority).observe(time.monotonic() - received)
-        outcome = "success"
-        failure: UpstreamError | None = None
+        self.metrics.ttft.labels(runtime.route.name, candidate.name, call.priority).observe(time.monotonic() - received)
+        outcome = "abandoned"
         try:
             yield answer.first_chunk
             try:
@@ -158,43 +152,26 @@ class SidecarApp:
                         break
                     yield chunk
             except UpstreamError as error:
-                failure = error
                 outcome = "error"
-                yield ProxyError(
-                    502, f"backend {candidate.name} failed mid-stream: {error}", "stream_interrupted"
-                ).sse_event()
+                self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
+                message = f"backend {candidate.name} failed mid-stream: {error}"
+                yield ProxyError(502, message, "stream_interrupted").sse_event()
+                return
+            outcome = "success"
+            cost = self.dispatcher.succeeded(
+                runtime, candidate, answer.token, answer.started, stream.usage, "success", answer.ttft
+            )
             # Streams carry their cost as an SSE comment (clients ignore comments), before the final [DONE].
-            cost = self._account(call, answer, stream.usage)
             yield f": x-llmroute-cost-usd={cost:.8f}\n\n".encode()
-            if failure is None:
-                yield DONE
+            yield DONE
         finally:
-            now = time.monotonic()
-            if failure is not None:
-                candidate.stats.finish(answer.token, now, FailureKind(failure.kind))
-                self.dispatcher.record_failure(runtime, candidate.name, failure, now)
-            else:
-                candidate.stats.finish(answer.token, now)
+            if outcome == "abandoned":  # the app went away mid-stream: close the attempt without a verdict
+                self.dispatcher.abandoned(runtime, candidate, answer.token)
             await stream.aclose()
-            runtime.pool.release(upstream)
             self._observe(call, answer, outcome, received)
-            self.metrics.in_flight.labels(route).dec()
+            self.metrics.in_flight.labels(runtime.route.name).dec()
             if gate is not None:
                 gate.release()
-
-    def _account(self, call: Call, answer: Answer, usage: Usage) -> float:
-        """Count tokens and spend; returns the request's cost in USD."""
-        route = call.runtime.route.name
-        backend = answer.candidate.spec
-        cost = backend.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        m = self.metrics
-        m.tokens.labels(route, backend.name, "input").inc(usage.prompt_tokens)
-        m.tokens.labels(route, backend.name, "output").inc(usage.completion_tokens)
-        if usage.cached_tokens:
-            m.tokens.labels(route, backend.name, "cached_input").inc(usage.cached_tokens)
-        if cost:
-            m.cost.labels(route, backend.name).inc(cost)
-        return cost
 
     def _observe(self, call: Call, answer: Answer | None, outcome: str, received: float) -> None:
         now = time.monotonic()

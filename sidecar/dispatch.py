@@ -17,11 +17,12 @@ from llmroute.sidecar.balancer.candidates import Candidate, eligible
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
 from llmroute.sidecar.upstream.client import CompletionStream
 from llmroute.sidecar.upstream.errors import UpstreamError
-from llmroute.sidecar.upstream.usage import Completion
+from llmroute.sidecar.upstream.usage import Completion, Usage
 
 SHADOW_MAX_TOKENS = 16
 """Shadow probes ask for at most this many tokens: enough to measure, too few to cost."""
@@ -62,6 +63,9 @@ class Answer:
     token: int = -1
     """The stats token of a stream, finished when the stream ends."""
     started: float = 0.0
+    ttft: float | None = None
+    cost: float = 0.0
+    """USD, once the usage is known (at once for JSON answers, at the end for streams)."""
 
 
 def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
@@ -92,9 +96,87 @@ def _estimated_tokens(body: dict[str, Any]) -> tuple[int, int]:
 class Dispatcher:
     """Runs calls against a route's backends and keeps the route's policies informed."""
 
-    def __init__(self, metrics: SidecarMetrics) -> None:
+    def __init__(self, metrics: SidecarMetrics, load: LoadRecorder | None = None) -> None:
         self.metrics = metrics
+        self.load = load
+        """Per-backend counts for the operator's load reports (control-plane mode only)."""
         self._background: set[asyncio.Task[None]] = set()
+
+    # ----- outcomes -------------------------------------------------------------------------------------
+
+    def _begin(self, runtime: RouteRuntime, candidate: Candidate) -> tuple[int, float]:
+        """An attempt starts: stats token, start time; the upstream client is leased for its duration."""
+        started = time.monotonic()
+        runtime.pool.lease(runtime.upstreams[candidate.name])
+        if self.load is not None:
+            self.load.start(runtime.route.name, candidate.name)
+        return candidate.stats.start(started), started
+
+    def succeeded(
+        self,
+        runtime: RouteRuntime,
+        candidate: Candidate,
+        token: int,
+        started: float,
+        usage: Usage,
+        outcome: str,
+        ttft: float | None = None,
+    ) -> float:
+        """An attempt (or a whole stream) succeeded: feed the policies, count tokens and spend; returns USD."""
+        now = time.monotonic()
+        candidate.stats.finish(token, now)
+        runtime.detector.record_success(candidate.name)
+        runtime.pool.release(runtime.upstreams[candidate.name])
+        route, name = runtime.route.name, candidate.name
+        cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        m = self.metrics
+        m.attempts.labels(route, name, outcome).inc()
+        m.tokens.labels(route, name, "input").inc(usage.prompt_tokens)
+        m.tokens.labels(route, name, "output").inc(usage.completion_tokens)
+        if usage.cached_tokens:
+            m.tokens.labels(route, name, "cached_input").inc(usage.cached_tokens)
+        if cost:
+            m.cost.labels(route, name).inc(cost)
+        if self.load is not None:
+            self.load.finish(
+                route,
+                name,
+                failure=None,
+                latency=now - started,
+                ttft=ttft,
+                tokens_in=usage.prompt_tokens,
+                tokens_out=usage.completion_tokens,
+                cost_usd=cost,
+            )
+        return cost
+
+    def failed(
+        self, runtime: RouteRuntime, candidate: Candidate, token: int, started: float, error: UpstreamError
+    ) -> None:
+        """An attempt (or a stream after its first chunk) failed: feed estimates, ejection, metrics, reports."""
+        now = time.monotonic()
+        kind = FailureKind(error.kind)
+        candidate.stats.finish(token, now, kind)
+        runtime.pool.release(runtime.upstreams[candidate.name])
+        self._count_failure(runtime, candidate.name, error, now)
+        if self.load is not None:
+            self.load.finish(
+                runtime.route.name,
+                candidate.name,
+                failure=kind.value,
+                latency=now - started,
+                ttft=None,
+                tokens_in=0,
+                tokens_out=0,
+                cost_usd=0.0,
+            )
+
+    def abandoned(self, runtime: RouteRuntime, candidate: Candidate, token: int) -> None:
+        """A hedge that lost or an attempt cut short by the deadline: only a lower bound on its latency."""
+        candidate.stats.cancel(token, time.monotonic())
+        runtime.pool.release(runtime.upstreams[candidate.name])
+        if self.load is not None:
+            self.load.cancel(runtime.route.name, candidate.name)
 
     # ----- planning -------------------------------------------------------------------------------------
 
@@ -296,56 +378,53 @@ class Dispatcher:
     # ----- one attempt ----------------------------------------------------------------------------------
 
     async def _attempt(self, call: Call, candidate: Candidate) -> Answer:
-        """Call one backend; record the outcome in its stats, ejection state and metrics."""
+        """Call one backend; every outcome is fed back through succeeded / failed / _abandoned."""
         runtime = call.runtime
         upstream = runtime.upstreams[candidate.name]
-        stats = candidate.stats
-        started = time.monotonic()
-        token = stats.start(started)
-        runtime.pool.lease(upstream)
+        token, started = self._begin(runtime, candidate)
         stream: CompletionStream | None = None
-        won = False  # a winning stream keeps its lease and stats token until the app has read it all
         try:
             async with asyncio.timeout_at(_loop_deadline(call.deadline)):
                 if call.stream:
                     stream = await upstream.stream(call.body, timeout=call.deadline - started)
                     first = await anext(stream)
-                    stats.first_byte(token, time.monotonic())
-                    won = True
-                    return Answer(candidate, stream=stream, first_chunk=first, token=token, started=started)
+                    first_at = time.monotonic()
+                    candidate.stats.first_byte(token, first_at)
+                    # The stream is now the caller's: it reports the outcome when the app has read it all.
+                    answer = Answer(
+                        candidate,
+                        stream=stream,
+                        first_chunk=first,
+                        token=token,
+                        started=started,
+                        ttft=first_at - started,
+                    )
+                    stream = None
+                    return answer
                 completion = await upstream.complete(call.body, timeout=call.deadline - started)
         except TimeoutError:
             error = UpstreamError("timeout", f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
-            self._failed(call, candidate, token, error)
+            self.failed(runtime, candidate, token, started, error)
             raise error from None
         except StopAsyncIteration:
             error = UpstreamError("5xx", "stream ended before any content")
-            self._failed(call, candidate, token, error)
+            self.failed(runtime, candidate, token, started, error)
             raise error from None
         except UpstreamError as error:
-            self._failed(call, candidate, token, error)
+            self.failed(runtime, candidate, token, started, error)
             raise
         except asyncio.CancelledError:
-            stats.cancel(token, time.monotonic())
+            self.abandoned(runtime, candidate, token)
             raise
         finally:
-            if not won:
-                if stream is not None:
-                    await stream.aclose()
-                runtime.pool.release(upstream)
-        stats.finish(token, time.monotonic())
-        runtime.detector.record_success(candidate.name)
-        self.metrics.attempts.labels(runtime.route.name, candidate.name, "success").inc()
-        return Answer(candidate, completion=completion, started=started)
+            if stream is not None:
+                await stream.aclose()
+        answer = Answer(candidate, completion=completion, token=token, started=started)
+        answer.cost = self.succeeded(runtime, candidate, token, started, completion.usage, "success")
+        return answer
 
-    def _failed(self, call: Call, candidate: Candidate, token: int, error: UpstreamError) -> None:
-        runtime = call.runtime
-        now = time.monotonic()
-        candidate.stats.finish(token, now, FailureKind(error.kind))
-        self.record_failure(runtime, candidate.name, error, now)
-
-    def record_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
-        """Feed a failure into ejection and metrics (shared with streams failing after the first chunk)."""
+    def _count_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
+        """Feed a failure into ejection and metrics."""
         kind = FailureKind(error.kind)
         self.metrics.attempts.labels(runtime.route.name, name, kind.value).inc()
         if kind is FailureKind.RATE_LIMITED:
@@ -363,30 +442,18 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
 
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
-        """A max_tokens-capped copy of a real request to a backend it did not go to, to keep its estimate fresh."""
-        upstream = runtime.upstreams[candidate.name]
-        started = time.monotonic()
-        token = candidate.stats.start(started)
-        runtime.pool.lease(upstream)
+        """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
+        token, started = self._begin(runtime, candidate)
         try:
-            body = dict(_SHADOW_BODY)
-            completion = await upstream.complete(body, timeout=SHADOW_TIMEOUT_S)
+            completion = await runtime.upstreams[candidate.name].complete(dict(_SHADOW_BODY), timeout=SHADOW_TIMEOUT_S)
         except UpstreamError as error:
-            candidate.stats.finish(token, time.monotonic(), FailureKind(error.kind))
-            self.record_failure(runtime, candidate.name, error, time.monotonic())
+            self.failed(runtime, candidate, token, started, error)
         except asyncio.CancelledError:
-            candidate.stats.cancel(token, time.monotonic())
+            self.abandoned(runtime, candidate, token)
             raise
         else:
-            candidate.stats.finish(token, time.monotonic())
-            runtime.detector.record_success(candidate.name)
-            self.metrics.attempts.labels(runtime.route.name, candidate.name, "shadow").inc()
-            cost = candidate.spec.price.cost(
-                completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.cached_tokens
-            )
-            self.metrics.cost.labels(runtime.route.name, candidate.name).inc(cost)
+            self.succeeded(runtime, candidate, token, started, completion.usage, "shadow")
         finally:
-            runtime.pool.release(upstream)
             runtime.shadow.done(candidate.name)
 
     async def probe_ejected(self, runtime: RouteRuntime) -> None:

@@ -90,6 +90,12 @@ class LoadRecorder:
         stats.tokens_out += tokens_out
         stats.cost_usd += cost_usd
 
+    def cancel(self, route: str, backend: str) -> None:
+        """The attempt was abandoned (a hedge that lost): it neither succeeded nor failed."""
+        stats = self._stats.get((route, backend))
+        if stats is not None and stats.in_flight > 0:
+            stats.in_flight -= 1
+
     def snapshot_and_reset(self) -> load_pb2.LoadReport:
         """A report of everything since the last call; counters start again (in-flight counts carry over)."""
         now = self._clock()

@@ -6,23 +6,40 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmroute import __version__
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
+from llmroute.model import RoutingTable
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
+from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
 
 log = logging.getLogger("llmroute.sidecar")
 
 PROBE_INTERVAL_S = 0.5
+DEFAULT_TOKEN_FILE = "/var/run/secrets/llmroute/token/token"
+DEFAULT_LABELS_FILE = "/etc/llmroute/podinfo/labels"
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2`, or the downward API's file format (one `k="v"` a line)."""
+    labels = {}
+    for item in text.replace("\n", ",").split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep:
+            labels[key.strip()] = value.strip().strip('"')
+    return labels
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -44,6 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="LLMRoute YAML file or directory; repeatable; reloaded on change and on SIGHUP",
     )
+    source.add_argument("--control-plane", metavar="HOST:PORT", help="the operator's gRPC address")
+    cp = parser.add_argument_group("control-plane mode")
+    cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
+    cp.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""), help="default: $POD_NAME")
+    cp.add_argument("--labels", default="", metavar="K=V,...", help="this pod's labels (for workloadSelector)")
+    cp.add_argument(
+        "--labels-file",
+        type=Path,
+        default=Path(DEFAULT_LABELS_FILE),
+        help="downward-API labels file, read when it exists and --labels is not given",
+    )
+    cp.add_argument("--token-file", type=Path, default=Path(DEFAULT_TOKEN_FILE), help="projected ServiceAccount token")
+    cp.add_argument("--state-dir", type=Path, default=None, help="keeps the last acknowledged table across restarts")
+    cp.add_argument("--tls-ca", type=Path, default=None, help="CA bundle to verify the operator (TLS channel)")
     parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
     parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
     parser.add_argument(
@@ -71,35 +102,62 @@ class Sidecar:
         self.args = args
         self.metrics = SidecarMetrics()
         self.router = Router()
-        self.dispatcher = Dispatcher(self.metrics)
+        self.load = LoadRecorder() if args.control_plane else None
+        self.dispatcher = Dispatcher(self.metrics, self.load)
         self.draining = False
-        self.source = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
+        self.files: FileRouteSource | None = None
+        self.control_plane: ControlPlaneClient | None = None
+        if args.control_plane:
+            assert self.load is not None
+            self.control_plane = ControlPlaneClient(
+                args.control_plane,
+                NodeInfo(args.pod_name, args.namespace, self._labels(), __version__),
+                token_file=args.token_file if args.token_file.exists() else None,
+                state_dir=args.state_dir,
+                tls_ca=args.tls_ca,
+                apply=self._apply,
+                load=self.load,
+            )
+        else:
+            self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
         self.app_server = HTTPServer(
             SidecarApp(self.router, self.dispatcher, self.metrics),
             max_body_bytes=args.max_body_bytes,
-            error_body=lambda status, message: error_body(status, message),
+            error_body=error_body,
         )
         self.admin_server = HTTPServer(
-            AdminApp(
-                self.router, self.metrics, source_problems=lambda: self.source.problems, draining=lambda: self.draining
-            )
+            AdminApp(self.router, self.metrics, source_problems=self._problems, draining=lambda: self.draining)
         )
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _apply(self, table: object) -> None:
-        from llmroute.model import RoutingTable
+    def _labels(self) -> dict[str, str]:
+        if self.args.labels or not self.args.labels_file.exists():
+            return parse_labels(self.args.labels)
+        return parse_labels(self.args.labels_file.read_text())
 
-        assert isinstance(table, RoutingTable)
+    def _problems(self) -> dict[str, list[str]]:
+        if self.files is not None:
+            return self.files.problems
+        assert self.control_plane is not None
+        if self.control_plane.connected:
+            return {}
+        return {"control-plane": [f"not connected to {self.control_plane.address}; serving the last table"]}
+
+    def _apply(self, table: RoutingTable) -> None:
         self.router.apply(table)
         self.metrics.set_table_version(table.version)
         self.metrics.table_updates.labels("applied").inc()
 
     async def start(self) -> None:
-        """Load routes, then listen."""
-        self.source.reload()
+        """Load routes (files) or start subscribing (control plane), then listen."""
+        if self.files is not None:
+            self.files.reload()
+            self._tasks.append(asyncio.create_task(self.files.run()))
+        if self.control_plane is not None:
+            self._tasks.append(asyncio.create_task(self.control_plane.run()))
         await self.admin_server.start(*self.args.admin_listen)
         await self.app_server.start(*self.args.listen)
-        self._tasks = [asyncio.create_task(self.source.run()), asyncio.create_task(self._probe_loop())]
+        self._tasks.append(asyncio.create_task(self._probe_loop()))
         log.info(
             "listening on %s:%d (admin %s:%d)",
             self.args.listen[0],
@@ -107,6 +165,11 @@ class Sidecar:
             self.args.admin_listen[0],
             self.admin_server.port,
         )
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the route files now (control-plane mode has nothing to re-read)."""
+        if self.files is not None:
+            self.files.trigger()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -117,6 +180,8 @@ class Sidecar:
         """Stop accepting, let in-flight requests and streams finish (bounded), then close everything."""
         self.draining = True
         await self.app_server.shutdown(self.args.drain_timeout)
+        if self.control_plane is not None:
+            await self.control_plane.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -133,7 +198,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, sidecar.source.trigger)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
     await stop.wait()
     log.info("draining: %d requests in flight", sidecar.app_server.in_flight)
     await sidecar.stop()
@@ -146,8 +211,10 @@ def run_sidecar(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="llmroute sidecar", description="The LLMRoute data plane.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.routes:
-        parser.error("give --routes PATH (local mode)")
+    if bool(args.routes) == bool(args.control_plane):
+        parser.error("give either --routes PATH (local mode) or --control-plane HOST:PORT")
+    if args.control_plane and not (args.namespace and args.pod_name):
+        parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         return run(serve(args))

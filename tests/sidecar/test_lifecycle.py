@@ -35,13 +35,14 @@ async def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
                 statuses.append(response.status_code)
 
         workers = [asyncio.create_task(worker()) for _ in range(8)]
+        assert h.sidecar.files is not None
         versions = {h.sidecar.router.table.version if h.sidecar.router.table else ""}
         entries = {name: backend_entry(name, sim) for name, sim in h.sims.items()}
         for step in range(6):
             keep = ["a", "b", "c"][: 1 + step % 3]
             strategy = ["latency", "ordered", "weighted"][step % 3]
             h.write_spec({"models": ["chat"], "strategy": strategy, "backends": [entries[n] for n in keep]})
-            assert h.sidecar.source.reload()
+            assert h.sidecar.files.reload()
             versions.add(h.sidecar.router.table.version if h.sidecar.router.table else "")
             await asyncio.sleep(0.15)
         stop.set()
@@ -53,10 +54,11 @@ async def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
 
 async def test_invalid_change_keeps_the_last_good_table(tmp_path: Path) -> None:
     async with running(tmp_path, {"a": FAST}) as h, h.http() as http:
+        assert h.sidecar.files is not None
         good_version = h.sidecar.router.table.version if h.sidecar.router.table else ""
         bad = dict(h.spec, fallback=["missing"])
         h.write_spec(bad)
-        assert not h.sidecar.source.reload()
+        assert not h.sidecar.files.reload()
         response = await http.post("/chat/completions", json=chat_body())
         assert response.status_code == 200
         async with httpx.AsyncClient(base_url=h.admin_url) as admin:
@@ -76,25 +78,17 @@ async def test_route_file_changes_are_picked_up_without_a_signal(tmp_path: Path)
         assert "chat-2" in h.sidecar.router.by_model
 
 
+def spawn(argv: list[str]) -> subprocess.Popen[str]:
+    """A child process with its log on a pipe (unbuffered, so lines arrive as they are written)."""
+    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 @asynccontextmanager
 async def sidecar_process(route: Path, *args: str) -> AsyncIterator[tuple[subprocess.Popen[str], int, int, str]]:
     """`llmroute sidecar` as a real process; yields it, its app and admin ports (read from its log) and the
     log lines up to there."""
-    process = subprocess.Popen(
-        [
-            LLMROUTE,
-            "sidecar",
-            "--routes",
-            str(route),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            *args,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = spawn(
+        [LLMROUTE, "sidecar", "--routes", str(route), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args]
     )
     assert process.stderr is not None
     line = startup = ""

@@ -1,0 +1,81 @@
+"""The sidecar in control-plane mode against the real gRPC control plane: routes arrive, survive the
+operator's absence and a restart from --state-dir, and load reports come back as backend health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from llmroute.model import parse_document
+from llmroute.operator.auth import InsecureAuthenticator
+from llmroute.operator.controlplane import ControlPlane
+from llmroute.sidecar.main import Sidecar, add_arguments
+from llmroute.sim import Behavior, Latency, SimProvider
+
+from .harness import backend_entry, chat_body, route_doc
+
+
+@asynccontextmanager
+async def sidecar(address: str, state_dir: Path) -> AsyncIterator[Sidecar]:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--control-plane", address, "--namespace", "default", "--pod-name", "app-1", "--labels", "app=shop",
+         "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--drain-timeout", "1"]
+    )  # fmt: skip
+    running = Sidecar(args)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def wait_until_ready(admin_port: int) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            if (await http.get(f"http://127.0.0.1:{admin_port}/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("sidecar never became ready")
+
+
+async def test_routes_arrive_survive_the_operator_and_restarts(tmp_path: Path) -> None:
+    backend = SimProvider("sim", "openai", Behavior(latency=Latency.fixed(0.01)))
+    await backend.start()
+    plane = ControlPlane(authenticator=InsecureAuthenticator(), report_interval=0.2)
+    await plane.start("127.0.0.1:0")
+    route = parse_document(route_doc({"models": ["chat"], "backends": [backend_entry("sim", backend)]}))
+    plane.publish("default", [route])
+    address = f"127.0.0.1:{plane.port}"
+    try:
+        async with sidecar(address, tmp_path / "state") as first:
+            await wait_until_ready(first.admin_server.port)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.app_server.port}/v1") as http:
+                assert (await http.post("/chat/completions", json=chat_body())).status_code == 200
+                # The sidecar reports load; the control plane turns it into the route's backend health.
+                for _ in range(50):
+                    health = plane.backend_health("default", "chat")
+                    if health and health[0].requests_per_minute > 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert health[0].name == "sim" and health[0].healthy and health[0].requests_per_minute > 0
+                assert plane.route_sidecars("default", "chat").programmed == 1
+                # The operator goes away: the sidecar keeps routing on its last table.
+                await plane.stop(0)
+                statuses = [(await http.post("/chat/completions", json=chat_body())).status_code for _ in range(5)]
+                assert statuses == [200] * 5
+        # A restart while the operator is still away serves the table kept in --state-dir.
+        async with sidecar(address, tmp_path / "state") as second:
+            await wait_until_ready(second.admin_server.port)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{second.app_server.port}/v1") as http:
+                assert (await http.post("/chat/completions", json=chat_body())).status_code == 200
+    finally:
+        await plane.stop(0)
+        await backend.stop()
