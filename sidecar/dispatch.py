@@ -50,6 +50,8 @@ class Call:
     """When the first attempt began and the last one ended: between them the sidecar waits on backends,
     so time outside them is the sidecar's own overhead."""
     errors: list[tuple[str, UpstreamError]] = field(default_factory=list)
+    cut: set[str] = field(default_factory=set)
+    """Backends whose attempt was given up for time: their cancellation counts as a timeout."""
 
 
 @dataclass(slots=True)
@@ -235,51 +237,24 @@ class Dispatcher:
         now = time.monotonic()
         runtime.budget.record_request(now)
         plan = self._plan(call, now)
+        attempts = _Attempts(self, call, plan)
         hedge = route.priorities[call.priority].hedge and len(plan) > 1
-        # The plan, then the plan again: a route with fewer backends than attempts retries the same ones.
-        order = plan + plan
-        running: dict[asyncio.Task[Answer], Candidate] = {}
-        hedged = False
-        first_started = now
-        order_index = [1]  # next position in `order`; plan[0] is started below
-
-        def start(candidate: Candidate) -> None:
-            call.attempts += 1
-            task = asyncio.ensure_future(self._attempt(call, candidate))
-            running[task] = candidate
-
-        def next_candidate(after: UpstreamError | None) -> Candidate | None:
-            """The next backend to try, if the retry policy, the budget and the deadline allow one."""
-            if call.attempts > route.retry.attempts:
-                return None
-            if after is not None and after.kind not in route.retry.retry_on and after.kind != "auth":
-                return None
-            if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
-                return None
-            excluded = {name for name, e in call.errors if e.kind in ("auth", "429")} | {
-                c.name for c in running.values()
-            }
-            while order_index[0] < len(order):
-                candidate = order[order_index[0]]
-                order_index[0] += 1
-                if candidate.name in excluded or not runtime.detector.is_available(candidate.name):
-                    continue
-                if not runtime.budget.try_acquire_retry(time.monotonic()):
-                    self.metrics.retries_refused.labels(route.name).inc()
-                    return None
-                return candidate
-            return None
-
-        call.upstream_started = time.monotonic()
-        start(plan[0])
+        hedged = cut_checked = False
+        call.upstream_started = now
+        attempts.start(plan[0])
         try:
-            while running:
+            while attempts.running:
                 now = time.monotonic()
-                wake = self._next_wake(call, running, plan, hedge and not hedged, first_started, now)
-                done, _ = await asyncio.wait(running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED)
-                now = time.monotonic()
+                wake = call.deadline
+                if hedge and not hedged:
+                    wake = min(wake, self._hedge_at(call, plan[0], call.upstream_started))
+                elif not hedge and not cut_checked:
+                    wake = min(wake, self._failover_at(call, attempts, plan, now))
+                done, _ = await asyncio.wait(
+                    attempts.running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
-                    candidate = running.pop(task)
+                    candidate = attempts.running.pop(task)
                     error = task.exception()
                     if error is None:
                         answer = task.result()
@@ -290,61 +265,44 @@ class Dispatcher:
                     call.errors.append((candidate.name, error))
                     if error.kind == "4xx":
                         raise error
-                    if running:
-                        continue
-                    following = next_candidate(error)
-                    if following is not None:
+                    if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.retries.labels(route.name, error.kind).inc()
-                        start(following)
-                if done or not running:
+                        cut_checked = False
+                        attempts.start(following)
+                if done:
                     continue
+                now = time.monotonic()
                 if now >= call.deadline:
                     break
-                if hedge and not hedged and now >= self._hedge_at(call, plan[0], first_started):
+                if hedge and not hedged:
                     hedged = True
-                    following = next_candidate(None)
-                    if following is not None:
+                    if (following := attempts.next_candidate(None)) is not None:
                         self.metrics.hedges.labels(route.name, "sent").inc()
-                        start(following)
-                    continue
-                if not hedge and len(running) == 1:
+                        attempts.start(following)
+                elif not hedge and not cut_checked:
                     # The one attempt is slower than the time the next backend needs: give up on it while
-                    # a failover can still make the deadline.
-                    following = next_candidate(UpstreamError("timeout", "slower than the failover reserve"))
-                    if following is not None:
-                        slow_task, slow = next(iter(running.items()))
-                        slow_task.cancel()
-                        running.pop(slow_task)
-                        call.errors.append((slow.name, UpstreamError("timeout", "timed out (failed over)")))
+                    # a failover can still make the deadline (if the policy and the budget allow one).
+                    cut_checked = True
+                    if (following := attempts.next_candidate(_TOO_SLOW)) is not None:
+                        attempts.cut_running()
                         self.metrics.retries.labels(route.name, "timeout").inc()
-                        start(following)
+                        cut_checked = False
+                        attempts.start(following)
         finally:
             call.upstream_done = time.monotonic()
-            for task in running:
-                task.cancel()
+            attempts.cancel_all()
         raise self._failure(call)
 
-    def _next_wake(
-        self,
-        call: Call,
-        running: dict[asyncio.Task[Answer], Candidate],
-        plan: list[Candidate],
-        may_hedge: bool,
-        first_started: float,
-        now: float,
-    ) -> float:
-        """When to look again if no attempt finishes: the deadline, the hedge time, or the failover point."""
-        wake = call.deadline
-        if may_hedge:
-            return min(wake, self._hedge_at(call, plan[0], first_started))
-        if len(running) == 1 and len(plan) > 1:
-            remaining = call.deadline - now
-            following = next((c for c in plan if c not in running.values()), None)
-            if following is not None:
-                needed = following.stats.quantile(0.95, stream=call.stream)
-                reserve = min(remaining / 2, 2 * needed) if needed is not None else remaining / 2
-                wake = min(wake, call.deadline - max(reserve, MIN_ATTEMPT_S))
-        return wake
+    def _failover_at(self, call: Call, attempts: _Attempts, plan: list[Candidate], now: float) -> float:
+        """When to cut the running attempt: early enough that the next backend's p95 (twice, or half of
+        what is left when it has none yet) still fits before the deadline."""
+        following = next((c for c in plan if c not in attempts.running.values()), None)
+        if following is None:
+            return call.deadline
+        remaining = call.deadline - now
+        needed = following.stats.quantile(0.95, stream=call.stream)
+        reserve = min(remaining / 2, 2 * needed) if needed is not None else remaining / 2
+        return call.deadline - max(reserve, MIN_ATTEMPT_S)
 
     @staticmethod
     def _hedge_at(call: Call, primary: Candidate, started: float) -> float:
@@ -377,7 +335,7 @@ class Dispatcher:
 
     # ----- one attempt ----------------------------------------------------------------------------------
 
-    async def _attempt(self, call: Call, candidate: Candidate) -> Answer:
+    async def attempt(self, call: Call, candidate: Candidate) -> Answer:
         """Call one backend; every outcome is fed back through succeeded / failed / _abandoned."""
         runtime = call.runtime
         upstream = runtime.upstreams[candidate.name]
@@ -414,7 +372,10 @@ class Dispatcher:
             self.failed(runtime, candidate, token, started, error)
             raise
         except asyncio.CancelledError:
-            self.abandoned(runtime, candidate, token)
+            if candidate.name in call.cut:
+                self.failed(runtime, candidate, token, started, UpstreamError("timeout", "too slow, failed over"))
+            else:
+                self.abandoned(runtime, candidate, token)
             raise
         finally:
             if stream is not None:
@@ -468,6 +429,64 @@ class Dispatcher:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+_TOO_SLOW = UpstreamError("timeout", "slower than the time left for a failover")
+
+
+class _Attempts:
+    """The attempts of one call: those running, the backends left to try, and the retry rules."""
+
+    def __init__(self, dispatcher: Dispatcher, call: Call, plan: list[Candidate]) -> None:
+        self._dispatcher = dispatcher
+        self._call = call
+        # The plan, then the plan again: a route with fewer backends than attempts retries the same ones.
+        self._order = plan + plan
+        self._next = 1  # plan[0] is the first attempt, started by the caller
+        self.running: dict[asyncio.Task[Answer], Candidate] = {}
+
+    def start(self, candidate: Candidate) -> None:
+        """Send the call to `candidate`."""
+        self._call.attempts += 1
+        task = asyncio.ensure_future(self._dispatcher.attempt(self._call, candidate))
+        self.running[task] = candidate
+
+    def next_candidate(self, after: UpstreamError | None) -> Candidate | None:
+        """The next backend to try after `after` (None: a hedge), if the route's retry policy, its retry
+        budget and the deadline allow one more attempt."""
+        call = self._call
+        runtime = call.runtime
+        retry = runtime.route.retry
+        if call.attempts > retry.attempts or call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+            return None
+        if after is not None and after.kind not in retry.retry_on and after.kind != "auth":
+            return None
+        # Never the same backend again after it refused the key or asked us to back off, nor one in use.
+        excluded = {name for name, e in call.errors if e.kind in ("auth", "429")}
+        excluded.update(c.name for c in self.running.values())
+        while self._next < len(self._order):
+            candidate = self._order[self._next]
+            self._next += 1
+            if candidate.name in excluded or not runtime.detector.is_available(candidate.name):
+                continue
+            if not runtime.budget.try_acquire_retry(time.monotonic()):
+                self._dispatcher.metrics.retries_refused.labels(runtime.route.name).inc()
+                return None
+            return candidate
+        return None
+
+    def cut_running(self) -> None:
+        """Give up on the running attempt for time: it counts as a timeout of its backend."""
+        for task, candidate in self.running.items():
+            self._call.cut.add(candidate.name)
+            self._call.errors.append((candidate.name, UpstreamError("timeout", "too slow, failed over")))
+            task.cancel()
+        self.running.clear()
+
+    def cancel_all(self) -> None:
+        """The call is decided: attempts still running are abandoned."""
+        for task in self.running:
+            task.cancel()
 
 
 # A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is

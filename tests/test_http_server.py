@@ -37,8 +37,9 @@ async def servers() -> AsyncIterator[ServerFactory]:
     """Start servers on demand; shut them all down at the end."""
     started: list[HTTPServer] = []
 
-    async def start(handler: Callable[[Request], Awaitable[Response | StreamingResponse]] = echo,
-                    **options: object) -> HTTPServer:
+    async def start(
+        handler: Callable[[Request], Awaitable[Response | StreamingResponse]] = echo, **options: object
+    ) -> HTTPServer:
         server = HTTPServer(handler, error_body=error_body, **options)  # type: ignore[arg-type]
         await server.start("127.0.0.1", 0)
         started.append(server)
@@ -115,8 +116,9 @@ async def test_pipelined_requests_are_answered_in_order(serve: ServerFactory) ->
 async def test_chunked_request_body_is_reassembled(serve: ServerFactory) -> None:
     server = await serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    writer.write(
+        b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)["body"]) == (200, "hello world")
     writer.close()

@@ -80,9 +80,7 @@ async def test_models_endpoint_is_a_cheap_probe(start_sim: StartSim) -> None:
 
 async def test_azure_deployment_path_and_api_key(start_sim: StartSim) -> None:
     sim = await start_sim("azure", "azure-openai", Behavior(api_key="az-key"))
-    azure = openai.AsyncAzureOpenAI(
-        azure_endpoint=sim.url, api_key="az-key", api_version="2024-06-01", max_retries=0
-    )
+    azure = openai.AsyncAzureOpenAI(azure_endpoint=sim.url, api_key="az-key", api_version="2024-06-01", max_retries=0)
     completion = await azure.chat.completions.create(model="my-deployment", messages=MESSAGES)
     assert completion.model == "my-deployment"
     assert sim.stats.last_path == "/openai/deployments/my-deployment/chat/completions"
@@ -112,9 +110,10 @@ async def test_anthropic_stream_events(start_sim: StartSim) -> None:
     sim = await start_sim("claude", "anthropic", Behavior(output_tokens=3))
     events: list[tuple[str, dict[str, Any]]] = []
     body = {"model": "claude-x", "max_tokens": 2, "messages": MESSAGES, "stream": True}
-    async with httpx.AsyncClient(base_url=sim.url, headers=ANTHROPIC_HEADERS) as http, http.stream(
-        "POST", "/messages", json=body
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=sim.url, headers=ANTHROPIC_HEADERS) as http,
+        http.stream("POST", "/messages", json=body) as response,
+    ):
         name = ""
         async for line in response.aiter_lines():
             if line.startswith("event: "):
@@ -123,8 +122,13 @@ async def test_anthropic_stream_events(start_sim: StartSim) -> None:
                 events.append((name, json.loads(line.removeprefix("data: "))))
     names = [n for n, _ in events if n != "ping"]
     assert names == [
-        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     assert all(data["type"] == n for n, data in events)
     text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")

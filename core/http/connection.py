@@ -184,11 +184,7 @@ class HTTPConnection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and int(length) > self._ctx.max_body_bytes:
             self._abort(413, "request body too large")
-        if (
-            self._headers.get("expect", "").lower() == "100-continue"
-            and self._active is None
-            and not self._pipeline
-        ):
+        if self._headers.get("expect", "").lower() == "100-continue" and self._active is None and not self._pipeline:
             self._transport.write(wire.CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -208,9 +204,7 @@ class HTTPConnection(asyncio.Protocol):
             method, path, raw_query.decode("latin-1"), self._headers, b"".join(self._body), self._client, self
         )
         parser = self._parser
-        exchange = _Exchange(
-            request, parser.should_keep_alive(), parser.get_http_version() == "1.1", method == "HEAD"
-        )
+        exchange = _Exchange(request, parser.should_keep_alive(), parser.get_http_version() == "1.1", method == "HEAD")
         if self._ctx.draining:
             exchange.error = (503, "server is shutting down")
             self._parsing = False

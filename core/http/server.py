@@ -21,9 +21,7 @@ class HTTPServer:
         error_body: Callable[[int, str], bytes] | None = None,
         keepalive_timeout: float = 75.0,
     ) -> None:
-        self._ctx = ServerContext(
-            handler, max_body_bytes, error_body or default_error_body, keepalive_timeout
-        )
+        self._ctx = ServerContext(handler, max_body_bytes, error_body or default_error_body, keepalive_timeout)
         self._server: asyncio.Server | None = None
         self._port = 0
 

@@ -69,9 +69,7 @@ def connection_line(keep_alive: bool, http11: bool) -> bytes:
     return b"" if http11 else _KEEP_ALIVE_10
 
 
-def encode(
-    status: int, content_type: str, headers: list[tuple[str, str]], framing: bytes, body: bytes = b""
-) -> bytes:
+def encode(status: int, content_type: str, headers: list[tuple[str, str]], framing: bytes, body: bytes = b"") -> bytes:
     """Status line, headers, blank line and `body` as one bytes object (one write, one syscall)."""
     parts = [_status_line(status), _date.get(), _content_type_line(content_type), framing]
     for name, value in headers:

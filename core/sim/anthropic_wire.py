@@ -55,22 +55,22 @@ class AnthropicDialect:
         return dump({"type": "error", "error": {"type": kind, "message": message}})
 
     def models_body(self, models: tuple[str, ...]) -> bytes:
-        data = [
-            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models
-        ]
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models]
         return dump({"data": data, "has_more": False, "first_id": models[0], "last_id": models[-1]})
 
     def completion_body(self, completion: Completion) -> bytes:
-        return dump({
-            "id": completion.id,
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "text", "text": " ".join(["token"] * completion.completion_tokens)}],
-            "model": completion.model,
-            "stop_reason": _stop_reason(completion),
-            "stop_sequence": None,
-            "usage": _usage(completion, completion.completion_tokens),
-        })
+        return dump(
+            {
+                "id": completion.id,
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": " ".join(["token"] * completion.completion_tokens)}],
+                "model": completion.model,
+                "stop_reason": _stop_reason(completion),
+                "stop_sequence": None,
+                "usage": _usage(completion, completion.completion_tokens),
+            }
+        )
 
     def stream_start(self, completion: Completion) -> bytes:
         message: dict[str, Any] = {
@@ -85,9 +85,14 @@ class AnthropicDialect:
         }
         return (
             _event("message_start", {"type": "message_start", "message": message})
-            + _event("content_block_start", {
-                "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""},
-            })
+            + _event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             + _event("ping", {"type": "ping"})
         )
 
@@ -98,11 +103,14 @@ class AnthropicDialect:
     def stream_end(self, completion: Completion, include_usage: bool) -> bytes:
         return (
             _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-            + _event("message_delta", {
-                "type": "message_delta",
-                "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
-                "usage": {"output_tokens": completion.completion_tokens},
-            })
+            + _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": _stop_reason(completion), "stop_sequence": None},
+                    "usage": {"output_tokens": completion.completion_tokens},
+                },
+            )
             + _event("message_stop", {"type": "message_stop"})
         )
 

@@ -98,8 +98,11 @@ def _provider(spec: Any, seed: int | None, where: str) -> SimProvider:
         timeline.append((_seconds(phase.get("at", 0), f"{here}.at"), behavior))
     models = tuple(spec.get("models") or ("sim-model",))
     return SimProvider(
-        spec["name"], cast(Kind, spec.get("kind", "openai")), schedule=Schedule(tuple(timeline)),
-        models=models, seed=seed,
+        spec["name"],
+        cast(Kind, spec.get("kind", "openai")),
+        schedule=Schedule(tuple(timeline)),
+        models=models,
+        seed=seed,
     )
 
 

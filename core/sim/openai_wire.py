@@ -61,20 +61,28 @@ class OpenAIDialect:
         return dump({"object": "list", "data": data})
 
     def completion_body(self, completion: Completion) -> bytes:
-        return dump({
-            "id": completion.id,
-            "object": "chat.completion",
-            "created": completion.created,
-            "model": completion.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": _text(completion.completion_tokens), "refusal": None},
-                "logprobs": None,
-                "finish_reason": _finish_reason(completion),
-            }],
-            "usage": _usage(completion),
-            "system_fingerprint": None,
-        })
+        return dump(
+            {
+                "id": completion.id,
+                "object": "chat.completion",
+                "created": completion.created,
+                "model": completion.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": _text(completion.completion_tokens),
+                            "refusal": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": _finish_reason(completion),
+                    }
+                ],
+                "usage": _usage(completion),
+                "system_fingerprint": None,
+            }
+        )
 
     def stream_start(self, completion: Completion) -> bytes:
         return _chunk(completion, {"role": "assistant", "content": ""}, None)

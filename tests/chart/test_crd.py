@@ -113,8 +113,12 @@ def test_cel_rules_reject_invalid_routes(change: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("path", "value"),
-    [(("spec", "strategy"), "fastest"), (("spec", "backends", 0, "name"), "Not_A_DNS_Label"),
-     (("spec", "priorities", "critical", "timeout"), "soon"), (("spec", "models"), [])],
+    [
+        (("spec", "strategy"), "fastest"),
+        (("spec", "backends", 0, "name"), "Not_A_DNS_Label"),
+        (("spec", "priorities", "critical", "timeout"), "soon"),
+        (("spec", "models"), []),
+    ],
 )
 def test_schema_rejects_out_of_range_fields(path: tuple[str | int, ...], value: Any) -> None:
     route = full_route()

@@ -34,10 +34,23 @@ def test_every_charted_series_is_exported() -> None:
 
 
 def test_dashboard_covers_sidecar_and_control_plane() -> None:
-    expected = {_base(name) for name in (
-                "llmroute_request_duration_seconds", "llmroute_time_to_first_token_seconds", "llmroute_tokens_total",
-                "llmroute_cost_usd_total", "llmroute_fallbacks_total", "llmroute_retries_total",
-                "llmroute_hedges_total", "llmroute_ejections_total", "llmroute_requests_in_flight",
-                "llmroute_config_convergence_seconds", "llmroute_connected_sidecars", "llmroute_pushes_total",
-                "llmroute_nacks_total", "llmroute_reconcile_errors_total")}
+    expected = {
+        _base(name)
+        for name in (
+            "llmroute_request_duration_seconds",
+            "llmroute_time_to_first_token_seconds",
+            "llmroute_tokens_total",
+            "llmroute_cost_usd_total",
+            "llmroute_fallbacks_total",
+            "llmroute_retries_total",
+            "llmroute_hedges_total",
+            "llmroute_ejections_total",
+            "llmroute_requests_in_flight",
+            "llmroute_config_convergence_seconds",
+            "llmroute_connected_sidecars",
+            "llmroute_pushes_total",
+            "llmroute_nacks_total",
+            "llmroute_reconcile_errors_total",
+        )
+    }
     assert expected <= dashboard_series()

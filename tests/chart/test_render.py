@@ -17,8 +17,12 @@ from tests.chart.conftest import CHART, Render
 
 K8S_VERSION = "1.30.0"
 # Kinds from CRDs that kubernetes-validate has no schema for; rendered only when asked for.
-CRD_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
-             ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -30,7 +34,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "monitoring": {"serviceMonitor.enabled": True, "dashboard.enabled": True},
     "one-namespace-tls-no-injection": {
-        "operator.watchNamespace": "shop", "controlPlane.tls.enabled": True, "injection.enabled": False,
+        "operator.watchNamespace": "shop",
+        "controlPlane.tls.enabled": True,
+        "injection.enabled": False,
     },
 }
 
@@ -81,7 +87,8 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
     result = subprocess.run(
         [str(helm_bin), "template", "llmroute", str(CHART), "--set-json", f"{key}={json.dumps(value)}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert message in result.stderr
@@ -130,14 +137,21 @@ def test_operator_pod_is_hardened_and_probed_on_the_admin_port(render: Render) -
     assert {container[p]["httpGet"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {admin}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert container["args"][:4] == ["operator", "--grpc-listen=0.0.0.0:15010", "--admin-listen=0.0.0.0:15020",
-                                     "--all-namespaces"]
+    assert container["args"][:4] == [
+        "operator",
+        "--grpc-listen=0.0.0.0:15010",
+        "--admin-listen=0.0.0.0:15020",
+        "--all-namespaces",
+    ]
 
 
 @pytest.mark.parametrize(("mode", "native"), [("native", True), ("container", False)])
 def test_injection_config_carries_the_sidecar_mode(render: Render, mode: str, native: bool) -> None:
-    config_map = next(o for o in render({"injection.mode": mode}) if o["metadata"]["name"].endswith("-injection")
-                      and o["kind"] == "ConfigMap")
+    config_map = next(
+        o
+        for o in render({"injection.mode": mode})
+        if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap"
+    )
     config = json.loads(config_map["data"]["config.json"])
     assert config["mode"] == mode
     assert config["controlPlane"] == "llmroute.llmroute-system.svc:15010"

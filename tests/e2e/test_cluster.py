@@ -35,9 +35,25 @@ def installed(cluster: str, request: pytest.FixtureRequest) -> Iterator[None]:
     kubectl_bin: Path = request.getfixturevalue("kubectl_bin")
     repository, _, tag = os.environ.get("LLMROUTE_IMAGE", "ghcr.io/llmroute/llmroute:0.1.0").rpartition(":")
     run(kubectl_bin, "apply", "--server-side", "-f", REPO / "charts/llmroute/crds/")
-    run(helm_bin, "upgrade", "--install", RELEASE, REPO / "charts/llmroute", "--namespace", OPERATOR_NAMESPACE,
-        "--create-namespace", "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=IfNotPresent", "--wait", "--timeout", "5m")
+    run(
+        helm_bin,
+        "upgrade",
+        "--install",
+        RELEASE,
+        REPO / "charts/llmroute",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        "--set",
+        "image.pullPolicy=IfNotPresent",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
     try:
         run(kubectl_bin, "apply", "-f", REPO / "examples/kubernetes/sample-app.yaml")
         run(kubectl_bin, "apply", "-f", REPO / "examples/kubernetes/sample-route.yaml")
@@ -69,12 +85,28 @@ def test_the_simulated_backend_opted_out(installed: None, kubectl_bin: Path) -> 
 
 
 def test_a_request_through_the_sidecar_reaches_the_backend(installed: None, kubectl_bin: Path) -> None:
-    run(kubectl_bin, "-n", APP_NAMESPACE, "wait", "llmroute/sample-chat", "--for=condition=Programmed",
-        "--timeout=2m")
+    run(kubectl_bin, "-n", APP_NAMESPACE, "wait", "llmroute/sample-chat", "--for=condition=Programmed", "--timeout=2m")
     body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hello"}]})
-    out = run(kubectl_bin, "-n", APP_NAMESPACE, "exec", "deploy/storefront", "-c", "app", "--",
-              "curl", "-sS", "-D", "-", "--fail-with-body", "-H", "content-type: application/json",
-              "-d", body, "http://127.0.0.1:4000/v1/chat/completions")
+    out = run(
+        kubectl_bin,
+        "-n",
+        APP_NAMESPACE,
+        "exec",
+        "deploy/storefront",
+        "-c",
+        "app",
+        "--",
+        "curl",
+        "-sS",
+        "-D",
+        "-",
+        "--fail-with-body",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+        "http://127.0.0.1:4000/v1/chat/completions",
+    )
     headers, _, payload = out.replace("\r\n", "\n").partition("\n\n")
     assert "x-llmroute-backend: sim" in headers.lower()
     assert json.loads(payload)["choices"][0]["message"]["content"]

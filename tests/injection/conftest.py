@@ -38,7 +38,9 @@ def chart_files(helm_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """tls.crt, tls.key, ca.crt and config.json exactly as the chart renders them (default values)."""
     out = subprocess.run(
         [str(helm_bin), "template", "llmroute", str(REPO / "charts" / "llmroute"), "-n", OPERATOR_NAMESPACE],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     objects = [o for o in yaml.safe_load_all(out) if o]
     directory = tmp_path_factory.mktemp("chart")
@@ -92,9 +94,12 @@ class ServedWebhook:
                 "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
             },
         }
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{self.url}/llmroute-inject", json=request, ssl=self.ssl, server_hostname=SERVICE_NAME
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self.url}/llmroute-inject", json=request, ssl=self.ssl, server_hostname=SERVICE_NAME
+            ) as response,
+        ):
             assert response.status == 200, await response.text()
             review: dict[str, Any] = await response.json()
         assert review["response"]["uid"] == request["request"]["uid"]  # type: ignore[index]
@@ -124,12 +129,16 @@ async def webhook(chart_files: Path) -> AsyncIterator[ServedWebhook]:
     settings.admission.server = capture
 
     async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s) as api:
-        for name, kind, namespaced in [("v1/pods", "Pod", True), ("v1/namespaces", "Namespace", False),
-                                       ("v1/events", "Event", True),
-                                       ("apiextensions.k8s.io/v1/customresourcedefinitions",
-                                        "CustomResourceDefinition", False)]:
+        for name, kind, namespaced in [
+            ("v1/pods", "Pod", True),
+            ("v1/namespaces", "Namespace", False),
+            ("v1/events", "Event", True),
+            ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
+        ]:
             k8s.resources[name] = kmock.ResourceInfo(
-                kind=kind, namespaced=namespaced, verbs={"get", "list", "watch", "create", "patch"},
+                kind=kind,
+                namespaced=namespaced,
+                verbs={"get", "list", "watch", "create", "patch"},
             )
 
         server = str(api.url).rstrip("/")
@@ -141,9 +150,19 @@ async def webhook(chart_files: Path) -> AsyncIterator[ServedWebhook]:
         # kopf gets its own thread and loop, as kopf.testing.KopfRunner does: on exit it cancels
         # every task of its loop that it did not start with, which would include the test's own.
         stop = threading.Event()
-        thread = threading.Thread(target=asyncio.run, args=(kopf.operator(
-            registry=registry, settings=settings, clusterwide=True, standalone=True, stop_flag=stop,
-        ),), daemon=True)
+        thread = threading.Thread(
+            target=asyncio.run,
+            args=(
+                kopf.operator(
+                    registry=registry,
+                    settings=settings,
+                    clusterwide=True,
+                    standalone=True,
+                    stop_flag=stop,
+                ),
+            ),
+            daemon=True,
+        )
         thread.start()
         try:
             url = await asyncio.wait_for(asyncio.wrap_future(capture.url), timeout=30)

@@ -20,7 +20,11 @@ def app_pod(**labels: str) -> dict[str, Any]:
         "spec": {
             "containers": [
                 {"name": "app", "image": "shop/storefront:1"},
-                {"name": "worker", "image": "shop/worker:1", "env": [{"name": "OPENAI_BASE_URL", "value": "http://x/v1"}]},
+                {
+                    "name": "worker",
+                    "image": "shop/worker:1",
+                    "env": [{"name": "OPENAI_BASE_URL", "value": "http://x/v1"}],
+                },
             ],
             "volumes": [{"name": "data", "emptyDir": {}}],
         },
