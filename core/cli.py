@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parsers: everything after the name is theirs.
 _DELEGATED = {
     "sidecar": "run the data plane: an OpenAI-compatible proxy on localhost",
+    "operator": "run the control plane: the kopf operator and its gRPC server",
     "sim": "run simulated LLM providers from a config file",
     "demo": "run the local demo: simulated providers, a sidecar, traffic and the 21:00 incident",
 }
@@ -67,6 +68,10 @@ def _delegate(command: str, argv: list[str]) -> int:
         from .sidecar.main import run_sidecar
 
         return run_sidecar(argv)
+    if command == "operator":
+        from .operator.main import run_operator
+
+        return run_operator(argv)
     if command == "sim":
         from .sim import run_sim
 

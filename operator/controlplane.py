@@ -286,6 +286,10 @@ class ControlPlane:
             if stream.needs_push():
                 waiting.add(stream)
                 stream.wake.set()
+            elif stream.desired.version == stream.has:
+                # It already has this table (a reconnect after an operator restart): nothing to send,
+                # and it counts as programmed, since it runs exactly this version.
+                stream.acked = stream.desired
         if waiting:
             ns.convergence.append(_Convergence(published_at, waiting))
         self._changed(namespace)

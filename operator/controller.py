@@ -1,0 +1,257 @@
+"""The operator's state and work loop: which namespaces need a reconcile, their verdicts, their status.
+
+kopf handlers only mark a namespace dirty; one worker reconciles dirty namespaces from the kopf
+index (so a burst of changes, or the initial listing, costs one reconcile), publishes to the control
+plane, posts Warning Events for new problems and marks the routes' status for the StatusWriter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmroute.model import compile_table
+
+from .controlplane import ControlPlane
+from .kubeapi import KubeAPI
+from .metrics import ROUTE_STATES, OperatorMetrics
+from .reconcile import LastGood, RouteObject, Verdict, reconcile
+from .secrets import SecretCache, referenced_secrets
+from .status import now_rfc3339, route_status
+from .statuswriter import StatusWriter
+
+log = logging.getLogger(__name__)
+
+RouteIndex = Mapping[str, Iterable[RouteObject]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A route as last reconciled: its object, the verdict, and the namespace table version."""
+
+    obj: RouteObject
+    verdict: Verdict
+    version: str
+
+
+class Controller:
+    """Reconciles namespaces on demand and answers what each route's status should be."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        control_plane: ControlPlane,
+        metrics: OperatorMetrics,
+        *,
+        status_interval: float = 1.0,
+        status_refresh: float = 15.0,
+        retry_after: float = 2.0,
+    ) -> None:
+        self.api = api
+        self.control_plane = control_plane
+        self.metrics = metrics
+        self.secrets = SecretCache()
+        self.status = StatusWriter(api, self, interval=status_interval)
+        self._status_refresh = status_refresh
+        self._retry_after = retry_after
+        self._index: RouteIndex = {}
+        self._indexed = False
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._last_good: dict[str, dict[str, LastGood]] = {}
+        self._known: dict[str, dict[str, _Known]] = {}
+        self._seen: dict[tuple[str, str], tuple[str, int, Any]] = {}
+        self._warned: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        control_plane.on_change = self.sidecars_changed
+
+    # -- triggers (called from kopf handlers and the control plane) ---------------------------------
+
+    def indexed(self, index: RouteIndex) -> None:
+        """kopf finished its initial listing: reconciles may read the index now."""
+        self._index = index
+        self._indexed = True
+
+    def namespace_seen(self, namespace: str, index: RouteIndex) -> None:
+        """A namespace exists and kopf's index is complete: without routes there, its sidecars get an empty table."""
+        self.indexed(index)
+        if namespace not in self._index:
+            self.control_plane.synced([namespace])
+
+    def route_event(self, event_type: str | None, obj: RouteObject, index: RouteIndex) -> None:
+        """An LLMRoute changed: reconcile its namespace unless only its status or metadata did."""
+        self.indexed(index)
+        key = (obj.namespace, obj.name)
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+        else:
+            fingerprint = (obj.uid, obj.generation, obj.spec)
+            if self._seen.get(key) == fingerprint:
+                return
+            self._seen[key] = fingerprint
+        self.touch(obj.namespace)
+
+    def secret_event(self, namespace: str, name: str, data: Mapping[str, str] | None) -> None:
+        """A referenced Secret was created, changed or deleted (None)."""
+        self.secrets.put(namespace, name, data)
+        self.touch(namespace)
+
+    def touch(self, namespace: str) -> None:
+        """Reconcile the namespace soon."""
+        self._dirty.add(namespace)
+        self._wake.set()
+
+    def sidecars_changed(self, namespace: str) -> None:
+        """ControlPlane.on_change: sidecars connected, ACKed, NACKed or reported load."""
+        for name in self._known.get(namespace, {}):
+            self.status.mark(namespace, name)
+        if self._indexed and namespace not in self._index:
+            self.control_plane.synced([namespace])
+
+    # -- the worker ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile dirty namespaces, write status and refresh it periodically, until cancelled."""
+        tasks = [asyncio.create_task(self.status.run()), asyncio.create_task(self._refresh())]
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._dirty = self._dirty, set()
+                for namespace in sorted(batch):
+                    await self._reconcile_safely(namespace)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh(self) -> None:
+        """Backend health moves without events: re-mark every route now and then (unchanged ones are skipped)."""
+        while True:
+            await asyncio.sleep(self._status_refresh)
+            for namespace in list(self._known):
+                self.sidecars_changed(namespace)
+
+    async def _reconcile_safely(self, namespace: str) -> None:
+        try:
+            await self.reconcile(namespace)
+        except Exception:
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile of namespace %s failed; retrying in %.0fs", namespace, self._retry_after)
+            asyncio.get_running_loop().call_later(self._retry_after, self.touch, namespace)
+
+    async def reconcile(self, namespace: str) -> None:
+        """Compile every LLMRoute of the namespace and publish the accepted ones."""
+        started = time.monotonic()
+        objects = list(self._index.get(namespace, ()))
+        names = referenced_secrets(o.spec for o in objects)
+        self.secrets.retain(namespace, names)
+        for name in sorted(names):
+            if not self.secrets.known(namespace, name):
+                data = await self.api.get_secret_data(namespace, name)
+                if not self.secrets.known(namespace, name):  # a watch event may have answered meanwhile
+                    self.secrets.put(namespace, name, data)
+        result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}))
+        self.control_plane.publish(namespace, result.routes)
+        version = compile_table(result.routes).table.version
+        self.metrics.reconciles.inc()
+        by_name = {o.name: o for o in objects}
+        known = {n: _Known(by_name[n], v, version) for n, v in result.verdicts.items()}
+        for gone in set(self._known.get(namespace, {})) - set(known):
+            self.status.forget(namespace, gone)
+            self._warned.pop((namespace, gone), None)
+        self._known[namespace] = known
+        self._last_good[namespace] = result.last_good
+        if not objects:
+            del self._known[namespace], self._last_good[namespace]
+        self._count(namespace, result.verdicts.values())
+        log.info(
+            "namespace %s: %d of %d LLMRoutes published (table %s) in %.1f ms",
+            namespace,
+            len(result.routes),
+            len(objects),
+            version,
+            (time.monotonic() - started) * 1000,
+        )
+        for name, entry in known.items():
+            self.status.mark(namespace, name)
+            await self._warn(entry)
+
+    def _count(self, namespace: str, verdicts: Iterable[Verdict]) -> None:
+        counts = dict.fromkeys(ROUTE_STATES, 0)
+        for v in verdicts:
+            state = (
+                "rejected"
+                if v.served_generation is None
+                else "serving"
+                if v.served_generation == v.generation
+                else "stale"
+            )
+            counts[state] += 1
+        for state, count in counts.items():
+            self.metrics.routes.labels(namespace, state).set(count)
+
+    async def _warn(self, entry: _Known) -> None:
+        """One Warning Event per new problem of a route (the message names Secrets and keys, never values)."""
+        key = (entry.obj.namespace, entry.obj.name)
+        problems = {
+            (c.reason, c.message) for c in (entry.verdict.accepted, entry.verdict.resolved_refs) if c.status == "False"
+        }
+        new = problems - self._warned.get(key, set())
+        self._warned[key] = problems
+        for reason, message in sorted(new):
+            await self._post_event(entry.obj, reason, message)
+
+    async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
+        now = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            # client-go's naming: <object>.<unix nanoseconds in hex>
+            "metadata": {"name": f"{obj.name}.{time.time_ns():x}", "namespace": obj.namespace},
+            "involvedObject": {
+                "apiVersion": "llmroute.io/v1alpha1",
+                "kind": "LLMRoute",
+                "name": obj.name,
+                "namespace": obj.namespace,
+                "uid": obj.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": "llmroute-operator"},
+            "reportingComponent": "llmroute-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.request("POST", f"/api/v1/namespaces/{obj.namespace}/events", event)
+        except Exception as exc:
+            log.warning("could not post Event %s for LLMRoute %s/%s: %s", reason, obj.namespace, obj.name, exc)
+
+    # -- status source ------------------------------------------------------------------------------
+
+    def desired_status(self, namespace: str, name: str) -> tuple[dict[str, Any], Mapping[str, Any]] | None:
+        """What the route's status should say now, and what the object has (None once the route is gone)."""
+        entry = self._known.get(namespace, {}).get(name)
+        if entry is None:
+            return None
+        current = self._current_status(namespace, name)
+        desired = route_status(
+            entry.verdict,
+            self.control_plane.route_sidecars(namespace, name),
+            entry.version,
+            self.control_plane.backend_health(namespace, name),
+            current,
+        )
+        return desired, current
+
+    def _current_status(self, namespace: str, name: str) -> Mapping[str, Any]:
+        for obj in self._index.get(namespace, ()):
+            if obj.name == name:
+                return obj.status
+        return {}

@@ -1,0 +1,29 @@
+"""The operator's own Prometheus series, in the registry the admin port serves (with the control plane's)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+ROUTE_STATES = ("serving", "stale", "rejected")
+
+
+class OperatorMetrics:
+    """Reconcile counters and the route-state gauge; one registry per operator, so tests can run several."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ProcessCollector(registry=registry)
+        self.reconciles = Counter(
+            "llmroute_reconciles_total", "Namespace reconciles run (LLMRoutes compiled and published).",
+            registry=registry,
+        )  # fmt: skip
+        self.reconcile_errors = Counter(
+            "llmroute_reconcile_errors_total", "Namespace reconciles that failed and will be retried.",
+            registry=registry,
+        )  # fmt: skip
+        self.routes = Gauge(
+            "llmroute_routes",
+            "LLMRoutes by namespace and state: serving (its current generation is published), stale (its last"
+            " good generation serves), rejected (nothing of it is published).",
+            ["namespace", "state"],
+            registry=registry,
+        )
