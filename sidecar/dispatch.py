@@ -322,7 +322,7 @@ class Dispatcher:
         """The error for a call every attempt of which failed, naming each backend and its last error."""
         route = call.runtime.route.name
         if time.monotonic() >= call.deadline:
-            tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no answer in time"
+            tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no backend was tried in time"
             return ProxyError(504, f"deadline exceeded for route {route} ({tried})", "deadline_exceeded")
         if call.errors and all(e.kind == "429" for _, e in call.errors):
             waits = [e.retry_after for _, e in call.errors if e.retry_after is not None]
@@ -440,9 +440,7 @@ class _Attempts:
     def __init__(self, dispatcher: Dispatcher, call: Call, plan: list[Candidate]) -> None:
         self._dispatcher = dispatcher
         self._call = call
-        # The plan, then the plan again: a route with fewer backends than attempts retries the same ones.
-        self._order = plan + plan
-        self._next = 1  # plan[0] is the first attempt, started by the caller
+        self._plan = plan
         self.running: dict[asyncio.Task[Answer], Candidate] = {}
 
     def start(self, candidate: Candidate) -> None:
@@ -453,7 +451,11 @@ class _Attempts:
 
     def next_candidate(self, after: UpstreamError | None) -> Candidate | None:
         """The next backend to try after `after` (None: a hedge), if the route's retry policy, its retry
-        budget and the deadline allow one more attempt."""
+        budget and the deadline allow one more attempt.
+
+        Backends not yet tried come first, in plan order. Only then is one tried again (a route with fewer
+        backends than attempts), and never one that timed out, refused the key or asked us to back off.
+        """
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
@@ -461,13 +463,13 @@ class _Attempts:
             return None
         if after is not None and after.kind not in retry.retry_on and after.kind != "auth":
             return None
-        # Never the same backend again after it refused the key or asked us to back off, nor one in use.
-        excluded = {name for name, e in call.errors if e.kind in ("auth", "429")}
-        excluded.update(c.name for c in self.running.values())
-        while self._next < len(self._order):
-            candidate = self._order[self._next]
-            self._next += 1
-            if candidate.name in excluded or not runtime.detector.is_available(candidate.name):
+        busy = {c.name for c in self.running.values()}
+        tried = {name for name, _ in call.errors}
+        barred = {name for name, e in call.errors if e.kind in ("auth", "429", "timeout")}
+        fresh = [c for c in self._plan if c.name not in tried]
+        again = [c for c in self._plan if c.name in tried and c.name not in barred]
+        for candidate in (*fresh, *again):
+            if candidate.name in busy or not runtime.detector.is_available(candidate.name):
                 continue
             if not runtime.budget.try_acquire_retry(time.monotonic()):
                 self._dispatcher.metrics.retries_refused.labels(runtime.route.name).inc()
@@ -484,9 +486,11 @@ class _Attempts:
         self.running.clear()
 
     def cancel_all(self) -> None:
-        """The call is decided: attempts still running are abandoned."""
-        for task in self.running:
+        """The call is decided: attempts still running are abandoned (and named, if the call failed)."""
+        for task, candidate in self.running.items():
             task.cancel()
+            waited = 1000 * (time.monotonic() - self._call.upstream_started)
+            self._call.errors.append((candidate.name, UpstreamError("timeout", f"no answer after {waited:.0f} ms")))
 
 
 # A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is

@@ -69,9 +69,15 @@ class PeakEWMA:
             self._low_count = 0
 
 
+SUCCESS_FORGIVES = 0.3
+"""Share of the failure count a success forgives: time decay alone shrinks failures and outcomes alike,
+so a recovered backend with little traffic kept its old failure rate (and penalty) for tens of seconds."""
+
+
 class FailureRate:
     """Share of failed outcomes over roughly the last `decay` seconds (time-decayed counts), so old failures
-    are forgiven even when the backend gets no traffic, and busy and quiet backends are judged alike."""
+    are forgiven even when the backend gets no traffic, and busy and quiet backends are judged alike; each
+    success also forgives part of the failures, so a few good answers in a row clear a recovered backend."""
 
     __slots__ = ("_decay", "_failed", "_stamp", "_total")
 
@@ -87,7 +93,7 @@ class FailureRate:
     def observe(self, failed: bool, now: float) -> None:
         """One outcome that says something about the backend."""
         keep = self._keep(now)
-        self._failed = self._failed * keep + failed
+        self._failed = self._failed * keep * (1.0 if failed else 1.0 - SUCCESS_FORGIVES) + failed
         self._total = self._total * keep + 1.0
         self._stamp = now
 

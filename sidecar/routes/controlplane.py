@@ -122,6 +122,7 @@ class ControlPlaneClient:
         self._backoff = (backoff_min, backoff_max)
         self._failures = 0
         self._report_interval = 5.0
+        self._interval_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
 
@@ -237,7 +238,10 @@ class ControlPlaneClient:
                 first.node.CopyFrom(self.node.message())
                 await call.write(first)
                 while not call.done():
-                    await asyncio.sleep(self._report_interval)
+                    # Wake early when the server sets a new interval, so its first directive counts at once.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._interval_changed.wait(), self._report_interval)
+                    self._interval_changed.clear()
                     await call.write(self._load.snapshot_and_reset())
             except grpc.aio.AioRpcError as exc:
                 log.warning("load reporting to %s failed: %s %s", self.address, exc.code().name, exc.details())
@@ -252,3 +256,4 @@ class ControlPlaneClient:
         async for directive in call:
             if directive.report_interval_seconds > 0:
                 self._report_interval = directive.report_interval_seconds
+                self._interval_changed.set()

@@ -178,3 +178,16 @@ def test_a_recovery_is_believed_after_a_few_fast_answers_in_a_row() -> None:
     ewma.observe(0.3, 6.0)
     ewma.observe(0.3, 7.0)
     assert ewma.value is not None and ewma.value > 5  # a new peak in between restarts the count
+
+
+def test_a_recovered_quiet_backend_is_cleared_by_a_few_successes() -> None:
+    stats = BackendStats()
+    for i in range(20):
+        served(stats, 0.3, i * 0.1)
+    for i in range(5):
+        served(stats, 1.0, 2.0 + i * 0.1, FailureKind.TIMEOUT)
+    assert stats.failures.value(2.5) > 0.1
+    for i in range(5):  # one answer every 2 s, as shadow probes give a backend nobody is sent to
+        served(stats, 0.3, 4.0 + 2 * i)
+    assert stats.failures.value(13.0) < 0.05
+    assert stats.expected_latency(13.0, load_sensitive=False) < 0.5
