@@ -100,7 +100,7 @@ class SidecarApp:
             needs=needed_capabilities(body),
         )
         gate = runtime.gates.get(priority)
-        in_flight = self.metrics.in_flight.labels(route.name)
+        in_flight = self.metrics.child(self.metrics.in_flight, route.name)
         in_flight.inc()
         holds_stream = False
         try:
@@ -142,7 +142,9 @@ class SidecarApp:
         assert stream is not None
         runtime = call.runtime
         candidate = answer.candidate
-        self.metrics.ttft.labels(runtime.route.name, candidate.name, call.priority).observe(time.monotonic() - received)
+        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority).observe(
+            time.monotonic() - received
+        )
         outcome = "abandoned"
         try:
             yield answer.first_chunk
@@ -169,16 +171,16 @@ class SidecarApp:
                 self.dispatcher.abandoned(runtime, candidate, answer.token)
             await stream.aclose()
             self._observe(call, answer, outcome, received)
-            self.metrics.in_flight.labels(runtime.route.name).dec()
+            self.metrics.child(self.metrics.in_flight, runtime.route.name).dec()
             if gate is not None:
                 gate.release()
 
     def _observe(self, call: Call, answer: Answer | None, outcome: str, received: float) -> None:
         now = time.monotonic()
         backend = answer.candidate.name if answer is not None else "none"
-        self.metrics.request_duration.labels(call.runtime.route.name, backend, call.priority, outcome).observe(
-            now - received
-        )
+        self.metrics.child(
+            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome
+        ).observe(now - received)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:
         waited = call.upstream_done - call.upstream_started

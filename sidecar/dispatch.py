@@ -132,13 +132,13 @@ class Dispatcher:
         route, name = runtime.route.name, candidate.name
         cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         m = self.metrics
-        m.attempts.labels(route, name, outcome).inc()
-        m.tokens.labels(route, name, "input").inc(usage.prompt_tokens)
-        m.tokens.labels(route, name, "output").inc(usage.completion_tokens)
+        m.child(m.attempts, route, name, outcome).inc()
+        m.child(m.tokens, route, name, "input").inc(usage.prompt_tokens)
+        m.child(m.tokens, route, name, "output").inc(usage.completion_tokens)
         if usage.cached_tokens:
-            m.tokens.labels(route, name, "cached_input").inc(usage.cached_tokens)
+            m.child(m.tokens, route, name, "cached_input").inc(usage.cached_tokens)
         if cost:
-            m.cost.labels(route, name).inc(cost)
+            m.child(m.cost, route, name).inc(cost)
         if self.load is not None:
             self.load.finish(
                 route,
@@ -266,7 +266,7 @@ class Dispatcher:
                     if error.kind == "4xx":
                         raise error
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
-                        self.metrics.retries.labels(route.name, error.kind).inc()
+                        self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         cut_checked = False
                         attempts.start(following)
                 if done:
@@ -277,7 +277,7 @@ class Dispatcher:
                 if hedge and not hedged:
                     hedged = True
                     if (following := attempts.next_candidate(None)) is not None:
-                        self.metrics.hedges.labels(route.name, "sent").inc()
+                        self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
                 elif not hedge and not cut_checked:
                     # The one attempt is slower than the time the next backend needs: give up on it while
@@ -285,7 +285,7 @@ class Dispatcher:
                     cut_checked = True
                     if (following := attempts.next_candidate(_TOO_SLOW)) is not None:
                         attempts.cut_running()
-                        self.metrics.retries.labels(route.name, "timeout").inc()
+                        self.metrics.child(self.metrics.retries, route.name, "timeout").inc()
                         cut_checked = False
                         attempts.start(following)
         finally:
@@ -314,9 +314,9 @@ class Dispatcher:
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name
         if answer.candidate is not plan[0]:
-            self.metrics.fallbacks.labels(route).inc()
+            self.metrics.child(self.metrics.fallbacks, route).inc()
         if hedged:
-            self.metrics.hedges.labels(route, "won" if answer.candidate is not plan[0] else "lost").inc()
+            self.metrics.child(self.metrics.hedges, route, "won" if answer.candidate is not plan[0] else "lost").inc()
 
     def _failure(self, call: Call) -> ProxyError:
         """The error for a call every attempt of which failed, naming each backend and its last error."""
@@ -387,13 +387,13 @@ class Dispatcher:
     def _count_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
         """Feed a failure into ejection and metrics."""
         kind = FailureKind(error.kind)
-        self.metrics.attempts.labels(runtime.route.name, name, kind.value).inc()
+        self.metrics.child(self.metrics.attempts, runtime.route.name, name, kind.value).inc()
         if kind is FailureKind.RATE_LIMITED:
             ejected = runtime.detector.record_rate_limited(name, error.retry_after, now)
         else:
             ejected = runtime.detector.record_failure(name, kind, now)
         if ejected:
-            self.metrics.ejections.labels(runtime.route.name, name, kind.value).inc()
+            self.metrics.child(self.metrics.ejections, runtime.route.name, name, kind.value).inc()
 
     # ----- background probes ----------------------------------------------------------------------------
 
@@ -472,7 +472,7 @@ class _Attempts:
             if candidate.name in busy or not runtime.detector.is_available(candidate.name):
                 continue
             if not runtime.budget.try_acquire_retry(time.monotonic()):
-                self._dispatcher.metrics.retries_refused.labels(runtime.route.name).inc()
+                self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
                 return None
             return candidate
         return None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Buckets for LLM calls: from a cached 20 ms answer to a 2-minute batch completion.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -14,6 +19,7 @@ class SidecarMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.request_duration = Histogram(
             "llmroute_request_duration_seconds",
@@ -90,6 +96,15 @@ class SidecarMetrics:
             ["result"],
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, cached: the request path asks for the same few series every time and
+        prometheus_client's lookup (validation, a lock) costs more than the increment itself."""
+        key = (id(metric), labels)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = metric.labels(*labels)
+        return series
 
     def set_table_version(self, version: str) -> None:
         """Show only the current version in llmroute_routing_table_info."""
