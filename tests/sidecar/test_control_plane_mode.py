@@ -67,10 +67,21 @@ async def test_routes_arrive_survive_the_operator_and_restarts(tmp_path: Path) -
                     await asyncio.sleep(0.1)
                 assert health[0].name == "sim" and health[0].healthy and health[0].requests_per_minute > 0
                 assert plane.route_sidecars("default", "chat").programmed == 1
-                # The operator goes away: the sidecar keeps routing on its last table.
+                # The operator goes away under load: the sidecar keeps routing on its last table.
+                statuses: list[int] = []
+                stop = asyncio.Event()
+
+                async def load() -> None:
+                    while not stop.is_set():
+                        statuses.append((await http.post("/chat/completions", json=chat_body())).status_code)
+
+                workers = [asyncio.create_task(load()) for _ in range(4)]
+                await asyncio.sleep(0.3)
                 await plane.stop(0)
-                statuses = [(await http.post("/chat/completions", json=chat_body())).status_code for _ in range(5)]
-                assert statuses == [200] * 5
+                await asyncio.sleep(0.5)
+                stop.set()
+                await asyncio.gather(*workers)
+                assert len(statuses) > 20 and set(statuses) == {200}
         # A restart while the operator is still away serves the table kept in --state-dir.
         async with sidecar(address, tmp_path / "state") as second:
             await wait_until_ready(second.admin_server.port)
