@@ -100,17 +100,18 @@ class SidecarApp:
             needs=needed_capabilities(body),
         )
         gate = runtime.gates.get(priority)
+        if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
+            try:
+                await gate.acquire(call.deadline - time.monotonic())
+            except TimeoutError as exc:
+                self._observe(call, None, "error", received)
+                raise ProxyError(
+                    504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded"
+                ) from None
         in_flight = self.metrics.child(self.metrics.in_flight, route.name)
         in_flight.inc()
-        holds_stream = False
+        holds_stream = False  # a stream releases the slot and the gauge when the app has read it
         try:
-            if gate is not None:
-                try:
-                    await gate.acquire(call.deadline - time.monotonic())
-                except TimeoutError as exc:
-                    raise ProxyError(
-                        504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded"
-                    ) from None
             try:
                 answer = await self.dispatcher.run(call)
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is

@@ -165,3 +165,23 @@ async def test_stream_failing_after_first_byte_ends_with_an_error_event(tmp_path
         assert events[0].startswith('data: {"id"')
         assert '"error"' in events[-1] and "mid-stream" in events[-1]
         assert response.headers["x-llmroute-backend"] == "broken"  # no silent switch once bytes reached the app
+
+
+async def test_batch_requests_that_cannot_get_a_slot_in_time_get_504_and_free_nothing(tmp_path: Path) -> None:
+    spec = {"priorities": {"batch": {"maxConcurrency": 1, "timeout": "10s"}}}
+    async with running(tmp_path, {"only": Behavior(latency=Latency.fixed(0.4))}, spec=spec) as h, h.http() as http:
+        batch = {"x-llmroute-priority": "batch"}
+        slow = asyncio.create_task(http.post("/chat/completions", json=chat_body(), headers=batch))
+        await asyncio.sleep(0.05)
+        impatient = await http.post(
+            "/chat/completions", json=chat_body(), headers={**batch, "x-llmroute-timeout-ms": "100"}
+        )
+        assert impatient.status_code == 504 and "batch slot" in impatient.json()["error"]["message"]
+        assert (await slow).status_code == 200
+        # The timed-out waiter did not give back a slot it never had: the cap still holds.
+        gate = h.sidecar.router.by_model["chat"].gates["batch"]
+        assert gate.active == 0 and gate.waiting == 0
+        both = await asyncio.gather(
+            *(http.post("/chat/completions", json=chat_body(), headers=batch) for _ in range(2))
+        )
+        assert [r.status_code for r in both] == [200, 200]
