@@ -151,6 +151,7 @@ class BackendStats:
     """
 
     __slots__ = (
+        "_answered_since",
         "_awaiting",
         "_next_token",
         "_penalty",
@@ -176,6 +177,7 @@ class BackendStats:
         self._penalty = failure_penalty
         self._started: dict[int, float] = {}
         self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
+        self._answered_since = -math.inf  # start of the latest-started request that succeeded
         self._next_token = 0
 
     @property
@@ -208,6 +210,7 @@ class BackendStats:
         if failure is None:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)
+            self._answered_since = max(self._answered_since, started)
         else:
             self.latency.observe_at_least(elapsed, now)
         self.failures.observe(failure is not None, now)
@@ -233,8 +236,12 @@ class BackendStats:
         estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
         if estimate is None:
             return math.inf if self._started else 0.0
-        if self._awaiting:
-            estimate = max(estimate, now - next(iter(self._awaiting.values())))
+        # Requests still waiting count as slow ones, except those older than a request that has since
+        # succeeded: the backend answers again, and one straggler must not hide a recovery.
+        for started in self._awaiting.values():
+            if started >= self._answered_since:
+                estimate = max(estimate, now - started)
+                break
         if load_sensitive:
             estimate *= len(self._started) + 1
         return estimate + self.failures.value(now) * self._penalty

@@ -12,8 +12,9 @@ STALE_AFTER_S = 2.0
 """A backend with no outcome for this long is due for a shadow probe."""
 MIN_INTERVAL_S = 1.0
 """At most one shadow probe per backend per this interval."""
-PROBE_TIMEOUT_S = 30.0
-"""A shadow probe not reported `done` within this is considered lost."""
+PATIENCE_S = 4.0
+"""A shadow probe still running after this does not hold back the next one: the backend it measures may
+have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s)."""
 
 
 class ShadowProber:
@@ -40,7 +41,7 @@ class ShadowProber:
             name = candidate.name
             sent = self._sent.get(name)
             if sent is not None and (
-                now - sent < self._min_interval or (name in self._in_flight and now - sent < PROBE_TIMEOUT_S)
+                now - sent < self._min_interval or (name in self._in_flight and now - sent < PATIENCE_S)
             ):
                 continue
             self._sent[name] = now

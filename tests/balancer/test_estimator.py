@@ -191,3 +191,16 @@ def test_a_recovered_quiet_backend_is_cleared_by_a_few_successes() -> None:
         served(stats, 0.3, 4.0 + 2 * i)
     assert stats.failures.value(13.0) < 0.05
     assert stats.expected_latency(13.0, load_sensitive=False) < 0.5
+
+
+def test_a_straggler_from_before_a_recovery_does_not_hide_it() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    straggler = stats.start(2.0)  # sent while the backend was slow; still out 8.5 s later
+    for i in range(3):
+        served(stats, 0.3, 4.0 + i)
+    assert stats.expected_latency(6.5, load_sensitive=False) < 0.5
+    newer = stats.start(7.0)  # but a request sent after the last answer still counts as it ages
+    assert stats.expected_latency(9.0, load_sensitive=False) >= 2.0
+    stats.finish(straggler, 10.5)
+    stats.finish(newer, 10.5)

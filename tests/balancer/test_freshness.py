@@ -33,12 +33,12 @@ def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCa
     assert names(prober.due(ranked, 13.0)) == ["other"]
 
 
-def test_a_probe_that_never_reports_back_does_not_block_probing_forever(make: MakeCandidate) -> None:
+def test_a_slow_probe_holds_back_the_next_for_a_few_seconds_only(make: MakeCandidate) -> None:
     ranked = [make("primary"), make("other")]
     prober = ShadowProber()
     prober.due(ranked, 0.0)
-    assert prober.due(ranked, 29.0) == []
-    assert names(prober.due(ranked, 30.0)) == ["other"]
+    assert prober.due(ranked, 3.9) == []
+    assert names(prober.due(ranked, 4.0)) == ["other"]  # it may have recovered since the first was sent
 
 
 def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
