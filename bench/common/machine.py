@@ -51,3 +51,16 @@ def describe() -> list[tuple[str, str]]:
 def load_average() -> str:
     """The 1-minute load average (/proc/loadavg): how busy the machine was besides the bench."""
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+def git_commit() -> str:
+    """The checked-out commit of this repository, marked when tracked files have uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    head = _first_line(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{head} (with uncommitted changes)" if dirty else head

@@ -27,11 +27,15 @@ MODELS = {
 }
 
 
-def _literal(doc: object) -> str:
-    """`doc` as an nginx single-quoted string (JSON has no single quotes or `$` here)."""
-    text = json.dumps(doc, separators=(",", ":"))
-    assert "'" not in text and "$" not in text
+def _quoted(text: str) -> str:
+    """`text` as an nginx single-quoted string (it must hold no single quotes, `$` or backslashes)."""
+    assert "'" not in text and "$" not in text and "\\" not in text
     return f"'{text}'"
+
+
+def _literal(doc: object) -> str:
+    """`doc` as compact JSON in an nginx single-quoted string."""
+    return _quoted(json.dumps(doc, separators=(",", ":")))
 
 
 def literal_body() -> str:
@@ -48,6 +52,71 @@ def chat_backend(port: int) -> str:
         location = /v1/chat/completions {{ return 200 {_literal(COMPLETION)}; }}
         location = /v1/models {{ return 200 {_literal(MODELS)}; }}
         location / {{ return 404; }}
+    }}"""
+
+
+def _chunk(delta: dict[str, str], finish: str | None, usage: bool = False) -> dict[str, object]:
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    chunk: dict[str, object] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "bench-model",
+        "choices": choices,
+    }
+    if usage:
+        chunk["usage"] = COMPLETION["usage"]
+    return chunk
+
+
+STREAM_EVENTS = (
+    _chunk({"role": "assistant", "content": ""}, None),
+    _chunk({"content": "Hello! How can I help"}, None),
+    _chunk({"content": " you today?"}, None),
+    _chunk({}, "stop"),
+    _chunk({}, None, usage=True),
+)
+"""The same answer as COMPLETION streamed: role, two content deltas, the finish, the usage chunk."""
+
+
+def stream_body() -> str:
+    """The SSE answer exactly as nginx sends it (events, then `data: [DONE]`)."""
+    events = [f"data: {json.dumps(e, separators=(',', ':'))}" for e in STREAM_EVENTS]
+    return "\n\n".join([*events, "data: [DONE]"]) + "\n\n"
+
+
+def stream_backend(port: int) -> str:
+    """A server block answering POST /v1/chat/completions with a fixed SSE stream (nginx cannot see that
+    the body asks for `stream`, so streaming runs use this server), and GET /v1/models."""
+    return f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v1/chat/completions {{
+            default_type text/event-stream;
+            add_header Cache-Control no-cache;
+            return 200 {_quoted(stream_body())};
+        }}
+        location = /v1/models {{ default_type application/json; return 200 {_literal(MODELS)}; }}
+        location / {{ return 404; }}
+    }}"""
+
+
+def reverse_proxy(port: int, upstream_port: int, *, keepalive: int = 64, buffering: bool = True) -> str:
+    """A plain reverse proxy server block to 127.0.0.1:upstream_port with upstream keep-alive."""
+    return f"""
+    upstream backend_{upstream_port} {{
+        server 127.0.0.1:{upstream_port};
+        keepalive {keepalive};
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend_{upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering {"on" if buffering else "off"};
+        }}
     }}"""
 
 

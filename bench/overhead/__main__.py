@@ -83,8 +83,6 @@ class Bench:
             self.routes = workdir / "route.yaml"
             self.routes.write_text(ROUTE.format(port=backend_port))
             self._start_sidecar("sidecar", [str(Path(sys.executable).with_name("llmroute")), "sidecar"])
-            if getattr(args, "prototype", False):
-                self._start_sidecar("prototype", [sys.executable, "-m", "bench.overhead.prototype_sidecar"])
             self.urls = {"direct": f"http://127.0.0.1:{backend_port}/v1/chat/completions"} | {
                 name: f"http://127.0.0.1:{s.port}/v1/chat/completions" for name, s in self.sidecars.items()
             }
@@ -262,14 +260,6 @@ def rounds_table(samples: list[Sample]) -> str:
 def document(args: argparse.Namespace, command: str, samples: list[Sample], load: tuple[str, str]) -> str:
     """The docs section: figures, machine, command and method."""
     facts = report.table(["", ""], [[k, v] for k, v in machine.describe()])
-    prototype = (
-        "\nThe same run, through the sidecar on the prototype transport (`--prototype`, bench code only: "
-        'bench/overhead/fast_transport.py; see "Where the time goes" below):\n\n'
-        + summary(samples, args.connections, "prototype")
-        + "\n"
-        if args.prototype
-        else ""
-    )
     pins = (
         ", ".join(
             f"{name} on CPU {cpus}"
@@ -286,7 +276,7 @@ Measured {time.strftime("%Y-%m-%d %H:%M %Z")} with
     {command}
 
 {summary(samples, args.connections)}
-{prototype}
+
 Added latency = median over rounds of (sidecar - direct) in the same round; every other figure is the
 median over the {args.rounds} rounds. CPU per request = the sidecar process's utime + stime
 (/proc/PID/stat) over the run divided by the requests wrk completed.
@@ -326,11 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-cpus", help="taskset CPU list for nginx")
     parser.add_argument("--wrk-cpus", help="taskset CPU list for wrk")
     parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="add an arm: the sidecar on bench/overhead/fast_transport.py's RawTransport",
-    )
-    parser.add_argument(
         "--docs",
         type=Path,
         default=ROOT / "docs" / "performance.md",
@@ -347,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     print(summary(samples, args.connections))
-    if args.prototype:
-        print("\n" + summary(samples, args.connections, "prototype"))
     if not args.no_docs:
         report.replace_section(
             args.docs, "overhead", document(args, command, samples, (load_start, machine.load_average()))

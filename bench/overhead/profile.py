@@ -29,11 +29,11 @@ PARTS = (
     ("prometheus_client/", "prometheus_client metrics"),
     ("http/cookiejar", "httpx client (request/response models)"),
     ("urllib/", "httpx client (request/response models)"),
-    ("logging/", "logging (httpx logs every request at INFO)"),
-    ("overhead/fast_transport", "prototype transport (RawTransport)"),
+    ("logging/", "logging"),
     ("json/", "json encode/decode"),
     ("core/http/", "llmroute HTTP server (httptools)"),
     ("sidecar/balancer/", "balancer (estimators, pickers, ejection)"),
+    ("sidecar/upstream/transport", "upstream transport (keep-alive pool, httptools)"),
     ("sidecar/upstream/", "sidecar upstream adapter"),
     ("sidecar/", "sidecar request path (app, dispatch)"),
     ("asyncio/", "asyncio (tasks, futures, timeouts, locks)"),
@@ -84,14 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds of load")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=40, help="functions listed")
-    parser.add_argument("--prototype", action="store_true", help="profile the sidecar on the prototype transport")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw (collapsed stacks) output here")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit(f"py-spy missing: {sys.executable} -m pip install py-spy")
-    setup = argparse.Namespace(sidecar_cpus=None, backend_cpus=None, wrk_cpus=None, prototype=args.prototype)
-    arm = "prototype" if args.prototype else "sidecar"
+    setup = argparse.Namespace(sidecar_cpus=None, backend_cpus=None, wrk_cpus=None)
+    arm = "sidecar"
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         raw = args.raw or Path(tmp) / "profile.txt"
         bench = Bench(setup, Path(tmp))

@@ -1,10 +1,10 @@
-"""One backend's HTTP client: a shared connection pool, the provider adapter, and failures classified."""
+"""One backend's HTTP client: a keep-alive connection pool, the provider adapter, and failures classified."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,13 +21,14 @@ from llmroute.sidecar.upstream.errors import (
 )
 from llmroute.sidecar.upstream.openai import OpenAIAdapter
 from llmroute.sidecar.upstream.sse import SSEParser
+from llmroute.sidecar.upstream.transport import Pool, Response
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 __all__ = ["Completion", "CompletionStream", "Upstream", "make_adapter"]
 
 MIN_IDLE_TIMEOUT = 30.0  # between stream chunks: models pause while thinking or calling tools
 _TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
-_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
+log = logging.getLogger(__name__)
 
 
 def _scrub(error: UpstreamError, backend: Backend) -> UpstreamError:
@@ -45,19 +46,19 @@ def make_adapter(backend: Backend) -> Adapter:
 
 
 class Upstream:
-    """One backend: owns a shared httpx.AsyncClient (connection pool, keep-alive) and the provider adapter.
+    """One backend: owns a keep-alive connection pool (transport.Pool) and the provider adapter.
 
     Each call takes its own `timeout` (not asyncio.timeout around the call) because the phases differ:
     a stream's timeout bounds only the wait for headers, then an idle bound applies between chunks.
     """
 
-    __slots__ = ("_adapter", "_client", "backend")
+    __slots__ = ("_adapter", "_pool", "backend")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._adapter = make_adapter(backend)
         # Concurrency is the balancer's job, so the pool itself is unbounded; timeouts are per call.
-        self._client = httpx.AsyncClient(limits=_LIMITS, timeout=None, follow_redirects=False)
+        self._pool = Pool()
 
     def __repr__(self) -> str:
         return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
@@ -67,16 +68,17 @@ class Upstream:
         wire = self._adapter.chat(request, stream=False)
         try:
             async with asyncio.timeout(timeout):
-                response = await self._client.post(wire.url, content=wire.body, headers=wire.headers)
+                response = await self._pool.request("POST", wire.url, wire.headers, wire.body)
+                body = await response.read()
         except TimeoutError:
             raise UpstreamError("timeout", f"no answer within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
-        if not 200 <= response.status_code < 300:
-            error = error_from_response(response.status_code, response.headers, response.content)
-            raise _scrub(error, self.backend)
+        self._trace(wire.url, response.status)
+        if not 200 <= response.status < 300:
+            raise _scrub(error_from_response(response.status, response.headers, body), self.backend)
         try:
-            return self._adapter.completion(response.status_code, response.content)
+            return self._adapter.completion(response.status, body)
         except UpstreamError as error:
             raise _scrub(error, self.backend) from None
 
@@ -87,24 +89,24 @@ class Upstream:
         """
         wire = self._adapter.chat(request, stream=True)
         idle = max(timeout, MIN_IDLE_TIMEOUT)
-        outgoing = self._client.build_request(
-            "POST", wire.url, content=wire.body, headers=wire.headers, timeout=httpx.Timeout(idle)
-        )
         try:
             async with asyncio.timeout(timeout):
-                response = await self._client.send(outgoing, stream=True)
+                response = await self._pool.request(
+                    "POST", wire.url, wire.headers, wire.body, connect_timeout=idle, read_timeout=idle
+                )
         except TimeoutError:
             raise UpstreamError("timeout", f"no response headers within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
-        if not 200 <= response.status_code < 300:
+        self._trace(wire.url, response.status)
+        if not 200 <= response.status < 300:
             try:
-                body = await response.aread()
+                body = await response.read()
             except httpx.TransportError:
                 body = b""
             finally:
-                await response.aclose()
-            raise _scrub(error_from_response(response.status_code, response.headers, body), self.backend)
+                response.close()
+            raise _scrub(error_from_response(response.status, response.headers, body), self.backend)
         return CompletionStream(response, self._adapter.translator(request), self.backend)
 
     async def probe(self, *, timeout: float) -> bool:  # noqa: ASYNC109
@@ -112,14 +114,23 @@ class Upstream:
         wire = self._adapter.probe()
         try:
             async with asyncio.timeout(timeout):
-                response = await self._client.get(wire.url, headers=wire.headers)
+                response = await self._pool.request("GET", wire.url, wire.headers)
+                await response.read()
         except _TRANSPORT_ERRORS:
             return False
-        return 200 <= response.status_code < 300
+        return 200 <= response.status < 300
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
+        await self._pool.aclose()
+
+    def _trace(self, url: str, status: int) -> None:
+        """A debug line per answered call: backend, URL (key masked, should it be in it), status; never headers."""
+        if log.isEnabledFor(logging.DEBUG):
+            key = self.backend.api_key.reveal() if self.backend.api_key is not None else None
+            log.debug(
+                "backend %s: POST %s answered %d", self.backend.name, url.replace(key, "***") if key else url, status
+            )
 
 
 class CompletionStream:
@@ -128,14 +139,13 @@ class CompletionStream:
     A failure after the start raises UpstreamError from the iterator; `aclose()` releases the connection.
     """
 
-    __slots__ = ("_backend", "_chunks", "_eof", "_out", "_parser", "_response", "_translator")
+    __slots__ = ("_backend", "_eof", "_out", "_parser", "_response", "_translator")
 
-    def __init__(self, response: httpx.Response, translator: StreamTranslator, backend: Backend) -> None:
+    def __init__(self, response: Response, translator: StreamTranslator, backend: Backend) -> None:
         self._response = response
         self._translator = translator
         self._backend = backend
         self._parser = SSEParser()
-        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
         self._out: deque[bytes] = deque()
         self._eof = False
 
@@ -165,13 +175,13 @@ class CompletionStream:
     async def _read(self) -> None:
         """Read one network chunk and translate the events it completes."""
         try:
-            chunk = await anext(self._chunks)
-        except StopAsyncIteration:
+            chunk = await self._response.receive()
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc) from None
+        if not chunk:
             self._eof = True
             self._out.extend(self._translator.end())
             return
-        except httpx.TransportError as exc:
-            raise error_from_transport(exc) from None
         try:
             events = self._parser.feed(chunk)
         except ValueError as exc:
@@ -181,4 +191,4 @@ class CompletionStream:
 
     async def aclose(self) -> None:
         """Release the connection (idempotent)."""
-        await self._response.aclose()
+        self._response.close()
