@@ -157,7 +157,7 @@ class Dispatcher:
     ) -> None:
         """An attempt (or a stream after its first chunk) failed: feed estimates, ejection, metrics, reports."""
         now = time.monotonic()
-        kind = FailureKind(error.kind)
+        kind = error.kind
         candidate.stats.finish(token, now, kind)
         runtime.pool.release(runtime.upstreams[candidate.name])
         self._count_failure(runtime, candidate.name, error, now)
@@ -263,7 +263,7 @@ class Dispatcher:
                     if not isinstance(error, UpstreamError):
                         raise error
                     call.errors.append((candidate.name, error))
-                    if error.kind == "4xx":
+                    if error.kind is FailureKind.CLIENT_ERROR:
                         raise error
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
@@ -324,7 +324,7 @@ class Dispatcher:
         if time.monotonic() >= call.deadline:
             tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no backend was tried in time"
             return ProxyError(504, f"deadline exceeded for route {route} ({tried})", "deadline_exceeded")
-        if call.errors and all(e.kind == "429" for _, e in call.errors):
+        if call.errors and all(e.kind is FailureKind.RATE_LIMITED for _, e in call.errors):
             waits = [e.retry_after for _, e in call.errors if e.retry_after is not None]
             retry_after = str(max(1, round(min(waits)))) if waits else "1"
             return ProxyError(
@@ -361,11 +361,11 @@ class Dispatcher:
                     return answer
                 completion = await upstream.complete(call.body, timeout=call.deadline - started)
         except TimeoutError:
-            error = UpstreamError("timeout", f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
+            error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
             self.failed(runtime, candidate, token, started, error)
             raise error from None
         except StopAsyncIteration:
-            error = UpstreamError("5xx", "stream ended before any content")
+            error = UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
             self.failed(runtime, candidate, token, started, error)
             raise error from None
         except UpstreamError as error:
@@ -373,7 +373,9 @@ class Dispatcher:
             raise
         except asyncio.CancelledError:
             if candidate.name in call.cut:
-                self.failed(runtime, candidate, token, started, UpstreamError("timeout", "too slow, failed over"))
+                self.failed(
+                    runtime, candidate, token, started, UpstreamError(FailureKind.TIMEOUT, "too slow, failed over")
+                )
             else:
                 self.abandoned(runtime, candidate, token)
             raise
@@ -386,7 +388,7 @@ class Dispatcher:
 
     def _count_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
         """Feed a failure into ejection and metrics."""
-        kind = FailureKind(error.kind)
+        kind = error.kind
         self.metrics.child(self.metrics.attempts, runtime.route.name, name, kind.value).inc()
         if kind is FailureKind.RATE_LIMITED:
             ejected = runtime.detector.record_rate_limited(name, error.retry_after, now)
@@ -431,7 +433,9 @@ class Dispatcher:
         await asyncio.gather(*self._background, return_exceptions=True)
 
 
-_TOO_SLOW = UpstreamError("timeout", "slower than the time left for a failover")
+# Backends not tried again within one call: the key was refused, it asked us to back off, or it hung.
+_NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT})
+_TOO_SLOW = UpstreamError(FailureKind.TIMEOUT, "slower than the time left for a failover")
 
 
 class _Attempts:
@@ -461,11 +465,11 @@ class _Attempts:
         retry = runtime.route.retry
         if call.attempts > retry.attempts or call.deadline - time.monotonic() < MIN_ATTEMPT_S:
             return None
-        if after is not None and after.kind not in retry.retry_on and after.kind != "auth":
+        if after is not None and after.kind not in retry.retry_on and after.kind is not FailureKind.AUTH:
             return None
         busy = {c.name for c in self.running.values()}
         tried = {name for name, _ in call.errors}
-        barred = {name for name, e in call.errors if e.kind in ("auth", "429", "timeout")}
+        barred = {name for name, e in call.errors if e.kind in _NEVER_AGAIN}
         fresh = [c for c in self._plan if c.name not in tried]
         again = [c for c in self._plan if c.name in tried and c.name not in barred]
         for candidate in (*fresh, *again):
@@ -481,7 +485,7 @@ class _Attempts:
         """Give up on the running attempt for time: it counts as a timeout of its backend."""
         for task, candidate in self.running.items():
             self._call.cut.add(candidate.name)
-            self._call.errors.append((candidate.name, UpstreamError("timeout", "too slow, failed over")))
+            self._call.errors.append((candidate.name, UpstreamError(FailureKind.TIMEOUT, "too slow, failed over")))
             task.cancel()
         self.running.clear()
 
@@ -490,7 +494,9 @@ class _Attempts:
         for task, candidate in self.running.items():
             task.cancel()
             waited = 1000 * (time.monotonic() - self._call.upstream_started)
-            self._call.errors.append((candidate.name, UpstreamError("timeout", f"no answer after {waited:.0f} ms")))
+            self._call.errors.append(
+                (candidate.name, UpstreamError(FailureKind.TIMEOUT, f"no answer after {waited:.0f} ms"))
+            )
 
 
 # A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is

@@ -19,6 +19,13 @@ class FailureKind(StrEnum):
     AUTH = "auth"
     """401/403: this backend's key is wrong or lacks access; other backends may still serve."""
 
+    @classmethod
+    def for_status(cls, status: int) -> FailureKind:
+        """The kind of a non-2xx HTTP answer."""
+        if status >= 500:
+            return cls.SERVER_ERROR
+        return _BY_STATUS.get(status, cls.CLIENT_ERROR)
+
     @property
     def blames_backend(self) -> bool:
         """Whether it says something about the backend (counts in its failure rate), not about the request."""
@@ -44,3 +51,10 @@ _EJECTING = frozenset(
         FailureKind.AUTH,
     }
 )
+
+_BY_STATUS = {
+    401: FailureKind.AUTH,
+    403: FailureKind.AUTH,
+    408: FailureKind.TIMEOUT,  # the server gave up waiting: retryable like our own timeout
+    429: FailureKind.RATE_LIMITED,
+}

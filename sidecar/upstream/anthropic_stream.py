@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.base import DONE, json_object, sse
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
@@ -132,4 +133,4 @@ class AnthropicStream:
             return []
         if not self._events:
             raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError("reset", "the event stream ended before message_stop")
+        raise UpstreamError(FailureKind.RESET, "the event stream ended before message_stop")

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from llmroute.model import Backend
+from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.anthropic import AnthropicAdapter
 from llmroute.sidecar.upstream.azure import AzureOpenAIAdapter
 from llmroute.sidecar.upstream.base import Adapter, StreamTranslator
@@ -71,7 +72,7 @@ class Upstream:
                 response = await self._pool.request("POST", wire.url, wire.headers, wire.body)
                 body = await response.read()
         except TimeoutError:
-            raise UpstreamError("timeout", f"no answer within {timeout:g}s") from None
+            raise UpstreamError(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
         self._trace(wire.url, response.status)
@@ -95,7 +96,7 @@ class Upstream:
                     "POST", wire.url, wire.headers, wire.body, connect_timeout=idle, read_timeout=idle
                 )
         except TimeoutError:
-            raise UpstreamError("timeout", f"no response headers within {timeout:g}s") from None
+            raise UpstreamError(FailureKind.TIMEOUT, f"no response headers within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
         self._trace(wire.url, response.status)

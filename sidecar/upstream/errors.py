@@ -6,13 +6,11 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-# The CRD's retry.retryOn words, plus 4xx (the request's fault: returned to the app, never retried)
-# and auth (401/403: the key is wrong for this backend, so never retried on the same backend).
-FailureKind = Literal["connect-failure", "reset", "timeout", "5xx", "429", "4xx", "auth"]
+from llmroute.sidecar.balancer.outcome import FailureKind
 
 _MAX_MESSAGE = 300
 
@@ -50,17 +48,6 @@ class UpstreamError(Exception):
             if self.body is not None:
                 self.body = self.body.replace(secret.encode(), b"***")
         return self
-
-
-def kind_for_status(status: int) -> FailureKind:
-    """The failure kind of a non-2xx HTTP status."""
-    if status == 429:
-        return "429"
-    if status in (401, 403):
-        return "auth"
-    if status >= 500:
-        return "5xx"
-    return "4xx"
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -132,7 +119,7 @@ def openai_error_body(status: int, body: bytes) -> tuple[str, bytes]:
 def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
     """The UpstreamError for a non-2xx answer, its body reshaped to OpenAI's error shape."""
     message, shaped = openai_error_body(status, body)
-    kind = kind_for_status(status)
+    kind = FailureKind.for_status(status)
     retry_after = parse_retry_after(headers) if status in (429, 503) else None
     return UpstreamError(
         kind,
@@ -148,7 +135,8 @@ def error_from_event(error: object, where: str) -> UpstreamError:
     etype = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     text = str(message or etype or "unknown error")[:_MAX_MESSAGE]
-    kind: FailureKind = "429" if etype in ("rate_limit_error", "rate_limit_exceeded") else "5xx"
+    rate_limited = etype in ("rate_limit_error", "rate_limit_exceeded")
+    kind = FailureKind.RATE_LIMITED if rate_limited else FailureKind.SERVER_ERROR
     return UpstreamError(kind, f"backend sent an error {where}: {text}")
 
 
@@ -156,23 +144,27 @@ def error_from_transport(exc: BaseException) -> UpstreamError:
     """Classify an httpx transport failure (or our own asyncio timeout) by what it means for a retry."""
     kind: FailureKind
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        kind, what = "connect-failure", "could not connect"
+        kind, what = FailureKind.CONNECT_FAILURE, "could not connect"
     elif isinstance(exc, httpx.TimeoutException | TimeoutError):
-        kind, what = "timeout", "timed out"
+        kind, what = FailureKind.TIMEOUT, "timed out"
     elif isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
-        kind, what = "connect-failure", "could not send the request"
+        kind, what = FailureKind.CONNECT_FAILURE, "could not send the request"
     else:
-        kind, what = "reset", "connection lost"
+        kind, what = FailureKind.RESET, "connection lost"
     detail = str(exc).strip()
     return UpstreamError(kind, f"{what}: {detail}"[:_MAX_MESSAGE] if detail else what)
 
 
 def bad_body(status: int, why: str) -> UpstreamError:
     """A 2xx answer we cannot use: counted like a server error so the request fails over."""
-    return UpstreamError("5xx", f"backend answered {status} with an unusable body: {why}"[:_MAX_MESSAGE], status=status)
+    return UpstreamError(
+        FailureKind.SERVER_ERROR,
+        f"backend answered {status} with an unusable body: {why}"[:_MAX_MESSAGE],
+        status=status,
+    )
 
 
 def invalid_request(message: str) -> UpstreamError:
     """A request we cannot translate for this provider: the app's fault, returned as a 400, never retried."""
     body = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
-    return UpstreamError("4xx", message, status=400, body=json.dumps(body).encode())
+    return UpstreamError(FailureKind.CLIENT_ERROR, message, status=400, body=json.dumps(body).encode())

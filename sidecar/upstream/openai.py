@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from llmroute.model import Backend
+from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.base import DONE, WireRequest, json_object, wants_usage
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
@@ -110,4 +111,4 @@ class OpenAIStream:
             return [DONE]
         if not self._events:
             raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError("reset", "the event stream ended before the answer was complete")
+        raise UpstreamError(FailureKind.RESET, "the event stream ended before the answer was complete")
