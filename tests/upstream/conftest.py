@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -78,21 +79,31 @@ class Responder:
 Reply = Callable[[Received, Responder], Awaitable[None]]
 
 
-@dataclass
-class RawServer:
-    reply: Reply
-    received: list[Received] = field(default_factory=list)
-    connections: int = 0
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+Handler = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A TCP (or TLS) server handing each connection to `handler(number, reader, writer)`."""
+
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.connections = 0
+        self.requests: list[tuple[int, bytes]] = []  # (connection, request head and body)
+        self.closed: list[int] = []  # connections whose client side went away
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    def url(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
+
+    async def start(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def stop(self) -> None:
@@ -101,36 +112,65 @@ class RawServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
-        connection = self.connections
+        number = self.connections
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                request_line, *header_lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = request_line.split(" ", 2)
-                headers = {}
-                for line in header_lines:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                received = Received(method, target, headers, body, connection)
-                self.received.append(received)
-                responder = Responder(writer)
-                await self.reply(received, responder)
-                if responder.closed:
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # client went away, or the test is over
+            await self.handler(number, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()
+
+    async def request(self, number: int, reader: asyncio.StreamReader) -> bool:
+        """Read one request; False when the client closed the connection instead."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            self.closed.append(number)
+            return False
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+            0,
+        )
+        self.requests.append((number, head + await reader.readexactly(length)))
+        return True
+
+
+class RawServer(Server):
+    """A Server that parses each request and answers it with `reply(received, responder)`."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(self._requests)
+        self.reply = reply
+        self.received: list[Received] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _requests(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            headers = {}
+            for line in header_lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            received = Received(method, target, headers, body, number)
+            self.received.append(received)
+            responder = Responder(writer)
+            await self.reply(received, responder)
+            if responder.closed:
+                return
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ async def test_request_translation_and_headers(serve, backend, key) -> None:
         await res.json(200, MESSAGE)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic", model="claude-up"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic", model="claude-up"))
     before = json.dumps(REQUEST)
     try:
         await upstream.complete(REQUEST, timeout=5)
@@ -132,7 +132,7 @@ async def test_max_tokens_defaults_and_tool_choice_forms(serve, backend) -> None
         await res.json(200, MESSAGE)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     base = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "tools": REQUEST["tools"]}
     try:
         await upstream.complete(base, timeout=5)
@@ -156,7 +156,7 @@ async def test_response_translation_with_tool_calls_and_cached_usage(serve, back
         await res.json(200, MESSAGE)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         completion = await upstream.complete(REQUEST, timeout=5)
     finally:
@@ -188,7 +188,7 @@ async def test_stop_reasons(serve, backend, stop_reason: str, finish: str) -> No
         await res.json(200, {**MESSAGE, "stop_reason": stop_reason, "content": [{"type": "text", "text": "x"}]})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         completion = await upstream.complete(REQUEST, timeout=5)
     finally:
@@ -235,7 +235,7 @@ async def test_stream_translation(serve, backend, app_wants_usage: bool) -> None
         await res.sse(anthropic_stream())
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     request = {**REQUEST, "stream": True}
     if app_wants_usage:
         request["stream_options"] = {"include_usage": True}
@@ -271,7 +271,7 @@ async def test_stream_error_event_raises(serve, backend) -> None:
         await res.sse([start, f"event: error\ndata: {json.dumps(error)}\n\n".encode()])
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         stream = await upstream.stream({**REQUEST, "stream": True}, timeout=5)
         with pytest.raises(UpstreamError) as caught:
@@ -288,7 +288,7 @@ async def test_error_shape_is_translated_to_openai(serve, backend) -> None:
         await res.json(400, body)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         with pytest.raises(UpstreamError) as caught:
             await upstream.complete(REQUEST, timeout=5)
@@ -314,7 +314,7 @@ async def test_untranslatable_request_is_a_400_without_calling_upstream(serve, b
         await res.json(200, MESSAGE)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         with pytest.raises(UpstreamError) as caught:
             await upstream.complete({"model": "chat", "messages": [{"role": "user", "content": content}]}, timeout=5)
@@ -330,7 +330,7 @@ async def test_probe_lists_models_with_anthropic_headers(serve, backend, key) ->
         await res.json(200, {"data": []})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider="anthropic"))
+    upstream = Upstream(backend(server.base_url, provider="anthropic"))
     try:
         assert await upstream.probe(timeout=5)
     finally:

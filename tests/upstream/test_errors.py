@@ -54,7 +54,7 @@ async def test_reset_before_answer_is_reset(serve, backend, streaming: bool) -> 
         await res.reset()
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming)
     finally:
@@ -68,7 +68,7 @@ async def test_hang_is_timeout_within_the_bound(serve, backend, streaming: bool)
         await res.hang()
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     started = time.monotonic()
     try:
         error = await fail(upstream, streaming, bound=0.2)
@@ -94,7 +94,7 @@ async def test_stream_that_stalls_after_headers_hits_the_idle_timeout(serve, bac
         await res.sse(first, complete=False, pause=10)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     got: list[bytes] = []
     try:
         stream = await upstream.stream(STREAM_REQUEST, timeout=0.1)
@@ -119,7 +119,7 @@ async def test_reset_mid_stream_raises_from_the_iterator(serve, backend, events)
         await res.sse(events(chunk, chunk), complete=False, pause=0.05)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     got: list[bytes] = []
     try:
         stream = await upstream.stream(STREAM_REQUEST, timeout=5)
@@ -151,7 +151,7 @@ async def test_status_classification(serve, backend, streaming, status, headers,
         await res.json(status, {"error": {"message": f"nope {status}", "type": "x", "code": None}}, headers)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming)
     finally:
@@ -166,7 +166,7 @@ async def test_retry_after_http_date(serve, backend) -> None:
         await res.json(429, {"error": {"message": "slow down"}}, {"retry-after": when})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming=False)
     finally:
@@ -188,7 +188,7 @@ async def test_400_body_is_kept_in_openai_shape(serve, backend) -> None:
         await res.json(400, upstream_error)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming=False)
     finally:
@@ -202,7 +202,7 @@ async def test_non_json_error_body_becomes_an_openai_error(serve, backend) -> No
         await res.send(502, b"<html>Bad Gateway</html>", {"content-type": "text/html"})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming=False)
     finally:
@@ -219,7 +219,7 @@ async def test_unusable_2xx_body_fails_like_a_server_error(serve, backend, body:
         await res.send(200, body)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         error = await fail(upstream, streaming=False)
     finally:
@@ -233,7 +233,7 @@ async def test_key_echoed_by_upstream_never_leaks(serve, backend, key, provider:
         await res.json(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "auth"}})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, provider=provider))
+    upstream = Upstream(backend(server.base_url, provider=provider))
     try:
         error = await fail(upstream, streaming=False)
         stream_error = await fail(upstream, streaming=True)
@@ -261,7 +261,7 @@ async def test_successful_results_do_not_show_the_key(serve, backend, key, event
             await res.json(200, {"choices": [], "usage": None})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         completion = await upstream.complete(REQUEST, timeout=5)
         stream = await upstream.stream(STREAM_REQUEST, timeout=5)
@@ -279,7 +279,7 @@ async def test_probe_gets_models_and_reports_health(serve, backend, key) -> None
         await res.json(statuses.pop(0), {"data": []})
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     refused = Upstream(backend(f"http://127.0.0.1:{free_port()}"))
     try:
         assert await upstream.probe(timeout=5) is True

@@ -57,7 +57,7 @@ async def test_complete_passes_body_through_with_upstream_model_and_bearer_key(s
         await res.json(200, ANSWER)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     request = {**REQUEST, "stream": False, "messages": list(REQUEST["messages"])}
     before = json.dumps(request)
     try:
@@ -81,7 +81,7 @@ async def test_calls_reuse_one_keep_alive_connection(serve, backend) -> None:
         await res.json(200, ANSWER)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         for _ in range(3):
             await upstream.complete(REQUEST, timeout=5)
@@ -95,7 +95,7 @@ async def test_no_key_means_no_authorization_header(serve, backend) -> None:
         await res.json(200, ANSWER)
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url, key=None))
+    upstream = Upstream(backend(server.base_url, key=None))
     try:
         await upstream.complete(REQUEST, timeout=5)
     finally:
@@ -119,7 +119,7 @@ async def test_stream_always_asks_usage_and_forwards_it_only_when_asked(
         await res.sse(events(*STREAM))
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     request = {**REQUEST, "stream": True}
     if app_wants_usage:
         request["stream_options"] = {"include_usage": True}
@@ -144,7 +144,7 @@ async def test_stream_without_done_after_finish_is_closed_for_the_app(serve, bac
         await res.sse(events(*STREAM[:4]))
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     try:
         out, _ = await collect(upstream, {**REQUEST, "stream": True})
     finally:
@@ -166,7 +166,7 @@ async def test_incomplete_or_failed_stream_raises_from_the_iterator(serve, backe
         await res.sse(events(*tail))
 
     server = await serve(reply)
-    upstream = Upstream(backend(server.url))
+    upstream = Upstream(backend(server.base_url))
     got: list[bytes] = []
     try:
         stream = await upstream.stream({**REQUEST, "stream": True}, timeout=5)
@@ -189,7 +189,7 @@ async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, eve
             await res.json(200, ANSWER)
 
     server = await serve(reply)
-    b = backend(server.url, provider="azure-openai", model="my-deploy")
+    b = backend(server.base_url, provider="azure-openai", model="my-deploy")
     upstream = Upstream(b)
     try:
         completion = await upstream.complete(REQUEST, timeout=5)
