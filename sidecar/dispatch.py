@@ -342,24 +342,21 @@ class Dispatcher:
         token, started = self._begin(runtime, candidate)
         stream: CompletionStream | None = None
         try:
-            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                if call.stream:
+            if call.stream:
+                # Headers and the first chunk within the deadline (after that the relay's idle bound applies).
+                async with asyncio.timeout_at(_loop_deadline(call.deadline)):
                     stream = await upstream.stream(call.body, timeout=call.deadline - started)
                     first = await anext(stream)
-                    first_at = time.monotonic()
-                    candidate.stats.first_byte(token, first_at)
-                    # The stream is now the caller's: it reports the outcome when the app has read it all.
-                    answer = Answer(
-                        candidate,
-                        stream=stream,
-                        first_chunk=first,
-                        token=token,
-                        started=started,
-                        ttft=first_at - started,
-                    )
-                    stream = None
-                    return answer
-                completion = await upstream.complete(call.body, timeout=call.deadline - started)
+                first_at = time.monotonic()
+                candidate.stats.first_byte(token, first_at)
+                # The stream is now the caller's: it reports the outcome when the app has read it all.
+                answer = Answer(
+                    candidate, stream=stream, first_chunk=first, token=token, started=started, ttft=first_at - started
+                )
+                stream = None
+                return answer
+            # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
+            completion = await upstream.complete(call.body, timeout=call.deadline - started)
         except TimeoutError:
             error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
             self.failed(runtime, candidate, token, started, error)
