@@ -7,6 +7,7 @@ sequences attempts and feeds every outcome back into them.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ SHADOW_MAX_TOKENS = 16
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
 """An attempt is not started with less time than this left: it could not succeed."""
+TAIL_FACTOR = 3.0
+TAIL_MARGIN_S = 1.0
+"""Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
 
 _rng = random.Random()
 
@@ -223,7 +227,13 @@ class Dispatcher:
             output_tokens=tokens_out,
             weights=route.weights,
         )
-        ranked = with_fallback(rank(policy.strategy or route.strategy, available, ctx), route.fallback)
+        # Backends expected to miss the deadline go last, whatever the strategy: `ordered` means the first
+        # healthy backend that can answer in time, not one known to take 8.5 s for a 2 s deadline.
+        strategy = policy.strategy or route.strategy
+        remaining = call.deadline - now
+        feasible = [c for c in available if c.expected_latency(now, stream=call.stream) < remaining]
+        late = [c for c in available if c not in feasible]
+        ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
             self._spawn(self._shadow_probe(runtime, candidate))
         return ranked
@@ -238,18 +248,18 @@ class Dispatcher:
         runtime.budget.record_request(now)
         plan = self._plan(call, now)
         attempts = _Attempts(self, call, plan)
-        hedge = route.priorities[call.priority].hedge and len(plan) > 1
-        hedged = cut_checked = False
+        eager = route.priorities[call.priority].hedge
+        hedged = False
         call.upstream_started = now
         attempts.start(plan[0])
+        hedge_at = self._hedge_at(call, plan[0], now, eager=eager) if len(plan) > 1 else math.inf
+        cut_at = self._failover_at(call, attempts, now)
         try:
             while attempts.running:
                 now = time.monotonic()
-                wake = call.deadline
-                if hedge and not hedged:
-                    wake = min(wake, self._hedge_at(call, plan[0], call.upstream_started))
-                elif not hedge and not cut_checked:
-                    wake = min(wake, self._failover_at(call, attempts, plan, now))
+                wake = min(call.deadline, math.inf if hedged else hedge_at)
+                if len(attempts.running) == 1:
+                    wake = min(wake, cut_at)
                 done, _ = await asyncio.wait(
                     attempts.running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED
                 )
@@ -267,49 +277,71 @@ class Dispatcher:
                         raise error
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
-                        cut_checked = False
                         attempts.start(following)
+                        cut_at = self._failover_at(call, attempts, time.monotonic())
                 if done:
                     continue
                 now = time.monotonic()
                 if now >= call.deadline:
                     break
-                if hedge and not hedged:
+                if (
+                    not hedged
+                    and len(plan) > 1
+                    and now >= self._hedge_at(call, plan[0], call.upstream_started, eager=eager)
+                ):
+                    # The primary is slower than it should be: ask the next backend too, keep both running.
                     hedged = True
                     if (following := attempts.next_candidate(None)) is not None:
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
-                elif not hedge and not cut_checked:
-                    # The one attempt is slower than the time the next backend needs: give up on it while
-                    # a failover can still make the deadline (if the policy and the budget allow one).
-                    cut_checked = True
+                elif len(attempts.running) == 1 and now >= cut_at:
+                    # The one attempt eats into the time the next backend needs: give up on it while a
+                    # failover can still make the deadline (if the policy and the budget allow one).
+                    cut_at = math.inf
                     if (following := attempts.next_candidate(_TOO_SLOW)) is not None:
                         attempts.cut_running()
                         self.metrics.child(self.metrics.retries, route.name, "timeout").inc()
-                        cut_checked = False
                         attempts.start(following)
+                        cut_at = self._failover_at(call, attempts, time.monotonic())
         finally:
             call.upstream_done = time.monotonic()
             attempts.cancel_all()
         raise self._failure(call)
 
-    def _failover_at(self, call: Call, attempts: _Attempts, plan: list[Candidate], now: float) -> float:
-        """When to cut the running attempt: early enough that the next backend's p95 (twice, or half of
-        what is left when it has none yet) still fits before the deadline."""
-        following = next((c for c in plan if c not in attempts.running.values()), None)
+    @staticmethod
+    def _failover_at(call: Call, attempts: _Attempts, now: float) -> float:
+        """When to cut the running attempt: while the backend a failover would go to can still answer in
+        time (twice its p95, or half of what is left when it has none yet). Never, when that backend is not
+        expected to make the deadline anyway: the running attempt is then the best chance."""
+        following = attempts.peek()
         if following is None:
             return call.deadline
         remaining = call.deadline - now
         needed = following.stats.quantile(0.95, stream=call.stream)
-        reserve = min(remaining / 2, 2 * needed) if needed is not None else remaining / 2
+        if needed is None:
+            reserve = remaining / 2
+        elif 2 * needed < remaining:
+            reserve = 2 * needed
+        else:
+            return call.deadline
         return call.deadline - max(reserve, MIN_ATTEMPT_S)
 
     @staticmethod
-    def _hedge_at(call: Call, primary: Candidate, started: float) -> float:
-        """After the primary's p95 (bounded by half the time to the deadline) a hedge is sent."""
-        half = (call.deadline - started) / 2
+    def _hedge_at(call: Call, primary: Candidate, started: float, *, eager: bool) -> float:
+        """When a second request goes to the next backend while the first keeps running.
+
+        Hedging classes (`hedge: true`) send it after the primary's p95, bounded by half the time to the
+        deadline. Every other class sends it only for a tail outlier: after TAIL_FACTOR times the p95 (and at
+        least TAIL_MARGIN_S more), so a backend that slows down mid-request does not hold a request for its
+        whole deadline; never while the primary has no p95 yet. Both are bounded by the retry budget.
+        """
         p95 = primary.stats.quantile(0.95, stream=call.stream)
-        return started + (half if p95 is None else min(p95, half))
+        if eager:
+            half = (call.deadline - started) / 2
+            return started + (half if p95 is None else min(p95, half))
+        if p95 is None:
+            return math.inf
+        return started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
 
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name
@@ -452,11 +484,7 @@ class _Attempts:
 
     def next_candidate(self, after: UpstreamError | None) -> Candidate | None:
         """The next backend to try after `after` (None: a hedge), if the route's retry policy, its retry
-        budget and the deadline allow one more attempt.
-
-        Backends not yet tried come first, in plan order. Only then is one tried again (a route with fewer
-        backends than attempts), and never one that timed out, refused the key or asked us to back off.
-        """
+        budget and the deadline allow one more attempt."""
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
@@ -464,19 +492,24 @@ class _Attempts:
             return None
         if after is not None and after.kind not in retry.retry_on and after.kind is not FailureKind.AUTH:
             return None
+        candidate = self.peek()
+        if candidate is not None and not runtime.budget.try_acquire_retry(time.monotonic()):
+            self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
+            return None
+        return candidate
+
+    def peek(self) -> Candidate | None:
+        """The backend a retry or hedge would go to now. Backends not yet tried come first, in plan order;
+        only then is one tried again (a route with fewer backends than attempts), and never one that timed
+        out, refused the key or asked us to back off."""
+        call = self._call
         busy = {c.name for c in self.running.values()}
         tried = {name for name, _ in call.errors}
         barred = {name for name, e in call.errors if e.kind in _NEVER_AGAIN}
         fresh = [c for c in self._plan if c.name not in tried]
         again = [c for c in self._plan if c.name in tried and c.name not in barred]
-        for candidate in (*fresh, *again):
-            if candidate.name in busy or not runtime.detector.is_available(candidate.name):
-                continue
-            if not runtime.budget.try_acquire_retry(time.monotonic()):
-                self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
-                return None
-            return candidate
-        return None
+        detector = call.runtime.detector
+        return next((c for c in (*fresh, *again) if c.name not in busy and detector.is_available(c.name)), None)
 
     def cut_running(self) -> None:
         """Give up on the running attempt for time: it counts as a timeout of its backend."""
