@@ -1,0 +1,56 @@
+"""Replay the traffic against one policy: every arrival sent at its time from the script's start (open
+loop: a slow policy gets the same requests as a fast one), every outcome kept."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+
+from bench.incident import client
+from bench.incident.policies import APP_TIMEOUT_S, Outcome, Router
+from bench.incident.scenario import Arrival
+
+
+@dataclass(frozen=True)
+class Record:
+    arrival: Arrival
+    sent: float
+    """Seconds from the script's start when it was actually sent."""
+    outcome: Outcome
+
+
+async def _one(router: Router, arrival: Arrival, epoch: float) -> Record:
+    sent = time.time() - epoch
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(APP_TIMEOUT_S):
+            outcome = await router.send(arrival, sent)
+    except TimeoutError:
+        seconds = time.monotonic() - started
+        outcome = Outcome(
+            client.Attempt("timeout", seconds, detail=f"the app gave up after {APP_TIMEOUT_S:g} s"), seconds, 0
+        )
+    return Record(arrival, sent, outcome)
+
+
+async def replay(router: Router, arrivals: list[Arrival], epoch: float) -> list[Record]:
+    """Send each arrival at epoch + arrival.at (time.time()); return the records in arrival order."""
+    tasks = []
+    last_report = 0.0
+    for arrival in arrivals:
+        delay = epoch + arrival.at - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(router, arrival, epoch)))
+        if arrival.at - last_report >= 10:
+            last_report = arrival.at
+            done = [t.result() for t in tasks if t.done()]
+            failed = sum(1 for r in done if r.outcome.final.error is not None)
+            print(
+                f"  {router.name}: t={arrival.at:5.1f} s  sent {len(tasks)}  done {len(done)}  failed {failed}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return list(await asyncio.gather(*tasks))
