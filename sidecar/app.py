@@ -138,7 +138,8 @@ class SidecarApp:
                     gate.release()
 
     async def _relay(self, call: Call, answer: Answer, received: float, gate: Any) -> AsyncIterator[bytes]:
-        """Forward a stream that already produced its first chunk; a failure now ends it with an SSE error."""
+        """Forward a stream that already produced its first chunk, then its cost comment and [DONE]; a failure
+        now ends it with an SSE error instead."""
         stream = answer.stream
         assert stream is not None
         runtime = call.runtime
@@ -148,12 +149,13 @@ class SidecarApp:
         )
         outcome = "abandoned"
         try:
-            yield answer.first_chunk
+            data = answer.first_chunk
             try:
-                async for chunk in stream:
-                    if chunk == DONE:
-                        break
-                    yield chunk
+                # Send what we have before waiting for more; once the answer is complete, nothing more is
+                # awaited, so its last events go out in one write with the cost comment and [DONE].
+                while not stream.complete:
+                    yield data
+                    data = await anext(stream, b"")
             except UpstreamError as error:
                 outcome = "error"
                 self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
@@ -165,8 +167,7 @@ class SidecarApp:
                 runtime, candidate, answer.token, answer.started, stream.usage, "success", answer.ttft
             )
             # Streams carry their cost as an SSE comment (clients ignore comments), before the final [DONE].
-            yield f": x-llmroute-cost-usd={cost:.8f}\n\n".encode()
-            yield DONE
+            yield data + f": x-llmroute-cost-usd={cost:.8f}\n\n".encode() + DONE
         finally:
             if outcome == "abandoned":  # the app went away mid-stream: close the attempt without a verdict
                 self.dispatcher.abandoned(runtime, candidate, answer.token)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ from llmroute.model import Backend
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.anthropic import AnthropicAdapter
 from llmroute.sidecar.upstream.azure import AzureOpenAIAdapter
-from llmroute.sidecar.upstream.base import Adapter, StreamTranslator
+from llmroute.sidecar.upstream.base import DONE, Adapter, StreamTranslator
 from llmroute.sidecar.upstream.errors import (
     UpstreamError,
     bad_body,
@@ -135,20 +134,24 @@ class Upstream:
 
 
 class CompletionStream:
-    """OpenAI SSE events for the app, one per item, ending with `data: [DONE]`; `usage` fills as they pass.
+    """A streamed answer as app-bound OpenAI SSE bytes: each item holds every event that one network read
+    completed (a read is passed on as soon as it arrives, never held back to batch). The items stop at
+    the end of the answer without `data: [DONE]`, which is the caller's to write (after its cost comment);
+    `complete` then says the answer ended properly and `usage` holds its tokens.
 
-    A failure after the start raises UpstreamError from the iterator; `aclose()` releases the connection.
+    A failure after the start raises UpstreamError from the iterator (after the events read before it);
+    `aclose()` releases the connection.
     """
 
-    __slots__ = ("_backend", "_eof", "_out", "_parser", "_response", "_translator")
+    __slots__ = ("_backend", "_error", "_parser", "_response", "_translator", "complete")
 
     def __init__(self, response: Response, translator: StreamTranslator, backend: Backend) -> None:
         self._response = response
         self._translator = translator
         self._backend = backend
         self._parser = SSEParser()
-        self._out: deque[bytes] = deque()
-        self._eof = False
+        self._error: UpstreamError | None = None  # raised once the events before it have been returned
+        self.complete = False
 
     def __repr__(self) -> str:
         return f"CompletionStream({self._backend.name!r}, usage={self.usage!r})"
@@ -163,32 +166,48 @@ class CompletionStream:
 
     async def __anext__(self) -> bytes:
         try:
-            while not self._out:
-                if self._eof:
-                    await self.aclose()
-                    raise StopAsyncIteration
-                await self._read()
+            while not self.complete:
+                if self._error is not None:
+                    raise self._error
+                data = await self._read()
+                if data:
+                    return data
         except UpstreamError as error:
             await self.aclose()
             raise _scrub(error, self._backend) from None
-        return self._out.popleft()
+        await self.aclose()
+        raise StopAsyncIteration
 
-    async def _read(self) -> None:
-        """Read one network chunk and translate the events it completes."""
+    async def _read(self) -> bytes:
+        """Read one network chunk; the app-bound bytes of the events it completes (maybe none)."""
         try:
             chunk = await self._response.receive()
         except httpx.TransportError as exc:
             raise error_from_transport(exc) from None
         if not chunk:
-            self._eof = True
-            self._out.extend(self._translator.end())
-            return
+            closing = self._translator.end()  # raises if the answer was cut short
+            self.complete = True
+            return self._until_done(closing)
         try:
             events = self._parser.feed(chunk)
         except ValueError as exc:
             raise bad_body(200, str(exc)) from None
-        for event in events:
-            self._out.extend(self._translator.event(event))
+        parts: list[bytes] = []
+        try:
+            for event in events:
+                parts.extend(self._translator.event(event))
+        except UpstreamError as error:
+            if not parts:
+                raise
+            self._error = error
+        return self._until_done(parts)
+
+    def _until_done(self, parts: list[bytes]) -> bytes:
+        """The translated events up to [DONE], which completes the stream (events after it are dropped)."""
+        if DONE in parts:
+            self.complete = True
+            parts = parts[: parts.index(DONE)]
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         """Release the connection (idempotent)."""

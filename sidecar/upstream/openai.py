@@ -67,8 +67,32 @@ class OpenAIAdapter:
         return WireRequest(self._probe_url, self._headers)
 
 
+# The keys an event is parsed for. One where each is absent or null is a plain delta, passed on unparsed.
+_WATCHED = tuple((key, key + b":null", key + b": null") for key in (b'"error"', b'"usage"', b'"finish_reason"'))
+
+
+def _plain_delta(data: bytes) -> bool:
+    """Whether `data` looks like a JSON object in which error, usage and finish_reason are absent or null.
+
+    Inside JSON strings quotes are escaped, so text can only add matches (and cost a parse), never hide
+    a key; a key spaced unusually (`"usage" : 1`) is not counted as null and gets parsed too. The price:
+    after a valid first event, a malformed event between braces is passed on instead of failing the stream.
+    """
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return False
+    for key, compact, spaced in _WATCHED:
+        found = data.count(key)
+        if found and found != data.count(compact) + data.count(spaced):
+            return False
+    return True
+
+
 class OpenAIStream:
-    """OpenAI events are already what the app wants: check them, read usage, pass the bytes on."""
+    """OpenAI events are already what the app wants: check them, read usage, pass the bytes on.
+
+    The first event is parsed in full (a backend that does not speak this format fails before the app
+    got anything); after it, only events that may carry usage, a finish_reason or an error are.
+    """
 
     __slots__ = ("_done", "_events", "_finished", "_forward_usage", "usage")
 
@@ -87,6 +111,8 @@ class OpenAIStream:
         if event.data == b"[DONE]":
             self._done = True
             return [DONE]
+        if self._events > 1 and _plain_delta(event.data):
+            return [b"data: " + event.data + b"\n\n"]
         chunk = json_object(event.data)
         if chunk is None:
             raise bad_body(200, "stream event is not a JSON object")

@@ -21,8 +21,7 @@ import httpx
 
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection may wait for reuse; older ones are closed at checkout
 MAX_IDLE = 256  # idle connections kept per origin
-HIGH_WATER = 256 * 1024  # unread body bytes at which the socket stops being read...
-LOW_WATER = 64 * 1024  # ...until the reader has brought them down to this
+HIGH_WATER = 256 * 1024  # unread body bytes at which the socket stops being read, until the reader takes them
 
 _Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -101,7 +100,7 @@ class _Connection(asyncio.Protocol):
         self.interim = False
         self.delimited = False  # Content-Length or chunked: the end is known without waiting for EOF
         self.complete = False
-        self.chunks: deque[bytes] = deque()
+        self.chunks: list[bytes] = []
         self.buffered = 0
         self.paused = False
         self.error: httpx.TransportError | None = None
@@ -209,6 +208,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def take_body(self) -> bytes:
+        """The body bytes that arrived and were not read yet; the socket is read again if they had paused it."""
+        chunks, self.chunks = self.chunks, []
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     @property
     def reusable(self) -> bool:
         """The answer was read to its end and both sides keep the connection alive."""
@@ -231,25 +239,22 @@ class _Connection(asyncio.Protocol):
             raise
 
     async def receive(self, read_timeout: float | None) -> bytes:
-        """The next piece of the body as it arrived; b"" at its end."""
+        """All of the body that has arrived and not been read yet (waiting for some if none has); b"" at its
+        end. A network read may hold several chunked-encoding frames: they come back together."""
         while not self.chunks:
             if self.complete:
                 return b""
             if self.error is not None:
                 raise self.error
             await self._wait(read_timeout)
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        if self.paused and self.buffered <= LOW_WATER and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-        return chunk
+        return self.take_body()
 
 
 class Response:
     """An answer's status and headers; the body comes from `read()` or piece by piece from `receive()`.
 
-    Reading the body to its end returns the connection to the pool; `close()` before that closes it.
+    Reading the body to its end returns the connection to the pool, and so does `close()` once the whole
+    answer has arrived; `close()` before that closes the connection.
     """
 
     __slots__ = ("_connection", "_origin", "_pool", "_timeout", "raw_headers", "status")
@@ -297,10 +302,16 @@ class Response:
         return b"".join(parts)
 
     def close(self) -> None:
-        """Give up the rest of the body: the connection is closed, since it is mid-answer (idempotent)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Done with the answer (idempotent). A connection that has received all of it goes back to the
+        pool, unread bytes dropped (a stream's reader stops at its [DONE]); one mid-answer is closed."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if connection.complete:
+            connection.take_body()  # the rest of an answer the caller did not need
+            self._pool.release(self._origin, connection)
+        else:
+            connection.close()
 
 
 class Pool:

@@ -65,6 +65,34 @@ def backend_entry(name: str, sim: SimProvider, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
+async def sidecar_for(tmp_path: Path, spec: dict[str, Any], argv: list[str] | None = None) -> AsyncIterator[Sidecar]:
+    """A started sidecar serving a route file with `spec` (model `chat`), on free ports; stopped afterwards."""
+    route_file = tmp_path / "route.yaml"
+    route_file.write_text(yaml.safe_dump(route_doc(spec)))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--routes",
+            str(route_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "2",
+            *(argv or []),
+        ]
+    )
+    sidecar = Sidecar(args)
+    await sidecar.start()
+    try:
+        yield sidecar
+    finally:
+        await sidecar.stop()
+
+
+@contextlib.asynccontextmanager
 async def running(
     tmp_path: Path,
     backends: dict[str, Behavior | tuple[str, Behavior]],
@@ -86,32 +114,15 @@ async def running(
         "backends": [backend_entry(n, s, **extra.get(n, {})) for n, s in sims.items()],
         **(spec or {}),
     }
-    route_file = tmp_path / "route.yaml"
-    route_file.write_text(yaml.safe_dump(route_doc(full_spec)))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--routes",
-            str(route_file),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--drain-timeout",
-            "2",
-            *(argv or []),
-        ]
-    )
-    sidecar = Sidecar(args)
-    await sidecar.start()
-    harness = Harness(sims, route_file, sidecar, full_spec)
     try:
-        yield harness
+        async with sidecar_for(tmp_path, full_spec, argv) as sidecar:
+            harness = Harness(sims, tmp_path / "route.yaml", sidecar, full_spec)
+            try:
+                yield harness
+            finally:
+                for client in harness.clients:
+                    await client.close()
     finally:
-        for client in harness.clients:
-            await client.close()
-        await sidecar.stop()
         for sim in sims.values():
             await sim.stop()
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from llmroute.model import Backend, SecretValue
+from llmroute.sidecar.upstream import CompletionStream
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -212,6 +213,19 @@ def sse_events(*docs: Any) -> list[bytes]:
 @pytest.fixture
 def events() -> Callable[..., list[bytes]]:
     return sse_events
+
+
+async def drain_stream(stream: CompletionStream) -> list[bytes]:
+    """Read a stream to its end and split what it gave into SSE events (an item may hold several);
+    checks that it ended complete, leaving `data: [DONE]` to the caller."""
+    data = b"".join([item async for item in stream])
+    assert stream.complete and b"[DONE]" not in data and data.endswith(b"\n\n")
+    return [event + b"\n\n" for event in data.split(b"\n\n") if event]
+
+
+@pytest.fixture
+def drain() -> Callable[[CompletionStream], Awaitable[list[bytes]]]:
+    return drain_stream
 
 
 @pytest.fixture

@@ -103,17 +103,17 @@ async def test_no_key_means_no_authorization_header(serve, backend) -> None:
     assert "authorization" not in server.received[0].headers
 
 
-async def collect(upstream: Upstream, request: dict[str, Any]) -> tuple[list[bytes], Any]:
+async def collect(upstream: Upstream, request: dict[str, Any], drain: Any) -> tuple[list[bytes], Any]:
     stream = await upstream.stream(request, timeout=5)
     try:
-        return [event async for event in stream], stream.usage
+        return await drain(stream), stream.usage
     finally:
         await stream.aclose()
 
 
 @pytest.mark.parametrize("app_wants_usage", [False, True])
 async def test_stream_always_asks_usage_and_forwards_it_only_when_asked(
-    serve, backend, events, app_wants_usage: bool
+    serve, backend, events, drain, app_wants_usage: bool
 ) -> None:
     async def reply(received, res) -> None:
         await res.sse(events(*STREAM))
@@ -124,32 +124,31 @@ async def test_stream_always_asks_usage_and_forwards_it_only_when_asked(
     if app_wants_usage:
         request["stream_options"] = {"include_usage": True}
     try:
-        out, usage = await collect(upstream, request)
+        out, usage = await collect(upstream, request, drain)
     finally:
         await upstream.aclose()
 
     sent = server.received[0].json()
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
     assert request.get("stream_options", {}).get("include_usage", False) is app_wants_usage
-    assert out[-1] == b"data: [DONE]\n\n"
-    chunks = [ChatCompletionChunk.model_validate_json(e.removeprefix(b"data: ")) for e in out[:-1]]
+    chunks = [ChatCompletionChunk.model_validate_json(e.removeprefix(b"data: ")) for e in out]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert [c.usage.total_tokens for c in chunks if c.usage] == ([11] if app_wants_usage else [])
     assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
     assert out[1] == events(STREAM[1])[0]  # forwarded byte for byte
 
 
-async def test_stream_without_done_after_finish_is_closed_for_the_app(serve, backend, events) -> None:
+async def test_stream_without_done_after_finish_is_complete(serve, backend, events, drain) -> None:
     async def reply(received, res) -> None:
         await res.sse(events(*STREAM[:4]))
 
     server = await serve(reply)
     upstream = Upstream(backend(server.base_url))
     try:
-        out, _ = await collect(upstream, {**REQUEST, "stream": True})
+        out, _ = await collect(upstream, {**REQUEST, "stream": True}, drain)
     finally:
         await upstream.aclose()
-    assert len(out) == 5 and out[-1] == b"data: [DONE]\n\n"
+    assert out == events(*STREAM[:4])  # and complete: the app gets its [DONE] from the relay
 
 
 @pytest.mark.parametrize(
@@ -176,10 +175,67 @@ async def test_incomplete_or_failed_stream_raises_from_the_iterator(serve, backe
     finally:
         await upstream.aclose()
     assert caught.value.kind == kind
-    assert len(got) == min(len(tail), 2)
+    assert b"".join(got) == b"".join(events(*tail[:2]))  # the events before the failure reached the app
 
 
-async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, events, key) -> None:
+async def test_events_before_a_failure_in_the_same_read_reach_the_app_first(serve, backend, events) -> None:
+    error = {"error": {"message": "overloaded", "type": "server_error"}}
+
+    async def reply(received, res) -> None:
+        await res.sse([b"".join(events(*STREAM[:3], error))])  # one network write
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        stream = await upstream.stream({**REQUEST, "stream": True}, timeout=5)
+        assert await anext(stream) == b"".join(events(*STREAM[:3]))
+        with pytest.raises(UpstreamError) as caught:
+            await anext(stream)
+    finally:
+        await upstream.aclose()
+    assert caught.value.kind == "5xx" and "overloaded" in caught.value.message
+
+
+def compact(doc: dict[str, Any]) -> str:
+    """As OpenAI sends events: no spaces, `"usage":null` in every chunk once usage is asked for."""
+    return json.dumps({"usage": None, **doc}, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"error": {"message": "overloaded", "type": "server_error"}},
+        {"error": {"message": "overloaded"}, "choices": [{"index": 0, "delta": {}, "finish_reason": None}]},
+        "not json",
+        '{"choices": [{"index": 0, "delta": {"content": "cut',
+    ],
+)
+async def test_compact_events_are_checked_where_it_matters(serve, backend, events, drain, last: Any) -> None:
+    """Plain deltas pass unparsed; usage, finish_reason and errors are still seen in OpenAI's own spelling."""
+    stream_events = [compact(e) if isinstance(e, dict) else e for e in STREAM]
+
+    async def reply(received, res) -> None:
+        if received.json()["messages"][0]["content"] == "fail":
+            await res.sse(events(*stream_events[:3], last if isinstance(last, str) else compact(last)))
+        else:
+            await res.sse(events(*stream_events))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        out, usage = await collect(upstream, {**REQUEST, "stream": True}, drain)
+        unfinished = await upstream.stream({**REQUEST, "messages": [{"role": "user", "content": "fail"}]}, timeout=5)
+        with pytest.raises(UpstreamError) as caught:
+            async for _ in unfinished:
+                pass
+    finally:
+        await upstream.aclose()
+    assert out == events(*stream_events[:4])  # byte for byte, the usage-only chunk dropped, then complete
+    assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+    assert caught.value.kind == "5xx"
+
+
+async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, events, drain, key) -> None:
     async def reply(received, res) -> None:
         if received.method == "GET":
             await res.json(200, {"data": []})
@@ -193,7 +249,7 @@ async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, eve
     upstream = Upstream(b)
     try:
         completion = await upstream.complete(REQUEST, timeout=5)
-        out, usage = await collect(upstream, {**REQUEST, "stream": True})
+        out, usage = await collect(upstream, {**REQUEST, "stream": True}, drain)
         healthy = await upstream.probe(timeout=5)
     finally:
         await upstream.aclose()
@@ -204,5 +260,5 @@ async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, eve
     assert post.headers["api-key"] == key and "authorization" not in post.headers
     assert completion.usage.cached_tokens == 100
     assert streamed.json()["stream_options"] == {"include_usage": True}
-    assert usage.completion_tokens == 2 and out[-1] == b"data: [DONE]\n\n"
+    assert usage.completion_tokens == 2 and out == events(*STREAM[:4])
     assert (probe.method, probe.target, healthy) == ("GET", f"/openai/models?api-version={version}", True)

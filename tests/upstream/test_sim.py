@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llmroute.model import Backend, SecretValue
-from llmroute.sidecar.upstream import Upstream, UpstreamError
+from llmroute.sidecar.upstream import CompletionStream, Upstream, UpstreamError
 from llmroute.sim import Behavior, SimProvider
 
 PROVIDERS = ["openai", "azure-openai", "anthropic"]
@@ -18,6 +18,7 @@ REQUEST: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "conte
 KEY = "sim-key-0123456789"
 
 Start = Callable[[str, Behavior], Awaitable[Upstream]]
+Drain = Callable[[CompletionStream], Awaitable[list[bytes]]]
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ async def start() -> AsyncIterator[Start]:
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
-async def test_json_and_stream_with_usage(start: Start, kind: str) -> None:
+async def test_json_and_stream_with_usage(start: Start, drain: Drain, kind: str) -> None:
     upstream = await start(kind, Behavior(output_tokens=5, cached_tokens=40, api_key=KEY))
 
     completion = await upstream.complete({**REQUEST, "max_tokens": 3}, timeout=5)
@@ -50,9 +51,8 @@ async def test_json_and_stream_with_usage(start: Start, kind: str) -> None:
     assert completion.usage.prompt_tokens > 40 and completion.usage.cached_tokens == 40
 
     stream = await upstream.stream({**REQUEST, "stream": True, "stream_options": {"include_usage": True}}, timeout=5)
-    out = [event async for event in stream]
-    assert out[-1] == b"data: [DONE]\n\n"
-    chunks = [ChatCompletionChunk.model_validate_json(e.removeprefix(b"data: ")) for e in out[:-1]]
+    out = await drain(stream)
+    chunks = [ChatCompletionChunk.model_validate_json(e.removeprefix(b"data: ")) for e in out]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.split() == ["token"] * 5
     usage = [c.usage for c in chunks if c.usage]

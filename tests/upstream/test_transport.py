@@ -276,7 +276,7 @@ async def test_slow_reader_stops_the_socket_being_read(net) -> None:
     assert sent <= total // 2, f"the server wrote {sent >> 20} MiB while the reader slept"
     while chunk := await response.receive():
         received += len(chunk)
-        assert len(chunk) <= HIGH_WATER
+        assert len(chunk) <= 2 * HIGH_WATER  # what was buffered: the mark plus at most one 256 KiB read
     assert received == total == sent
 
 
@@ -289,6 +289,18 @@ async def test_closing_mid_body_closes_the_connection(net) -> None:
     assert server.closed == [1]
     await net.pool.request("POST", server.url(), {}, b"{}")
     assert server.connections == 2
+
+
+async def test_closing_once_the_whole_answer_arrived_keeps_the_connection(net) -> None:
+    """A stream's reader stops at its [DONE]: if the end of the body came with it, the connection is reused."""
+    server = await net.answering(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nDONE\r\n4\r\nmore\r\n0\r\n\r\n"
+    )
+    response = await net.pool.request("POST", server.url(), {}, b"{}")
+    assert await response.receive() == b"DONEmore"  # two chunked frames from one network read, together
+    response.close()
+    assert await call(net.pool, server.url()) == (200, b"DONEmore")
+    assert server.connections == 1 and server.closed == []
 
 
 async def test_connection_refused_is_a_connect_error(net) -> None:
