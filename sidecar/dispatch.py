@@ -54,8 +54,6 @@ class Call:
     """When the first attempt began and the last one ended: between them the sidecar waits on backends,
     so time outside them is the sidecar's own overhead."""
     errors: list[tuple[str, UpstreamError]] = field(default_factory=list)
-    cut: set[str] = field(default_factory=set)
-    """Backends whose attempt was given up for time: their cancellation counts as a timeout."""
 
 
 @dataclass(slots=True)
@@ -178,7 +176,7 @@ class Dispatcher:
             )
 
     def abandoned(self, runtime: RouteRuntime, candidate: Candidate, token: int) -> None:
-        """A hedge that lost or an attempt cut short by the deadline: only a lower bound on its latency."""
+        """An attempt that lost the race or was still running at the deadline: a lower bound on its latency."""
         candidate.stats.cancel(token, time.monotonic())
         runtime.pool.release(runtime.upstreams[candidate.name])
         if self.load is not None:
@@ -249,17 +247,15 @@ class Dispatcher:
         plan = self._plan(call, now)
         attempts = _Attempts(self, call, plan)
         eager = route.priorities[call.priority].hedge
-        hedged = False
         call.upstream_started = now
         attempts.start(plan[0])
         hedge_at = self._hedge_at(call, plan[0], now, eager=eager) if len(plan) > 1 else math.inf
-        cut_at = self._failover_at(call, attempts, now)
+        hedged = False
+        failover_at = self._failover_at(call, attempts, now)
         try:
             while attempts.running:
                 now = time.monotonic()
-                wake = min(call.deadline, math.inf if hedged else hedge_at)
-                if len(attempts.running) == 1:
-                    wake = min(wake, cut_at)
+                wake = min(call.deadline, hedge_at, failover_at)
                 done, _ = await asyncio.wait(
                     attempts.running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED
                 )
@@ -278,31 +274,27 @@ class Dispatcher:
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         attempts.start(following)
-                        cut_at = self._failover_at(call, attempts, time.monotonic())
+                        failover_at = self._failover_at(call, attempts, time.monotonic())
                 if done:
                     continue
                 now = time.monotonic()
                 if now >= call.deadline:
                     break
-                if (
-                    not hedged
-                    and len(plan) > 1
-                    and now >= self._hedge_at(call, plan[0], call.upstream_started, eager=eager)
-                ):
-                    # The primary is slower than it should be: ask the next backend too, keep both running.
+                # A slow attempt is never cancelled for time: the next backend is asked as well and the first
+                # answer wins, so the attempt that was nearly done can still be the one that answers.
+                if now >= hedge_at:
+                    # The primary is slower than it should be (hedge classes: its p95; others: a tail outlier).
+                    hedge_at = math.inf
                     hedged = True
                     if (following := attempts.next_candidate(None)) is not None:
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
-                elif len(attempts.running) == 1 and now >= cut_at:
-                    # The one attempt eats into the time the next backend needs: give up on it while a
-                    # failover can still make the deadline (if the policy and the budget allow one).
-                    cut_at = math.inf
+                elif now >= failover_at:
+                    # What is left is just enough for the next backend: start it while it can make the deadline.
+                    failover_at = math.inf
                     if (following := attempts.next_candidate(_TOO_SLOW)) is not None:
-                        attempts.cut_running()
                         self.metrics.child(self.metrics.retries, route.name, "timeout").inc()
                         attempts.start(following)
-                        cut_at = self._failover_at(call, attempts, time.monotonic())
         finally:
             call.upstream_done = time.monotonic()
             attempts.cancel_all()
@@ -310,18 +302,21 @@ class Dispatcher:
 
     @staticmethod
     def _failover_at(call: Call, attempts: _Attempts, now: float) -> float:
-        """When to cut the running attempt: while the backend a failover would go to can still answer in
-        time (twice its p95, or half of what is left when it has none yet). Never, when that backend is not
-        expected to make the deadline anyway: the running attempt is then the best chance."""
+        """When to start the next backend beside the running attempt: while it can still answer in time
+        (twice what it is expected to take, or half of what is left when it has never answered). Never,
+        when that backend is not expected to make the deadline anyway."""
         following = attempts.peek()
         if following is None:
             return call.deadline
         remaining = call.deadline - now
-        needed = following.stats.quantile(0.95, stream=call.stream)
-        if needed is None:
+        # Its p95 from past answers, but no less than the live estimate: a backend that has just slowed
+        # down still has a fast p95 from before.
+        p95 = following.stats.quantile(0.95, stream=call.stream)
+        expected = following.expected_latency(now, stream=call.stream)
+        if p95 is None and expected == 0:
             reserve = remaining / 2
-        elif 2 * needed < remaining:
-            reserve = 2 * needed
+        elif 2 * max(p95 or 0.0, expected) < remaining:
+            reserve = 2 * max(p95 or 0.0, expected)
         else:
             return call.deadline
         return call.deadline - max(reserve, MIN_ATTEMPT_S)
@@ -401,12 +396,7 @@ class Dispatcher:
             self.failed(runtime, candidate, token, started, error)
             raise
         except asyncio.CancelledError:
-            if candidate.name in call.cut:
-                self.failed(
-                    runtime, candidate, token, started, UpstreamError(FailureKind.TIMEOUT, "too slow, failed over")
-                )
-            else:
-                self.abandoned(runtime, candidate, token)
+            self.abandoned(runtime, candidate, token)
             raise
         finally:
             if stream is not None:
@@ -465,6 +455,7 @@ class Dispatcher:
 # Backends not tried again within one call: the key was refused, it asked us to back off, or it hung.
 _NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT})
 _TOO_SLOW = UpstreamError(FailureKind.TIMEOUT, "slower than the time left for a failover")
+"""What a failover for time is retried as (the route's retryOn must allow timeouts)."""
 
 
 class _Attempts:
@@ -510,14 +501,6 @@ class _Attempts:
         again = [c for c in self._plan if c.name in tried and c.name not in barred]
         detector = call.runtime.detector
         return next((c for c in (*fresh, *again) if c.name not in busy and detector.is_available(c.name)), None)
-
-    def cut_running(self) -> None:
-        """Give up on the running attempt for time: it counts as a timeout of its backend."""
-        for task, candidate in self.running.items():
-            self._call.cut.add(candidate.name)
-            self._call.errors.append((candidate.name, UpstreamError(FailureKind.TIMEOUT, "too slow, failed over")))
-            task.cancel()
-        self.running.clear()
 
     def cancel_all(self) -> None:
         """The call is decided: attempts still running are abandoned (and named, if the call failed)."""
