@@ -191,28 +191,28 @@ async def test_no_failover_to_a_backend_that_cannot_make_the_deadline(tmp_path: 
     # ok2s answers in 0.8 s, slow in 3 s; a 1.2 s deadline: cutting ok2s for slow would turn a good
     # answer into a 504.
     backends = {"ok2s": Behavior(latency=Latency.fixed(0.8)), "slow": Behavior(latency=Latency.fixed(3.0))}
-    async with running(tmp_path, backends, spec={"priorities": {"normal": {"timeout": "1200ms"}}}) as h:
-        async with h.http() as http:
-            batch = {"x-llmroute-priority": "batch"}
-            await asyncio.gather(*(http.post("/chat/completions", json=chat_body(), headers=batch) for _ in range(4)))
-            for _ in range(3):
-                response = await http.post("/chat/completions", json=chat_body())
-                assert response.status_code == 200, response.text
-                assert response.headers["x-llmroute-backend"] == "ok2s"
+    spec = {"priorities": {"normal": {"timeout": "1200ms"}}}
+    async with running(tmp_path, backends, spec=spec) as h, h.http() as http:
+        batch = {"x-llmroute-priority": "batch"}
+        await asyncio.gather(*(http.post("/chat/completions", json=chat_body(), headers=batch) for _ in range(4)))
+        for _ in range(3):
+            response = await http.post("/chat/completions", json=chat_body())
+            assert response.status_code == 200, response.text
+            assert response.headers["x-llmroute-backend"] == "ok2s"
 
 
 async def test_a_request_stuck_on_a_backend_that_slowed_down_is_hedged(tmp_path: Path) -> None:
     # Normal requests do not hedge eagerly, but one that takes 3x its backend's p95 (and 1 s more) gets a
     # second request elsewhere instead of waiting out its 30 s deadline.
-    async with running(tmp_path, {"primary": FAST, "second": FAST}, spec={"strategy": "ordered"}) as h:
-        async with h.http() as http:
-            await send(http, 10)
-            h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
-            started = time.monotonic()
-            response = await http.post("/chat/completions", json=chat_body())
-            assert response.status_code == 200
-            assert response.headers["x-llmroute-backend"] == "second"
-            assert time.monotonic() - started < 2.0
+    spec = {"strategy": "ordered"}
+    async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
+        await send(http, 10)
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
+        started = time.monotonic()
+        response = await http.post("/chat/completions", json=chat_body())
+        assert response.status_code == 200
+        assert response.headers["x-llmroute-backend"] == "second"
+        assert time.monotonic() - started < 2.0
 
 
 async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_path: Path) -> None:
