@@ -159,10 +159,11 @@ def run_sim(argv: Sequence[str] | None = None) -> int:
     except SimConfigError as exc:
         print(f"llmroute sim: {exc}", file=sys.stderr)
         return 2
-    return run(_serve(backends, args.host))
+    return run(serve(backends, args.host))
 
 
-async def _serve(backends: list[SimBackend], host: str) -> int:
+async def serve(backends: Sequence[SimBackend], host: str = "127.0.0.1") -> int:
+    """Start the backends, print `name<TAB>kind<TAB>url` for each, and serve until SIGINT or SIGTERM."""
     for backend in backends:
         provider = backend.provider
         await provider.start(host, backend.port)
