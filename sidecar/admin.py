@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,10 @@ from llmroute.http import Request, Response
 from llmroute.model import route_spec
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -81,7 +86,8 @@ class AdminApp:
                     "provider": c.spec.provider,
                     "url": c.spec.url,
                     "model": c.spec.model,
-                    "expected_latency_s": c.expected_latency(now),
+                    # inf (a first request still out, never answered) is not JSON: shown as null
+                    "expected_latency_s": _finite(c.expected_latency(now)),
                     **c.stats.snapshot(now),
                     "ejection": {
                         "state": ejection[c.name].state,

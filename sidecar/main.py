@@ -216,8 +216,6 @@ def run_sidecar(argv: Sequence[str]) -> int:
     if args.control_plane and not (args.namespace and args.pod_name):
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":  # httpx logs every request at INFO: one line per LLM call, and CPU
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
         return run(serve(args))
     return 0
