@@ -17,9 +17,9 @@ from llmroute.demo.scenario import script
 from llmroute.demo.traffic import Result
 from llmroute.demo.view import LiveView
 
-DURATION = 18
-"""Long enough for the degraded primary to win traffic back once it recovers (the 8.5 s answers it still
-owes when it recovers must come back first), short enough for a test."""
+DURATION = 24
+"""Long enough for the degraded primary to win traffic back once it recovers (three fast shadow answers in
+a row, a few seconds) with margin on a slow machine, short enough for a test."""
 LLMROUTE = Path(sys.executable).with_name("llmroute")
 
 
