@@ -18,6 +18,11 @@ def _numeric(cell: str) -> bool:
     return cell.lstrip("+-").replace(",", "").replace(".", "", 1).rstrip(" %msx").isdigit()
 
 
+def pinning(pins: Sequence[tuple[str, str | None]]) -> str:
+    """How the processes were pinned with taskset, for a bench's method section ("none" when unpinned)."""
+    return ", ".join(f"{name} on CPU {cpus}" for name, cpus in pins if cpus) or "none"
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

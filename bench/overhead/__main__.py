@@ -260,14 +260,7 @@ def rounds_table(samples: list[Sample]) -> str:
 def document(args: argparse.Namespace, command: str, samples: list[Sample], load: tuple[str, str]) -> str:
     """The docs section: figures, machine, command and method."""
     facts = report.table(["", ""], [[k, v] for k, v in machine.describe()])
-    pins = (
-        ", ".join(
-            f"{name} on CPU {cpus}"
-            for name, cpus in (("sidecar", args.sidecar_cpus), ("nginx", args.backend_cpus), ("wrk", args.wrk_cpus))
-            if cpus
-        )
-        or "none"
-    )
+    pins = report.pinning([("sidecar", args.sidecar_cpus), ("nginx", args.backend_cpus), ("wrk", args.wrk_cpus)])
     return f"""\
 ## Sidecar overhead (bench/overhead)
 

@@ -65,14 +65,7 @@ def document(
 ) -> str:
     figures = [summary.figures(samples, arm, mode, args.connections) for mode in stack.MODES for arm in running.urls]
     n = args.connections
-    pins = (
-        ", ".join(
-            f"{k} on CPU {v}"
-            for k, v in (("proxy", args.proxy_cpus), ("nginx backend", args.backend_cpus), ("wrk", args.wrk_cpus))
-            if v
-        )
-        or "none"
-    )
+    pins = report.pinning([("proxy", args.proxy_cpus), ("nginx backend", args.backend_cpus), ("wrk", args.wrk_cpus)])
     return f"""\
 ## Side by side with the peers (bench/peers)
 
