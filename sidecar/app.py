@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
+from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher, needed_capabilities
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
@@ -137,7 +138,9 @@ class SidecarApp:
                 if gate is not None:
                     gate.release()
 
-    async def _relay(self, call: Call, answer: Answer, received: float, gate: Any) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
+    ) -> AsyncIterator[bytes]:
         """Forward a stream that already produced its first chunk, then its cost comment and [DONE]; a failure
         now ends it with an SSE error instead."""
         stream = answer.stream
