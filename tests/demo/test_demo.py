@@ -17,9 +17,10 @@ from llmroute.demo.scenario import script
 from llmroute.demo.traffic import Result
 from llmroute.demo.view import LiveView
 
-DURATION = 24
+DURATION = 36
 """Long enough for the degraded primary to win traffic back once it recovers (three fast shadow answers in
-a row, a few seconds) with margin on a slow machine, short enough for a test."""
+a row, a few seconds), and for a warm-up (17%, 6 s) in which the backends' overlapping lognormal latencies
+and the first second's exploration do not decide the primary's share, short enough for a test."""
 LLMROUTE = Path(sys.executable).with_name("llmroute")
 
 
