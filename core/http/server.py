@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from llmroute.http.connection import HTTPConnection, ServerContext, default_error_body
 from llmroute.http.messages import Handler
+from llmroute.waits import wait_event
 
 
 class HTTPServer:
@@ -55,8 +55,7 @@ class HTTPServer:
         for conn in list(ctx.connections):
             conn.drain()
         ctx.note_change()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.idle.wait(), grace)
+        await wait_event(ctx.idle, grace)
         for conn in list(ctx.connections):
             conn.abort(reset=True)
         tasks = list(ctx.tasks)

@@ -8,7 +8,6 @@ with jitter and resend the version the sidecar has, so an unchanged table is not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -22,6 +21,7 @@ import grpc.aio
 from llmroute.model import Backend, RouteInvalid, RoutingTable, SecretValue, compile_table, parse_spec, resolve_keys
 from llmroute.model.files import LocalKeys
 from llmroute.v1 import load_pb2, routes_pb2, rpc
+from llmroute.waits import wait_event
 
 from ..load import LoadRecorder
 from . import state
@@ -147,8 +147,7 @@ class ControlPlaneClient:
             self._failures += 1
             low, high = self._backoff
             delay = min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
 
     async def stop(self) -> None:
         """Leave the control plane; the applied table stays in force."""
@@ -239,8 +238,7 @@ class ControlPlaneClient:
                 await call.write(first)
                 while not call.done():
                     # Wake early when the server sets a new interval, so its first directive counts at once.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._interval_changed.wait(), self._report_interval)
+                    await wait_event(self._interval_changed, self._report_interval)
                     self._interval_changed.clear()
                     await call.write(self._load.snapshot_and_reset())
             except grpc.aio.AioRpcError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmroute.model import RoutingTable
 from llmroute.model.files import LocalKeys, compile_files, route_files
+from llmroute.waits import wait_event
 
 log = logging.getLogger("llmroute.sidecar.routes")
 
@@ -93,11 +94,7 @@ class FileRouteSource:
     async def run(self) -> None:
         """Poll for changes until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-                forced = True
-            except TimeoutError:
-                forced = False
+            forced = await wait_event(self._wake, self._interval)
             self._wake.clear()
             if forced or self._watched() != self._seen:
                 self.reload()
