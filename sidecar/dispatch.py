@@ -33,6 +33,8 @@ MIN_ATTEMPT_S = 0.05
 TAIL_FACTOR = 3.0
 TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
+STALL_RECHECK_S = 0.05
+"""How often a request past its backend's p95 looks again whether the backend as a whole has stalled."""
 
 _rng = random.Random()
 
@@ -247,9 +249,9 @@ class Dispatcher:
         plan = self._plan(call, now)
         attempts = _Attempts(self, call, plan)
         eager = route.priorities[call.priority].hedge
-        call.upstream_started = now
+        call.upstream_started = started = now
         attempts.start(plan[0])
-        hedge_at = self._hedge_at(call, plan[0], now, eager=eager) if len(plan) > 1 else math.inf
+        hedge_at = self._hedge_at(call, plan[0], started, now, eager=eager) if len(plan) > 1 else math.inf
         hedged = False
         failover_at = self._failover_at(call, attempts, now)
         try:
@@ -283,7 +285,10 @@ class Dispatcher:
                 # A slow attempt is never cancelled for time: the next backend is asked as well and the first
                 # answer wins, so the attempt that was nearly done can still be the one that answers.
                 if now >= hedge_at:
-                    # The primary is slower than it should be (hedge classes: its p95; others: a tail outlier).
+                    hedge_at = self._hedge_at(call, plan[0], started, now, eager=eager)
+                if hedge_at <= now:
+                    # The primary is slower than it should be (hedge classes: past its p95; others: past its p95
+                    # while it has stalled, or a tail outlier).
                     hedge_at = math.inf
                     hedged = True
                     if (following := attempts.next_candidate(None)) is not None:
@@ -322,21 +327,30 @@ class Dispatcher:
         return call.deadline - max(reserve, MIN_ATTEMPT_S)
 
     @staticmethod
-    def _hedge_at(call: Call, primary: Candidate, started: float, *, eager: bool) -> float:
-        """When a second request goes to the next backend while the first keeps running.
+    def _hedge_at(call: Call, primary: Candidate, started: float, now: float, *, eager: bool) -> float:
+        """When a second request goes to the next backend while the first keeps running (not after `now`: now).
 
         Hedging classes (`hedge: true`) send it after the primary's p95, bounded by half the time to the
-        deadline. Every other class sends it only for a tail outlier: after TAIL_FACTOR times the p95 (and at
-        least TAIL_MARGIN_S more), so a backend that slows down mid-request does not hold a request for its
-        whole deadline; never while the primary has no p95 yet. Both are bounded by the retry budget.
+        deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
+        to it are overdue as well), and otherwise only for a tail outlier: after TAIL_FACTOR times the p95
+        (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows down
+        leave it together, while one slow answer of a healthy backend is not duplicated. Never while the
+        primary has no p95 yet. Every hedge is bounded by the retry budget.
         """
-        p95 = primary.stats.quantile(0.95, stream=call.stream)
+        stats = primary.stats
+        p95 = stats.quantile(0.95, stream=call.stream)
         if eager:
             half = (call.deadline - started) / 2
             return started + (half if p95 is None else min(p95, half))
         if p95 is None:
             return math.inf
-        return started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
+        tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
+        if now < started + p95:
+            return started + p95
+        # Others count as overdue past the backend's answer p95, which a stream's first byte is well inside.
+        if now >= tail or stats.stalled(now, after=max(p95, stats.quantile(0.95) or p95)):
+            return now
+        return min(tail, now + STALL_RECHECK_S)
 
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name

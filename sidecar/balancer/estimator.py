@@ -4,7 +4,7 @@ failure rate and recent quantiles. Pure bookkeeping: every method takes `now` (m
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from .outcome import FailureKind
 
@@ -18,6 +18,9 @@ WINDOW = 128
 PRIOR_SUCCESSES = 1.0
 """Pseudo-successes in the failure rate, so one failure on a quiet backend reads as 50%, not 100%."""
 
+
+STALL_QUORUM = 2
+"""Requests overdue at the same time that show a backend has stalled; one overdue request is just its tail."""
 
 RECOVERY_SAMPLES = 3
 """Answers in a row at under half the estimate that prove a recovery: the estimate drops to their worst."""
@@ -153,6 +156,7 @@ class BackendStats:
     __slots__ = (
         "_answered_since",
         "_awaiting",
+        "_given_up",
         "_next_token",
         "_penalty",
         "_started",
@@ -178,6 +182,9 @@ class BackendStats:
         self._started: dict[int, float] = {}
         self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
         self._answered_since = -math.inf  # start of the latest-started request that succeeded
+        # (start, seconds waited) of the latest attempts abandoned before a first byte (hedge losers): still
+        # evidence of a stall after the hedges that replaced them have answered.
+        self._given_up: deque[tuple[float, float]] = deque(maxlen=STALL_QUORUM)
         self._next_token = 0
 
     @property
@@ -218,9 +225,12 @@ class BackendStats:
 
     def cancel(self, token: int, now: float) -> None:
         """We abandoned the attempt (hedge loser): it would have taken at least this long."""
+        waiting = token in self._awaiting
         started = self._release(token)
         if started is not None:
             self.latency.observe_at_least(now - started, now)
+            if waiting:
+                self._given_up.append((started, now - started))
 
     def _release(self, token: int) -> float | None:
         self._awaiting.pop(token, None)
@@ -245,6 +255,22 @@ class BackendStats:
         if load_sensitive:
             estimate *= len(self._started) + 1
         return estimate + self.failures.value(now) * self._penalty
+
+    def stalled(self, now: float, after: float) -> bool:
+        """Whether STALL_QUORUM requests started since the latest success have each waited over `after` seconds
+        for a first byte (still waiting, or abandoned for a hedge): the backend itself has slowed down, not just
+        one request to it."""
+        overdue = sum(1 for started, waited in self._given_up if waited > after and started >= self._answered_since)
+        if overdue >= STALL_QUORUM:
+            return True
+        for started in self._awaiting.values():  # oldest first
+            if now - started <= after:
+                return False
+            if started >= self._answered_since:
+                overdue += 1
+                if overdue >= STALL_QUORUM:
+                    return True
+        return False
 
     def quantile(self, q: float, *, stream: bool = False) -> float | None:
         """Recent latency (TTFT when `stream`, falling back to latency) quantile; the hedging delay uses 0.95."""

@@ -204,3 +204,45 @@ def test_a_straggler_from_before_a_recovery_does_not_hide_it() -> None:
     assert stats.expected_latency(9.0, load_sensitive=False) >= 2.0
     stats.finish(straggler, 10.5)
     stats.finish(newer, 10.5)
+
+
+def test_a_backend_has_stalled_once_two_requests_since_its_last_answer_are_overdue() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    stats.start(2.0)
+    assert not stats.stalled(2.6, after=0.5)  # one overdue request is the backend's tail
+    stats.start(2.05)
+    assert not stats.stalled(2.52, after=0.5)  # the second is not overdue yet
+    assert stats.stalled(2.6, after=0.5)
+
+
+def test_requests_older_than_a_later_answer_do_not_make_a_stall() -> None:
+    stats = BackendStats()
+    stats.start(1.0)
+    stats.start(1.1)
+    served(stats, 0.3, 1.5)  # sent at 1.2 and answered: the backend answers, those two are stragglers
+    assert not stats.stalled(3.0, after=0.5)
+    stats.start(2.0)
+    stats.start(2.1)
+    assert stats.stalled(3.0, after=0.5)
+
+
+def test_a_stream_that_has_its_first_byte_is_not_overdue() -> None:
+    stats = BackendStats()
+    first, second = stats.start(1.0), stats.start(1.0)
+    stats.first_byte(first, 1.2)
+    assert not stats.stalled(3.0, after=0.5)
+    stats.first_byte(second, 3.1)
+    stats.start(3.0)
+    assert not stats.stalled(4.0, after=0.5)
+
+
+def test_requests_abandoned_for_a_hedge_still_count_toward_a_stall() -> None:
+    stats = BackendStats()
+    served(stats, 0.3, 1.0)
+    hedged = stats.start(2.0)
+    stats.cancel(hedged, 2.6)  # its hedge answered elsewhere; the backend has not
+    stats.start(2.1)
+    assert stats.stalled(2.7, after=0.5)
+    served(stats, 0.3, 3.0)  # and an answer from a request sent later clears it
+    assert not stats.stalled(3.1, after=0.5)

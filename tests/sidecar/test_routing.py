@@ -202,8 +202,8 @@ async def test_no_failover_to_a_backend_that_cannot_make_the_deadline(tmp_path: 
 
 
 async def test_a_request_stuck_on_a_backend_that_slowed_down_is_hedged(tmp_path: Path) -> None:
-    # Normal requests do not hedge eagerly, but one that takes 3x its backend's p95 (and 1 s more) gets a
-    # second request elsewhere instead of waiting out its 30 s deadline.
+    # Normal requests do not hedge eagerly: a lone slow one gets a second request elsewhere only once it has
+    # taken 3x its backend's p95 and 1 s more (the tail), instead of waiting out its 30 s deadline.
     spec = {"strategy": "ordered"}
     async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
         await send(http, 10)
@@ -212,7 +212,27 @@ async def test_a_request_stuck_on_a_backend_that_slowed_down_is_hedged(tmp_path:
         response = await http.post("/chat/completions", json=chat_body())
         assert response.status_code == 200
         assert response.headers["x-llmroute-backend"] == "second"
-        assert time.monotonic() - started < 2.0
+        assert 1.0 < time.monotonic() - started < 2.0
+
+
+async def test_requests_caught_on_a_backend_that_stalls_leave_it_at_its_p95(tmp_path: Path) -> None:
+    # Several requests overdue on one backend at once: it has stalled, so each is hedged at its p95 (about
+    # 20 ms here), not after the 1 s tail a lone slow request waits for.
+    spec = {"strategy": "ordered"}
+    async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
+        await send(http, 10)
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
+
+        async def timed() -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = await http.post("/chat/completions", json=chat_body())
+            return response, time.monotonic() - started
+
+        results = await asyncio.gather(*(timed() for _ in range(3)))
+        assert [r.status_code for r, _ in results] == [200] * 3
+        assert [r.headers["x-llmroute-backend"] for r, _ in results] == ["second"] * 3
+        assert [r.headers["x-llmroute-attempts"] for r, _ in results] == ["2"] * 3
+        assert max(elapsed for _, elapsed in results) < 0.6, results
 
 
 async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_path: Path) -> None:
