@@ -75,8 +75,13 @@ class Answer:
 
 
 def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
-    """What a backend must support to serve this request: tools, vision (image parts), json."""
+    """What a backend must support to serve this request: tools, vision (image parts), json, and the wire
+    features n>1 and logprobs (see Backend.serves)."""
     needs = set()
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        needs.add("n>1")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        needs.add("logprobs")
     if body.get("tools") or body.get("functions"):
         needs.add("tools")
     response_format = body.get("response_format")
@@ -189,7 +194,7 @@ class Dispatcher:
     def _plan(self, call: Call, now: float) -> list[Candidate]:
         runtime = call.runtime
         route = runtime.route
-        capable = [c for c in runtime.candidates if call.needs <= c.spec.capabilities]
+        capable = [c for c in runtime.candidates if c.spec.serves(call.needs)]
         if not capable:
             raise ProxyError(
                 400,

@@ -17,6 +17,7 @@ from .schema import DNS_LABEL, ENV_NAME, GROUP, KIND, SPEC, VERSION
 from .spec import (
     DEFAULT_AZURE_API_VERSION,
     DEFAULT_PRIORITIES,
+    PROVIDER_LACKS,
     Backend,
     OutlierDetection,
     Price,
@@ -114,6 +115,16 @@ def _rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem(f"spec.backends[{i}]", "set at most one of apiKeySecretRef and apiKeyEnv"))
         if "apiVersion" in backend and backend.get("provider") != "azure-openai":
             problems.append(Problem(f"spec.backends[{i}].apiVersion", "only applies to provider azure-openai"))
+        declared = backend.get("capabilities")
+        lacks = PROVIDER_LACKS.get(str(backend.get("provider")), frozenset())
+        for j, capability in enumerate(declared if isinstance(declared, list) else []):
+            if capability in lacks:
+                problems.append(
+                    Problem(
+                        f"spec.backends[{i}].capabilities[{j}]",
+                        f"provider {backend['provider']} cannot serve {capability!r} requests",
+                    )
+                )
     return problems
 
 

@@ -126,6 +126,10 @@ BACKEND = {
             "rule": "!(has(self.apiKeySecretRef) && has(self.apiKeyEnv))",
             "message": "set at most one of apiKeySecretRef and apiKeyEnv",
         },
+        {
+            "rule": "!(self.provider == 'anthropic' && has(self.capabilities) && 'json' in self.capabilities)",
+            "message": "provider anthropic cannot serve 'json' requests",
+        },
     ],
 }
 

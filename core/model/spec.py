@@ -12,6 +12,13 @@ RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
+WIRE_FEATURES = frozenset({"n>1", "logprobs"})
+"""Request features of the chat.completions API that a route does not declare: every provider has them
+unless PROVIDER_LACKS says otherwise."""
+PROVIDER_LACKS: dict[str, frozenset[str]] = {"anthropic": frozenset({"json", "n>1", "logprobs"})}
+"""What a provider's API cannot serve, whatever a route declares: Anthropic's Messages API has no
+response_format, answers with one choice and returns no log probabilities."""
+
 
 class SecretValue:
     """A credential whose repr and str never show the value, so it cannot leak through logs or debug output."""
@@ -82,6 +89,10 @@ class Backend:
     api_key_secret_ref: SecretRef | None = None
     api_key_env: str | None = None
     api_key: SecretValue | None = field(default=None, compare=True, repr=False)
+
+    def serves(self, needs: frozenset[str]) -> bool:
+        """Whether a request needing `needs` (see the sidecar's needed_capabilities) can go to this backend."""
+        return needs <= (self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset())
 
     @property
     def load_sensitive(self) -> bool:

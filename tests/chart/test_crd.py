@@ -93,6 +93,9 @@ def broken(change: str) -> dict[str, Any]:
         spec["models"] = ["chat", "chat"]
     elif change == "both key sources":
         first["apiKeySecretRef"], first["apiKeyEnv"] = {"name": "keys", "key": "openai"}, "OPENAI_API_KEY"
+    elif change == "json on anthropic":
+        claude = next(b for b in spec["backends"] if b["provider"] == "anthropic")
+        claude["capabilities"] = ["tools", "json"]
     return route
 
 
@@ -103,6 +106,7 @@ def broken(change: str) -> dict[str, Any]:
         ("unknown fallback", "every fallback entry must name a backend of this route"),
         ("duplicate models", "model names must be unique"),
         ("both key sources", "set at most one of apiKeySecretRef and apiKeyEnv"),
+        ("json on anthropic", "provider anthropic cannot serve 'json' requests"),
     ],
 )
 def test_cel_rules_reject_invalid_routes(change: str, message: str) -> None:

@@ -62,6 +62,10 @@ def test_canonical_spec_round_trips() -> None:
         (lambda s: s["backends"][0].update(nmae="x"), "spec.backends[0]: unknown field ('nmae' was unexpected)"),
         (lambda s: s.update(models=["chat", "chat"]), "spec.models[1]: duplicate model name 'chat'"),
         (lambda s: s["backends"][0].update(url="api.openai.com"), "spec.backends[0].url"),
+        (
+            lambda s: s["backends"][1].update(capabilities=["tools", "json"]),
+            "spec.backends[1].capabilities[1]: provider anthropic cannot serve 'json' requests",
+        ),
     ],
 )
 def test_invalid_specs_name_field_and_problem(mutate: Any, expected: str) -> None:

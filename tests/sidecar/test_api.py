@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -170,6 +171,24 @@ async def test_capability_filtering(tmp_path: Path) -> None:
             await h.client().chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
             )
+
+
+async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(tmp_path: Path) -> None:
+    # The Messages API answers with one choice and no log probabilities: such requests go elsewhere, or get
+    # a 400 that says why, never a quietly different answer.
+    backends: dict[str, Behavior | tuple[str, Behavior]] = {"claude": ("anthropic", FAST), "gpt": FAST}
+    spec = {"strategy": "ordered"}
+    async with running(tmp_path, backends, spec=spec) as h:
+        messages: Any = [{"role": "user", "content": "x"}]
+        plain = await h.client().chat.completions.with_raw_response.create(model="chat", messages=messages)
+        assert plain.headers["x-llmroute-backend"] == "claude"
+        for extra in ({"n": 2}, {"logprobs": True, "top_logprobs": 2}):
+            raw = await h.client().chat.completions.with_raw_response.create(model="chat", messages=messages, **extra)
+            assert raw.headers["x-llmroute-backend"] == "gpt", extra
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
+        with pytest.raises(openai.BadRequestError, match="supports n>1"):
+            await h.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], n=3)
+        assert h.sims["claude"].stats.requests == 0
 
 
 async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:
