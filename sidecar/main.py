@@ -86,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the app has to send a whole request once it has begun one (else 408 and the connection closes)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -124,6 +130,7 @@ class Sidecar:
             SidecarApp(self.router, self.dispatcher, self.metrics),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
+            read_timeout=args.read_timeout,
         )
         self.admin_server = HTTPServer(
             AdminApp(self.router, self.metrics, source_problems=self._problems, draining=lambda: self.draining)

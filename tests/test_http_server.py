@@ -161,6 +161,32 @@ async def test_malformed_request_gets_400_and_close(serve: ServerFactory) -> Non
     writer.close()
 
 
+async def test_a_request_that_never_arrives_in_full_gets_408_and_close(serve: ServerFactory) -> None:
+    server = await serve(read_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    for partial in (b"POST /x HTTP/1.1\r\nHost: t\r\nX-Slow: ", b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = loop.time()
+        writer.write(partial)  # ... and not another byte: a slowloris
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"]) == (408, "close")
+        assert "did not arrive in full within 0.3 s" in json.loads(body)["error"]["message"]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.25 < loop.time() - started < 2
+        writer.close()
+
+
+async def test_a_slow_handler_is_not_a_slow_request(serve: ServerFactory) -> None:
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.5)
+        return await echo(request)
+
+    server = await serve(slow, read_timeout=0.2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for _ in range(2):  # and the timer is not left running into the next request on the connection
+            assert (await client.post("/x", content=b"body")).status_code == 200
+
+
 async def test_handler_exception_is_a_500_without_details(serve: ServerFactory) -> None:
     async def broken(request: Request) -> Response:
         raise RuntimeError("secret internals")
@@ -328,6 +354,7 @@ async def test_request_completed_while_draining_gets_503(serve: ServerFactory) -
     [
         test_pipelined_requests_are_answered_in_order,
         test_oversized_content_length_gets_413_before_the_body_is_read,
+        test_a_request_that_never_arrives_in_full_gets_408_and_close,
         test_client_disconnect_cancels_the_stream,
         test_handler_can_drop_the_connection,
         test_shutdown_drains_in_flight_request_and_stream,

@@ -40,6 +40,7 @@ class ServerContext:
         "idle",
         "keepalive_timeout",
         "max_body_bytes",
+        "read_timeout",
         "tasks",
     )
 
@@ -49,11 +50,13 @@ class ServerContext:
         max_body_bytes: int,
         error_body: Callable[[int, str], bytes],
         keepalive_timeout: float,
+        read_timeout: float,
     ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.error_body = error_body
         self.keepalive_timeout = keepalive_timeout
+        self.read_timeout = read_timeout
         self.connections: set[HTTPConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # one per connection that is serving requests
         self.draining = False
@@ -161,7 +164,9 @@ class HTTPConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._set_timer(None)
+        # A slow sender must not hold the connection for ever; one pipelined behind a response is timed once
+        # that response is done (we may not be reading its bytes meanwhile).
+        self._set_timer(self._ctx.read_timeout if self._active is None else None, self._read_timed_out)
         self._in_message = True
         self._url = b""
         self._headers = {}
@@ -194,6 +199,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._set_timer(None)
         self._in_message = False
         method = self._parser.get_method().decode("ascii")
         raw_path, _, raw_query = self._url.partition(b"?")
@@ -251,7 +257,10 @@ class HTTPConnection(asyncio.Protocol):
                 self._close()
             elif not self._transport.is_closing():
                 self._update_reading()
-                self._set_timer(self._ctx.keepalive_timeout)
+                if self._in_message:
+                    self._set_timer(self._ctx.read_timeout, self._read_timed_out)
+                else:
+                    self._set_timer(self._ctx.keepalive_timeout)
             self._ctx.note_change()
 
     async def _respond(self, exchange: _Exchange) -> bool:
@@ -348,10 +357,15 @@ class HTTPConnection(asyncio.Protocol):
             else:
                 self._transport.pause_reading()
 
-    def _set_timer(self, delay: float | None) -> None:
+    def _set_timer(self, delay: float | None, then: Callable[[], object] | None = None) -> None:
+        """Run `then` (default: close) after `delay` seconds, replacing any timer set before; None: no timer."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = None if delay is None else self._loop.call_later(delay, self._transport.close)
+        self._timer = None if delay is None else self._loop.call_later(delay, then or self._transport.close)
+
+    def _read_timed_out(self) -> None:
+        if self._parsing and self._in_message:
+            self._fail(408, f"the request did not arrive in full within {self._ctx.read_timeout:g} s")
 
     def _close(self) -> None:
         if self.closed or self._transport.is_closing():

@@ -20,8 +20,13 @@ class HTTPServer:
         max_body_bytes: int = 4 * 1024 * 1024,
         error_body: Callable[[int, str], bytes] | None = None,
         keepalive_timeout: float = 75.0,
+        read_timeout: float = 60.0,
     ) -> None:
-        self._ctx = ServerContext(handler, max_body_bytes, error_body or default_error_body, keepalive_timeout)
+        """`read_timeout`: seconds a client has to send a whole request (head and body) once it has begun
+        one; slower ones get 408 and the connection is closed (no slowloris holds a connection for ever)."""
+        self._ctx = ServerContext(
+            handler, max_body_bytes, error_body or default_error_body, keepalive_timeout, read_timeout
+        )
         self._server: asyncio.Server | None = None
         self._port = 0
 
