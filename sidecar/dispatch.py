@@ -34,7 +34,8 @@ TAIL_FACTOR = 3.0
 TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
 STALL_RECHECK_S = 0.05
-"""How often a request past its backend's p95 looks again whether the backend as a whole has stalled."""
+"""A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
+that p95, and at least this long apart."""
 
 _rng = random.Random()
 
@@ -115,13 +116,13 @@ class Dispatcher:
 
     # ----- outcomes -------------------------------------------------------------------------------------
 
-    def _begin(self, runtime: RouteRuntime, candidate: Candidate) -> tuple[int, float]:
+    def _begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> tuple[int, float]:
         """An attempt starts: stats token, start time; the upstream client is leased for its duration."""
         started = time.monotonic()
         runtime.pool.lease(runtime.upstreams[candidate.name])
         if self.load is not None:
             self.load.start(runtime.route.name, candidate.name)
-        return candidate.stats.start(started), started
+        return candidate.stats.start(started, stream=stream), started
 
     def succeeded(
         self,
@@ -232,11 +233,14 @@ class Dispatcher:
             output_tokens=tokens_out,
             weights=route.weights,
         )
-        # Backends expected to miss the deadline go last, whatever the strategy: `ordered` means the first
-        # healthy backend that can answer in time, not one known to take 8.5 s for a 2 s deadline.
+        # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy: `ordered`
+        # means the first healthy backend that can answer in time, not one known to take 8.5 s for a 2 s
+        # deadline, nor one whose last few requests are all overdue.
         strategy = policy.strategy or route.strategy
         remaining = call.deadline - now
-        feasible = [c for c in available if c.expected_latency(now, stream=call.stream) < remaining]
+        feasible = [
+            c for c in available if c.expected_latency(now, stream=call.stream) < remaining and not c.stats.stalled(now)
+        ]
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
@@ -289,8 +293,8 @@ class Dispatcher:
                     break
                 # A slow attempt is never cancelled for time: the next backend is asked as well and the first
                 # answer wins, so the attempt that was nearly done can still be the one that answers.
-                if now >= hedge_at:
-                    hedge_at = self._hedge_at(call, plan[0], started, now, eager=eager)
+                if now >= hedge_at and not eager:
+                    hedge_at = self._hedge_at(call, plan[0], started, now, eager=False)  # stalled by now?
                 if hedge_at <= now:
                     # The primary is slower than it should be (hedge classes: past its p95; others: past its p95
                     # while it has stalled, or a tail outlier).
@@ -333,7 +337,8 @@ class Dispatcher:
 
     @staticmethod
     def _hedge_at(call: Call, primary: Candidate, started: float, now: float, *, eager: bool) -> float:
-        """When a second request goes to the next backend while the first keeps running (not after `now`: now).
+        """When a second request goes to the next backend while the first keeps running; a time not after
+        `now` means now.
 
         Hedging classes (`hedge: true`) send it after the primary's p95, bounded by half the time to the
         deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
@@ -352,10 +357,9 @@ class Dispatcher:
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
         if now < started + p95:
             return started + p95
-        # Others count as overdue past the backend's answer p95, which a stream's first byte is well inside.
-        if now >= tail or stats.stalled(now, after=max(p95, stats.quantile(0.95) or p95)):
+        if now >= tail or stats.stalled(now):
             return now
-        return min(tail, now + STALL_RECHECK_S)
+        return min(tail, now + max(STALL_RECHECK_S, p95 / 4))
 
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name
@@ -385,7 +389,7 @@ class Dispatcher:
         """Call one backend; every outcome is fed back through succeeded / failed / _abandoned."""
         runtime = call.runtime
         upstream = runtime.upstreams[candidate.name]
-        token, started = self._begin(runtime, candidate)
+        token, started = self._begin(runtime, candidate, stream=call.stream)
         stream: CompletionStream | None = None
         try:
             if call.stream:

@@ -3,6 +3,7 @@ failure rate and recent quantiles. Pure bookkeeping: every method takes `now` (m
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import OrderedDict, deque
 
@@ -109,8 +110,8 @@ class FailureRate:
 
 
 class RecentWindow:
-    """The last `size` samples; quantiles sort lazily and stay cached until the next sample, so reading the
-    hedging delay on every critical request costs nothing between observations."""
+    """The last `size` samples, also kept sorted as they arrive (bisect), so the quantiles that the hedging
+    delay and stall detection read on every request cost an index, not a sort."""
 
     __slots__ = ("_next", "_samples", "_size", "_sorted")
 
@@ -118,7 +119,7 @@ class RecentWindow:
         self._size = size
         self._samples: list[float] = []
         self._next = 0
-        self._sorted: list[float] | None = None
+        self._sorted: list[float] = []
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -128,17 +129,17 @@ class RecentWindow:
         if len(self._samples) < self._size:
             self._samples.append(sample)
         else:
+            oldest = self._samples[self._next]
             self._samples[self._next] = sample
             self._next = (self._next + 1) % self._size
-        self._sorted = None
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        bisect.insort(self._sorted, sample)
 
     def quantile(self, q: float) -> float | None:
         """Nearest-rank quantile (q in 0..1) of the window, or None when it is empty."""
-        if not self._samples:
-            return None
         ordered = self._sorted
-        if ordered is None:
-            ordered = self._sorted = sorted(self._samples)
+        if not ordered:
+            return None
         return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
@@ -160,6 +161,7 @@ class BackendStats:
         "_next_token",
         "_penalty",
         "_started",
+        "_streams",
         "failures",
         "last_observed",
         "latencies",
@@ -182,9 +184,10 @@ class BackendStats:
         self._started: dict[int, float] = {}
         self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
         self._answered_since = -math.inf  # start of the latest-started request that succeeded
-        # (start, seconds waited) of the latest attempts abandoned before a first byte (hedge losers): still
-        # evidence of a stall after the hedges that replaced them have answered.
-        self._given_up: deque[tuple[float, float]] = deque(maxlen=STALL_QUORUM)
+        self._streams: set[int] = set()  # tokens of streams: overdue past the TTFT p95, not the answer p95
+        # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
+        # after the hedges that replaced them have answered.
+        self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
         self._next_token = 0
 
     @property
@@ -192,12 +195,14 @@ class BackendStats:
         """Requests (including shadow probes and hedges) started and not yet finished."""
         return len(self._started)
 
-    def start(self, now: float) -> int:
+    def start(self, now: float, *, stream: bool = False) -> int:
         """An attempt begins; returns the token to finish it with."""
         token = self._next_token
         self._next_token = token + 1
         self._started[token] = now
         self._awaiting[token] = now
+        if stream:
+            self._streams.add(token)
         return token
 
     def first_byte(self, token: int, now: float) -> None:
@@ -225,15 +230,17 @@ class BackendStats:
 
     def cancel(self, token: int, now: float) -> None:
         """We abandoned the attempt (hedge loser): it would have taken at least this long."""
+        overdue = self._overdue_after(stream=token in self._streams)
         waiting = token in self._awaiting
         started = self._release(token)
         if started is not None:
             self.latency.observe_at_least(now - started, now)
-            if waiting:
-                self._given_up.append((started, now - started))
+            if waiting and overdue is not None and now - started > overdue:
+                self._given_up.append(started)
 
     def _release(self, token: int) -> float | None:
         self._awaiting.pop(token, None)
+        self._streams.discard(token)
         return self._started.pop(token, None)
 
     def expected_latency(self, now: float, *, load_sensitive: bool, stream: bool = False) -> float:
@@ -256,21 +263,32 @@ class BackendStats:
             estimate *= len(self._started) + 1
         return estimate + self.failures.value(now) * self._penalty
 
-    def stalled(self, now: float, after: float) -> bool:
-        """Whether STALL_QUORUM requests started since the latest success have each waited over `after` seconds
-        for a first byte (still waiting, or abandoned for a hedge): the backend itself has slowed down, not just
-        one request to it."""
-        overdue = sum(1 for started, waited in self._given_up if waited > after and started >= self._answered_since)
-        if overdue >= STALL_QUORUM:
-            return True
-        for started in self._awaiting.values():  # oldest first
-            if now - started <= after:
-                return False
-            if started >= self._answered_since:
+    def stalled(self, now: float) -> bool:
+        """Whether STALL_QUORUM requests started since the latest success are overdue, each waiting for a first
+        byte past the backend's p95 (TTFT p95 for streams, answer p95 otherwise), or abandoned for a hedge
+        while overdue: the backend itself has slowed down, not just one request to it."""
+        if len(self._awaiting) + len(self._given_up) < STALL_QUORUM:
+            return False
+        since = self._answered_since
+        overdue = sum(1 for started in self._given_up if started >= since)
+        answer = self._overdue_after(stream=False)
+        if answer is None:
+            return overdue >= STALL_QUORUM
+        first_byte = self._overdue_after(stream=True) or answer
+        sooner = min(answer, first_byte)
+        for token, started in self._awaiting.items():  # oldest first
+            waited = now - started
+            if waited <= sooner:
+                break
+            if started >= since and waited > (first_byte if token in self._streams else answer):
                 overdue += 1
-                if overdue >= STALL_QUORUM:
-                    return True
-        return False
+        return overdue >= STALL_QUORUM
+
+    def _overdue_after(self, *, stream: bool) -> float | None:
+        """Seconds after which a request still without a first byte is overdue: the p95 it is judged by."""
+        if stream and len(self.ttfts):
+            return self.ttfts.quantile(0.95)
+        return self.latencies.quantile(0.95)
 
     def quantile(self, q: float, *, stream: bool = False) -> float | None:
         """Recent latency (TTFT when `stream`, falling back to latency) quantile; the hedging delay uses 0.95."""

@@ -208,41 +208,63 @@ def test_a_straggler_from_before_a_recovery_does_not_hide_it() -> None:
 
 def test_a_backend_has_stalled_once_two_requests_since_its_last_answer_are_overdue() -> None:
     stats = BackendStats()
-    served(stats, 0.3, 1.0)
+    served(stats, 0.5, 1.0)  # answers take 0.5 s: that is the p95 a request is overdue after
     stats.start(2.0)
-    assert not stats.stalled(2.6, after=0.5)  # one overdue request is the backend's tail
+    assert not stats.stalled(2.6)  # one overdue request is the backend's tail
     stats.start(2.05)
-    assert not stats.stalled(2.52, after=0.5)  # the second is not overdue yet
-    assert stats.stalled(2.6, after=0.5)
+    assert not stats.stalled(2.52)  # the second is not overdue yet
+    assert stats.stalled(2.6)
 
 
 def test_requests_older_than_a_later_answer_do_not_make_a_stall() -> None:
     stats = BackendStats()
     stats.start(1.0)
     stats.start(1.1)
-    served(stats, 0.3, 1.5)  # sent at 1.2 and answered: the backend answers, those two are stragglers
-    assert not stats.stalled(3.0, after=0.5)
+    served(stats, 0.5, 1.7)  # sent at 1.2 and answered: the backend answers, those two are stragglers
+    assert not stats.stalled(3.0)
     stats.start(2.0)
     stats.start(2.1)
-    assert stats.stalled(3.0, after=0.5)
+    assert stats.stalled(3.0)
 
 
-def test_a_stream_that_has_its_first_byte_is_not_overdue() -> None:
+def test_streams_are_overdue_past_the_first_byte_p95_and_not_once_it_came() -> None:
     stats = BackendStats()
-    first, second = stats.start(1.0), stats.start(1.0)
-    stats.first_byte(first, 1.2)
-    assert not stats.stalled(3.0, after=0.5)
-    stats.first_byte(second, 3.1)
-    stats.start(3.0)
-    assert not stats.stalled(4.0, after=0.5)
+    stream = stats.start(0.0, stream=True)
+    stats.first_byte(stream, 0.2)
+    stats.finish(stream, 6.0)  # a long answer: 6 s in all, its first byte after 0.2 s
+    waiting = [stats.start(10.0, stream=True), stats.start(10.0, stream=True)]
+    assert not stats.stalled(10.15)
+    assert stats.stalled(10.3)  # long before 6 s: a stream without a first byte is overdue after 0.2 s
+    for token in waiting:
+        stats.first_byte(token, 10.35)
+    assert not stats.stalled(11.0)  # streaming now: nothing overdue
 
 
-def test_requests_abandoned_for_a_hedge_still_count_toward_a_stall() -> None:
+def test_requests_abandoned_for_a_hedge_while_overdue_still_count_toward_a_stall() -> None:
     stats = BackendStats()
-    served(stats, 0.3, 1.0)
-    hedged = stats.start(2.0)
-    stats.cancel(hedged, 2.6)  # its hedge answered elsewhere; the backend has not
+    served(stats, 0.5, 1.0)
+    stats.cancel(stats.start(2.0), 2.6)  # overdue; its hedge answered elsewhere, the backend has not
     stats.start(2.1)
-    assert stats.stalled(2.7, after=0.5)
-    served(stats, 0.3, 3.0)  # and an answer from a request sent later clears it
-    assert not stats.stalled(3.1, after=0.5)
+    assert stats.stalled(2.7)
+    served(stats, 0.5, 3.2)  # an answer to a request sent later clears it
+    assert not stats.stalled(3.3)
+
+
+def test_a_hedge_lost_in_good_time_is_no_evidence_of_a_stall() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)
+    stats.cancel(stats.start(2.0), 2.6)  # overdue
+    stats.cancel(stats.start(2.1), 2.3)  # a quick loser (say its hedge's backend was faster): not overdue
+    stats.start(2.2)
+    assert stats.stalled(2.8)  # the overdue loser and the request still waiting; the quick one was not kept
+
+
+def test_quantiles_follow_the_window_as_old_samples_leave() -> None:
+    window = RecentWindow(4)
+    for sample in (5.0, 1.0, 3.0, 2.0):
+        window.add(sample)
+    assert (window.quantile(0.0), window.quantile(1.0)) == (1.0, 5.0)
+    window.add(4.0)  # 5.0 leaves
+    assert (window.quantile(0.5), window.quantile(1.0)) == (2.0, 4.0)
+    window.add(0.5)  # 1.0 leaves
+    assert [window.quantile(q) for q in (0.25, 0.5, 0.75, 1.0)] == [0.5, 2.0, 3.0, 4.0]

@@ -233,6 +233,9 @@ async def test_requests_caught_on_a_backend_that_stalls_leave_it_at_its_p95(tmp_
         assert [r.headers["x-llmroute-backend"] for r, _ in results] == ["second"] * 3
         assert [r.headers["x-llmroute-attempts"] for r, _ in results] == ["2"] * 3
         assert max(elapsed for _, elapsed in results) < 0.6, results
+        # Until it answers again, `ordered` passes over the stalled backend instead of trying it first.
+        [later] = await send(http, 1)
+        assert (later.headers["x-llmroute-backend"], later.headers["x-llmroute-attempts"]) == ("second", "1")
 
 
 async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_path: Path) -> None:
