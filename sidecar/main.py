@@ -50,6 +50,17 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _positive_seconds(value: str) -> float:
+    """A duration in seconds above zero, for argparse."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's flags (shared by `llmroute sidecar` and the tests' in-process runs)."""
     source = parser.add_argument_group("route source (one of)")
@@ -87,9 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument(
         "--read-timeout",
-        type=float,
+        type=_positive_seconds,
         default=60.0,
-        help="seconds the app has to send a whole request once it has begun one (else 408 and the connection closes)",
+        metavar="SECONDS",
+        help="the app has this long to send a whole request once its first byte arrived (else 408 and close)",
     )
     parser.add_argument(
         "--drain-timeout",

@@ -41,3 +41,9 @@ def test_crd_is_valid_yaml_for_llmroutes() -> None:
     crd = yaml.safe_load(result.stdout)
     assert crd["metadata"]["name"] == "llmroutes.llmroute.io"
     assert crd["spec"]["names"]["shortNames"] == ["llmr"]
+
+
+def test_sidecar_refuses_a_read_timeout_that_would_408_every_split_request() -> None:
+    done = run("sidecar", "--routes", "examples/", "--read-timeout", "0")
+    assert done.returncode == 2
+    assert "--read-timeout: must be more than 0 seconds, got '0'" in done.stderr

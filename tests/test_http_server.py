@@ -176,6 +176,24 @@ async def test_a_request_that_never_arrives_in_full_gets_408_and_close(serve: Se
         writer.close()
 
 
+async def test_a_request_pipelined_behind_a_slow_answer_is_timed_from_its_end(serve: ServerFactory) -> None:
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.5)
+        return await echo(request)
+
+    server = await serve(slow, read_timeout=0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost:")  # second never ends
+    first, _, _ = await read_response(reader)
+    assert first == 200 and loop.time() - started >= 0.5
+    second, headers, _ = await read_response(reader)
+    assert (second, headers["connection"]) == (408, "close")
+    assert loop.time() - started >= 0.65  # 0.5 s answering the first, then 0.2 s for the rest of the second
+    writer.close()
+
+
 async def test_a_slow_handler_is_not_a_slow_request(serve: ServerFactory) -> None:
     async def slow(request: Request) -> Response:
         await asyncio.sleep(0.5)

@@ -142,6 +142,12 @@ class HTTPConnection(asyncio.Protocol):
             self._feed(data)
         except httptools.HttpParserError:
             self._fail(*self._error)
+            return
+        if self._in_message and self._timer is None and self._active is None:
+            # Part of a request: the rest must follow within read_timeout, or a slow sender holds us for ever.
+            # (Requests that arrive whole in one read, nearly all of them, never set this timer.) One pipelined
+            # behind a response is timed once that response is done, as we may not be reading its bytes.
+            self._set_timer(self._ctx.read_timeout, self._read_timed_out)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -164,9 +170,7 @@ class HTTPConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        # A slow sender must not hold the connection for ever; one pipelined behind a response is timed once
-        # that response is done (we may not be reading its bytes meanwhile).
-        self._set_timer(self._ctx.read_timeout if self._active is None else None, self._read_timed_out)
+        self._set_timer(None)
         self._in_message = True
         self._url = b""
         self._headers = {}
