@@ -92,6 +92,8 @@ class Backend:
 
     def serves(self, needs: frozenset[str]) -> bool:
         """Whether a request needing `needs` (see the sidecar's needed_capabilities) can go to this backend."""
+        if not needs:
+            return True  # most requests: no set arithmetic on the hot path
         return needs <= (self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset())
 
     @property
