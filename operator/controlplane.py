@@ -368,7 +368,6 @@ class ControlPlane:
     ) -> None:
         first = await self._first(requests, context)
         identity = await self._identify(context, first.node)
-        await context.send_initial_metadata(())  # tells the sidecar it is subscribed
         namespace = identity.namespace
         ns = self._ns(namespace)
         memory = self._pod(namespace, first.node.pod)
@@ -385,6 +384,8 @@ class ControlPlane:
         reader = asyncio.create_task(self._read_answers(namespace, stream, requests))
         self._changed(namespace)
         try:
+            # Only now, with the stream counted in the route's status, tell the sidecar it is subscribed.
+            await context.send_initial_metadata(())
             while not stream.closed:
                 if stream.needs_push():
                     await self._send(stream, context)

@@ -271,6 +271,7 @@ class StubSidecar:
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         call = rpc.stream_routes(self._channel)(metadata=self.metadata)
         await call.write(routes_pb2.RouteRequest(node=self.node, version_info=version))
+        await call.initial_metadata()  # the operator has authenticated and counted this sidecar
         self._task = asyncio.create_task(self._serve(call))
 
     async def _serve(self, call: Any) -> None:
