@@ -32,6 +32,12 @@ async def echo(request: Request) -> Response:
     return Response(200, json.dumps(seen).encode(), [("x-echo", "1")])
 
 
+async def slow_echo(request: Request) -> Response:
+    """echo, after half a second: longer than the read timeouts the tests set."""
+    await asyncio.sleep(0.5)
+    return await echo(request)
+
+
 @contextlib.asynccontextmanager
 async def servers() -> AsyncIterator[ServerFactory]:
     """Start servers on demand; shut them all down at the end."""
@@ -177,11 +183,7 @@ async def test_a_request_that_never_arrives_in_full_gets_408_and_close(serve: Se
 
 
 async def test_a_request_pipelined_behind_a_slow_answer_is_timed_from_its_end(serve: ServerFactory) -> None:
-    async def slow(request: Request) -> Response:
-        await asyncio.sleep(0.5)
-        return await echo(request)
-
-    server = await serve(slow, read_timeout=0.2)
+    server = await serve(slow_echo, read_timeout=0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -195,11 +197,7 @@ async def test_a_request_pipelined_behind_a_slow_answer_is_timed_from_its_end(se
 
 
 async def test_a_slow_handler_is_not_a_slow_request(serve: ServerFactory) -> None:
-    async def slow(request: Request) -> Response:
-        await asyncio.sleep(0.5)
-        return await echo(request)
-
-    server = await serve(slow, read_timeout=0.2)
+    server = await serve(slow_echo, read_timeout=0.2)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
         for _ in range(2):  # and the timer is not left running into the next request on the connection
             assert (await client.post("/x", content=b"body")).status_code == 200
