@@ -230,12 +230,14 @@ class BackendStats:
 
     def cancel(self, token: int, now: float) -> None:
         """We abandoned the attempt (hedge loser): it would have taken at least this long."""
-        overdue = self._overdue_after(stream=token in self._streams)
-        waiting = token in self._awaiting
+        waiting, stream = token in self._awaiting, token in self._streams
         started = self._release(token)
-        if started is not None:
-            self.latency.observe_at_least(now - started, now)
-            if waiting and overdue is not None and now - started > overdue:
+        if started is None:
+            return
+        self.latency.observe_at_least(now - started, now)
+        if waiting:
+            overdue = self.quantile(0.95, stream=stream)
+            if overdue is not None and now - started > overdue:
                 self._given_up.append(started)
 
     def _release(self, token: int) -> float | None:
@@ -271,10 +273,10 @@ class BackendStats:
             return False
         since = self._answered_since
         overdue = sum(1 for started in self._given_up if started >= since)
-        answer = self._overdue_after(stream=False)
+        answer = self.quantile(0.95)
         if answer is None:
             return overdue >= STALL_QUORUM
-        first_byte = self._overdue_after(stream=True) or answer
+        first_byte = self.quantile(0.95, stream=True) or answer
         sooner = min(answer, first_byte)
         for token, started in self._awaiting.items():  # oldest first
             waited = now - started
@@ -283,12 +285,6 @@ class BackendStats:
             if started >= since and waited > (first_byte if token in self._streams else answer):
                 overdue += 1
         return overdue >= STALL_QUORUM
-
-    def _overdue_after(self, *, stream: bool) -> float | None:
-        """Seconds after which a request still without a first byte is overdue: the p95 it is judged by."""
-        if stream and len(self.ttfts):
-            return self.ttfts.quantile(0.95)
-        return self.latencies.quantile(0.95)
 
     def quantile(self, q: float, *, stream: bool = False) -> float | None:
         """Recent latency (TTFT when `stream`, falling back to latency) quantile; the hedging delay uses 0.95."""
