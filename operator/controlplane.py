@@ -129,6 +129,11 @@ def _server_credentials(cert: Path | None, key: Path | None) -> grpc.ServerCrede
     return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
 
 
+RECONNECT_GRACE_S = 12.0
+"""How long after it starts the operator waits for sidecars to reconnect before a route with none connected
+reads Programmed=False: a sidecar's reconnect backoff is at most 10 s."""
+
+
 class ControlPlane:
     """gRPC RouteDiscovery + LoadReporting server. publish() from the operator; status read back.
 
@@ -142,9 +147,11 @@ class ControlPlane:
         report_interval: float = 5.0,
         debounce: float = 0.1,
         max_delay: float = 10.0,
+        reconnect_grace: float = RECONNECT_GRACE_S,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.authenticator = authenticator
+        self.reconnect_grace = reconnect_grace
         self.report_interval = report_interval
         self.debounce = debounce
         self.max_delay = max_delay
@@ -158,6 +165,7 @@ class ControlPlane:
         self._connected = 0
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reconnecting_until = 0.0  # monotonic; set by start()
         self._thread: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -174,6 +182,9 @@ class ControlPlane:
             self.port = server.add_insecure_port(listen)
         await server.start()
         self._server = server
+        self._reconnecting_until = time.monotonic() + self.reconnect_grace
+        # Then the routes' status may turn from "reconnecting" to "no sidecars": have it written.
+        self._loop.call_later(self.reconnect_grace, self._grace_over)
         log.info("control plane listening on %s (port %d, tls=%s)", listen, self.port, tls_cert is not None)
 
     async def stop(self, grace: float) -> None:
@@ -311,6 +322,15 @@ class ControlPlane:
             else:
                 self._metrics.convergence.observe(now - change.published_at)
         ns.convergence = remaining
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether sidecars may still be reconnecting after this control plane started (RECONNECT_GRACE_S)."""
+        return time.monotonic() < self._reconnecting_until
+
+    def _grace_over(self) -> None:
+        for namespace in list(self._namespaces):
+            self._changed(namespace)
 
     def _changed(self, namespace: str) -> None:
         if self.on_change is not None:

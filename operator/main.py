@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from .admin import AdminServer
 from .auth import Authenticator, InsecureAuthenticator, TokenReviewAuthenticator
 from .controller import Controller
-from .controlplane import ControlPlane
+from .controlplane import RECONNECT_GRACE_S, ControlPlane
 from .handlers import build_registry
 from .injection import InjectionConfig, configure_webhook_server, register_injection
 from .kubeapi import KubeAPI
@@ -43,6 +43,7 @@ class OperatorOptions:
     no_auth: bool = False
     report_interval: float = 5.0
     status_interval: float = 1.0
+    reconnect_grace: float = RECONNECT_GRACE_S
     stop_grace: float = 5.0
     injection: InjectionConfig | None = None
     """Sidecar injection: the Pod webhook is served when set (with webhook_listen/cert/key)."""
@@ -75,7 +76,10 @@ class Operator:
         )
         self.metrics = CollectorRegistry()
         self.control_plane = ControlPlane(
-            authenticator=authenticator, report_interval=options.report_interval, registry=self.metrics
+            authenticator=authenticator,
+            report_interval=options.report_interval,
+            reconnect_grace=options.reconnect_grace,
+            registry=self.metrics,
         )
         self.controller = Controller(
             self.api, self.control_plane, OperatorMetrics(self.metrics), status_interval=options.status_interval

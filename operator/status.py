@@ -20,8 +20,11 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def programmed(verdict: Verdict, sidecars: SidecarCounts) -> Check:
-    """Programmed: whether every connected matching sidecar ACKed the table carrying this route."""
+def programmed(verdict: Verdict, sidecars: SidecarCounts, *, reconnecting: bool = False) -> Check:
+    """Programmed: whether every connected matching sidecar ACKed the table carrying this route.
+
+    `reconnecting`: the operator has just started, so sidecars that are running may not be back yet; no
+    connected sidecar then means Unknown, not False (a restart of the operator is no outage)."""
     if verdict.served_generation is None:
         return Check("False", "Invalid", "the route is not published: see the Accepted and ResolvedRefs conditions")
     serving = f"generation {verdict.served_generation}"
@@ -30,6 +33,9 @@ def programmed(verdict: Verdict, sidecars: SidecarCounts) -> Check:
     if sidecars.rejected:
         detail = "; ".join(f"{m.pod}: {m.message}" for m in sidecars.messages) or "no detail given"
         return Check("False", "RejectedByProxy", f"{sidecars.rejected} sidecar(s) rejected {serving}: {detail}")
+    if sidecars.connected == 0 and reconnecting:
+        message = f"the operator has just started and sidecars are reconnecting; {serving} is published"
+        return Check("Unknown", "Reconnecting", message)
     if sidecars.connected == 0:
         return Check("False", "NoSidecars", f"no connected sidecar selects this route; {serving} is published")
     if sidecars.programmed < sidecars.connected:
@@ -76,14 +82,16 @@ def route_status(
     backends: Sequence[BackendHealth],
     previous: Mapping[str, Any] | None,
     now: str | None = None,
+    *,
+    reconnecting: bool = False,
 ) -> dict[str, Any]:
-    """The whole status object of one route."""
+    """The whole status object of one route (`reconnecting`: see `programmed`)."""
     now = now or now_rfc3339()
     before = list((previous or {}).get("conditions") or [])
     checks = {
         "Accepted": verdict.accepted,
         "ResolvedRefs": verdict.resolved_refs,
-        "Programmed": programmed(verdict, sidecars),
+        "Programmed": programmed(verdict, sidecars, reconnecting=reconnecting),
     }
     return {
         "observedGeneration": verdict.generation,

@@ -36,6 +36,9 @@ from llmroute.model.schema import crd
 from llmroute.operator.main import Operator, OperatorOptions
 from llmroute.v1 import histogram, load_pb2, routes_pb2, rpc
 
+RECONNECT_GRACE_S = 1.0
+"""The operator's wait for sidecars to reconnect after it starts (12 s in production), short for tests."""
+
 ROUTES = "/apis/llmroute.io/v1alpha1"
 NAMESPACES = ("shop", "blog")
 EPOCH = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
@@ -335,7 +338,11 @@ class Bench:
         """
         # Namespaced mode: cluster-wide mode also watches namespaces to learn which have no routes.
         options = OperatorOptions(
-            grpc_listen="127.0.0.1:0", admin_listen="127.0.0.1:0", namespaces=NAMESPACES, status_interval=0.2
+            grpc_listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            namespaces=NAMESPACES,
+            status_interval=0.2,
+            reconnect_grace=RECONNECT_GRACE_S,
         )
         started: concurrent.futures.Future[Operator] = concurrent.futures.Future()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(options, started),), daemon=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .conftest import RECONNECT_GRACE_S
+
 if TYPE_CHECKING:
     from conftest import Bench, StubSidecar
 
@@ -78,9 +80,35 @@ async def test_a_restarted_operator_does_not_resend_an_unchanged_table(cluster: 
     assert sidecar.closed is None
 
 
+def _programmed(status: dict[str, Any]) -> tuple[str, str]:
+    condition = next((c for c in status.get("conditions", ()) if c["type"] == "Programmed"), {})
+    return condition.get("status", ""), condition.get("reason", "")
+
+
+async def test_a_restarted_operator_waits_for_sidecars_before_saying_there_are_none(cluster: Bench) -> None:
+    # A restart of the operator is no outage: while sidecars may still be reconnecting, a route with none
+    # connected reads Programmed=Unknown (Reconnecting), and only after the grace period False (NoSidecars).
+    await cluster.start_operator()
+    sidecar = await cluster.sidecar("shop", "storefront-0")
+    await cluster.kube.apply_route("shop", "support", cluster.spec(["chat"]))
+    await cluster.eventually(lambda: _status(cluster, lambda s: _programmed(s) == ("True", "AllSidecarsAcked")))
+    await cluster.stop_operator()
+    await sidecar.stop()  # and it does not come back
+    restarted = asyncio.get_running_loop().time()
+    await cluster.start_operator()
+    status = await cluster.eventually(
+        lambda: _status(cluster, lambda s: _programmed(s) == ("Unknown", "Reconnecting")), what="Reconnecting"
+    )
+    assert status is not None and status["sidecars"]["connected"] == 0
+    await cluster.eventually(
+        lambda: _status(cluster, lambda s: _programmed(s) == ("False", "NoSidecars")), what="NoSidecars"
+    )
+    assert asyncio.get_running_loop().time() - restarted >= RECONNECT_GRACE_S
+
+
 async def test_a_restarted_operator_counts_the_reconnected_sidecar_as_programmed(cluster: Bench) -> None:
     # The sidecar comes back with the version it already runs: nothing is sent, and it counts as
-    # programmed. (Between the restart and the reconnect the status honestly shows no sidecar.)
+    # programmed. (Between the restart and the reconnect the status says the sidecars are reconnecting.)
     await _restart_under_a_connected_sidecar(cluster)
     status = await _status(cluster, lambda s: s.get("sidecars", {}).get("programmed") == 1)
     assert status is not None and status["sidecars"] == {"connected": 1, "programmed": 1, "rejected": 0}
