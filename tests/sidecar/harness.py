@@ -65,31 +65,25 @@ def backend_entry(name: str, sim: SimProvider, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def sidecar_for(tmp_path: Path, spec: dict[str, Any], argv: list[str] | None = None) -> AsyncIterator[Sidecar]:
-    """A started sidecar serving a route file with `spec` (model `chat`), on free ports; stopped afterwards."""
-    route_file = tmp_path / "route.yaml"
-    route_file.write_text(yaml.safe_dump(route_doc(spec)))
+async def sidecar_running(argv: list[str]) -> AsyncIterator[Sidecar]:
+    """A started sidecar in this process with these flags, listening on free ports; stopped afterwards."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--routes",
-            str(route_file),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--drain-timeout",
-            "2",
-            *(argv or []),
-        ]
-    )
-    sidecar = Sidecar(args)
+    sidecar = Sidecar(parser.parse_args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *argv]))
     await sidecar.start()
     try:
         yield sidecar
     finally:
         await sidecar.stop()
+
+
+@contextlib.asynccontextmanager
+async def sidecar_for(tmp_path: Path, spec: dict[str, Any], argv: list[str] | None = None) -> AsyncIterator[Sidecar]:
+    """A started sidecar serving a route file with `spec` (model `chat`), on free ports; stopped afterwards."""
+    route_file = tmp_path / "route.yaml"
+    route_file.write_text(yaml.safe_dump(route_doc(spec)))
+    async with sidecar_running(["--routes", str(route_file), "--drain-timeout", "2", *(argv or [])]) as sidecar:
+        yield sidecar
 
 
 @contextlib.asynccontextmanager

@@ -3,10 +3,8 @@ operator's absence and a restart from --state-dir, and load reports come back as
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -14,27 +12,17 @@ import httpx
 from llmroute.model import parse_document
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
-from llmroute.sidecar.main import Sidecar, add_arguments
+from llmroute.sidecar.main import Sidecar
 from llmroute.sim import Behavior, Latency, SimProvider
 
-from .harness import backend_entry, chat_body, route_doc
+from .harness import backend_entry, chat_body, route_doc, sidecar_running
 
 
-@asynccontextmanager
-async def sidecar(address: str, state_dir: Path) -> AsyncIterator[Sidecar]:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
+def sidecar(address: str, state_dir: Path) -> AbstractAsyncContextManager[Sidecar]:
+    return sidecar_running(
         ["--control-plane", address, "--namespace", "default", "--pod-name", "app-1", "--labels", "app=shop",
-         "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-         "--drain-timeout", "1"]
+         "--state-dir", str(state_dir), "--drain-timeout", "1"]
     )  # fmt: skip
-    running = Sidecar(args)
-    await running.start()
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def wait_until_ready(admin_port: int) -> None:
