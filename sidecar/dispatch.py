@@ -258,9 +258,11 @@ class Dispatcher:
         plan = self._plan(call, now)
         attempts = _Attempts(self, call, plan)
         eager = route.priorities[call.priority].hedge
-        call.upstream_started = started = now
-        attempts.start(plan[0])
-        hedge_at = self._hedge_at(call, plan[0], started, now, eager=eager) if len(plan) > 1 else math.inf
+        call.upstream_started = now
+        # The attempt a hedge would back up: the first, or the one a failure failed over to.
+        lead, lead_started = plan[0], now
+        attempts.start(lead)
+        hedge_at = self._hedge_at(call, lead, lead_started, now, eager=eager) if len(plan) > 1 else math.inf
         hedged = False
         failover_at = self._failover_at(call, attempts, now)
         try:
@@ -285,7 +287,11 @@ class Dispatcher:
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         attempts.start(following)
-                        failover_at = self._failover_at(call, attempts, time.monotonic())
+                        now = time.monotonic()
+                        failover_at = self._failover_at(call, attempts, now)
+                        if not hedged and len(plan) > 1:
+                            lead, lead_started = following, now
+                            hedge_at = self._hedge_at(call, lead, lead_started, now, eager=eager)
                 if done:
                     continue
                 now = time.monotonic()
@@ -294,10 +300,10 @@ class Dispatcher:
                 # A slow attempt is never cancelled for time: the next backend is asked as well and the first
                 # answer wins, so the attempt that was nearly done can still be the one that answers.
                 if now >= hedge_at and not eager:
-                    hedge_at = self._hedge_at(call, plan[0], started, now, eager=False)  # stalled by now?
+                    hedge_at = self._hedge_at(call, lead, lead_started, now, eager=False)  # stalled by now?
                 if hedge_at <= now:
-                    # The primary is slower than it should be (hedge classes: past its p95; others: past its p95
-                    # while it has stalled, or a tail outlier).
+                    # The lead attempt is slower than it should be (hedge classes: past its backend's p95;
+                    # others: past it while that backend has stalled, or a tail outlier).
                     hedge_at = math.inf
                     hedged = True
                     if (following := attempts.next_candidate(None)) is not None:

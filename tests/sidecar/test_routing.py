@@ -238,6 +238,24 @@ async def test_requests_caught_on_a_backend_that_stalls_leave_it_at_its_p95(tmp_
         assert (later.headers["x-llmroute-backend"], later.headers["x-llmroute-attempts"]) == ("second", "1")
 
 
+async def test_after_a_failover_the_hedge_is_timed_by_the_backend_now_answering(tmp_path: Path) -> None:
+    # A critical request fails at once on the first backend and fails over to the second, which has
+    # slowed down; its hedge goes out at the second backend's p95 (about 20 ms), not at a time worked out
+    # for the first backend (which has never answered, so half the 10 s deadline).
+    spec = {"strategy": "ordered", "retry": {"attempts": 2}}
+    broken = Behavior(error_rate=1.0)
+    async with running(tmp_path, {"first": broken, "second": FAST, "third": FAST}, spec=spec) as h, h.http() as http:
+        for _ in range(3):  # fewer failures than eject a backend
+            await send(http, 1)
+            await asyncio.sleep(0.1)  # the shadow probes answer: second and third have a p95
+        h.sims["second"].set_behavior(Behavior(latency=Latency.fixed(3.0)))
+        started = time.monotonic()
+        [response] = await send(http, 1, **{"x-llmroute-priority": "critical"})
+        assert response.status_code == 200
+        assert (response.headers["x-llmroute-backend"], response.headers["x-llmroute-attempts"]) == ("third", "3")
+        assert time.monotonic() - started < 1.0
+
+
 async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_path: Path) -> None:
     slow, fast = Behavior(latency=Latency.fixed(1.5)), FAST
     spec = {"strategy": "ordered", "priorities": {"normal": {"timeout": "1s"}, "batch": {"timeout": "10s"}}}
