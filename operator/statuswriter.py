@@ -8,13 +8,14 @@ skips the patch when the status equals what the object already has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
+
+from llmroute.waits import wait_event
 
 from .kubeapi import KubeAPI, KubeError
 
@@ -76,10 +77,7 @@ class StatusWriter:
                 await self._write(key)
             self._wake.clear()
             if self._due:
-                delay = max(0.0, min(self._due.values()) - self._clock())
-                with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancel
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+                await wait_event(self._wake, max(0.0, min(self._due.values()) - self._clock()))
             else:
                 await self._wake.wait()
 
