@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API the app talks to: request in, response out. Decisions are the dispatcher's."""
+"""The APIs the app talks to (a table of inbound modules, by path): request in, response out, every error in
+the shape of the app's API. Decisions are the dispatcher's."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any, cast
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
-from llmroute.sidecar.dispatch import Answer, Call, Dispatcher, needed_capabilities
+from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router, RouteRuntime
-from llmroute.sidecar.upstream.base import DONE
 from llmroute.sidecar.upstream.errors import UpstreamError
 
 PRIORITIES = ("critical", "normal", "batch")
@@ -22,7 +23,7 @@ _JSON = "application/json"
 
 
 class SidecarApp:
-    """HTTP handler for /v1/chat/completions and /v1/models."""
+    """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models."""
 
     def __init__(self, router: Router, dispatcher: Dispatcher, metrics: SidecarMetrics) -> None:
         self.router = router
@@ -30,40 +31,51 @@ class SidecarApp:
         self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
+        api = BY_PATH.get(request.path)
         try:
-            if request.path == "/v1/chat/completions" or request.path == "/chat/completions":
+            if api is not None:
                 if request.method != "POST":
-                    raise ProxyError(405, "use POST for /v1/chat/completions", "method_not_allowed")
-                return await self.chat(request)
+                    raise ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+                return await self.serve(api, request)
             if request.path in ("/v1/models", "/models") and request.method == "GET":
-                return self.models()
+                return self.models(anthropic="anthropic-version" in request.headers)
             raise ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
         except ProxyError as error:
-            return error.response()
+            return error.response(api.family if api is not None else "openai")
 
-    def models(self) -> Response:
-        """The model names of the routes this sidecar has, in OpenAI's list shape."""
+    def models(self, *, anthropic: bool) -> Response:
+        """The model names of the routes this sidecar has, in OpenAI's list shape or, for the Anthropic SDK
+        (which sends anthropic-version), in Anthropic's."""
         table = self.router.table
+        routed = sorted((table.by_model if table else {}).items())
+        if anthropic:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            models = [
+                {"type": "model", "id": model, "display_name": f"{model} (llmroute:{route.name})", "created_at": stamp}
+                for model, route in routed
+            ]
+            first, last = (models[0]["id"], models[-1]["id"]) if models else (None, None)
+            page = {"data": models, "has_more": False, "first_id": first, "last_id": last}
+            return Response(200, json.dumps(page).encode())
         created = int(time.time())
         data = [
             {"id": model, "object": "model", "created": created, "owned_by": f"llmroute:{route.name}"}
-            for model, route in sorted((table.by_model if table else {}).items())
+            for model, route in routed
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
 
-    def _parse(self, request: Request) -> tuple[dict[str, Any], RouteRuntime, Priority, float]:
-        """The body, route, priority and deadline of a chat request; ProxyError for anything malformed."""
+    def _parse(self, api: Inbound, request: Request) -> tuple[dict[str, Any], Parsed, RouteRuntime, Priority, float]:
+        """The body, its routing facts, route, priority and deadline; ProxyError for anything malformed."""
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise ProxyError(400, "request body is nested too deeply to be read", "invalid_json") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "request body must be a JSON object", "invalid_request")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ProxyError(400, "'model' is required and must be a string", "invalid_request")
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise ProxyError(400, "'messages' is required and must be a non-empty array", "invalid_request")
+        parsed = api.parse(body)
+        model = parsed.model
         runtime = self.router.by_model.get(model)
         if runtime is None:
             known = ", ".join(sorted(self.router.by_model)) or "none (no routing table loaded yet)"
@@ -85,20 +97,25 @@ class SidecarApp:
                 raise ProxyError(
                     400, f"x-llmroute-timeout-ms must be a positive integer, not {header!r}", "invalid_timeout"
                 )
-        return body, runtime, cast(Priority, priority), timeout
+        return body, parsed, runtime, cast(Priority, priority), timeout
 
-    async def chat(self, request: Request) -> Response | StreamingResponse:
-        """POST /v1/chat/completions."""
+    async def serve(self, api: Inbound, request: Request) -> Response | StreamingResponse:
+        """One request of an inbound API: parse, dispatch, answer in the API's own shape."""
         received = time.monotonic()
-        body, runtime, priority, timeout = self._parse(request)
+        body, parsed, runtime, priority, timeout = self._parse(api, request)
         route = runtime.route
+        headers = request.headers
         call = Call(
             runtime=runtime,
+            api=api,
             body=body,
-            stream=body.get("stream") is True,
+            stream=parsed.stream,
             priority=priority,
             deadline=received + timeout,
-            needs=needed_capabilities(body),
+            needs=parsed.needs,
+            tokens_in=parsed.tokens_in,
+            tokens_out=parsed.tokens_out,
+            headers={name: headers[name] for name in api.forward_headers if name in headers} or None,
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
@@ -117,21 +134,24 @@ class SidecarApp:
                 answer = await self.dispatcher.run(call)
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is
                 self._observe(call, None, "client_error", received)
-                return Response(error.status or 400, error.body or b"", self._headers(call, None, received))
+                shaped = error.body_for(api.family)
+                return Response(error.status or 400, shaped, self._headers(call, None, received))
             except ProxyError as error:
                 self._observe(call, None, "error", received)
                 error.headers = [*error.headers, *self._headers(call, None, received)]
                 raise
             if answer.stream is not None:
                 holds_stream = True
-                return StreamingResponse(
-                    200, self._relay(call, answer, received, gate), self._headers(call, answer, received)
-                )
+                response_headers = self._headers(call, answer, received)
+                response_headers.extend(answer.stream.headers)
+                return StreamingResponse(200, self._relay(call, answer, received, gate), response_headers)
             assert answer.completion is not None
             self._observe(call, answer, "success", received)
-            headers = self._headers(call, answer, received)
-            headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
-            return Response(200, answer.completion.body, headers)
+            response_headers = self._headers(call, answer, received)
+            response_headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
+            if answer.completion.headers:
+                response_headers.extend(answer.completion.headers)
+            return Response(200, answer.completion.body, response_headers)
         finally:
             if not holds_stream:
                 in_flight.dec()
@@ -163,14 +183,14 @@ class SidecarApp:
                 outcome = "error"
                 self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
                 message = f"backend {candidate.name} failed mid-stream: {error}"
-                yield ProxyError(502, message, "stream_interrupted").sse_event()
+                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
                 return
             outcome = "success"
             cost = self.dispatcher.succeeded(
                 runtime, candidate, answer.token, answer.started, stream.usage, "success", answer.ttft
             )
-            # Streams carry their cost as an SSE comment (clients ignore comments), before the final [DONE].
-            yield data + f": x-llmroute-cost-usd={cost:.8f}\n\n".encode() + DONE
+            # Streams carry their cost as an SSE comment (clients ignore comments), before chat's final [DONE].
+            yield data + call.api.stream_end(cost)
         finally:
             if outcome == "abandoned":  # the app went away mid-stream: close the attempt without a verdict
                 self.dispatcher.abandoned(runtime, candidate, answer.token)

@@ -13,20 +13,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmroute.model import Priority
+from llmroute.model import Api, Priority
 from llmroute.sidecar.balancer.candidates import Candidate, eligible
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
-from llmroute.sidecar.upstream.client import CompletionStream
+from llmroute.sidecar.upstream.client import CompletionStream, Upstream
+from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
-SHADOW_MAX_TOKENS = 16
-"""Shadow probes ask for at most this many tokens: enough to measure, too few to cost."""
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
 """An attempt is not started with less time than this left: it could not succeed."""
@@ -45,12 +45,18 @@ class Call:
     """One app request as the dispatcher sees it."""
 
     runtime: RouteRuntime
+    api: Inbound
     body: dict[str, Any]
     stream: bool
     priority: Priority
     deadline: float
     """time.monotonic() by which an answer (for streams: the first chunk) must be there."""
     needs: frozenset[str]
+    tokens_in: int = 1
+    tokens_out: int = 0
+    """Estimated prompt and completion tokens, for pricing before the request is sent."""
+    headers: dict[str, str] | None = None
+    """App headers for a backend that serves the call's API natively (protocol versions, betas)."""
     attempts: int = 0
     upstream_started: float = 0.0
     upstream_done: float = 0.0
@@ -73,36 +79,6 @@ class Answer:
     ttft: float | None = None
     cost: float = 0.0
     """USD, once the usage is known (at once for JSON answers, at the end for streams)."""
-
-
-def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
-    """What a backend must support to serve this request: tools, vision (image parts), json, and the wire
-    features n>1 and logprobs (see Backend.serves)."""
-    needs = set()
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        needs.add("n>1")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        needs.add("logprobs")
-    if body.get("tools") or body.get("functions"):
-        needs.add("tools")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-        needs.add("json")
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") == "image_url" for part in content
-        ):
-            needs.add("vision")
-            break
-    return frozenset(needs)
-
-
-def _estimated_tokens(body: dict[str, Any]) -> tuple[int, int]:
-    """Rough prompt and completion sizes for pricing a request before it is sent (4 chars a token)."""
-    chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict))
-    out = body.get("max_completion_tokens") or body.get("max_tokens") or 300
-    return max(chars // 4, 1), int(out) if isinstance(out, int) else 300
 
 
 class Dispatcher:
@@ -192,17 +168,49 @@ class Dispatcher:
 
     # ----- planning -------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _capable(call: Call) -> list[Candidate]:
+        """The route's backends that can carry this request: its API (natively or translated), every
+        parameter of it, and the capabilities it needs. A 400 naming what is missing when none can."""
+        runtime = call.runtime
+        route = runtime.route
+        api = call.api.api
+        lacking: dict[str, str] = {}
+        capable = []
+        for candidate in runtime.candidates:
+            codec = runtime.upstreams[candidate.name].codec(api)
+            if codec is None:
+                continue
+            missing = codec.lacks(call.body)
+            if missing is not None:
+                lacking[candidate.name] = missing
+            elif candidate.spec.serves(call.needs):
+                capable.append(candidate)
+        if capable:
+            return capable
+        backends = ", ".join(c.name for c in runtime.candidates)
+        if lacking:
+            detail = "; ".join(f"{name} cannot carry {what}" for name, what in lacking.items())
+            raise ProxyError(
+                400, f"no backend of route {route.name} can carry this request: {detail}", "unsupported_parameter"
+            )
+        if not any(runtime.upstreams[c.name].codec(api) for c in runtime.candidates):
+            raise ProxyError(
+                400,
+                f"route {route.name} cannot serve the {api} API: none of its backends ({backends}) serves it or"
+                " one it can be translated to",
+                "unsupported_api",
+            )
+        raise ProxyError(
+            400,
+            f"no backend of route {route.name} supports {', '.join(sorted(call.needs))} (backends: {backends})",
+            "unsupported_capability",
+        )
+
     def _plan(self, call: Call, now: float) -> list[Candidate]:
         runtime = call.runtime
         route = runtime.route
-        capable = [c for c in runtime.candidates if c.spec.serves(call.needs)]
-        if not capable:
-            raise ProxyError(
-                400,
-                f"no backend of route {route.name} supports {', '.join(sorted(call.needs))} "
-                f"(backends: {', '.join(c.name for c in runtime.candidates)})",
-                "unsupported_capability",
-            )
+        capable = self._capable(call)
         available = eligible(capable, runtime.detector)
         if not available:
             names = [c.name for c in capable]
@@ -223,14 +231,13 @@ class Dispatcher:
             )
             raise ProxyError(503, f"no backend of route {route.name} can take the request: {detail}", "no_backend")
         policy = route.priorities[call.priority]
-        tokens_in, tokens_out = _estimated_tokens(call.body)
         ctx = PickContext(
             now=now,
             rng=_rng,
             deadline=call.deadline - now,
             stream=call.stream,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
+            input_tokens=call.tokens_in,
+            output_tokens=call.tokens_out,
             weights=route.weights,
         )
         # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy: `ordered`
@@ -401,7 +408,9 @@ class Dispatcher:
             if call.stream:
                 # Headers and the first chunk within the deadline (after that the relay's idle bound applies).
                 async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                    stream = await upstream.stream(call.body, timeout=call.deadline - started)
+                    stream = await upstream.stream(
+                        call.body, timeout=call.deadline - started, api=call.api.api, headers=call.headers
+                    )
                     first = await anext(stream)
                 first_at = time.monotonic()
                 candidate.stats.first_byte(token, first_at)
@@ -412,7 +421,9 @@ class Dispatcher:
                 stream = None
                 return answer
             # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
-            completion = await upstream.complete(call.body, timeout=call.deadline - started)
+            completion = await upstream.complete(
+                call.body, timeout=call.deadline - started, api=call.api.api, headers=call.headers
+            )
         except TimeoutError:
             error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
             self.failed(runtime, candidate, token, started, error)
@@ -455,8 +466,10 @@ class Dispatcher:
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
         token, started = self._begin(runtime, candidate)
+        upstream = runtime.upstreams[candidate.name]
+        api = _shadow_api(upstream)
         try:
-            completion = await runtime.upstreams[candidate.name].complete(dict(_SHADOW_BODY), timeout=SHADOW_TIMEOUT_S)
+            completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
         except UpstreamError as error:
             self.failed(runtime, candidate, token, started, error)
         except asyncio.CancelledError:
@@ -541,13 +554,12 @@ class _Attempts:
             )
 
 
-# A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is
-# copied to a backend the user's request did not go to.
-_SHADOW_BODY: dict[str, Any] = {
-    "model": "probe",
-    "messages": [{"role": "user", "content": "ping"}],
-    "max_tokens": SHADOW_MAX_TOKENS,
-}
+def _shadow_api(upstream: Upstream) -> Api:
+    """The API a shadow probe uses: the backend's first native one. A shadow probe measures the backend, not
+    the app's prompt: a tiny fixed request in that API, so no user data is copied to a backend the user's
+    request did not go to."""
+    apis = upstream.backend.apis
+    return next(api for api in PREFERENCE if api in apis)
 
 
 def _loop_deadline(deadline: float) -> float:

@@ -22,6 +22,7 @@ SHORT_NAMES = ["llmr"]
 STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
 PROVIDERS = ["openai", "anthropic", "azure-openai"]
 CAPABILITIES = ["tools", "vision", "json"]
+APIS = ["chat", "messages", "responses", "embeddings", "completions"]
 PRIORITIES = ["critical", "normal", "batch"]
 RETRY_ON = ["connect-failure", "reset", "5xx", "429", "timeout"]
 
@@ -114,6 +115,16 @@ BACKEND = {
             "items": {"type": "string", "enum": CAPABILITIES},
             "description": "Request features the backend serves: tools, vision (image parts), json (response_format).",
         },
+        "apis": {
+            "type": "array",
+            "maxItems": len(APIS),
+            "items": {"type": "string", "enum": APIS},
+            "description": (
+                "APIs the upstream serves natively: chat, responses, embeddings, completions (openai, azure-openai;"
+                " default [chat]) or messages (anthropic; the default). Other inbound APIs are translated where"
+                " a translation exists."
+            ),
+        },
         "maxConcurrency": _integer("Most requests in flight to this backend from one sidecar.", 1, 100000),
         "weight": _integer("Relative share for strategy weighted (default 1).", 0, 10000),
         "selfHosted": {
@@ -129,6 +140,16 @@ BACKEND = {
         {
             "rule": "!(self.provider == 'anthropic' && has(self.capabilities) && 'json' in self.capabilities)",
             "message": "provider anthropic cannot serve 'json' requests",
+        },
+        {
+            "rule": (
+                "!has(self.apis) || self.apis.all(a, self.provider == 'anthropic' ? a == 'messages' : a != 'messages')"
+            ),
+            "message": "provider anthropic serves only the messages API, and only provider anthropic serves it",
+        },
+        {
+            "rule": "!has(self.apis) || self.apis.all(a, self.apis.exists_one(b, b == a))",
+            "message": "apis must not repeat an entry",
         },
     ],
 }
@@ -238,6 +259,16 @@ SPEC = {
         {
             "rule": "self.models.all(m, self.models.exists_one(n, n == m))",
             "message": "model names must be unique",
+        },
+        {
+            "rule": (
+                "self.backends.all(b, !has(b.apis) || !('embeddings' in b.apis) || self.backends.all(c,"
+                " !has(c.apis) || !('embeddings' in c.apis) || c.model == b.model))"
+            ),
+            "message": (
+                "backends that serve embeddings must all name the same model: vectors of different embedding"
+                " models are not comparable, so a route never fails over between them"
+            ),
         },
     ],
 }

@@ -9,6 +9,21 @@ Provider = Literal["openai", "anthropic", "azure-openai"]
 Strategy = Literal["latency", "score", "cost", "ordered", "weighted"]
 Priority = Literal["critical", "normal", "batch"]
 RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
+Api = Literal["chat", "messages", "responses", "embeddings", "completions"]
+"""An inbound API the sidecar serves, and what a backend's upstream may serve natively (its `apis`)."""
+
+NATIVE_APIS: dict[str, frozenset[Api]] = {
+    "openai": frozenset({"chat", "responses", "embeddings", "completions"}),
+    "azure-openai": frozenset({"chat", "responses", "embeddings", "completions"}),
+    "anthropic": frozenset({"messages"}),
+}
+"""What each provider's wire protocol can serve at all; a backend's `apis` must be a subset."""
+DEFAULT_APIS: dict[str, frozenset[Api]] = {
+    "openai": frozenset({"chat"}),
+    "azure-openai": frozenset({"chat"}),
+    "anthropic": frozenset({"messages"}),
+}
+"""A backend's `apis` when the route does not say."""
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
@@ -86,9 +101,16 @@ class Backend:
     weight: int = 1
     self_hosted: bool = False
     api_version: str = DEFAULT_AZURE_API_VERSION
+    apis: frozenset[Api] = frozenset()
+    """The APIs its upstream serves natively (empty: the provider's DEFAULT_APIS); requests of other inbound
+    APIs are translated, where a translation exists (see llmroute.sidecar.upstream.codecs)."""
     api_key_secret_ref: SecretRef | None = None
     api_key_env: str | None = None
     api_key: SecretValue | None = field(default=None, compare=True, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.apis:
+            object.__setattr__(self, "apis", DEFAULT_APIS[self.provider])
 
     def serves(self, needs: frozenset[str]) -> bool:
         """Whether a request needing `needs` (see the sidecar's needed_capabilities) can go to this backend."""

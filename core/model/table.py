@@ -33,6 +33,7 @@ def route_spec(route: Route) -> dict[str, Any]:
             "price": {"inputPerMTok": b.price.input_per_mtok, "outputPerMTok": b.price.output_per_mtok},
             "quality": b.quality,
             "capabilities": sorted(b.capabilities),
+            "apis": sorted(b.apis),
             "weight": b.weight,
             "selfHosted": b.self_hosted,
         }

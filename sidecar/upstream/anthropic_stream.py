@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.base import DONE, json_object, sse
-from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
+from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -131,6 +130,4 @@ class AnthropicStream:
         """Nothing if message_stop came; otherwise the stream was cut short."""
         if self._done:
             return []
-        if not self._events:
-            raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError(FailureKind.RESET, "the event stream ended before message_stop")
+        raise cut_short(self._events, "message_stop")

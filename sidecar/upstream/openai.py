@@ -1,43 +1,31 @@
-"""The OpenAI chat.completions wire format (and any API compatible with it): a pass-through."""
+"""OpenAI chat.completions to an upstream that speaks it (OpenAI, Azure, any compatible API): a pass-through."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from llmroute.model import Backend
-from llmroute.sidecar.balancer.outcome import FailureKind
-from llmroute.sidecar.upstream.base import DONE, WireRequest, json_object, wants_usage
-from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
+from llmroute.model import Api
+from llmroute.sidecar.upstream.base import DONE, json_object, wants_usage
+from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 
-class OpenAIAdapter:
-    """POST {url}/chat/completions with `Authorization: Bearer`; the body goes through with `model` replaced."""
+class ChatCodec:
+    """OpenAI chat.completions to any OpenAI-compatible upstream: the body goes through with `model` replaced."""
 
-    __slots__ = ("_chat_url", "_headers", "_model", "_probe_url")
+    inbound: Api = "chat"
+    upstream: Api = "chat"
 
-    def __init__(self, backend: Backend) -> None:
-        self._model = backend.model
-        self._chat_url, self._probe_url = self._urls(backend)
-        self._headers = {"content-type": "application/json", **self._auth(backend)}
+    def lacks(self, request: dict[str, Any]) -> str | None:
+        """Nothing: the upstream speaks the app's own format."""
+        return None
 
-    @staticmethod
-    def _urls(backend: Backend) -> tuple[str, str]:
-        """The chat and probe URLs."""
-        base = backend.url.rstrip("/")
-        return f"{base}/chat/completions", f"{base}/models"
-
-    @staticmethod
-    def _auth(backend: Backend) -> dict[str, str]:
-        """The header carrying the API key, if the backend has one."""
-        return {} if backend.api_key is None else {"authorization": f"Bearer {backend.api_key.reveal()}"}
-
-    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
+    def encode(self, request: dict[str, Any], model: str, *, stream: bool) -> bytes:
         """The app's body with the upstream model, and in streams always asking for the usage chunk."""
         body = dict(request)
-        body["model"] = self._model
+        body["model"] = model
         if stream:
             body["stream"] = True
             options = body.get("stream_options")
@@ -45,9 +33,9 @@ class OpenAIAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return WireRequest(self._chat_url, self._headers, json.dumps(body, separators=(",", ":")).encode())
+        return json.dumps(body, separators=(",", ":")).encode()
 
-    def completion(self, status: int, body: bytes) -> Completion:
+    def decode(self, status: int, body: bytes, model: str) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""
         doc = json_object(body)
         if doc is None:
@@ -58,13 +46,12 @@ class OpenAIAdapter:
             raise bad_body(status, "no choices")
         return Completion(body, Usage.from_openai(doc.get("usage")))
 
-    def translator(self, request: dict[str, Any]) -> OpenAIStream:
+    def translator(self, request: dict[str, Any], model: str) -> OpenAIStream:
         """Forwards events as they are; drops the usage-only chunk unless the app asked for it."""
         return OpenAIStream(forward_usage=wants_usage(request))
 
-    def probe(self) -> WireRequest:
-        """GET {url}/models."""
-        return WireRequest(self._probe_url, self._headers)
+
+CHAT = ChatCodec()
 
 
 # The keys an event is parsed for. One where each is absent or null is a plain delta, passed on unparsed.
@@ -135,6 +122,4 @@ class OpenAIStream:
         if self._finished:
             self._done = True
             return [DONE]
-        if not self._events:
-            raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError(FailureKind.RESET, "the event stream ended before the answer was complete")
+        raise cut_short(self._events)

@@ -39,7 +39,9 @@ def _int(value: Any) -> int:
 
 @dataclass(slots=True)
 class Completion:
-    """A non-streamed answer: `body` is an OpenAI chat.completion JSON ready for the app."""
+    """A non-streamed answer: `body` is the answer in the inbound API's format, ready for the app."""
 
     body: bytes = field(repr=False)
     usage: Usage
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    """Upstream response headers for the app (request id, rate-limit state)."""

@@ -12,6 +12,7 @@ import pytest
 
 from llmroute.sim import Behavior, Latency
 
+from ..specs import spec_errors
 from .harness import chat_body, running
 
 FAST = Behavior(latency=Latency.fixed(0.01))
@@ -189,6 +190,65 @@ async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(
         with pytest.raises(openai.BadRequestError, match="supports n>1"):
             await h.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], n=3)
         assert h.sims["claude"].stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "what"),
+    [
+        ({"temperature": 1.8}, "temperature above 1"),
+        ({"seed": 7}, "seed"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}],
+                    }
+                ]
+            },
+            "content parts of type 'input_audio'",
+        ),
+    ],
+)
+async def test_what_a_translation_cannot_carry_goes_to_a_backend_that_can(
+    tmp_path: Path, extra: dict[str, Any], what: str
+) -> None:
+    # Claude ranks first, but the Messages API has no counterpart for the parameter: the request goes to gpt
+    # unchanged, never to claude with the parameter quietly dropped or clamped; with only claude, a 400 names it.
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}], **extra}
+    async with running(tmp_path, {"claude": ("anthropic", FAST), "gpt": FAST}, spec={"strategy": "ordered"}) as h:
+        raw = await h.client().chat.completions.with_raw_response.create(model="chat", **body)
+        assert raw.headers["x-llmroute-backend"] == "gpt"
+        sent = h.sims["gpt"].stats.last_json
+        assert {k: sent[k] for k in extra} == extra
+        assert h.sims["claude"].stats.requests == 0
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await h.client().chat.completions.create(model="chat", **body)
+        assert caught.value.code == "unsupported_parameter"
+        assert f"claude cannot carry {what}" in caught.value.message
+        assert h.sims["claude"].stats.requests == 0
+
+
+async def test_unparseable_bodies_are_a_400_not_a_crash(tmp_path: Path) -> None:
+    async with running(tmp_path, {"primary": FAST}) as h, h.http() as http:
+        deep = b'{"model": "chat", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        response = await http.post("/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+        assert h.sims["primary"].stats.requests == 0
+
+
+async def test_translated_chat_conforms_to_both_specs(tmp_path: Path) -> None:
+    # What goes to Anthropic is a valid Messages request, and what comes back is a valid chat.completion
+    # (message.refusal included, which the OpenAI spec requires).
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h, h.http() as http:
+        response = await http.post("/chat/completions", json=chat_body(max_tokens=20))
+        assert response.status_code == 200
+        assert spec_errors("openai", "CreateChatCompletionResponse", response.json()) == []
+        assert spec_errors("anthropic", "CreateMessageParams", h.sims["claude"].stats.last_json) == []
 
 
 async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:

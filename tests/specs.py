@@ -1,0 +1,25 @@
+"""Validation against the providers' published API specs (OpenAPI documents shipped by `llm-comply`)."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any, Literal
+
+import llm_comply
+from llm_comply.schema import SpecLoader
+
+Spec = Literal["openai", "anthropic", "responses"]
+_FILES = {"openai": "openai_chat.json", "anthropic": "anthropic.json", "responses": "openresponses.json"}
+
+
+@functools.cache
+def _loader(spec: Spec) -> SpecLoader:
+    return SpecLoader(str(pathlib.Path(llm_comply.__file__).parent / "specs" / _FILES[spec]))
+
+
+def spec_errors(spec: Spec, schema: str, doc: Any) -> list[str]:
+    """Every way `doc` breaks the named schema of the spec (empty: it conforms)."""
+    loader = _loader(spec)
+    assert loader.get_schema(schema) is not None, f"{schema} is not a schema of the {spec} spec"
+    return loader.validate(doc, schema)
