@@ -183,7 +183,7 @@ class SidecarApp:
                 outcome = "error"
                 self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
                 message = f"backend {candidate.name} failed mid-stream: {error}"
-                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"), stream.sequence)
                 return
             outcome = "success"
             cost = self.dispatcher.succeeded(

@@ -10,6 +10,7 @@ from llmroute.sim.completions_wire import COMPLETIONS
 from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump, max_tokens
 from llmroute.sim.embeddings_wire import EMBEDDINGS
 from llmroute.sim.openai_common import DEPLOYMENT, event, finish_reason, model_of, text, usage
+from llmroute.sim.responses_wire import RESPONSES
 
 _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
     400: ("invalid_request_error", None),
@@ -91,6 +92,7 @@ FORMATS: dict[Endpoint, Format] = {
     Endpoint.CHAT: ChatFormat(),
     Endpoint.COMPLETIONS: COMPLETIONS,
     Endpoint.EMBEDDINGS: EMBEDDINGS,
+    Endpoint.RESPONSES: RESPONSES,
 }
 """The OpenAI APIs the simulator speaks, by endpoint."""
 

@@ -8,8 +8,9 @@ from llmroute.sidecar.inbound.chat import CHAT
 from llmroute.sidecar.inbound.completions import COMPLETIONS
 from llmroute.sidecar.inbound.embeddings import EMBEDDINGS
 from llmroute.sidecar.inbound.messages import MESSAGES
+from llmroute.sidecar.inbound.responses import RESPONSES
 
-INBOUND: tuple[Inbound, ...] = (CHAT, MESSAGES, EMBEDDINGS, COMPLETIONS)
+INBOUND: tuple[Inbound, ...] = (CHAT, MESSAGES, RESPONSES, EMBEDDINGS, COMPLETIONS)
 BY_PATH: dict[str, Inbound] = {path: api for api in INBOUND for path in api.paths}
 BY_API: dict[Api, Inbound] = {api.api: api for api in INBOUND}
 

@@ -80,8 +80,9 @@ class Inbound:
         """`error` in this API's shape."""
         return error_body(error.status, error.message, error.code, self.family)
 
-    def error_event(self, error: ProxyError) -> bytes:
-        """`error` as the last SSE event of a stream that had already begun."""
+    def error_event(self, error: ProxyError, sequence: int = 0) -> bytes:
+        """`error` as the last SSE event of a stream that had already begun; `sequence` is the next event
+        number, for APIs that number their events (Responses)."""
         if self.family == "anthropic":
             return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
         return b"data: " + self.error_body(error) + b"\n\n"
