@@ -58,8 +58,8 @@ class Responses(Inbound):
         from); the flat `code`/`message`/`param` are what its documented event type reads."""
         kind = _ERROR_TYPES.get(error.status, "invalid_request_error" if error.status < 500 else "server_error")
         detail = {"type": kind, "code": error.code, "message": error.message, "param": None}
-        event = {"type": "error", "sequence_number": sequence, **{k: detail[k] for k in ("code", "message", "param")}}
-        event["error"] = detail
+        event: dict[str, Any] = {"type": "error", "sequence_number": sequence}
+        event.update({k: detail[k] for k in ("code", "message", "param")}, error=detail)
         return b"event: error\ndata: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 

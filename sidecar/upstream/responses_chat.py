@@ -17,7 +17,15 @@ from llmroute.model import Api
 from llmroute.sidecar.upstream.base import json_object
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event, invalid_request
 from llmroute.sidecar.upstream.responses_chat_stream import ChatToResponsesStream
-from llmroute.sidecar.upstream.responses_object import call_item, ids, message_item, resource, status_of, usage_object
+from llmroute.sidecar.upstream.responses_object import (
+    call_item,
+    ids,
+    member,
+    message_item,
+    resource,
+    status_of,
+    usage_object,
+)
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
@@ -79,7 +87,7 @@ class ResponsesToChat:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise bad_body(status, "no choices")
         choice = choices[0]
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = member(choice, "message")
         state, incomplete = status_of(choice.get("finish_reason"))
         stem = ids(doc.get("id"))
         output: list[dict[str, Any]] = []
@@ -87,8 +95,8 @@ class ResponsesToChat:
         if text or refusal:
             output.append(message_item(stem, text or "", refusal, state))
         for index, call in enumerate(message.get("tool_calls") or ()):
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
+            function = member(call, "function") if isinstance(call, dict) else {}
+            if function:
                 arguments = function.get("arguments")
                 output.append(
                     call_item(stem, index, call.get("id"), function.get("name"), str(arguments or ""), "completed")
@@ -211,7 +219,7 @@ def _add_item(messages: list[dict[str, Any]], item: Any) -> None:
         if last is not None and last["role"] == "assistant":
             last.setdefault("tool_calls", []).append(call)
         else:
-            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            messages.append({"role": "assistant", "tool_calls": [call]})
     elif kind == "function_call_output":
         if not isinstance(item.get("call_id"), str):
             raise invalid_request("function_call_output items need call_id")
@@ -268,7 +276,8 @@ def _assistant(content: Any) -> dict[str, Any]:
             message["refusal"] = part["refusal"]
         else:
             raise Untranslatable(f"assistant content parts of type {kind!r}")
-    message["content"] = "".join(texts) if texts else None
+    if texts:
+        message["content"] = "".join(texts)
     return message
 
 

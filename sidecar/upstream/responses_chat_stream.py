@@ -18,6 +18,7 @@ from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_eve
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
     ids,
+    member,
     message_item,
     resource,
     status_of,
@@ -137,7 +138,7 @@ class ChatToResponsesStream:
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = member(choice, "delta")
             for kind, key in (("output_text", "content"), ("refusal", "refusal")):
                 if isinstance(delta.get(key), str) and delta[key]:
                     out.extend(self._text(kind, delta[key]))
@@ -175,7 +176,7 @@ class ChatToResponsesStream:
         """A tool call delta: a new call opens a function_call item, argument pieces stream into it."""
         out: list[bytes] = []
         call = self._calls.get(delta.get("index"))
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        function = member(delta, "function")
         if call is None:
             out.extend(self._close_message())
             index = len(self._output) + len(self._calls)

@@ -15,6 +15,12 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """Chat finish reasons that leave a response `incomplete`, and the reason the Responses API gives."""
 
 
+def member(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """`doc[key]` when it is an object, else an empty one (upstream answers are read defensively)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def status_of(finish_reason: Any) -> tuple[str, dict[str, str] | None]:
     """The response status and incomplete_details for a chat finish_reason."""
     reason = INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
