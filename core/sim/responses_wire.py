@@ -8,7 +8,7 @@ from typing import Any
 
 from llmroute.http import Request
 from llmroute.sim.dialect import ChatRequest, Completion, dump, max_tokens
-from llmroute.sim.openai_common import model_of, text
+from llmroute.sim.openai_common import body_and_model, text
 
 _OPEN_STREAMS = 10_000
 """Event counters kept for streams still running; beyond this the oldest go (streams dropped mid-way)."""
@@ -26,11 +26,10 @@ class ResponsesFormat:
         self._next: dict[str, int] = {}  # response id -> next sequence_number
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = model_of(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         if not isinstance(payload.get("input"), str | list) or not payload["input"]:
             return "'input' must be a string or a non-empty array of input items"
         limit = max_tokens(payload, "max_output_tokens")

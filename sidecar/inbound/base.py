@@ -49,6 +49,16 @@ def estimate_tokens(value: Any) -> int:
     return max(len(text) // CHARS_PER_TOKEN, 1)
 
 
+def has_part(messages: Any, kind: str) -> bool:
+    """Whether any message (or input item) of `messages` has a content part of type `kind` (an image,
+    which asks for vision)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == kind for part in content):
+            return True
+    return False
+
+
 def output_limit(body: dict[str, Any], *names: str) -> int:
     """The first positive integer limit among `names`, else the default estimate."""
     for name in names:

@@ -12,7 +12,15 @@ from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.errors import ProxyError
-from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, output_limit, require_model
+from llmroute.sidecar.inbound.base import (
+    Inbound,
+    Parsed,
+    estimate_tokens,
+    has_part,
+    invalid,
+    output_limit,
+    require_model,
+)
 
 _ERROR_TYPES = {429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error"}
 
@@ -24,14 +32,8 @@ def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
     text_format = text.get("format") if isinstance(text, dict) else None
     if isinstance(text_format, dict) and text_format.get("type") in ("json_schema", "json_object"):
         needs.add("json")
-    items = body.get("input")
-    for item in items if isinstance(items, list) else ():
-        content = item.get("content") if isinstance(item, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") == "input_image" for part in content
-        ):
-            needs.add("vision")
-            break
+    if has_part(body.get("input"), "input_image"):
+        needs.add("vision")
     return frozenset(needs)
 
 

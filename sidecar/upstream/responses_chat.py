@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.upstream.base import json_object
-from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event, invalid_request
+from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, invalid_request
+from llmroute.sidecar.upstream.openai import completion_doc
 from llmroute.sidecar.upstream.responses_chat_stream import ChatToResponsesStream
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
@@ -78,15 +78,10 @@ class ResponsesToChat:
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The chat completion as a Responses `response` object."""
-        doc = json_object(body)
-        if doc is None:
-            raise bad_body(status, "not a JSON object")
-        if doc.get("error"):
-            raise error_from_event(doc["error"], "in a successful answer")
-        choices = doc.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        doc = completion_doc(status, body)
+        choice = doc["choices"][0] if doc["choices"] and isinstance(doc["choices"][0], dict) else None
+        if choice is None:
             raise bad_body(status, "no choices")
-        choice = choices[0]
         message = member(choice, "message")
         state, incomplete = status_of(choice.get("finish_reason"))
         stem = ids(doc.get("id"))
