@@ -5,15 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.inbound.base import (
-    CHARS_PER_TOKEN,
-    Inbound,
-    Parsed,
-    has_part,
-    invalid,
-    output_limit,
-    require_model,
-)
+from llmroute.sidecar.inbound.base import CHARS_PER_TOKEN, Inbound, Parsed, invalid, output_limit, require_model
 from llmroute.sidecar.upstream.base import DONE
 
 
@@ -30,8 +22,13 @@ def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
         needs.add("json")
-    if has_part(body.get("messages"), "image_url"):
-        needs.add("vision")
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "image_url" for part in content
+        ):
+            needs.add("vision")
+            break
     return frozenset(needs)
 
 

@@ -37,7 +37,13 @@ class ChatCodec:
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""
-        doc = completion_doc(status, body)
+        doc = json_object(body)
+        if doc is None:
+            raise bad_body(status, "not a JSON object")
+        if doc.get("error"):
+            raise error_from_event(doc["error"], "in a successful answer")
+        if not isinstance(doc.get("choices"), list):
+            raise bad_body(status, "no choices")
         return Completion(body, Usage.from_openai(doc.get("usage")))
 
     def translator(self, request: dict[str, Any], model: str) -> OpenAIStream:
@@ -46,18 +52,6 @@ class ChatCodec:
 
 
 CHAT = ChatCodec()
-
-
-def completion_doc(status: int, body: bytes) -> dict[str, Any]:
-    """A 2xx chat completion body as JSON; UpstreamError when it is an error or has no `choices`."""
-    doc = json_object(body)
-    if doc is None:
-        raise bad_body(status, "not a JSON object")
-    if doc.get("error"):
-        raise error_from_event(doc["error"], "in a successful answer")
-    if not isinstance(doc.get("choices"), list):
-        raise bad_body(status, "no choices")
-    return doc
 
 
 # The keys an event is parsed for. One where each is absent or null is a plain delta, passed on unparsed.

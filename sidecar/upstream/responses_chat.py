@@ -15,7 +15,7 @@ from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, invalid_request
-from llmroute.sidecar.upstream.openai import completion_doc
+from llmroute.sidecar.upstream.openai import CHAT
 from llmroute.sidecar.upstream.responses_chat_stream import ChatToResponsesStream
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
@@ -26,7 +26,7 @@ from llmroute.sidecar.upstream.responses_object import (
     status_of,
     usage_object,
 )
-from llmroute.sidecar.upstream.usage import Completion, Usage
+from llmroute.sidecar.upstream.usage import Completion
 
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
 """Parameters naming state a Responses server keeps: chat has none of it."""
@@ -78,7 +78,8 @@ class ResponsesToChat:
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The chat completion as a Responses `response` object."""
-        doc = completion_doc(status, body)
+        usage = CHAT.decode(status, body, model, request).usage  # checks it is a usable chat completion
+        doc = json.loads(body)
         choice = doc["choices"][0] if doc["choices"] and isinstance(doc["choices"][0], dict) else None
         if choice is None:
             raise bad_body(status, "no choices")
@@ -97,7 +98,6 @@ class ResponsesToChat:
                     call_item(stem, index, call.get("id"), function.get("name"), str(arguments or ""), "completed")
                 )
         raw_usage = doc.get("usage")
-        usage = Usage.from_openai(raw_usage)
         answer = resource(
             request,
             stem=stem,
