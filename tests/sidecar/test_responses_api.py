@@ -48,10 +48,14 @@ def sse_docs(text: str) -> list[dict[str, Any]]:
     return docs
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "translated"])
-async def test_json_stream_and_stream_helper(tmp_path: Path, native: bool) -> None:
+@pytest.mark.parametrize(
+    ("kind", "native"),
+    [("openai", True), ("azure-openai", True), ("openai", False)],
+    ids=["native", "azure-native", "translated"],
+)
+async def test_json_stream_and_stream_helper(tmp_path: Path, kind: str, native: bool) -> None:
     extra = {"gpt": NATIVE if native else PRICE}
-    async with running(tmp_path, {"gpt": FAST}, backend_extra=extra) as h:
+    async with running(tmp_path, {"gpt": (kind, FAST)}, backend_extra=extra) as h:
         client = h.client()
         raw = await client.responses.with_raw_response.create(
             model="chat", instructions="Be brief.", input="Say hi", max_output_tokens=16, store=False
@@ -65,7 +69,7 @@ async def test_json_stream_and_stream_helper(tmp_path: Path, native: bool) -> No
         sim = h.sims["gpt"]
         sent = sim.stats.last_json
         if native:
-            assert sim.stats.last_path == "/v1/responses"
+            assert sim.stats.last_path == ("/openai/responses" if kind == "azure-openai" else "/v1/responses")
             assert sent["input"] == "Say hi" and sent["model"] == "gpt-model"
             assert spec_errors("responses", "CreateResponseBody", sent) == []
         else:
