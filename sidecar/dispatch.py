@@ -7,9 +7,12 @@ sequences attempts and feeds every outcome back into them.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
+from llmroute.supervise import log_failure
 
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
@@ -39,6 +43,7 @@ STALL_RECHECK_S = 0.05
 that p95, and at least this long apart."""
 
 _rng = random.Random()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -178,7 +183,7 @@ class Dispatcher:
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
-            self._spawn(self._shadow_probe(runtime, candidate))
+            self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked
 
     # ----- the attempt loop -----------------------------------------------------------------------------
@@ -370,10 +375,11 @@ class Dispatcher:
 
     # ----- background probes ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(functools.partial(log_failure, log=log))
 
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
