@@ -3,14 +3,15 @@ backend of the route."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from llmroute.sim import Behavior, Latency
+from llmroute.sim import Behavior, Latency, SimProvider
 
-from .harness import running
+from .harness import backend_entry, chat_body, running
 
 FAST = Behavior(latency=Latency.fixed(0.01))
 LONG = "word " * 400  # about 2,000 bytes: 500 tokens as the sim counts, 500 as the sidecar estimates
@@ -83,3 +84,27 @@ async def test_the_503_accounts_for_every_backend_once(tmp_path: Path) -> None:
         assert "c: skipped, does not support tools" in message
         for name in ("a", "b", "c"):
             assert message.count(f"{name}: ") == 1, message
+
+
+async def test_a_first_token_is_never_awaited_without_a_limit_on_a_backend_with_no_history(tmp_path: Path) -> None:
+    # `newbie` joins the route first in order and has never answered; its first token takes 8 s. The route's
+    # other backend answers in ~10 ms, so the stream is judged by that and hedged after about a second.
+    quick = Behavior(latency=Latency.fixed(0.01))
+    async with running(tmp_path, {"veteran": quick}) as h, h.http() as http:
+        for _ in range(10):  # the veteran's history
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                await response.aread()
+        newbie = SimProvider("newbie", "openai", Behavior(latency=Latency.fixed(8.0)), seed=1)
+        await newbie.start()
+        try:
+            spec = {**h.spec, "strategy": "ordered", "backends": [backend_entry("newbie", newbie), *h.spec["backends"]]}
+            h.write_spec(spec)
+            assert h.sidecar.files is not None and h.sidecar.files.reload()
+            started = time.monotonic()
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                await response.aread()
+            assert response.headers["x-llmroute-backend"] == "veteran"
+            assert time.monotonic() - started < 6.0  # well before the newbie's 8 s first token
+            assert newbie.stats.requests == 1
+        finally:
+            await newbie.stop()
