@@ -26,7 +26,7 @@ from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
-from llmroute.sidecar.upstream.client import CompletionStream, Upstream
+from llmroute.sidecar.upstream.client import MIN_IDLE_TIMEOUT, CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
@@ -38,6 +38,9 @@ MIN_ATTEMPT_S = 0.05
 TAIL_FACTOR = 3.0
 TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
+STREAM_IDLE_FLOOR_S = 2.0
+"""A stream is never cut for a silence shorter than this, however regular its backend's chunks; the ceiling
+is the upstream client's idle bound (the deadline, and at least MIN_IDLE_TIMEOUT)."""
 FIRST_TOKEN_DEFAULT_S = 10.0
 """The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
 route has any either: the tail hedge then fires after 30 s."""
@@ -400,6 +403,9 @@ class Dispatcher:
                 await stream.aclose()
                 raise
         attempt.first_byte()
+        # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
+        ceiling = max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        stream.limit_idle(attempt.candidate.stats.idle_limit(STREAM_IDLE_FLOOR_S, ceiling))
         return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@ backend of the route."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -108,3 +110,23 @@ async def test_a_first_token_is_never_awaited_without_a_limit_on_a_backend_with_
             assert newbie.stats.requests == 1
         finally:
             await newbie.stop()
+
+
+async def test_a_stream_that_goes_silent_mid_answer_is_cut_by_its_backends_normal_gaps(tmp_path: Path) -> None:
+    # Chunks come every ~10 ms; once ten streams have shown that, a 20 s silence half-way is an interruption
+    # after the 2 s floor, ending the stream with an SSE error that says so, never a truncated success.
+    steady = Behavior(latency=Latency.fixed(0.01), token_delay=0.01, output_tokens=8)
+    async with running(tmp_path, {"steady": steady}) as h, h.http() as http:
+        for _ in range(10):
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                assert "[DONE]" in (await response.aread()).decode()
+        h.sims["steady"].set_behavior(dataclasses.replace(steady, midstream_stall_rate=1.0, stall=20.0))
+        started = time.monotonic()
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            text = (await response.aread()).decode()
+        assert time.monotonic() - started < 12.0  # not the 20 s silence
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        assert error["code"] == "stream_interrupted"
+        assert "no data from upstream within 2s" in error["message"]
