@@ -37,6 +37,7 @@ class Attempt:
         "_longest_gap",
         "_metrics",
         "_token",
+        "_trial",
         "candidate",
         "closed",
         "runtime",
@@ -64,6 +65,8 @@ class Attempt:
         self._last_chunk = 0.0
         self._longest_gap = 0.0
         runtime.pool.lease(runtime.upstreams[candidate.name])
+        self._trial = runtime.detector.trial_started(candidate.name)
+        """A half-open backend's one trial request: its verdict closes or reopens the circuit."""
         if load is not None:
             load.start(runtime.route.name, candidate.name)
         self._token = candidate.stats.start(self.started, stream=stream)
@@ -149,6 +152,8 @@ class Attempt:
         bound on the backend's latency."""
         now = self._close()
         self.candidate.stats.cancel(self._token, now)
+        if self._trial:
+            self.runtime.detector.trial_abandoned(self.candidate.name)
         if self._load is not None:
             self._load.cancel(self.runtime.route.name, self.candidate.name)
 

@@ -332,7 +332,9 @@ class Dispatcher:
         states = {s.name: s for s in call.runtime.detector.snapshot(now)}
         for candidate in unavailable:
             state = states.get(candidate.name)
-            if state is not None and state.state != "active":
+            if state is not None and state.state == "half-open":
+                call.skipped[candidate.name] = "half-open, its one trial request still out"
+            elif state is not None and state.state != "active":
                 until = time.strftime("%H:%M:%S", time.gmtime(time.time() + state.remaining_s))
                 call.skipped[candidate.name] = f"{state.state} until {until} UTC ({state.reason})"
             else:

@@ -122,7 +122,7 @@ class SimProvider:
         if behavior.api_key is not None and dialect.api_key(request.headers) != behavior.api_key:
             return self._error(401, "unauthorized", "Incorrect API key provided.")
         if fmt is None:  # the model list
-            outcome = behavior.outcome(self._rng)
+            outcome = "ok" if behavior.models_stay_up else behavior.outcome(self._rng)
             if outcome != "ok":
                 return await self._misbehave(outcome, request, behavior)
             self.stats.by_outcome["ok"] += 1

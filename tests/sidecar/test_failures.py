@@ -3,6 +3,7 @@ backend of the route."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -130,3 +131,37 @@ async def test_a_stream_that_goes_silent_mid_answer_is_cut_by_its_backends_norma
         error = json.loads(events[-1])["error"]
         assert error["code"] == "stream_interrupted"
         assert "no data from upstream within 2s" in error["message"]
+
+
+async def test_a_backend_whose_model_list_answers_while_completions_fail_gets_one_trial_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # An outage of the completions endpoint alone: GET /models still answers, so the probe passes. The
+    # backend is half-open: one trial request, whose failure falls over at once and ejects it again, instead
+    # of every request going back to it. When it really recovers, `ordered` gives it its traffic back.
+    spec = {"strategy": "ordered", "outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "300ms"}}
+    down = Behavior(latency=Latency.fixed(0.01), error_rate=1.0, error_statuses=(503,), models_stay_up=True)
+    async with running(tmp_path, {"primary": down, "backup": FAST}, spec=spec) as h, h.http() as http:
+        answered = []
+        for _ in range(30):  # about 3 s: several ejections, probes and trials
+            response = await http.post("/chat/completions", json=chat_body())
+            assert response.status_code == 200
+            answered.append(response.headers["x-llmroute-backend"])
+            await asyncio.sleep(0.1)
+        assert set(answered) == {"backup"}
+        primary = h.sims["primary"].stats
+        probes = primary.by_path["GET /v1/models"]
+        assert probes >= 1
+        # Two failures ejected it; after that, at most one trial per passed probe.
+        assert primary.by_path["POST /v1/chat/completions"] <= 2 + probes
+        h.sims["primary"].set_behavior(FAST)
+        for _ in range(100):
+            response = await http.post("/chat/completions", json=chat_body())
+            if response.headers["x-llmroute-backend"] == "primary":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the recovered primary never got its traffic back")
+        assert [
+            (await http.post("/chat/completions", json=chat_body())).headers["x-llmroute-backend"] for _ in range(3)
+        ] == ["primary"] * 3
