@@ -184,6 +184,7 @@ class SidecarApp:
                     while not stream.complete:
                         yield data
                         data = await anext(stream, b"")
+                        attempt.chunk()
                 except UpstreamError as error:
                     outcome = "error"
                     attempt.fail(error)

@@ -69,11 +69,13 @@ class ChatToResponsesStream:
         "_stem",
         "_tier",
         "sequence",
+        "settled",
         "usage",
     )
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
         self.usage = Usage()
+        self.settled = False
         self.sequence = 0
         self._request = request
         self._model = model
@@ -132,6 +134,7 @@ class ChatToResponsesStream:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = Usage.from_openai(usage)
+            self.settled = self._finish is not None  # chat's usage chunk follows its finish: only [DONE] is left
             details = usage.get("completion_tokens_details")
             reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
             self._reasoning = reasoning if isinstance(reasoning, int) else 0
