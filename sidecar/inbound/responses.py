@@ -44,9 +44,9 @@ class Responses(Inbound):
 
     def parse(self, body: dict[str, Any]) -> Parsed:
         model = require_model(body)
-        items = body.get("input")
-        if not isinstance(items, str | list) or not items:
-            raise invalid("'input' is required: a string or a non-empty array of input items")
+        items = body.get("input")  # may be left out when a stored prompt or conversation supplies it
+        if items is not None and (not isinstance(items, str | list) or not items):
+            raise invalid("'input' must be a string or a non-empty array of input items")
         return Parsed(
             model=model,
             stream=body.get("stream") is True,

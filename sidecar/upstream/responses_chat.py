@@ -144,7 +144,7 @@ def to_chat_request(request: dict[str, Any], model: str) -> dict[str, Any]:
         for item in items:
             _add_item(messages, item)
     else:
-        raise invalid_request("input must be a string or an array of input items")
+        raise invalid_request("input is required: a string or an array of input items")
     body: dict[str, Any] = {"model": model, "messages": messages}
     for name in _SAME_NAME:
         if request.get(name) is not None:

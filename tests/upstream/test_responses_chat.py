@@ -139,12 +139,18 @@ def test_what_chat_cannot_carry_is_named(extra: dict[str, Any], named: str) -> N
     assert CODEC.lacks({"model": "chat", "input": "hi", "store": False, "truncation": "disabled"}) is None
 
 
-def test_a_malformed_request_is_a_400_not_a_filter() -> None:
-    request = {"model": "chat", "input": [{"type": "function_call_output", "output": "x"}]}
-    assert CODEC.lacks(request) is None
+@pytest.mark.parametrize(
+    ("request_", "named"),
+    [
+        ({"model": "chat", "input": [{"type": "function_call_output", "output": "x"}]}, "call_id"),
+        ({"model": "chat"}, "input is required"),  # fine natively with a stored prompt; nothing to send here
+    ],
+)
+def test_a_malformed_request_is_a_400_not_a_filter(request_: dict[str, Any], named: str) -> None:
+    assert CODEC.lacks(request_) is None
     with pytest.raises(UpstreamError) as caught:
-        CODEC.encode(request, "up", stream=False)
-    assert caught.value.status == 400 and "call_id" in caught.value.message
+        CODEC.encode(request_, "up", stream=False)
+    assert caught.value.status == 400 and named in caught.value.message
 
 
 async def test_a_chat_stream_cut_before_its_finish_is_never_a_complete_response(serve, backend, events) -> None:
