@@ -196,6 +196,10 @@ class SidecarApp:
                 yield data + call.api.stream_end(cost)
         finally:
             await stream.aclose()
+            if stream.skipped:
+                self.metrics.child(self.metrics.skipped_events, call.runtime.route.name, candidate.name).inc(
+                    stream.skipped
+                )
             self._observe(call, answer, outcome, received)
             self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
             if gate is not None:

@@ -186,6 +186,8 @@ class Dispatcher:
         feasible = [
             c for c in available if c.expected_latency(now, stream=call.stream) < remaining and not c.stats.stalled(now)
         ]
+        if strategy in _BLIND_TO_LATENCY and len(feasible) > 1:
+            feasible = _without_far_slower(feasible, call.stream)
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
@@ -453,6 +455,33 @@ _NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKin
 # Failures that go to another backend whatever retryOn says: they are about this backend, not the request.
 _ALWAYS_ELSEWHERE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
 _SKIP_CODES = ("unsupported_api", "unsupported_parameter", "unsupported_capability", "context_length_exceeded")
+
+
+_BLIND_TO_LATENCY = frozenset({"ordered", "weighted"})
+FAR_SLOWER = 4.0
+FAR_SLOWER_MARGIN_S = 1.0
+"""Strategies that do not weigh latency still pass over a backend expected to take FAR_SLOWER times (and
+FAR_SLOWER_MARGIN_S more than) the fastest one: 8.5 s where a peer needs 0.3 s 'can answer in time' for a
+20 s deadline, but no one configuring `ordered` wants that answer."""
+
+
+def _without_far_slower(feasible: list[Candidate], stream: bool) -> list[Candidate]:
+    """`feasible` less the backends far slower than the fastest of them (see FAR_SLOWER). Answer times
+    alone count: a backend that just failed once is not slow (ejection judges failures), and one with no
+    answer yet is not judged."""
+    speeds = {c.name: _speed(c, stream) for c in feasible}
+    known = [v for v in speeds.values() if v is not None]
+    if len(known) < 2:
+        return feasible
+    fastest = min(known)
+    bound = max(FAR_SLOWER * fastest, fastest + FAR_SLOWER_MARGIN_S)
+    return [c for c in feasible if (speed := speeds[c.name]) is None or speed <= bound]
+
+
+def _speed(candidate: Candidate, stream: bool) -> float | None:
+    """The backend's peak-EWMA answer time (first-token time for streams), without failure penalties."""
+    stats = candidate.stats
+    return stats.ttft.value if stream and stats.ttft.value is not None else stats.latency.value
 
 
 def _reference_p95(call: Call, primary: Candidate) -> float | None:

@@ -224,6 +224,11 @@ class CompletionStream:
         number = getattr(self._translator, "sequence", 0)
         return number if isinstance(number, int) else 0
 
+    @property
+    def skipped(self) -> int:
+        """Malformed events skipped so far."""
+        return self._translator.skipped
+
     def limit_idle(self, seconds: float) -> None:
         """From now on, a silence longer than `seconds` between two reads interrupts the stream (TIMEOUT)."""
         self._response.set_read_timeout(seconds)

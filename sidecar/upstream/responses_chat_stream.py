@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmroute.sidecar.upstream.base import DONE, json_object
-from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object
+from llmroute.sidecar.upstream.errors import cut_short, error_from_event
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
     ids,
@@ -70,12 +70,14 @@ class ChatToResponsesStream:
         "_tier",
         "sequence",
         "settled",
+        "skipped",
         "usage",
     )
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
         self.usage = Usage()
         self.settled = False
+        self.skipped = 0
         self.sequence = 0
         self._request = request
         self._model = model
@@ -110,7 +112,7 @@ class ChatToResponsesStream:
         )
 
     def event(self, event: SSEEvent) -> list[bytes]:
-        """Translate one chat chunk; raises UpstreamError for an error event or one that is not JSON."""
+        """Translate one chat chunk; raises UpstreamError for an error event or a first event that is not JSON."""
         if self._done:
             return []
         self._events += 1
@@ -118,7 +120,9 @@ class ChatToResponsesStream:
             return self._complete()
         chunk = json_object(event.data)
         if chunk is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)  # the first event must be a chunk; a later garbled one is skipped
+            self.skipped += 1
+            return []
         if chunk.get("error"):
             raise error_from_event(chunk["error"], "mid-stream")
         out: list[bytes] = []

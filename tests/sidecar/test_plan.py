@@ -37,3 +37,18 @@ async def test_a_hedge_skips_a_backend_expected_to_miss_the_deadline() -> None:
     assert attempts.peek(hedge=True) is runtime.by_name["quick"]
     assert attempts.peek() is runtime.by_name["slow"]
     await first_running
+
+
+def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could_make_the_deadline() -> None:
+    spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("peer")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "primary", 8.5)
+    answered_in(runtime, "peer", 0.3)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    dispatcher = Dispatcher(SidecarMetrics())
+    batch = Call(runtime, CHAT, body, False, "batch", time.monotonic() + 20.0, frozenset())
+    assert [c.name for c in dispatcher._plan(batch, time.monotonic())] == ["peer", "primary"]
+    answered_in(runtime, "primary", 0.5)  # slower than the peer, but not far slower: its order holds again
+    for _ in range(5):
+        answered_in(runtime, "primary", 0.5)
+    assert dispatcher._plan(batch, time.monotonic())[0].name == "primary"

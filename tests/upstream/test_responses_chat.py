@@ -172,3 +172,21 @@ async def test_a_chat_stream_cut_before_its_finish_is_never_a_complete_response(
     assert not stream.complete
     assert b"response.completed" not in data
     assert stream.sequence == len(events_of(data))
+
+
+async def test_a_garbled_chunk_mid_stream_is_skipped_and_counted(serve, backend, events) -> None:
+    case = golden("stream_text")
+    chunks = case["chat_chunks"]
+
+    async def reply(received, res) -> None:
+        await res.sse(events(*chunks[:2], "{not json", *chunks[2:]))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        stream = await upstream.stream(case["request"], timeout=5, api="responses")
+        data = b"".join([item async for item in stream])
+    finally:
+        await upstream.aclose()
+    assert stream.complete and stream.skipped == 1
+    assert pinned(events_of(data)) == case["events"]
