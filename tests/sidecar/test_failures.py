@@ -201,3 +201,21 @@ async def test_a_stream_that_breaks_off_is_continued_on_a_prefill_backend_as_one
             assert sent == {"role": "assistant", "content": "token", "prefix": True}
         else:
             assert sent == {"role": "assistant", "content": [{"type": "text", "text": "token"}]}
+
+
+async def test_a_continuation_that_fails_ends_the_stream_with_the_original_interruption(tmp_path: Path) -> None:
+    # The prefill backend refuses (as a provider that rejects a prefill does, with a 400): the app gets a
+    # clean error naming what broke its stream, never the continuation's own error.
+    broken = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0)
+    refuses = Behavior(latency=Latency.fixed(0.01), error_rate=1.0, error_statuses=(400,))
+    extra = {"rescuer": {"capabilities": ["prefill"]}}
+    backends = {"broken": broken, "rescuer": refuses}
+    async with running(tmp_path, backends, spec={"strategy": "ordered"}, backend_extra=extra) as h, h.http() as http:
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            text = (await response.aread()).decode()
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        assert error["code"] == "stream_interrupted"
+        assert error["message"].startswith("backend broken failed mid-stream")
+        assert h.sims["rescuer"].stats.requests >= 1
