@@ -88,7 +88,7 @@ class ResponsesToChat:
         stem = ids(doc.get("id"))
         output: list[dict[str, Any]] = []
         text, refusal = message.get("content"), message.get("refusal")
-        if text or refusal:
+        if text or refusal or not message.get("tool_calls"):  # an empty answer is still a message
             output.append(message_item(stem, text or "", refusal, state))
         for index, call in enumerate(message.get("tool_calls") or ()):
             function = member(call, "function") if isinstance(call, dict) else {}
