@@ -22,6 +22,7 @@ from llmroute.sidecar.upstream.responses_object import (
     ids,
     member,
     message_item,
+    reasoning_tokens,
     resource,
     status_of,
     usage_object,
@@ -41,7 +42,6 @@ _SAME_NAME = (
     "prompt_cache_key",
 )
 """Parameters chat completions takes under the same name and meaning."""
-_USER_PARTS = {"input_text": "text", "input_image": "image_url"}
 
 
 class Untranslatable(Exception):
@@ -117,13 +117,6 @@ class ResponsesToChat:
 
 
 RESPONSES_TO_CHAT = ResponsesToChat()
-
-
-def reasoning_tokens(usage: Any) -> int:
-    """completion_tokens_details.reasoning_tokens of a chat usage object, else 0."""
-    details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
-    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 def to_chat_request(request: dict[str, Any], model: str) -> dict[str, Any]:
