@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmroute.http import Request
+from llmroute.sim.tools import ToolCall
 
 
 class Endpoint(enum.Enum):
@@ -31,6 +32,7 @@ class ChatRequest:
     include_usage: bool  # OpenAI streams: stream_options.include_usage
     inputs: int = 1  # embeddings: how many inputs to embed
     base64: bool = False  # embeddings: encoding_format base64 (what the openai SDK asks for)
+    tool: ToolCall | None = None  # the tool the model calls after its text (see llmroute.sim.tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class Completion:
     created: int
     inputs: int = 1  # embeddings: vectors to return
     base64: bool = False  # embeddings: vectors as base64 of little-endian float32
+    tool: ToolCall | None = None
 
 
 class Format(Protocol):

@@ -149,6 +149,7 @@ class SimProvider:
             c.created,
             c.inputs,
             c.base64,
+            c.tool,
         )
         if key != self._body_key:
             template = fmt.completion_body(dataclasses.replace(c, id=_ID_MARK))
@@ -174,6 +175,7 @@ class SimProvider:
             created=int(time.time()),
             inputs=chat.inputs,
             base64=chat.base64,
+            tool=chat.tool,
         )
 
     async def _stream(
