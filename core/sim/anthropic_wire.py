@@ -99,7 +99,7 @@ class AnthropicDialect:
 
     def error_body(self, status: int, message: str) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error")
-        return dump({"type": "error", "error": {"type": kind, "message": message}})
+        return dump({"type": "error", "error": {"type": kind, "message": message}, "request_id": None})
 
     def models_body(self, models: tuple[str, ...]) -> bytes:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models]

@@ -84,7 +84,7 @@ class ChatToMessagesStream:
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         if choice is None:
             return out
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta: dict[str, Any] = choice["delta"] if isinstance(choice.get("delta"), dict) else {}
         text = delta.get("content") or delta.get("refusal")
         if isinstance(text, str) and text:
             if self._open != "text":
@@ -109,7 +109,7 @@ class ChatToMessagesStream:
         raise cut_short(self._events, "a finish_reason")
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": chunk.get("id") or "",
             "type": "message",
             "role": "assistant",
@@ -126,12 +126,13 @@ class ChatToMessagesStream:
     def _tool_call(self, call: Any) -> list[bytes]:
         if not isinstance(call, dict):
             return []
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         out: list[bytes] = []
         index = call.get("index", 0)
         if index not in self._tools:
-            block = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
-            block["caller"] = {"type": "direct"}
+            # caller "direct": what Anthropic says of a call the model made itself
+            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id"), "name": function.get("name")}
+            block |= {"input": {}, "caller": {"type": "direct"}}
             out.extend(self._begin("tool_use", block))
             self._tools[index] = self._blocks - 1
         arguments = function.get("arguments")
