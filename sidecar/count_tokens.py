@@ -1,9 +1,9 @@
 """POST /v1/messages/count_tokens: the provider's own count from a backend that serves Messages natively,
 else an estimate, marked `x-llmroute-estimate: true`.
 
-Not through the dispatcher, on purpose. Counting is free and answers in a few milliseconds whatever the
-prompt, so the dispatcher's latency estimates, hedges and cost would only be disturbed by it: a backend
-answering counts quickly would look fast for generation. Its backends are tried in the route's order,
+Not through the dispatcher, on purpose. Counting is free and generates nothing, so it answers far sooner
+than generation does: fed to the dispatcher's latency estimates, it would make a backend look fast for
+generation, and hedges and cost have nothing to do for it. Its backends are tried in the route's order,
 skipping ejected ones, within the request's deadline; a 4xx goes back to the app as the provider wrote it.
 """
 

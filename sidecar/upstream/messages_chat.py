@@ -1,10 +1,11 @@
 """Anthropic Messages in, OpenAI chat completions upstream: requests and answers translated.
 
 What chat completions cannot say is a candidate filter (`lacks`), never dropped: extended thinking,
-thinking blocks in the history, documents and other non-image blocks, server tools, top_k, errored tool
-results, images inside tool results, a final assistant turn to continue (prefill), and any field this
-module does not know. `cache_control` is the one thing left out on purpose: it asks the provider to cache
-a prefix and does not change the answer; OpenAI-compatible APIs cache prefixes on their own.
+thinking blocks in the history, documents and other non-image blocks, images from the Files API, server
+tools, top_k, errored tool results, images inside tool results, a final assistant turn to continue
+(prefill), and any field this module does not know. `cache_control` is the one thing left out on
+purpose: it asks the provider to cache a prefix and does not change the answer; OpenAI-compatible APIs
+cache prefixes on their own.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def _lacks_block(role: str, block: Any) -> str | None:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind not in _BLOCKS.get(role, frozenset()):
         return f"{kind!r} content blocks in {role} messages"
+    if kind == "image":
+        source = block.get("source")
+        source_type = source.get("type") if isinstance(source, dict) else None
+        if source_type not in ("base64", "url"):
+            return f"image blocks with a {source_type!r} source"
     if kind == "tool_result":
         if block.get("is_error"):
             return "tool_result blocks with is_error (chat tool messages have no error flag)"

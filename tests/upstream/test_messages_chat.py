@@ -117,6 +117,7 @@ def _blocks(role: str, *blocks: dict[str, Any]) -> dict[str, Any]:
             "'document' content",
         ),
         (_blocks("user", {"type": "tool_result", "tool_use_id": "t", "content": "boom", "is_error": True}), "is_error"),
+        (_blocks("user", {"type": "image", "source": {"type": "file", "file_id": "file_1"}}), "'file' source"),
         (
             _blocks(
                 "user",
