@@ -14,9 +14,9 @@ import json
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.upstream.base import json_object
-from llmroute.sidecar.upstream.errors import bad_body, error_from_event, invalid_request
+from llmroute.sidecar.upstream.errors import bad_body, invalid_request
 from llmroute.sidecar.upstream.messages_chat_stream import ChatToMessagesStream, message_usage, stop_reason
+from llmroute.sidecar.upstream.openai import answer_doc
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 MAX_STOP_SEQUENCES = 4
@@ -289,12 +289,7 @@ class MessagesToChat:
 
     def decode(self, status: int, body: bytes, model: str) -> Completion:
         """The chat.completion as a Messages answer."""
-        doc = json_object(body)
-        if doc is None:
-            raise bad_body(status, "not a JSON object")
-        if doc.get("error"):
-            raise error_from_event(doc["error"], "in a successful answer")
-        answer, usage = to_message(doc, model, status)
+        answer, usage = to_message(answer_doc(status, body), model, status)
         return Completion(json.dumps(answer, separators=(",", ":")).encode(), usage)
 
     def translator(self, request: dict[str, Any], model: str) -> ChatToMessagesStream:

@@ -47,6 +47,18 @@ def assert_key_kept(sim: SimProvider) -> None:
         assert headers["authorization"] == f"Bearer {ROUTE_KEY}" and "x-api-key" not in headers
 
 
+async def stream_tool_call(client: anthropic.AsyncAnthropic) -> Any:
+    """Stream an answer that calls the weather tool; its final message, once text and call are checked."""
+    async with client.messages.stream(model="chat", max_tokens=100, messages=ASK, tools=TOOLS) as stream:
+        text = "".join([chunk async for chunk in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "token token token"
+    assert final.stop_reason == "tool_use"
+    use = final.content[-1]
+    assert use.type == "tool_use" and use.input == {"city": "sim"}
+    return final
+
+
 def cost_of(usage: Any) -> float:
     """USD for an Anthropic usage at PRICE (cache reads at the cached rate)."""
     cached = usage.cache_read_input_tokens or 0
@@ -93,14 +105,7 @@ async def test_native_json_passes_body_and_headers_through(tmp_path: Path) -> No
 
 async def test_native_stream_events_pass_through_with_cost(tmp_path: Path) -> None:
     async with running(tmp_path, {"claude": ("anthropic", KEYED)}, backend_extra={"claude": KEYED_EXTRA}) as h:
-        client = h.anthropic(auth_token="app-bearer-token", api_key=None)
-        async with client.messages.stream(model="chat", max_tokens=100, messages=ASK, tools=TOOLS) as stream:
-            text = "".join([chunk async for chunk in stream.text_stream])
-            final = await stream.get_final_message()
-        assert text == "token token token"
-        assert final.stop_reason == "tool_use"
-        use = final.content[-1]
-        assert use.type == "tool_use" and use.input == {"city": "sim"}
+        final = await stream_tool_call(h.anthropic(auth_token="app-bearer-token", api_key=None))
         assert final.usage.output_tokens == 3 and final.usage.cache_read_input_tokens == 5
         sim = h.sims["claude"]
         assert "app-bearer-token" not in json.dumps(sim.stats.last_headers)
@@ -154,13 +159,7 @@ async def test_translated_to_chat_with_a_tool_round_trip(tmp_path: Path) -> None
 
 async def test_translated_stream_with_tool_call_and_usage(tmp_path: Path) -> None:
     async with running(tmp_path, {"gpt": KEYED}, backend_extra={"gpt": KEYED_EXTRA}) as h:
-        async with h.anthropic().messages.stream(model="chat", max_tokens=100, messages=ASK, tools=TOOLS) as stream:
-            text = "".join([chunk async for chunk in stream.text_stream])
-            final = await stream.get_final_message()
-        assert text == "token token token"
-        assert final.stop_reason == "tool_use"
-        use = final.content[-1]
-        assert use.type == "tool_use" and use.input == {"city": "sim"}
+        final = await stream_tool_call(h.anthropic())
         prompt = len(h.sims["gpt"].stats.last_body) // 4  # the sim counts about 4 bytes a token
         assert (final.usage.input_tokens, final.usage.cache_read_input_tokens) == (prompt - 5, 5)
         assert final.usage.output_tokens == 3
