@@ -142,7 +142,7 @@ class SidecarApp:
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is
                 self._observe(call, None, "client_error", received)
                 shaped = error.body_for(api.family)
-                return Response(error.status or 400, shaped, self._headers(call, None, received))
+                return Response(error.status or 400, shaped, [*self._headers(call, None, received), *error.headers])
             except ProxyError as error:
                 self._observe(call, None, "error", received)
                 error.headers = [*error.headers, *self._headers(call, None, received)]
@@ -174,7 +174,7 @@ class SidecarApp:
         assert stream is not None
         runtime = call.runtime
         candidate = answer.candidate
-        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority).observe(
+        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority, call.api.api).observe(
             time.monotonic() - received
         )
         outcome = "abandoned"
@@ -211,7 +211,7 @@ class SidecarApp:
         now = time.monotonic()
         backend = answer.candidate.name if answer is not None else "none"
         self.metrics.child(
-            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome
+            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome, call.api.api
         ).observe(now - received)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:

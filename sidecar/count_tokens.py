@@ -45,7 +45,7 @@ async def count_tokens(
             answer, forwarded = await upstream.count_tokens(body, timeout=remaining, headers=headers)
         except UpstreamError as error:
             if error.kind is FailureKind.CLIENT_ERROR:  # the request's fault: the next backend would say the same
-                return Response(error.status or 400, error.body_for("anthropic"), route)
+                return Response(error.status or 400, error.body_for("anthropic"), [*route, *error.headers])
             continue
         finally:
             runtime.pool.release(upstream)

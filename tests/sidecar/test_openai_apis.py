@@ -8,11 +8,12 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 
-from llmroute.sim import Behavior, Latency
+from llmroute.sim import Behavior, Latency, SimProvider
 
 from ..specs import spec_errors
-from .harness import running
+from .harness import route_doc, running, sidecar_running
 
 FAST = Behavior(latency=Latency.fixed(0.01))
 PRICE = {"price": {"inputPerMTok": 1000.0, "outputPerMTok": 2000.0}}
@@ -108,3 +109,26 @@ async def test_malformed_requests_of_each_api_are_400s_in_openai_shape(tmp_path:
         wrong_method = await http.get("/embeddings")
         assert wrong_method.status_code == 405
         assert h.sims["primary"].stats.requests == 0
+
+
+async def test_routes_naming_one_upstream_with_different_apis_each_keep_their_own(tmp_path: Path) -> None:
+    # Two routes point at the same URL and model, one for chat and one for embeddings: each is carried
+    # by what its own backend declares, not by whichever route's client was created first.
+    sim = SimProvider("shared", "openai", FAST, seed=1)
+    await sim.start()
+    try:
+        backend = {"name": "shared", "provider": "openai", "url": sim.url, "model": "shared-model"}
+        routes = [
+            route_doc({"models": ["chat"], "backends": [backend]}, name="chat"),
+            route_doc({"models": ["embed"], "backends": [{**backend, "apis": ["embeddings"]}]}, name="embed"),
+        ]
+        route_file = tmp_path / "routes.yaml"
+        route_file.write_text(yaml.safe_dump_all(routes))
+        async with sidecar_running(["--routes", str(route_file)]) as sidecar:
+            base_url = f"http://127.0.0.1:{sidecar.app_server.port}/v1"
+            async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+                assert (await client.embeddings.create(model="embed", input="x")).data
+                chat = await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+                assert chat.choices[0].message.content
+    finally:
+        await sim.stop()
