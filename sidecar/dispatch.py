@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmroute.model import Api, Priority
+from llmroute.sidecar.attempt import Attempt
 from llmroute.sidecar.balancer.candidates import Candidate, eligible
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
@@ -25,7 +26,7 @@ from llmroute.sidecar.runtime import RouteRuntime
 from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
-from llmroute.sidecar.upstream.usage import Completion, Usage
+from llmroute.sidecar.upstream.usage import Completion
 
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
@@ -70,13 +71,11 @@ class Answer:
     """The winning attempt: a completion, or an open stream whose first chunk already arrived."""
 
     candidate: Candidate
+    attempt: Attempt
+    """Closed for a completion; for a stream, handed over to whoever reads it, who must close it."""
     completion: Completion | None = None
     stream: CompletionStream | None = None
     first_chunk: bytes = b""
-    token: int = -1
-    """The stats token of a stream, finished when the stream ends."""
-    started: float = 0.0
-    ttft: float | None = None
     cost: float = 0.0
     """USD, once the usage is known (at once for JSON answers, at the end for streams)."""
 
@@ -90,81 +89,9 @@ class Dispatcher:
         """Per-backend counts for the operator's load reports (control-plane mode only)."""
         self._background: set[asyncio.Task[None]] = set()
 
-    # ----- outcomes -------------------------------------------------------------------------------------
-
-    def _begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> tuple[int, float]:
-        """An attempt starts: stats token, start time; the upstream client is leased for its duration."""
-        started = time.monotonic()
-        runtime.pool.lease(runtime.upstreams[candidate.name])
-        if self.load is not None:
-            self.load.start(runtime.route.name, candidate.name)
-        return candidate.stats.start(started, stream=stream), started
-
-    def succeeded(
-        self,
-        runtime: RouteRuntime,
-        candidate: Candidate,
-        token: int,
-        started: float,
-        usage: Usage,
-        outcome: str,
-        ttft: float | None = None,
-    ) -> float:
-        """An attempt (or a whole stream) succeeded: feed the policies, count tokens and spend; returns USD."""
-        now = time.monotonic()
-        candidate.stats.finish(token, now)
-        runtime.detector.record_success(candidate.name)
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        route, name = runtime.route.name, candidate.name
-        cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        m = self.metrics
-        m.child(m.attempts, route, name, outcome).inc()
-        m.child(m.tokens, route, name, "input").inc(usage.prompt_tokens)
-        m.child(m.tokens, route, name, "output").inc(usage.completion_tokens)
-        if usage.cached_tokens:
-            m.child(m.tokens, route, name, "cached_input").inc(usage.cached_tokens)
-        if cost:
-            m.child(m.cost, route, name).inc(cost)
-        if self.load is not None:
-            self.load.finish(
-                route,
-                name,
-                failure=None,
-                latency=now - started,
-                ttft=ttft,
-                tokens_in=usage.prompt_tokens,
-                tokens_out=usage.completion_tokens,
-                cost_usd=cost,
-            )
-        return cost
-
-    def failed(
-        self, runtime: RouteRuntime, candidate: Candidate, token: int, started: float, error: UpstreamError
-    ) -> None:
-        """An attempt (or a stream after its first chunk) failed: feed estimates, ejection, metrics, reports."""
-        now = time.monotonic()
-        kind = error.kind
-        candidate.stats.finish(token, now, kind)
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        self._count_failure(runtime, candidate.name, error, now)
-        if self.load is not None:
-            self.load.finish(
-                runtime.route.name,
-                candidate.name,
-                failure=kind.value,
-                latency=now - started,
-                ttft=None,
-                tokens_in=0,
-                tokens_out=0,
-                cost_usd=0.0,
-            )
-
-    def abandoned(self, runtime: RouteRuntime, candidate: Candidate, token: int) -> None:
-        """An attempt that lost the race or was still running at the deadline: a lower bound on its latency."""
-        candidate.stats.cancel(token, time.monotonic())
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        if self.load is not None:
-            self.load.cancel(runtime.route.name, candidate.name)
+    def begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> Attempt:
+        """An attempt on `candidate` starts now; the handle must be closed (see Attempt)."""
+        return Attempt(runtime, candidate, self.metrics, self.load, stream=stream)
 
     # ----- planning -------------------------------------------------------------------------------------
 
@@ -399,62 +326,47 @@ class Dispatcher:
     # ----- one attempt ----------------------------------------------------------------------------------
 
     async def attempt(self, call: Call, candidate: Candidate) -> Answer:
-        """Call one backend; every outcome is fed back through succeeded / failed / _abandoned."""
-        runtime = call.runtime
-        upstream = runtime.upstreams[candidate.name]
-        token, started = self._begin(runtime, candidate, stream=call.stream)
-        stream: CompletionStream | None = None
-        try:
-            if call.stream:
-                # Headers and the first chunk within the deadline (after that the relay's idle bound applies).
-                async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                    stream = await upstream.stream(
-                        call.body, timeout=call.deadline - started, api=call.api.api, headers=call.headers
-                    )
-                    first = await anext(stream)
-                first_at = time.monotonic()
-                candidate.stats.first_byte(token, first_at)
-                # The stream is now the caller's: it reports the outcome when the app has read it all.
-                answer = Answer(
-                    candidate, stream=stream, first_chunk=first, token=token, started=started, ttft=first_at - started
+        """Call one backend; the attempt's handle records every outcome (a cancel abandons it)."""
+        upstream = call.runtime.upstreams[candidate.name]
+        with self.begin(call.runtime, candidate, stream=call.stream) as attempt:
+            try:
+                if call.stream:
+                    return await self._first_chunk(call, upstream, attempt)
+                # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
+                completion = await upstream.complete(
+                    call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
                 )
-                stream = None
-                return answer
-            # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
-            completion = await upstream.complete(
-                call.body, timeout=call.deadline - started, api=call.api.api, headers=call.headers
-            )
-        except TimeoutError:
-            error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
-            self.failed(runtime, candidate, token, started, error)
-            raise error from None
-        except StopAsyncIteration:
-            error = UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
-            self.failed(runtime, candidate, token, started, error)
-            raise error from None
-        except UpstreamError as error:
-            self.failed(runtime, candidate, token, started, error)
-            raise
-        except asyncio.CancelledError:
-            self.abandoned(runtime, candidate, token)
-            raise
-        finally:
-            if stream is not None:
-                await stream.aclose()
-        answer = Answer(candidate, completion=completion, token=token, started=started)
-        answer.cost = self.succeeded(runtime, candidate, token, started, completion.usage, "success")
-        return answer
+            except TimeoutError:
+                waited = 1000 * (time.monotonic() - attempt.started)
+                error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {waited:.0f} ms")
+                attempt.fail(error)
+                raise error from None
+            except StopAsyncIteration:
+                error = UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
+                attempt.fail(error)
+                raise error from None
+            except UpstreamError as error:
+                attempt.fail(error)
+                raise
+            answer = Answer(candidate, attempt, completion=completion)
+            answer.cost = attempt.succeed(completion.usage)
+            return answer
 
-    def _count_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
-        """Feed a failure into ejection and metrics."""
-        kind = error.kind
-        self.metrics.child(self.metrics.attempts, runtime.route.name, name, kind.value).inc()
-        if kind is FailureKind.RATE_LIMITED:
-            ejected = runtime.detector.record_rate_limited(name, error.retry_after, now)
-        else:
-            ejected = runtime.detector.record_failure(name, kind, now)
-        if ejected:
-            self.metrics.child(self.metrics.ejections, runtime.route.name, name, kind.value).inc()
+    @staticmethod
+    async def _first_chunk(call: Call, upstream: Upstream, attempt: Attempt) -> Answer:
+        """Headers and the first chunk within the deadline (after that the relay's idle bound applies); the
+        open stream and its attempt then belong to the caller, who closes both when the app has read it."""
+        async with asyncio.timeout_at(_loop_deadline(call.deadline)):
+            stream = await upstream.stream(
+                call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
+            )
+            try:
+                first = await anext(stream)
+            except BaseException:
+                await stream.aclose()
+                raise
+        attempt.first_byte()
+        return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------
 
@@ -465,18 +377,16 @@ class Dispatcher:
 
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
-        token, started = self._begin(runtime, candidate)
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
         try:
-            completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
-        except UpstreamError as error:
-            self.failed(runtime, candidate, token, started, error)
-        except asyncio.CancelledError:
-            self.abandoned(runtime, candidate, token)
-            raise
-        else:
-            self.succeeded(runtime, candidate, token, started, completion.usage, "shadow")
+            with self.begin(runtime, candidate) as attempt:
+                try:
+                    completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
+                except UpstreamError as error:
+                    attempt.fail(error)
+                else:
+                    attempt.succeed(completion.usage, "shadow")
         finally:
             runtime.shadow.done(candidate.name)
 

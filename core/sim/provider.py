@@ -101,6 +101,13 @@ class SimProvider:
         if request.path == "/sim/stats":
             return Response(200, dump(self.stats.to_json()))
         self.stats.record(request)
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:  # the server cancels a handler whose client went away
+            self.stats.disconnects += 1
+            raise
+
+    async def _answer(self, request: Request) -> Response | StreamingResponse:
         dialect = self._dialect
         endpoint = dialect.route(request)
         fmt = None if endpoint is None or endpoint is Endpoint.MODELS else dialect.format(endpoint)
