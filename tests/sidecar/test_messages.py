@@ -221,7 +221,20 @@ async def test_errors_are_in_anthropic_shape(tmp_path: Path) -> None:
         # The backend's own 400 comes back as it wrote it.
         assert (await _error(h, anthropic.BadRequestError))["message"].startswith("Simulated error")
         h.sims["claude"].set_behavior(Behavior(rate_limit_rate=1.0, retry_after=2.0))
-        assert (await _error(h, anthropic.RateLimitError))["type"] == "rate_limit_error"
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await h.anthropic().messages.create(model="chat", max_tokens=10, messages=ASK)
+        assert limited.value.response.headers["retry-after"] == "2"
+        assert (await _error(h, anthropic.RateLimitError))["type"] == "rate_limit_error"  # ejected now
+        async with h.http() as http:  # requests the SDK would not send
+            for response in (
+                await http.get("/messages"),
+                await http.post("/messages", content=b"{not json"),
+                await http.post("/messages", content=b'{"model": "chat", "messages": ' + b"[" * 50_000),
+                await http.post("/messages/count_tokens", json={"model": "chat"}),
+            ):
+                assert response.status_code in (400, 405)
+                assert spec_errors("anthropic", "ErrorResponse", response.json()) == []
+                assert response.json()["error"]["type"] == "invalid_request_error"
     broken = Behavior(error_rate=1.0, error_statuses=(500,))
     async with running(tmp_path, {"gpt": broken}) as h:
         unavailable = await _error(h, anthropic.InternalServerError)
