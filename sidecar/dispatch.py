@@ -7,9 +7,12 @@ sequences attempts and feeds every outcome back into them.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
+from llmroute.supervise import log_failure
 
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
@@ -39,6 +43,7 @@ STALL_RECHECK_S = 0.05
 that p95, and at least this long apart."""
 
 _rng = random.Random()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -58,6 +63,12 @@ class Call:
     """Estimated prompt and completion tokens, for pricing before the request is sent."""
     headers: dict[str, str] | None = None
     """App headers for a backend that serves the call's API natively (protocol versions, betas)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Backends left out of the plan, and why: every backend of the route is accounted for in a failure."""
+    not_tried: str = ""
+    """Why no further attempt was made while backends were left (attempts used up, retry budget, ...)."""
+    min_context: int = 0
+    """After a backend refused the prompt as too long: only backends with a larger window (or none declared)."""
     attempts: int = 0
     upstream_started: float = 0.0
     upstream_done: float = 0.0
@@ -98,65 +109,59 @@ class Dispatcher:
     @staticmethod
     def _capable(call: Call) -> list[Candidate]:
         """The route's backends that can carry this request: its API (natively or translated), every
-        parameter of it, and the capabilities it needs. A 400 naming what is missing when none can."""
+        parameter of it, the capabilities it needs, and a prompt of its size. The others go into
+        `call.skipped` with the reason; when none is left, a 400 names each backend and what it lacked."""
         runtime = call.runtime
-        route = runtime.route
         api = call.api.api
-        lacking: dict[str, str] = {}
         capable = []
+        codes = set()
         for candidate in runtime.candidates:
+            spec = candidate.spec
             codec = runtime.upstreams[candidate.name].codec(api)
             if codec is None:
-                continue
-            missing = codec.lacks(call.body)
-            if missing is not None:
-                lacking[candidate.name] = missing
-            elif candidate.spec.serves(call.needs):
+                codes.add("unsupported_api")
+                call.skipped[candidate.name] = f"serves no {api} API, natively or translated"
+            elif (missing := codec.lacks(call.body)) is not None:
+                codes.add("unsupported_parameter")
+                call.skipped[candidate.name] = f"cannot carry {missing}"
+            elif not spec.serves(call.needs):
+                codes.add("unsupported_capability")
+                call.skipped[candidate.name] = f"does not support {', '.join(sorted(spec.lacks(call.needs)))}"
+            elif spec.context_window is not None and call.tokens_in > spec.context_window:
+                codes.add("context_length_exceeded")
+                call.skipped[candidate.name] = (
+                    f"context window of {spec.context_window:,} tokens is smaller than the prompt (about"
+                    f" {call.tokens_in:,} tokens)"
+                )
+            else:
                 capable.append(candidate)
         if capable:
             return capable
-        backends = ", ".join(c.name for c in runtime.candidates)
-        if lacking:
-            detail = "; ".join(f"{name} cannot carry {what}" for name, what in lacking.items())
-            raise ProxyError(
-                400, f"no backend of route {route.name} can carry this request: {detail}", "unsupported_parameter"
-            )
-        if not any(runtime.upstreams[c.name].codec(api) for c in runtime.candidates):
-            raise ProxyError(
-                400,
-                f"route {route.name} cannot serve the {api} API: none of its backends ({backends}) serves it or"
-                " one it can be translated to",
-                "unsupported_api",
-            )
-        raise ProxyError(
-            400,
-            f"no backend of route {route.name} supports {', '.join(sorted(call.needs))} (backends: {backends})",
-            "unsupported_capability",
-        )
+        # One code for the app to act on: the first reason in this order that applies to some backend.
+        code = next(c for c in _SKIP_CODES if c in codes)
+        detail = "; ".join(f"{name}: {why}" for name, why in call.skipped.items())
+        raise ProxyError(400, f"no backend of route {runtime.route.name} can serve this request: {detail}", code)
 
     def _plan(self, call: Call, now: float) -> list[Candidate]:
         runtime = call.runtime
         route = runtime.route
         capable = self._capable(call)
         available = eligible(capable, runtime.detector)
+        if len(available) < len(capable):
+            self._skip_unavailable(call, [c for c in capable if c not in available], now)
         if not available:
             names = [c.name for c in capable]
             retry_after = runtime.detector.retry_after(names, now)
             if retry_after is not None:
                 raise ProxyError(
                     429,
-                    f"every backend of route {route.name} is rate limited",
+                    f"every backend of route {route.name} is rate limited: {_accounting(call)}",
                     "rate_limited",
                     [("retry-after", str(max(1, round(retry_after))))],
                 )
-            states = {s.name: s for s in runtime.detector.snapshot(now)}
-            detail = "; ".join(
-                f"{n}: {states[n].state} ({states[n].reason}, {states[n].remaining_s:.0f} s left)"
-                if n in states and states[n].state != "active"
-                else f"{n}: at maxConcurrency"
-                for n in names
+            raise ProxyError(
+                503, f"no backend of route {route.name} can take the request: {_accounting(call)}", "no_backend"
             )
-            raise ProxyError(503, f"no backend of route {route.name} can take the request: {detail}", "no_backend")
         policy = route.priorities[call.priority]
         ctx = PickContext(
             now=now,
@@ -178,7 +183,7 @@ class Dispatcher:
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
-            self._spawn(self._shadow_probe(runtime, candidate))
+            self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked
 
     # ----- the attempt loop -----------------------------------------------------------------------------
@@ -218,6 +223,9 @@ class Dispatcher:
                     call.errors.append((candidate.name, error))
                     if error.kind is FailureKind.CLIENT_ERROR:
                         raise error
+                    if error.kind is FailureKind.CONTEXT_LENGTH:
+                        window = candidate.spec.context_window
+                        call.min_context = max(call.min_context, window if window is not None else call.tokens_in)
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         attempts.start(following)
@@ -308,20 +316,39 @@ class Dispatcher:
         if hedged:
             self.metrics.child(self.metrics.hedges, route, "won" if answer.candidate is not plan[0] else "lost").inc()
 
-    def _failure(self, call: Call) -> ProxyError:
-        """The error for a call every attempt of which failed, naming each backend and its last error."""
+    @staticmethod
+    def _skip_unavailable(call: Call, unavailable: list[Candidate], now: float) -> None:
+        """Why capable backends are out of the plan: ejected (until when, after what) or at maxConcurrency."""
+        states = {s.name: s for s in call.runtime.detector.snapshot(now)}
+        for candidate in unavailable:
+            state = states.get(candidate.name)
+            if state is not None and state.state != "active":
+                until = time.strftime("%H:%M:%S", time.gmtime(time.time() + state.remaining_s))
+                call.skipped[candidate.name] = f"{state.state} until {until} UTC ({state.reason})"
+            else:
+                call.skipped[candidate.name] = f"at maxConcurrency ({candidate.spec.max_concurrency} in flight)"
+
+    def _failure(self, call: Call) -> ProxyError | UpstreamError:
+        """The error for a call every attempt of which failed, accounting for every backend of the route once:
+        tried (its last error), skipped (why) or not tried (why not). A prompt too long for every backend
+        that was tried is the backend's own 400, as the app would get it from the provider."""
         route = call.runtime.route.name
         if time.monotonic() >= call.deadline:
-            tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no backend was tried in time"
-            return ProxyError(504, f"deadline exceeded for route {route} ({tried})", "deadline_exceeded")
+            return ProxyError(504, f"deadline exceeded for route {route}: {_accounting(call)}", "deadline_exceeded")
+        if call.errors and all(e.kind is FailureKind.CONTEXT_LENGTH for _, e in call.errors):
+            return call.errors[-1][1]
         if call.errors and all(e.kind is FailureKind.RATE_LIMITED for _, e in call.errors):
             waits = [e.retry_after for _, e in call.errors if e.retry_after is not None]
             retry_after = str(max(1, round(min(waits)))) if waits else "1"
             return ProxyError(
-                429, f"every backend of route {route} is rate limited", "rate_limited", [("retry-after", retry_after)]
+                429,
+                f"every backend of route {route} is rate limited: {_accounting(call)}",
+                "rate_limited",
+                [("retry-after", retry_after)],
             )
-        tried = "; ".join(f"{name}: {error}" for name, error in call.errors)
-        return ProxyError(503, f"no backend of route {route} could serve the request: {tried}", "no_backend")
+        return ProxyError(
+            503, f"no backend of route {route} could serve the request: {_accounting(call)}", "no_backend"
+        )
 
     # ----- one attempt ----------------------------------------------------------------------------------
 
@@ -370,10 +397,11 @@ class Dispatcher:
 
     # ----- background probes ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(functools.partial(log_failure, log=log))
 
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
@@ -404,8 +432,35 @@ class Dispatcher:
         await asyncio.gather(*self._background, return_exceptions=True)
 
 
-# Backends not tried again within one call: the key was refused, it asked us to back off, or it hung.
-_NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT})
+# Backends not tried again within one call: the key was refused, it asked us to back off, it hung, or the
+# prompt is too long for it.
+_NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.CONTEXT_LENGTH})
+# Failures that go to another backend whatever retryOn says: they are about this backend, not the request.
+_ALWAYS_ELSEWHERE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
+_SKIP_CODES = ("unsupported_api", "unsupported_parameter", "unsupported_capability", "context_length_exceeded")
+
+
+def _fits(candidate: Candidate, min_context: int) -> bool:
+    """Whether the backend's window is larger than one that refused the prompt (or it declares none)."""
+    window = candidate.spec.context_window
+    return not min_context or window is None or window > min_context
+
+
+def _accounting(call: Call) -> str:
+    """Every backend of the route once, in route order: its last error, why it was skipped, or why not tried."""
+    tried = dict(call.errors)  # the last error of each
+    parts = []
+    for candidate in call.runtime.candidates:
+        name = candidate.name
+        if name in tried:
+            parts.append(f"{name}: {tried[name]}")
+        elif name in call.skipped:
+            parts.append(f"{name}: skipped, {call.skipped[name]}")
+        else:
+            parts.append(f"{name}: not tried, {call.not_tried or 'an earlier attempt decided the call'}")
+    return "; ".join(parts)
+
+
 _TOO_SLOW = UpstreamError(FailureKind.TIMEOUT, "slower than the time left for a failover")
 """What a failover for time is retried as (the route's retryOn must allow timeouts)."""
 
@@ -431,13 +486,19 @@ class _Attempts:
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
-        if call.attempts > retry.attempts or call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+        if call.attempts > retry.attempts:
+            call.not_tried = f"the route's {retry.attempts} retry attempts were used"
             return None
-        if after is not None and after.kind not in retry.retry_on and after.kind is not FailureKind.AUTH:
+        if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+            call.not_tried = "too little time was left before the deadline"
+            return None
+        if after is not None and after.kind not in retry.retry_on and after.kind not in _ALWAYS_ELSEWHERE:
+            call.not_tried = f"{after.kind} is not in the route's retryOn"
             return None
         candidate = self.peek()
         if candidate is not None and not runtime.budget.try_acquire_retry(time.monotonic()):
             self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
+            call.not_tried = "the retry budget was spent"
             return None
         return candidate
 
@@ -452,7 +513,14 @@ class _Attempts:
         fresh = [c for c in self._plan if c.name not in tried]
         again = [c for c in self._plan if c.name in tried and c.name not in barred]
         detector = call.runtime.detector
-        return next((c for c in (*fresh, *again) if c.name not in busy and detector.is_available(c.name)), None)
+        return next(
+            (
+                c
+                for c in (*fresh, *again)
+                if c.name not in busy and detector.is_available(c.name) and _fits(c, call.min_context)
+            ),
+            None,
+        )
 
     def cancel_all(self) -> None:
         """The call is decided: attempts still running are abandoned (and named, if the call failed)."""

@@ -169,7 +169,7 @@ async def test_capability_filtering(tmp_path: Path) -> None:
                 tools=tools,  # type: ignore[arg-type]
             )
             assert raw.headers["x-llmroute-backend"] == "tooled"
-        with pytest.raises(openai.BadRequestError, match="supports json"):
+        with pytest.raises(openai.BadRequestError, match="does not support json"):
             await h.client().chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
             )
@@ -188,7 +188,7 @@ async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(
             raw = await h.client().chat.completions.with_raw_response.create(model="chat", messages=messages, **extra)
             assert raw.headers["x-llmroute-backend"] == "gpt", extra
     async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
-        with pytest.raises(openai.BadRequestError, match="supports n>1"):
+        with pytest.raises(openai.BadRequestError, match="does not support n>1"):
             await h.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], n=3)
         assert h.sims["claude"].stats.requests == 0
 
@@ -231,7 +231,7 @@ async def test_what_a_translation_cannot_carry_goes_to_a_backend_that_can(
         with pytest.raises(openai.BadRequestError) as caught:
             await h.client().chat.completions.create(model="chat", **body)
         assert caught.value.code == "unsupported_parameter"
-        assert f"claude cannot carry {what}" in caught.value.message
+        assert f"route chat can serve this request: claude: cannot carry {what}" in caught.value.message
         assert h.sims["claude"].stats.requests == 0
 
 
