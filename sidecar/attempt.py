@@ -72,7 +72,8 @@ class Attempt:
         candidate.stats.finish(self._token, now)
         runtime.detector.record_success(candidate.name)
         route, name = runtime.route.name, candidate.name
-        cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        price = candidate.spec.price
+        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
         m = self._metrics
         m.child(m.attempts, route, name, outcome).inc()
         m.child(m.tokens, route, name, "input").inc(usage.prompt_tokens)

@@ -210,12 +210,12 @@ def _content(completion: Completion) -> list[dict[str, Any]]:
 
 
 def _usage(completion: Completion, output_tokens: int) -> dict[str, Any]:
-    # Anthropic's input_tokens excludes the tokens read from the prompt cache.
+    # Anthropic's input_tokens excludes the tokens read from and written to the prompt cache.
     return {
-        "input_tokens": completion.prompt_tokens - completion.cached_tokens,
+        "input_tokens": completion.prompt_tokens - completion.cached_tokens - completion.cache_write_tokens,
         "output_tokens": output_tokens,
         "cache_read_input_tokens": completion.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": completion.cache_write_tokens,
         "cache_creation": None,
         "inference_geo": None,
         "output_tokens_details": None,

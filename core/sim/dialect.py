@@ -41,7 +41,7 @@ class Completion:
 
     id: str
     model: str
-    prompt_tokens: int  # including cached ones
+    prompt_tokens: int  # including cached and cache-written ones
     completion_tokens: int
     cached_tokens: int
     truncated: bool  # stopped by max_tokens
@@ -49,6 +49,7 @@ class Completion:
     inputs: int = 1  # embeddings: vectors to return
     base64: bool = False  # embeddings: vectors as base64 of little-endian float32
     tool: ToolCall | None = None
+    cache_write_tokens: int = 0  # Anthropic only
 
 
 class Format(Protocol):

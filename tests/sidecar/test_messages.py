@@ -18,8 +18,10 @@ from .harness import APP_KEY, Harness, running
 
 FAST = Behavior(latency=Latency.fixed(0.01), output_tokens=3)
 ROUTE_KEY = "sk-route-key-4567"
-KEYED = Behavior(latency=Latency.fixed(0.01), output_tokens=3, cached_tokens=5, api_key=ROUTE_KEY)
-PRICE = {"price": {"inputPerMTok": 1000.0, "outputPerMTok": 2000.0, "cachedInputPerMTok": 100.0}}
+KEYED = Behavior(latency=Latency.fixed(0.01), output_tokens=3, cached_tokens=5, cache_write_tokens=7, api_key=ROUTE_KEY)
+PRICE = {
+    "price": {"inputPerMTok": 1000.0, "outputPerMTok": 2000.0, "cachedInputPerMTok": 100.0, "cacheWritePerMTok": 1250.0}
+}
 KEYED_EXTRA = {"apiKeyEnv": "ROUTE_KEY", "capabilities": ["tools"], **PRICE}
 ORDERED = {"strategy": "ordered"}
 ASK: Any = [{"role": "user", "content": "What is the weather in Oslo?"}]
@@ -60,9 +62,9 @@ async def stream_tool_call(client: anthropic.AsyncAnthropic) -> Any:
 
 
 def cost_of(usage: Any) -> float:
-    """USD for an Anthropic usage at PRICE (cache reads at the cached rate)."""
-    cached = usage.cache_read_input_tokens or 0
-    return (usage.input_tokens * 1000.0 + cached * 100.0 + usage.output_tokens * 2000.0) / 1e6
+    """USD for an Anthropic usage at PRICE (cache reads and writes at their own rates)."""
+    read, written = usage.cache_read_input_tokens or 0, usage.cache_creation_input_tokens or 0
+    return (usage.input_tokens * 1000.0 + read * 100.0 + written * 1250.0 + usage.output_tokens * 2000.0) / 1e6
 
 
 async def test_native_json_passes_body_and_headers_through(tmp_path: Path) -> None:
@@ -98,7 +100,8 @@ async def test_native_json_passes_body_and_headers_through(tmp_path: Path) -> No
         assert_key_kept(sim)
         assert spec_errors("anthropic", "Message", message.model_dump()) == []
         assert message.content[0].type == "text" and message.content[0].text == "token token token"
-        assert (message.usage.output_tokens, message.usage.cache_read_input_tokens) == (3, 5)
+        usage = message.usage
+        assert (usage.output_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (3, 5, 7)
         assert raw.headers["x-llmroute-backend"] == "claude"
         assert float(raw.headers["x-llmroute-cost-usd"]) == pytest.approx(cost_of(message.usage))
 
@@ -198,7 +201,7 @@ async def test_what_chat_cannot_carry_goes_to_a_native_backend_or_is_a_400(tmp_p
             await h.anthropic().messages.create(model="chat", max_tokens=2048, messages=ASK, thinking=thinking)
         assert refused.value.body["type"] == "error"
         assert refused.value.body["error"]["type"] == "invalid_request_error"
-        assert "gpt cannot carry thinking" in refused.value.body["error"]["message"]
+        assert "gpt: cannot carry thinking" in refused.value.body["error"]["message"]
         assert h.sims["gpt"].stats.requests == 0
 
 
