@@ -49,10 +49,12 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 class ChatToMessagesStream:
     """State of one translated stream: the open content block, tool calls by chat index, stop reason, usage."""
 
-    __slots__ = ("_blocks", "_done", "_events", "_model", "_open", "_stop", "_tools", "usage")
+    __slots__ = ("_blocks", "_done", "_events", "_model", "_open", "_stop", "_tools", "settled", "usage")
 
     def __init__(self, model: str) -> None:
         self.usage = Usage()
+        self.settled = False
+        """The finish_reason and the usage are in: only [DONE] is left (see StreamTranslator)."""
         self._model = model
         self._events = 0
         self._blocks = 0  # content blocks started so far
@@ -78,8 +80,10 @@ class ChatToMessagesStream:
         out: list[bytes] = []
         if self._events == 1:
             out.append(self._start(chunk))
-        if chunk.get("usage"):
+        has_usage = bool(chunk.get("usage"))
+        if has_usage:
             self.usage = Usage.from_openai(chunk["usage"])
+            self.settled = self._stop is not None
         choices = chunk.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         if choice is None:
@@ -97,6 +101,7 @@ class ChatToMessagesStream:
         if choice.get("finish_reason"):
             out.extend(self._close())
             self._stop = "refusal" if self._stop == "refusal" else stop_reason(choice["finish_reason"])
+            self.settled = has_usage  # usage in the finishing chunk itself
         return out
 
     def end(self) -> list[bytes]:

@@ -283,6 +283,10 @@ class Response:
             joined[name] = f"{joined[name]}, {value}" if name in joined else value
         return joined
 
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on, how long each piece of the body may take."""
+        self._timeout = seconds
+
     async def receive(self) -> bytes:
         """The next piece of the body as it arrived (httpx.ReadTimeout after the read timeout); b"" at its end."""
         connection = self._connection

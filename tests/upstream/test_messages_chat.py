@@ -140,6 +140,19 @@ def test_what_chat_cannot_carry_is_named_not_dropped(request_body: dict[str, Any
     assert missing is not None and named in missing
 
 
+def test_stream_is_settled_once_finish_and_usage_are_in() -> None:
+    case = _case(GOLDEN[0].with_name("stream_text.json"))
+    translator = MESSAGES_TO_CHAT.translator(case["request"]["messages"], MODEL)
+    *body, usage, done = case["stream"]["chat"]
+    for chunk in body:
+        translator.event(SSEEvent("message", json.dumps(chunk).encode()))
+        assert not translator.settled  # the finish is in, but not the usage
+    translator.event(SSEEvent("message", json.dumps(usage).encode()))
+    assert translator.settled and done == "[DONE]"
+    closing = translator.end()  # [DONE] never came: the answer is finalised with its usage
+    assert closing[-1] == DONE and b"message_stop" in closing[-2]
+
+
 def test_stream_cut_short_before_the_finish_is_an_error() -> None:
     chunk = {
         "id": "c",
