@@ -408,8 +408,10 @@ class Dispatcher:
                 raise
         attempt.first_byte()
         # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
-        ceiling = max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
-        stream.limit_idle(attempt.candidate.stats.idle_limit(STREAM_IDLE_FLOOR_S, ceiling))
+        policy = call.runtime.route.priorities[call.priority]
+        floor = STREAM_IDLE_FLOOR_S if policy.stream_idle_min is None else policy.stream_idle_min
+        ceiling = policy.stream_idle_max or max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        stream.limit_idle(attempt.candidate.stats.idle_limit(min(floor, ceiling), ceiling))
         return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------

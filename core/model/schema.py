@@ -21,7 +21,7 @@ SHORT_NAMES = ["llmr"]
 
 STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
 PROVIDERS = ["openai", "anthropic", "azure-openai"]
-CAPABILITIES = ["tools", "vision", "json"]
+CAPABILITIES = ["tools", "vision", "json", "prefill"]
 APIS = ["chat", "messages", "responses", "embeddings", "completions"]
 PRIORITIES = ["critical", "normal", "batch"]
 RETRY_ON = ["connect-failure", "reset", "5xx", "429", "timeout"]
@@ -116,7 +116,10 @@ BACKEND = {
             "type": "array",
             "maxItems": len(CAPABILITIES),
             "items": {"type": "string", "enum": CAPABILITIES},
-            "description": "Request features the backend serves: tools, vision (image parts), json (response_format).",
+            "description": (
+                "Request features the backend serves: tools, vision (image parts), json (response_format),"
+                " prefill (continues a final assistant message: a broken stream is resumed on it)."
+            ),
         },
         "apis": {
             "type": "array",
@@ -171,6 +174,18 @@ PRIORITY = {
         "hedge": {"type": "boolean", "description": "Send a second request when the first is slower than its p95."},
         "maxConcurrency": _integer("Most requests of this class in flight in one sidecar; the rest wait.", 1, 100000),
         "strategy": _strategy("Overrides the route's strategy for this class."),
+        "streamIdle": {
+            "type": "object",
+            "description": (
+                "Bounds of the silence a stream may keep between chunks before it counts as interrupted; within"
+                " them the limit is learned from the backend's normal gaps (4 x the p95 of its streams' longest)."
+            ),
+            "additionalProperties": False,
+            "properties": {
+                "min": _duration("Never cut for a shorter silence (default 2s)."),
+                "max": _duration("Always cut for a longer one (default the class's timeout, at least 30s)."),
+            },
+        },
     },
 }
 

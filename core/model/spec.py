@@ -146,6 +146,9 @@ class PriorityPolicy:
     hedge: bool = False
     max_concurrency: int | None = None
     strategy: Strategy | None = None
+    stream_idle_min: float | None = None
+    stream_idle_max: float | None = None
+    """Bounds of a stream's idle limit; None: the sidecar's defaults."""
 
 
 DEFAULT_PRIORITIES: dict[Priority, PriorityPolicy] = {

@@ -59,6 +59,13 @@ def route_spec(route: Route) -> dict[str, Any]:
             entry["maxConcurrency"] = policy.max_concurrency
         if policy.strategy is not None:
             entry["strategy"] = policy.strategy
+        idle = {
+            bound: format_duration(value)
+            for bound, value in (("min", policy.stream_idle_min), ("max", policy.stream_idle_max))
+            if value is not None
+        }
+        if idle:
+            entry["streamIdle"] = idle
         priorities[name] = entry
     spec: dict[str, Any] = {
         "models": list(route.models),

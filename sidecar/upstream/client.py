@@ -42,12 +42,16 @@ def _scrub(error: UpstreamError, backend: Backend) -> UpstreamError:
 
 _FORWARDED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _FORWARDED = frozenset({"x-request-id", "request-id", "openai-processing-ms"})
+_FIRST_BYTES = frozenset(b"xXrRoOaA")
+"""First bytes of the forwarded names: most headers (date, server, content-*) are passed over undecoded."""
 
 
 def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     """The upstream response headers the SDKs read (request ids, rate-limit state), for the app."""
     out = []
     for raw_name, raw_value in headers:
+        if not raw_name or raw_name[0] not in _FIRST_BYTES:
+            continue
         name = raw_name.decode("latin-1").lower()
         if name in _FORWARDED or name.startswith(_FORWARDED_PREFIXES):
             out.append((name, raw_value.decode("latin-1")))
@@ -250,6 +254,11 @@ class CompletionStream:
     def usage(self) -> Usage:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
+
+    @property
+    def skipped(self) -> int:
+        """Malformed events skipped so far."""
+        return self._translator.skipped
 
     def limit_idle(self, seconds: float) -> None:
         """From now on, a silence longer than `seconds` between two reads interrupts the stream (TIMEOUT)."""

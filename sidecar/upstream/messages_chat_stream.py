@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmroute.sidecar.upstream.base import DONE, json_object
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object
 from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Usage
@@ -49,12 +49,13 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 class ChatToMessagesStream:
     """State of one translated stream: the open content block, tool calls by chat index, stop reason, usage."""
 
-    __slots__ = ("_blocks", "_done", "_events", "_model", "_open", "_stop", "_tools", "settled", "usage")
+    __slots__ = ("_blocks", "_done", "_events", "_model", "_open", "_stop", "_tools", "settled", "skipped", "usage")
 
     def __init__(self, model: str) -> None:
         self.usage = Usage()
         self.settled = False
         """The finish_reason and the usage are in: only [DONE] is left (see StreamTranslator)."""
+        self.skipped = 0
         self._model = model
         self._events = 0
         self._blocks = 0  # content blocks started so far
@@ -73,8 +74,10 @@ class ChatToMessagesStream:
                 raise bad_body(200, "the event stream ended before any chunk")
             return self._finish()
         chunk = json_object(sse.data)
-        if chunk is None:
-            raise bad_body(200, "stream event is not a JSON object")
+        if chunk is None:  # fatal as the first event; later, one garbled chunk is skipped and counted
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         if chunk.get("error"):
             raise error_from_event(chunk["error"], "mid-stream")
         out: list[bytes] = []

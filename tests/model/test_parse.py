@@ -127,3 +127,16 @@ def test_a_route_never_mixes_embedding_models() -> None:
     assert "spec.backends[0] serves them with 'gpt-4.1'" in problem
     spec["backends"][2]["model"] = spec["backends"][0]["model"]
     assert parse_spec(spec, name="r", namespace="ns").backend("deepseek").apis == {"embeddings"}
+
+
+def test_stream_idle_bounds_are_durations_with_min_at_most_max() -> None:
+    spec = example()["spec"]
+    spec["priorities"]["normal"] = {"timeout": "2s", "streamIdle": {"min": "5s", "max": "1s"}}
+    assert problems_of(spec) == ["spec.priorities.normal.streamIdle: min must not be greater than max"]
+    spec["priorities"]["normal"]["streamIdle"] = {"min": "500ms", "max": "10s"}
+    normal = parse_spec(spec, name="r", namespace="ns").priorities["normal"]
+    assert (normal.stream_idle_min, normal.stream_idle_max) == (0.5, 10.0)
+    assert route_spec(parse_spec(spec, name="r", namespace="ns"))["priorities"]["normal"]["streamIdle"] == {
+        "min": "500ms",
+        "max": "10s",
+    }

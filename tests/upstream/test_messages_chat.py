@@ -153,6 +153,16 @@ def test_stream_is_settled_once_finish_and_usage_are_in() -> None:
     assert closing[-1] == DONE and b"message_stop" in closing[-2]
 
 
+def test_a_garbled_chunk_is_fatal_first_and_skipped_later() -> None:
+    first = MESSAGES_TO_CHAT.translator(_request(), MODEL)
+    with pytest.raises(UpstreamError, match="not a JSON object"):
+        first.event(SSEEvent("message", b"{garbled"))
+    case = _case(GOLDEN[0].with_name("stream_text.json"))
+    chunks = case["stream"]["chat"]
+    events, _ = _feed(case["request"]["messages"], [chunks[0], "{garbled", *chunks[1:]])
+    assert events == case["stream"]["messages"]
+
+
 def test_stream_cut_short_before_the_finish_is_an_error() -> None:
     chunk = {
         "id": "c",
