@@ -13,9 +13,10 @@ from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
+from llmroute.sidecar.count_tokens import count_tokens
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
-from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
+from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router, RouteRuntime
 from llmroute.sidecar.upstream.errors import UpstreamError
@@ -38,6 +39,8 @@ class SidecarApp:
             if api is not None:
                 if request.method != "POST":
                     raise ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+                if api is COUNT_TOKENS:
+                    return await self.count_tokens(request)
                 return await self.serve(api, request)
             if request.path in ("/v1/models", "/models") and request.method == "GET":
                 return self.models(anthropic="anthropic-version" in request.headers)
@@ -65,6 +68,11 @@ class SidecarApp:
             for model, route in routed
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
+
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched."""
+        body, _, runtime, _, timeout = self._parse(COUNT_TOKENS, request)
+        return await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), time.monotonic() + timeout)
 
     def _parse(self, api: Inbound, request: Request) -> tuple[dict[str, Any], Parsed, RouteRuntime, Priority, float]:
         """The body, its routing facts, route, priority and deadline; ProxyError for anything malformed."""
@@ -106,7 +114,6 @@ class SidecarApp:
         received = time.monotonic()
         body, parsed, runtime, priority, timeout = self._parse(api, request)
         route = runtime.route
-        headers = request.headers
         call = Call(
             runtime=runtime,
             api=api,
@@ -117,7 +124,7 @@ class SidecarApp:
             needs=parsed.needs,
             tokens_in=parsed.tokens_in,
             tokens_out=parsed.tokens_out,
-            headers={name: headers[name] for name in api.forward_headers if name in headers} or None,
+            headers=api.forwarded(request.headers),
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
