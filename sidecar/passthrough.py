@@ -1,0 +1,204 @@
+"""Passthrough (Istio's ALLOW_ANY): a request for a model no route names, or to a path the sidecar does not
+serve, is relayed unchanged to its API family's upstream with the app's own credentials, as a proxy must
+(hop-by-hop headers dropped, Host rewritten, the answer relayed as it arrives). `--passthrough off` (the
+local default) leaves such requests to the app's 404."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+import httpx
+
+from llmroute.http import Request, Response, StreamingResponse
+from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.upstream.errors import Family
+from llmroute.sidecar.upstream.transport import Pool, Target, parse_target, request_head
+from llmroute.sidecar.upstream.transport import Response as UpstreamResponse
+
+log = logging.getLogger("llmroute.sidecar.passthrough")
+
+ROUTE = "passthrough"
+"""The route label of passthrough traffic in the metrics."""
+CONNECT_TIMEOUT = 10.0
+IDLE_TIMEOUT = 600.0
+"""Longest wait for the upstream's head or its next body piece: the SDKs' own default timeout (600 s)."""
+FAMILIES: tuple[Family, ...] = ("openai", "anthropic")
+
+# RFC 9110 7.6.1: meant for one connection, never relayed. Host and the body framing are written anew,
+# `expect` was answered by the sidecar's server, and x-llmroute-* headers are addressed to the sidecar.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+)
+_REQUEST_PREFIXES = ("proxy-", "x-llmroute-")
+# Answers: the sidecar's server writes its own framing and Date.
+_RESPONSE_DROPPED = _HOP_BY_HOP | {"date"}
+
+
+@dataclass(frozen=True, slots=True)
+class PassthroughPolicy:
+    """Whether this sidecar may pass requests through at all: the hook for the namespace's LLMPolicy
+    (`passthrough: Deny` becomes `PassthroughPolicy(allow=False, source="LLMPolicy ns/name")`, set on
+    `Passthrough.policy` by whatever delivers policies). Until that exists every request is allowed."""
+
+    allow: bool = True
+    source: str = ""
+    """Who decided, named in the 403 the app gets (never a secret)."""
+
+
+def parse_upstreams(value: str) -> dict[Family, str]:
+    """`--passthrough`: `off`, or `openai=URL,anthropic=URL` (either may be left out: that family then gets
+    the 404 as with off). Each URL is what the SDK's base URL would be (OPENAI_BASE_URL includes /v1,
+    ANTHROPIC_BASE_URL does not). ValueError for anything else."""
+    if value.strip() == "off":
+        return {}
+    upstreams: dict[Family, str] = {}
+    for item in value.split(","):
+        name, sep, url = item.strip().partition("=")
+        family = next((f for f in FAMILIES if f == name.strip()), None)
+        if family is None or not sep:
+            raise ValueError(f"expected off or openai=URL,anthropic=URL, got {item.strip()!r}")
+        url = url.strip().rstrip("/")
+        try:
+            target = parse_target(url)
+        except httpx.UnsupportedProtocol as exc:
+            raise ValueError(f"{family}: {exc}") from None
+        if b"?" in target.path:
+            raise ValueError(f"{family}: a passthrough URL takes no query string: {url}")
+        upstreams[family] = url
+    return upstreams
+
+
+def family_of(path: str, headers: Mapping[str, str]) -> Family:
+    """The API family of a request to a path the sidecar does not serve: Anthropic's for /v1/messages* and
+    for any call that carries `anthropic-version` (every Anthropic SDK call does), else OpenAI's."""
+    if path.startswith(("/v1/messages", "/messages")) or "anthropic-version" in headers:
+        return "anthropic"
+    return "openai"
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """The header names a Connection header lists: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for name, value in headers if name == "connection" for token in value.split(",")}
+
+
+def request_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The app's headers as the upstream gets them: all but the hop-by-hop ones (credentials included)."""
+    named = _connection_tokens(headers.items())
+    return {
+        name: value
+        for name, value in headers.items()
+        if name not in _HOP_BY_HOP and name not in named and not name.startswith(_REQUEST_PREFIXES)
+    }
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upstream's answer headers as the app gets them, repeated ones (set-cookie) kept apart."""
+    decoded = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+    named = _connection_tokens(decoded)
+    return [
+        (name, value)
+        for name, value in decoded
+        if name not in _RESPONSE_DROPPED and name not in named and not name.startswith("proxy-")
+    ]
+
+
+class Passthrough:
+    """The passthrough upstreams by family, one keep-alive pool for them, and the policy that may deny."""
+
+    def __init__(self, upstreams: Mapping[Family, str], metrics: SidecarMetrics) -> None:
+        self._bases: dict[Family, Target] = {family: parse_target(url) for family, url in upstreams.items()}
+        self._pool = Pool()
+        self._metrics = metrics
+        self.policy = PassthroughPolicy()
+
+    def serves(self, family: Family) -> bool:
+        """Whether requests of `family` have an upstream to go to."""
+        return family in self._bases
+
+    def target(self, family: Family, raw_path: str, query: str) -> Target:
+        """Where a request goes: the family's base URL plus the path relative to the SDK's base URL (OpenAI
+        SDKs send /v1/x for base .../v1; Anthropic SDKs send /v1/x for a base without it), query kept."""
+        base = self._bases[family]
+        if family == "openai" and (raw_path == "/v1" or raw_path.startswith("/v1/")):
+            raw_path = raw_path[3:]
+        path = base.path.rstrip(b"/") + raw_path.encode("latin-1")
+        if query:
+            path += b"?" + query.encode("latin-1")
+        return replace(base, path=path)
+
+    async def forward(self, request: Request, family: Family) -> Response | StreamingResponse:
+        """Relay `request` to `family`'s upstream; its answer comes back as it arrives (status, headers,
+        body, SSE or not, errors included). Failures of our own are in the family's error shape."""
+        received = time.monotonic()
+        if not self.policy.allow:
+            self._count(family, "403", "client_error", received)
+            denied = f"passthrough of {request.method} {request.path} is denied by {self.policy.source or 'policy'}"
+            return ProxyError(403, denied, "passthrough_denied").response(family)
+        target = self.target(family, request.raw_path or request.path, request.query)
+        host = target.host.decode("latin-1")
+        in_flight = self._metrics.child(self._metrics.in_flight, ROUTE)
+        in_flight.inc()
+        try:
+            try:
+                head = request_head(request.method, target, request_headers(request.headers), request.body, b"")
+            except httpx.LocalProtocolError as exc:
+                raise ProxyError(400, f"cannot relay this request: {exc}", "invalid_request") from None
+            try:
+                upstream = await self._pool.send(
+                    target, head + request.body, connect_timeout=CONNECT_TIMEOUT, read_timeout=IDLE_TIMEOUT
+                )
+            except httpx.TimeoutException as exc:
+                raise ProxyError(504, f"passthrough upstream {host} timed out: {exc}", "upstream_timeout") from None
+            except httpx.TransportError as exc:
+                log.warning("passthrough to %s failed: %s", host, exc)
+                raise ProxyError(502, f"passthrough upstream {host} failed: {exc}", "upstream_unavailable") from None
+        except ProxyError as error:
+            in_flight.dec()
+            self._count(family, str(error.status), "error" if error.status >= 500 else "client_error", received)
+            return error.response(family)
+        headers = response_headers(upstream.raw_headers)
+        if upstream.arrived:  # the whole answer is here (most JSON answers): send it with its length
+            try:
+                body = await upstream.read()
+            finally:
+                in_flight.dec()
+                self._count(family, str(upstream.status), _outcome(upstream.status), received)
+            return Response(upstream.status, body, headers, content_type="")
+        chunks = self._relay(request, upstream, family, host, received)
+        return StreamingResponse(upstream.status, chunks, headers, content_type="")
+
+    async def _relay(
+        self, request: Request, upstream: UpstreamResponse, family: Family, host: str, received: float
+    ) -> AsyncIterator[bytes]:
+        """Each piece of the upstream's body as it arrives. If the upstream breaks off, so does the app's
+        connection (a complete-looking answer would be a lie); if the app leaves, the upstream call stops."""
+        outcome = "abandoned"
+        try:
+            while piece := await upstream.receive():
+                yield piece
+            outcome = _outcome(upstream.status)
+        except httpx.TransportError as exc:
+            outcome = "error"
+            log.warning("passthrough answer from %s broke off: %s", host, exc)
+            request.abort()
+        finally:
+            upstream.close()
+            self._metrics.child(self._metrics.in_flight, ROUTE).dec()
+            self._count(family, str(upstream.status), outcome, received)
+
+    def _count(self, family: Family, status: str, outcome: str, received: float) -> None:
+        metrics = self._metrics
+        metrics.child(metrics.passthrough, family, status).inc()
+        metrics.child(metrics.request_duration, ROUTE, family, "none", outcome).observe(time.monotonic() - received)
+
+    async def aclose(self) -> None:
+        """Close the idle upstream connections."""
+        await self._pool.aclose()
+
+
+def _outcome(status: int) -> str:
+    return "success" if status < 400 else "client_error" if status < 500 else "error"
