@@ -53,10 +53,10 @@ class SidecarApp:
         if self.passthrough is not None and self.passthrough.serves(family):
             return await self.passthrough.forward(request, family)
         if api is not None:
-            error = ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+            refusal = ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
         else:
-            error = ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
-        return error.response(family)
+            refusal = ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
+        return refusal.response(family)
 
     def models(self, *, anthropic: bool) -> Response:
         """The model names of the routes this sidecar has, in OpenAI's list shape or, for the Anthropic SDK

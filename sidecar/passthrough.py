@@ -34,6 +34,8 @@ _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 )
 _REQUEST_PREFIXES = ("proxy-", "x-llmroute-")
+# HEAD answers have no body to read (the pool would wait for one); CONNECT would make the sidecar a tunnel.
+_NOT_RELAYED = frozenset({"HEAD", "CONNECT"})
 # Answers: the sidecar's server writes its own framing and Date.
 _RESPONSE_DROPPED = _HOP_BY_HOP | {"date"}
 
@@ -134,6 +136,10 @@ class Passthrough:
         """Relay `request` to `family`'s upstream; its answer comes back as it arrives (status, headers,
         body, SSE or not, errors included). Failures of our own are in the family's error shape."""
         received = time.monotonic()
+        if request.method in _NOT_RELAYED:
+            self._count(family, "405", "client_error", received)
+            refused = f"passthrough does not relay {request.method} requests"
+            return ProxyError(405, refused, "method_not_allowed").response(family)
         if not self.policy.allow:
             self._count(family, "403", "client_error", received)
             denied = f"passthrough of {request.method} {request.path} is denied by {self.policy.source or 'policy'}"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import openai
 import pytest
 
 from llmroute.sidecar.main import Sidecar
-from llmroute.sidecar.passthrough import PassthroughPolicy
+from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.passthrough import Passthrough, PassthroughPolicy, parse_upstreams
 from tests.upstream.conftest import RawServer, Received, Reply, Responder
 
 from .harness import sidecar_for
@@ -44,7 +46,7 @@ MESSAGE_ANSWER = {
     "stop_sequence": None,
     "usage": {"input_tokens": 3, "output_tokens": 4},
 }
-USER = [{"role": "user", "content": "hello"}]
+USER: list[Any] = [{"role": "user", "content": "hello"}]
 
 
 async def answer(received: Received, responder: Responder) -> None:
@@ -62,6 +64,7 @@ class Setup:
     backend: RawServer
     sent: list[bytes] = field(default_factory=list)
     """Request bodies as the app's SDK sent them (from an httpx hook), for byte-for-byte comparison."""
+    claudes: list[anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -80,7 +83,11 @@ class Setup:
         """The Anthropic SDK (its base URL has no /v1). This SDK version sends `api_key` as Authorization;
         older ones and Claude Code send x-api-key: the app sends both, and both must pass as they are."""
         headers = {"x-api-key": APP_KEY}
-        return anthropic.AsyncAnthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, default_headers=headers)
+        client = anthropic.AsyncAnthropic(
+            base_url=self.base_url, api_key=APP_KEY, max_retries=0, default_headers=headers
+        )
+        self.claudes.append(client)
+        return client
 
 
 @contextlib.asynccontextmanager
@@ -114,7 +121,12 @@ async def setup(
     argv += ["--passthrough", passthrough or f"openai={origin}/v1,anthropic={origin}"]
     try:
         async with sidecar_for(tmp_path, spec, argv) as sidecar:
-            yield Setup(sidecar, upstream, backend)
+            done = Setup(sidecar, upstream, backend)
+            try:
+                yield done
+            finally:
+                for client in done.claudes:
+                    await client.close()
     finally:
         await upstream.stop()
         await backend.stop()
@@ -151,9 +163,8 @@ async def test_routed_model_never_forwards_the_apps_key(tmp_path: Path) -> None:
         assert APP_KEY not in head_text(got) and APP_KEY not in got.body.decode()
         assert not s.upstream.received
     async with setup(tmp_path / "anthropic", provider="anthropic") as s:
-        client = s.anthropic()
-        await client.messages.create(model="chat", max_tokens=10, messages=USER)  # type: ignore[arg-type]
-        await client.close()
+        claude = s.anthropic()
+        await claude.messages.create(model="chat", max_tokens=10, messages=USER)
         [got] = s.backend.received
         assert got.headers["x-api-key"] == ROUTE_KEY and "authorization" not in got.headers
         assert APP_KEY not in head_text(got)
@@ -177,8 +188,8 @@ async def test_a_streamed_answer_arrives_chunk_by_chunk(tmp_path: Path) -> None:
     release = asyncio.Event()
 
     def event(text: str) -> bytes:
-        delta = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-unrouted"}
-        delta["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]  # type: ignore[assignment]
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        delta = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "x", "choices": [choice]}
         return f"data: {json.dumps(delta)}\n\n".encode()
 
     async def stream(received: Received, responder: Responder) -> None:
@@ -205,19 +216,17 @@ async def test_a_streamed_answer_arrives_chunk_by_chunk(tmp_path: Path) -> None:
 async def test_anthropic_sdk_unknown_model_passes_through_with_x_api_key(tmp_path: Path) -> None:
     async with setup(tmp_path) as s:
         client = s.anthropic()
-        message = await client.messages.create(model="claude-unrouted", max_tokens=10, messages=USER)  # type: ignore[arg-type]
+        message = await client.messages.create(model="claude-unrouted", max_tokens=10, messages=USER)
         assert message.content[0].text == "from anthropic upstream"  # type: ignore[union-attr]
-        await client.messages.count_tokens(model="claude-unrouted", messages=USER)  # type: ignore[arg-type]
+        await client.messages.count_tokens(model="claude-unrouted", messages=USER)
         # An Anthropic call to a path the sidecar does not serve goes to Anthropic too (anthropic-version).
-        with contextlib.suppress(Exception):
-            await client.models.retrieve("claude-unrouted")
+        await client.models.retrieve("claude-unrouted")  # the canned answer is no model: parsed loosely
         paths = [got.target for got in s.upstream.received]
         assert paths == ["/v1/messages", "/v1/messages/count_tokens", "/v1/models/claude-unrouted"]
         for got in s.upstream.received:
             assert got.headers["x-api-key"] == APP_KEY and got.headers["authorization"] == f"Bearer {APP_KEY}"
             assert "anthropic-version" in got.headers
             assert ROUTE_KEY not in head_text(got)
-        await client.close()
 
 
 async def test_hop_by_hop_headers_are_not_forwarded_either_way(tmp_path: Path) -> None:
@@ -271,7 +280,7 @@ async def test_passthrough_off_keeps_the_404s(tmp_path: Path) -> None:
             await client.moderations.create(input="x")
         assert "no such endpoint: POST /v1/moderations" in info.value.message
         with pytest.raises(anthropic.NotFoundError) as anthropic_info:
-            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)  # type: ignore[arg-type]
+            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)
         assert "not routed here" in anthropic_info.value.message
         assert not s.upstream.received
 
@@ -291,7 +300,7 @@ async def test_an_upstream_that_is_down_is_a_502_in_the_apis_shape(
         assert isinstance(body, dict) and body["code"] == "upstream_unavailable"
         assert f"127.0.0.1:{closed_port}" in body["message"]
         with pytest.raises(anthropic.APIStatusError) as anthropic_info:
-            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)  # type: ignore[arg-type]
+            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)
         assert anthropic_info.value.status_code == 502
         error = anthropic_info.value.body
         assert isinstance(error, dict) and error["type"] == "error" and error["error"]["type"] == "api_error"
@@ -323,7 +332,7 @@ async def test_a_denying_policy_answers_403_in_the_apis_shape(tmp_path: Path) ->
             await client.chat.completions.create(model="gpt-unrouted", messages=USER)
         assert "denied by LLMPolicy default/strict" in info.value.message
         with pytest.raises(anthropic.PermissionDeniedError):
-            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)  # type: ignore[arg-type]
+            await s.anthropic().messages.create(model="claude-unrouted", max_tokens=5, messages=USER)
         assert not s.upstream.received
         await client.chat.completions.create(model="chat", messages=USER)  # routed models are not affected
 
@@ -339,3 +348,50 @@ async def test_an_answer_the_upstream_breaks_off_is_broken_off_for_the_app(tmp_p
                 await response.aread()
         text = (await http.get(f"http://127.0.0.1:{s.sidecar.admin_server.port}/metrics")).text
         assert 'outcome="error",priority="none",route="passthrough"} 1.0' in text
+
+
+async def test_other_methods_are_relayed_but_head_is_refused(tmp_path: Path) -> None:
+    async with setup(tmp_path) as s, httpx.AsyncClient(base_url=s.base_url) as http:
+        response = await http.request("DELETE", "/v1/files/file-1", headers={"anthropic-version": "2023-06-01"})
+        assert response.status_code == 200 and s.upstream.received[-1].target == "/v1/files/file-1"
+        assert s.upstream.received[-1].method == "DELETE"
+        head = await http.head("/v1/files/file-1")
+        assert head.status_code == 405 and len(s.upstream.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "upstreams"),
+    [
+        ("off", {}),
+        ("openai=https://api.openai.com/v1/", {"openai": "https://api.openai.com/v1"}),
+        (
+            " anthropic=http://10.0.0.1:8080 , openai=https://gw/openai/v1",
+            {"anthropic": "http://10.0.0.1:8080", "openai": "https://gw/openai/v1"},
+        ),
+    ],
+)
+def test_passthrough_flag_values(value: str, upstreams: dict[str, str]) -> None:
+    assert parse_upstreams(value) == upstreams
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("on", "expected off or openai=URL,anthropic=URL, got 'on'"),
+        ("gemini=https://x", "got 'gemini=https://x'"),
+        ("openai=ftp://x", "openai: not an http(s) URL: ftp"),
+        ("openai=https://x/v1?key=1", "takes no query string"),
+    ],
+)
+def test_passthrough_flag_errors_name_the_fault(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_upstreams(value)
+
+
+def test_an_upstream_base_path_is_kept_and_openais_v1_not_doubled() -> None:
+    metrics = SidecarMetrics()
+    relay = Passthrough({"openai": "https://gw.corp/openai/v1", "anthropic": "https://api.anthropic.com"}, metrics)
+    assert relay.target("openai", "/v1/audio/speech", "").path == b"/openai/v1/audio/speech"
+    assert relay.target("openai", "/audio/speech", "a=1").path == b"/openai/v1/audio/speech?a=1"
+    assert relay.target("anthropic", "/v1/messages/batches", "").path == b"/v1/messages/batches"
+    assert relay.target("anthropic", "/v1/messages", "").host == b"api.anthropic.com"
