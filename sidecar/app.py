@@ -191,7 +191,7 @@ class SidecarApp:
         assert stream is not None
         runtime = call.runtime
         candidate = answer.candidate
-        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority).observe(
+        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority, call.api.api).observe(
             time.monotonic() - received
         )
         outcome = "abandoned"
@@ -228,7 +228,7 @@ class SidecarApp:
         now = time.monotonic()
         backend = answer.candidate.name if answer is not None else "none"
         self.metrics.child(
-            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome
+            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome, call.api.api
         ).observe(now - received)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:

@@ -23,15 +23,15 @@ class SidecarMetrics:
         r = self.registry
         self.request_duration = Histogram(
             "llmroute_request_duration_seconds",
-            "Time from the app's request to the end of the response, by the backend that answered.",
-            ["route", "backend", "priority", "outcome"],
+            "Time from the app's request to the end of the response, by the backend that answered and the inbound API.",
+            ["route", "backend", "priority", "outcome", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "llmroute_time_to_first_token_seconds",
             "Streams: time from the app's request to the first content chunk sent to it.",
-            ["route", "backend", "priority"],
+            ["route", "backend", "priority", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

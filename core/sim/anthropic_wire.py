@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmroute.http import Request
-from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, dump, max_tokens
+from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump, max_tokens
 
 _ERROR_TYPES = {  # as documented at docs.anthropic.com/en/api/errors
     400: "invalid_request_error",
@@ -19,9 +19,11 @@ _ERROR_TYPES = {  # as documented at docs.anthropic.com/en/api/errors
 
 
 class AnthropicDialect:
-    """POST .../messages and GET .../models with `x-api-key` and `anthropic-version` headers."""
+    """POST .../messages and GET .../models with `x-api-key` and `anthropic-version` headers. The provider is
+    its own Messages format."""
 
     id_prefix = "msg_"
+    generates = True
 
     def route(self, request: Request) -> Endpoint | None:
         if request.method == "POST" and request.path.endswith("/messages"):
@@ -32,6 +34,9 @@ class AnthropicDialect:
 
     def api_key(self, headers: dict[str, str]) -> str | None:
         return headers.get("x-api-key")
+
+    def format(self, endpoint: Endpoint) -> Format | None:
+        return self if endpoint is Endpoint.CHAT else None
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
         if "anthropic-version" not in request.headers:

@@ -15,7 +15,7 @@ from typing import Literal
 from llmroute.http import HTTPServer, Request, Response, StreamingResponse
 from llmroute.sim.anthropic_wire import AnthropicDialect
 from llmroute.sim.behavior import Behavior, Schedule
-from llmroute.sim.dialect import ChatRequest, Completion, Dialect, Endpoint, dump
+from llmroute.sim.dialect import ChatRequest, Completion, Dialect, Endpoint, Format, dump
 from llmroute.sim.openai_wire import AzureOpenAIDialect, OpenAIDialect
 from llmroute.sim.stats import SimStats
 
@@ -103,12 +103,13 @@ class SimProvider:
         self.stats.record(request)
         dialect = self._dialect
         endpoint = dialect.route(request)
-        if endpoint is None:
+        fmt = None if endpoint is None or endpoint is Endpoint.MODELS else dialect.format(endpoint)
+        if endpoint is None or (fmt is None and endpoint is not Endpoint.MODELS):
             return self._error(404, "not_found", f"Unknown request URL: {request.method} {request.path}")
         behavior = self.behavior
         if behavior.api_key is not None and dialect.api_key(request.headers) != behavior.api_key:
             return self._error(401, "unauthorized", "Incorrect API key provided.")
-        if endpoint is Endpoint.MODELS:
+        if fmt is None:  # the model list
             outcome = behavior.outcome(self._rng)
             if outcome != "ok":
                 return await self._misbehave(outcome, request, behavior)
@@ -118,66 +119,79 @@ class SimProvider:
             payload = json.loads(request.body)
         except ValueError:
             return self._error(400, "bad_request", "We could not parse the JSON body of your request.")
-        chat = dialect.parse(request, payload)
+        chat = fmt.parse(request, payload)
         if isinstance(chat, str):
             return self._error(400, "bad_request", chat)
         outcome = behavior.outcome(self._rng)
         if outcome != "ok":
             return await self._misbehave(outcome, request, behavior)
-        completion = self._complete(chat, behavior, request)
+        completion = self._complete(fmt, chat, behavior, request)
         if chat.stream:
             broken = self._rng.random() < behavior.midstream_failure_rate
             self.stats.by_outcome["midstream_failure" if broken else "ok"] += 1
             await _sleep((behavior.ttft or behavior.latency).sample(self._rng))
-            chunks = self._stream(request, chat, completion, behavior, broken)
+            chunks = self._stream(fmt, request, chat, completion, behavior, broken)
             return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
         self.stats.by_outcome["ok"] += 1
         await _sleep(behavior.latency.sample(self._rng))
-        return Response(200, self._completion_body(completion), self._headers)
+        return Response(200, self._completion_body(fmt, completion), self._headers)
 
-    def _completion_body(self, completion: Completion) -> bytes:
+    def _completion_body(self, fmt: Format, completion: Completion) -> bytes:
         """The JSON answer; consecutive answers that differ only by id reuse one encoding (benchmarks)."""
         c = completion
-        key = (c.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.truncated, c.created)
+        key = (
+            fmt,
+            c.model,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.cached_tokens,
+            c.truncated,
+            c.created,
+            c.inputs,
+            c.base64,
+        )
         if key != self._body_key:
-            template = self._dialect.completion_body(dataclasses.replace(c, id=_ID_MARK))
+            template = fmt.completion_body(dataclasses.replace(c, id=_ID_MARK))
             self._body_key, self._body_parts = key, template.split(_ID_MARK.encode(), 1)
+        if len(self._body_parts) == 1:  # an answer without an id (embeddings)
+            return self._body_parts[0]
         return self._body_parts[0] + c.id.encode() + self._body_parts[1]
 
-    def _complete(self, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
+    def _complete(self, fmt: Format, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
         self._ids += 1
-        tokens = behavior.output_tokens
+        tokens = behavior.output_tokens if fmt.generates else 0
         truncated = chat.max_tokens is not None and chat.max_tokens < tokens
         if truncated and chat.max_tokens is not None:
             tokens = chat.max_tokens
         prompt_tokens = max(1, len(request.body) // 4)  # roughly 4 bytes per token
         return Completion(
-            id=f"{self._dialect.id_prefix}{self.name}-{self._ids}",
+            id=f"{fmt.id_prefix}{self.name}-{self._ids}",
             model=chat.model,
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
             cached_tokens=min(behavior.cached_tokens, prompt_tokens),
             truncated=truncated,
             created=int(time.time()),
+            inputs=chat.inputs,
+            base64=chat.base64,
         )
 
     async def _stream(
-        self, request: Request, chat: ChatRequest, completion: Completion, behavior: Behavior, broken: bool
+        self, fmt: Format, request: Request, chat: ChatRequest, completion: Completion, behavior: Behavior, broken: bool
     ) -> AsyncIterator[bytes]:
-        dialect = self._dialect
-        yield dialect.stream_start(completion) + dialect.stream_token(completion, "token")
+        yield fmt.stream_start(completion) + fmt.stream_token(completion, "token")
         if broken:
-            failure = dialect.stream_error("simulated failure after the first chunk")
+            failure = fmt.stream_error("simulated failure after the first chunk")
             if failure is None:
                 request.abort()
             else:
                 yield failure
             return
-        token = dialect.stream_token(completion, " token")
+        token = fmt.stream_token(completion, " token")
         for _ in range(completion.completion_tokens - 1):
             await _sleep(behavior.token_delay)
             yield token
-        yield dialect.stream_end(completion, chat.include_usage)
+        yield fmt.stream_end(completion, chat.include_usage)
 
     async def _misbehave(self, outcome: str, request: Request, behavior: Behavior) -> Response:
         self.stats.by_outcome[outcome] += 1

@@ -14,9 +14,32 @@ from llmroute.sidecar.upstream.usage import Completion
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI apps often leave it out
 
-# Chat parameters the Messages API has no counterpart for. Sent elsewhere rather than dropped: a request
-# is never quietly changed. Zero and null values change nothing and so do not count.
-_NO_COUNTERPART = ("seed", "presence_penalty", "frequency_penalty", "logit_bias", "prediction", "audio")
+CARRIED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "user",
+        "stream",
+        "stream_options",
+        "modalities",
+        # Capabilities Anthropic lacks (llmroute.model.spec.PROVIDER_LACKS): checked before any codec.
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+    }
+)
+"""The chat parameters this translation carries. Any other with a value (seed, penalties, logit_bias,
+audio, prediction, store, reasoning_effort, ...) makes the request go to another backend: it is never
+quietly dropped. Zero, false and null values change nothing and so do not count."""
 _PART_TYPES = frozenset({"text", "image_url"})
 
 
@@ -27,10 +50,9 @@ class ChatToMessages:
     upstream: Api = "messages"
 
     def lacks(self, request: dict[str, Any]) -> str | None:
-        """The first chat parameter the Messages API would drop or change. (n > 1, logprobs and JSON output are
-        capabilities the provider lacks: llmroute.model.spec.PROVIDER_LACKS.)"""
-        for name in _NO_COUNTERPART:
-            if request.get(name):
+        """The first chat parameter the Messages API would drop or change."""
+        for name, value in request.items():
+            if value and name not in CARRIED:
                 return name
         temperature = request.get("temperature")
         if isinstance(temperature, int | float) and temperature > 1:

@@ -100,3 +100,28 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def test_apis_default_by_provider_and_stay_within_what_the_provider_serves() -> None:
+    route = parse_document(example())
+    assert route.backend("gpt41").apis == {"chat"}
+    assert route.backend("claude").apis == {"messages"}
+    spec = example()["spec"]
+    spec["backends"][0]["apis"] = ["chat", "messages", "chat"]
+    spec["backends"][1]["apis"] = ["chat"]
+    assert problems_of(spec) == [
+        "spec.backends[0].apis[1]: provider openai cannot serve the messages API",
+        "spec.backends[0].apis[2]: 'chat' is listed twice",
+        "spec.backends[1].apis[0]: provider anthropic cannot serve the chat API",
+    ]
+
+
+def test_a_route_never_mixes_embedding_models() -> None:
+    spec = example()["spec"]
+    spec["backends"][0]["apis"] = ["chat", "embeddings"]
+    spec["backends"][2]["apis"] = ["embeddings"]
+    [problem] = problems_of(spec)
+    assert problem.startswith("spec.backends[2].model: serves embeddings with model 'deepseek-chat', but")
+    assert "spec.backends[0] serves them with 'gpt-4.1'" in problem
+    spec["backends"][2]["model"] = spec["backends"][0]["model"]
+    assert parse_spec(spec, name="r", namespace="ns").backend("deepseek").apis == {"embeddings"}

@@ -199,6 +199,8 @@ async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(
         ({"seed": 7}, "seed"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
         (
             {
                 "messages": [
@@ -271,5 +273,5 @@ async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:
             backend = routes["routes"][0]["spec"]["backends"][0]
             assert backend["apiKeySecretRef"] == {"name": "llm-keys", "key": "openai"}
             metrics = (await admin.get("/metrics")).text
-            assert 'llmroute_request_duration_seconds_count{backend="primary",outcome="success"' in metrics
+            assert 'llmroute_request_duration_seconds_count{api="chat",backend="primary",outcome="success"' in metrics
             assert json.loads((await admin.get("/readyz")).text)["status"] == "ready"
