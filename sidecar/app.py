@@ -15,7 +15,7 @@ from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
-from llmroute.sidecar.passthrough import Passthrough, family_of
+from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
 from llmroute.sidecar.upstream.errors import UpstreamError
 
@@ -49,9 +49,12 @@ class SidecarApp:
         if request.path in ("/v1/models", "/models") and request.method == "GET":
             return self.models(anthropic="anthropic-version" in request.headers)
         # Not in the inbound table (the table lists POSTs: GET /v1/chat/completions/{id} and the like are not).
-        family = api.family if api is not None else family_of(request.path, request.headers)
+        if api is not None:
+            family, label = api.family, api.api
+        else:
+            family, label = family_of(request.path, request.headers), OTHER
         if self.passthrough is not None and self.passthrough.serves(family):
-            return await self.passthrough.forward(request, family)
+            return await self.passthrough.forward(request, family, label)
         if api is not None:
             refusal = ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
         else:
@@ -125,7 +128,7 @@ class SidecarApp:
         routed = self._parse(api, request)
         if routed is None:
             assert self.passthrough is not None
-            return await self.passthrough.forward(request, api.family)
+            return await self.passthrough.forward(request, api.family, api.api)
         body, parsed, runtime, priority, timeout = routed
         route = runtime.route
         headers = request.headers

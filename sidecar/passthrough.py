@@ -5,9 +5,10 @@ local default) leaves such requests to the app's 404."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import httpx
@@ -23,6 +24,8 @@ log = logging.getLogger("llmroute.sidecar.passthrough")
 
 ROUTE = "passthrough"
 """The route label of passthrough traffic in the metrics."""
+OTHER = "other"
+"""The api label of paths outside the inbound table (their paths hold ids: no label of their own)."""
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 600.0
 """Longest wait for the upstream's head or its next body piece: the SDKs' own default timeout (600 s)."""
@@ -132,16 +135,18 @@ class Passthrough:
             path += b"?" + query.encode("latin-1")
         return replace(base, path=path)
 
-    async def forward(self, request: Request, family: Family) -> Response | StreamingResponse:
+    async def forward(self, request: Request, family: Family, api: str = OTHER) -> Response | StreamingResponse:
         """Relay `request` to `family`'s upstream; its answer comes back as it arrives (status, headers,
-        body, SSE or not, errors included). Failures of our own are in the family's error shape."""
+        body, SSE or not, errors included). Failures of our own are in the family's error shape. `api`
+        labels the metrics: the inbound API of a listed path, else OTHER."""
         received = time.monotonic()
+        count = functools.partial(self._count, family, api, received)
         if request.method in _NOT_RELAYED:
-            self._count(family, "405", "client_error", received)
+            count("405", "client_error")
             refused = f"passthrough does not relay {request.method} requests"
             return ProxyError(405, refused, "method_not_allowed").response(family)
         if not self.policy.allow:
-            self._count(family, "403", "client_error", received)
+            count("403", "client_error")
             denied = f"passthrough of {request.method} {request.path} is denied by {self.policy.source or 'policy'}"
             return ProxyError(403, denied, "passthrough_denied").response(family)
         target = self.target(family, request.raw_path or request.path, request.query)
@@ -164,7 +169,7 @@ class Passthrough:
                 raise ProxyError(502, f"passthrough upstream {host} failed: {exc}", "upstream_unavailable") from None
         except ProxyError as error:
             in_flight.dec()
-            self._count(family, str(error.status), "error" if error.status >= 500 else "client_error", received)
+            count(str(error.status), "error" if error.status >= 500 else "client_error")
             return error.response(family)
         headers = response_headers(upstream.raw_headers)
         if upstream.arrived:  # the whole answer is here (most JSON answers): send it with its length
@@ -172,13 +177,13 @@ class Passthrough:
                 body = await upstream.read()
             finally:
                 in_flight.dec()
-                self._count(family, str(upstream.status), _outcome(upstream.status), received)
+                count(str(upstream.status), _outcome(upstream.status))
             return Response(upstream.status, body, headers, content_type="")
-        chunks = self._relay(request, upstream, family, host, received)
+        chunks = self._relay(request, upstream, host, count)
         return StreamingResponse(upstream.status, chunks, headers, content_type="")
 
     async def _relay(
-        self, request: Request, upstream: UpstreamResponse, family: Family, host: str, received: float
+        self, request: Request, upstream: UpstreamResponse, host: str, count: Callable[[str, str], None]
     ) -> AsyncIterator[bytes]:
         """Each piece of the upstream's body as it arrives. If the upstream breaks off, so does the app's
         connection (a complete-looking answer would be a lie); if the app leaves, the upstream call stops."""
@@ -194,12 +199,13 @@ class Passthrough:
         finally:
             upstream.close()
             self._metrics.child(self._metrics.in_flight, ROUTE).dec()
-            self._count(family, str(upstream.status), outcome, received)
+            count(str(upstream.status), outcome)
 
-    def _count(self, family: Family, status: str, outcome: str, received: float) -> None:
+    def _count(self, family: Family, api: str, received: float, status: str, outcome: str) -> None:
         metrics = self._metrics
         metrics.child(metrics.passthrough, family, status).inc()
-        metrics.child(metrics.request_duration, ROUTE, family, "none", outcome).observe(time.monotonic() - received)
+        duration = metrics.child(metrics.request_duration, ROUTE, family, "none", outcome, api)
+        duration.observe(time.monotonic() - received)
 
     async def aclose(self) -> None:
         """Close the idle upstream connections."""
