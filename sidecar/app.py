@@ -49,6 +49,7 @@ class SidecarApp:
         if request.path in ("/v1/models", "/models") and request.method == "GET":
             return self.models(anthropic="anthropic-version" in request.headers)
         # Not in the inbound table (the table lists POSTs: GET /v1/chat/completions/{id} and the like are not).
+        label: str
         if api is not None:
             family, label = api.family, api.api
         else:
