@@ -163,7 +163,7 @@ class SidecarApp:
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is
                 self._observe(call, None, "client_error", received)
                 shaped = error.body_for(api.family)
-                return Response(error.status or 400, shaped, self._headers(call, None, received))
+                return Response(error.status or 400, shaped, [*self._headers(call, None, received), *error.headers])
             except ProxyError as error:
                 self._observe(call, None, "error", received)
                 error.headers = [*error.headers, *self._headers(call, None, received)]

@@ -128,26 +128,32 @@ class Bench:
         self.sidecars: dict[str, Sidecar] = {}
         try:
             procs.wait_port(self.backend, backend_port)
-            self.routes = workdir / "route.yaml"
-            self.routes.write_text(ROUTES.format(port=backend_port, slow=nginx.SLOW_PREFIX))
-            self._start_sidecar("sidecar", [str(Path(sys.executable).with_name("llmroute")), "sidecar"])
+            routes = ROUTES.format(port=backend_port, slow=nginx.SLOW_PREFIX)
+            self._start_sidecar("sidecar", [str(Path(sys.executable).with_name("llmroute")), "sidecar"], routes)
+            served = {"sidecar": self.workloads}
+            if args.baseline:
+                # An earlier build, for before/after figures in one interleaved run: chat routes only, which
+                # every build can parse.
+                chat_only = "---".join(routes.split("---")[:2])
+                self._start_sidecar("baseline", [args.baseline, "sidecar"], chat_only)
+                served["baseline"] = [w for w in self.workloads if w.api == "chat"]
             self.arms = ["direct", *self.sidecars]
             self.urls = {(w.name, "direct"): f"http://127.0.0.1:{backend_port}{w.direct_path}" for w in self.workloads}
             for name, sidecar in self.sidecars.items():
-                self.urls |= {
-                    (w.name, name): f"http://127.0.0.1:{sidecar.port}{w.sidecar_path}" for w in self.workloads
-                }
+                self.urls |= {(w.name, name): f"http://127.0.0.1:{sidecar.port}{w.sidecar_path}" for w in served[name]}
             self._check()
         except BaseException:
             self.stop()
             raise
 
-    def _start_sidecar(self, name: str, command: list[str]) -> None:
+    def _start_sidecar(self, name: str, command: list[str], routes: str) -> None:
         port, admin_port = procs.free_port(), procs.free_port()
+        route_file = self.workdir / f"{name}-routes.yaml"
+        route_file.write_text(routes)
         argv = [
             *command,
             "--routes",
-            str(self.routes),
+            str(route_file),
             "--listen",
             f"127.0.0.1:{port}",
             "--admin-listen",
@@ -220,7 +226,11 @@ def run_rounds(bench: Bench, args: argparse.Namespace) -> list[Sample]:
     for round_ in range(1, args.rounds + 1):
         arms = bench.arms if round_ % 2 else list(reversed(bench.arms))
         for workload, connections, arm in (
-            (w.name, c, a) for w in bench.workloads for c in (1, args.connections) for a in arms
+            (w.name, c, a)
+            for w in bench.workloads
+            for c in (1, args.connections)
+            for a in arms
+            if (w.name, a) in bench.urls
         ):
             sample = bench.measure(workload, arm, connections, args.duration, round_)
             r = sample.result
@@ -331,15 +341,31 @@ def api_table(samples: list[Sample], connections: int, workloads: list[str], arm
     headers = [
         "workload",
         "direct p50, 1 conn",
-        "through sidecar",
+        f"through {arm}",
         "added p50",
         "added p99",
         "own overhead (mean), 1 conn",
         f"direct req/s, {connections} conns",
-        "through sidecar",
+        f"through {arm}",
         "sidecar CPU/req",
     ]
     return report.table(headers, rows)
+
+
+def _baseline_workloads(args: argparse.Namespace) -> list[str]:
+    return [name for name in args.workloads.split(",") if WORKLOADS[name].api == "chat"]
+
+
+def _baseline_section(args: argparse.Namespace, samples: list[Sample]) -> str:
+    """The baseline build's figures from the same rounds, when the run had one."""
+    if not args.baseline:
+        return ""
+    table = api_table(samples, args.connections, _baseline_workloads(args), arm="baseline")
+    return f"""
+The same rounds through the baseline build (`--baseline {args.baseline}`), interleaved with the others:
+
+{table}
+"""
 
 
 def rounds_table(samples: list[Sample]) -> str:
@@ -392,7 +418,7 @@ Every workload of the run (chat-50ms: the same chat completion from a backend th
 {nginx.SLOW_DELAY_S * 1000:.0f} ms; embeddings and Anthropic Messages: served natively, bodies passed through):
 
 {api_table(samples, args.connections, workloads)}
-
+{_baseline_section(args, samples)}
 Added latency = median over rounds of (sidecar - direct) in the same round; every other figure is the
 median over the {args.rounds} rounds. CPU per request = the sidecar process's utime + stime
 (/proc/PID/stat) over the run divided by the requests wrk completed.
@@ -446,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file whose overhead section is rewritten",
     )
     parser.add_argument("--no-docs", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--baseline",
+        help="the llmroute executable of another build (e.g. an earlier commit's virtualenv): a third arm on the"
+        " chat workloads, for before/after figures from one interleaved run",
+    )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.overhead", *(sys.argv[1:] if argv is None else argv)])
     load_start = machine.load_average()
@@ -456,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     print(api_table(samples, args.connections, args.workloads.split(",")))
+    if args.baseline:
+        print(api_table(samples, args.connections, _baseline_workloads(args), arm="baseline"))
     if not args.no_docs:
         report.replace_section(
             args.docs, "overhead", document(args, command, samples, (load_start, machine.load_average()))

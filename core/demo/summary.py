@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from llmroute.demo.scenario import Phase, phase_at
-from llmroute.demo.traffic import Result
+from llmroute.demo.traffic import API_MIX, Result
 
 PRIORITIES = ("critical", "normal", "batch")
 
@@ -83,6 +83,7 @@ def summarise(
             for p in phases
         ],
         "priorities": {prio: stats((r for r in results if r.priority == prio), backends) for prio in PRIORITIES},
+        "apis": {api: stats((r for r in results if r.api == api), backends) for api, _ in API_MIX},
         "total": stats(results, backends),
         "router": router,
         "timeline": timeline(results, backends, duration),
@@ -135,6 +136,7 @@ def render(summary: dict[str, Any]) -> str:
     priorities = [["priority", *header[1:]]] + [
         _row(name, figures, backends) for name, figures in summary["priorities"].items()
     ]
+    apis = [["API", *header[1:]]] + [_row(name, figures, backends) for name, figures in summary["apis"].items()]
     router = summary["router"]
     counters = (
         f"failovers {router['failovers']:.0f}, hedges {router['hedges_sent']:.0f} sent / "
@@ -145,5 +147,7 @@ def render(summary: dict[str, Any]) -> str:
         + table(phases)
         + "\n\nBy priority\n"
         + table(priorities)
+        + "\n\nBy API (chat completions and Anthropic Messages for model chat, embeddings for search)\n"
+        + table(apis)
         + f"\n\nRouter: {counters}\n"
     )

@@ -67,7 +67,6 @@ class ChatFormat:
                     }
                 ],
                 "usage": usage(completion),
-                "system_fingerprint": None,
             }
         )
 
@@ -150,7 +149,6 @@ def _chunk_fields(completion: Completion) -> dict[str, Any]:
         "object": "chat.completion.chunk",
         "created": completion.created,
         "model": completion.model,
-        "system_fingerprint": None,
     }
 
 

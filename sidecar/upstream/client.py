@@ -111,8 +111,7 @@ class Upstream:
             raise _scrub(error_from_transport(exc), self.backend) from None
         self._trace(url, response.status)
         if not 200 <= response.status < 300:
-            error = error_from_response(response.status, response.headers, answer)
-            raise _scrub(error, self.backend)
+            raise self._error(response, answer)
         try:
             completion = codec.decode(response.status, answer, self.backend.model)
         except UpstreamError as error:
@@ -151,11 +150,16 @@ class Upstream:
                 answer = b""
             finally:
                 response.close()
-            error = error_from_response(response.status, response.headers, answer)
-            raise _scrub(error, self.backend)
+            raise self._error(response, answer)
         stream = CompletionStream(response, codec.translator(request, self.backend.model), self.backend)
         stream.headers = forwarded_headers(response.raw_headers)
         return stream
+
+    def _error(self, response: Response, body: bytes) -> UpstreamError:
+        """The error for a non-2xx answer, key masked, with the headers the app should see if it gets it."""
+        error = _scrub(error_from_response(response.status, response.headers, body), self.backend)
+        error.headers = forwarded_headers(response.raw_headers)
+        return error
 
     async def probe(self, *, timeout: float) -> bool:  # noqa: ASYNC109
         """Cheap health probe (GET the model list, never a paid completion): True on 2xx."""

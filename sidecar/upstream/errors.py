@@ -56,6 +56,8 @@ class UpstreamError(Exception):
         self.detail = detail
         self.raw = raw
         self.raw_family = raw_family
+        self.headers: list[tuple[str, str]] = []
+        """Upstream response headers for the app when this error is returned to it (request id, rate limits)."""
 
     def __str__(self) -> str:
         return self.message

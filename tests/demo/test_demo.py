@@ -114,7 +114,7 @@ def test_on_a_terminal_the_panel_is_redrawn_in_place() -> None:
     view = LiveView(out, tty=True)
     phases = script(10)
     sidecar = SidecarView(backends=[BackendView("gpt41", "ejected", 8.5, 9.1, 3, 0.4)])
-    results = [Result(1.0, "normal", False, True, 0.3, backend="gpt41")]
+    results = [Result(1.0, "normal", False, "chat", True, 0.3, backend="gpt41")]
     view.update(1.0, 10, phases[0], sidecar, results)
     first = out.getvalue()
     view.update(4.0, 10, phases[1], sidecar, results)

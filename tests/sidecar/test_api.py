@@ -243,6 +243,31 @@ async def test_unparseable_bodies_are_a_400_not_a_crash(tmp_path: Path) -> None:
         assert h.sims["primary"].stats.requests == 0
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_chat_streams_conform_to_the_openai_spec(tmp_path: Path, kind: str) -> None:
+    # Every chunk the app gets, native or translated from Anthropic's events, is a valid chat.completion.chunk.
+    async with running(tmp_path, {"primary": (kind, FAST)}) as h, h.http() as http:
+        body = chat_body(stream=True, stream_options={"include_usage": True}, max_tokens=5)
+        async with http.stream("POST", "/chat/completions", json=body) as response:
+            lines = [line async for line in response.aiter_lines()]
+        events = [line[6:] for line in lines if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks and chunks[-1]["usage"]["completion_tokens"] == 5
+        for chunk in chunks:
+            assert spec_errors("openai", "CreateChatCompletionStreamResponse", chunk) == [], chunk
+        spec = ("openai", "CreateChatCompletionRequest") if kind == "openai" else ("anthropic", "CreateMessageParams")
+        assert spec_errors(*spec, h.sims["primary"].stats.last_json) == []
+
+
+async def test_native_chat_conforms_to_the_openai_spec(tmp_path: Path) -> None:
+    async with running(tmp_path, {"primary": FAST}) as h, h.http() as http:
+        response = await http.post("/chat/completions", json=chat_body(max_tokens=20, temperature=0.2))
+        assert response.status_code == 200
+        assert spec_errors("openai", "CreateChatCompletionResponse", response.json()) == []
+        assert spec_errors("openai", "CreateChatCompletionRequest", h.sims["primary"].stats.last_json) == []
+
+
 async def test_translated_chat_conforms_to_both_specs(tmp_path: Path) -> None:
     # What goes to Anthropic is a valid Messages request, and what comes back is a valid chat.completion
     # (message.refusal included, which the OpenAI spec requires).

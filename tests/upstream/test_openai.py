@@ -262,3 +262,30 @@ async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, eve
     assert streamed.json()["stream_options"] == {"include_usage": True}
     assert usage.completion_tokens == 2 and out == events(*STREAM[:4])
     assert (probe.method, probe.target, healthy) == ("GET", f"/openai/models?api-version={version}", True)
+
+
+async def test_request_ids_and_rate_limit_headers_reach_the_app_on_answers_and_errors(serve, backend) -> None:
+    upstream_headers = {
+        "x-request-id": "req_123",
+        "x-ratelimit-remaining-requests": "99",
+        "openai-processing-ms": "12",
+        "set-cookie": "session=abc",
+    }
+    status = iter([200, 400])
+
+    async def reply(received, res) -> None:
+        code = next(status)
+        body = ANSWER if code == 200 else {"error": {"message": "bad", "type": "invalid_request_error"}}
+        await res.json(code, body, upstream_headers)
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        completion = await upstream.complete(REQUEST, timeout=5)
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.complete(REQUEST, timeout=5)
+    finally:
+        await upstream.aclose()
+    expected = [("x-request-id", "req_123"), ("x-ratelimit-remaining-requests", "99"), ("openai-processing-ms", "12")]
+    assert completion.headers == expected  # never the upstream's cookies
+    assert caught.value.headers == expected
