@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import re
@@ -396,3 +397,23 @@ def test_an_upstream_base_path_is_kept_and_openais_v1_not_doubled() -> None:
     assert relay.target("openai", "/audio/speech", "a=1").path == b"/openai/v1/audio/speech?a=1"
     assert relay.target("anthropic", "/v1/messages/batches", "").path == b"/v1/messages/batches"
     assert relay.target("anthropic", "/v1/messages", "").host == b"api.anthropic.com"
+
+
+async def test_the_answer_comes_back_as_sent_compressed_body_and_repeated_headers_included(tmp_path: Path) -> None:
+    body = gzip.compress(json.dumps(CHAT_ANSWER).encode())
+
+    async def reply(received: Received, responder: Responder) -> None:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        head += b"set-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: %d\r\n\r\n" % len(body)
+        responder.writer.write(head + body)
+        await responder.writer.drain()
+
+    async with setup(tmp_path, reply) as s, httpx.AsyncClient(base_url=s.base_url) as http:
+        request = {"model": "gpt-unrouted", "messages": USER}
+        sent = {"accept-encoding": "gzip"}
+        async with http.stream("POST", "/v1/chat/completions", json=request, headers=sent) as response:
+            raw = b"".join([piece async for piece in response.aiter_raw()])
+        assert raw == body  # not decompressed, not re-encoded
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+        assert s.upstream.received[0].headers["accept-encoding"] == "gzip"  # the app's own, not ours
