@@ -73,7 +73,7 @@ class Setup:
 
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
         async def record(request: httpx.Request) -> None:
-            self.sent.append(request.content)
+            self.sent.append(await request.aread())  # multipart bodies are streams until read
 
         http = httpx.AsyncClient(event_hooks={"request": [record]})
         return openai.AsyncOpenAI(
@@ -417,3 +417,17 @@ async def test_the_answer_comes_back_as_sent_compressed_body_and_repeated_header
         assert response.headers["content-encoding"] == "gzip"
         assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
         assert s.upstream.received[0].headers["accept-encoding"] == "gzip"  # the app's own, not ours
+
+
+async def test_an_audio_upload_passes_through_byte_for_byte(tmp_path: Path) -> None:
+    async def transcript(received: Received, responder: Responder) -> None:
+        await responder.json(200, {"text": "hello from upstream"})
+
+    async with setup(tmp_path, transcript) as s, s.openai() as client:
+        audio = bytes(range(256)) * 64  # binary, every byte value
+        answer = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio, "audio/wav"))
+        assert answer.text == "hello from upstream"
+        [got] = s.upstream.received
+        assert got.target == "/v1/audio/transcriptions" and got.body == s.sent[-1] and audio in got.body
+        assert got.headers["content-type"].startswith("multipart/form-data; boundary=")
+        assert got.headers["authorization"] == f"Bearer {APP_KEY}"
