@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 
@@ -153,6 +154,7 @@ class Passthrough:
         host = target.host.decode("latin-1")
         in_flight = self._metrics.child(self._metrics.in_flight, ROUTE)
         in_flight.inc()
+        relay = None  # once the answer is handed to a relay, the relay ends the request's accounting
         try:
             try:
                 head = request_head(request.method, target, request_headers(request.headers), request.body, b"")
@@ -167,39 +169,25 @@ class Passthrough:
             except httpx.TransportError as exc:
                 log.warning("passthrough to %s failed: %s", host, exc)
                 raise ProxyError(502, f"passthrough upstream {host} failed: {exc}", "upstream_unavailable") from None
+            headers = response_headers(upstream.raw_headers)
+            status = upstream.status
+            if upstream.arrived:  # the whole answer is here (most JSON answers): send it with its length
+                body = await upstream.read()
+                count(str(status), _outcome(status))
+                return Response(status, body, headers, content_type="")
+
+            def ended(outcome: str) -> None:
+                in_flight.dec()
+                count(str(status), outcome)
+
+            relay = _Relay(request, upstream, host, ended)
+            return StreamingResponse(status, relay, headers, content_type="")
         except ProxyError as error:
-            in_flight.dec()
             count(str(error.status), "error" if error.status >= 500 else "client_error")
             return error.response(family)
-        headers = response_headers(upstream.raw_headers)
-        if upstream.arrived:  # the whole answer is here (most JSON answers): send it with its length
-            try:
-                body = await upstream.read()
-            finally:
-                in_flight.dec()
-                count(str(upstream.status), _outcome(upstream.status))
-            return Response(upstream.status, body, headers, content_type="")
-        chunks = self._relay(request, upstream, host, count)
-        return StreamingResponse(upstream.status, chunks, headers, content_type="")
-
-    async def _relay(
-        self, request: Request, upstream: UpstreamResponse, host: str, count: Callable[[str, str], None]
-    ) -> AsyncIterator[bytes]:
-        """Each piece of the upstream's body as it arrives. If the upstream breaks off, so does the app's
-        connection (a complete-looking answer would be a lie); if the app leaves, the upstream call stops."""
-        outcome = "abandoned"
-        try:
-            while piece := await upstream.receive():
-                yield piece
-            outcome = _outcome(upstream.status)
-        except httpx.TransportError as exc:
-            outcome = "error"
-            log.warning("passthrough answer from %s broke off: %s", host, exc)
-            request.abort()
         finally:
-            upstream.close()
-            self._metrics.child(self._metrics.in_flight, ROUTE).dec()
-            count(str(upstream.status), outcome)
+            if relay is None:
+                in_flight.dec()
 
     def _count(self, family: Family, api: str, received: float, status: str, outcome: str) -> None:
         metrics = self._metrics
@@ -210,6 +198,49 @@ class Passthrough:
     async def aclose(self) -> None:
         """Close the idle upstream connections."""
         await self._pool.aclose()
+
+
+class _Relay(AsyncGenerator[bytes, None]):
+    """The upstream's body, each piece as it arrives, for the app's connection. If the upstream breaks off, so
+    does the app's connection (a complete-looking answer would be a lie); if the app leaves, the upstream call
+    is closed. A class rather than a generator function: the server closes it even when it never started (the
+    app left while the upstream was answering), and a generator that never started skips its cleanup."""
+
+    def __init__(self, request: Request, upstream: UpstreamResponse, host: str, ended: Callable[[str], None]) -> None:
+        self._request = request
+        self._upstream: UpstreamResponse | None = upstream
+        self._host = host
+        self._ended = ended
+
+    async def asend(self, value: None) -> bytes:
+        upstream = self._upstream
+        if upstream is None:
+            raise StopAsyncIteration
+        try:
+            piece = await upstream.receive()
+        except httpx.TransportError as exc:
+            log.warning("passthrough answer from %s broke off: %s", self._host, exc)
+            self._request.abort()
+            self._end("error")
+            raise StopAsyncIteration from None
+        if not piece:
+            self._end(_outcome(upstream.status))
+            raise StopAsyncIteration
+        return piece
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        self._end("abandoned")
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        self._end("abandoned")
+
+    def _end(self, outcome: str) -> None:
+        """Close the upstream call and account for the request, once."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
+            self._ended(outcome)
 
 
 def _outcome(status: int) -> str:

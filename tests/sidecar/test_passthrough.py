@@ -431,3 +431,40 @@ async def test_an_audio_upload_passes_through_byte_for_byte(tmp_path: Path) -> N
         assert got.target == "/v1/audio/transcriptions" and got.body == s.sent[-1] and audio in got.body
         assert got.headers["content-type"].startswith("multipart/form-data; boundary=")
         assert got.headers["authorization"] == f"Bearer {APP_KEY}"
+
+
+async def test_an_app_that_leaves_before_the_answer_closes_the_upstream_call(tmp_path: Path) -> None:
+    arrived, answer_now, upstream_closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def reply(received: Received, responder: Responder) -> None:
+        arrived.set()
+        await answer_now.wait()
+        writer = responder.writer
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(600):  # an endless stream, until the sidecar hangs up
+                writer.write(b"a\r\ndata: x\n\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            upstream_closed.set()
+        responder.closed = True
+
+    async with setup(tmp_path, reply) as s:
+        _, writer = await asyncio.open_connection("127.0.0.1", s.sidecar.app_server.port)
+        body = json.dumps({"model": "gpt-unrouted", "stream": True}).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await asyncio.wait_for(arrived.wait(), 30)
+        writer.close()  # the app gives up while the upstream is still thinking
+        connections = s.sidecar.app_server._ctx.connections  # the sidecar has seen it leave
+        for _ in range(300):
+            if not connections:
+                break
+            await asyncio.sleep(0.1)
+        assert not connections
+        answer_now.set()
+        await asyncio.wait_for(upstream_closed.wait(), 30)
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{s.sidecar.admin_server.port}/metrics")).text
+        assert 'llmroute_requests_in_flight{route="passthrough"} 0.0' in metrics
+        assert 'outcome="abandoned",priority="none",route="passthrough"} 1.0' in metrics
