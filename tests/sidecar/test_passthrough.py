@@ -468,3 +468,10 @@ async def test_an_app_that_leaves_before_the_answer_closes_the_upstream_call(tmp
             metrics = (await http.get(f"http://127.0.0.1:{s.sidecar.admin_server.port}/metrics")).text
         assert 'llmroute_requests_in_flight{route="passthrough"} 0.0' in metrics
         assert 'outcome="abandoned",priority="none",route="passthrough"} 1.0' in metrics
+
+
+def test_azure_sdk_paths_keep_their_own_prefix() -> None:
+    relay = Passthrough({"openai": "https://res.openai.azure.com"}, SidecarMetrics())
+    target = relay.target("openai", "/openai/deployments/gpt/chat/completions", "api-version=2024-10-21")
+    assert target.path == b"/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+    assert target.origin == ("https", "res.openai.azure.com", 443) and not relay.serves("anthropic")
