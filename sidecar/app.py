@@ -3,6 +3,7 @@ the shape of the app's API. Decisions are the dispatcher's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -168,6 +169,9 @@ class SidecarApp:
                 self._observe(call, None, "error", received)
                 error.headers = [*error.headers, *self._headers(call, None, received)]
                 raise
+            except asyncio.CancelledError:  # the app went away: its attempts and hedges were cancelled with it
+                self._observe(call, None, "abandoned", received)
+                raise
             if answer.stream is not None:
                 holds_stream = True
                 response_headers = self._headers(call, answer, received)
@@ -189,42 +193,38 @@ class SidecarApp:
     async def _relay(
         self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncIterator[bytes]:
-        """Forward a stream that already produced its first chunk, then its cost comment and [DONE]; a failure
-        now ends it with an SSE error instead."""
+        """Forward a stream that already produced its first chunk, then its cost comment and the API's ending;
+        a failure now ends it with an SSE error instead. The stream's attempt closes here, whatever happens:
+        abandoned when the app goes away mid-stream."""
         stream = answer.stream
         assert stream is not None
-        runtime = call.runtime
         candidate = answer.candidate
-        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority, call.api.api).observe(
-            time.monotonic() - received
-        )
+        self.metrics.child(
+            self.metrics.ttft, call.runtime.route.name, candidate.name, call.priority, call.api.api
+        ).observe(time.monotonic() - received)
         outcome = "abandoned"
         try:
-            data = answer.first_chunk
-            try:
-                # Send what we have before waiting for more; once the answer is complete, nothing more is
-                # awaited, so its last events go out in one write with the cost comment and [DONE].
-                while not stream.complete:
-                    yield data
-                    data = await anext(stream, b"")
-            except UpstreamError as error:
-                outcome = "error"
-                self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
-                message = f"backend {candidate.name} failed mid-stream: {error}"
-                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
-                return
-            outcome = "success"
-            cost = self.dispatcher.succeeded(
-                runtime, candidate, answer.token, answer.started, stream.usage, "success", answer.ttft
-            )
-            # Streams carry their cost as an SSE comment (clients ignore comments), before chat's final [DONE].
-            yield data + call.api.stream_end(cost)
+            with answer.attempt as attempt:
+                data = answer.first_chunk
+                try:
+                    # Send what we have before waiting for more; once the answer is complete, nothing more is
+                    # awaited, so its last events go out in one write with the cost comment and the ending.
+                    while not stream.complete:
+                        yield data
+                        data = await anext(stream, b"")
+                except UpstreamError as error:
+                    outcome = "error"
+                    attempt.fail(error)
+                    message = f"backend {candidate.name} failed mid-stream: {error}"
+                    yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                    return
+                outcome = "success"
+                cost = attempt.succeed(stream.usage)
+                yield data + call.api.stream_end(cost)
         finally:
-            if outcome == "abandoned":  # the app went away mid-stream: close the attempt without a verdict
-                self.dispatcher.abandoned(runtime, candidate, answer.token)
             await stream.aclose()
             self._observe(call, answer, outcome, received)
-            self.metrics.child(self.metrics.in_flight, runtime.route.name).dec()
+            self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
             if gate is not None:
                 gate.release()
 

@@ -96,6 +96,12 @@ class SidecarMetrics:
             ["version"],
             registry=r,
         )
+        self.task_crashes = Counter(
+            "llmroute_background_task_crashes_total",
+            "Crashes of the sidecar's background loops (each is logged and the loop restarted).",
+            ["task"],
+            registry=r,
+        )
         self.table_updates = Counter(
             "llmroute_routing_table_updates_total",
             "Routing tables received, by whether they were applied.",

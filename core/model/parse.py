@@ -191,6 +191,7 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
         quality=int(raw.get("quality", 50)),
         capabilities=frozenset(raw.get("capabilities", ())),
         max_concurrency=raw.get("maxConcurrency"),
+        context_window=raw.get("contextWindow"),
         weight=int(raw.get("weight", 1)),
         self_hosted=bool(raw.get("selfHosted", False)),
         api_version=raw.get("apiVersion", DEFAULT_AZURE_API_VERSION),

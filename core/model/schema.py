@@ -125,6 +125,12 @@ BACKEND = {
                 " a translation exists."
             ),
         },
+        "contextWindow": _integer(
+            "Most tokens a request may hold (prompt and answer); prompts estimated larger skip this backend, and"
+            " one it refuses as too long goes to a backend with a larger window.",
+            1,
+            100_000_000,
+        ),
         "maxConcurrency": _integer("Most requests in flight to this backend from one sidecar.", 1, 100000),
         "weight": _integer("Relative share for strategy weighted (default 1).", 0, 10000),
         "selfHosted": {

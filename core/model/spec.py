@@ -98,6 +98,8 @@ class Backend:
     quality: int = 50
     capabilities: frozenset[str] = frozenset()
     max_concurrency: int | None = None
+    context_window: int | None = None
+    """Tokens a request may hold; None: not declared (no request is skipped for its size)."""
     weight: int = 1
     self_hosted: bool = False
     api_version: str = DEFAULT_AZURE_API_VERSION
@@ -116,7 +118,11 @@ class Backend:
         """Whether a request needing `needs` (see the sidecar's needed_capabilities) can go to this backend."""
         if not needs:
             return True  # most requests: no set arithmetic on the hot path
-        return needs <= (self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset())
+        return not self.lacks(needs)
+
+    def lacks(self, needs: frozenset[str]) -> frozenset[str]:
+        """What of `needs` this backend cannot serve."""
+        return needs - ((self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset()))
 
     @property
     def load_sensitive(self) -> bool:

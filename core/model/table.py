@@ -41,6 +41,8 @@ def route_spec(route: Route) -> dict[str, Any]:
             raw["price"]["cachedInputPerMTok"] = b.price.cached_input_per_mtok
         if b.max_concurrency is not None:
             raw["maxConcurrency"] = b.max_concurrency
+        if b.context_window is not None:
+            raw["contextWindow"] = b.context_window
         if b.provider == "azure-openai":
             raw["apiVersion"] = b.api_version
         if b.api_key_secret_ref is not None:

@@ -59,6 +59,10 @@ class AnthropicDialect:
         kind = _ERROR_TYPES.get(status, "api_error")
         return dump({"type": "error", "error": {"type": kind, "message": message}})
 
+    def context_error(self, prompt_tokens: int, window: int) -> bytes:
+        message = f"prompt is too long: {prompt_tokens} tokens > {window} maximum"
+        return dump({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+
     def models_body(self, models: tuple[str, ...]) -> bytes:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models]
         return dump({"data": data, "has_more": False, "first_id": models[0], "last_id": models[-1]})

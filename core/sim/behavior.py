@@ -65,6 +65,7 @@ class Behavior:
     reset_rate: float = 0.0  # drop the connection with a TCP reset before answering
     midstream_failure_rate: float = 0.0  # streams: fail right after the first chunk
     api_key: str | None = None  # when set, any other key gets 401
+    context_window: int | None = None  # when set, longer prompts get the provider's context-length 400
 
     def __post_init__(self) -> None:
         rates = (self.error_rate, self.rate_limit_rate, self.hang_rate, self.reset_rate)

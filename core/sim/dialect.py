@@ -85,6 +85,10 @@ class Dialect(Protocol):
 
     def error_body(self, status: int, message: str) -> bytes: ...
 
+    def context_error(self, prompt_tokens: int, window: int) -> bytes:
+        """The provider's own 400 body for a prompt longer than the model's context window."""
+        ...
+
     def models_body(self, models: tuple[str, ...]) -> bytes: ...
 
 

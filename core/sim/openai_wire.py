@@ -116,6 +116,14 @@ class OpenAIDialect:
         kind, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
         return dump({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
+    def context_error(self, prompt_tokens: int, window: int) -> bytes:
+        message = (
+            f"This model's maximum context length is {window} tokens. However, your messages resulted in"
+            f" {prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": "messages"}
+        return dump({"error": {**error, "code": "context_length_exceeded"}})
+
     def models_body(self, models: tuple[str, ...]) -> bytes:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "llmroute-sim"} for m in models]
         return dump({"object": "list", "data": data})

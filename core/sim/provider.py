@@ -28,6 +28,11 @@ _DIALECTS: dict[str, type[Dialect]] = {
 }
 
 
+def _prompt_tokens(request: Request) -> int:
+    """The prompt's size as the simulator counts it: roughly 4 bytes of request body per token."""
+    return max(1, len(request.body) // 4)
+
+
 async def _sleep(seconds: float) -> None:
     if seconds > 0:
         await asyncio.sleep(seconds)
@@ -101,6 +106,13 @@ class SimProvider:
         if request.path == "/sim/stats":
             return Response(200, dump(self.stats.to_json()))
         self.stats.record(request)
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:  # the server cancels a handler whose client went away
+            self.stats.disconnects += 1
+            raise
+
+    async def _answer(self, request: Request) -> Response | StreamingResponse:
         dialect = self._dialect
         endpoint = dialect.route(request)
         fmt = None if endpoint is None or endpoint is Endpoint.MODELS else dialect.format(endpoint)
@@ -122,6 +134,10 @@ class SimProvider:
         chat = fmt.parse(request, payload)
         if isinstance(chat, str):
             return self._error(400, "bad_request", chat)
+        window = behavior.context_window
+        if window is not None and _prompt_tokens(request) > window:
+            self.stats.by_outcome["context_length"] += 1
+            return Response(400, dialect.context_error(_prompt_tokens(request), window), self._headers)
         outcome = behavior.outcome(self._rng)
         if outcome != "ok":
             return await self._misbehave(outcome, request, behavior)
@@ -163,7 +179,7 @@ class SimProvider:
         truncated = chat.max_tokens is not None and chat.max_tokens < tokens
         if truncated and chat.max_tokens is not None:
             tokens = chat.max_tokens
-        prompt_tokens = max(1, len(request.body) // 4)  # roughly 4 bytes per token
+        prompt_tokens = _prompt_tokens(request)
         return Completion(
             id=f"{fmt.id_prefix}{self.name}-{self._ids}",
             model=chat.model,

@@ -180,10 +180,24 @@ def read_error_body(status: int, body: bytes) -> tuple[ErrorDetail, Family | Non
     return ErrorDetail(message, etype, code, param), family
 
 
+_TOO_LONG = ("prompt is too long", "maximum context length", "context length", "context window")
+
+
+def too_long(status: int, detail: ErrorDetail) -> bool:
+    """Whether a 400/413 says the prompt exceeds the backend's context window: OpenAI's (and most compatible
+    servers') code `context_length_exceeded`, or Anthropic's "prompt is too long: N tokens > M maximum"."""
+    if status not in (400, 413):
+        return False
+    if detail.code == "context_length_exceeded":
+        return True
+    message = detail.message.lower()
+    return any(phrase in message for phrase in _TOO_LONG)
+
+
 def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
     """The UpstreamError for a non-2xx answer, keeping what it said and its body."""
     detail, family = read_error_body(status, body)
-    kind = FailureKind.for_status(status)
+    kind = FailureKind.CONTEXT_LENGTH if too_long(status, detail) else FailureKind.for_status(status)
     retry_after = parse_retry_after(headers) if status in (429, 503) else None
     return UpstreamError(
         kind,

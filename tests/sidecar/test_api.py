@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ async def test_capability_filtering(tmp_path: Path) -> None:
                 tools=tools,  # type: ignore[arg-type]
             )
             assert raw.headers["x-llmroute-backend"] == "tooled"
-        with pytest.raises(openai.BadRequestError, match="supports json"):
+        with pytest.raises(openai.BadRequestError, match="does not support json"):
             await h.client().chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
             )
@@ -187,7 +188,7 @@ async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(
             raw = await h.client().chat.completions.with_raw_response.create(model="chat", messages=messages, **extra)
             assert raw.headers["x-llmroute-backend"] == "gpt", extra
     async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
-        with pytest.raises(openai.BadRequestError, match="supports n>1"):
+        with pytest.raises(openai.BadRequestError, match="does not support n>1"):
             await h.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], n=3)
         assert h.sims["claude"].stats.requests == 0
 
@@ -230,7 +231,7 @@ async def test_what_a_translation_cannot_carry_goes_to_a_backend_that_can(
         with pytest.raises(openai.BadRequestError) as caught:
             await h.client().chat.completions.create(model="chat", **body)
         assert caught.value.code == "unsupported_parameter"
-        assert f"claude cannot carry {what}" in caught.value.message
+        assert f"route chat can serve this request: claude: cannot carry {what}" in caught.value.message
         assert h.sims["claude"].stats.requests == 0
 
 
@@ -300,3 +301,28 @@ async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:
             metrics = (await admin.get("/metrics")).text
             assert 'llmroute_request_duration_seconds_count{api="chat",backend="primary",outcome="success"' in metrics
             assert json.loads((await admin.get("/readyz")).text)["status"] == "ready"
+
+
+async def test_a_json_request_whose_app_went_away_is_cancelled_with_its_attempts(tmp_path: Path) -> None:
+    # The app gives up on a slow JSON answer: the sidecar stops waiting and paying for it at once, rather than
+    # running the attempt (and any hedge) to its end.
+    slow = Behavior(latency=Latency.fixed(60.0))
+    async with running(tmp_path, {"slow": slow}) as h:
+        with pytest.raises(openai.APITimeoutError):
+            await h.client(timeout=0.5).chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "x"}]
+            )
+        async with httpx.AsyncClient(base_url=h.admin_url) as admin:
+            for _ in range(100):  # well before the backend's 60 s answer
+                metrics = (await admin.get("/metrics")).text
+                if 'llmroute_request_duration_seconds_count{api="chat",backend="none",outcome="abandoned"' in metrics:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"the request was never counted as abandoned:\n{metrics}")
+            assert 'llmroute_requests_in_flight{route="chat"} 0.0' in metrics
+        for _ in range(100):  # the backend sees its connection closed: no answer is awaited (or billed)
+            if h.sims["slow"].stats.disconnects:
+                break
+            await asyncio.sleep(0.1)
+        assert h.sims["slow"].stats.disconnects == 1

@@ -89,8 +89,10 @@ async def test_an_api_no_backend_serves_is_a_400_that_names_route_and_api(tmp_pa
         with pytest.raises(openai.BadRequestError) as caught:
             await h.client().embeddings.create(model="chat", input="x")
         assert caught.value.code == "unsupported_api"
-        assert "route chat cannot serve the embeddings API" in caught.value.message
-        with pytest.raises(openai.BadRequestError, match="cannot serve the completions API"):
+        assert (
+            "no backend of route chat can serve this request: primary: serves no embeddings API" in caught.value.message
+        )
+        with pytest.raises(openai.BadRequestError, match="primary: serves no completions API"):
             await h.client().completions.create(model="chat", prompt="x")
         assert h.sims["primary"].stats.requests == 0
 
