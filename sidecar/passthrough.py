@@ -5,6 +5,7 @@ local default) leaves such requests to the app's 404."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -185,6 +186,9 @@ class Passthrough:
         except ProxyError as error:
             count(str(error.status), "error" if error.status >= 500 else "client_error")
             return error.response(family)
+        except asyncio.CancelledError:  # the app left before the answer: the server stops the handler
+            count("none", "abandoned")
+            raise
         finally:
             if relay is None:
                 in_flight.dec()
@@ -203,8 +207,9 @@ class Passthrough:
 class _Relay(AsyncGenerator[bytes, None]):
     """The upstream's body, each piece as it arrives, for the app's connection. If the upstream breaks off, so
     does the app's connection (a complete-looking answer would be a lie); if the app leaves, the upstream call
-    is closed. A class rather than a generator function: the server closes it even when it never started (the
-    app left while the upstream was answering), and a generator that never started skips its cleanup."""
+    is closed. A class rather than a generator function: the server closes a stream it cannot send (the
+    connection closed as the answer was handed over, or at shutdown) before its first step, and a generator
+    that never started would skip its cleanup."""
 
     def __init__(self, request: Request, upstream: UpstreamResponse, host: str, ended: Callable[[str], None]) -> None:
         self._request = request
