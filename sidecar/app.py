@@ -212,6 +212,7 @@ class SidecarApp:
                     while not stream.complete:
                         yield data
                         data = await anext(stream, b"")
+                        attempt.chunk()
                 except UpstreamError as error:
                     outcome = "error"
                     attempt.fail(error)

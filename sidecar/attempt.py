@@ -30,7 +30,20 @@ class AttemptClosed(RuntimeError):
 class Attempt:
     """One call on one backend, from `start` to its verdict."""
 
-    __slots__ = ("_handed_over", "_load", "_metrics", "_token", "candidate", "closed", "runtime", "started", "ttft")
+    __slots__ = (
+        "_handed_over",
+        "_last_chunk",
+        "_load",
+        "_longest_gap",
+        "_metrics",
+        "_token",
+        "_trial",
+        "candidate",
+        "closed",
+        "runtime",
+        "started",
+        "ttft",
+    )
 
     def __init__(
         self,
@@ -49,7 +62,11 @@ class Attempt:
         self.ttft: float | None = None
         self.closed = False
         self._handed_over = False
+        self._last_chunk = 0.0
+        self._longest_gap = 0.0
         runtime.pool.lease(runtime.upstreams[candidate.name])
+        self._trial = runtime.detector.trial_started(candidate.name)
+        """A half-open backend's one trial request: its verdict closes or reopens the circuit."""
         if load is not None:
             load.start(runtime.route.name, candidate.name)
         self._token = candidate.stats.start(self.started, stream=stream)
@@ -63,7 +80,16 @@ class Attempt:
         now = time.monotonic()
         self.candidate.stats.first_byte(self._token, now)
         self.ttft = now - self.started
+        self._last_chunk = now
         return self.ttft
+
+    def chunk(self) -> None:
+        """More of a stream arrived: its longest silence so far is kept, to learn the backend's normal gaps."""
+        now = time.monotonic()
+        gap = now - self._last_chunk
+        if gap > self._longest_gap:
+            self._longest_gap = gap
+        self._last_chunk = now
 
     def succeed(self, usage: Usage, outcome: str = "success") -> float:
         """It answered (a stream: to its end): feed the policies, count tokens and spend; returns USD."""
@@ -71,6 +97,8 @@ class Attempt:
         runtime, candidate = self.runtime, self.candidate
         candidate.stats.finish(self._token, now)
         runtime.detector.record_success(candidate.name)
+        if self.ttft is not None:  # a whole stream: its longest silence was a normal one
+            candidate.stats.gaps.add(self._longest_gap)
         route, name = runtime.route.name, candidate.name
         cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         m = self._metrics
@@ -124,6 +152,8 @@ class Attempt:
         bound on the backend's latency."""
         now = self._close()
         self.candidate.stats.cancel(self._token, now)
+        if self._trial:
+            self.runtime.detector.trial_abandoned(self.candidate.name)
         if self._load is not None:
             self._load.cancel(self.runtime.route.name, self.candidate.name)
 

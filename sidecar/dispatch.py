@@ -26,7 +26,7 @@ from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
-from llmroute.sidecar.upstream.client import CompletionStream, Upstream
+from llmroute.sidecar.upstream.client import MIN_IDLE_TIMEOUT, CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
@@ -38,6 +38,12 @@ MIN_ATTEMPT_S = 0.05
 TAIL_FACTOR = 3.0
 TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
+STREAM_IDLE_FLOOR_S = 2.0
+"""A stream is never cut for a silence shorter than this, however regular its backend's chunks; the ceiling
+is the upstream client's idle bound (the deadline, and at least MIN_IDLE_TIMEOUT)."""
+FIRST_TOKEN_DEFAULT_S = 10.0
+"""The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
+route has any either: the tail hedge then fires after 30 s."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
 that p95, and at least this long apart."""
@@ -180,6 +186,8 @@ class Dispatcher:
         feasible = [
             c for c in available if c.expected_latency(now, stream=call.stream) < remaining and not c.stats.stalled(now)
         ]
+        if strategy in _BLIND_TO_LATENCY and len(feasible) > 1:
+            feasible = _without_far_slower(feasible, call.stream)
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
@@ -292,8 +300,10 @@ class Dispatcher:
         deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
         to it are overdue as well), and otherwise only for a tail outlier: after TAIL_FACTOR times the p95
         (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows down
-        leave it together, while one slow answer of a healthy backend is not duplicated. Never while the
-        primary has no p95 yet. Every hedge is bounded by the retry budget.
+        leave it together, while one slow answer of a healthy backend is not duplicated. A backend with no
+        answer yet is judged by what the route's other backends need (the slowest of their p95s), and a
+        stream with no reference at all by FIRST_TOKEN_DEFAULT_S: its first token is never waited for
+        without a limit. Every hedge is bounded by the retry budget.
         """
         stats = primary.stats
         p95 = stats.quantile(0.95, stream=call.stream)
@@ -301,7 +311,9 @@ class Dispatcher:
             half = (call.deadline - started) / 2
             return started + (half if p95 is None else min(p95, half))
         if p95 is None:
-            return math.inf
+            p95 = _reference_p95(call, primary)
+            if p95 is None:
+                return math.inf
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
         if now < started + p95:
             return started + p95
@@ -322,7 +334,9 @@ class Dispatcher:
         states = {s.name: s for s in call.runtime.detector.snapshot(now)}
         for candidate in unavailable:
             state = states.get(candidate.name)
-            if state is not None and state.state != "active":
+            if state is not None and state.state == "half-open":
+                call.skipped[candidate.name] = "half-open, its one trial request still out"
+            elif state is not None and state.state != "active":
                 until = time.strftime("%H:%M:%S", time.gmtime(time.time() + state.remaining_s))
                 call.skipped[candidate.name] = f"{state.state} until {until} UTC ({state.reason})"
             else:
@@ -393,6 +407,9 @@ class Dispatcher:
                 await stream.aclose()
                 raise
         attempt.first_byte()
+        # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
+        ceiling = max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        stream.limit_idle(attempt.candidate.stats.idle_limit(STREAM_IDLE_FLOOR_S, ceiling))
         return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------
@@ -438,6 +455,43 @@ _NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKin
 # Failures that go to another backend whatever retryOn says: they are about this backend, not the request.
 _ALWAYS_ELSEWHERE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
 _SKIP_CODES = ("unsupported_api", "unsupported_parameter", "unsupported_capability", "context_length_exceeded")
+
+
+_BLIND_TO_LATENCY = frozenset({"ordered", "weighted"})
+FAR_SLOWER = 4.0
+FAR_SLOWER_MARGIN_S = 1.0
+"""Strategies that do not weigh latency still pass over a backend expected to take FAR_SLOWER times (and
+FAR_SLOWER_MARGIN_S more than) the fastest one: 8.5 s where a peer needs 0.3 s 'can answer in time' for a
+20 s deadline, but no one configuring `ordered` wants that answer."""
+
+
+def _without_far_slower(feasible: list[Candidate], stream: bool) -> list[Candidate]:
+    """`feasible` less the backends far slower than the fastest of them (see FAR_SLOWER). Answer times
+    alone count: a backend that just failed once is not slow (ejection judges failures), and one with no
+    answer yet is not judged."""
+    speeds = {c.name: _speed(c, stream) for c in feasible}
+    known = [v for v in speeds.values() if v is not None]
+    if len(known) < 2:
+        return feasible
+    fastest = min(known)
+    bound = max(FAR_SLOWER * fastest, fastest + FAR_SLOWER_MARGIN_S)
+    return [c for c in feasible if (speed := speeds[c.name]) is None or speed <= bound]
+
+
+def _speed(candidate: Candidate, stream: bool) -> float | None:
+    """The backend's peak-EWMA answer time (first-token time for streams), without failure penalties."""
+    stats = candidate.stats
+    return stats.ttft.value if stream and stats.ttft.value is not None else stats.latency.value
+
+
+def _reference_p95(call: Call, primary: Candidate) -> float | None:
+    """What a backend with no history is expected to need: the slowest p95 of the route's other backends, or
+    for streams FIRST_TOKEN_DEFAULT_S when none has answered yet; None for a JSON call with no reference."""
+    others = [c.stats.quantile(0.95, stream=call.stream) for c in call.runtime.candidates if c is not primary]
+    known = [q for q in others if q is not None]
+    if known:
+        return max(known)
+    return FIRST_TOKEN_DEFAULT_S if call.stream else None
 
 
 def _fits(candidate: Candidate, min_context: int) -> bool:
@@ -495,18 +549,21 @@ class _Attempts:
         if after is not None and after.kind not in retry.retry_on and after.kind not in _ALWAYS_ELSEWHERE:
             call.not_tried = f"{after.kind} is not in the route's retryOn"
             return None
-        candidate = self.peek()
+        candidate = self.peek(hedge=after is None)
         if candidate is not None and not runtime.budget.try_acquire_retry(time.monotonic()):
             self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
             call.not_tried = "the retry budget was spent"
             return None
         return candidate
 
-    def peek(self) -> Candidate | None:
+    def peek(self, *, hedge: bool = False) -> Candidate | None:
         """The backend a retry or hedge would go to now. Backends not yet tried come first, in plan order;
         only then is one tried again (a route with fewer backends than attempts), and never one that timed
-        out, refused the key or asked us to back off."""
+        out, refused the key or asked us to back off. A hedge never goes to a backend expected to miss the
+        deadline: it would spend the retry budget on an answer that cannot arrive in time."""
         call = self._call
+        now = time.monotonic()
+        remaining = call.deadline - now
         busy = {c.name for c in self.running.values()}
         tried = {name for name, _ in call.errors}
         barred = {name for name, e in call.errors if e.kind in _NEVER_AGAIN}
@@ -517,7 +574,10 @@ class _Attempts:
             (
                 c
                 for c in (*fresh, *again)
-                if c.name not in busy and detector.is_available(c.name) and _fits(c, call.min_context)
+                if c.name not in busy
+                and detector.is_available(c.name)
+                and _fits(c, call.min_context)
+                and not (hedge and c.expected_latency(now, stream=call.stream) >= remaining)
             ),
             None,
         )

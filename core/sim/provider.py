@@ -122,7 +122,7 @@ class SimProvider:
         if behavior.api_key is not None and dialect.api_key(request.headers) != behavior.api_key:
             return self._error(401, "unauthorized", "Incorrect API key provided.")
         if fmt is None:  # the model list
-            outcome = behavior.outcome(self._rng)
+            outcome = "ok" if behavior.models_stay_up else behavior.outcome(self._rng)
             if outcome != "ok":
                 return await self._misbehave(outcome, request, behavior)
             self.stats.by_outcome["ok"] += 1
@@ -144,9 +144,10 @@ class SimProvider:
         completion = self._complete(fmt, chat, behavior, request)
         if chat.stream:
             broken = self._rng.random() < behavior.midstream_failure_rate
-            self.stats.by_outcome["midstream_failure" if broken else "ok"] += 1
+            stall = 0.0 if broken or self._rng.random() >= behavior.midstream_stall_rate else behavior.stall
+            self.stats.by_outcome["midstream_failure" if broken else "midstream_stall" if stall else "ok"] += 1
             await _sleep((behavior.ttft or behavior.latency).sample(self._rng))
-            chunks = self._stream(fmt, request, chat, completion, behavior, broken)
+            chunks = self._stream(fmt, request, chat, completion, behavior, broken, stall)
             return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
         self.stats.by_outcome["ok"] += 1
         await _sleep(behavior.latency.sample(self._rng))
@@ -193,7 +194,14 @@ class SimProvider:
         )
 
     async def _stream(
-        self, fmt: Format, request: Request, chat: ChatRequest, completion: Completion, behavior: Behavior, broken: bool
+        self,
+        fmt: Format,
+        request: Request,
+        chat: ChatRequest,
+        completion: Completion,
+        behavior: Behavior,
+        broken: bool,
+        stall: float,
     ) -> AsyncIterator[bytes]:
         yield fmt.stream_start(completion) + fmt.stream_token(completion, "token")
         if broken:
@@ -204,8 +212,8 @@ class SimProvider:
                 yield failure
             return
         token = fmt.stream_token(completion, " token")
-        for _ in range(completion.completion_tokens - 1):
-            await _sleep(behavior.token_delay)
+        for i in range(completion.completion_tokens - 1):
+            await _sleep(stall if stall and i == completion.completion_tokens // 2 else behavior.token_delay)
             yield token
         yield fmt.stream_end(completion, chat.include_usage)
 

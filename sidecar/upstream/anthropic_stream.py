@@ -47,10 +47,11 @@ def usage_of(usage: Any, into: Usage | None = None) -> Usage:
 class AnthropicStream:
     """State of one translated stream: message id and model, tool-call indexes, usage, whether it ended."""
 
-    __slots__ = ("_created", "_done", "_events", "_forward_usage", "_id", "_model", "_tools", "usage")
+    __slots__ = ("_created", "_done", "_events", "_forward_usage", "_id", "_model", "_tools", "settled", "usage")
 
     def __init__(self, model: str, *, forward_usage: bool) -> None:
         self.usage = Usage()
+        self.settled = False
         self._model = model
         self._forward_usage = forward_usage
         self._id = ""
@@ -101,18 +102,23 @@ class AnthropicStream:
             return []
         if kind == "message_delta":
             usage_of(doc.get("usage"), self.usage)
+            self.settled = True  # the stop reason and final usage: only message_stop is left
             stop = (doc.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, finish_reason(stop) or "stop")]
         if kind == "message_stop":
             self._done = True
-            if self._forward_usage:
-                usage = self._envelope([])
-                usage["usage"] = self.usage.to_openai()
-                return [sse(usage), DONE]
-            return [DONE]
+            return self._closing()
         if kind == "error":
             raise error_from_event(doc.get("error"), "mid-stream")
         return []  # ping, content_block_stop, and event types added after this was written
+
+    def _closing(self) -> list[bytes]:
+        """The usage chunk (when the app asked for it) and the end."""
+        if self._forward_usage:
+            usage = self._envelope([])
+            usage["usage"] = self.usage.to_openai()
+            return [sse(usage), DONE]
+        return [DONE]
 
     def _delta(self, doc: dict[str, Any]) -> list[bytes]:
         delta = doc.get("delta") or {}
@@ -127,7 +133,11 @@ class AnthropicStream:
         return []  # thinking and signature deltas have no chat.completions counterpart
 
     def end(self) -> list[bytes]:
-        """Nothing if message_stop came; otherwise the stream was cut short."""
+        """Nothing if message_stop came; its closing events if only message_stop was missing; otherwise the
+        stream was cut short."""
         if self._done:
             return []
+        if self.settled:
+            self._done = True
+            return self._closing()
         raise cut_short(self._events, "message_stop")

@@ -26,6 +26,8 @@ class StreamTranslator(Protocol):
     internal marker DONE says the answer is complete (the caller writes the API's own ending)."""
 
     usage: Usage
+    settled: bool
+    """The answer has finished and its usage is in, though the upstream's own ending has not come yet."""
 
     def event(self, event: SSEEvent) -> list[bytes]:
         """The app-bound SSE events for one upstream event; raises UpstreamError for an error event."""

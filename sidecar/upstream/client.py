@@ -27,6 +27,9 @@ from llmroute.sidecar.upstream.usage import Completion, Usage
 __all__ = ["Completion", "CompletionStream", "Upstream"]
 
 MIN_IDLE_TIMEOUT = 30.0  # between stream chunks: models pause while thinking or calling tools
+TERMINATOR_GRACE_S = 0.5
+"""Once a stream's answer and usage are in, how long its own ending ([DONE], message_stop) may take before
+the answer is finalised without it."""
 _TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,10 @@ class CompletionStream:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
 
+    def limit_idle(self, seconds: float) -> None:
+        """From now on, a silence longer than `seconds` between two reads interrupts the stream (TIMEOUT)."""
+        self._response.set_read_timeout(seconds)
+
     def __aiter__(self) -> CompletionStream:
         return self
 
@@ -237,7 +244,9 @@ class CompletionStream:
         try:
             chunk = await self._response.receive()
         except httpx.TransportError as exc:
-            raise error_from_transport(exc) from None
+            if not (isinstance(exc, httpx.ReadTimeout) and self._translator.settled):
+                raise error_from_transport(exc) from None
+            chunk = b""  # a complete answer whose upstream never sent its ending: finalised all the same
         if not chunk:
             closing = self._translator.end()  # raises if the answer was cut short
             self.complete = True
@@ -254,6 +263,8 @@ class CompletionStream:
             if not parts:
                 raise
             self._error = error
+        if self._translator.settled:
+            self._response.set_read_timeout(TERMINATOR_GRACE_S)
         return self._until_done(parts)
 
     def _until_done(self, parts: list[bytes]) -> bytes:

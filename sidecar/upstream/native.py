@@ -132,6 +132,7 @@ class NamedEventStream:
     """
 
     __slots__ = ("_done", "_events", "_rules", "usage")
+    settled = False  # the final event carries the usage: nothing settles before it
 
     def __init__(self, rules: _ResponsesEvents | _MessagesEvents) -> None:
         self.usage = Usage()

@@ -81,10 +81,11 @@ class OpenAIStream:
     got anything); after it, only events that may carry usage, a finish_reason or an error are.
     """
 
-    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "usage")
+    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "settled", "usage")
 
     def __init__(self, *, forward_usage: bool) -> None:
         self.usage = Usage()
+        self.settled = False
         self._forward_usage = forward_usage
         self._events = 0
         self._finished = False
@@ -109,6 +110,7 @@ class OpenAIStream:
         usage = chunk.get("usage")
         if usage:
             self.usage = Usage.from_openai(usage)
+            self.settled = self._finished
             if not choices and not self._forward_usage:
                 return []
         if choices and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):

@@ -291,6 +291,10 @@ class Response:
         """The whole answer has been received (a small JSON answer usually comes with its head)."""
         return self._connection is None or self._connection.complete
 
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on, how long each piece of the body may take."""
+        self._timeout = seconds
+
     async def receive(self) -> bytes:
         """The next piece of the body as it arrived (httpx.ReadTimeout after the read timeout); b"" at its end."""
         connection = self._connection

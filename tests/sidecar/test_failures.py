@@ -3,14 +3,18 @@ backend of the route."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from llmroute.sim import Behavior, Latency
+from llmroute.sim import Behavior, Latency, SimProvider
 
-from .harness import running
+from .harness import backend_entry, chat_body, running
 
 FAST = Behavior(latency=Latency.fixed(0.01))
 LONG = "word " * 400  # about 2,000 bytes: 500 tokens as the sim counts, 500 as the sidecar estimates
@@ -83,3 +87,81 @@ async def test_the_503_accounts_for_every_backend_once(tmp_path: Path) -> None:
         assert "c: skipped, does not support tools" in message
         for name in ("a", "b", "c"):
             assert message.count(f"{name}: ") == 1, message
+
+
+async def test_a_first_token_is_never_awaited_without_a_limit_on_a_backend_with_no_history(tmp_path: Path) -> None:
+    # `newbie` joins the route first in order and has never answered; its first token takes 8 s. The route's
+    # other backend answers in ~10 ms, so the stream is judged by that and hedged after about a second.
+    quick = Behavior(latency=Latency.fixed(0.01))
+    async with running(tmp_path, {"veteran": quick}) as h, h.http() as http:
+        for _ in range(10):  # the veteran's history
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                await response.aread()
+        newbie = SimProvider("newbie", "openai", Behavior(latency=Latency.fixed(8.0)), seed=1)
+        await newbie.start()
+        try:
+            spec = {**h.spec, "strategy": "ordered", "backends": [backend_entry("newbie", newbie), *h.spec["backends"]]}
+            h.write_spec(spec)
+            assert h.sidecar.files is not None and h.sidecar.files.reload()
+            started = time.monotonic()
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                await response.aread()
+            assert response.headers["x-llmroute-backend"] == "veteran"
+            assert time.monotonic() - started < 6.0  # well before the newbie's 8 s first token
+            assert newbie.stats.requests == 1
+        finally:
+            await newbie.stop()
+
+
+async def test_a_stream_that_goes_silent_mid_answer_is_cut_by_its_backends_normal_gaps(tmp_path: Path) -> None:
+    # Chunks come every ~10 ms; once ten streams have shown that, a 20 s silence half-way is an interruption
+    # after the 2 s floor, ending the stream with an SSE error that says so, never a truncated success.
+    steady = Behavior(latency=Latency.fixed(0.01), token_delay=0.01, output_tokens=8)
+    async with running(tmp_path, {"steady": steady}) as h, h.http() as http:
+        for _ in range(10):
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                assert "[DONE]" in (await response.aread()).decode()
+        h.sims["steady"].set_behavior(dataclasses.replace(steady, midstream_stall_rate=1.0, stall=20.0))
+        started = time.monotonic()
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            text = (await response.aread()).decode()
+        assert time.monotonic() - started < 12.0  # not the 20 s silence
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        assert error["code"] == "stream_interrupted"
+        assert "no data from upstream within 2s" in error["message"]
+
+
+async def test_a_backend_whose_model_list_answers_while_completions_fail_gets_one_trial_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # An outage of the completions endpoint alone: GET /models still answers, so the probe passes. The
+    # backend is half-open: one trial request, whose failure falls over at once and ejects it again, instead
+    # of every request going back to it. When it really recovers, `ordered` gives it its traffic back.
+    spec = {"strategy": "ordered", "outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "300ms"}}
+    down = Behavior(latency=Latency.fixed(0.01), error_rate=1.0, error_statuses=(503,), models_stay_up=True)
+    async with running(tmp_path, {"primary": down, "backup": FAST}, spec=spec) as h, h.http() as http:
+        answered = []
+        for _ in range(30):  # about 3 s: several ejections, probes and trials
+            response = await http.post("/chat/completions", json=chat_body())
+            assert response.status_code == 200
+            answered.append(response.headers["x-llmroute-backend"])
+            await asyncio.sleep(0.1)
+        assert set(answered) == {"backup"}
+        primary = h.sims["primary"].stats
+        probes = primary.by_path["GET /v1/models"]
+        assert probes >= 1
+        # Two failures ejected it; after that, at most one trial per passed probe.
+        assert primary.by_path["POST /v1/chat/completions"] <= 2 + probes
+        h.sims["primary"].set_behavior(FAST)
+        for _ in range(100):
+            response = await http.post("/chat/completions", json=chat_body())
+            if response.headers["x-llmroute-backend"] == "primary":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the recovered primary never got its traffic back")
+        assert [
+            (await http.post("/chat/completions", json=chat_body())).headers["x-llmroute-backend"] for _ in range(3)
+        ] == ["primary"] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -289,3 +290,25 @@ async def test_request_ids_and_rate_limit_headers_reach_the_app_on_answers_and_e
     expected = [("x-request-id", "req_123"), ("x-ratelimit-remaining-requests", "99"), ("openai-processing-ms", "12")]
     assert completion.headers == expected  # never the upstream's cookies
     assert caught.value.headers == expected
+
+
+async def test_a_finished_stream_whose_done_never_comes_is_finalised_at_once(serve, backend, events, drain) -> None:
+    # Finish and usage arrived, then the upstream neither sends [DONE] nor closes: the answer is complete,
+    # so it ends within the short grace instead of waiting out the 30 s idle bound or failing.
+    async def reply(received, res) -> None:
+        res.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        piece = b"".join(events(*STREAM[:-1]))
+        res.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await res.writer.drain()
+        await res.hang()
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    started = asyncio.get_running_loop().time()
+    try:
+        out, usage = await collect(upstream, {**REQUEST, "stream": True}, drain)
+    finally:
+        await upstream.aclose()
+    assert asyncio.get_running_loop().time() - started < 10  # the grace is 0.5 s; the idle bound 30 s
+    assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+    assert len(out) == len(STREAM) - 2  # every event but the usage-only chunk (not asked for) and [DONE]
