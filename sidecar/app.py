@@ -12,6 +12,7 @@ from typing import Any, cast
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
+from llmroute.sidecar.continuation import Continuation, can_continue
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
@@ -193,37 +194,57 @@ class SidecarApp:
     async def _relay(
         self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncIterator[bytes]:
-        """Forward a stream that already produced its first chunk, then its cost comment and the API's ending;
-        a failure now ends it with an SSE error instead. The stream's attempt closes here, whatever happens:
-        abandoned when the app goes away mid-stream."""
-        stream = answer.stream
-        assert stream is not None
-        candidate = answer.candidate
+        """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
+        A chat stream that breaks off is continued on a backend that can (see continuation.py), so the app
+        gets one whole answer; otherwise it ends with an SSE error naming the interruption. Each stream's
+        attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
         self.metrics.child(
-            self.metrics.ttft, call.runtime.route.name, candidate.name, call.priority, call.api.api
+            self.metrics.ttft, call.runtime.route.name, answer.candidate.name, call.priority, call.api.api
         ).observe(time.monotonic() - received)
+        continuation = Continuation(self.dispatcher, call) if can_continue(call) else None
+        spent = 0.0  # what interrupted attempts cost before the one that finished
         outcome = "abandoned"
         try:
-            with answer.attempt as attempt:
-                data = answer.first_chunk
+            while True:
+                stream = answer.stream
+                assert stream is not None
+                candidate = answer.candidate
                 try:
-                    # Send what we have before waiting for more; once the answer is complete, nothing more is
-                    # awaited, so its last events go out in one write with the cost comment and the ending.
-                    while not stream.complete:
-                        yield data
-                        data = await anext(stream, b"")
-                        attempt.chunk()
-                except UpstreamError as error:
-                    outcome = "error"
-                    attempt.fail(error)
-                    message = f"backend {candidate.name} failed mid-stream: {error}"
-                    yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
-                    return
-                outcome = "success"
-                cost = attempt.succeed(stream.usage)
-                yield data + call.api.stream_end(cost)
+                    with answer.attempt as attempt:
+                        data = answer.first_chunk
+                        try:
+                            # Send what we have before waiting for more; once the answer is complete, nothing
+                            # more is awaited, so its last events go out in one write with the cost and ending.
+                            while not stream.complete:
+                                yield data if continuation is None else continuation.relay(data)
+                                data = await anext(stream, b"")
+                                attempt.chunk()
+                        except UpstreamError as error:
+                            attempt.fail(error)
+                            resumed = await continuation.resume(candidate) if continuation is not None else None
+                            if resumed is None:
+                                outcome = "error"
+                                message = f"backend {candidate.name} failed mid-stream: {error}"
+                                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                                return
+                            assert continuation is not None
+                            self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()
+                            spent += continuation.cost_so_far(candidate)
+                            answer = resumed
+                            continue
+                        outcome = "success"
+                        cost = spent + attempt.succeed(stream.usage)
+                        end = data if continuation is None else continuation.relay(data)
+                        yield end + call.api.stream_end(cost)
+                        return
+                finally:
+                    await stream.aclose()
+                    if stream.skipped:
+                        skipped = self.metrics.child(
+                            self.metrics.skipped_events, call.runtime.route.name, candidate.name
+                        )
+                        skipped.inc(stream.skipped)
         finally:
-            await stream.aclose()
             self._observe(call, answer, outcome, received)
             self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
             if gate is not None:

@@ -96,6 +96,18 @@ class SidecarMetrics:
             ["version"],
             registry=r,
         )
+        self.continuations = Counter(
+            "llmroute_stream_continuations_total",
+            "Streams that broke off mid-answer and were continued on a prefill backend.",
+            ["route"],
+            registry=r,
+        )
+        self.skipped_events = Counter(
+            "llmroute_stream_events_skipped_total",
+            "Malformed events in backend streams, skipped while the stream went on.",
+            ["route", "backend"],
+            registry=r,
+        )
         self.task_crashes = Counter(
             "llmroute_background_task_crashes_total",
             "Crashes of the sidecar's background loops (each is logged and the loop restarted).",

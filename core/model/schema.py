@@ -21,7 +21,7 @@ SHORT_NAMES = ["llmr"]
 
 STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
 PROVIDERS = ["openai", "anthropic", "azure-openai"]
-CAPABILITIES = ["tools", "vision", "json"]
+CAPABILITIES = ["tools", "vision", "json", "prefill"]
 APIS = ["chat", "messages", "responses", "embeddings", "completions"]
 PRIORITIES = ["critical", "normal", "batch"]
 RETRY_ON = ["connect-failure", "reset", "5xx", "429", "timeout"]
@@ -113,7 +113,10 @@ BACKEND = {
             "type": "array",
             "maxItems": len(CAPABILITIES),
             "items": {"type": "string", "enum": CAPABILITIES},
-            "description": "Request features the backend serves: tools, vision (image parts), json (response_format).",
+            "description": (
+                "Request features the backend serves: tools, vision (image parts), json (response_format),"
+                " prefill (continues a final assistant message: a broken stream is resumed on it)."
+            ),
         },
         "apis": {
             "type": "array",

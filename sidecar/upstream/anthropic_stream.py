@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llmroute.sidecar.upstream.base import DONE, json_object, sse
-from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, sse
+from llmroute.sidecar.upstream.errors import cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -47,11 +47,23 @@ def usage_of(usage: Any, into: Usage | None = None) -> Usage:
 class AnthropicStream:
     """State of one translated stream: message id and model, tool-call indexes, usage, whether it ended."""
 
-    __slots__ = ("_created", "_done", "_events", "_forward_usage", "_id", "_model", "_tools", "settled", "usage")
+    __slots__ = (
+        "_created",
+        "_done",
+        "_events",
+        "_forward_usage",
+        "_id",
+        "_model",
+        "_tools",
+        "settled",
+        "skipped",
+        "usage",
+    )
 
     def __init__(self, model: str, *, forward_usage: bool) -> None:
         self.usage = Usage()
         self.settled = False
+        self.skipped = 0
         self._model = model
         self._forward_usage = forward_usage
         self._id = ""
@@ -80,7 +92,9 @@ class AnthropicStream:
         self._events += 1
         doc = json_object(event.data)
         if doc is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         kind = doc.get("type") or event.event
         if kind == "content_block_delta":
             return self._delta(doc)

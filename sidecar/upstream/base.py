@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmroute.sidecar.upstream.errors import bad_body
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -26,6 +27,8 @@ class StreamTranslator(Protocol):
     internal marker DONE says the answer is complete (the caller writes the API's own ending)."""
 
     usage: Usage
+    skipped: int
+    """Malformed events skipped after the first (counted in metrics; the stream went on without them)."""
     settled: bool
     """The answer has finished and its usage is in, though the upstream's own ending has not come yet."""
 
@@ -56,3 +59,11 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def check_malformed(events_seen: int) -> None:
+    """For a stream event that is not a JSON object: fatal as the first event (the backend does not speak
+    this format); after that the caller skips and counts it (one garbled event in a long answer; a stream
+    that then ends without its finish is still cut short)."""
+    if events_seen <= 1:
+        raise bad_body(200, "stream event is not a JSON object")

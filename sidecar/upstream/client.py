@@ -218,6 +218,11 @@ class CompletionStream:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
 
+    @property
+    def skipped(self) -> int:
+        """Malformed events skipped so far."""
+        return self._translator.skipped
+
     def limit_idle(self, seconds: float) -> None:
         """From now on, a silence longer than `seconds` between two reads interrupts the stream (TIMEOUT)."""
         self._response.set_read_timeout(seconds)

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.upstream.anthropic_stream import usage_of
-from llmroute.sidecar.upstream.base import DONE, json_object, wants_usage
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, wants_usage
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.openai import OpenAIStream
 from llmroute.sidecar.upstream.sse import SSEEvent
@@ -131,11 +131,12 @@ class NamedEventStream:
     must never be told an answer is complete when it was cut short.
     """
 
-    __slots__ = ("_done", "_events", "_rules", "usage")
+    __slots__ = ("_done", "_events", "_rules", "skipped", "usage")
     settled = False  # the final event carries the usage: nothing settles before it
 
     def __init__(self, rules: _ResponsesEvents | _MessagesEvents) -> None:
         self.usage = Usage()
+        self.skipped = 0
         self._rules = rules
         self._events = 0
         self._done = False
@@ -147,7 +148,9 @@ class NamedEventStream:
         self._events += 1
         doc = json_object(event.data)
         if doc is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         kind = str(doc.get("type") or event.event)
         error = self._rules.error(kind, doc)
         if error is not None:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.upstream.base import DONE, json_object, wants_usage
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, wants_usage
 from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Completion, Usage
@@ -81,18 +81,20 @@ class OpenAIStream:
     got anything); after it, only events that may carry usage, a finish_reason or an error are.
     """
 
-    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "settled", "usage")
+    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "settled", "skipped", "usage")
 
     def __init__(self, *, forward_usage: bool) -> None:
         self.usage = Usage()
         self.settled = False
+        self.skipped = 0
         self._forward_usage = forward_usage
         self._events = 0
         self._finished = False
         self._done = False
 
     def event(self, event: SSEEvent) -> list[bytes]:
-        """Pass one event on; raises UpstreamError for an error event or an event that is not JSON."""
+        """Pass one event on; raises UpstreamError for an error event or a first event that is not JSON (a later
+        one is skipped and counted: the stream may well go on)."""
         if self._done:
             return []
         self._events += 1
@@ -103,7 +105,9 @@ class OpenAIStream:
             return [b"data: " + event.data + b"\n\n"]
         chunk = json_object(event.data)
         if chunk is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         if chunk.get("error"):
             raise error_from_event(chunk["error"], "mid-stream")
         choices = chunk.get("choices")

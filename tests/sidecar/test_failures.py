@@ -165,3 +165,57 @@ async def test_a_backend_whose_model_list_answers_while_completions_fail_gets_on
         assert [
             (await http.post("/chat/completions", json=chat_body())).headers["x-llmroute-backend"] for _ in range(3)
         ] == ["primary"] * 3
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_stream_that_breaks_off_is_continued_on_a_prefill_backend_as_one_answer(
+    tmp_path: Path, kind: str
+) -> None:
+    # The first backend sends its first chunk ("token") and drops the connection. The route's prefill
+    # backend is asked to continue from that text, and its chunks reach the app under the same id and
+    # model: one whole answer ending in [DONE], no error event.
+    broken = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0, output_tokens=6)
+    rescuer = Behavior(latency=Latency.fixed(0.01), output_tokens=4)
+    extra = {"rescuer": {"capabilities": ["prefill"]}}
+    backends = {"broken": broken, "rescuer": (kind, rescuer)}
+    async with running(tmp_path, backends, spec={"strategy": "ordered"}, backend_extra=extra) as h, h.http() as http:
+        body = chat_body(stream=True, stream_options={"include_usage": True})
+        async with http.stream("POST", "/chat/completions", json=body) as response:
+            text = (await response.aread()).decode()
+        assert response.headers["x-llmroute-backend"] == "broken"  # the stream the app started on
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert not any("error" in c for c in chunks)
+        assert len({c["id"] for c in chunks}) == 1 and len({c["model"] for c in chunks}) == 1
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert content == "token" + "token token token token"  # the broken backend's first chunk, then the rest
+        assert [c["choices"][0]["delta"] for c in chunks if c["choices"]].count(
+            {"role": "assistant", "content": ""}
+        ) == 1
+        usage = chunks[-1]["usage"]
+        assert usage["completion_tokens"] == 4 + 1  # the continuation's, plus the text sent before (estimated)
+        assert ": x-llmroute-cost-usd=" in text
+        sent = h.sims["rescuer"].stats.last_json["messages"][-1]
+        if kind == "openai":
+            assert sent == {"role": "assistant", "content": "token", "prefix": True}
+        else:
+            assert sent == {"role": "assistant", "content": [{"type": "text", "text": "token"}]}
+
+
+async def test_a_continuation_that_fails_ends_the_stream_with_the_original_interruption(tmp_path: Path) -> None:
+    # The prefill backend refuses (as a provider that rejects a prefill does, with a 400): the app gets a
+    # clean error naming what broke its stream, never the continuation's own error.
+    broken = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0)
+    refuses = Behavior(latency=Latency.fixed(0.01), error_rate=1.0, error_statuses=(400,))
+    extra = {"rescuer": {"capabilities": ["prefill"]}}
+    backends = {"broken": broken, "rescuer": refuses}
+    async with running(tmp_path, backends, spec={"strategy": "ordered"}, backend_extra=extra) as h, h.http() as http:
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            text = (await response.aread()).decode()
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        assert error["code"] == "stream_interrupted"
+        assert error["message"].startswith("backend broken failed mid-stream")
+        assert h.sims["rescuer"].stats.requests >= 1
