@@ -21,9 +21,11 @@ from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.passthrough import Passthrough, parse_upstreams
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
+from llmroute.sidecar.upstream.errors import Family
 from llmroute.supervise import supervise
 
 log = logging.getLogger("llmroute.sidecar")
@@ -62,6 +64,14 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _passthrough(value: str) -> dict[Family, str]:
+    """`--passthrough` for argparse."""
+    try:
+        return parse_upstreams(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's flags (shared by `llmroute sidecar` and the tests' in-process runs)."""
     source = parser.add_argument_group("route source (one of)")
@@ -95,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="mounted Secrets as DIR/<secret>/<key> (local mode apiKeySecretRef)",
+    )
+    parser.add_argument(
+        "--passthrough",
+        type=_passthrough,
+        default={},
+        metavar="off|openai=URL,anthropic=URL",
+        help="where requests no route names (unknown models, unlisted paths) go, with the app's own credentials; "
+        "each URL as the SDK's base URL (OpenAI's with /v1); default off: a 404",
     )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument(
@@ -139,8 +157,9 @@ class Sidecar:
             )
         else:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
+        self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
@@ -210,6 +229,8 @@ class Sidecar:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.dispatcher.aclose()
         await self.router.pool.aclose()
+        if self.passthrough is not None:
+            await self.passthrough.aclose()
         await self.admin_server.shutdown(1.0)
 
 

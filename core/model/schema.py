@@ -59,6 +59,9 @@ PRICE = {
         "inputPerMTok": _number("USD per million prompt tokens.", 0),
         "outputPerMTok": _number("USD per million completion tokens.", 0),
         "cachedInputPerMTok": _number("USD per million cached prompt tokens; defaults to inputPerMTok.", 0),
+        "cacheWritePerMTok": _number(
+            "USD per million prompt tokens written to the provider's cache; defaults to inputPerMTok.", 0
+        ),
     },
 }
 

@@ -29,7 +29,9 @@ def text(tokens: int) -> str:
 
 
 def finish_reason(completion: Completion) -> str:
-    return "length" if completion.truncated else "stop"
+    if completion.truncated:
+        return "length"
+    return "tool_calls" if completion.tool is not None else "stop"
 
 
 def usage(completion: Completion) -> dict[str, Any]:

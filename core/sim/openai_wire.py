@@ -11,6 +11,7 @@ from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump
 from llmroute.sim.embeddings_wire import EMBEDDINGS
 from llmroute.sim.openai_common import DEPLOYMENT, body_and_model, event, finish_reason, text, usage
 from llmroute.sim.responses_wire import RESPONSES
+from llmroute.sim.tools import ToolCall, first_call
 
 _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
     400: ("invalid_request_error", None),
@@ -45,7 +46,7 @@ class ChatFormat:
             return limit
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return ChatRequest(model, payload.get("stream") is True, limit, include_usage)
+        return ChatRequest(model, payload.get("stream") is True, limit, include_usage, tool=_tool_call(payload))
 
     def completion_body(self, completion: Completion) -> bytes:
         return dump(
@@ -57,11 +58,7 @@ class ChatFormat:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": text(completion.completion_tokens),
-                            "refusal": None,
-                        },
+                        "message": _message(completion),
                         "logprobs": None,
                         "finish_reason": finish_reason(completion),
                     }
@@ -77,7 +74,14 @@ class ChatFormat:
         return _chunk(completion, {"content": text}, None)
 
     def stream_end(self, completion: Completion, include_usage: bool) -> bytes:
-        end = _chunk(completion, {}, finish_reason(completion))
+        end = b""
+        if completion.tool is not None:  # the call in two deltas, as OpenAI streams them: name, then arguments
+            call = _call_json(completion.tool)
+            opening = {**call, "function": {"name": completion.tool.name, "arguments": ""}}
+            end += _chunk(completion, {"tool_calls": [{"index": 0, **opening}]}, None)
+            arguments = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+            end += _chunk(completion, {"tool_calls": [arguments]}, None)
+        end += _chunk(completion, {}, finish_reason(completion))
         if include_usage:
             end += event({**_chunk_fields(completion), "choices": [], "usage": usage(completion)})
         return end + b"data: [DONE]\n\n"
@@ -164,3 +168,28 @@ def _chunk_fields(completion: Completion) -> dict[str, Any]:
 def _chunk(completion: Completion, delta: dict[str, Any], finish: str | None) -> bytes:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     return event({**_chunk_fields(completion), "choices": [choice]})
+
+
+def _tool_call(payload: dict[str, Any]) -> ToolCall | None:
+    """The call of the first function tool offered, unless tools are off or the last message is a result."""
+    tools = payload.get("tools")
+    messages = payload["messages"]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if not isinstance(tools, list) or not tools or payload.get("tool_choice") == "none" or last.get("role") == "tool":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(function, dict):
+        return None
+    return first_call("call_sim_1", function.get("name"), function.get("parameters"))
+
+
+def _call_json(tool: ToolCall) -> dict[str, Any]:
+    arguments = dump(tool.arguments).decode()
+    return {"id": tool.id, "type": "function", "function": {"name": tool.name, "arguments": arguments}}
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text(completion.completion_tokens), "refusal": None}
+    if completion.tool is not None:
+        message["tool_calls"] = [_call_json(completion.tool)]
+    return message

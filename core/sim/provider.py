@@ -162,10 +162,12 @@ class SimProvider:
             c.prompt_tokens,
             c.completion_tokens,
             c.cached_tokens,
+            c.cache_write_tokens,
             c.truncated,
             c.created,
             c.inputs,
             c.base64,
+            c.tool,
         )
         if key != self._body_key:
             template = fmt.completion_body(dataclasses.replace(c, id=_ID_MARK))
@@ -179,16 +181,19 @@ class SimProvider:
         if truncated and chat.max_tokens is not None:
             tokens = chat.max_tokens
         prompt_tokens = _prompt_tokens(request)
+        cached = min(behavior.cached_tokens, prompt_tokens)
         return Completion(
             id=f"{fmt.id_prefix}{self.name}-{self._ids}",
             model=chat.model,
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
-            cached_tokens=min(behavior.cached_tokens, prompt_tokens),
+            cached_tokens=cached,
+            cache_write_tokens=min(behavior.cache_write_tokens, prompt_tokens - cached),
             truncated=truncated,
             created=int(time.time()),
             inputs=chat.inputs,
             base64=chat.base64,
+            tool=chat.tool,
         )
 
     async def _stream(

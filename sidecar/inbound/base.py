@@ -4,6 +4,7 @@ endings. The modules are data for the app (a table by path), so the next API is 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,10 @@ class Inbound:
     """A tiny request in this API that measures a backend without copying any user data to it."""
     done: bytes = b""
     """What ends a stream after its last event (chat's `data: [DONE]`)."""
+
+    def forwarded(self, headers: Mapping[str, str]) -> dict[str, str] | None:
+        """The app's `forward_headers` it sent, for a native upstream; None when there are none."""
+        return {name: headers[name] for name in self.forward_headers if name in headers} or None
 
     def parse(self, body: dict[str, Any]) -> Parsed:
         """The routing facts of a request body; ProxyError (400) when it is malformed."""

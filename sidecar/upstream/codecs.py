@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from llmroute.model import Api, Backend
-from llmroute.sidecar.upstream import anthropic, native, openai, responses_chat
+from llmroute.sidecar.upstream import anthropic, messages_chat, native, openai, responses_chat
 from llmroute.sidecar.upstream.base import StreamTranslator
 from llmroute.sidecar.upstream.usage import Completion
 
@@ -50,6 +50,7 @@ _ALL: tuple[Codec, ...] = (
     native.RESPONSES,
     native.MESSAGES,
     anthropic.CHAT_TO_MESSAGES,
+    messages_chat.MESSAGES_TO_CHAT,
     responses_chat.RESPONSES_TO_CHAT,
 )
 CODECS: dict[tuple[Api, Api], Codec] = {(c.inbound, c.upstream): c for c in _ALL}

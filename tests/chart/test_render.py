@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import ssl
@@ -13,6 +14,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from llmroute.operator.injection import InjectionConfig, sidecar_container
+from llmroute.sidecar.main import add_arguments
 from tests.chart.conftest import CHART, Render
 
 K8S_VERSION = "1.30.0"
@@ -82,6 +85,11 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
         ("injection.mod", "container", "additional properties 'mod' not allowed"),
         ("operater.auth", False, "additional properties 'operater' not allowed"),
         ("injection.mode", "sidecar", "value must be one of 'native', 'container'"),
+        (
+            "injection.sidecar.passthrough",
+            "openai:https://api.openai.com/v1",
+            "'/injection/sidecar/passthrough': 'openai:https://api.openai.com/v1' does not match pattern",
+        ),
     ],
 )
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
@@ -156,6 +164,34 @@ def test_injection_config_carries_the_sidecar_mode(render: Render, mode: str, na
     assert config["mode"] == mode
     assert config["controlPlane"] == "llmroute.llmroute-system.svc:15010"
     assert config["operatorNamespace"] == "llmroute-system"
+
+
+PUBLIC = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+
+@pytest.mark.parametrize(
+    ("value", "arg", "upstreams"),
+    [
+        (None, "openai=https://api.openai.com/v1,anthropic=https://api.anthropic.com", PUBLIC),
+        ("off", "off", {}),
+        ("openai=https://gateway.corp/v1", "openai=https://gateway.corp/v1", {"openai": "https://gateway.corp/v1"}),
+    ],
+)
+def test_injected_sidecar_passes_through_to_the_public_apis_by_default(
+    render: Render, tmp_path: Path, value: str | None, arg: str, upstreams: dict[str, str]
+) -> None:
+    config_map = next(
+        o
+        for o in render({} if value is None else {"injection.sidecar.passthrough": value})
+        if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap"
+    )
+    (tmp_path / "config.json").write_text(config_map["data"]["config.json"])
+    container = sidecar_container(InjectionConfig.from_file(tmp_path / "config.json"))
+    [rendered] = [a for a in container["args"] if a.startswith("--passthrough")]
+    assert rendered == f"--passthrough={arg}"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # and the sidecar reads it as meant
+    assert parser.parse_args([rendered]).passthrough == upstreams
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
