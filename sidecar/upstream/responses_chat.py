@@ -15,7 +15,7 @@ from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, invalid_request
-from llmroute.sidecar.upstream.openai import CHAT
+from llmroute.sidecar.upstream.openai import answer_doc
 from llmroute.sidecar.upstream.responses_chat_stream import ChatToResponsesStream
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
@@ -27,7 +27,7 @@ from llmroute.sidecar.upstream.responses_object import (
     status_of,
     usage_object,
 )
-from llmroute.sidecar.upstream.usage import Completion
+from llmroute.sidecar.upstream.usage import Completion, Usage
 
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
 """Parameters naming state a Responses server keeps: chat has none of it."""
@@ -78,11 +78,12 @@ class ResponsesToChat:
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The chat completion as a Responses `response` object."""
-        usage = CHAT.decode(status, body, model, request).usage  # checks it is a usable chat completion
-        doc = json.loads(body)
-        choice = doc["choices"][0] if doc["choices"] and isinstance(doc["choices"][0], dict) else None
+        doc = answer_doc(status, body)
+        choices = doc.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         if choice is None:
             raise bad_body(status, "no choices")
+        usage = Usage.from_openai(doc.get("usage"))
         message = member(choice, "message")
         state, incomplete = status_of(choice.get("finish_reason"))
         stem = ids(doc.get("id"))
