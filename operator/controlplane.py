@@ -38,6 +38,13 @@ NACK_MEMORY = 8
 POD_MEMORY_SECONDS = 3600.0
 
 SERVER_OPTIONS = [
+    # gRPC core queues a stream that arrives before the server has asked for the next call. The Python
+    # server asks one call at a time from its event loop, so when a few thousand sidecars (re)connect
+    # at once that queue passes the default soft limit of 1,000: from then on gRPC core holds new streams
+    # unanswered (neither served nor refused), and the fleet never finishes connecting (bench/fanout:
+    # about 1,850 of 2,000 ever connected). The limits are raised far above any fleet one replica serves.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
