@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmroute import __version__
+from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
@@ -61,6 +62,14 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _addresses(value: str) -> str:
+    try:
+        split_addresses(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's flags (shared by `llmroute sidecar` and the tests' in-process runs)."""
     source = parser.add_argument_group("route source (one of)")
@@ -72,7 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="LLMRoute YAML file or directory; repeatable; reloaded on change and on SIGHUP",
     )
-    source.add_argument("--control-plane", metavar="HOST:PORT", help="the operator's gRPC address")
+    source.add_argument(
+        "--control-plane",
+        type=_addresses,
+        metavar="HOST:PORT[,...]",
+        help="the operator replicas' gRPC addresses; a name stands for all its addresses (a headless Service)",
+    )
     cp = parser.add_argument_group("control-plane mode")
     cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
     cp.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""), help="default: $POD_NAME")

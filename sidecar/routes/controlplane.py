@@ -1,8 +1,11 @@
 """The sidecar's control-plane client: subscribes to its routing table, ACKs or NACKs it, reports load.
 
 The last applied table stays in force whatever happens to the connection, and is kept in --state-dir
-so a sidecar restarted while the operator is away still serves. Reconnects back off exponentially
-with jitter and resend the version the sidecar has, so an unchanged table is not sent again.
+so a sidecar restarted while the operator is away still serves. The operator runs several replicas,
+each serving the same tables: the client dials one of the addresses it was given (names resolved to
+all their addresses, so a headless Service name means every replica) and, when that connection
+fails, another one, backing off exponentially with jitter. It resends the version it has, and
+versions are hashes of the table, so moving to another replica sends nothing when nothing changed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from llmroute.endpoints import Endpoint, ranked, resolve, split_addresses
 from llmroute.model import Backend, RouteInvalid, RoutingTable, SecretValue, compile_table, parse_spec, resolve_keys
 from llmroute.model.files import LocalKeys
 from llmroute.v1 import load_pb2, routes_pb2, rpc
@@ -110,7 +114,8 @@ class ControlPlaneClient:
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
     ) -> None:
-        self.address = address
+        self.addresses = split_addresses(address)
+        self.address = address  # the replica dialled last (the addresses given until the first dial)
         self.node = node
         self.version = ""  # of the table applied last ("" = none yet)
         self.connected = False  # subscribed and authenticated right now
@@ -125,12 +130,22 @@ class ControlPlaneClient:
         self._interval_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
+        self._failed: Endpoint | None = None
+
+    async def _pick(self) -> Endpoint:
+        """The replica to dial: the first in this pod's ranking, else the one ranked after the one that failed."""
+        endpoints = ranked(await resolve(self.addresses), self.node.pod)
+        if self._failed in endpoints and len(endpoints) > 1:
+            return endpoints[(endpoints.index(self._failed) + 1) % len(endpoints)]
+        return endpoints[0]
 
     async def run(self) -> None:
         """Restore the saved table, then stay subscribed until stop()."""
         await self._restore()
         while not self._stopping.is_set():
-            self._session = asyncio.create_task(self._subscribe())
+            endpoint = await self._pick()
+            self.address = endpoint.target
+            self._session = asyncio.create_task(self._subscribe(endpoint))
             try:
                 await self._session
                 log.warning("control plane %s closed the route stream", self.address)
@@ -144,6 +159,7 @@ class ControlPlaneClient:
                 log.exception("control-plane session failed")
             finally:
                 self.connected = False
+            self._failed = endpoint
             self._failures += 1
             low, high = self._backoff
             delay = min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
@@ -176,16 +192,18 @@ class ControlPlaneClient:
         token = (await asyncio.to_thread(self._token_file.read_text)).strip()  # re-read: projected tokens rotate
         return (("authorization", f"Bearer {token}"),)
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
         if self._ca is None:
-            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
         credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
-        return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        # Dialled by IP, checked against the name it was given (the certificate names the Services).
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", endpoint.name)]
+        return grpc.aio.secure_channel(endpoint.target, credentials, options=options)
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, endpoint: Endpoint) -> None:
         """One connection: the route stream until it ends, load reports alongside."""
         metadata = await self._metadata()
-        channel = self._channel()
+        channel = self._channel(endpoint)
         reporting: asyncio.Task[None] | None = None
         try:
             call = rpc.stream_routes(channel)(None, metadata=metadata)
