@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llmroute.model import compile_table
 
-from .controlplane import ControlPlane
+from .controlplane import BackendHealth, ControlPlane, SidecarCounts
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
 from .reconcile import LastGood, RouteObject, Verdict, reconcile
@@ -27,6 +27,14 @@ from .statuswriter import StatusWriter
 log = logging.getLogger(__name__)
 
 RouteIndex = Mapping[str, Iterable[RouteObject]]
+
+
+class StatusView(Protocol):
+    """Where a route's sidecar counts and backend health come from (the control plane, or the whole fleet)."""
+
+    def route_sidecars(self, namespace: str, name: str) -> SidecarCounts: ...
+
+    def backend_health(self, namespace: str, name: str) -> list[BackendHealth]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +58,16 @@ class Controller:
         status_interval: float = 1.0,
         status_refresh: float = 15.0,
         retry_after: float = 2.0,
+        leading: Callable[[], bool] = lambda: True,
+        view: StatusView | None = None,
     ) -> None:
         self.api = api
+        self.view: StatusView = view or control_plane
+        self._leading = leading
         self.control_plane = control_plane
         self.metrics = metrics
         self.secrets = SecretCache()
-        self.status = StatusWriter(api, self, interval=status_interval)
+        self.status = StatusWriter(api, self, interval=status_interval, may_write=leading)
         self._status_refresh = status_refresh
         self._retry_after = retry_after
         self._index: RouteIndex = {}
@@ -103,6 +115,13 @@ class Controller:
         """Reconcile the namespace soon."""
         self._dirty.add(namespace)
         self._wake.set()
+
+    def leadership_changed(self, leading: bool) -> None:
+        """LeaderElection.on_change: a new leader writes every route's status afresh; a former one stops."""
+        if leading:
+            self.status.resume()
+            for namespace in list(self._known):
+                self.sidecars_changed(namespace)
 
     def sidecars_changed(self, namespace: str) -> None:
         """ControlPlane.on_change: sidecars connected, ACKed, NACKed or reported load."""
@@ -206,6 +225,8 @@ class Controller:
             await self._post_event(entry.obj, reason, message)
 
     async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
+        if not self._leading():
+            return  # the leader posts it
         now = now_rfc3339()
         event = {
             "apiVersion": "v1",
@@ -243,9 +264,9 @@ class Controller:
         current = self._current_status(namespace, name)
         desired = route_status(
             entry.verdict,
-            self.control_plane.route_sidecars(namespace, name),
+            self.view.route_sidecars(namespace, name),
             entry.version,
-            self.control_plane.backend_health(namespace, name),
+            self.view.backend_health(namespace, name),
             current,
             reconnecting=self.control_plane.reconnecting,
         )

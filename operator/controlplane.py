@@ -25,7 +25,7 @@ from llmroute.model import Route
 from llmroute.v1 import load_pb2, routes_pb2, rpc
 
 from .auth import AuthenticationFailed, Authenticator, Identity
-from .loadstore import BackendHealth, LoadStore
+from .loadstore import BackendHealth, LoadStore, LoadTotals
 from .tables import Snapshot, Snapshots
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,14 @@ class ControlPlane:
         if route is None:
             return []
         return self._load.health(namespace, name, [b.name for b in route.backends])
+
+    def published(self) -> dict[str, tuple[Route, ...]]:
+        """Every published namespace's accepted routes."""
+        return {name: ns.snapshots.routes for name, ns in self._namespaces.items() if ns.snapshots is not None}
+
+    def load_totals(self, namespace: str, route: str, backend: str) -> LoadTotals:
+        """The backend's last minute of load reports from this replica's sidecars, summed."""
+        return self._load.totals(namespace, route, backend)
 
     # -- publishing --------------------------------------------------------------------------------
 
