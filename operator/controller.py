@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from llmroute.model import compile_table
 
+from .bootstrap import BootstrapWriter
 from .controlplane import BackendHealth, ControlPlane, SidecarCounts
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
@@ -68,6 +69,7 @@ class Controller:
         self.metrics = metrics
         self.secrets = SecretCache()
         self.status = StatusWriter(api, self, interval=status_interval, may_write=leading)
+        self.bootstrap = BootstrapWriter(api, control_plane, may_write=leading)
         self._status_refresh = status_refresh
         self._retry_after = retry_after
         self._index: RouteIndex = {}
@@ -120,6 +122,7 @@ class Controller:
         """LeaderElection.on_change: a new leader writes every route's status afresh; a former one stops."""
         if leading:
             self.status.resume()
+            self.bootstrap.resume()
             for namespace in list(self._known):
                 self.sidecars_changed(namespace)
 
@@ -133,19 +136,34 @@ class Controller:
     # -- the worker ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile dirty namespaces, write status and refresh it periodically, until cancelled."""
-        tasks = [asyncio.create_task(self.status.run()), asyncio.create_task(self._refresh())]
+        """Reconcile dirty namespaces, write status and bootstrap tables, refresh status, until cancelled.
+
+        Raises what any of these loops raised, so the operator stops (and is restarted) rather than
+        running on without it.
+        """
+        tasks = [
+            asyncio.create_task(self._work(), name="llmroute reconcile worker"),
+            asyncio.create_task(self.status.run(), name="llmroute status writer"),
+            asyncio.create_task(self.bootstrap.run(), name="llmroute bootstrap writer"),
+            asyncio.create_task(self._refresh(), name="llmroute status refresh"),
+        ]
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                batch, self._dirty = self._dirty, set()
-                for namespace in sorted(batch):
-                    await self._reconcile_safely(namespace)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise RuntimeError(f"{next(iter(done)).get_name()} ended")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            for namespace in sorted(batch):
+                await self._reconcile_safely(namespace)
 
     async def _refresh(self) -> None:
         """Backend health moves without events: re-mark every route now and then (unchanged ones are skipped)."""
@@ -175,6 +193,7 @@ class Controller:
                     self.secrets.put(namespace, name, data)
         result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}))
         self.control_plane.publish(namespace, result.routes)
+        self.bootstrap.mark(namespace)
         version = compile_table(result.routes).table.version
         self.metrics.reconciles.inc()
         by_name = {o.name: o for o in objects}

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cp.add_argument("--token-file", type=Path, default=Path(DEFAULT_TOKEN_FILE), help="projected ServiceAccount token")
     cp.add_argument("--state-dir", type=Path, default=None, help="keeps the last acknowledged table across restarts")
+    cp.add_argument(
+        "--bootstrap-file",
+        type=Path,
+        default=None,
+        help="the namespace's last good table (the operator's Secret, mounted): served when --state-dir has none",
+    )
     cp.add_argument("--tls-ca", type=Path, default=None, help="CA bundle to verify the operator (TLS channel)")
     parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
     parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
@@ -147,6 +153,7 @@ class Sidecar:
                 token_file=args.token_file if args.token_file.exists() else None,
                 state_dir=args.state_dir,
                 tls_ca=args.tls_ca,
+                bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
             )

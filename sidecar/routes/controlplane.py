@@ -57,10 +57,16 @@ class TableRejected(ValueError):
     """A table from the control plane that this sidecar cannot serve; the message goes back in the NACK."""
 
 
-def build_table(response: routes_pb2.RouteResponse, namespace: str, env_keys: LocalKeys | None = None) -> RoutingTable:
+def build_table(
+    response: routes_pb2.RouteResponse,
+    namespace: str,
+    env_keys: LocalKeys | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> RoutingTable:
     """Validate every route of a response with the LLMRoute parser and resolve its keys, or raise TableRejected.
 
     Keys of `apiKeySecretRef` backends come with the response; `apiKeyEnv` ones from this process' environment.
+    With `labels` (a namespace's whole bootstrap table), only the routes that select them are kept.
     """
     env_keys = env_keys or LocalKeys(None)
     problems: list[str] = []
@@ -74,6 +80,8 @@ def build_table(response: routes_pb2.RouteResponse, namespace: str, env_keys: Lo
             route = parse_spec(
                 json.loads(message.spec_json), name=message.name, namespace=namespace, generation=message.generation
             )
+            if labels is not None and not route.selects(dict(labels)):
+                continue
             routes.append(resolve_keys(route, _keys(dict(message.api_keys), env_keys)))
         except json.JSONDecodeError as exc:
             problems.append(f"LLMRoute {key}: spec_json is not JSON: {exc}")
@@ -109,6 +117,7 @@ class ControlPlaneClient:
         token_file: Path | None,
         state_dir: Path | None,
         tls_ca: Path | None,
+        bootstrap_file: Path | None = None,
         apply: Callable[[RoutingTable], None],
         load: LoadRecorder,
         backoff_min: float = 0.1,
@@ -121,6 +130,7 @@ class ControlPlaneClient:
         self.connected = False  # subscribed and authenticated right now
         self._token_file = token_file
         self._state_dir = state_dir
+        self._bootstrap_file = bootstrap_file
         self._ca = tls_ca.read_bytes() if tls_ca is not None else None
         self._apply = apply
         self._load = load
@@ -173,18 +183,27 @@ class ControlPlaneClient:
             await asyncio.gather(self._session, return_exceptions=True)
 
     async def _restore(self) -> None:
-        if self._state_dir is None:
+        """Serve the table saved in --state-dir, else the namespace's bootstrap copy, until a replica answers."""
+        if self._state_dir is not None and await self._restore_from(self._state_dir / state.STATE_FILE, own=True):
             return
+        if self._bootstrap_file is not None:
+            await self._restore_from(self._bootstrap_file, own=False)
+
+    async def _restore_from(self, path: Path, *, own: bool) -> bool:
         try:
-            saved = await asyncio.to_thread(state.load, self._state_dir)
+            saved = await asyncio.to_thread(state.load_file, path)
             if saved is None:
-                return
-            self._apply(build_table(saved, self.node.namespace))
+                return False
+            table = build_table(saved, self.node.namespace, labels=None if own else self.node.labels)
+            self._apply(table)
         except Exception as exc:
-            log.warning("cannot restore the routing table saved in %s: %s", self._state_dir, exc)
-            return
-        self.version = saved.version_info
-        log.info("restored routing table %s from %s", self.version, self._state_dir)
+            log.warning("cannot restore the routing table saved in %s: %s", path, exc)
+            return False
+        # The bootstrap copy is the whole namespace's table: its version is this pod's only if it keeps every route.
+        if own or len(table.routes) == len(saved.table.routes):
+            self.version = saved.version_info
+        log.info("restored routing table %s (%d routes) from %s", saved.version_info, len(table.routes), path)
+        return True
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._token_file is None:

@@ -96,19 +96,24 @@ def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: 
 
 def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     objects = render()
-    rules = {
-        (group, resource): sorted(rule["verbs"])
-        for role in by_kind(objects, "ClusterRole")
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
+    rules: dict[tuple[str, str], list[str]] = {}
+    named: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for role in by_kind(objects, "ClusterRole"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    if "resourceNames" in rule:
+                        named[(group, resource)] = (rule["resourceNames"], rule["verbs"])
+                    else:
+                        rules[(group, resource)] = sorted(rules.get((group, resource), []) + rule["verbs"])
+    # Secrets: read the referenced ones; create and patch only the bootstrap table.
+    assert named == {("", "secrets"): (["llmroute-bootstrap"], ["patch"])}
     assert rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
         ("authentication.k8s.io", "tokenreviews"): ["create"],
         ("llmroute.io", "llmroutes"): ["get", "list", "patch", "watch"],
         ("llmroute.io", "llmroutes/status"): ["patch"],
-        ("", "secrets"): ["get", "list", "watch"],
+        ("", "secrets"): ["create", "get", "list", "watch"],
         ("", "events"): ["create"],
     }
     # The one namespaced grant: the leader-election Lease, in the release's namespace, by name.

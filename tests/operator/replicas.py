@@ -128,7 +128,7 @@ class Fleet:
         names = (f"{prefix}-{i}" for i in range(10_000))
         return [n for n in names if self.first_choice(n) is replica][:count]
 
-    async def sidecar(self, pod: str, token: str) -> Sidecar:
+    async def sidecar(self, pod: str, token: str, extra: tuple[str, ...] = ()) -> Sidecar:
         """Start a real sidecar for pod `pod` in namespace shop (label app=shop) and wait for its first table."""
         token_file = self.tmp / f"{pod}.token"
         token_file.write_text(token)
@@ -137,7 +137,7 @@ class Fleet:
             "sidecar", "--control-plane", self.control_plane, "--namespace", "shop", "--pod-name", pod,
             "--labels", "app=shop", "--token-file", str(token_file), "--listen", f"127.0.0.1:{app}",
             "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(self.tmp / f"{pod}-state"),
-            "--drain-timeout", "1",
+            "--drain-timeout", "1", *extra,
         ]  # fmt: skip
         sidecar = Sidecar(pod, app, admin, await spawn(pod, args, self.tmp / f"{pod}.log", self.env))
         self.sidecars.append(sidecar)
@@ -150,6 +150,13 @@ class Fleet:
                 return response.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
+
+    async def chat(self, sidecar: Sidecar, model: str) -> int:
+        """One chat request through the sidecar: the HTTP status."""
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        async with self.session.post(f"http://127.0.0.1:{sidecar.app}/v1/chat/completions", json=body) as response:
+            await response.read()
+            return response.status
 
     async def fleet_share(self, replica: Replica) -> dict[str, Any]:
         """The replica's GET /fleet."""

@@ -5,6 +5,7 @@ replica fails no request while the sidecars move."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -195,3 +196,41 @@ async def _is(value: Any, expected: Any) -> bool:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_new_sidecar_serves_from_the_bootstrap_copy_while_every_replica_is_down(
+    cluster: Bench, replicas: Fleet, sim: SimProvider, tmp_path: Path
+) -> None:
+    (only,) = replicas.add_replicas(1)
+    await replicas.start(only)
+    await publish_route(cluster, sim, ["chat"])
+    other = {**route_spec(sim, ["other"]), "workloadSelector": {"matchLabels": {"app": "blog"}}}
+    await cluster.kube.apply_route("shop", "other", other)
+    # The leader keeps the namespace's table in a Secret there; the kubelet would mount it into new pods.
+    secret = await cluster.eventually(lambda: _bootstrap_with(cluster, 2), within=30, what="the bootstrap Secret")
+    mounted = tmp_path / "bootstrap" / "routes.pb"
+    mounted.parent.mkdir()
+    mounted.write_bytes(base64.b64decode(secret["data"]["routes.pb"]))
+    assert only.process is not None
+    only.process.kill()
+    await only.process.proc.wait()
+    # No replica answers, yet the new sidecar becomes ready and serves its routes (only those selecting it).
+    sidecar = await replicas.sidecar("fresh-0", token(cluster, "fresh-0"), ("--bootstrap-file", str(mounted)))
+    assert await replicas.chat(sidecar, "chat") == 200
+    assert await replicas.chat(sidecar, "other") != 200
+    # A change made meanwhile reaches it through the live stream as soon as a replica answers again.
+    await publish_route(cluster, sim, ["chat", "chat-v2"])
+    await replicas.start(only)
+    await replicas.until(lambda: _is(replicas.chat(sidecar, "chat-v2"), 200), "the live table")
+
+
+async def _bootstrap_with(cluster: Bench, routes: int) -> dict[str, Any] | None:
+    """Secret llmroute-bootstrap of namespace shop, once its table has `routes` routes."""
+    from llmroute.v1 import routes_pb2
+
+    try:
+        secret = await cluster.kube.call("GET", "/api/v1/namespaces/shop/secrets/llmroute-bootstrap")
+    except AssertionError:
+        return None
+    table = routes_pb2.RouteResponse.FromString(base64.b64decode(secret["data"]["routes.pb"]))
+    return secret if len(table.table.routes) == routes else None
