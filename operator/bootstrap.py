@@ -16,12 +16,11 @@ from typing import Any
 
 import aiohttp
 
-from llmroute.model import Route, table_version
-from llmroute.v1 import routes_pb2
+from llmroute.model import Route
 
 from .controlplane import ControlPlane
 from .kubeapi import KubeAPI, KubeError
-from .tables import route_message
+from .tables import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,8 @@ RETRY_S = 5.0
 
 
 def bootstrap_table(routes: Sequence[Route]) -> bytes:
-    """The namespace's whole table (every accepted route; each sidecar keeps the ones its labels select)."""
-    ordered = sorted(routes, key=lambda r: r.name)
-    response = routes_pb2.RouteResponse(
-        version_info=table_version(ordered),
-        table=routes_pb2.RoutingTable(routes=[route_message(r) for r in ordered]),
-    )
-    return response.SerializeToString(deterministic=True)
+    """The namespace's whole table as a serialized RouteResponse (each sidecar keeps the routes selecting it)."""
+    return Snapshots(routes).whole().encoded
 
 
 class BootstrapWriter:

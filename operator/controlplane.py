@@ -443,9 +443,7 @@ class ControlPlane:
         assert snapshot is not None
         self._nonce += 1
         stream.sent, stream.sent_nonce, stream.has = snapshot, str(self._nonce), snapshot.version
-        await context.write(
-            routes_pb2.RouteResponse(version_info=snapshot.version, nonce=stream.sent_nonce, table=snapshot.table)
-        )
+        await context.write(snapshot.response(stream.sent_nonce))
         self._metrics.pushes.inc()
 
     async def _read_answers(

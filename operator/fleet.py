@@ -154,6 +154,8 @@ class FleetView:
         endpoints = await resolve(self.peers)
         answers = await asyncio.gather(*(self._fetch(session, e.target) for e in endpoints))
         self._update({s["replica"]: s for s in answers if s is not None and s["replica"] != self.identity})
+        # LLMPolicy (issue 11) hook: here the leader holds every replica's spend, merged once per
+        # sidecar; it is where a namespace's budget would be split into shares for the sidecars.
 
     async def _fetch(self, session: aiohttp.ClientSession, target: str) -> Share | None:
         try:
