@@ -132,9 +132,7 @@ async def bench(sidecars: int, replicas: int, changes: int, procs: int, debounce
     result = Result(sidecars, replicas, changes, 0, [], internal, rss_per, rss, per_replica)
     if kill and replicas > 1:
         await killed(servers, sidecars, result)
-    for server in servers:
-        if server.proc.returncode is None:
-            server.send(stop=True)
+    # The sidecars first: a stopping replica would otherwise move its sidecars once more.
     acks: dict[str, list[float]] = {}
     moves: list[tuple[float, float]] = []
     for client in clients:
@@ -147,7 +145,9 @@ async def bench(sidecars: int, replicas: int, changes: int, procs: int, debounce
         moves.extend(report["moves"])
         await client.proc.wait()
     for server in servers:
-        await server.proc.wait()
+        if server.proc.returncode is None:
+            server.send(stop=True)
+            await server.proc.wait()
     for v, at in published.items():
         count, latest = acks.get(v, [0, 0.0])
         if count >= sidecars:

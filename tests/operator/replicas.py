@@ -9,7 +9,6 @@ import contextlib
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import aiohttp
 
 from llmroute.endpoints import Endpoint, ranked
+
+from .conftest import eventually
 
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/default/leases/llmroute-operator"
 LEASE_DURATION_S = 3.0
@@ -170,14 +171,8 @@ class Fleet:
         return int(share["namespaces"].get("shop", {}).get(route, {}).get("connected", 0))
 
     async def until(self, check: Any, what: str, within: float = 60.0) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            result = await check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {within}s waiting for {what}; last result {result!r}")
-            await asyncio.sleep(0.1)
+        """Wait for an async check (wide default margin: processes start slowly on a busy machine)."""
+        return await eventually(check, within=within, what=what)
 
     async def close(self) -> None:
         for process in [s.process for s in self.sidecars] + [r.process for r in self.replicas if r.process]:

@@ -16,7 +16,7 @@ import pytest
 from llmroute.sim import Behavior, Latency, SimProvider
 
 from .conftest import StubSidecar
-from .replicas import LEASE, LEASE_DURATION_S, Fleet, Replica, Traffic, fleet
+from .replicas import LEASE, LEASE_DURATION_S, Fleet, Replica, Sidecar, Traffic, fleet
 
 if TYPE_CHECKING:
     from conftest import Bench
@@ -122,14 +122,23 @@ async def test_three_replicas_serve_identical_tables_and_the_leader_counts_every
     assert await leader(cluster, replicas) in three
 
 
-async def test_the_leader_killed_under_load(cluster: Bench, replicas: Fleet, sim: SimProvider) -> None:
+async def leader_and_follower(
+    cluster: Bench, replicas: Fleet, sim: SimProvider, on_leader: int, on_follower: int
+) -> tuple[Replica, Replica, list[Sidecar]]:
+    """Two replicas, the first the leader, and real sidecars: `on_leader` dial it first, `on_follower` the other."""
     first, second = replicas.add_replicas(2)
     await replicas.start(first)
     await replicas.until(lambda: _is(leader(cluster, replicas), first), "the first replica to lead")
     await replicas.start(second)
     await publish_route(cluster, sim, ["chat"])
-    pods = replicas.pods_for(first, 2) + replicas.pods_for(second, 1)
+    pods = replicas.pods_for(first, on_leader) + replicas.pods_for(second, on_follower)
     sidecars = [await replicas.sidecar(pod, token(cluster, pod)) for pod in pods]
+    await replicas.until(lambda: _is(replicas.connected(second, "chat"), on_follower), "sidecars on the follower")
+    return first, second, sidecars
+
+
+async def test_the_leader_killed_under_load(cluster: Bench, replicas: Fleet, sim: SimProvider) -> None:
+    first, second, sidecars = await leader_and_follower(cluster, replicas, sim, on_leader=2, on_follower=1)
     expected = {"connected": 3, "programmed": 3, "rejected": 0}
     await cluster.eventually(lambda: _is(sidecar_status(cluster), expected), within=30, what="status of 3 sidecars")
     traffic, watch = Traffic(sidecars), StatusWatch(cluster)
@@ -156,14 +165,7 @@ async def test_the_leader_killed_under_load(cluster: Bench, replicas: Fleet, sim
 async def test_a_replica_killed_its_sidecars_move_without_a_resend(
     cluster: Bench, replicas: Fleet, sim: SimProvider
 ) -> None:
-    first, second = replicas.add_replicas(2)
-    await replicas.start(first)
-    await replicas.until(lambda: _is(leader(cluster, replicas), first), "the first replica to lead")
-    await replicas.start(second)
-    await publish_route(cluster, sim, ["chat"])
-    pods = replicas.pods_for(first, 1) + replicas.pods_for(second, 2)
-    sidecars = [await replicas.sidecar(pod, token(cluster, pod)) for pod in pods]
-    await replicas.until(lambda: _is(replicas.connected(second, "chat"), 2), "two sidecars on the second replica")
+    first, second, sidecars = await leader_and_follower(cluster, replicas, sim, on_leader=1, on_follower=2)
     sent_before = await pushes(replicas, first)
     traffic = Traffic(sidecars)
     traffic.start()
