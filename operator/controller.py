@@ -120,6 +120,7 @@ class Controller:
 
     def leadership_changed(self, leading: bool) -> None:
         """LeaderElection.on_change: a new leader writes every route's status afresh; a former one stops."""
+        self.metrics.leader.set(1 if leading else 0)
         if leading:
             self.status.resume()
             self.bootstrap.resume()

@@ -70,11 +70,12 @@ async def sidecar_status(cluster: Bench) -> dict[str, Any] | None:
     return ((route or {}).get("status") or {}).get("sidecars")
 
 
-async def pushes(replicas: Fleet, replica: Replica) -> float:
+async def metric(replicas: Fleet, replica: Replica, name: str) -> float | None:
+    """One unlabelled series of the replica's /metrics."""
     async with replicas.session.get(f"http://127.0.0.1:{replica.admin}/metrics") as response:
         text = await response.text()
-    match = re.search(r"^llmroute_pushes_total (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
 
 
 class StatusWatch:
@@ -149,6 +150,7 @@ async def test_the_leader_killed_under_load(cluster: Bench, replicas: Fleet, sim
     # Its two sidecars move to the other replica, which takes the Lease over once it runs out.
     await replicas.until(lambda: _is(replicas.connected(second, "chat"), 3), "the sidecars to move")
     await replicas.until(lambda: _is(leader(cluster, replicas), second), "the take-over", within=10 * LEASE_DURATION_S)
+    await replicas.until(lambda: _is(metric(replicas, second, "llmroute_leader"), 1.0), "llmroute_leader 1")
     # The new leader writes status: a change made now shows as programmed on all three sidecars.
     await publish_route(cluster, sim, ["chat", "chat-v2"])
     route = await cluster.eventually(
@@ -166,7 +168,7 @@ async def test_a_replica_killed_its_sidecars_move_without_a_resend(
     cluster: Bench, replicas: Fleet, sim: SimProvider
 ) -> None:
     first, second, sidecars = await leader_and_follower(cluster, replicas, sim, on_leader=1, on_follower=2)
-    sent_before = await pushes(replicas, first)
+    sent_before = await metric(replicas, first, "llmroute_pushes_total")
     traffic = Traffic(sidecars)
     traffic.start()
     await asyncio.sleep(0.5)
@@ -179,8 +181,9 @@ async def test_a_replica_killed_its_sidecars_move_without_a_resend(
     await traffic.stop()
     assert traffic.failed == [] and traffic.ok > 0
     # They came with the version the replica has: nothing was sent to them.
-    assert await pushes(replicas, first) == sent_before
+    assert await metric(replicas, first, "llmroute_pushes_total") == sent_before
     assert await leader(cluster, replicas) is first
+    assert await metric(replicas, first, "llmroute_leader") == 1.0
 
 
 async def _generation_programmed(cluster: Bench, generation: int) -> dict[str, Any] | None:
