@@ -69,7 +69,7 @@ class Controller:
         self.metrics = metrics
         self.secrets = SecretCache()
         self.status = StatusWriter(api, self, interval=status_interval, may_write=leading)
-        self.bootstrap = BootstrapWriter(api, control_plane, may_write=leading)
+        self.bootstrap = BootstrapWriter(api, control_plane, self._uids, may_write=leading)
         self._status_refresh = status_refresh
         self._retry_after = retry_after
         self._index: RouteIndex = {}
@@ -185,6 +185,8 @@ class Controller:
         """Compile every LLMRoute of the namespace and publish the accepted ones."""
         started = time.monotonic()
         objects = list(self._index.get(namespace, ()))
+        if objects and namespace not in self._last_good:  # first look at it: learn what the leader served
+            self._last_good[namespace] = await self.bootstrap.last_good(namespace)
         names = referenced_secrets(o.spec for o in objects)
         self.secrets.retain(namespace, names)
         for name in sorted(names):
@@ -273,6 +275,9 @@ class Controller:
             await self.api.request("POST", f"/api/v1/namespaces/{obj.namespace}/events", event)
         except Exception as exc:
             log.warning("could not post Event %s for LLMRoute %s/%s: %s", reason, obj.namespace, obj.name, exc)
+
+    def _uids(self, namespace: str) -> dict[str, str]:
+        return {name: entry.obj.uid for name, entry in self._known.get(namespace, {}).items()}
 
     # -- status source ------------------------------------------------------------------------------
 

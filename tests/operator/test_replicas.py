@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from llmroute.sim import Behavior, Latency, SimProvider
+from llmroute.v1 import routes_pb2
 
 from .conftest import StubSidecar
 from .replicas import LEASE, LEASE_DURATION_S, Fleet, Replica, Sidecar, Traffic, fleet
@@ -78,6 +79,17 @@ async def metric(replicas: Fleet, replica: Replica, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+async def table_from(cluster: Bench, replica: Replica) -> bytes:
+    """The table the replica sends a pod labelled app=shop (a stub sidecar subscribes once)."""
+    stub = StubSidecar(replica.grpc, "shop", f"probe-{replica.name}", token(cluster, "probe"), {"app": "shop"})
+    await stub.start()
+    try:
+        await cluster.eventually(lambda: _async(bool(stub.received)), what=f"a table from {replica.name}")
+        return stub.received[0][1].SerializeToString(deterministic=True)
+    finally:
+        await stub.stop()
+
+
 class StatusWatch:
     """Samples the route's status.sidecars.connected until stopped: the most it ever said."""
 
@@ -104,13 +116,7 @@ async def test_three_replicas_serve_identical_tables_and_the_leader_counts_every
         await replicas.start(replica)
     await publish_route(cluster, sim, ["chat"])
     # Each replica compiles the namespace itself: the tables, keys included, are the same bytes.
-    tables = []
-    for replica in three:
-        stub = StubSidecar(replica.grpc, "shop", f"probe-{replica.name}", token(cluster, "probe"), {"app": "shop"})
-        await stub.start()
-        await cluster.eventually(lambda s=stub: _async(bool(s.received)), what=f"a table from {replica.name}")
-        tables.append(stub.received[0][1].SerializeToString(deterministic=True))
-        await stub.stop()
+    tables = [await table_from(cluster, replica) for replica in three]
     assert tables[0] == tables[1] == tables[2] and b"sk-test" in tables[0]
     # A sidecar on each replica; the leader's status counts the three of them, once each.
     for replica in three:
@@ -231,11 +237,34 @@ async def test_a_new_sidecar_serves_from_the_bootstrap_copy_while_every_replica_
 
 async def _bootstrap_with(cluster: Bench, routes: int) -> dict[str, Any] | None:
     """Secret llmroute-bootstrap of namespace shop, once its table has `routes` routes."""
-    from llmroute.v1 import routes_pb2
-
     try:
         secret = await cluster.kube.call("GET", "/api/v1/namespaces/shop/secrets/llmroute-bootstrap")
     except AssertionError:
         return None
     table = routes_pb2.RouteResponse.FromString(base64.b64decode(secret["data"]["routes.pb"]))
     return secret if len(table.table.routes) == routes else None
+
+
+async def test_a_replica_started_after_a_rejected_change_serves_the_same_last_good_table(
+    cluster: Bench, replicas: Fleet, sim: SimProvider
+) -> None:
+    first, second = replicas.add_replicas(2)
+    await replicas.start(first)
+    await replicas.until(lambda: _is(leader(cluster, replicas), first), "the first replica to lead")
+    await publish_route(cluster, sim, ["chat"])
+    await cluster.eventually(lambda: _bootstrap_with(cluster, 1), within=30, what="the bootstrap Secret")
+    # Generation 2 is invalid: the route keeps serving generation 1, which only the first replica saw.
+    await cluster.kube.apply_route("shop", "chat", {**route_spec(sim, ["chat"]), "backends": []})
+    await cluster.eventually(lambda: _rejected(cluster, 2), within=30, what="generation 2 rejected")
+    await replicas.start(second)
+    before, after = await table_from(cluster, first), await table_from(cluster, second)
+    assert after == before
+    [served] = routes_pb2.RouteResponse.FromString(after).table.routes
+    assert served.name == "chat" and served.generation == 1
+
+
+async def _rejected(cluster: Bench, generation: int) -> bool:
+    route = await cluster.kube.get_route("shop", "chat")
+    conditions = ((route or {}).get("status") or {}).get("conditions", [])
+    accepted = next((c for c in conditions if c["type"] == "Accepted"), {})
+    return accepted.get("status") == "False" and accepted.get("observedGeneration") == generation
