@@ -204,7 +204,8 @@ class SidecarApp:
                             if resumed is None:
                                 outcome = "error"
                                 message = f"backend {candidate.name} failed mid-stream: {error}"
-                                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                                interrupted = ProxyError(502, message, "stream_interrupted")
+                                yield call.api.error_event(interrupted, stream.sequence)
                                 return
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()

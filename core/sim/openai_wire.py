@@ -9,7 +9,8 @@ from llmroute.http import Request
 from llmroute.sim.completions_wire import COMPLETIONS
 from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump, max_tokens
 from llmroute.sim.embeddings_wire import EMBEDDINGS
-from llmroute.sim.openai_common import DEPLOYMENT, event, finish_reason, model_of, text, usage
+from llmroute.sim.openai_common import DEPLOYMENT, body_and_model, event, finish_reason, text, usage
+from llmroute.sim.responses_wire import RESPONSES
 from llmroute.sim.tools import ToolCall, first_call
 
 _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
@@ -34,11 +35,10 @@ class ChatFormat:
     generates = True
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = model_of(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         if not isinstance(payload.get("messages"), list) or not payload["messages"]:
             return "messages must be a non-empty array"
         limit = max_tokens(payload, "max_completion_tokens", "max_tokens")
@@ -94,6 +94,7 @@ FORMATS: dict[Endpoint, Format] = {
     Endpoint.CHAT: ChatFormat(),
     Endpoint.COMPLETIONS: COMPLETIONS,
     Endpoint.EMBEDDINGS: EMBEDDINGS,
+    Endpoint.RESPONSES: RESPONSES,
 }
 """The OpenAI APIs the simulator speaks, by endpoint."""
 

@@ -50,6 +50,16 @@ def estimate_tokens(value: Any) -> int:
     return max(len(text) // CHARS_PER_TOKEN, 1)
 
 
+def has_part(messages: Any, kind: str) -> bool:
+    """Whether any message (or input item) of `messages` has a content part of type `kind` (an image,
+    which asks for vision)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == kind for part in content):
+            return True
+    return False
+
+
 def output_limit(body: dict[str, Any], *names: str) -> int:
     """The first positive integer limit among `names`, else the default estimate."""
     for name in names:
@@ -85,8 +95,9 @@ class Inbound:
         """`error` in this API's shape."""
         return error_body(error.status, error.message, error.code, self.family)
 
-    def error_event(self, error: ProxyError) -> bytes:
-        """`error` as the last SSE event of a stream that had already begun."""
+    def error_event(self, error: ProxyError, sequence: int = 0) -> bytes:
+        """`error` as the last SSE event of a stream that had already begun; `sequence` is the next event
+        number, for APIs that number their events (Responses)."""
         if self.family == "anthropic":
             return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
         return b"data: " + self.error_body(error) + b"\n\n"

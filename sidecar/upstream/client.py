@@ -111,7 +111,7 @@ class Upstream:
         codec, url, wire_headers, body = self._wire(api, request, headers, stream=False)
         response, answer = await self._post(url, wire_headers, body, timeout)
         try:
-            completion = codec.decode(response.status, answer, self.backend.model)
+            completion = codec.decode(response.status, answer, self.backend.model, request)
         except UpstreamError as error:
             raise _scrub(error, self.backend) from None
         completion.headers = forwarded_headers(response.raw_headers)
@@ -254,6 +254,12 @@ class CompletionStream:
     def usage(self) -> Usage:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
+
+    @property
+    def sequence(self) -> int:
+        """The next event number, for APIs that number their events (the Responses API's sequence_number)."""
+        number = getattr(self._translator, "sequence", 0)
+        return number if isinstance(number, int) else 0
 
     @property
     def skipped(self) -> int:

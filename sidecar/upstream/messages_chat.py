@@ -287,7 +287,7 @@ class MessagesToChat:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The chat.completion as a Messages answer."""
         answer, usage = to_message(answer_doc(status, body), model, status)
         return Completion(json.dumps(answer, separators=(",", ":")).encode(), usage)

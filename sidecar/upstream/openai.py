@@ -35,7 +35,7 @@ class ChatCodec:
             body.pop("stream_options", None)
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""
         doc = answer_doc(status, body)
         if not isinstance(doc.get("choices"), list):

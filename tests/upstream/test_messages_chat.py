@@ -60,7 +60,7 @@ def test_answer_translation(path: Path) -> None:
     case = _case(path)
     chat = case["response"]["chat"]
     assert spec_errors("openai", "CreateChatCompletionResponse", chat) == []
-    completion = MESSAGES_TO_CHAT.decode(200, json.dumps(chat).encode(), MODEL)
+    completion = MESSAGES_TO_CHAT.decode(200, json.dumps(chat).encode(), MODEL, case["request"]["messages"])
     answer = json.loads(completion.body)
     assert answer == case["response"]["messages"]
     assert spec_errors("anthropic", "Message", answer) == []
