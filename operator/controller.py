@@ -247,6 +247,7 @@ class Controller:
             entry.version,
             self.control_plane.backend_health(namespace, name),
             current,
+            spec=entry.obj.spec,
             reconnecting=self.control_plane.reconnecting,
         )
         return desired, current
