@@ -8,6 +8,7 @@ controllers, namespaces cannot be deleted, so each test module works in namespac
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -25,9 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 import yaml
 
+from llmroute.v1 import routes_pb2, rpc
 from tests.tools import REPO, helm_bin, kubectl_bin
 
 __all__ = ["ApiServer", "apiserver", "eventually", "helm_bin", "kubectl_bin", "unique"]
@@ -283,3 +287,17 @@ def operator(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def subscribe(port: int, token: str, namespace: str) -> grpc.StatusCode | routes_pb2.RouteResponse:
+    """Open StreamRoutes as a sidecar of `namespace` with `token`: the first table, or the refusal's code."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = rpc.stream_routes(channel)(metadata=(("authorization", f"Bearer {token}"),))
+        await call.write(routes_pb2.RouteRequest(node=routes_pb2.Node(pod="probe-0", namespace=namespace)))
+        try:
+            response = await asyncio.wait_for(call.read(), 60)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        call.cancel()
+        assert isinstance(response, routes_pb2.RouteResponse)
+        return response

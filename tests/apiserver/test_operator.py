@@ -3,13 +3,15 @@ the status subresource with the generation the server gave, and never undoes a u
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from typing import Any
 
 import pytest
 
-from tests.apiserver.conftest import ApiServer, eventually, unique
+from llmroute.v1 import routes_pb2
+from tests.apiserver.conftest import ApiServer, OperatorProcess, eventually, subscribe, unique
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -95,3 +97,12 @@ def test_the_older_route_keeps_a_contested_model(apiserver: ApiServer, namespace
     assert condition(second, "Accepted")["reason"] == "ModelConflict"
     assert "z-first" in condition(second, "Accepted")["message"]
     assert condition(apiserver.get("llmroute", "-n", namespace, "z-first"), "Accepted")["status"] == "True"
+
+
+def test_a_sidecar_in_a_namespace_without_routes_gets_an_empty_table(
+    apiserver: ApiServer, operator: OperatorProcess, namespace: str
+) -> None:
+    token = apiserver.token(namespace, "default", "llmroute")
+    table = asyncio.run(subscribe(operator.grpc_port, token, namespace))
+    assert isinstance(table, routes_pb2.RouteResponse), f"refused: {table}"
+    assert list(table.table.routes) == []

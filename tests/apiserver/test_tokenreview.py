@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import grpc.aio
 import pytest
 
-from llmroute.v1 import routes_pb2, rpc
-from tests.apiserver.conftest import ApiServer, OperatorProcess, eventually, free_port, unique
+from llmroute.v1 import routes_pb2
+from tests.apiserver.conftest import ApiServer, OperatorProcess, eventually, free_port, subscribe, unique
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +76,6 @@ def test_a_sidecar_with_its_namespaces_projected_token_gets_that_namespaces_rout
     shop, _ = namespaces
     routes = eventually(lambda: served_routes(sidecar), what="routes at the sidecar")
     assert [(r["namespace"], r["spec"]["models"]) for r in routes] == [(shop, ["shop-chat"])]
-
-
-async def subscribe(port: int, token: str, namespace: str) -> grpc.StatusCode | routes_pb2.RouteResponse:
-    """Open StreamRoutes as a sidecar of `namespace` with `token`: the first table, or the refusal's code."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = rpc.stream_routes(channel)(metadata=(("authorization", f"Bearer {token}"),))
-        await call.write(routes_pb2.RouteRequest(node=routes_pb2.Node(pod="probe-0", namespace=namespace)))
-        try:
-            response = await asyncio.wait_for(call.read(), 60)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        call.cancel()
-        assert isinstance(response, routes_pb2.RouteResponse)
-        return response
 
 
 def test_a_token_of_another_namespace_is_refused(
