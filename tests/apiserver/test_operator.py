@@ -98,6 +98,14 @@ def test_the_older_route_keeps_a_contested_model(apiserver: ApiServer, namespace
     assert "z-first" in condition(second, "Accepted")["message"]
     assert condition(apiserver.get("llmroute", "-n", namespace, "z-first"), "Accepted")["status"] == "True"
 
+    def warnings() -> list[tuple[str, str, str]]:
+        events = apiserver.get("events", "-n", namespace)["items"]
+        return [(e["type"], e["reason"], e["involvedObject"]["uid"]) for e in events]
+
+    # The API server validates Events too: the operator's Warning must be accepted and point at the route.
+    eventually(warnings, what="a Warning Event")
+    assert warnings() == [("Warning", "ModelConflict", second["metadata"]["uid"])]
+
 
 def test_a_sidecar_in_a_namespace_without_routes_gets_an_empty_table(
     apiserver: ApiServer, operator: OperatorProcess, namespace: str
