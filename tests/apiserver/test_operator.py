@@ -114,3 +114,19 @@ def test_a_sidecar_in_a_namespace_without_routes_gets_an_empty_table(
     table = asyncio.run(subscribe(operator.grpc_port, token, namespace))
     assert isinstance(table, routes_pb2.RouteResponse), f"refused: {table}"
     assert list(table.table.routes) == []
+
+
+def test_a_referenced_secret_is_found_once_it_is_created(apiserver: ApiServer, namespace: str) -> None:
+    keyed = route(namespace, "keyed", ["chat"])
+    keyed["spec"]["backends"][0]["apiKeySecretRef"] = {"name": "llm-keys", "key": "openai"}
+    apiserver.apply(keyed)
+
+    def resolved_refs() -> dict[str, Any]:
+        return condition(accepted_at_generation(apiserver, namespace, "keyed"), "ResolvedRefs")
+
+    missing = eventually(resolved_refs, what="ResolvedRefs")
+    assert (missing["status"], missing["reason"]) == ("False", "SecretNotFound")
+    apiserver.kubectl("create", "secret", "generic", "llm-keys", "-n", namespace, "--from-literal=openai=sk-test")
+    found = eventually(lambda: resolved_refs().get("status") == "True" and resolved_refs(), what="the Secret found")
+    assert found["reason"] == "SecretsFound"
+    assert "sk-test" not in json.dumps(apiserver.get("llmroute", "-n", namespace, "keyed"))
