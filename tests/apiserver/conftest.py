@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +194,27 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory, kubectl_bin: Path, helm_
             process.wait()
 
 
+@dataclass(frozen=True)
+class Release:
+    """The chart as installed and then upgraded once, with its TLS Secret as the install left it."""
+
+    installed: subprocess.CompletedProcess[str]
+    upgraded: subprocess.CompletedProcess[str]
+    tls_after_install: dict[str, bytes]
+
+
 @pytest.fixture(scope="session")
-def release(apiserver: ApiServer) -> subprocess.CompletedProcess[str]:
-    """The chart installed by `helm install` (CRD included) into llmroute-system, with default values.
+def release(apiserver: ApiServer) -> Release:
+    """The chart installed by `helm install` (CRD included) into llmroute-system with default values,
+    then `helm upgrade`d with the same values, as users do.
 
     Without nodes the operator's pod never runs; tests run the operator as a local process instead.
     """
-    return apiserver.helm(
-        "install", RELEASE, str(REPO / "charts" / "llmroute"), "--namespace", OPERATOR_NAMESPACE, "--create-namespace"
-    )
+    chart = str(REPO / "charts" / "llmroute")
+    installed = apiserver.helm("install", RELEASE, chart, "--namespace", OPERATOR_NAMESPACE, "--create-namespace")
+    tls = apiserver.secret_data(OPERATOR_NAMESPACE, f"{RELEASE}-tls")
+    upgraded = apiserver.helm("upgrade", RELEASE, chart, "--namespace", OPERATOR_NAMESPACE)
+    return Release(installed, upgraded, tls)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -240,7 +253,7 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator(
-    apiserver: ApiServer, release: subprocess.CompletedProcess[str], tmp_path_factory: pytest.TempPathFactory
+    apiserver: ApiServer, release: Release, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """The operator for every namespace, with TokenReview auth and the injection webhook of the chart.
 

@@ -4,13 +4,14 @@ invalid routes with the CEL rules' messages."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
 
 import pytest
 
-from tests.apiserver.conftest import ApiServer, eventually, unique
+from tests.apiserver.conftest import OPERATOR_NAMESPACE, RELEASE, ApiServer, Release, eventually, unique
 from tests.chart.test_crd import CEL_CASES, broken, full_route, routes
 
 pytestmark = pytest.mark.usefixtures("release")
@@ -27,6 +28,15 @@ def in_namespace(route: dict[str, Any], namespace: str, name: str | None = None)
     route = copy.deepcopy(route)
     route["metadata"] = {"name": name or route["metadata"]["name"], "namespace": namespace}
     return route
+
+
+def test_an_upgrade_keeps_the_webhook_certificate_the_api_server_trusts(apiserver: ApiServer, release: Release) -> None:
+    assert "STATUS: deployed" in release.installed.stdout and "REVISION: 2" in release.upgraded.stdout
+    tls = apiserver.secret_data(OPERATOR_NAMESPACE, f"{RELEASE}-tls")
+    assert tls == release.tls_after_install  # helm's `lookup` found the Secret; nothing was regenerated
+    webhook = apiserver.get("mutatingwebhookconfiguration", f"{RELEASE}-injection")
+    [entry] = webhook["webhooks"]
+    assert base64.b64decode(entry["clientConfig"]["caBundle"]) == tls["ca.crt"]
 
 
 def test_the_crd_is_established(apiserver: ApiServer) -> None:
