@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.apiserver.conftest import OPERATOR_NAMESPACE, RELEASE, ApiServer, Release, eventually, unique
+from tests.apiserver.conftest import Release
+from tests.apiserver.harness import OPERATOR_NAMESPACE, RELEASE, ApiServer, eventually, unique
 from tests.chart.test_crd import CEL_CASES, broken, full_route, routes
 
 pytestmark = pytest.mark.usefixtures("release")

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.apiserver.conftest import ApiServer, OperatorProcess, unique
+from tests.apiserver.conftest import OperatorProcess
+from tests.apiserver.harness import ApiServer, unique
 
 pytestmark = pytest.mark.usefixtures("operator")
 

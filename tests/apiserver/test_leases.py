@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.apiserver.conftest import ApiServer, unique
+from tests.apiserver.harness import ApiServer, unique
 from tests.apiserver.leases import Leases
 
 

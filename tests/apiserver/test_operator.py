@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from llmroute.v1 import routes_pb2
-from tests.apiserver.conftest import ApiServer, OperatorProcess, eventually, subscribe, unique
+from tests.apiserver.conftest import OperatorProcess
+from tests.apiserver.harness import ApiServer, eventually, subscribe, unique
 
 pytestmark = pytest.mark.usefixtures("operator")
 

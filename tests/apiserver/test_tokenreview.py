@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from llmroute.v1 import routes_pb2
-from tests.apiserver.conftest import ApiServer, OperatorProcess, eventually, free_port, subscribe, unique
+from tests.apiserver.conftest import OperatorProcess
+from tests.apiserver.harness import ApiServer, eventually, free_port, subscribe, unique
 
 
 @pytest.fixture(scope="module")
