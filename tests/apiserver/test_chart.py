@@ -33,6 +33,8 @@ def in_namespace(route: dict[str, Any], namespace: str, name: str | None = None)
 
 def test_an_upgrade_keeps_the_webhook_certificate_the_api_server_trusts(apiserver: ApiServer, release: Release) -> None:
     assert "STATUS: deployed" in release.installed.stdout and "REVISION: 2" in release.upgraded.stdout
+    # The server warns about unknown or duplicate fields and deprecated APIs; helm prints its warnings.
+    assert "warning" not in (release.installed.stderr + release.upgraded.stderr).lower()
     tls = apiserver.secret_data(OPERATOR_NAMESPACE, f"{RELEASE}-tls")
     assert tls == release.tls_after_install  # helm's `lookup` found the Secret; nothing was regenerated
     webhook = apiserver.get("mutatingwebhookconfiguration", f"{RELEASE}-injection")
