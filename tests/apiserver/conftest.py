@@ -8,6 +8,7 @@ controllers, namespaces cannot be deleted, so each test module works in namespac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,7 +26,16 @@ import pytest
 from tests.apiserver.harness import OPERATOR_NAMESPACE, RELEASE, ApiServer, eventually, free_port, http_status
 from tests.tools import REPO, helm_bin, kubectl_bin
 
-__all__ = ["OperatorProcess", "Release", "apiserver", "helm_bin", "kubectl_bin", "operator", "release"]
+__all__ = [
+    "OperatorProcess",
+    "Release",
+    "apiserver",
+    "helm_bin",
+    "kubectl_bin",
+    "operator",
+    "release",
+    "running_operator",
+]
 
 HERE = Path(__file__).parent
 START_TIMEOUT_S = 300.0
@@ -146,16 +156,25 @@ def operator(
         json.dumps({"spec": {"type": "ExternalName", "externalName": webhook_host, "clusterIP": None,
                              "clusterIPs": None, "selector": None, "ports": ports}}),
     )  # fmt: skip
+    # The operator's own identity, so the chart's RBAC is what it is allowed to do.
+    kubeconfig = apiserver.kubeconfig_of(OPERATOR_NAMESPACE, RELEASE, directory / "kubeconfig")
+    with running_operator(
+        kubeconfig, directory, f"--injection-config={directory / 'injection.json'}",
+        f"--webhook-listen={webhook_host}:443",
+        f"--webhook-cert={directory / 'tls.crt'}", f"--webhook-key={directory / 'tls.key'}",
+    ) as running:  # fmt: skip
+        yield running
+
+
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path, directory: Path, *args: str) -> Iterator[OperatorProcess]:
+    """`llmroute operator ARGS` with this kubeconfig, logging to DIRECTORY/operator.log, until the block ends."""
     grpc_port, admin_port = free_port(), free_port()
     log = directory / "operator.log"
     command = [
         sys.executable, "-m", "llmroute", "operator",
-        f"--grpc-listen=127.0.0.1:{grpc_port}", f"--admin-listen=127.0.0.1:{admin_port}",
-        f"--injection-config={directory / 'injection.json'}", f"--webhook-listen={webhook_host}:443",
-        f"--webhook-cert={directory / 'tls.crt'}", f"--webhook-key={directory / 'tls.key'}",
+        f"--grpc-listen=127.0.0.1:{grpc_port}", f"--admin-listen=127.0.0.1:{admin_port}", *args,
     ]  # fmt: skip
-    # The operator's own identity, so the chart's RBAC is what it is allowed to do.
-    kubeconfig = apiserver.kubeconfig_of(OPERATOR_NAMESPACE, RELEASE, directory / "kubeconfig")
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmroute.v1 import routes_pb2
-from tests.apiserver.conftest import OperatorProcess
+from tests.apiserver.conftest import OperatorProcess, running_operator
 from tests.apiserver.harness import ApiServer, eventually, subscribe, unique
+from tests.tools import REPO
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -131,3 +133,18 @@ def test_a_referenced_secret_is_found_once_it_is_created(apiserver: ApiServer, n
     found = eventually(lambda: resolved_refs().get("status") == "True" and resolved_refs(), what="the Secret found")
     assert found["reason"] == "SecretsFound"
     assert "sk-test" not in json.dumps(apiserver.get("llmroute", "-n", namespace, "keyed"))
+
+
+def test_a_release_for_one_namespace_serves_it_with_a_role_binding(apiserver: ApiServer, tmp_path: Path) -> None:
+    watched = apiserver.create_namespace(unique("watched"))
+    system, release = unique("llmroute-scoped"), "llmroute-scoped"  # its full name is the release name
+    apiserver.helm(
+        "install", release, str(REPO / "charts" / "llmroute"), "--namespace", system, "--create-namespace",
+        "--skip-crds", "--set", f"operator.watchNamespace={watched}", "--set", "injection.enabled=false",
+    )  # fmt: skip
+    kubeconfig = apiserver.kubeconfig_of(system, release, tmp_path / "kubeconfig")
+    with running_operator(kubeconfig, tmp_path, f"--namespace={watched}") as scoped:
+        apiserver.apply(route(watched, "support", ["chat"]))
+        obj = eventually(lambda: accepted_at_generation(apiserver, watched, "support"), what="the route's status")
+        assert condition(obj, "Accepted")["status"] == "True"
+        assert "Forbidden" not in scoped.log.read_text()
