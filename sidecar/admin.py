@@ -86,6 +86,8 @@ class AdminApp:
                     "provider": c.spec.provider,
                     "url": c.spec.url,
                     "model": c.spec.model,
+                    "apis": sorted(c.spec.apis),
+                    "context_window": c.spec.context_window,
                     # inf (a first request still out, never answered) is not JSON: shown as null
                     "expected_latency_s": _finite(c.expected_latency(now)),
                     **c.stats.snapshot(now),

@@ -1,7 +1,9 @@
-"""The OpenAI-compatible API the app talks to: request in, response out. Decisions are the dispatcher's."""
+"""The APIs the app talks to (a table of inbound modules, by path): request in, response out, every error in
+the shape of the app's API. Decisions are the dispatcher's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -10,11 +12,13 @@ from typing import Any, cast
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
-from llmroute.sidecar.dispatch import Answer, Call, Dispatcher, needed_capabilities
+from llmroute.sidecar.continuation import Continuation, can_continue
+from llmroute.sidecar.count_tokens import count_tokens
+from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import Router, RouteRuntime
-from llmroute.sidecar.upstream.base import DONE
 from llmroute.sidecar.upstream.errors import UpstreamError
 
 PRIORITIES = ("critical", "normal", "batch")
@@ -22,7 +26,7 @@ _JSON = "application/json"
 
 
 class SidecarApp:
-    """HTTP handler for /v1/chat/completions and /v1/models."""
+    """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models."""
 
     def __init__(self, router: Router, dispatcher: Dispatcher, metrics: SidecarMetrics) -> None:
         self.router = router
@@ -30,40 +34,58 @@ class SidecarApp:
         self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
+        api = BY_PATH.get(request.path)
         try:
-            if request.path == "/v1/chat/completions" or request.path == "/chat/completions":
+            if api is not None:
                 if request.method != "POST":
-                    raise ProxyError(405, "use POST for /v1/chat/completions", "method_not_allowed")
-                return await self.chat(request)
+                    raise ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+                if api is COUNT_TOKENS:
+                    return await self.count_tokens(request)
+                return await self.serve(api, request)
             if request.path in ("/v1/models", "/models") and request.method == "GET":
-                return self.models()
+                return self.models(anthropic="anthropic-version" in request.headers)
             raise ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
         except ProxyError as error:
-            return error.response()
+            return error.response(api.family if api is not None else "openai")
 
-    def models(self) -> Response:
-        """The model names of the routes this sidecar has, in OpenAI's list shape."""
+    def models(self, *, anthropic: bool) -> Response:
+        """The model names of the routes this sidecar has, in OpenAI's list shape or, for the Anthropic SDK
+        (which sends anthropic-version), in Anthropic's."""
         table = self.router.table
+        routed = sorted((table.by_model if table else {}).items())
+        if anthropic:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            models = [
+                {"type": "model", "id": model, "display_name": f"{model} (llmroute:{route.name})", "created_at": stamp}
+                for model, route in routed
+            ]
+            first, last = (models[0]["id"], models[-1]["id"]) if models else (None, None)
+            page = {"data": models, "has_more": False, "first_id": first, "last_id": last}
+            return Response(200, json.dumps(page).encode())
         created = int(time.time())
         data = [
             {"id": model, "object": "model", "created": created, "owned_by": f"llmroute:{route.name}"}
-            for model, route in sorted((table.by_model if table else {}).items())
+            for model, route in routed
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
 
-    def _parse(self, request: Request) -> tuple[dict[str, Any], RouteRuntime, Priority, float]:
-        """The body, route, priority and deadline of a chat request; ProxyError for anything malformed."""
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched."""
+        body, _, runtime, _, timeout = self._parse(COUNT_TOKENS, request)
+        return await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), time.monotonic() + timeout)
+
+    def _parse(self, api: Inbound, request: Request) -> tuple[dict[str, Any], Parsed, RouteRuntime, Priority, float]:
+        """The body, its routing facts, route, priority and deadline; ProxyError for anything malformed."""
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise ProxyError(400, "request body is nested too deeply to be read", "invalid_json") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "request body must be a JSON object", "invalid_request")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ProxyError(400, "'model' is required and must be a string", "invalid_request")
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise ProxyError(400, "'messages' is required and must be a non-empty array", "invalid_request")
+        parsed = api.parse(body)
+        model = parsed.model
         runtime = self.router.by_model.get(model)
         if runtime is None:
             known = ", ".join(sorted(self.router.by_model)) or "none (no routing table loaded yet)"
@@ -85,20 +107,24 @@ class SidecarApp:
                 raise ProxyError(
                     400, f"x-llmroute-timeout-ms must be a positive integer, not {header!r}", "invalid_timeout"
                 )
-        return body, runtime, cast(Priority, priority), timeout
+        return body, parsed, runtime, cast(Priority, priority), timeout
 
-    async def chat(self, request: Request) -> Response | StreamingResponse:
-        """POST /v1/chat/completions."""
+    async def serve(self, api: Inbound, request: Request) -> Response | StreamingResponse:
+        """One request of an inbound API: parse, dispatch, answer in the API's own shape."""
         received = time.monotonic()
-        body, runtime, priority, timeout = self._parse(request)
+        body, parsed, runtime, priority, timeout = self._parse(api, request)
         route = runtime.route
         call = Call(
             runtime=runtime,
+            api=api,
             body=body,
-            stream=body.get("stream") is True,
+            stream=parsed.stream,
             priority=priority,
             deadline=received + timeout,
-            needs=needed_capabilities(body),
+            needs=parsed.needs,
+            tokens_in=parsed.tokens_in,
+            tokens_out=parsed.tokens_out,
+            headers=api.forwarded(request.headers),
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
@@ -117,21 +143,27 @@ class SidecarApp:
                 answer = await self.dispatcher.run(call)
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is
                 self._observe(call, None, "client_error", received)
-                return Response(error.status or 400, error.body or b"", self._headers(call, None, received))
+                shaped = error.body_for(api.family)
+                return Response(error.status or 400, shaped, [*self._headers(call, None, received), *error.headers])
             except ProxyError as error:
                 self._observe(call, None, "error", received)
                 error.headers = [*error.headers, *self._headers(call, None, received)]
                 raise
+            except asyncio.CancelledError:  # the app went away: its attempts and hedges were cancelled with it
+                self._observe(call, None, "abandoned", received)
+                raise
             if answer.stream is not None:
                 holds_stream = True
-                return StreamingResponse(
-                    200, self._relay(call, answer, received, gate), self._headers(call, answer, received)
-                )
+                response_headers = self._headers(call, answer, received)
+                response_headers.extend(answer.stream.headers)
+                return StreamingResponse(200, self._relay(call, answer, received, gate), response_headers)
             assert answer.completion is not None
             self._observe(call, answer, "success", received)
-            headers = self._headers(call, answer, received)
-            headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
-            return Response(200, answer.completion.body, headers)
+            response_headers = self._headers(call, answer, received)
+            response_headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
+            if answer.completion.headers:
+                response_headers.extend(answer.completion.headers)
+            return Response(200, answer.completion.body, response_headers)
         finally:
             if not holds_stream:
                 in_flight.dec()
@@ -141,42 +173,60 @@ class SidecarApp:
     async def _relay(
         self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncIterator[bytes]:
-        """Forward a stream that already produced its first chunk, then its cost comment and [DONE]; a failure
-        now ends it with an SSE error instead."""
-        stream = answer.stream
-        assert stream is not None
-        runtime = call.runtime
-        candidate = answer.candidate
-        self.metrics.child(self.metrics.ttft, runtime.route.name, candidate.name, call.priority).observe(
-            time.monotonic() - received
-        )
+        """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
+        A chat stream that breaks off is continued on a backend that can (see continuation.py), so the app
+        gets one whole answer; otherwise it ends with an SSE error naming the interruption. Each stream's
+        attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
+        self.metrics.child(
+            self.metrics.ttft, call.runtime.route.name, answer.candidate.name, call.priority, call.api.api
+        ).observe(time.monotonic() - received)
+        continuation = Continuation(self.dispatcher, call) if can_continue(call) else None
+        spent = 0.0  # what interrupted attempts cost before the one that finished
         outcome = "abandoned"
         try:
-            data = answer.first_chunk
-            try:
-                # Send what we have before waiting for more; once the answer is complete, nothing more is
-                # awaited, so its last events go out in one write with the cost comment and [DONE].
-                while not stream.complete:
-                    yield data
-                    data = await anext(stream, b"")
-            except UpstreamError as error:
-                outcome = "error"
-                self.dispatcher.failed(runtime, candidate, answer.token, answer.started, error)
-                message = f"backend {candidate.name} failed mid-stream: {error}"
-                yield ProxyError(502, message, "stream_interrupted").sse_event()
-                return
-            outcome = "success"
-            cost = self.dispatcher.succeeded(
-                runtime, candidate, answer.token, answer.started, stream.usage, "success", answer.ttft
-            )
-            # Streams carry their cost as an SSE comment (clients ignore comments), before the final [DONE].
-            yield data + f": x-llmroute-cost-usd={cost:.8f}\n\n".encode() + DONE
+            while True:
+                stream = answer.stream
+                assert stream is not None
+                candidate = answer.candidate
+                try:
+                    with answer.attempt as attempt:
+                        data = answer.first_chunk
+                        try:
+                            # Send what we have before waiting for more; once the answer is complete, nothing
+                            # more is awaited, so its last events go out in one write with the cost and ending.
+                            while not stream.complete:
+                                yield data if continuation is None else continuation.relay(data)
+                                data = await anext(stream, b"")
+                                attempt.chunk()
+                        except UpstreamError as error:
+                            attempt.fail(error)
+                            resumed = await continuation.resume(candidate) if continuation is not None else None
+                            if resumed is None:
+                                outcome = "error"
+                                message = f"backend {candidate.name} failed mid-stream: {error}"
+                                interrupted = ProxyError(502, message, "stream_interrupted")
+                                yield call.api.error_event(interrupted, stream.sequence)
+                                return
+                            assert continuation is not None
+                            self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()
+                            spent += continuation.cost_so_far(candidate)
+                            answer = resumed
+                            continue
+                        outcome = "success"
+                        cost = spent + attempt.succeed(stream.usage)
+                        end = data if continuation is None else continuation.relay(data)
+                        yield end + call.api.stream_end(cost)
+                        return
+                finally:
+                    await stream.aclose()
+                    if stream.skipped:
+                        skipped = self.metrics.child(
+                            self.metrics.skipped_events, call.runtime.route.name, candidate.name
+                        )
+                        skipped.inc(stream.skipped)
         finally:
-            if outcome == "abandoned":  # the app went away mid-stream: close the attempt without a verdict
-                self.dispatcher.abandoned(runtime, candidate, answer.token)
-            await stream.aclose()
             self._observe(call, answer, outcome, received)
-            self.metrics.child(self.metrics.in_flight, runtime.route.name).dec()
+            self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
             if gate is not None:
                 gate.release()
 
@@ -184,7 +234,7 @@ class SidecarApp:
         now = time.monotonic()
         backend = answer.candidate.name if answer is not None else "none"
         self.metrics.child(
-            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome
+            self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome, call.api.api
         ).observe(now - received)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:

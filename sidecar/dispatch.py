@@ -7,37 +7,49 @@ sequences attempts and feeds every outcome back into them.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmroute.model import Priority
+from llmroute.model import Api, Priority
+from llmroute.sidecar.attempt import Attempt
 from llmroute.sidecar.balancer.candidates import Candidate, eligible
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
-from llmroute.sidecar.upstream.client import CompletionStream
+from llmroute.sidecar.upstream.client import MIN_IDLE_TIMEOUT, CompletionStream, Upstream
+from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
-from llmroute.sidecar.upstream.usage import Completion, Usage
+from llmroute.sidecar.upstream.usage import Completion
+from llmroute.supervise import log_failure
 
-SHADOW_MAX_TOKENS = 16
-"""Shadow probes ask for at most this many tokens: enough to measure, too few to cost."""
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
 """An attempt is not started with less time than this left: it could not succeed."""
 TAIL_FACTOR = 3.0
 TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
+STREAM_IDLE_FLOOR_S = 2.0
+"""A stream is never cut for a silence shorter than this, however regular its backend's chunks; the ceiling
+is the upstream client's idle bound (the deadline, and at least MIN_IDLE_TIMEOUT)."""
+FIRST_TOKEN_DEFAULT_S = 10.0
+"""The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
+route has any either: the tail hedge then fires after 30 s."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
 that p95, and at least this long apart."""
 
 _rng = random.Random()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -45,12 +57,24 @@ class Call:
     """One app request as the dispatcher sees it."""
 
     runtime: RouteRuntime
+    api: Inbound
     body: dict[str, Any]
     stream: bool
     priority: Priority
     deadline: float
     """time.monotonic() by which an answer (for streams: the first chunk) must be there."""
     needs: frozenset[str]
+    tokens_in: int = 1
+    tokens_out: int = 0
+    """Estimated prompt and completion tokens, for pricing before the request is sent."""
+    headers: dict[str, str] | None = None
+    """App headers for a backend that serves the call's API natively (protocol versions, betas)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Backends left out of the plan, and why: every backend of the route is accounted for in a failure."""
+    not_tried: str = ""
+    """Why no further attempt was made while backends were left (attempts used up, retry budget, ...)."""
+    min_context: int = 0
+    """After a backend refused the prompt as too long: only backends with a larger window (or none declared)."""
     attempts: int = 0
     upstream_started: float = 0.0
     upstream_done: float = 0.0
@@ -64,45 +88,13 @@ class Answer:
     """The winning attempt: a completion, or an open stream whose first chunk already arrived."""
 
     candidate: Candidate
+    attempt: Attempt
+    """Closed for a completion; for a stream, handed over to whoever reads it, who must close it."""
     completion: Completion | None = None
     stream: CompletionStream | None = None
     first_chunk: bytes = b""
-    token: int = -1
-    """The stats token of a stream, finished when the stream ends."""
-    started: float = 0.0
-    ttft: float | None = None
     cost: float = 0.0
     """USD, once the usage is known (at once for JSON answers, at the end for streams)."""
-
-
-def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
-    """What a backend must support to serve this request: tools, vision (image parts), json, and the wire
-    features n>1 and logprobs (see Backend.serves)."""
-    needs = set()
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        needs.add("n>1")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        needs.add("logprobs")
-    if body.get("tools") or body.get("functions"):
-        needs.add("tools")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-        needs.add("json")
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") == "image_url" for part in content
-        ):
-            needs.add("vision")
-            break
-    return frozenset(needs)
-
-
-def _estimated_tokens(body: dict[str, Any]) -> tuple[int, int]:
-    """Rough prompt and completion sizes for pricing a request before it is sent (4 chars a token)."""
-    chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict))
-    out = body.get("max_completion_tokens") or body.get("max_tokens") or 300
-    return max(chars // 4, 1), int(out) if isinstance(out, int) else 300
 
 
 class Dispatcher:
@@ -114,123 +106,76 @@ class Dispatcher:
         """Per-backend counts for the operator's load reports (control-plane mode only)."""
         self._background: set[asyncio.Task[None]] = set()
 
-    # ----- outcomes -------------------------------------------------------------------------------------
-
-    def _begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> tuple[int, float]:
-        """An attempt starts: stats token, start time; the upstream client is leased for its duration."""
-        started = time.monotonic()
-        runtime.pool.lease(runtime.upstreams[candidate.name])
-        if self.load is not None:
-            self.load.start(runtime.route.name, candidate.name)
-        return candidate.stats.start(started, stream=stream), started
-
-    def succeeded(
-        self,
-        runtime: RouteRuntime,
-        candidate: Candidate,
-        token: int,
-        started: float,
-        usage: Usage,
-        outcome: str,
-        ttft: float | None = None,
-    ) -> float:
-        """An attempt (or a whole stream) succeeded: feed the policies, count tokens and spend; returns USD."""
-        now = time.monotonic()
-        candidate.stats.finish(token, now)
-        runtime.detector.record_success(candidate.name)
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        route, name = runtime.route.name, candidate.name
-        cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        m = self.metrics
-        m.child(m.attempts, route, name, outcome).inc()
-        m.child(m.tokens, route, name, "input").inc(usage.prompt_tokens)
-        m.child(m.tokens, route, name, "output").inc(usage.completion_tokens)
-        if usage.cached_tokens:
-            m.child(m.tokens, route, name, "cached_input").inc(usage.cached_tokens)
-        if cost:
-            m.child(m.cost, route, name).inc(cost)
-        if self.load is not None:
-            self.load.finish(
-                route,
-                name,
-                failure=None,
-                latency=now - started,
-                ttft=ttft,
-                tokens_in=usage.prompt_tokens,
-                tokens_out=usage.completion_tokens,
-                cost_usd=cost,
-            )
-        return cost
-
-    def failed(
-        self, runtime: RouteRuntime, candidate: Candidate, token: int, started: float, error: UpstreamError
-    ) -> None:
-        """An attempt (or a stream after its first chunk) failed: feed estimates, ejection, metrics, reports."""
-        now = time.monotonic()
-        kind = error.kind
-        candidate.stats.finish(token, now, kind)
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        self._count_failure(runtime, candidate.name, error, now)
-        if self.load is not None:
-            self.load.finish(
-                runtime.route.name,
-                candidate.name,
-                failure=kind.value,
-                latency=now - started,
-                ttft=None,
-                tokens_in=0,
-                tokens_out=0,
-                cost_usd=0.0,
-            )
-
-    def abandoned(self, runtime: RouteRuntime, candidate: Candidate, token: int) -> None:
-        """An attempt that lost the race or was still running at the deadline: a lower bound on its latency."""
-        candidate.stats.cancel(token, time.monotonic())
-        runtime.pool.release(runtime.upstreams[candidate.name])
-        if self.load is not None:
-            self.load.cancel(runtime.route.name, candidate.name)
+    def begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> Attempt:
+        """An attempt on `candidate` starts now; the handle must be closed (see Attempt)."""
+        return Attempt(runtime, candidate, self.metrics, self.load, stream=stream)
 
     # ----- planning -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _capable(call: Call) -> list[Candidate]:
+        """The route's backends that can carry this request: its API (natively or translated), every
+        parameter of it, the capabilities it needs, and a prompt of its size. The others go into
+        `call.skipped` with the reason; when none is left, a 400 names each backend and what it lacked."""
+        runtime = call.runtime
+        api = call.api.api
+        capable = []
+        codes = set()
+        for candidate in runtime.candidates:
+            spec = candidate.spec
+            codec = runtime.upstreams[candidate.name].codec(api)
+            if codec is None:
+                codes.add("unsupported_api")
+                call.skipped[candidate.name] = f"serves no {api} API, natively or translated"
+            elif (missing := codec.lacks(call.body)) is not None:
+                codes.add("unsupported_parameter")
+                call.skipped[candidate.name] = f"cannot carry {missing}"
+            elif not spec.serves(call.needs):
+                codes.add("unsupported_capability")
+                call.skipped[candidate.name] = f"does not support {', '.join(sorted(spec.lacks(call.needs)))}"
+            elif spec.context_window is not None and call.tokens_in > spec.context_window:
+                codes.add("context_length_exceeded")
+                call.skipped[candidate.name] = (
+                    f"context window of {spec.context_window:,} tokens is smaller than the prompt (about"
+                    f" {call.tokens_in:,} tokens)"
+                )
+            else:
+                capable.append(candidate)
+        if capable:
+            return capable
+        # One code for the app to act on: the first reason in this order that applies to some backend.
+        code = next(c for c in _SKIP_CODES if c in codes)
+        detail = "; ".join(f"{name}: {why}" for name, why in call.skipped.items())
+        raise ProxyError(400, f"no backend of route {runtime.route.name} can serve this request: {detail}", code)
 
     def _plan(self, call: Call, now: float) -> list[Candidate]:
         runtime = call.runtime
         route = runtime.route
-        capable = [c for c in runtime.candidates if c.spec.serves(call.needs)]
-        if not capable:
-            raise ProxyError(
-                400,
-                f"no backend of route {route.name} supports {', '.join(sorted(call.needs))} "
-                f"(backends: {', '.join(c.name for c in runtime.candidates)})",
-                "unsupported_capability",
-            )
+        capable = self._capable(call)
         available = eligible(capable, runtime.detector)
+        if len(available) < len(capable):
+            self._skip_unavailable(call, [c for c in capable if c not in available], now)
         if not available:
             names = [c.name for c in capable]
             retry_after = runtime.detector.retry_after(names, now)
             if retry_after is not None:
                 raise ProxyError(
                     429,
-                    f"every backend of route {route.name} is rate limited",
+                    f"every backend of route {route.name} is rate limited: {_accounting(call)}",
                     "rate_limited",
                     [("retry-after", str(max(1, round(retry_after))))],
                 )
-            states = {s.name: s for s in runtime.detector.snapshot(now)}
-            detail = "; ".join(
-                f"{n}: {states[n].state} ({states[n].reason}, {states[n].remaining_s:.0f} s left)"
-                if n in states and states[n].state != "active"
-                else f"{n}: at maxConcurrency"
-                for n in names
+            raise ProxyError(
+                503, f"no backend of route {route.name} can take the request: {_accounting(call)}", "no_backend"
             )
-            raise ProxyError(503, f"no backend of route {route.name} can take the request: {detail}", "no_backend")
         policy = route.priorities[call.priority]
-        tokens_in, tokens_out = _estimated_tokens(call.body)
         ctx = PickContext(
             now=now,
             rng=_rng,
             deadline=call.deadline - now,
             stream=call.stream,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
+            input_tokens=call.tokens_in,
+            output_tokens=call.tokens_out,
             weights=route.weights,
         )
         # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy: `ordered`
@@ -241,10 +186,12 @@ class Dispatcher:
         feasible = [
             c for c in available if c.expected_latency(now, stream=call.stream) < remaining and not c.stats.stalled(now)
         ]
+        if strategy in _BLIND_TO_LATENCY and len(feasible) > 1:
+            feasible = _without_far_slower(feasible, call.stream)
         late = [c for c in available if c not in feasible]
         ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
         for candidate in runtime.shadow.due(ranked, now):
-            self._spawn(self._shadow_probe(runtime, candidate))
+            self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked
 
     # ----- the attempt loop -----------------------------------------------------------------------------
@@ -284,6 +231,9 @@ class Dispatcher:
                     call.errors.append((candidate.name, error))
                     if error.kind is FailureKind.CLIENT_ERROR:
                         raise error
+                    if error.kind is FailureKind.CONTEXT_LENGTH:
+                        window = candidate.spec.context_window
+                        call.min_context = max(call.min_context, window if window is not None else call.tokens_in)
                     if not attempts.running and (following := attempts.next_candidate(error)) is not None:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         attempts.start(following)
@@ -350,8 +300,10 @@ class Dispatcher:
         deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
         to it are overdue as well), and otherwise only for a tail outlier: after TAIL_FACTOR times the p95
         (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows down
-        leave it together, while one slow answer of a healthy backend is not duplicated. Never while the
-        primary has no p95 yet. Every hedge is bounded by the retry budget.
+        leave it together, while one slow answer of a healthy backend is not duplicated. A backend with no
+        answer yet is judged by what the route's other backends need (the slowest of their p95s), and a
+        stream with no reference at all by FIRST_TOKEN_DEFAULT_S: its first token is never waited for
+        without a limit. Every hedge is bounded by the retry budget.
         """
         stats = primary.stats
         p95 = stats.quantile(0.95, stream=call.stream)
@@ -359,7 +311,9 @@ class Dispatcher:
             half = (call.deadline - started) / 2
             return started + (half if p95 is None else min(p95, half))
         if p95 is None:
-            return math.inf
+            p95 = _reference_p95(call, primary)
+            if p95 is None:
+                return math.inf
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
         if now < started + p95:
             return started + p95
@@ -374,96 +328,113 @@ class Dispatcher:
         if hedged:
             self.metrics.child(self.metrics.hedges, route, "won" if answer.candidate is not plan[0] else "lost").inc()
 
-    def _failure(self, call: Call) -> ProxyError:
-        """The error for a call every attempt of which failed, naming each backend and its last error."""
+    @staticmethod
+    def _skip_unavailable(call: Call, unavailable: list[Candidate], now: float) -> None:
+        """Why capable backends are out of the plan: ejected (until when, after what) or at maxConcurrency."""
+        states = {s.name: s for s in call.runtime.detector.snapshot(now)}
+        for candidate in unavailable:
+            state = states.get(candidate.name)
+            if state is not None and state.state == "half-open":
+                call.skipped[candidate.name] = "half-open, its one trial request still out"
+            elif state is not None and state.state != "active":
+                until = time.strftime("%H:%M:%S", time.gmtime(time.time() + state.remaining_s))
+                call.skipped[candidate.name] = f"{state.state} until {until} UTC ({state.reason})"
+            else:
+                call.skipped[candidate.name] = f"at maxConcurrency ({candidate.spec.max_concurrency} in flight)"
+
+    def _failure(self, call: Call) -> ProxyError | UpstreamError:
+        """The error for a call every attempt of which failed, accounting for every backend of the route once:
+        tried (its last error), skipped (why) or not tried (why not). A prompt too long for every backend
+        that was tried is the backend's own 400, as the app would get it from the provider."""
         route = call.runtime.route.name
         if time.monotonic() >= call.deadline:
-            tried = "; ".join(f"{name}: {error}" for name, error in call.errors) or "no backend was tried in time"
-            return ProxyError(504, f"deadline exceeded for route {route} ({tried})", "deadline_exceeded")
+            call.not_tried = call.not_tried or "the deadline came first"
+            return ProxyError(504, f"deadline exceeded for route {route}: {_accounting(call)}", "deadline_exceeded")
+        if call.errors and all(e.kind is FailureKind.CONTEXT_LENGTH for _, e in call.errors):
+            return call.errors[-1][1]
         if call.errors and all(e.kind is FailureKind.RATE_LIMITED for _, e in call.errors):
             waits = [e.retry_after for _, e in call.errors if e.retry_after is not None]
             retry_after = str(max(1, round(min(waits)))) if waits else "1"
             return ProxyError(
-                429, f"every backend of route {route} is rate limited", "rate_limited", [("retry-after", retry_after)]
+                429,
+                f"every backend of route {route} is rate limited: {_accounting(call)}",
+                "rate_limited",
+                [("retry-after", retry_after)],
             )
-        tried = "; ".join(f"{name}: {error}" for name, error in call.errors)
-        return ProxyError(503, f"no backend of route {route} could serve the request: {tried}", "no_backend")
+        return ProxyError(
+            503, f"no backend of route {route} could serve the request: {_accounting(call)}", "no_backend"
+        )
 
     # ----- one attempt ----------------------------------------------------------------------------------
 
     async def attempt(self, call: Call, candidate: Candidate) -> Answer:
-        """Call one backend; every outcome is fed back through succeeded / failed / _abandoned."""
-        runtime = call.runtime
-        upstream = runtime.upstreams[candidate.name]
-        token, started = self._begin(runtime, candidate, stream=call.stream)
-        stream: CompletionStream | None = None
-        try:
-            if call.stream:
-                # Headers and the first chunk within the deadline (after that the relay's idle bound applies).
-                async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                    stream = await upstream.stream(call.body, timeout=call.deadline - started)
-                    first = await anext(stream)
-                first_at = time.monotonic()
-                candidate.stats.first_byte(token, first_at)
-                # The stream is now the caller's: it reports the outcome when the app has read it all.
-                answer = Answer(
-                    candidate, stream=stream, first_chunk=first, token=token, started=started, ttft=first_at - started
+        """Call one backend; the attempt's handle records every outcome (a cancel abandons it)."""
+        upstream = call.runtime.upstreams[candidate.name]
+        with self.begin(call.runtime, candidate, stream=call.stream) as attempt:
+            try:
+                if call.stream:
+                    return await self._first_chunk(call, upstream, attempt)
+                # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
+                completion = await upstream.complete(
+                    call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
                 )
-                stream = None
-                return answer
-            # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
-            completion = await upstream.complete(call.body, timeout=call.deadline - started)
-        except TimeoutError:
-            error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {1000 * (time.monotonic() - started):.0f} ms")
-            self.failed(runtime, candidate, token, started, error)
-            raise error from None
-        except StopAsyncIteration:
-            error = UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
-            self.failed(runtime, candidate, token, started, error)
-            raise error from None
-        except UpstreamError as error:
-            self.failed(runtime, candidate, token, started, error)
-            raise
-        except asyncio.CancelledError:
-            self.abandoned(runtime, candidate, token)
-            raise
-        finally:
-            if stream is not None:
-                await stream.aclose()
-        answer = Answer(candidate, completion=completion, token=token, started=started)
-        answer.cost = self.succeeded(runtime, candidate, token, started, completion.usage, "success")
-        return answer
+            except TimeoutError:
+                waited = 1000 * (time.monotonic() - attempt.started)
+                error = UpstreamError(FailureKind.TIMEOUT, f"no answer within {waited:.0f} ms")
+                attempt.fail(error)
+                raise error from None
+            except StopAsyncIteration:
+                error = UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
+                attempt.fail(error)
+                raise error from None
+            except UpstreamError as error:
+                attempt.fail(error)
+                raise
+            answer = Answer(candidate, attempt, completion=completion)
+            answer.cost = attempt.succeed(completion.usage)
+            return answer
 
-    def _count_failure(self, runtime: RouteRuntime, name: str, error: UpstreamError, now: float) -> None:
-        """Feed a failure into ejection and metrics."""
-        kind = error.kind
-        self.metrics.child(self.metrics.attempts, runtime.route.name, name, kind.value).inc()
-        if kind is FailureKind.RATE_LIMITED:
-            ejected = runtime.detector.record_rate_limited(name, error.retry_after, now)
-        else:
-            ejected = runtime.detector.record_failure(name, kind, now)
-        if ejected:
-            self.metrics.child(self.metrics.ejections, runtime.route.name, name, kind.value).inc()
+    @staticmethod
+    async def _first_chunk(call: Call, upstream: Upstream, attempt: Attempt) -> Answer:
+        """Headers and the first chunk within the deadline (after that the relay's idle bound applies); the
+        open stream and its attempt then belong to the caller, who closes both when the app has read it."""
+        async with asyncio.timeout_at(_loop_deadline(call.deadline)):
+            stream = await upstream.stream(
+                call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
+            )
+            try:
+                first = await anext(stream)
+            except BaseException:
+                await stream.aclose()
+                raise
+        attempt.first_byte()
+        # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
+        policy = call.runtime.route.priorities[call.priority]
+        floor = STREAM_IDLE_FLOOR_S if policy.stream_idle_min is None else policy.stream_idle_min
+        ceiling = policy.stream_idle_max or max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        stream.limit_idle(attempt.candidate.stats.idle_limit(min(floor, ceiling), ceiling))
+        return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(functools.partial(log_failure, log=log))
 
     async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
-        token, started = self._begin(runtime, candidate)
+        upstream = runtime.upstreams[candidate.name]
+        api = _shadow_api(upstream)
         try:
-            completion = await runtime.upstreams[candidate.name].complete(dict(_SHADOW_BODY), timeout=SHADOW_TIMEOUT_S)
-        except UpstreamError as error:
-            self.failed(runtime, candidate, token, started, error)
-        except asyncio.CancelledError:
-            self.abandoned(runtime, candidate, token)
-            raise
-        else:
-            self.succeeded(runtime, candidate, token, started, completion.usage, "shadow")
+            with self.begin(runtime, candidate) as attempt:
+                try:
+                    completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
+                except UpstreamError as error:
+                    attempt.fail(error)
+                else:
+                    attempt.succeed(completion.usage, "shadow")
         finally:
             runtime.shadow.done(candidate.name)
 
@@ -481,8 +452,72 @@ class Dispatcher:
         await asyncio.gather(*self._background, return_exceptions=True)
 
 
-# Backends not tried again within one call: the key was refused, it asked us to back off, or it hung.
-_NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT})
+# Backends not tried again within one call: the key was refused, it asked us to back off, it hung, or the
+# prompt is too long for it.
+_NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.CONTEXT_LENGTH})
+# Failures that go to another backend whatever retryOn says: they are about this backend, not the request.
+_ALWAYS_ELSEWHERE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
+_SKIP_CODES = ("unsupported_api", "unsupported_parameter", "unsupported_capability", "context_length_exceeded")
+
+
+_BLIND_TO_LATENCY = frozenset({"ordered", "weighted"})
+FAR_SLOWER = 4.0
+FAR_SLOWER_MARGIN_S = 1.0
+"""Strategies that do not weigh latency still pass over a backend expected to take FAR_SLOWER times (and
+FAR_SLOWER_MARGIN_S more than) the fastest one: 8.5 s where a peer needs 0.3 s 'can answer in time' for a
+20 s deadline, but no one configuring `ordered` wants that answer."""
+
+
+def _without_far_slower(feasible: list[Candidate], stream: bool) -> list[Candidate]:
+    """`feasible` less the backends far slower than the fastest of them (see FAR_SLOWER). Answer times
+    alone count: a backend that just failed once is not slow (ejection judges failures), and one with no
+    answer yet is not judged."""
+    speeds = {c.name: _speed(c, stream) for c in feasible}
+    known = [v for v in speeds.values() if v is not None]
+    if len(known) < 2:
+        return feasible
+    fastest = min(known)
+    bound = max(FAR_SLOWER * fastest, fastest + FAR_SLOWER_MARGIN_S)
+    return [c for c in feasible if (speed := speeds[c.name]) is None or speed <= bound]
+
+
+def _speed(candidate: Candidate, stream: bool) -> float | None:
+    """The backend's peak-EWMA answer time (first-token time for streams), without failure penalties."""
+    stats = candidate.stats
+    return stats.ttft.value if stream and stats.ttft.value is not None else stats.latency.value
+
+
+def _reference_p95(call: Call, primary: Candidate) -> float | None:
+    """What a backend with no history is expected to need: the slowest p95 of the route's other backends, or
+    for streams FIRST_TOKEN_DEFAULT_S when none has answered yet; None for a JSON call with no reference."""
+    others = [c.stats.quantile(0.95, stream=call.stream) for c in call.runtime.candidates if c is not primary]
+    known = [q for q in others if q is not None]
+    if known:
+        return max(known)
+    return FIRST_TOKEN_DEFAULT_S if call.stream else None
+
+
+def _fits(candidate: Candidate, min_context: int) -> bool:
+    """Whether the backend's window is larger than one that refused the prompt (or it declares none)."""
+    window = candidate.spec.context_window
+    return not min_context or window is None or window > min_context
+
+
+def _accounting(call: Call) -> str:
+    """Every backend of the route once, in route order: its last error, why it was skipped, or why not tried."""
+    tried = dict(call.errors)  # the last error of each
+    parts = []
+    for candidate in call.runtime.candidates:
+        name = candidate.name
+        if name in tried:
+            parts.append(f"{name}: {tried[name]}")
+        elif name in call.skipped:
+            parts.append(f"{name}: skipped, {call.skipped[name]}")
+        else:
+            parts.append(f"{name}: not tried, {call.not_tried or 'no attempt was left for it'}")
+    return "; ".join(parts)
+
+
 _TOO_SLOW = UpstreamError(FailureKind.TIMEOUT, "slower than the time left for a failover")
 """What a failover for time is retried as (the route's retryOn must allow timeouts)."""
 
@@ -508,28 +543,47 @@ class _Attempts:
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
-        if call.attempts > retry.attempts or call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+        if call.attempts > retry.attempts:
+            call.not_tried = f"the route's {retry.attempts} retry attempts were used"
             return None
-        if after is not None and after.kind not in retry.retry_on and after.kind is not FailureKind.AUTH:
+        if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+            call.not_tried = "too little time was left before the deadline"
             return None
-        candidate = self.peek()
+        if after is not None and after.kind not in retry.retry_on and after.kind not in _ALWAYS_ELSEWHERE:
+            call.not_tried = f"{after.kind} is not in the route's retryOn"
+            return None
+        candidate = self.peek(hedge=after is None)
         if candidate is not None and not runtime.budget.try_acquire_retry(time.monotonic()):
             self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
+            call.not_tried = "the retry budget was spent"
             return None
         return candidate
 
-    def peek(self) -> Candidate | None:
+    def peek(self, *, hedge: bool = False) -> Candidate | None:
         """The backend a retry or hedge would go to now. Backends not yet tried come first, in plan order;
         only then is one tried again (a route with fewer backends than attempts), and never one that timed
-        out, refused the key or asked us to back off."""
+        out, refused the key or asked us to back off. A hedge never goes to a backend expected to miss the
+        deadline: it would spend the retry budget on an answer that cannot arrive in time."""
         call = self._call
+        now = time.monotonic()
+        remaining = call.deadline - now
         busy = {c.name for c in self.running.values()}
         tried = {name for name, _ in call.errors}
         barred = {name for name, e in call.errors if e.kind in _NEVER_AGAIN}
         fresh = [c for c in self._plan if c.name not in tried]
         again = [c for c in self._plan if c.name in tried and c.name not in barred]
         detector = call.runtime.detector
-        return next((c for c in (*fresh, *again) if c.name not in busy and detector.is_available(c.name)), None)
+        return next(
+            (
+                c
+                for c in (*fresh, *again)
+                if c.name not in busy
+                and detector.is_available(c.name)
+                and _fits(c, call.min_context)
+                and not (hedge and c.expected_latency(now, stream=call.stream) >= remaining)
+            ),
+            None,
+        )
 
     def cancel_all(self) -> None:
         """The call is decided: attempts still running are abandoned (and named, if the call failed)."""
@@ -541,13 +595,12 @@ class _Attempts:
             )
 
 
-# A shadow probe measures the backend, not the app's prompt: a tiny fixed request, so no user data is
-# copied to a backend the user's request did not go to.
-_SHADOW_BODY: dict[str, Any] = {
-    "model": "probe",
-    "messages": [{"role": "user", "content": "ping"}],
-    "max_tokens": SHADOW_MAX_TOKENS,
-}
+def _shadow_api(upstream: Upstream) -> Api:
+    """The API a shadow probe uses: the backend's first native one. A shadow probe measures the backend, not
+    the app's prompt: a tiny fixed request in that API, so no user data is copied to a backend the user's
+    request did not go to."""
+    apis = upstream.backend.apis
+    return next(api for api in PREFERENCE if api in apis)
 
 
 def _loop_deadline(deadline: float) -> float:

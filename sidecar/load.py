@@ -21,6 +21,7 @@ FAILURE_FIELDS = {
     "429": "rate_limited",
     "4xx": "client_error",
     "auth": "auth",
+    "context-length": "client_error",  # the request is too long for this backend: not a health signal
 }
 
 

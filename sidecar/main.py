@@ -24,6 +24,7 @@ from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
+from llmroute.supervise import supervise
 
 log = logging.getLogger("llmroute.sidecar")
 
@@ -171,12 +172,12 @@ class Sidecar:
         """Load routes (files) or start subscribing (control plane), then listen."""
         if self.files is not None:
             self.files.reload()
-            self._tasks.append(asyncio.create_task(self.files.run()))
+            self._tasks.append(supervise("route files", self.files.run, log, on_crash=self._crashed))
         if self.control_plane is not None:
-            self._tasks.append(asyncio.create_task(self.control_plane.run()))
+            self._tasks.append(supervise("control plane", self.control_plane.run, log, on_crash=self._crashed))
         await self.admin_server.start(*self.args.admin_listen)
         await self.app_server.start(*self.args.listen)
-        self._tasks.append(asyncio.create_task(self._probe_loop()))
+        self._tasks.append(supervise("ejection probes", self._probe_loop, log, on_crash=self._crashed))
         log.info(
             "listening on %s:%d (admin %s:%d)",
             self.args.listen[0],
@@ -189,6 +190,9 @@ class Sidecar:
         """SIGHUP: re-read the route files now (control-plane mode has nothing to re-read)."""
         if self.files is not None:
             self.files.trigger()
+
+    def _crashed(self, task: str) -> None:
+        self.metrics.child(self.metrics.task_crashes, task).inc()
 
     async def _probe_loop(self) -> None:
         while True:

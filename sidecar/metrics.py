@@ -23,15 +23,15 @@ class SidecarMetrics:
         r = self.registry
         self.request_duration = Histogram(
             "llmroute_request_duration_seconds",
-            "Time from the app's request to the end of the response, by the backend that answered.",
-            ["route", "backend", "priority", "outcome"],
+            "Time from the app's request to the end of the response, by the backend that answered and the inbound API.",
+            ["route", "backend", "priority", "outcome", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "llmroute_time_to_first_token_seconds",
             "Streams: time from the app's request to the first content chunk sent to it.",
-            ["route", "backend", "priority"],
+            ["route", "backend", "priority", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -88,6 +88,24 @@ class SidecarMetrics:
             "llmroute_routing_table_info",
             "The routing table in use (value 1), by version.",
             ["version"],
+            registry=r,
+        )
+        self.continuations = Counter(
+            "llmroute_stream_continuations_total",
+            "Streams that broke off mid-answer and were continued on a prefill backend.",
+            ["route"],
+            registry=r,
+        )
+        self.skipped_events = Counter(
+            "llmroute_stream_events_skipped_total",
+            "Malformed events in backend streams, skipped while the stream went on.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.task_crashes = Counter(
+            "llmroute_background_task_crashes_total",
+            "Crashes of the sidecar's background loops (each is logged and the loop restarted).",
+            ["task"],
             registry=r,
         )
         self.table_updates = Counter(

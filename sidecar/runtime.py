@@ -23,14 +23,15 @@ from llmroute.sidecar.upstream.client import Upstream
 
 log = logging.getLogger("llmroute.sidecar")
 
-WireKey = tuple[str, str, str, str, str]
+WireKey = tuple[str, str, str, str, str, frozenset[str]]
 
 
 def wire_key(backend: Backend) -> WireKey:
-    """What makes two backends the same upstream: provider, URL, model, API version and key (hashed)."""
+    """What makes two backends the same upstream client: provider, URL, model, API version, key (hashed) and
+    the APIs it serves natively (which decide how each inbound API is carried to it)."""
     key = backend.api_key.reveal() if backend.api_key is not None else ""
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return (backend.provider, backend.url, backend.model, backend.api_version, digest)
+    return (backend.provider, backend.url, backend.model, backend.api_version, digest, backend.apis)
 
 
 class UpstreamPool:

@@ -1,11 +1,24 @@
--- wrk script: POST one OpenAI chat completion per request, then print exact figures as one JSON line.
--- BENCH_MODEL sets the model (default "bench"); BENCH_STREAM=1 asks for a streamed answer.
+-- wrk script: POST one request per call, then print exact figures as one JSON line.
+-- BENCH_API chooses the body: chat (default, an OpenAI chat completion), embeddings, messages
+-- (Anthropic Messages, with anthropic-version) or responses (OpenAI Responses); the URL gives the path. BENCH_MODEL sets the model
+-- (default "bench"); BENCH_STREAM=1 asks a chat completion for a streamed answer.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local model = os.getenv("BENCH_MODEL") or "bench"
+local api = os.getenv("BENCH_API") or "chat"
 local stream = os.getenv("BENCH_STREAM") == "1"
-wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"Say hello in one short sentence."}]'
-  .. (stream and ',"stream":true' or '') .. '}'
+local prompt = '"Say hello in one short sentence."'
+if api == "embeddings" then
+  wrk.body = '{"model":"' .. model .. '","input":' .. prompt .. '}'
+elseif api == "responses" then
+  wrk.body = '{"model":"' .. model .. '","input":' .. prompt .. ',"max_output_tokens":64}'
+elseif api == "messages" then
+  wrk.headers["anthropic-version"] = "2023-06-01"
+  wrk.body = '{"model":"' .. model .. '","max_tokens":64,"messages":[{"role":"user","content":' .. prompt .. '}]}'
+else
+  wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":' .. prompt .. '}]'
+    .. (stream and ',"stream":true' or '') .. '}'
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -21,6 +21,50 @@ COMPLETION = {
     ],
     "usage": {"prompt_tokens": 14, "completion_tokens": 9, "total_tokens": 23},
 }
+EMBEDDINGS = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}],
+    "model": "bench-model",
+    "usage": {"prompt_tokens": 8, "total_tokens": 8},
+}
+MESSAGE = {
+    "id": "msg_bench",
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "text", "text": "Hello! How can I help you today?"}],
+    "model": "bench-model",
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 14, "output_tokens": 9},
+}
+RESPONSE = {
+    "id": "resp_bench",
+    "object": "response",
+    "created_at": 1700000000,
+    "status": "completed",
+    "model": "bench-model",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_bench",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello! How can I help you today?", "annotations": []}],
+        }
+    ],
+    "usage": {
+        "input_tokens": 14,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 23,
+    },
+}
+SLOW_PREFIX = "/slow"
+"""Paths under this prefix answer like the others after SLOW_DELAY_S (nginx's echo module, echo_sleep)."""
+SLOW_DELAY_S = 0.05
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+"""Debian's libnginx-mod-http-echo."""
 MODELS = {
     "object": "list",
     "data": [{"id": "bench-model", "object": "model", "created": 1700000000, "owned_by": "bench"}],
@@ -51,6 +95,26 @@ def chat_backend(port: int) -> str:
         default_type application/json;
         location = /v1/chat/completions {{ return 200 {_literal(COMPLETION)}; }}
         location = /v1/models {{ return 200 {_literal(MODELS)}; }}
+        location / {{ return 404; }}
+    }}"""
+
+
+def api_backend(port: int) -> str:
+    """A server block for every API bench/overhead measures, answered from memory: chat completions,
+    embeddings, Anthropic Messages and OpenAI Responses at once, and chat completions after SLOW_DELAY_S
+    under SLOW_PREFIX (needs ECHO_MODULE loaded: `config(..., modules=[ECHO_MODULE])`)."""
+    slow = f"{SLOW_PREFIX}/v1/chat/completions"
+    return f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        default_type application/json;
+        location = /v1/chat/completions {{ return 200 {_literal(COMPLETION)}; }}
+        location = /v1/embeddings {{ return 200 {_literal(EMBEDDINGS)}; }}
+        location = /v1/messages {{ return 200 {_literal(MESSAGE)}; }}
+        location = /v1/responses {{ return 200 {_literal(RESPONSE)}; }}
+        location = {slow} {{ echo_read_request_body; echo_sleep {SLOW_DELAY_S}; echo -n {_literal(COMPLETION)}; }}
+        location = /v1/models {{ return 200 {_literal(MODELS)}; }}
+        location = {SLOW_PREFIX}/v1/models {{ return 200 {_literal(MODELS)}; }}
         location / {{ return 404; }}
     }}"""
 
@@ -120,12 +184,13 @@ def reverse_proxy(port: int, upstream_port: int, *, keepalive: int = 64, bufferi
     }}"""
 
 
-def config(workdir: Path, servers: str, workers: int = 1) -> str:
+def config(workdir: Path, servers: str, workers: int = 1, modules: tuple[str, ...] = ()) -> str:
     """A foreground nginx configuration with everything under `workdir`, no access log, long keep-alive."""
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     temp = " ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in kinds)
+    loads = "".join(f"load_module {module};\n" for module in modules)
     return f"""
-daemon off;
+{loads}daemon off;
 worker_processes {workers};
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
@@ -140,8 +205,16 @@ http {{
 """
 
 
-def start(name: str, workdir: Path, servers: str, *, workers: int = 1, cpus: str | None = None) -> procs.Process:
+def start(
+    name: str,
+    workdir: Path,
+    servers: str,
+    *,
+    workers: int = 1,
+    cpus: str | None = None,
+    modules: tuple[str, ...] = (),
+) -> procs.Process:
     """Write the configuration to `workdir/name.conf` and run nginx in the foreground."""
     conf = workdir / f"{name}.conf"
-    conf.write_text(config(workdir, servers, workers))
+    conf.write_text(config(workdir, servers, workers, modules))
     return procs.start(name, procs.pinned(["nginx", "-p", str(workdir), "-c", str(conf)], cpus), workdir)

@@ -1,12 +1,15 @@
 """`python -m bench.overhead`: measure the sidecar against calling nginx directly, arms interleaved, with wrk.
 
-Each round runs, at 1 and at N connections, the direct arm (wrk -> nginx) and the sidecar arm
-(wrk -> llmroute sidecar -> nginx), in alternating order; the report takes medians across rounds.
+Each round runs, for each workload (chat completions, chat completions from a backend that answers in
+50 ms, embeddings, Anthropic Messages, OpenAI Responses) and at 1 and at N connections, the direct arm
+(wrk -> nginx) and the sidecar arm (wrk -> llmroute sidecar -> nginx), in alternating order; the report takes medians
+across rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -14,22 +17,72 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import machine, nginx, procs, report, wrk
 
 ROOT = Path(__file__).resolve().parents[2]
-ROUTE = """\
+ROUTES = """\
 apiVersion: llmroute.io/v1alpha1
 kind: LLMRoute
 metadata: {{name: bench, namespace: bench}}
 spec:
   models: [bench]
+  backends: [{{name: nginx, provider: openai, url: "http://127.0.0.1:{port}/v1", model: bench-model}}]
+---
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-slow, namespace: bench}}
+spec:
+  models: [bench-slow]
+  backends: [{{name: nginx, provider: openai, url: "http://127.0.0.1:{port}{slow}/v1", model: bench-model}}]
+---
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-embed, namespace: bench}}
+spec:
+  models: [bench-embed]
   backends:
-    - name: nginx
-      provider: openai
-      url: http://127.0.0.1:{port}/v1
-      model: bench-model
+    - {{name: nginx, provider: openai, url: "http://127.0.0.1:{port}/v1", model: bench-model, apis: [embeddings]}}
+---
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-claude, namespace: bench}}
+spec:
+  models: [bench-claude]
+  backends: [{{name: nginx, provider: anthropic, url: "http://127.0.0.1:{port}/v1", model: bench-model}}]
+---
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-responses, namespace: bench}}
+spec:
+  models: [bench-responses]
+  backends:
+    - {{name: nginx, provider: openai, url: "http://127.0.0.1:{port}/v1", model: bench-model, apis: [responses]}}
 """
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One kind of request: the wrk script's API, the model the sidecar routes, and the paths on each arm."""
+
+    name: str
+    api: str
+    model: str
+    direct_path: str
+    sidecar_path: str
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("chat", "chat", "bench", "/v1/chat/completions", "/v1/chat/completions"),
+        Workload("chat-50ms", "chat", "bench-slow", f"{nginx.SLOW_PREFIX}/v1/chat/completions", "/v1/chat/completions"),
+        Workload("embeddings", "embeddings", "bench-embed", "/v1/embeddings", "/v1/embeddings"),
+        Workload("messages", "messages", "bench-claude", "/v1/messages", "/v1/messages"),
+        Workload("responses", "responses", "bench-responses", "/v1/responses", "/v1/responses"),
+    )
+}
 TARGETS = {  # issue 2, issue 5
     "p50": (1.5, 0.7),
     "p99": (5.0, 2.0),
@@ -41,6 +94,7 @@ TARGETS = {  # issue 2, issue 5
 class Sample:
     """One wrk run of one arm, with what that arm's sidecar process spent meanwhile."""
 
+    workload: str
     arm: str
     connections: int
     round: int
@@ -76,27 +130,39 @@ class Bench:
         self.workdir = workdir
         procs.require("wrk", "nginx", "taskset")
         backend_port = procs.free_port()
-        self.backend = nginx.start("backend", workdir, nginx.chat_backend(backend_port), cpus=args.backend_cpus)
+        self.workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
+        modules = (nginx.ECHO_MODULE,) if any(w.name == "chat-50ms" for w in self.workloads) else ()
+        servers = nginx.api_backend(backend_port)
+        self.backend = nginx.start("backend", workdir, servers, cpus=args.backend_cpus, modules=modules)
         self.sidecars: dict[str, Sidecar] = {}
         try:
             procs.wait_port(self.backend, backend_port)
-            self.routes = workdir / "route.yaml"
-            self.routes.write_text(ROUTE.format(port=backend_port))
-            self._start_sidecar("sidecar", [str(Path(sys.executable).with_name("llmroute")), "sidecar"])
-            self.urls = {"direct": f"http://127.0.0.1:{backend_port}/v1/chat/completions"} | {
-                name: f"http://127.0.0.1:{s.port}/v1/chat/completions" for name, s in self.sidecars.items()
-            }
+            routes = ROUTES.format(port=backend_port, slow=nginx.SLOW_PREFIX)
+            self._start_sidecar("sidecar", [str(Path(sys.executable).with_name("llmroute")), "sidecar"], routes)
+            served = {"sidecar": self.workloads}
+            if args.baseline:
+                # An earlier build, for before/after figures in one interleaved run: chat routes only, which
+                # every build can parse.
+                chat_only = "---".join(routes.split("---")[:2])
+                self._start_sidecar("baseline", [args.baseline, "sidecar"], chat_only)
+                served["baseline"] = [w for w in self.workloads if w.api == "chat"]
+            self.arms = ["direct", *self.sidecars]
+            self.urls = {(w.name, "direct"): f"http://127.0.0.1:{backend_port}{w.direct_path}" for w in self.workloads}
+            for name, sidecar in self.sidecars.items():
+                self.urls |= {(w.name, name): f"http://127.0.0.1:{sidecar.port}{w.sidecar_path}" for w in served[name]}
             self._check()
         except BaseException:
             self.stop()
             raise
 
-    def _start_sidecar(self, name: str, command: list[str]) -> None:
+    def _start_sidecar(self, name: str, command: list[str], routes: str) -> None:
         port, admin_port = procs.free_port(), procs.free_port()
+        route_file = self.workdir / f"{name}-routes.yaml"
+        route_file.write_text(routes)
         argv = [
             *command,
             "--routes",
-            str(self.routes),
+            str(route_file),
             "--listen",
             f"127.0.0.1:{port}",
             "--admin-listen",
@@ -107,32 +173,48 @@ class Bench:
         procs.wait_port(process, port)
 
     def _check(self) -> None:
-        """Every arm answers 200 with the same completion; the sidecars say they went to the nginx backend."""
-        body = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+        """Every arm answers 200 with the same body (native APIs pass it through); the sidecars say they went
+        to the nginx backend."""
+        bodies: dict[str, dict[str, Any]] = {
+            "chat": {"messages": [{"role": "user", "content": "hi"}]},
+            "embeddings": {"input": "hi"},
+            "messages": {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            "responses": {"input": "hi"},
+        }
+        headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
         answers = {}
-        for arm, url in self.urls.items():
-            request = urllib.request.Request(url, body, {"content-type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as response:
-                answers[arm] = (response.status, response.read(), response.headers.get("x-llmroute-backend"))
-        for arm in self.sidecars:
-            assert answers[arm][:2] == answers["direct"][:2] and answers[arm][2] == "nginx", answers
+        for (workload, arm), url in self.urls.items():
+            w = WORKLOADS[workload]
+            body = json.dumps({"model": w.model, **bodies[w.api]}).encode()
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=5) as response:
+                answer = (response.status, response.read(), response.headers.get("x-llmroute-backend"))
+            answers[workload, arm] = answer
+        for workload, arm in self.urls:
+            if arm != "direct":
+                answer, direct = answers[workload, arm], answers[workload, "direct"]
+                assert answer[:2] == direct[:2] and answer[2] == "nginx", (workload, answer, direct)
 
-    def measure(self, arm: str, connections: int, duration: float, round_: int) -> Sample:
+    def run_wrk(self, workload: str, arm: str, connections: int, duration: float) -> wrk.WrkResult:
+        w = WORKLOADS[workload]
+        env = {"BENCH_API": w.api, "BENCH_MODEL": w.model}
+        url = self.urls[workload, arm]
+        return wrk.run(url, connections=connections, duration_s=duration, env=env, cpus=self.args.wrk_cpus)
+
+    def measure(self, workload: str, arm: str, connections: int, duration: float, round_: int) -> Sample:
         """Run wrk against one arm, taking the CPU time and overhead histogram of its sidecar around it."""
         sidecar = self.sidecars.get(arm)
         if sidecar is None:
-            result = wrk.run(self.urls[arm], connections=connections, duration_s=duration, cpus=self.args.wrk_cpus)
-            return Sample(arm, connections, round_, result, None, None, None)
+            result = self.run_wrk(workload, arm, connections, duration)
+            return Sample(workload, arm, connections, round_, result, None, None, None)
         pid = sidecar.process.pid
         before_overhead, before_cpu = sidecar.overhead_totals(), procs.cpu_seconds([pid])
-        result = wrk.run(self.urls[arm], connections=connections, duration_s=duration, cpus=self.args.wrk_cpus)
+        result = self.run_wrk(workload, arm, connections, duration)
         cpu = procs.cpu_seconds([pid]) - before_cpu
         total, count = (a - b for a, b in zip(sidecar.overhead_totals(), before_overhead, strict=True))
         sidecar.process.check()
         self.backend.check()
-        return Sample(
-            arm, connections, round_, result, cpu, procs.rss_bytes([pid]), 1000 * total / count if count else None
-        )
+        own = 1000 * total / count if count else None
+        return Sample(workload, arm, connections, round_, result, cpu, procs.rss_bytes([pid]), own)
 
     def stop(self) -> None:
         for sidecar in self.sidecars.values():
@@ -145,33 +227,40 @@ def progress(text: str) -> None:
 
 
 def run_rounds(bench: Bench, args: argparse.Namespace) -> list[Sample]:
-    """Warm both arms up, then the rounds: each concurrency, both arms, first arm alternating per round."""
-    for arm in bench.urls:
-        progress(f"warm-up: {arm}, {args.connections} connections, {args.warmup:g} s")
-        wrk.run(bench.urls[arm], connections=args.connections, duration_s=args.warmup, cpus=args.wrk_cpus)
+    """Warm every arm up, then the rounds: each workload and concurrency, both arms, first arm alternating
+    per round."""
+    for workload, arm in bench.urls:
+        progress(f"warm-up: {workload} {arm}, {args.connections} connections, {args.warmup:g} s")
+        bench.run_wrk(workload, arm, args.connections, args.warmup)
     samples = []
     for round_ in range(1, args.rounds + 1):
-        arms = list(bench.urls) if round_ % 2 else list(reversed(bench.urls))
-        for connections in (1, args.connections):
-            for arm in arms:
-                sample = bench.measure(arm, connections, args.duration, round_)
-                r = sample.result
-                progress(
-                    f"round {round_}/{args.rounds}  c={connections:<3} {arm:<7}  {r.rps:9,.0f} req/s"
-                    f"  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
-                    + (f"  failed {r.failed}" if r.failed else "")
-                    + (
-                        f"  sidecar cpu {1e6 * sample.sidecar_cpu_s / r.requests:.0f} us/req"
-                        if sample.sidecar_cpu_s is not None
-                        else ""
-                    )
+        arms = bench.arms if round_ % 2 else list(reversed(bench.arms))
+        for workload, connections, arm in (
+            (w.name, c, a)
+            for w in bench.workloads
+            for c in (1, args.connections)
+            for a in arms
+            if (w.name, a) in bench.urls
+        ):
+            sample = bench.measure(workload, arm, connections, args.duration, round_)
+            r = sample.result
+            progress(
+                f"round {round_}/{args.rounds}  {workload:<10} c={connections:<3} {arm:<7}  {r.rps:9,.0f} req/s"
+                f"  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                + (f"  failed {r.failed}" if r.failed else "")
+                + (
+                    f"  sidecar cpu {1e6 * sample.sidecar_cpu_s / r.requests:.0f} us/req"
+                    if sample.sidecar_cpu_s is not None
+                    else ""
                 )
-                samples.append(sample)
+            )
+            samples.append(sample)
     return samples
 
 
-def _pick(samples: list[Sample], arm: str, connections: int) -> list[Sample]:
-    return sorted((s for s in samples if s.arm == arm and s.connections == connections), key=lambda s: s.round)
+def _pick(samples: list[Sample], arm: str, connections: int, workload: str = "chat") -> list[Sample]:
+    chosen = (s for s in samples if s.workload == workload and s.arm == arm and s.connections == connections)
+    return sorted(chosen, key=lambda s: s.round)
 
 
 def _verdict(value: float, target: float, higher_is_better: bool) -> str:
@@ -237,11 +326,64 @@ def summary(samples: list[Sample], connections: int, arm: str = "sidecar") -> st
     return report.table(headers, rows)
 
 
+def api_table(samples: list[Sample], connections: int, workloads: list[str], arm: str = "sidecar") -> str:
+    """Per workload: added latency at 1 connection (median of per-round differences), requests/s and CPU
+    per request at N connections."""
+    med = report.median
+    rows = []
+    for workload in workloads:
+        d1, s1 = _pick(samples, "direct", 1, workload), _pick(samples, arm, 1, workload)
+        dn, sn = _pick(samples, "direct", connections, workload), _pick(samples, arm, connections, workload)
+        pairs = list(zip(d1, s1, strict=True))
+        rows.append(
+            [
+                workload,
+                f"{med([d.result.p50_ms for d in d1]):.3f} ms",
+                f"{med([s.result.p50_ms for s in s1]):.3f} ms",
+                f"{med([s.result.p50_ms - d.result.p50_ms for d, s in pairs]):+.3f} ms",
+                f"{med([s.result.p99_ms - d.result.p99_ms for d, s in pairs]):+.3f} ms",
+                f"{med([s.self_reported_ms for s in s1 if s.self_reported_ms is not None] or [0.0]):.3f} ms",
+                f"{med([d.result.rps for d in dn]):,.0f}",
+                f"{med([s.result.rps for s in sn]):,.0f}",
+                f"{med([1e6 * (s.sidecar_cpu_s or 0.0) / s.result.requests for s in sn]):.0f} µs",
+            ]
+        )
+    headers = [
+        "workload",
+        "direct p50, 1 conn",
+        f"through {arm}",
+        "added p50",
+        "added p99",
+        "own overhead (mean), 1 conn",
+        f"direct req/s, {connections} conns",
+        f"through {arm}",
+        "sidecar CPU/req",
+    ]
+    return report.table(headers, rows)
+
+
+def _baseline_workloads(args: argparse.Namespace) -> list[str]:
+    return [name for name in args.workloads.split(",") if WORKLOADS[name].api == "chat"]
+
+
+def _baseline_section(args: argparse.Namespace, samples: list[Sample]) -> str:
+    """The baseline build's figures from the same rounds, when the run had one."""
+    if not args.baseline:
+        return ""
+    table = api_table(samples, args.connections, _baseline_workloads(args), arm="baseline")
+    return f"""
+The same rounds through the baseline build (`--baseline {args.baseline}`), interleaved with the others:
+
+{table}
+"""
+
+
 def rounds_table(samples: list[Sample]) -> str:
     """Every run, in the order it ran."""
     rows = [
         [
             str(s.round),
+            s.workload,
             str(s.connections),
             s.arm,
             f"{s.result.rps:,.0f}",
@@ -253,12 +395,24 @@ def rounds_table(samples: list[Sample]) -> str:
         ]
         for s in samples
     ]
-    headers = ["round", "connections", "arm", "req/s", "p50 ms", "p99 ms", "max ms", "failed", "sidecar CPU µs/req"]
+    headers = [
+        "round",
+        "workload",
+        "connections",
+        "arm",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "failed",
+        "sidecar CPU µs/req",
+    ]
     return report.table(headers, rows)
 
 
 def document(args: argparse.Namespace, command: str, samples: list[Sample], load: tuple[str, str]) -> str:
     """The docs section: figures, machine, command and method."""
+    workloads = args.workloads.split(",")
     facts = report.table(["", ""], [[k, v] for k, v in machine.describe()])
     pins = report.pinning([("sidecar", args.sidecar_cpus), ("nginx", args.backend_cpus), ("wrk", args.wrk_cpus)])
     return f"""\
@@ -268,8 +422,13 @@ Measured {time.strftime("%Y-%m-%d %H:%M %Z")} with
 
     {command}
 
-{summary(samples, args.connections)}
+{summary(samples, args.connections) if "chat" in workloads else "(chat not measured in this run)"}
 
+Every workload of the run (chat-50ms: the same chat completion from a backend that answers after
+{nginx.SLOW_DELAY_S * 1000:.0f} ms; embeddings and Anthropic Messages: served natively, bodies passed through):
+
+{api_table(samples, args.connections, workloads)}
+{_baseline_section(args, samples)}
 Added latency = median over rounds of (sidecar - direct) in the same round; every other figure is the
 median over the {args.rounds} rounds. CPU per request = the sidecar process's utime + stime
 (/proc/PID/stat) over the run divided by the requests wrk completed.
@@ -277,10 +436,13 @@ median over the {args.rounds} rounds. CPU per request = the sidecar process's ut
 ### Method
 
 - Backend: nginx, 1 worker, answering `POST /v1/chat/completions` from memory with a fixed
-  `chat.completion` JSON ({len(nginx.literal_body())} bytes), keep-alive on, no access log.
+  `chat.completion` JSON ({len(nginx.literal_body())} bytes), keep-alive on, no access log; likewise
+  `/v1/embeddings` and `/v1/messages` with fixed answers, and `{nginx.SLOW_PREFIX}/v1/chat/completions` with the
+  chat answer after `echo_sleep {nginx.SLOW_DELAY_S}` (Debian's libnginx-mod-http-echo).
 - Direct arm: wrk → nginx. Sidecar arm: wrk → `llmroute sidecar` (one process, as deployed, uvloop when
   installed) → nginx, one route with one `openai` backend, no API key, default settings otherwise.
-- Load: wrk with `chat.lua` (a 90-byte chat request; latencies recorded in µs by wrk), `-t1 -c1` for
+- Load: wrk with `chat.lua` (a 90-byte chat request, or the embeddings or Messages request of the
+  workload; latencies recorded in µs by wrk), `-t1 -c1` for
   latency and `-t2 -c{args.connections}` for throughput; closed loop, keep-alive connections.
 - {args.rounds} rounds of {args.duration:g} s per arm and concurrency after a {args.warmup:g} s warm-up of each
   arm; in each round both concurrencies run, the arms back to back, in forward order (direct first) in
@@ -305,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per arm")
     parser.add_argument("--connections", type=int, default=64, help="connections of the throughput runs")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)",
+    )
     parser.add_argument("--sidecar-cpus", help="taskset CPU list for the sidecar (default: not pinned)")
     parser.add_argument("--backend-cpus", help="taskset CPU list for nginx")
     parser.add_argument("--wrk-cpus", help="taskset CPU list for wrk")
@@ -315,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file whose overhead section is rewritten",
     )
     parser.add_argument("--no-docs", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--baseline",
+        help="the llmroute executable of another build (e.g. an earlier commit's virtualenv): a third arm on the"
+        " chat workloads, for before/after figures from one interleaved run",
+    )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.overhead", *(sys.argv[1:] if argv is None else argv)])
     load_start = machine.load_average()
@@ -324,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             samples = run_rounds(bench, args)
         finally:
             bench.stop()
-    print(summary(samples, args.connections))
+    print(api_table(samples, args.connections, args.workloads.split(",")))
+    if args.baseline:
+        print(api_table(samples, args.connections, _baseline_workloads(args), arm="baseline"))
     if not args.no_docs:
         report.replace_section(
             args.docs, "overhead", document(args, command, samples, (load_start, machine.load_average()))

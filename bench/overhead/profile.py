@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit(f"py-spy missing: {sys.executable} -m pip install py-spy")
-    setup = argparse.Namespace(sidecar_cpus=None, backend_cpus=None, wrk_cpus=None)
+    setup = argparse.Namespace(sidecar_cpus=None, backend_cpus=None, wrk_cpus=None, workloads="chat")
     arm = "sidecar"
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         raw = args.raw or Path(tmp) / "profile.txt"
         bench = Bench(setup, Path(tmp))
         try:
             progress("warm-up")
-            wrk.run(bench.urls[arm], connections=args.connections, duration_s=3)
+            wrk.run(bench.urls["chat", arm], connections=args.connections, duration_s=3)
             progress(f"profiling {args.duration:g} s at {args.connections} connections")
             recorder = subprocess.Popen(
                 [
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             time.sleep(1)
             cpu = procs.cpu_seconds([bench.sidecars[arm].process.pid])
-            result = wrk.run(bench.urls[arm], connections=args.connections, duration_s=args.duration)
+            result = wrk.run(bench.urls["chat", arm], connections=args.connections, duration_s=args.duration)
             cpu = procs.cpu_seconds([bench.sidecars[arm].process.pid]) - cpu
             _, errors = recorder.communicate()
             if recorder.returncode:

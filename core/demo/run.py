@@ -94,7 +94,13 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         admin = AdminClient(stage.admin_url, stage.route_name)
         origin = time.monotonic()
         traffic = Traffic(
-            stage.base_url, stage.model, rate=args.rate, max_in_flight=args.max_in_flight, origin=origin, seed=args.seed
+            stage.base_url,
+            stage.model,
+            search_model=stage.search_model,
+            rate=args.rate,
+            max_in_flight=args.max_in_flight,
+            origin=origin,
+            seed=args.seed,
         )
         director = asyncio.create_task(_direct(phases, stage.providers, origin))
         sending = asyncio.create_task(traffic.run(origin + args.duration))

@@ -20,20 +20,20 @@ class StageError(RuntimeError):
     """The demo could not set itself up (the route was rejected, the sidecar did not start)."""
 
 
-def route_template() -> dict[str, Any]:
-    """The LLMRoute shipped with the package (core/demo/route.yaml)."""
+def route_templates() -> list[dict[str, Any]]:
+    """The LLMRoutes shipped with the package (core/demo/route.yaml): the chat route first, then search."""
     text = resources.files("llmroute.demo").joinpath("route.yaml").read_text()
-    doc: dict[str, Any] = yaml.safe_load(text)
-    return doc
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def write_route(path: Path, urls: dict[str, str]) -> dict[str, Any]:
-    """The template with each backend's url replaced by `urls[name]`, written to `path`."""
-    doc = route_template()
-    for backend in doc["spec"]["backends"]:
-        backend["url"] = urls[backend["name"]]
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return doc
+def write_route(path: Path, urls: dict[str, str]) -> list[dict[str, Any]]:
+    """The templates with each backend's url replaced by `urls[name]`, written to `path`."""
+    docs = route_templates()
+    for doc in docs:
+        for backend in doc["spec"]["backends"]:
+            backend["url"] = urls[backend["name"]]
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return docs
 
 
 class Stage:
@@ -48,6 +48,9 @@ class Stage:
         self._started: list[SimProvider] = []
         self.sidecar: Sidecar | None = None
         self.route: dict[str, Any] = {}
+        """The chat route, whose incident the demo shows."""
+        self.search_model = ""
+        """The model of the embeddings route."""
 
     async def start(self) -> None:
         """Providers first (the route needs their ports), then the route and keys, then the sidecar."""
@@ -59,7 +62,8 @@ class Stage:
         for cast in CAST:
             (secrets / cast.secret_key).write_text(cast.healthy.api_key or "")
         route_file = self.workdir / "route.yaml"
-        self.route = write_route(route_file, {name: p.url for name, p in self.providers.items()})
+        self.route, search = write_route(route_file, {name: p.url for name, p in self.providers.items()})
+        self.search_model = search["spec"]["models"][0]
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         secrets_dir = self.workdir / "secrets"

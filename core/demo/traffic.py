@@ -1,4 +1,6 @@
-"""The app side of the demo: mixed traffic through the official openai SDK, as a shop's backend would send it.
+"""The app side of the demo: mixed traffic, as a shop's backend would send it: chat completions and
+embeddings through the official openai SDK, and Anthropic Messages calls (the wire format the Anthropic
+SDK speaks) for the same chat model.
 
 Requests arrive at a steady rate (open loop, like users do, so a slow backend does not slow the arrivals),
 with at most `max_in_flight` outstanding. Each is critical, normal or batch, streaming or not; what the
@@ -14,11 +16,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import httpx
 import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 PRIORITY_MIX = (("critical", 0.2), ("normal", 0.5), ("batch", 0.3))
+API_MIX = (("chat", 0.8), ("embeddings", 0.1), ("messages", 0.1))
+"""Share of requests per inbound API: chat completions, embeddings (model `search`, always normal priority),
+Anthropic Messages."""
+ANTHROPIC_VERSION = "2023-06-01"
 STREAM_SHARE = 0.4
 """Share of critical and normal requests that stream (batch jobs never do)."""
 _COST_COMMENT = ": x-llmroute-cost-usd="
@@ -37,6 +44,7 @@ class Result:
     started: float
     priority: str
     stream: bool
+    api: str
     ok: bool
     latency: float
     backend: str | None = None
@@ -52,11 +60,21 @@ class Traffic:
     """Sends requests to the sidecar at `rate` per second until told to stop, keeping every Result."""
 
     def __init__(
-        self, base_url: str, model: str, *, rate: float, max_in_flight: int, origin: float, seed: int | None = None
+        self,
+        base_url: str,
+        model: str,
+        *,
+        search_model: str,
+        rate: float,
+        max_in_flight: int,
+        origin: float,
+        seed: int | None = None,
     ) -> None:
         # max_retries=0: the SDK's own retries would hide what the router did.
         self._client = AsyncOpenAI(base_url=base_url, api_key="unused-by-the-sidecar", max_retries=0, timeout=60.0)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=60.0)
         self._model = model
+        self._search_model = search_model
         self._rate = rate
         self._slots = asyncio.Semaphore(max_in_flight)
         self._origin = origin
@@ -91,24 +109,36 @@ class Traffic:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.close()
+        await self._http.aclose()
 
     async def _one(self) -> None:
         rng = self._rng
-        priority = rng.choices([p for p, _ in PRIORITY_MIX], [w for _, w in PRIORITY_MIX])[0]
-        stream = priority != "batch" and rng.random() < STREAM_SHARE
-        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": rng.choice(_PROMPTS)}]
+        api = rng.choices([a for a, _ in API_MIX], [w for _, w in API_MIX])[0]
+        # Search embeddings are interactive but never critical; chat takes every class.
+        priority = "normal"
+        if api != "embeddings":
+            priority = rng.choices([p for p, _ in PRIORITY_MIX], [w for _, w in PRIORITY_MIX])[0]
+        stream = api == "chat" and priority != "batch" and rng.random() < STREAM_SHARE
+        prompt = rng.choice(_PROMPTS)
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
         started = time.monotonic()
         try:
-            if stream:
+            if api == "embeddings":
+                result = await self._embed(priority, prompt, started)
+            elif api == "messages":
+                result = await self._message(priority, prompt, started)
+            elif stream:
                 result = await self._stream(priority, messages, started)
             else:
                 result = await self._complete(priority, messages, started)
         except openai.APIStatusError as exc:
-            result = self._failed(priority, stream, started, str(exc.status_code), exc.message, exc.response.headers)
-        except openai.APITimeoutError:
-            result = self._failed(priority, stream, started, "timeout", "no answer from the sidecar in time")
-        except openai.APIConnectionError as exc:
-            result = self._failed(priority, stream, started, "connection", str(exc))
+            result = self._failed(
+                priority, stream, api, started, str(exc.status_code), exc.message, exc.response.headers
+            )
+        except (openai.APITimeoutError, httpx.TimeoutException):
+            result = self._failed(priority, stream, api, started, "timeout", "no answer from the sidecar in time")
+        except (openai.APIConnectionError, httpx.TransportError) as exc:
+            result = self._failed(priority, stream, api, started, "connection", str(exc))
         finally:
             self._slots.release()
         self.results.append(result)
@@ -117,6 +147,7 @@ class Traffic:
         self,
         priority: str,
         stream: bool,
+        api: str,
         started: float,
         error: str,
         detail: str,
@@ -125,10 +156,50 @@ class Traffic:
         attempts = int(headers.get("x-llmroute-attempts") or 0) if headers is not None else 0
         elapsed = time.monotonic() - started
         kind = "stream" if stream else "request"
-        detail = f"{priority} {kind} after {elapsed * 1000:.0f} ms, {attempts} attempts: {detail}"
+        detail = f"{priority} {api} {kind} after {elapsed * 1000:.0f} ms, {attempts} attempts: {detail}"
         return Result(
-            started - self._origin, priority, stream, False, elapsed, attempts=attempts, error=error, detail=detail
+            started - self._origin, priority, stream, api, False, elapsed, attempts=attempts, error=error, detail=detail
         )
+
+    def _answered(self, priority: str, api: str, started: float, ok: bool, headers: Mapping[str, str]) -> Result:
+        """A JSON answer as the app saw it, from the sidecar's response headers."""
+        return Result(
+            started - self._origin,
+            priority,
+            False,
+            api,
+            ok,
+            time.monotonic() - started,
+            backend=headers.get("x-llmroute-backend"),
+            attempts=int(headers.get("x-llmroute-attempts") or 0),
+            cost=float(headers.get("x-llmroute-cost-usd") or 0.0),
+            error=None if ok else "empty",
+        )
+
+    async def _embed(self, priority: str, prompt: str, started: float) -> Result:
+        raw = await self._client.embeddings.with_raw_response.create(
+            model=self._search_model, input=prompt, extra_headers={"x-llmroute-priority": priority}
+        )
+        return self._answered(priority, "embeddings", started, bool(raw.parse().data), raw.headers)
+
+    async def _message(self, priority: str, prompt: str, started: float) -> Result:
+        """An Anthropic Messages call, as the Anthropic SDK sends it (anthropic-version, x-api-key)."""
+        body = {"model": self._model, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]}
+        headers = {
+            "anthropic-version": ANTHROPIC_VERSION,
+            "x-api-key": "unused-by-the-sidecar",
+            "x-llmroute-priority": priority,
+        }
+        response = await self._http.post("messages", json=body, headers=headers)
+        if response.status_code != 200:
+            try:  # the sidecar answers errors on /v1/messages in Anthropic's shape
+                message = str(response.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            return self._failed(
+                priority, False, "messages", started, str(response.status_code), message, response.headers
+            )
+        return self._answered(priority, "messages", started, bool(response.json().get("content")), response.headers)
 
     async def _complete(self, priority: str, messages: list[ChatCompletionMessageParam], started: float) -> Result:
         raw = await self._client.chat.completions.with_raw_response.create(
@@ -137,20 +208,7 @@ class Traffic:
             max_tokens=64,
             extra_headers={"x-llmroute-priority": priority},
         )
-        completion = raw.parse()
-        ok = bool(completion.choices)
-        headers = raw.headers
-        return Result(
-            started - self._origin,
-            priority,
-            False,
-            ok,
-            time.monotonic() - started,
-            backend=headers.get("x-llmroute-backend"),
-            attempts=int(headers.get("x-llmroute-attempts") or 0),
-            cost=float(headers.get("x-llmroute-cost-usd") or 0.0),
-            error=None if ok else "empty",
-        )
+        return self._answered(priority, "chat", started, bool(raw.parse().choices), raw.headers)
 
     async def _stream(self, priority: str, messages: list[ChatCompletionMessageParam], started: float) -> Result:
         """A stream read line by line, as an app that wants the cost comment at its end has to."""
@@ -178,6 +236,7 @@ class Traffic:
             started - self._origin,
             priority,
             True,
+            "chat",
             ok,
             time.monotonic() - started,
             backend=headers.get("x-llmroute-backend"),

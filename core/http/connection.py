@@ -105,6 +105,7 @@ class HTTPConnection(asyncio.Protocol):
         self._reading = True
         self._pipeline: deque[_Exchange] = deque()
         self._active: asyncio.Task[None] | None = None
+        self._handling = False  # the handler is working out an answer
         self._streaming = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -131,8 +132,9 @@ class HTTPConnection(asyncio.Protocol):
         self._wake_writer()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-        if self._active is not None and self._streaming:
-            self._active.cancel()  # the client is gone: stop producing (and paying for) its stream
+        if self._active is not None and (self._handling or self._streaming):
+            # The client is gone: stop working out (and paying for) an answer nobody will read.
+            self._active.cancel()
         self._ctx.note_change()
 
     def data_received(self, data: bytes) -> None:
@@ -289,11 +291,14 @@ class HTTPConnection(asyncio.Protocol):
         request = exchange.request
         if exchange.error is not None or request is None:
             return self._error_response(*(exchange.error or self._error))
+        self._handling = True
         try:
             return await self._ctx.handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
             return self._error_response(500, "internal server error")
+        finally:
+            self._handling = False
 
     def _error_response(self, status: int, message: str) -> Response:
         return Response(status, self._ctx.error_body(status, message))

@@ -3,6 +3,7 @@
 from .durations import format_duration, parse_duration
 from .parse import Problem, RouteInvalid, parse_document, parse_spec
 from .spec import (
+    Api,
     Backend,
     OutlierDetection,
     Price,
@@ -28,6 +29,7 @@ from .table import (
 
 __all__ = [
     "EMPTY_TABLE",
+    "Api",
     "Backend",
     "CompileResult",
     "KeyResolver",

@@ -17,6 +17,7 @@ from .schema import DNS_LABEL, ENV_NAME, GROUP, KIND, SPEC, VERSION
 from .spec import (
     DEFAULT_AZURE_API_VERSION,
     DEFAULT_PRIORITIES,
+    NATIVE_APIS,
     PROVIDER_LACKS,
     Backend,
     OutlierDetection,
@@ -110,6 +111,7 @@ def _rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
         if model in models_seen:
             problems.append(Problem(f"spec.models[{i}]", f"duplicate model name {model!r}"))
         models_seen.add(model)
+    problems.extend(_api_problems(backends))
     for i, backend in enumerate(backends):
         if "apiKeySecretRef" in backend and "apiKeyEnv" in backend:
             problems.append(Problem(f"spec.backends[{i}]", "set at most one of apiKeySecretRef and apiKeyEnv"))
@@ -123,6 +125,40 @@ def _rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
                     Problem(
                         f"spec.backends[{i}].capabilities[{j}]",
                         f"provider {backend['provider']} cannot serve {capability!r} requests",
+                    )
+                )
+    return problems
+
+
+def _api_problems(backends: list[Mapping[str, Any]]) -> list[Problem]:
+    """`apis` within what the provider's protocol serves, no repeats, and one embedding model per route."""
+    problems = []
+    embedding_model: tuple[int, str] | None = None
+    for i, backend in enumerate(backends):
+        provider = str(backend.get("provider"))
+        apis = backend.get("apis")
+        if not isinstance(apis, list):
+            continue
+        native = NATIVE_APIS.get(provider, frozenset())
+        for j, api in enumerate(apis):
+            if api not in native and provider in NATIVE_APIS:
+                problems.append(
+                    Problem(f"spec.backends[{i}].apis[{j}]", f"provider {provider} cannot serve the {api} API")
+                )
+            if api in apis[:j]:
+                problems.append(Problem(f"spec.backends[{i}].apis[{j}]", f"{api!r} is listed twice"))
+        if "embeddings" in apis:
+            model = str(backend.get("model"))
+            if embedding_model is None:
+                embedding_model = (i, model)
+            elif model != embedding_model[1]:
+                first, other = embedding_model
+                problems.append(
+                    Problem(
+                        f"spec.backends[{i}].model",
+                        f"serves embeddings with model {model!r}, but spec.backends[{first}] serves them with"
+                        f" {other!r}: vectors of different embedding models are not comparable, so a route"
+                        " never fails over between them",
                     )
                 )
     return problems
@@ -151,13 +187,16 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
             input_per_mtok=float(price.get("inputPerMTok", 0.0)),
             output_per_mtok=float(price.get("outputPerMTok", 0.0)),
             cached_input_per_mtok=(float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None),
+            cache_write_per_mtok=(float(price["cacheWritePerMTok"]) if "cacheWritePerMTok" in price else None),
         ),
         quality=int(raw.get("quality", 50)),
         capabilities=frozenset(raw.get("capabilities", ())),
         max_concurrency=raw.get("maxConcurrency"),
+        context_window=raw.get("contextWindow"),
         weight=int(raw.get("weight", 1)),
         self_hosted=bool(raw.get("selfHosted", False)),
         api_version=raw.get("apiVersion", DEFAULT_AZURE_API_VERSION),
+        apis=frozenset(raw.get("apis", ())),
         api_key_secret_ref=SecretRef(ref["name"], ref["key"]) if ref else None,
         api_key_env=raw.get("apiKeyEnv"),
     )
@@ -170,11 +209,21 @@ def _priorities(raw: Mapping[str, Any], problems: list[Problem]) -> dict[Priorit
         timeout = default.timeout
         if "timeout" in policy:
             timeout = _duration(policy["timeout"], f"spec.priorities.{name}.timeout", problems)
+        idle = policy.get("streamIdle", {})
+        bounds = {
+            bound: _duration(idle[bound], f"spec.priorities.{name}.streamIdle.{bound}", problems)
+            for bound in ("min", "max")
+            if bound in idle
+        }
+        if bounds.get("min", 0.0) > bounds.get("max", float("inf")):
+            problems.append(Problem(f"spec.priorities.{name}.streamIdle", "min must not be greater than max"))
         out[cast(Priority, name)] = PriorityPolicy(
             timeout=timeout,
             hedge=bool(policy.get("hedge", default.hedge)),
             max_concurrency=policy.get("maxConcurrency"),
             strategy=cast(Strategy | None, policy.get("strategy")),
+            stream_idle_min=bounds.get("min"),
+            stream_idle_max=bounds.get("max"),
         )
     return out
 

@@ -21,7 +21,8 @@ SHORT_NAMES = ["llmr"]
 
 STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
 PROVIDERS = ["openai", "anthropic", "azure-openai"]
-CAPABILITIES = ["tools", "vision", "json"]
+CAPABILITIES = ["tools", "vision", "json", "prefill"]
+APIS = ["chat", "messages", "responses", "embeddings", "completions"]
 PRIORITIES = ["critical", "normal", "batch"]
 RETRY_ON = ["connect-failure", "reset", "5xx", "429", "timeout"]
 
@@ -58,6 +59,9 @@ PRICE = {
         "inputPerMTok": _number("USD per million prompt tokens.", 0),
         "outputPerMTok": _number("USD per million completion tokens.", 0),
         "cachedInputPerMTok": _number("USD per million cached prompt tokens; defaults to inputPerMTok.", 0),
+        "cacheWritePerMTok": _number(
+            "USD per million prompt tokens written to the provider's cache; defaults to inputPerMTok.", 0
+        ),
     },
 }
 
@@ -112,8 +116,27 @@ BACKEND = {
             "type": "array",
             "maxItems": len(CAPABILITIES),
             "items": {"type": "string", "enum": CAPABILITIES},
-            "description": "Request features the backend serves: tools, vision (image parts), json (response_format).",
+            "description": (
+                "Request features the backend serves: tools, vision (image parts), json (response_format),"
+                " prefill (continues a final assistant message: a broken stream is resumed on it)."
+            ),
         },
+        "apis": {
+            "type": "array",
+            "maxItems": len(APIS),
+            "items": {"type": "string", "enum": APIS},
+            "description": (
+                "APIs the upstream serves natively: chat, responses, embeddings, completions (openai, azure-openai;"
+                " default [chat]) or messages (anthropic; the default). Other inbound APIs are translated where"
+                " a translation exists."
+            ),
+        },
+        "contextWindow": _integer(
+            "Most tokens a request may hold (prompt and answer); prompts estimated larger skip this backend, and"
+            " one it refuses as too long goes to a backend with a larger window.",
+            1,
+            100_000_000,
+        ),
         "maxConcurrency": _integer("Most requests in flight to this backend from one sidecar.", 1, 100000),
         "weight": _integer("Relative share for strategy weighted (default 1).", 0, 10000),
         "selfHosted": {
@@ -130,6 +153,16 @@ BACKEND = {
             "rule": "!(self.provider == 'anthropic' && has(self.capabilities) && 'json' in self.capabilities)",
             "message": "provider anthropic cannot serve 'json' requests",
         },
+        {
+            "rule": (
+                "!has(self.apis) || self.apis.all(a, self.provider == 'anthropic' ? a == 'messages' : a != 'messages')"
+            ),
+            "message": "provider anthropic serves only the messages API, and only provider anthropic serves it",
+        },
+        {
+            "rule": "!has(self.apis) || self.apis.all(a, self.apis.exists_one(b, b == a))",
+            "message": "apis must not repeat an entry",
+        },
     ],
 }
 
@@ -141,6 +174,18 @@ PRIORITY = {
         "hedge": {"type": "boolean", "description": "Send a second request when the first is slower than its p95."},
         "maxConcurrency": _integer("Most requests of this class in flight in one sidecar; the rest wait.", 1, 100000),
         "strategy": _strategy("Overrides the route's strategy for this class."),
+        "streamIdle": {
+            "type": "object",
+            "description": (
+                "Bounds of the silence a stream may keep between chunks before it counts as interrupted; within"
+                " them the limit is learned from the backend's normal gaps (4 x the p95 of its streams' longest)."
+            ),
+            "additionalProperties": False,
+            "properties": {
+                "min": _duration("Never cut for a shorter silence (default 2s)."),
+                "max": _duration("Always cut for a longer one (default the class's timeout, at least 30s)."),
+            },
+        },
     },
 }
 
@@ -238,6 +283,16 @@ SPEC = {
         {
             "rule": "self.models.all(m, self.models.exists_one(n, n == m))",
             "message": "model names must be unique",
+        },
+        {
+            "rule": (
+                "self.backends.all(b, !has(b.apis) || !('embeddings' in b.apis) || self.backends.all(c,"
+                " !has(c.apis) || !('embeddings' in c.apis) || c.model == b.model))"
+            ),
+            "message": (
+                "backends that serve embeddings must all name the same model: vectors of different embedding"
+                " models are not comparable, so a route never fails over between them"
+            ),
         },
     ],
 }

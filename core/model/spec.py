@@ -9,6 +9,21 @@ Provider = Literal["openai", "anthropic", "azure-openai"]
 Strategy = Literal["latency", "score", "cost", "ordered", "weighted"]
 Priority = Literal["critical", "normal", "batch"]
 RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
+Api = Literal["chat", "messages", "responses", "embeddings", "completions"]
+"""An inbound API the sidecar serves, and what a backend's upstream may serve natively (its `apis`)."""
+
+NATIVE_APIS: dict[str, frozenset[Api]] = {
+    "openai": frozenset({"chat", "responses", "embeddings", "completions"}),
+    "azure-openai": frozenset({"chat", "responses", "embeddings", "completions"}),
+    "anthropic": frozenset({"messages"}),
+}
+"""What each provider's wire protocol can serve at all; a backend's `apis` must be a subset."""
+DEFAULT_APIS: dict[str, frozenset[Api]] = {
+    "openai": frozenset({"chat"}),
+    "azure-openai": frozenset({"chat"}),
+    "anthropic": frozenset({"messages"}),
+}
+"""A backend's `apis` when the route does not say."""
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
@@ -59,14 +74,22 @@ class Price:
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+    """Prompt tokens written to the provider's cache (Anthropic charges a premium for them)."""
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for one request's usage; cached prompt tokens are priced at the cached rate."""
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, written_tokens: int = 0
+    ) -> float:
+        """USD for one request's usage; cached and cache-written prompt tokens are priced at their own rates
+        (each defaulting to the input rate)."""
         cached = min(cached_tokens, prompt_tokens)
+        written = min(written_tokens, prompt_tokens - cached)
         cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_rate = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
         return (
-            (prompt_tokens - cached) * self.input_per_mtok
+            (prompt_tokens - cached - written) * self.input_per_mtok
             + cached * cached_rate
+            + written * write_rate
             + completion_tokens * self.output_per_mtok
         ) / 1_000_000
 
@@ -83,18 +106,31 @@ class Backend:
     quality: int = 50
     capabilities: frozenset[str] = frozenset()
     max_concurrency: int | None = None
+    context_window: int | None = None
+    """Tokens a request may hold; None: not declared (no request is skipped for its size)."""
     weight: int = 1
     self_hosted: bool = False
     api_version: str = DEFAULT_AZURE_API_VERSION
+    apis: frozenset[Api] = frozenset()
+    """The APIs its upstream serves natively (empty: the provider's DEFAULT_APIS); requests of other inbound
+    APIs are translated, where a translation exists (see llmroute.sidecar.upstream.codecs)."""
     api_key_secret_ref: SecretRef | None = None
     api_key_env: str | None = None
     api_key: SecretValue | None = field(default=None, compare=True, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.apis:
+            object.__setattr__(self, "apis", DEFAULT_APIS[self.provider])
 
     def serves(self, needs: frozenset[str]) -> bool:
         """Whether a request needing `needs` (see the sidecar's needed_capabilities) can go to this backend."""
         if not needs:
             return True  # most requests: no set arithmetic on the hot path
-        return needs <= (self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset())
+        return not self.lacks(needs)
+
+    def lacks(self, needs: frozenset[str]) -> frozenset[str]:
+        """What of `needs` this backend cannot serve."""
+        return needs - ((self.capabilities | WIRE_FEATURES) - PROVIDER_LACKS.get(self.provider, frozenset()))
 
     @property
     def load_sensitive(self) -> bool:
@@ -110,6 +146,9 @@ class PriorityPolicy:
     hedge: bool = False
     max_concurrency: int | None = None
     strategy: Strategy | None = None
+    stream_idle_min: float | None = None
+    stream_idle_max: float | None = None
+    """Bounds of a stream's idle limit; None: the sidecar's defaults."""
 
 
 DEFAULT_PRIORITIES: dict[Priority, PriorityPolicy] = {

@@ -34,7 +34,7 @@ from llmroute.model.durations import parse_duration
 from llmroute.sim.behavior import Behavior, Latency, Schedule
 from llmroute.sim.provider import Kind, SimProvider
 
-_SECONDS_FIELDS = frozenset({"token_delay", "retry_after"})
+_SECONDS_FIELDS = frozenset({"token_delay", "retry_after", "stall"})
 _LATENCY_FIELDS = frozenset({"latency", "ttft"})
 _BEHAVIOR_FIELDS = frozenset(f.name for f in dataclasses.fields(Behavior))
 

@@ -1,4 +1,5 @@
-"""What a provider's wire format must supply: routing, auth, request parsing and response bytes."""
+"""What a simulated provider must supply: a Dialect (the provider: routing, auth, error and model-list
+bodies) and, per API it serves, a Format (that API's request parsing and response bytes)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmroute.http import Request
+from llmroute.sim.tools import ToolCall
 
 
 class Endpoint(enum.Enum):
     CHAT = "chat"
+    """The provider's own conversation API: OpenAI chat completions, Anthropic Messages."""
     MODELS = "models"
+    EMBEDDINGS = "embeddings"
+    COMPLETIONS = "completions"
+    RESPONSES = "responses"
+    COUNT_TOKENS = "count_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,9 @@ class ChatRequest:
     stream: bool
     max_tokens: int | None
     include_usage: bool  # OpenAI streams: stream_options.include_usage
+    inputs: int = 1  # embeddings: how many inputs to embed
+    base64: bool = False  # embeddings: encoding_format base64 (what the openai SDK asks for)
+    tool: ToolCall | None = None  # the tool the model calls after its text (see llmroute.sim.tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,29 +41,27 @@ class Completion:
 
     id: str
     model: str
-    prompt_tokens: int  # including cached ones
+    prompt_tokens: int  # including cached and cache-written ones
     completion_tokens: int
     cached_tokens: int
     truncated: bool  # stopped by max_tokens
     created: int
+    inputs: int = 1  # embeddings: vectors to return
+    base64: bool = False  # embeddings: vectors as base64 of little-endian float32
+    tool: ToolCall | None = None
+    cache_write_tokens: int = 0  # Anthropic only
 
 
-class Dialect(Protocol):
-    """One provider API (OpenAI, Azure OpenAI, Anthropic Messages)."""
+class Format(Protocol):
+    """One API's request and answer shapes (chat completions, Messages, embeddings, ...)."""
 
     id_prefix: str
-
-    def route(self, request: Request) -> Endpoint | None: ...
-
-    def api_key(self, headers: dict[str, str]) -> str | None: ...
+    generates: bool
+    """Whether answers hold generated tokens (embeddings do not)."""
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
         """The request, or why it is invalid (answered with 400)."""
         ...
-
-    def error_body(self, status: int, message: str) -> bytes: ...
-
-    def models_body(self, models: tuple[str, ...]) -> bytes: ...
 
     def completion_body(self, completion: Completion) -> bytes: ...
 
@@ -66,6 +74,26 @@ class Dialect(Protocol):
     def stream_error(self, message: str) -> bytes | None:
         """An in-band error event, or None when the API just drops the connection."""
         ...
+
+
+class Dialect(Protocol):
+    """One provider (OpenAI, Azure OpenAI, Anthropic): where its APIs live, its key, its error shape."""
+
+    def route(self, request: Request) -> Endpoint | None: ...
+
+    def api_key(self, headers: dict[str, str]) -> str | None: ...
+
+    def format(self, endpoint: Endpoint) -> Format | None:
+        """The body format of an endpoint it serves; None for one it does not (answered with 404)."""
+        ...
+
+    def error_body(self, status: int, message: str) -> bytes: ...
+
+    def context_error(self, prompt_tokens: int, window: int) -> bytes:
+        """The provider's own 400 body for a prompt longer than the model's context window."""
+        ...
+
+    def models_body(self, models: tuple[str, ...]) -> bytes: ...
 
 
 def dump(value: Any) -> bytes:

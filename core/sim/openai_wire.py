@@ -1,12 +1,17 @@
-"""The OpenAI chat completions wire format, and Azure OpenAI's variant of it."""
+"""The OpenAI provider (and Azure OpenAI's variant of it): where its APIs live, its key, its error shape;
+and the chat completions format. The other OpenAI APIs have a format module each."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from llmroute.http import Request
-from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, dump, max_tokens
+from llmroute.sim.completions_wire import COMPLETIONS
+from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump, max_tokens
+from llmroute.sim.embeddings_wire import EMBEDDINGS
+from llmroute.sim.openai_common import DEPLOYMENT, body_and_model, event, finish_reason, text, usage
+from llmroute.sim.responses_wire import RESPONSES
+from llmroute.sim.tools import ToolCall, first_call
 
 _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
     400: ("invalid_request_error", None),
@@ -15,31 +20,25 @@ _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
     413: ("invalid_request_error", "request_too_large"),
     429: ("requests", "rate_limit_exceeded"),
 }
-_AZURE_CHAT = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_SUFFIXES = (  # checked in order: chat/completions before completions
+    ("/chat/completions", Endpoint.CHAT),
+    ("/completions", Endpoint.COMPLETIONS),
+    ("/embeddings", Endpoint.EMBEDDINGS),
+    ("/responses", Endpoint.RESPONSES),
+)
 
 
-class OpenAIDialect:
-    """POST .../chat/completions and GET .../models with `Authorization: Bearer KEY`."""
+class ChatFormat:
+    """OpenAI chat completions: JSON and `data:` SSE chunks ending in `data: [DONE]`."""
 
     id_prefix = "chatcmpl-"
-
-    def route(self, request: Request) -> Endpoint | None:
-        if request.method == "POST" and request.path.endswith("/chat/completions"):
-            return Endpoint.CHAT
-        if request.method == "GET" and request.path.endswith("/models"):
-            return Endpoint.MODELS
-        return None
-
-    def api_key(self, headers: dict[str, str]) -> str | None:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return token if scheme.lower() == "bearer" else None
+    generates = True
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = self._model(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         if not isinstance(payload.get("messages"), list) or not payload["messages"]:
             return "messages must be a non-empty array"
         limit = max_tokens(payload, "max_completion_tokens", "max_tokens")
@@ -47,18 +46,7 @@ class OpenAIDialect:
             return limit
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return ChatRequest(model, payload.get("stream") is True, limit, include_usage)
-
-    def _model(self, request: Request, payload: dict[str, Any]) -> object:
-        return payload.get("model")
-
-    def error_body(self, status: int, message: str) -> bytes:
-        kind, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
-        return dump({"error": {"message": message, "type": kind, "param": None, "code": code}})
-
-    def models_body(self, models: tuple[str, ...]) -> bytes:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "llmroute-sim"} for m in models]
-        return dump({"object": "list", "data": data})
+        return ChatRequest(model, payload.get("stream") is True, limit, include_usage, tool=_tool_call(payload))
 
     def completion_body(self, completion: Completion) -> bytes:
         return dump(
@@ -70,17 +58,12 @@ class OpenAIDialect:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": _text(completion.completion_tokens),
-                            "refusal": None,
-                        },
+                        "message": _message(completion),
                         "logprobs": None,
-                        "finish_reason": _finish_reason(completion),
+                        "finish_reason": finish_reason(completion),
                     }
                 ],
-                "usage": _usage(completion),
-                "system_fingerprint": None,
+                "usage": usage(completion),
             }
         )
 
@@ -91,23 +74,77 @@ class OpenAIDialect:
         return _chunk(completion, {"content": text}, None)
 
     def stream_end(self, completion: Completion, include_usage: bool) -> bytes:
-        end = _chunk(completion, {}, _finish_reason(completion))
+        end = b""
+        if completion.tool is not None:  # the call in two deltas, as OpenAI streams them: name, then arguments
+            call = _call_json(completion.tool)
+            opening = {**call, "function": {"name": completion.tool.name, "arguments": ""}}
+            end += _chunk(completion, {"tool_calls": [{"index": 0, **opening}]}, None)
+            arguments = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+            end += _chunk(completion, {"tool_calls": [arguments]}, None)
+        end += _chunk(completion, {}, finish_reason(completion))
         if include_usage:
-            end += _event({**_chunk_fields(completion), "choices": [], "usage": _usage(completion)})
+            end += event({**_chunk_fields(completion), "choices": [], "usage": usage(completion)})
         return end + b"data: [DONE]\n\n"
 
     def stream_error(self, message: str) -> bytes | None:
         return None  # OpenAI-compatible servers break off the connection
 
 
+FORMATS: dict[Endpoint, Format] = {
+    Endpoint.CHAT: ChatFormat(),
+    Endpoint.COMPLETIONS: COMPLETIONS,
+    Endpoint.EMBEDDINGS: EMBEDDINGS,
+    Endpoint.RESPONSES: RESPONSES,
+}
+"""The OpenAI APIs the simulator speaks, by endpoint."""
+
+
+class OpenAIDialect:
+    """POST .../chat/completions, /completions, /embeddings, /responses and GET .../models with
+    `Authorization: Bearer KEY`."""
+
+    def route(self, request: Request) -> Endpoint | None:
+        if request.method == "POST":
+            return next((endpoint for suffix, endpoint in _SUFFIXES if request.path.endswith(suffix)), None)
+        if request.method == "GET" and request.path.endswith("/models"):
+            return Endpoint.MODELS
+        return None
+
+    def api_key(self, headers: dict[str, str]) -> str | None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return token if scheme.lower() == "bearer" else None
+
+    def format(self, endpoint: Endpoint) -> Format | None:
+        return FORMATS.get(endpoint)
+
+    def error_body(self, status: int, message: str) -> bytes:
+        kind, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+        return dump({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+    def context_error(self, prompt_tokens: int, window: int) -> bytes:
+        message = (
+            f"This model's maximum context length is {window} tokens. However, your messages resulted in"
+            f" {prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": "messages"}
+        return dump({"error": {**error, "code": "context_length_exceeded"}})
+
+    def models_body(self, models: tuple[str, ...]) -> bytes:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "llmroute-sim"} for m in models]
+        return dump({"object": "list", "data": data})
+
+
 class AzureOpenAIDialect(OpenAIDialect):
-    """POST /openai/deployments/{deployment}/chat/completions?api-version=... with an `api-key` header."""
+    """POST /openai/deployments/{deployment}/{api}?api-version=... (and /openai/responses) with an `api-key`."""
 
     def route(self, request: Request) -> Endpoint | None:
         if "api-version=" not in request.query:
             return None
-        if request.method == "POST" and _AZURE_CHAT.match(request.path):
-            return Endpoint.CHAT
+        if request.method == "POST":
+            if request.path == "/openai/responses":
+                return Endpoint.RESPONSES
+            match = DEPLOYMENT.match(request.path)
+            return super().route(request) if match else None
         if request.method == "GET" and request.path in ("/openai/models", "/openai/deployments"):
             return Endpoint.MODELS
         return None
@@ -115,30 +152,8 @@ class AzureOpenAIDialect(OpenAIDialect):
     def api_key(self, headers: dict[str, str]) -> str | None:
         return headers.get("api-key")
 
-    def _model(self, request: Request, payload: dict[str, Any]) -> object:
-        match = _AZURE_CHAT.match(request.path)
-        return payload.get("model") or (match.group(1) if match else None)
-
     def error_body(self, status: int, message: str) -> bytes:
         return dump({"error": {"code": str(status), "message": message}})
-
-
-def _text(tokens: int) -> str:
-    return " ".join(["token"] * tokens)
-
-
-def _finish_reason(completion: Completion) -> str:
-    return "length" if completion.truncated else "stop"
-
-
-def _usage(completion: Completion) -> dict[str, Any]:
-    return {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": 0},
-    }
 
 
 def _chunk_fields(completion: Completion) -> dict[str, Any]:
@@ -147,14 +162,34 @@ def _chunk_fields(completion: Completion) -> dict[str, Any]:
         "object": "chat.completion.chunk",
         "created": completion.created,
         "model": completion.model,
-        "system_fingerprint": None,
     }
 
 
-def _chunk(completion: Completion, delta: dict[str, Any], finish_reason: str | None) -> bytes:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    return _event({**_chunk_fields(completion), "choices": [choice]})
+def _chunk(completion: Completion, delta: dict[str, Any], finish: str | None) -> bytes:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return event({**_chunk_fields(completion), "choices": [choice]})
 
 
-def _event(value: dict[str, Any]) -> bytes:
-    return b"data: " + dump(value) + b"\n\n"
+def _tool_call(payload: dict[str, Any]) -> ToolCall | None:
+    """The call of the first function tool offered, unless tools are off or the last message is a result."""
+    tools = payload.get("tools")
+    messages = payload["messages"]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if not isinstance(tools, list) or not tools or payload.get("tool_choice") == "none" or last.get("role") == "tool":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(function, dict):
+        return None
+    return first_call("call_sim_1", function.get("name"), function.get("parameters"))
+
+
+def _call_json(tool: ToolCall) -> dict[str, Any]:
+    arguments = dump(tool.arguments).decode()
+    return {"id": tool.id, "type": "function", "function": {"name": tool.name, "arguments": arguments}}
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text(completion.completion_tokens), "refusal": None}
+    if completion.tool is not None:
+        message["tool_calls"] = [_call_json(completion.tool)]
+    return message

@@ -15,17 +15,22 @@ from typing import Literal
 from llmroute.http import HTTPServer, Request, Response, StreamingResponse
 from llmroute.sim.anthropic_wire import AnthropicDialect
 from llmroute.sim.behavior import Behavior, Schedule
-from llmroute.sim.dialect import ChatRequest, Completion, Dialect, Endpoint, dump
+from llmroute.sim.dialect import ChatRequest, Completion, Dialect, Endpoint, Format, dump
 from llmroute.sim.openai_wire import AzureOpenAIDialect, OpenAIDialect
 from llmroute.sim.stats import SimStats
 
 Kind = Literal["openai", "anthropic", "azure-openai"]
-_ID_MARK = "@sim-id@"  # stands in for the id in a cached body; ids come first in every body
+_ID_MARK = "@sim-id@"  # stands in for the id (wherever it appears) in a cached body
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
     "anthropic": AnthropicDialect,
     "azure-openai": AzureOpenAIDialect,
 }
+
+
+def _prompt_tokens(request: Request) -> int:
+    """The prompt's size as the simulator counts it: roughly 4 bytes of request body per token."""
+    return max(1, len(request.body) // 4)
 
 
 async def _sleep(seconds: float) -> None:
@@ -101,15 +106,23 @@ class SimProvider:
         if request.path == "/sim/stats":
             return Response(200, dump(self.stats.to_json()))
         self.stats.record(request)
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:  # the server cancels a handler whose client went away
+            self.stats.disconnects += 1
+            raise
+
+    async def _answer(self, request: Request) -> Response | StreamingResponse:
         dialect = self._dialect
         endpoint = dialect.route(request)
-        if endpoint is None:
+        fmt = None if endpoint is None or endpoint is Endpoint.MODELS else dialect.format(endpoint)
+        if endpoint is None or (fmt is None and endpoint is not Endpoint.MODELS):
             return self._error(404, "not_found", f"Unknown request URL: {request.method} {request.path}")
         behavior = self.behavior
         if behavior.api_key is not None and dialect.api_key(request.headers) != behavior.api_key:
             return self._error(401, "unauthorized", "Incorrect API key provided.")
-        if endpoint is Endpoint.MODELS:
-            outcome = behavior.outcome(self._rng)
+        if fmt is None:  # the model list
+            outcome = "ok" if behavior.models_stay_up else behavior.outcome(self._rng)
             if outcome != "ok":
                 return await self._misbehave(outcome, request, behavior)
             self.stats.by_outcome["ok"] += 1
@@ -118,66 +131,95 @@ class SimProvider:
             payload = json.loads(request.body)
         except ValueError:
             return self._error(400, "bad_request", "We could not parse the JSON body of your request.")
-        chat = dialect.parse(request, payload)
+        chat = fmt.parse(request, payload)
         if isinstance(chat, str):
             return self._error(400, "bad_request", chat)
+        window = behavior.context_window
+        if window is not None and _prompt_tokens(request) > window:
+            self.stats.by_outcome["context_length"] += 1
+            return Response(400, dialect.context_error(_prompt_tokens(request), window), self._headers)
         outcome = behavior.outcome(self._rng)
         if outcome != "ok":
             return await self._misbehave(outcome, request, behavior)
-        completion = self._complete(chat, behavior, request)
+        completion = self._complete(fmt, chat, behavior, request)
         if chat.stream:
             broken = self._rng.random() < behavior.midstream_failure_rate
-            self.stats.by_outcome["midstream_failure" if broken else "ok"] += 1
+            stall = 0.0 if broken or self._rng.random() >= behavior.midstream_stall_rate else behavior.stall
+            self.stats.by_outcome["midstream_failure" if broken else "midstream_stall" if stall else "ok"] += 1
             await _sleep((behavior.ttft or behavior.latency).sample(self._rng))
-            chunks = self._stream(request, chat, completion, behavior, broken)
+            chunks = self._stream(fmt, request, chat, completion, behavior, broken, stall)
             return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
         self.stats.by_outcome["ok"] += 1
         await _sleep(behavior.latency.sample(self._rng))
-        return Response(200, self._completion_body(completion), self._headers)
+        return Response(200, self._completion_body(fmt, completion), self._headers)
 
-    def _completion_body(self, completion: Completion) -> bytes:
+    def _completion_body(self, fmt: Format, completion: Completion) -> bytes:
         """The JSON answer; consecutive answers that differ only by id reuse one encoding (benchmarks)."""
         c = completion
-        key = (c.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.truncated, c.created)
+        key = (
+            fmt,
+            c.model,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.cached_tokens,
+            c.cache_write_tokens,
+            c.truncated,
+            c.created,
+            c.inputs,
+            c.base64,
+            c.tool,
+        )
         if key != self._body_key:
-            template = self._dialect.completion_body(dataclasses.replace(c, id=_ID_MARK))
-            self._body_key, self._body_parts = key, template.split(_ID_MARK.encode(), 1)
-        return self._body_parts[0] + c.id.encode() + self._body_parts[1]
+            template = fmt.completion_body(dataclasses.replace(c, id=_ID_MARK))
+            self._body_key, self._body_parts = key, template.split(_ID_MARK.encode())
+        return c.id.encode().join(self._body_parts)  # ids may appear several times (Responses items), or not
 
-    def _complete(self, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
+    def _complete(self, fmt: Format, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
         self._ids += 1
-        tokens = behavior.output_tokens
+        tokens = behavior.output_tokens if fmt.generates else 0
         truncated = chat.max_tokens is not None and chat.max_tokens < tokens
         if truncated and chat.max_tokens is not None:
             tokens = chat.max_tokens
-        prompt_tokens = max(1, len(request.body) // 4)  # roughly 4 bytes per token
+        prompt_tokens = _prompt_tokens(request)
+        cached = min(behavior.cached_tokens, prompt_tokens)
         return Completion(
-            id=f"{self._dialect.id_prefix}{self.name}-{self._ids}",
+            id=f"{fmt.id_prefix}{self.name}-{self._ids}",
             model=chat.model,
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
-            cached_tokens=min(behavior.cached_tokens, prompt_tokens),
+            cached_tokens=cached,
+            cache_write_tokens=min(behavior.cache_write_tokens, prompt_tokens - cached),
             truncated=truncated,
             created=int(time.time()),
+            inputs=chat.inputs,
+            base64=chat.base64,
+            tool=chat.tool,
         )
 
     async def _stream(
-        self, request: Request, chat: ChatRequest, completion: Completion, behavior: Behavior, broken: bool
+        self,
+        fmt: Format,
+        request: Request,
+        chat: ChatRequest,
+        completion: Completion,
+        behavior: Behavior,
+        broken: bool,
+        stall: float,
     ) -> AsyncIterator[bytes]:
-        dialect = self._dialect
-        yield dialect.stream_start(completion) + dialect.stream_token(completion, "token")
+        yield fmt.stream_start(completion) + fmt.stream_token(completion, "token")
         if broken:
-            failure = dialect.stream_error("simulated failure after the first chunk")
+            failure = fmt.stream_error("simulated failure after the first chunk")
             if failure is None:
                 request.abort()
             else:
                 yield failure
             return
-        token = dialect.stream_token(completion, " token")
-        for _ in range(completion.completion_tokens - 1):
-            await _sleep(behavior.token_delay)
-            yield token
-        yield dialect.stream_end(completion, chat.include_usage)
+        numbered = getattr(fmt, "numbered", False)  # events with a sequence_number are made one by one
+        token = b"" if numbered else fmt.stream_token(completion, " token")
+        for i in range(completion.completion_tokens - 1):
+            await _sleep(stall if stall and i == completion.completion_tokens // 2 else behavior.token_delay)
+            yield fmt.stream_token(completion, " token") if numbered else token
+        yield fmt.stream_end(completion, chat.include_usage)
 
     async def _misbehave(self, outcome: str, request: Request, behavior: Behavior) -> Response:
         self.stats.by_outcome[outcome] += 1

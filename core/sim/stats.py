@@ -19,6 +19,8 @@ class SimStats:
     requests: int = 0
     by_path: Counter[str] = field(default_factory=Counter)
     by_outcome: Counter[str] = field(default_factory=Counter)  # ok, error, rate_limited, hang, reset, ...
+    disconnects: int = 0
+    """Requests whose client went away before the answer was written."""
     last_method: str | None = None
     last_path: str | None = None
     last_headers: dict[str, str] = field(default_factory=dict)
@@ -45,6 +47,7 @@ class SimStats:
             "requests": self.requests,
             "by_path": dict(self.by_path),
             "by_outcome": dict(self.by_outcome),
+            "disconnects": self.disconnects,
             "last_request": {
                 "method": self.last_method,
                 "path": self.last_path,

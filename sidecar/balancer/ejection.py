@@ -1,6 +1,8 @@
 """Outlier ejection per route, with Envoy's semantics: consecutive failures eject a backend with a growing
 back-off, never more than maxEjectionPercent of the route at once; a 429 with Retry-After ejects for that
-long. An ejected backend returns only after a cheap probe (GET {url}/models) succeeds."""
+long. An ejected backend returns only after a cheap probe (GET {url}/models) succeeds, and then half-open:
+one real request at a time (a trial) until one succeeds, since a model list that answers says nothing of
+the completions endpoint. A failed trial ejects it again at once, with a longer back-off."""
 
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ PROBE_TIMEOUT_S = 10.0
 
 
 class State(StrEnum):
-    """Where a backend is in the ejection cycle: active -> ejected -> probing -> active (or ejected again)."""
+    """Where a backend is in the ejection cycle: active -> ejected -> probing -> half-open -> active (or
+    ejected again from probing or half-open)."""
 
     ACTIVE = "active"
     EJECTED = "ejected"
     PROBING = "probing"
+    HALF_OPEN = "half-open"
 
 
 class Reason(StrEnum):
@@ -32,6 +36,7 @@ class Reason(StrEnum):
     FAILURES = "consecutive-failures"
     RATE_LIMITED = "rate-limited"
     PROBE_FAILED = "probe-failed"
+    TRIAL_FAILED = "trial-failed"
 
 
 @dataclass(slots=True)
@@ -43,6 +48,7 @@ class _Host:
     until: float = 0.0  # end of the current ejection
     since: float = 0.0  # when the current state began
     ejections: int = 0  # lifetime count, for metrics
+    trial: bool = False  # half-open: the one real request it may have is out
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,20 +93,45 @@ class OutlierDetector:
         self._hosts = {name: old.get(name) or _Host() for name in names}
 
     def is_available(self, name: str) -> bool:
-        """Whether the backend may get traffic (unknown names may: ejection only ever removes)."""
+        """Whether the backend may get traffic (unknown names may: ejection only ever removes); a half-open
+        one only while its trial request is not out."""
         host = self._hosts.get(name)
-        return host is None or host.state is State.ACTIVE
+        return host is None or host.state is State.ACTIVE or (host.state is State.HALF_OPEN and not host.trial)
+
+    def trial_started(self, name: str) -> bool:
+        """An attempt on the backend starts; True when it is the half-open backend's trial."""
+        host = self._hosts.get(name)
+        if host is None or host.state is not State.HALF_OPEN or host.trial:
+            return False
+        host.trial = True
+        return True
+
+    def trial_abandoned(self, name: str) -> None:
+        """The trial ended without a verdict (it lost a race, the app went away): another request may try."""
+        host = self._hosts.get(name)
+        if host is not None and host.state is State.HALF_OPEN:
+            host.trial = False
 
     def record_success(self, name: str) -> None:
-        """A successful answer resets the consecutive-failure count."""
+        """A successful answer resets the consecutive-failure count and closes a half-open circuit."""
         host = self._hosts.get(name)
         if host is not None:
             host.consecutive = 0
+            if host.state is State.HALF_OPEN:
+                host.state = State.ACTIVE
+                host.reason = None
+                host.trial = False
 
     def record_failure(self, name: str, kind: FailureKind, now: float) -> bool:
         """A failed attempt; returns True when it ejected the backend. Only `kind.ejects` kinds count
         (5xx, connect failure, reset, timeout, auth); a request error neither counts nor resets."""
         host = self._hosts.get(name)
+        if host is not None and host.state is State.HALF_OPEN:
+            if not kind.ejects:  # the request's fault, not the backend's: the trial says nothing
+                host.trial = False
+                return False
+            self._eject(host, now, self._backoff(host, now), Reason.TRIAL_FAILED)
+            return True
         if host is None or not kind.ejects or host.state is not State.ACTIVE:
             return False
         host.consecutive += 1
@@ -137,14 +168,14 @@ class OutlierDetector:
         return due
 
     def probe_result(self, name: str, ok: bool, now: float) -> None:
-        """Outcome of GET {url}/models: ok puts the backend back in rotation, failure ejects it again with
-        a longer back-off."""
+        """Outcome of GET {url}/models: ok makes the backend half-open (one trial request at a time until
+        one succeeds), failure ejects it again with a longer back-off."""
         host = self._hosts.get(name)
         if host is None or host.state is not State.PROBING:
             return
         if ok:
-            host.state = State.ACTIVE
-            host.reason = None
+            host.state = State.HALF_OPEN
+            host.trial = False
             host.consecutive = 0
             host.since = now
         else:
@@ -196,6 +227,7 @@ class OutlierDetector:
         if host.state is State.ACTIVE:
             host.ejections += 1
         host.state = State.EJECTED
+        host.trial = False
         host.reason = reason
         host.until = now + duration
         host.since = now

@@ -15,6 +15,10 @@ FAILURE_PENALTY_S = 5.0
 """Seconds added per unit of failure rate: a failure costs the user a failover, so a backend failing 10% of
 requests (+0.5 s) loses to a healthy one up to half a second slower."""
 WINDOW = 128
+IDLE_FACTOR = 4.0
+IDLE_MIN_STREAMS = 10
+"""A stream's idle limit is IDLE_FACTOR x the p95 of the longest chunk gaps of its backend's recent streams,
+once IDLE_MIN_STREAMS have completed."""
 """Recent samples kept for quantiles (hedging delay, status p50/p95)."""
 PRIOR_SUCCESSES = 1.0
 """Pseudo-successes in the failure rate, so one failure on a quiet backend reads as 50%, not 100%."""
@@ -163,6 +167,7 @@ class BackendStats:
         "_started",
         "_streams",
         "failures",
+        "gaps",
         "last_observed",
         "latencies",
         "latency",
@@ -177,6 +182,8 @@ class BackendStats:
         self.ttft = PeakEWMA(decay)
         self.latencies = RecentWindow(window)
         self.ttfts = RecentWindow(window)
+        self.gaps = RecentWindow(window)
+        """The longest silence between two chunks of each recent complete stream."""
         self.failures = FailureRate(decay)
         self.last_observed: float | None = None
         """When an outcome last told us about this backend (success or its fault); None if never."""
@@ -285,6 +292,15 @@ class BackendStats:
             if started >= since and waited > (first_byte if token in self._streams else answer):
                 overdue += 1
         return overdue >= STALL_QUORUM
+
+    def idle_limit(self, floor: float, ceiling: float) -> float:
+        """How long a stream of this backend may go without a chunk before it counts as stalled:
+        IDLE_FACTOR times the p95 of its streams' longest silences, within [floor, ceiling]; the ceiling
+        until IDLE_MIN_STREAMS streams have been seen."""
+        if len(self.gaps) < IDLE_MIN_STREAMS:
+            return ceiling
+        p95 = self.gaps.quantile(0.95) or 0.0
+        return min(max(IDLE_FACTOR * p95, floor), ceiling)
 
     def quantile(self, q: float, *, stream: bool = False) -> float | None:
         """Recent latency (TTFT when `stream`, falling back to latency) quantile; the hedging delay uses 0.95."""

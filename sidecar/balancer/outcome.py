@@ -18,6 +18,8 @@ class FailureKind(StrEnum):
     """A 4xx other than 401/403/429: the request was wrong, the backend is fine."""
     AUTH = "auth"
     """401/403: this backend's key is wrong or lacks access; other backends may still serve."""
+    CONTEXT_LENGTH = "context-length"
+    """The prompt is longer than this backend's context window: a backend with a larger one may serve it."""
 
     @classmethod
     def for_status(cls, status: int) -> FailureKind:
@@ -28,8 +30,9 @@ class FailureKind(StrEnum):
 
     @property
     def blames_backend(self) -> bool:
-        """Whether it says something about the backend (counts in its failure rate), not about the request."""
-        return self is not FailureKind.CLIENT_ERROR
+        """Whether it says something about the backend's health (counts in its failure rate), not about the
+        request or a limit the backend declares."""
+        return self is not FailureKind.CLIENT_ERROR and self is not FailureKind.CONTEXT_LENGTH
 
     @property
     def ejects(self) -> bool:

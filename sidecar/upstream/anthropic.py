@@ -1,4 +1,4 @@
-"""Anthropic's Messages API behind the OpenAI chat.completions interface: requests and answers translated."""
+"""OpenAI chat.completions in, Anthropic Messages upstream: requests and answers translated."""
 
 from __future__ import annotations
 
@@ -6,38 +6,79 @@ import json
 import time
 from typing import Any
 
-from llmroute.model import Backend
+from llmroute.model import Api
 from llmroute.sidecar.upstream.anthropic_stream import AnthropicStream, finish_reason, usage_of
-from llmroute.sidecar.upstream.base import WireRequest, json_object, wants_usage
+from llmroute.sidecar.upstream.base import json_object, wants_usage
 from llmroute.sidecar.upstream.errors import bad_body, error_from_event, invalid_request
 from llmroute.sidecar.upstream.usage import Completion
 
-ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI apps often leave it out
 
+CARRIED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "user",
+        "stream",
+        "stream_options",
+        "modalities",
+        # Capabilities Anthropic lacks (llmroute.model.spec.PROVIDER_LACKS): checked before any codec.
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+    }
+)
+"""The chat parameters this translation carries. Any other with a value (seed, penalties, logit_bias,
+audio, prediction, store, reasoning_effort, ...) makes the request go to another backend: it is never
+quietly dropped. Zero, false and null values change nothing and so do not count."""
+_PART_TYPES = frozenset({"text", "image_url"})
 
-class AnthropicAdapter:
-    """POST {url}/messages with `x-api-key` and `anthropic-version`; probe GET {url}/models."""
 
-    __slots__ = ("_chat_url", "_headers", "_model", "_probe_url")
+class ChatToMessages:
+    """OpenAI chat.completions in, Anthropic Messages upstream: requests and answers translated."""
 
-    def __init__(self, backend: Backend) -> None:
-        base = backend.url.rstrip("/")
-        self._model = backend.model
-        self._chat_url = f"{base}/messages"
-        self._probe_url = f"{base}/models"
-        self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-        if backend.api_key is not None:
-            self._headers["x-api-key"] = backend.api_key.reveal()
+    inbound: Api = "chat"
+    upstream: Api = "messages"
 
-    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
-        """The Messages request for the app's chat.completions body; UpstreamError(4xx) if untranslatable."""
-        body = to_messages_request(request, self._model)
+    def lacks(self, request: dict[str, Any]) -> str | None:
+        """The first chat parameter the Messages API would drop or change."""
+        for name, value in request.items():
+            if value and name not in CARRIED:
+                return name
+        temperature = request.get("temperature")
+        if isinstance(temperature, int | float) and temperature > 1:
+            return "temperature above 1"
+        if request.get("modalities") not in (None, ["text"]):
+            return "modalities"
+        for tool in request.get("tools") or ():
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                return "tools (only function tools)"
+        for message in request.get("messages") or ():
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                for part in content:
+                    kind = part.get("type") if isinstance(part, dict) else None
+                    if kind not in _PART_TYPES:
+                        return f"content parts of type {kind!r}"
+        return None
+
+    def encode(self, request: dict[str, Any], model: str, *, stream: bool) -> bytes:
+        """The Messages request for the app's chat.completions body; UpstreamError(4xx) if malformed."""
+        body = to_messages_request(request, model)
         if stream:
             body["stream"] = True
-        return WireRequest(self._chat_url, self._headers, json.dumps(body, separators=(",", ":")).encode())
+        return json.dumps(body, separators=(",", ":")).encode()
 
-    def completion(self, status: int, body: bytes) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The Messages answer as an OpenAI chat.completion."""
         doc = json_object(body)
         if doc is None:
@@ -52,7 +93,7 @@ class AnthropicAdapter:
             "id": doc.get("id") or "",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": doc.get("model") or self._model,
+            "model": doc.get("model") or model,
             "choices": [
                 {
                     "index": 0,
@@ -65,13 +106,12 @@ class AnthropicAdapter:
         }
         return Completion(json.dumps(completion, separators=(",", ":")).encode(), usage)
 
-    def translator(self, request: dict[str, Any]) -> AnthropicStream:
+    def translator(self, request: dict[str, Any], model: str) -> AnthropicStream:
         """Messages stream events in, chat.completion.chunk events out."""
-        return AnthropicStream(self._model, forward_usage=wants_usage(request))
+        return AnthropicStream(model, forward_usage=wants_usage(request))
 
-    def probe(self) -> WireRequest:
-        """GET {url}/models."""
-        return WireRequest(self._probe_url, self._headers)
+
+CHAT_TO_MESSAGES = ChatToMessages()
 
 
 def to_messages_request(request: dict[str, Any], model: str) -> dict[str, Any]:
@@ -105,7 +145,7 @@ def to_messages_request(request: dict[str, Any], model: str) -> dict[str, Any]:
     if system:
         body["system"] = "\n\n".join(s for s in system if s)
     if isinstance(request.get("temperature"), int | float):
-        body["temperature"] = min(float(request["temperature"]), 1.0)  # Anthropic's range is 0..1
+        body["temperature"] = request["temperature"]  # lacks() sent anything above 1 elsewhere
     if request.get("top_p") is not None:
         body["top_p"] = request["top_p"]
     stop = request.get("stop")
@@ -237,7 +277,7 @@ def from_content(content: list[Any]) -> dict[str, Any]:
                     "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})},
                 }
             )
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
     if calls:
         message["tool_calls"] = calls
     return message

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llmroute.sidecar.balancer.outcome import FailureKind
-from llmroute.sidecar.upstream.base import DONE, json_object, sse
-from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, sse
+from llmroute.sidecar.upstream.errors import cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -40,6 +39,7 @@ def usage_of(usage: Any, into: Usage | None = None) -> Usage:
         uncached, cached, written = (c if isinstance(c, int) else 0 for c in counts)
         result.prompt_tokens = uncached + cached + written
         result.cached_tokens = cached
+        result.cache_write_tokens = written
     if isinstance(usage.get("output_tokens"), int):
         result.completion_tokens = usage["output_tokens"]
     return result
@@ -48,10 +48,23 @@ def usage_of(usage: Any, into: Usage | None = None) -> Usage:
 class AnthropicStream:
     """State of one translated stream: message id and model, tool-call indexes, usage, whether it ended."""
 
-    __slots__ = ("_created", "_done", "_events", "_forward_usage", "_id", "_model", "_tools", "usage")
+    __slots__ = (
+        "_created",
+        "_done",
+        "_events",
+        "_forward_usage",
+        "_id",
+        "_model",
+        "_tools",
+        "settled",
+        "skipped",
+        "usage",
+    )
 
     def __init__(self, model: str, *, forward_usage: bool) -> None:
         self.usage = Usage()
+        self.settled = False
+        self.skipped = 0
         self._model = model
         self._forward_usage = forward_usage
         self._id = ""
@@ -80,7 +93,9 @@ class AnthropicStream:
         self._events += 1
         doc = json_object(event.data)
         if doc is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         kind = doc.get("type") or event.event
         if kind == "content_block_delta":
             return self._delta(doc)
@@ -102,18 +117,23 @@ class AnthropicStream:
             return []
         if kind == "message_delta":
             usage_of(doc.get("usage"), self.usage)
+            self.settled = True  # the stop reason and final usage: only message_stop is left
             stop = (doc.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, finish_reason(stop) or "stop")]
         if kind == "message_stop":
             self._done = True
-            if self._forward_usage:
-                usage = self._envelope([])
-                usage["usage"] = self.usage.to_openai()
-                return [sse(usage), DONE]
-            return [DONE]
+            return self._closing()
         if kind == "error":
             raise error_from_event(doc.get("error"), "mid-stream")
         return []  # ping, content_block_stop, and event types added after this was written
+
+    def _closing(self) -> list[bytes]:
+        """The usage chunk (when the app asked for it) and the end."""
+        if self._forward_usage:
+            usage = self._envelope([])
+            usage["usage"] = self.usage.to_openai()
+            return [sse(usage), DONE]
+        return [DONE]
 
     def _delta(self, doc: dict[str, Any]) -> list[bytes]:
         delta = doc.get("delta") or {}
@@ -128,9 +148,11 @@ class AnthropicStream:
         return []  # thinking and signature deltas have no chat.completions counterpart
 
     def end(self) -> list[bytes]:
-        """Nothing if message_stop came; otherwise the stream was cut short."""
+        """Nothing if message_stop came; its closing events if only message_stop was missing; otherwise the
+        stream was cut short."""
         if self._done:
             return []
-        if not self._events:
-            raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError(FailureKind.RESET, "the event stream ended before message_stop")
+        if self.settled:
+            self._done = True
+            return self._closing()
+        raise cut_short(self._events, "message_stop")

@@ -1,4 +1,4 @@
-"""The small interface every provider adapter implements, so the client stays provider-agnostic."""
+"""Shared pieces of the upstream layer: what goes on the wire, the stream translator interface, SSE helpers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmroute.sidecar.upstream.errors import bad_body
 from llmroute.sidecar.upstream.sse import SSEEvent
-from llmroute.sidecar.upstream.usage import Completion, Usage
+from llmroute.sidecar.upstream.usage import Usage
 
 DONE = b"data: [DONE]\n\n"
 
@@ -22,36 +23,21 @@ class WireRequest:
 
 
 class StreamTranslator(Protocol):
-    """Turns one upstream stream's events into OpenAI SSE events for the app, counting usage on the way."""
+    """Turns one upstream stream's events into SSE events of the app's API, counting usage on the way; the
+    internal marker DONE says the answer is complete (the caller writes the API's own ending)."""
 
     usage: Usage
+    skipped: int
+    """Malformed events skipped after the first (counted in metrics; the stream went on without them)."""
+    settled: bool
+    """The answer has finished and its usage is in, though the upstream's own ending has not come yet."""
 
     def event(self, event: SSEEvent) -> list[bytes]:
         """The app-bound SSE events for one upstream event; raises UpstreamError for an error event."""
         ...
 
     def end(self) -> list[bytes]:
-        """At upstream EOF: the closing events (ending with [DONE]); raises UpstreamError if cut short."""
-        ...
-
-
-class Adapter(Protocol):
-    """One provider's wire format. Implementations hold the API key and must not expose it in repr."""
-
-    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
-        """The upstream request for the app's OpenAI chat.completions body (never mutated)."""
-        ...
-
-    def completion(self, status: int, body: bytes) -> Completion:
-        """The OpenAI chat.completion for a 2xx body; raises UpstreamError when it is unusable."""
-        ...
-
-    def translator(self, request: dict[str, Any]) -> StreamTranslator:
-        """A fresh translator for one stream of `request` (which says whether the app wants usage)."""
-        ...
-
-    def probe(self) -> WireRequest:
-        """A cheap GET that shows the backend is reachable and the key accepted (never a completion)."""
+        """At upstream EOF: the closing events (ending with DONE); raises UpstreamError if cut short."""
         ...
 
 
@@ -73,3 +59,11 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def check_malformed(events_seen: int) -> None:
+    """For a stream event that is not a JSON object: fatal as the first event (the backend does not speak
+    this format); after that the caller skips and counts it (one garbled event in a long answer; a stream
+    that then ends without its finish is still cut short)."""
+    if events_seen <= 1:
+        raise bad_body(200, "stream event is not a JSON object")

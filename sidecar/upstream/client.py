@@ -1,32 +1,36 @@
-"""One backend's HTTP client: a keep-alive connection pool, the provider adapter, and failures classified."""
+"""One backend's HTTP client: a keep-alive connection pool, its provider's endpoints, a codec per inbound
+API it can serve, and failures classified."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 import httpx
 
-from llmroute.model import Backend
+from llmroute.model import Api, Backend
 from llmroute.sidecar.balancer.outcome import FailureKind
-from llmroute.sidecar.upstream.anthropic import AnthropicAdapter
-from llmroute.sidecar.upstream.azure import AzureOpenAIAdapter
-from llmroute.sidecar.upstream.base import DONE, Adapter, StreamTranslator
+from llmroute.sidecar.upstream.base import DONE, StreamTranslator, json_object
+from llmroute.sidecar.upstream.codecs import Codec, codec_for
 from llmroute.sidecar.upstream.errors import (
     UpstreamError,
     bad_body,
     error_from_response,
     error_from_transport,
 )
-from llmroute.sidecar.upstream.openai import OpenAIAdapter
+from llmroute.sidecar.upstream.providers import make_provider
 from llmroute.sidecar.upstream.sse import SSEParser
 from llmroute.sidecar.upstream.transport import Pool, Response
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
-__all__ = ["Completion", "CompletionStream", "Upstream", "make_adapter"]
+__all__ = ["Completion", "CompletionStream", "Upstream"]
 
 MIN_IDLE_TIMEOUT = 30.0  # between stream chunks: models pause while thinking or calling tools
+TERMINATOR_GRACE_S = 0.5
+"""Once a stream's answer and usage are in, how long its own ending ([DONE], message_stop) may take before
+the answer is finalised without it."""
 _TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
 log = logging.getLogger(__name__)
 
@@ -36,13 +40,22 @@ def _scrub(error: UpstreamError, backend: Backend) -> UpstreamError:
     return error.scrubbed(backend.api_key.reveal() if backend.api_key is not None else None)
 
 
-def make_adapter(backend: Backend) -> Adapter:
-    """The wire-format adapter for the backend's provider."""
-    if backend.provider == "anthropic":
-        return AnthropicAdapter(backend)
-    if backend.provider == "azure-openai":
-        return AzureOpenAIAdapter(backend)
-    return OpenAIAdapter(backend)
+_FORWARDED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_FORWARDED = frozenset({"x-request-id", "request-id", "openai-processing-ms"})
+_FIRST_BYTES = frozenset(b"xXrRoOaA")
+"""First bytes of the forwarded names: most headers (date, server, content-*) are passed over undecoded."""
+
+
+def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upstream response headers the SDKs read (request ids, rate-limit state), for the app."""
+    out = []
+    for raw_name, raw_value in headers:
+        if not raw_name or raw_name[0] not in _FIRST_BYTES:
+            continue
+        name = raw_name.decode("latin-1").lower()
+        if name in _FORWARDED or name.startswith(_FORWARDED_PREFIXES):
+            out.append((name, raw_value.decode("latin-1")))
+    return out
 
 
 class Upstream:
@@ -52,66 +65,145 @@ class Upstream:
     a stream's timeout bounds only the wait for headers, then an idle bound applies between chunks.
     """
 
-    __slots__ = ("_adapter", "_pool", "backend")
+    __slots__ = ("_codecs", "_pool", "_provider", "backend")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._adapter = make_adapter(backend)
+        self._provider = make_provider(backend)
+        self._codecs: dict[Api, Codec] = {}
+        for api in ("chat", "messages", "responses", "embeddings", "completions"):
+            codec = codec_for(api, backend)
+            if codec is not None:
+                self._codecs[api] = codec
         # Concurrency is the balancer's job, so the pool itself is unbounded; timeouts are per call.
         self._pool = Pool()
 
     def __repr__(self) -> str:
         return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
 
-    async def complete(self, request: dict[str, Any], *, timeout: float) -> Completion:  # noqa: ASYNC109
-        """A non-streamed chat completion within `timeout` seconds; UpstreamError on any failure."""
-        wire = self._adapter.chat(request, stream=False)
+    def codec(self, api: Api) -> Codec | None:
+        """How a request of inbound `api` reaches this backend; None when it cannot."""
+        return self._codecs.get(api)
+
+    def _wire(
+        self, api: Api, request: dict[str, Any], headers: dict[str, str] | None, *, stream: bool
+    ) -> tuple[Codec, str, dict[str, str], bytes]:
+        """The codec, URL, headers and body of one call; the app's protocol headers only go to a native API."""
+        codec = self._codecs.get(api)
+        if codec is None:
+            raise UpstreamError(FailureKind.CLIENT_ERROR, f"backend {self.backend.name} cannot serve the {api} API")
+        body = codec.encode(request, self.backend.model, stream=stream)
+        wire_headers = self._provider.headers
+        if headers and codec.upstream == api:
+            wire_headers = {**wire_headers, **headers}
+        return codec, self._provider.url(codec.upstream), wire_headers, body
+
+    async def complete(
+        self,
+        request: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+        api: Api = "chat",
+        headers: dict[str, str] | None = None,
+    ) -> Completion:
+        """A non-streamed answer to `request` (of inbound `api`) within `timeout` seconds; UpstreamError on any
+        failure. `headers` are the app's protocol headers for a native call (anthropic-beta and the like)."""
+        codec, url, wire_headers, body = self._wire(api, request, headers, stream=False)
+        response, answer = await self._post(url, wire_headers, body, timeout)
+        try:
+            completion = codec.decode(response.status, answer, self.backend.model, request)
+        except UpstreamError as error:
+            raise _scrub(error, self.backend) from None
+        completion.headers = forwarded_headers(response.raw_headers)
+        return completion
+
+    async def count_tokens(
+        self,
+        request: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+        headers: dict[str, str] | None = None,
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        """The provider's own token count of a Messages request (the app's body with the backend's model), and
+        the response headers for the app; UpstreamError on any failure or when the provider cannot count."""
+        url = self._provider.count_tokens_url()
+        if url is None:
+            raise UpstreamError(FailureKind.CLIENT_ERROR, f"backend {self.backend.name} cannot count tokens")
+        body = json.dumps({**request, "model": self.backend.model}, separators=(",", ":")).encode()
+        wire_headers = {**self._provider.headers, **headers} if headers else self._provider.headers
+        response, answer = await self._post(url, wire_headers, body, timeout)
+        doc = json_object(answer)
+        count = doc.get("input_tokens") if doc is not None else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise bad_body(response.status, "no input_tokens")
+        return answer, forwarded_headers(response.raw_headers)
+
+    async def _post(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
+    ) -> tuple[Response, bytes]:
+        """POST and read the whole answer within `timeout`; UpstreamError (key masked) unless it is a 2xx."""
         try:
             async with asyncio.timeout(timeout):
-                response = await self._pool.request("POST", wire.url, wire.headers, wire.body)
-                body = await response.read()
+                response = await self._pool.request("POST", url, headers, body)
+                answer = await response.read()
         except TimeoutError:
             raise UpstreamError(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
-        self._trace(wire.url, response.status)
+        self._trace(url, response.status)
         if not 200 <= response.status < 300:
-            raise _scrub(error_from_response(response.status, response.headers, body), self.backend)
-        try:
-            return self._adapter.completion(response.status, body)
-        except UpstreamError as error:
-            raise _scrub(error, self.backend) from None
+            raise self._error(response, answer)
+        return response, answer
 
-    async def stream(self, request: dict[str, Any], *, timeout: float) -> CompletionStream:  # noqa: ASYNC109
-        """Start a streamed completion: returns once upstream answered 2xx with headers within `timeout`.
+    async def stream(
+        self,
+        request: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+        api: Api = "chat",
+        headers: dict[str, str] | None = None,
+    ) -> CompletionStream:
+        """Start a streamed answer: returns once upstream answered 2xx with headers within `timeout`.
 
         After that, each read may wait up to max(timeout, MIN_IDLE_TIMEOUT) for the next chunk.
         """
-        wire = self._adapter.chat(request, stream=True)
+        codec, url, wire_headers, body = self._wire(api, request, headers, stream=True)
         idle = max(timeout, MIN_IDLE_TIMEOUT)
         try:
             async with asyncio.timeout(timeout):
                 response = await self._pool.request(
-                    "POST", wire.url, wire.headers, wire.body, connect_timeout=idle, read_timeout=idle
+                    "POST", url, wire_headers, body, connect_timeout=idle, read_timeout=idle
                 )
         except TimeoutError:
             raise UpstreamError(FailureKind.TIMEOUT, f"no response headers within {timeout:g}s") from None
         except httpx.TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
-        self._trace(wire.url, response.status)
+        self._trace(url, response.status)
         if not 200 <= response.status < 300:
             try:
-                body = await response.read()
+                answer = await response.read()
             except httpx.TransportError:
-                body = b""
+                answer = b""
             finally:
                 response.close()
-            raise _scrub(error_from_response(response.status, response.headers, body), self.backend)
-        return CompletionStream(response, self._adapter.translator(request), self.backend)
+            raise self._error(response, answer)
+        stream = CompletionStream(response, codec.translator(request, self.backend.model), self.backend)
+        stream.headers = forwarded_headers(response.raw_headers)
+        return stream
+
+    def _error(self, response: Response, body: bytes) -> UpstreamError:
+        """The error for a non-2xx answer, key masked, with the headers the app should see if it gets it."""
+        error = _scrub(error_from_response(response.status, response.headers, body), self.backend)
+        error.headers = forwarded_headers(response.raw_headers)
+        return error
 
     async def probe(self, *, timeout: float) -> bool:  # noqa: ASYNC109
         """Cheap health probe (GET the model list, never a paid completion): True on 2xx."""
-        wire = self._adapter.probe()
+        wire = self._provider.probe()
         try:
             async with asyncio.timeout(timeout):
                 response = await self._pool.request("GET", wire.url, wire.headers)
@@ -134,16 +226,16 @@ class Upstream:
 
 
 class CompletionStream:
-    """A streamed answer as app-bound OpenAI SSE bytes: each item holds every event that one network read
-    completed (a read is passed on as soon as it arrives, never held back to batch). The items stop at
-    the end of the answer without `data: [DONE]`, which is the caller's to write (after its cost comment);
+    """A streamed answer as app-bound SSE bytes in the inbound API's format: each item holds every event that
+    one network read completed (a read is passed on as soon as it arrives, never held back to batch). The items stop at
+    the end of the answer without chat's `data: [DONE]`, which is the caller's to write (after its cost comment);
     `complete` then says the answer ended properly and `usage` holds its tokens.
 
     A failure after the start raises UpstreamError from the iterator (after the events read before it);
     `aclose()` releases the connection.
     """
 
-    __slots__ = ("_backend", "_error", "_parser", "_response", "_translator", "complete")
+    __slots__ = ("_backend", "_error", "_parser", "_response", "_translator", "complete", "headers")
 
     def __init__(self, response: Response, translator: StreamTranslator, backend: Backend) -> None:
         self._response = response
@@ -152,6 +244,8 @@ class CompletionStream:
         self._parser = SSEParser()
         self._error: UpstreamError | None = None  # raised once the events before it have been returned
         self.complete = False
+        self.headers: list[tuple[str, str]] = []
+        """Upstream response headers for the app (see forwarded_headers)."""
 
     def __repr__(self) -> str:
         return f"CompletionStream({self._backend.name!r}, usage={self.usage!r})"
@@ -160,6 +254,21 @@ class CompletionStream:
     def usage(self) -> Usage:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
+
+    @property
+    def sequence(self) -> int:
+        """The next event number, for APIs that number their events (the Responses API's sequence_number)."""
+        number = getattr(self._translator, "sequence", 0)
+        return number if isinstance(number, int) else 0
+
+    @property
+    def skipped(self) -> int:
+        """Malformed events skipped so far."""
+        return self._translator.skipped
+
+    def limit_idle(self, seconds: float) -> None:
+        """From now on, a silence longer than `seconds` between two reads interrupts the stream (TIMEOUT)."""
+        self._response.set_read_timeout(seconds)
 
     def __aiter__(self) -> CompletionStream:
         return self
@@ -183,7 +292,9 @@ class CompletionStream:
         try:
             chunk = await self._response.receive()
         except httpx.TransportError as exc:
-            raise error_from_transport(exc) from None
+            if not (isinstance(exc, httpx.ReadTimeout) and self._translator.settled):
+                raise error_from_transport(exc) from None
+            chunk = b""  # a complete answer whose upstream never sent its ending: finalised all the same
         if not chunk:
             closing = self._translator.end()  # raises if the answer was cut short
             self.complete = True
@@ -200,6 +311,8 @@ class CompletionStream:
             if not parts:
                 raise
             self._error = error
+        if self._translator.settled:
+            self._response.set_read_timeout(TERMINATOR_GRACE_S)
         return self._until_done(parts)
 
     def _until_done(self, parts: list[bytes]) -> bytes:

@@ -1,43 +1,31 @@
-"""The OpenAI chat.completions wire format (and any API compatible with it): a pass-through."""
+"""OpenAI chat.completions to an upstream that speaks it (OpenAI, Azure, any compatible API): a pass-through."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from llmroute.model import Backend
-from llmroute.sidecar.balancer.outcome import FailureKind
-from llmroute.sidecar.upstream.base import DONE, WireRequest, json_object, wants_usage
-from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, error_from_event
+from llmroute.model import Api
+from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, wants_usage
+from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 
-class OpenAIAdapter:
-    """POST {url}/chat/completions with `Authorization: Bearer`; the body goes through with `model` replaced."""
+class ChatCodec:
+    """OpenAI chat.completions to any OpenAI-compatible upstream: the body goes through with `model` replaced."""
 
-    __slots__ = ("_chat_url", "_headers", "_model", "_probe_url")
+    inbound: Api = "chat"
+    upstream: Api = "chat"
 
-    def __init__(self, backend: Backend) -> None:
-        self._model = backend.model
-        self._chat_url, self._probe_url = self._urls(backend)
-        self._headers = {"content-type": "application/json", **self._auth(backend)}
+    def lacks(self, request: dict[str, Any]) -> str | None:
+        """Nothing: the upstream speaks the app's own format."""
+        return None
 
-    @staticmethod
-    def _urls(backend: Backend) -> tuple[str, str]:
-        """The chat and probe URLs."""
-        base = backend.url.rstrip("/")
-        return f"{base}/chat/completions", f"{base}/models"
-
-    @staticmethod
-    def _auth(backend: Backend) -> dict[str, str]:
-        """The header carrying the API key, if the backend has one."""
-        return {} if backend.api_key is None else {"authorization": f"Bearer {backend.api_key.reveal()}"}
-
-    def chat(self, request: dict[str, Any], *, stream: bool) -> WireRequest:
+    def encode(self, request: dict[str, Any], model: str, *, stream: bool) -> bytes:
         """The app's body with the upstream model, and in streams always asking for the usage chunk."""
         body = dict(request)
-        body["model"] = self._model
+        body["model"] = model
         if stream:
             body["stream"] = True
             options = body.get("stream_options")
@@ -45,26 +33,31 @@ class OpenAIAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return WireRequest(self._chat_url, self._headers, json.dumps(body, separators=(",", ":")).encode())
+        return json.dumps(body, separators=(",", ":")).encode()
 
-    def completion(self, status: int, body: bytes) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""
-        doc = json_object(body)
-        if doc is None:
-            raise bad_body(status, "not a JSON object")
-        if doc.get("error"):
-            raise error_from_event(doc["error"], "in a successful answer")
+        doc = answer_doc(status, body)
         if not isinstance(doc.get("choices"), list):
             raise bad_body(status, "no choices")
         return Completion(body, Usage.from_openai(doc.get("usage")))
 
-    def translator(self, request: dict[str, Any]) -> OpenAIStream:
+    def translator(self, request: dict[str, Any], model: str) -> OpenAIStream:
         """Forwards events as they are; drops the usage-only chunk unless the app asked for it."""
         return OpenAIStream(forward_usage=wants_usage(request))
 
-    def probe(self) -> WireRequest:
-        """GET {url}/models."""
-        return WireRequest(self._probe_url, self._headers)
+
+CHAT = ChatCodec()
+
+
+def answer_doc(status: int, body: bytes) -> dict[str, Any]:
+    """A 2xx chat.completion body as JSON; UpstreamError when it is not an object or holds an error."""
+    doc = json_object(body)
+    if doc is None:
+        raise bad_body(status, "not a JSON object")
+    if doc.get("error"):
+        raise error_from_event(doc["error"], "in a successful answer")
+    return doc
 
 
 # The keys an event is parsed for. One where each is absent or null is a plain delta, passed on unparsed.
@@ -94,17 +87,20 @@ class OpenAIStream:
     got anything); after it, only events that may carry usage, a finish_reason or an error are.
     """
 
-    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "usage")
+    __slots__ = ("_done", "_events", "_finished", "_forward_usage", "settled", "skipped", "usage")
 
     def __init__(self, *, forward_usage: bool) -> None:
         self.usage = Usage()
+        self.settled = False
+        self.skipped = 0
         self._forward_usage = forward_usage
         self._events = 0
         self._finished = False
         self._done = False
 
     def event(self, event: SSEEvent) -> list[bytes]:
-        """Pass one event on; raises UpstreamError for an error event or an event that is not JSON."""
+        """Pass one event on; raises UpstreamError for an error event or a first event that is not JSON (a later
+        one is skipped and counted: the stream may well go on)."""
         if self._done:
             return []
         self._events += 1
@@ -115,13 +111,16 @@ class OpenAIStream:
             return [b"data: " + event.data + b"\n\n"]
         chunk = json_object(event.data)
         if chunk is None:
-            raise bad_body(200, "stream event is not a JSON object")
+            check_malformed(self._events)
+            self.skipped += 1
+            return []
         if chunk.get("error"):
             raise error_from_event(chunk["error"], "mid-stream")
         choices = chunk.get("choices")
         usage = chunk.get("usage")
         if usage:
             self.usage = Usage.from_openai(usage)
+            self.settled = self._finished
             if not choices and not self._forward_usage:
                 return []
         if choices and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
@@ -135,6 +134,4 @@ class OpenAIStream:
         if self._finished:
             self._done = True
             return [DONE]
-        if not self._events:
-            raise bad_body(200, "the event stream ended without any event")
-        raise UpstreamError(FailureKind.RESET, "the event stream ended before the answer was complete")
+        raise cut_short(self._events)

@@ -77,6 +77,10 @@ class _Unsolicited(Exception):
     """Bytes after the answer we asked for: the connection is out of step and must not be reused."""
 
 
+class _NotSent(httpx.ReadError):
+    """The connection was closed before the request was written: it provably never reached the server."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: the socket, httptools' parser, and the state of the current answer."""
 
@@ -228,7 +232,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         try:
             if self.closed:
-                raise httpx.ReadError("connection closed before the request was sent")
+                raise _NotSent("connection closed before the request was sent")
             self.transport.write(data)
             while not self.head_done:
                 if self.error is not None:
@@ -278,6 +282,10 @@ class Response:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             joined[name] = f"{joined[name]}, {value}" if name in joined else value
         return joined
+
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on, how long each piece of the body may take."""
+        self._timeout = seconds
 
     async def receive(self) -> bytes:
         """The next piece of the body as it arrived (httpx.ReadTimeout after the read timeout); b"" at its end."""
@@ -350,8 +358,10 @@ class Pool:
     ) -> Response:
         """Send a request and return once the answer's head arrived; the body is read from the Response.
 
-        A reused connection that fails before any byte of the answer (the server closed it as we sent:
-        a stale keep-alive) is retried once on a new connection; after answer bytes, never.
+        A request is sent again (on a new connection) only when it provably never left: the reused connection
+        was found closed before it was written. Once written, a POST may have reached the backend, which
+        may bill it, so a connection lost before the answer is the caller's error, never a silent replay
+        (whether to try again, and where, is the route's retry policy).
         """
         target = self._targets.get(url)
         if target is None:
@@ -363,9 +373,8 @@ class Pool:
             try:
                 await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout)
                 return Response(self, target.origin, connection, read_timeout)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                if connection.received:
-                    raise
+            except _NotSent:
+                pass
         connection = await self._connect(target.origin, connect_timeout)
         await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout)
         return Response(self, target.origin, connection, read_timeout)

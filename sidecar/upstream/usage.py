@@ -8,11 +8,13 @@ from typing import Any
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens as OpenAI counts them: `prompt_tokens` includes `cached_tokens`."""
+    """Tokens as OpenAI counts them: `prompt_tokens` includes `cached_tokens` and `cache_write_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's cache (Anthropic reports them; OpenAI does not)."""
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:
@@ -39,7 +41,9 @@ def _int(value: Any) -> int:
 
 @dataclass(slots=True)
 class Completion:
-    """A non-streamed answer: `body` is an OpenAI chat.completion JSON ready for the app."""
+    """A non-streamed answer: `body` is the answer in the inbound API's format, ready for the app."""
 
     body: bytes = field(repr=False)
     usage: Usage
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    """Upstream response headers for the app (request id, rate-limit state)."""

@@ -62,10 +62,12 @@ def test_the_back_off_multiplier_decays_while_the_backend_stays_healthy() -> Non
     detector.probe_result("a", False, 30.0)  # second ejection: 60 s
     detector.due_for_probe(90.0)
     detector.probe_result("a", True, 90.0)
+    detector.record_success("a")  # its trial request: active again
     fail(detector, "a", 100.0)  # soon after: third ejection, 120 s
     assert detector.snapshot(100.0)[0].remaining_s == 120.0
     detector.due_for_probe(220.0)
     detector.probe_result("a", True, 220.0)
+    detector.record_success("a")
     fail(detector, "a", 220.0 + 90.0)  # 90 s healthy takes three steps off the multiplier of 3
     assert detector.snapshot(310.0)[0].remaining_s == 30.0
 
@@ -129,3 +131,37 @@ def test_snapshot_and_reload_keep_ejections() -> None:
     assert [s.name for s in detector.snapshot(10.0)] == ["c", "a", "new"]
     assert not detector.is_available("a")
     assert detector.is_available("new")
+
+
+def test_a_probed_backend_is_half_open_until_a_trial_request_succeeds() -> None:
+    detector = OutlierDetector(["a", "b"], consecutive_failures=1, base_ejection=1.0)
+    assert detector.record_failure("a", FailureKind.SERVER_ERROR, 0.0)
+    assert detector.due_for_probe(1.0) == ["a"]
+    detector.probe_result("a", True, 1.0)
+    assert detector.snapshot(1.0)[0].state == State.HALF_OPEN
+    assert detector.is_available("a")
+    assert detector.trial_started("a")  # the one trial
+    assert not detector.is_available("a") and not detector.trial_started("a")
+    detector.trial_abandoned("a")  # it lost a race: another request may try
+    assert detector.is_available("a") and detector.trial_started("a")
+    detector.record_success("a")
+    assert detector.snapshot(1.5)[0].state == State.ACTIVE
+
+
+def test_a_failed_trial_ejects_again_at_once_with_a_longer_back_off() -> None:
+    detector = OutlierDetector(["a", "b"], consecutive_failures=3, base_ejection=1.0)
+    for _ in range(3):
+        detector.record_failure("a", FailureKind.SERVER_ERROR, 0.0)
+    detector.due_for_probe(1.0)
+    detector.probe_result("a", True, 1.0)  # the model list answers; completions may still be down
+    assert detector.trial_started("a")
+    assert detector.record_failure("a", FailureKind.SERVER_ERROR, 1.1)  # one failure, not three
+    [a, _] = detector.snapshot(1.1)
+    assert (a.state, a.reason) == (State.EJECTED, Reason.TRIAL_FAILED)
+    assert a.remaining_s > 1.0  # the back-off grew
+    # A request error on a trial says nothing of the backend: the circuit stays half-open.
+    detector.due_for_probe(10.0)
+    detector.probe_result("a", True, 10.0)
+    assert detector.trial_started("a")
+    assert not detector.record_failure("a", FailureKind.CLIENT_ERROR, 10.1)
+    assert detector.snapshot(10.1)[0].state == State.HALF_OPEN and detector.is_available("a")

@@ -96,6 +96,14 @@ def broken(change: str) -> dict[str, Any]:
     elif change == "json on anthropic":
         claude = next(b for b in spec["backends"] if b["provider"] == "anthropic")
         claude["capabilities"] = ["tools", "json"]
+    elif change == "chat on anthropic":
+        claude = next(b for b in spec["backends"] if b["provider"] == "anthropic")
+        claude["apis"] = ["messages", "chat"]
+    elif change == "repeated api":
+        first["apis"] = ["chat", "chat"]
+    elif change == "mixed embedding models":
+        spec["backends"][0]["apis"] = ["chat", "embeddings"]
+        spec["backends"][-1]["apis"] = ["embeddings"]
     return route
 
 
@@ -105,6 +113,13 @@ CEL_CASES = [
     ("duplicate models", "model names must be unique"),
     ("both key sources", "set at most one of apiKeySecretRef and apiKeyEnv"),
     ("json on anthropic", "provider anthropic cannot serve 'json' requests"),
+    ("chat on anthropic", "provider anthropic serves only the messages API, and only provider anthropic serves it"),
+    ("repeated api", "apis must not repeat an entry"),
+    (
+        "mixed embedding models",
+        "backends that serve embeddings must all name the same model: vectors of different embedding models are"
+        " not comparable, so a route never fails over between them",
+    ),
 ]
 """Each way `broken` breaks a CEL rule, with the rule's message (tests/apiserver checks them for real)."""
 

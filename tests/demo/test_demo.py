@@ -63,6 +63,8 @@ def test_critical_and_normal_requests_never_fail(demo: tuple[subprocess.Complete
         figures = summary["priorities"][priority]
         failures = [e for p in summary["phases"] for e in p["priorities"][priority]["error_examples"]]
         assert figures["success_rate"] == 1.0, f"{priority}: {figures['errors']} e.g. {failures}"
+    for api, figures in summary["apis"].items():  # every inbound API, batch included
+        assert figures["requests"] > 0 and figures["success_rate"] == 1.0, (api, figures["errors"])
 
 
 def test_traffic_leaves_the_degraded_primary_and_returns(
@@ -114,7 +116,7 @@ def test_on_a_terminal_the_panel_is_redrawn_in_place() -> None:
     view = LiveView(out, tty=True)
     phases = script(10)
     sidecar = SidecarView(backends=[BackendView("gpt41", "ejected", 8.5, 9.1, 3, 0.4)])
-    results = [Result(1.0, "normal", False, True, 0.3, backend="gpt41")]
+    results = [Result(1.0, "normal", False, "chat", True, 0.3, backend="gpt41")]
     view.update(1.0, 10, phases[0], sidecar, results)
     first = out.getvalue()
     view.update(4.0, 10, phases[1], sidecar, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from llmroute.sim import Behavior, Latency
 
+from ..specs import spec_errors
 from .harness import chat_body, running
 
 FAST = Behavior(latency=Latency.fixed(0.01))
@@ -167,7 +169,7 @@ async def test_capability_filtering(tmp_path: Path) -> None:
                 tools=tools,  # type: ignore[arg-type]
             )
             assert raw.headers["x-llmroute-backend"] == "tooled"
-        with pytest.raises(openai.BadRequestError, match="supports json"):
+        with pytest.raises(openai.BadRequestError, match="does not support json"):
             await h.client().chat.completions.create(
                 model="chat", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
             )
@@ -186,9 +188,95 @@ async def test_requests_for_several_choices_or_logprobs_skip_anthropic_backends(
             raw = await h.client().chat.completions.with_raw_response.create(model="chat", messages=messages, **extra)
             assert raw.headers["x-llmroute-backend"] == "gpt", extra
     async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
-        with pytest.raises(openai.BadRequestError, match="supports n>1"):
+        with pytest.raises(openai.BadRequestError, match="does not support n>1"):
             await h.client().chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], n=3)
         assert h.sims["claude"].stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "what"),
+    [
+        ({"temperature": 1.8}, "temperature above 1"),
+        ({"seed": 7}, "seed"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}],
+                    }
+                ]
+            },
+            "content parts of type 'input_audio'",
+        ),
+    ],
+)
+async def test_what_a_translation_cannot_carry_goes_to_a_backend_that_can(
+    tmp_path: Path, extra: dict[str, Any], what: str
+) -> None:
+    # Claude ranks first, but the Messages API has no counterpart for the parameter: the request goes to gpt
+    # unchanged, never to claude with the parameter quietly dropped or clamped; with only claude, a 400 names it.
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}], **extra}
+    async with running(tmp_path, {"claude": ("anthropic", FAST), "gpt": FAST}, spec={"strategy": "ordered"}) as h:
+        raw = await h.client().chat.completions.with_raw_response.create(model="chat", **body)
+        assert raw.headers["x-llmroute-backend"] == "gpt"
+        sent = h.sims["gpt"].stats.last_json
+        assert {k: sent[k] for k in extra} == extra
+        assert h.sims["claude"].stats.requests == 0
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await h.client().chat.completions.create(model="chat", **body)
+        assert caught.value.code == "unsupported_parameter"
+        assert f"route chat can serve this request: claude: cannot carry {what}" in caught.value.message
+        assert h.sims["claude"].stats.requests == 0
+
+
+async def test_unparseable_bodies_are_a_400_not_a_crash(tmp_path: Path) -> None:
+    async with running(tmp_path, {"primary": FAST}) as h, h.http() as http:
+        deep = b'{"model": "chat", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        response = await http.post("/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+        assert h.sims["primary"].stats.requests == 0
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_chat_streams_conform_to_the_openai_spec(tmp_path: Path, kind: str) -> None:
+    # Every chunk the app gets, native or translated from Anthropic's events, is a valid chat.completion.chunk.
+    async with running(tmp_path, {"primary": (kind, FAST)}) as h, h.http() as http:
+        body = chat_body(stream=True, stream_options={"include_usage": True}, max_tokens=5)
+        async with http.stream("POST", "/chat/completions", json=body) as response:
+            lines = [line async for line in response.aiter_lines()]
+        events = [line[6:] for line in lines if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks and chunks[-1]["usage"]["completion_tokens"] == 5
+        for chunk in chunks:
+            assert spec_errors("openai", "CreateChatCompletionStreamResponse", chunk) == [], chunk
+        spec = ("openai", "CreateChatCompletionRequest") if kind == "openai" else ("anthropic", "CreateMessageParams")
+        assert spec_errors(*spec, h.sims["primary"].stats.last_json) == []
+
+
+async def test_native_chat_conforms_to_the_openai_spec(tmp_path: Path) -> None:
+    async with running(tmp_path, {"primary": FAST}) as h, h.http() as http:
+        response = await http.post("/chat/completions", json=chat_body(max_tokens=20, temperature=0.2))
+        assert response.status_code == 200
+        assert spec_errors("openai", "CreateChatCompletionResponse", response.json()) == []
+        assert spec_errors("openai", "CreateChatCompletionRequest", h.sims["primary"].stats.last_json) == []
+
+
+async def test_translated_chat_conforms_to_both_specs(tmp_path: Path) -> None:
+    # What goes to Anthropic is a valid Messages request, and what comes back is a valid chat.completion
+    # (message.refusal included, which the OpenAI spec requires).
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h, h.http() as http:
+        response = await http.post("/chat/completions", json=chat_body(max_tokens=20))
+        assert response.status_code == 200
+        assert spec_errors("openai", "CreateChatCompletionResponse", response.json()) == []
+        assert spec_errors("anthropic", "CreateMessageParams", h.sims["claude"].stats.last_json) == []
 
 
 async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:
@@ -211,5 +299,30 @@ async def test_admin_endpoints_never_show_secrets(tmp_path: Path) -> None:
             backend = routes["routes"][0]["spec"]["backends"][0]
             assert backend["apiKeySecretRef"] == {"name": "llm-keys", "key": "openai"}
             metrics = (await admin.get("/metrics")).text
-            assert 'llmroute_request_duration_seconds_count{backend="primary",outcome="success"' in metrics
+            assert 'llmroute_request_duration_seconds_count{api="chat",backend="primary",outcome="success"' in metrics
             assert json.loads((await admin.get("/readyz")).text)["status"] == "ready"
+
+
+async def test_a_json_request_whose_app_went_away_is_cancelled_with_its_attempts(tmp_path: Path) -> None:
+    # The app gives up on a slow JSON answer: the sidecar stops waiting and paying for it at once, rather than
+    # running the attempt (and any hedge) to its end.
+    slow = Behavior(latency=Latency.fixed(60.0))
+    async with running(tmp_path, {"slow": slow}) as h:
+        with pytest.raises(openai.APITimeoutError):
+            await h.client(timeout=0.5).chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "x"}]
+            )
+        async with httpx.AsyncClient(base_url=h.admin_url) as admin:
+            for _ in range(100):  # well before the backend's 60 s answer
+                metrics = (await admin.get("/metrics")).text
+                if 'llmroute_request_duration_seconds_count{api="chat",backend="none",outcome="abandoned"' in metrics:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"the request was never counted as abandoned:\n{metrics}")
+            assert 'llmroute_requests_in_flight{route="chat"} 0.0' in metrics
+        for _ in range(100):  # the backend sees its connection closed: no answer is awaited (or billed)
+            if h.sims["slow"].stats.disconnects:
+                break
+            await asyncio.sleep(0.1)
+        assert h.sims["slow"].stats.disconnects == 1

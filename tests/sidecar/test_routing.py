@@ -257,7 +257,8 @@ async def test_after_a_failover_the_hedge_is_timed_by_the_backend_now_answering(
 
 
 async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_path: Path) -> None:
-    slow, fast = Behavior(latency=Latency.fixed(1.5)), FAST
+    # second is quicker but not far quicker (see test_plan for that case): with time for first, its turn holds.
+    slow, fast = Behavior(latency=Latency.fixed(1.5)), Behavior(latency=Latency.fixed(0.6))
     spec = {"strategy": "ordered", "priorities": {"normal": {"timeout": "1s"}, "batch": {"timeout": "10s"}}}
     async with running(tmp_path, {"first": slow, "second": fast}, spec=spec) as h, h.http() as http:
         await send(http, 2, **{"x-llmroute-priority": "batch"})  # both answer once: first is known to take 1.5 s

@@ -36,7 +36,7 @@ REQUEST: dict[str, Any] = {
         {"role": "tool", "tool_call_id": "t2", "content": [{"type": "text", "text": "sun"}]},
     ],
     "max_completion_tokens": 300,
-    "temperature": 1.5,
+    "temperature": 0.7,
     "top_p": 0.9,
     "stop": "END",
     "tools": [
@@ -112,7 +112,7 @@ async def test_request_translation_and_headers(serve, backend, key) -> None:
                 ],
             },
         ],
-        "temperature": 1.0,
+        "temperature": 0.7,
         "top_p": 0.9,
         "stop_sequences": ["END"],
         "tools": [
@@ -294,8 +294,7 @@ async def test_error_shape_is_translated_to_openai(serve, backend) -> None:
     finally:
         await upstream.aclose()
     assert (caught.value.kind, caught.value.status) == ("4xx", 400)
-    assert caught.value.body is not None
-    assert json.loads(caught.value.body) == {
+    assert json.loads(caught.value.body_for("openai")) == {
         "error": {"message": "max_tokens: too big", "type": "invalid_request_error", "code": None}
     }
 
@@ -320,7 +319,7 @@ async def test_untranslatable_request_is_a_400_without_calling_upstream(serve, b
     finally:
         await upstream.aclose()
     assert (caught.value.kind, caught.value.status) == ("4xx", 400)
-    assert caught.value.body is not None and json.loads(caught.value.body)["error"]["type"] == "invalid_request_error"
+    assert json.loads(caught.value.body_for("openai"))["error"]["type"] == "invalid_request_error"
     assert server.received == []
 
 

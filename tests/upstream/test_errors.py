@@ -194,7 +194,7 @@ async def test_400_body_is_kept_in_openai_shape(serve, backend) -> None:
     finally:
         await upstream.aclose()
     assert (error.kind, error.status) == ("4xx", 400)
-    assert error.body is not None and json.loads(error.body) == upstream_error
+    assert json.loads(error.body_for("openai")) == upstream_error
 
 
 async def test_non_json_error_body_becomes_an_openai_error(serve, backend) -> None:
@@ -207,8 +207,8 @@ async def test_non_json_error_body_becomes_an_openai_error(serve, backend) -> No
         error = await fail(upstream, streaming=False)
     finally:
         await upstream.aclose()
-    assert error.kind == "5xx" and error.body is not None
-    assert json.loads(error.body) == {
+    assert error.kind == "5xx"
+    assert json.loads(error.body_for("openai")) == {
         "error": {"message": "<html>Bad Gateway</html>", "type": "api_error", "code": None}
     }
 
@@ -247,7 +247,7 @@ async def test_key_echoed_by_upstream_never_leaks(serve, backend, key, provider:
         repr(upstream),
         repr(upstream.backend),
         repr(error.args),
-        (error.body or b"").decode(),
+        error.body_for("openai").decode(),
     ):
         assert key not in shown
     assert "Incorrect API key provided: ***" in error.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -156,7 +157,7 @@ async def test_stream_without_done_after_finish_is_complete(serve, backend, even
     [
         (STREAM[:2], "reset"),  # clean EOF before the answer finished
         ([*STREAM[:2], {"error": {"message": "overloaded", "type": "server_error"}}], "5xx"),
-        ([*STREAM[:2], "not json"], "5xx"),
+        ([*STREAM[:2], "not json"], "reset"),  # a garbled event is skipped; the answer never finished
         ([], "5xx"),  # 200 with an empty stream
     ],
 )
@@ -232,7 +233,9 @@ async def test_compact_events_are_checked_where_it_matters(serve, backend, event
         await upstream.aclose()
     assert out == events(*stream_events[:4])  # byte for byte, the usage-only chunk dropped, then complete
     assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
-    assert caught.value.kind == "5xx"
+    # An error event fails the stream; a garbled one is skipped, and the stream, ending without its finish,
+    # is cut short all the same.
+    assert caught.value.kind == ("5xx" if isinstance(last, dict) else "reset")
 
 
 async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, events, drain, key) -> None:
@@ -262,3 +265,67 @@ async def test_azure_deployment_url_api_key_header_and_probe(serve, backend, eve
     assert streamed.json()["stream_options"] == {"include_usage": True}
     assert usage.completion_tokens == 2 and out == events(*STREAM[:4])
     assert (probe.method, probe.target, healthy) == ("GET", f"/openai/models?api-version={version}", True)
+
+
+async def test_request_ids_and_rate_limit_headers_reach_the_app_on_answers_and_errors(serve, backend) -> None:
+    upstream_headers = {
+        "x-request-id": "req_123",
+        "x-ratelimit-remaining-requests": "99",
+        "openai-processing-ms": "12",
+        "set-cookie": "session=abc",
+    }
+    status = iter([200, 400])
+
+    async def reply(received, res) -> None:
+        code = next(status)
+        body = ANSWER if code == 200 else {"error": {"message": "bad", "type": "invalid_request_error"}}
+        await res.json(code, body, upstream_headers)
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        completion = await upstream.complete(REQUEST, timeout=5)
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.complete(REQUEST, timeout=5)
+    finally:
+        await upstream.aclose()
+    expected = [("x-request-id", "req_123"), ("x-ratelimit-remaining-requests", "99"), ("openai-processing-ms", "12")]
+    assert completion.headers == expected  # never the upstream's cookies
+    assert caught.value.headers == expected
+
+
+async def test_a_finished_stream_whose_done_never_comes_is_finalised_at_once(serve, backend, events, drain) -> None:
+    # Finish and usage arrived, then the upstream neither sends [DONE] nor closes: the answer is complete,
+    # so it ends within the short grace instead of waiting out the 30 s idle bound or failing.
+    async def reply(received, res) -> None:
+        res.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        piece = b"".join(events(*STREAM[:-1]))
+        res.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await res.writer.drain()
+        await res.hang()
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    started = asyncio.get_running_loop().time()
+    try:
+        out, usage = await collect(upstream, {**REQUEST, "stream": True}, drain)
+    finally:
+        await upstream.aclose()
+    assert asyncio.get_running_loop().time() - started < 10  # the grace is 0.5 s; the idle bound 30 s
+    assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+    assert len(out) == len(STREAM) - 2  # every event but the usage-only chunk (not asked for) and [DONE]
+
+
+async def test_a_garbled_event_in_a_stream_that_goes_on_is_skipped_and_counted(serve, backend, events, drain) -> None:
+    async def reply(received, res) -> None:
+        await res.sse(events(*STREAM[:2], "{not json", *STREAM[2:]))
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        stream = await upstream.stream({**REQUEST, "stream": True}, timeout=5)
+        out = await drain(stream)
+    finally:
+        await upstream.aclose()
+    assert out == events(*STREAM[:4])  # the whole answer, without the garbled event
+    assert stream.skipped == 1 and stream.complete

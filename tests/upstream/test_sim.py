@@ -68,7 +68,7 @@ async def test_wrong_key_is_auth(start: Start, kind: str) -> None:
     with pytest.raises(UpstreamError) as caught:
         await upstream.complete(REQUEST, timeout=5)
     assert (caught.value.kind, caught.value.status) == ("auth", 401)
-    assert caught.value.body is not None and json.loads(caught.value.body)["error"]["message"]
+    assert json.loads(caught.value.body_for("openai"))["error"]["message"]
     assert not await upstream.probe(timeout=5)
 
 

@@ -1,0 +1,54 @@
+"""Which backend a hedge or retry goes to, decided from live estimates (no sockets: the estimates are fed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from llmroute.model import parse_spec
+from llmroute.sidecar.dispatch import Call, Dispatcher, _Attempts
+from llmroute.sidecar.inbound.chat import CHAT
+from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.runtime import RouteRuntime, UpstreamPool
+
+
+def backend(name: str) -> dict[str, str]:
+    return {"name": name, "provider": "openai", "url": f"http://127.0.0.1:9/{name}", "model": "m"}
+
+
+def answered_in(runtime: RouteRuntime, name: str, seconds: float) -> None:
+    """Feed the backend's estimator one answer that took `seconds`."""
+    stats = runtime.by_name[name].stats
+    now = time.monotonic()
+    stats.finish(stats.start(now - seconds), now)
+
+
+async def test_a_hedge_skips_a_backend_expected_to_miss_the_deadline() -> None:
+    spec = {"models": ["chat"], "backends": [backend("first"), backend("slow"), backend("quick")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "slow", 5.0)
+    answered_in(runtime, "quick", 0.2)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    call = Call(runtime, CHAT, body, False, "critical", time.monotonic() + 2.0, frozenset())
+    attempts = _Attempts(Dispatcher(SidecarMetrics()), call, list(runtime.candidates))
+    first_running = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    attempts.running[first_running] = runtime.by_name["first"]
+    # A hedge beside `first` goes past `slow` (5 s expected, 2 s left) to `quick`; a failover keeps plan order.
+    assert attempts.peek(hedge=True) is runtime.by_name["quick"]
+    assert attempts.peek() is runtime.by_name["slow"]
+    await first_running
+
+
+def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could_make_the_deadline() -> None:
+    spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("peer")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "primary", 8.5)
+    answered_in(runtime, "peer", 0.3)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    dispatcher = Dispatcher(SidecarMetrics())
+    batch = Call(runtime, CHAT, body, False, "batch", time.monotonic() + 20.0, frozenset())
+    assert [c.name for c in dispatcher._plan(batch, time.monotonic())] == ["peer", "primary"]
+    answered_in(runtime, "primary", 0.5)  # slower than the peer, but not far slower: its order holds again
+    for _ in range(5):
+        answered_in(runtime, "primary", 0.5)
+    assert dispatcher._plan(batch, time.monotonic())[0].name == "primary"

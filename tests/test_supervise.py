@@ -1,0 +1,58 @@
+"""Supervised background loops: a crash is logged under the loop's name and the loop runs again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from llmroute.supervise import log_failure, supervise
+
+log = logging.getLogger("test.supervise")
+
+
+async def test_a_crashing_loop_is_logged_counted_and_restarted_until_it_finishes(caplog) -> None:
+    runs: list[int] = []
+    crashes: list[str] = []
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError(f"crash {len(runs)}")
+
+    with caplog.at_level(logging.ERROR, logger="test.supervise"):
+        task = supervise("probes", loop, log, on_crash=crashes.append, first_restart=0.01)
+        await asyncio.wait_for(task, 10)
+    assert runs == [0, 1, 2]  # two crashes, then a run that finished on purpose: not restarted again
+    assert crashes == ["probes", "probes"]
+    assert task.get_name() == "probes"
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["background task 'probes' crashed; restarting in 0.0 s"] * 2
+    assert [str(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["crash 1", "crash 2"]
+
+
+async def test_cancelling_stops_a_supervised_loop() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = supervise("forever", forever, log)
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_one_shot_task_that_fails_is_logged_by_name(caplog) -> None:
+    async def fails() -> None:
+        raise ValueError("no")
+
+    task = asyncio.get_running_loop().create_task(fails(), name="shadow probe r/gpt")
+    task.add_done_callback(lambda t: log_failure(t, log))
+    with caplog.at_level(logging.ERROR, logger="test.supervise"), pytest.raises(ValueError):
+        await task
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert [r.getMessage() for r in caplog.records] == ["background task 'shadow probe r/gpt' failed"]
