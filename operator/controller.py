@@ -293,6 +293,7 @@ class Controller:
             entry.version,
             self.view.backend_health(namespace, name),
             current,
+            spec=entry.obj.spec,
             reconnecting=self.control_plane.reconnecting,
         )
         return desired, current

@@ -119,6 +119,7 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     assert rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
         ("authentication.k8s.io", "tokenreviews"): ["create"],
+        ("", "namespaces"): ["list", "watch"],
         ("llmroute.io", "llmroutes"): ["get", "list", "patch", "watch"],
         ("llmroute.io", "llmroutes/status"): ["patch"],
         ("", "secrets"): ["create", "get", "list", "watch"],
