@@ -20,6 +20,8 @@ from typing import Any, cast
 
 import kopf
 
+from .bootstrap import BOOTSTRAP_KEY, BOOTSTRAP_SECRET
+
 WEBHOOK_ID = "llmroute-inject"
 """The handler id; kopf serves it at path /llmroute-inject, which the chart's webhook calls."""
 
@@ -37,6 +39,8 @@ TOKEN_DIR = "/var/run/secrets/llmroute/token"
 PODINFO_DIR = "/etc/llmroute/podinfo"
 STATE_DIR = "/var/lib/llmroute"
 CA_DIR = "/etc/llmroute/ca"
+BOOTSTRAP_DIR = "/etc/llmroute/bootstrap"
+VOLUME_BOOTSTRAP = "llmroute-bootstrap"
 VOLUME_TOKEN = "llmroute-token"
 VOLUME_PODINFO = "llmroute-podinfo"
 VOLUME_STATE = "llmroute-state"
@@ -133,11 +137,13 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
         f"--state-dir={STATE_DIR}",
         f"--token-file={TOKEN_DIR}/token",
         f"--labels-file={PODINFO_DIR}/labels",
+        f"--bootstrap-file={BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}",
     ]
     mounts = [
         {"name": VOLUME_TOKEN, "mountPath": TOKEN_DIR, "readOnly": True},
         {"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
         {"name": VOLUME_STATE, "mountPath": STATE_DIR},
+        {"name": VOLUME_BOOTSTRAP, "mountPath": BOOTSTRAP_DIR, "readOnly": True},
     ]
     if config.passthrough:
         args.append(f"--passthrough={config.passthrough}")
@@ -181,7 +187,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 
 def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
-    """The token (audience llmroute), the pod's labels, the state dir and, with TLS, the CA."""
+    """The token (audience llmroute), the pod's labels, the state dir, the bootstrap table and, with TLS, the CA."""
     volumes: list[dict[str, Any]] = [
         {
             "name": VOLUME_TOKEN,
@@ -202,6 +208,8 @@ def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
             "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
         },
         {"name": VOLUME_STATE, "emptyDir": {"sizeLimit": "16Mi"}},
+        # The namespace's last good table, delivered by the kubelet even when no operator replica answers.
+        {"name": VOLUME_BOOTSTRAP, "secret": {"secretName": BOOTSTRAP_SECRET, "optional": True}},
     ]
     if config.ca_config_map:
         volumes.append({"name": VOLUME_CA, "configMap": {"name": config.ca_config_map}})

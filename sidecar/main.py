@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmroute import __version__
+from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
@@ -72,6 +73,15 @@ def _passthrough(value: str) -> dict[Family, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _addresses(value: str) -> str:
+    """`--control-plane` for argparse: one or more addresses, checked but kept as given."""
+    try:
+        split_addresses(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's flags (shared by `llmroute sidecar` and the tests' in-process runs)."""
     source = parser.add_argument_group("route source (one of)")
@@ -83,7 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="LLMRoute YAML file or directory; repeatable; reloaded on change and on SIGHUP",
     )
-    source.add_argument("--control-plane", metavar="HOST:PORT", help="the operator's gRPC address")
+    source.add_argument(
+        "--control-plane",
+        type=_addresses,
+        metavar="HOST:PORT[,...]",
+        help="the operator replicas' gRPC addresses; a name stands for all its addresses (a headless Service)",
+    )
     cp = parser.add_argument_group("control-plane mode")
     cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
     cp.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""), help="default: $POD_NAME")
@@ -96,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cp.add_argument("--token-file", type=Path, default=Path(DEFAULT_TOKEN_FILE), help="projected ServiceAccount token")
     cp.add_argument("--state-dir", type=Path, default=None, help="keeps the last acknowledged table across restarts")
+    cp.add_argument(
+        "--bootstrap-file",
+        type=Path,
+        default=None,
+        help="the namespace's last good table (the operator's Secret, mounted): served when --state-dir has none",
+    )
     cp.add_argument("--tls-ca", type=Path, default=None, help="CA bundle to verify the operator (TLS channel)")
     parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
     parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
@@ -152,6 +173,7 @@ class Sidecar:
                 token_file=args.token_file if args.token_file.exists() else None,
                 state_dir=args.state_dir,
                 tls_ca=args.tls_ca,
+                bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
             )

@@ -13,12 +13,26 @@ from llmroute.model import Api
 from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, require_model
 
 
+def _is_image(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "image"
+
+
+def _has_image(blocks: Any) -> bool:
+    """Whether content blocks hold an image, directly or in a tool result's content."""
+    if not isinstance(blocks, list):
+        return False
+    for block in blocks:
+        inner = block.get("content") if isinstance(block, dict) and block.get("type") == "tool_result" else None
+        if _is_image(block) or (isinstance(inner, list) and any(_is_image(b) for b in inner)):
+            return True
+    return False
+
+
 def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
-    """tools when the request offers tools, vision when a message holds an image block."""
+    """tools when the request offers tools, vision when a message holds an image (or a tool result does)."""
     needs = {"tools"} if body.get("tools") else set()
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in content):
+        if isinstance(message, dict) and _has_image(message.get("content")):
             needs.add("vision")
             break
     return frozenset(needs)

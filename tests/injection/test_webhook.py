@@ -64,6 +64,9 @@ async def test_injects_a_native_sidecar_into_an_app_pod(webhook: ServedWebhook) 
     # The chart's default: requests no route names go to the public APIs, with the app's own key.
     assert "--passthrough=openai=https://api.openai.com/v1,anthropic=https://api.anthropic.com" in args
     assert {"/var/run/secrets/llmroute/token", "/var/lib/llmroute", "/etc/llmroute/podinfo"} <= mounts
+    # The namespace's bootstrap table: mounted when the operator has written it, and no obstacle when not.
+    assert volumes["llmroute-bootstrap"]["secret"] == {"secretName": "llmroute-bootstrap", "optional": True}
+    assert "--bootstrap-file=/etc/llmroute/bootstrap/routes.pb" in args and "/etc/llmroute/bootstrap" in mounts
 
     app, worker = pod["spec"]["containers"]
     assert env_of(app)["OPENAI_BASE_URL"] == "http://127.0.0.1:4000/v1"

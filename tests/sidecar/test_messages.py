@@ -302,3 +302,20 @@ async def test_count_tokens_skips_a_failing_native_backend(tmp_path: Path) -> No
         h.sims["up"].set_behavior(broken)
         raw = await h.anthropic().messages.with_raw_response.count_tokens(model="chat", messages=ASK)
         assert raw.headers["x-llmroute-estimate"] == "true"  # no backend could count: estimated, and said so
+
+
+async def test_an_image_in_a_tool_result_needs_a_vision_backend(tmp_path: Path) -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/chart.png"}}
+    history: Any = [
+        *ASK,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}]},
+    ]
+    extra = {"blind": {"capabilities": ["tools"]}, "seeing": {"capabilities": ["tools", "vision"]}}
+    backends: Any = {"blind": ("anthropic", FAST), "seeing": ("anthropic", FAST)}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        raw = await h.anthropic().messages.with_raw_response.create(
+            model="chat", max_tokens=10, messages=history, tools=TOOLS
+        )
+        assert raw.headers["x-llmroute-backend"] == "seeing"
+        assert h.sims["blind"].stats.requests == 0
