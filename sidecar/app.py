@@ -13,9 +13,10 @@ from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
+from llmroute.sidecar.count_tokens import count_tokens
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
-from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
+from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
@@ -45,6 +46,8 @@ class SidecarApp:
         api = BY_PATH.get(request.path)
         if api is not None and request.method == "POST":
             try:
+                if api is COUNT_TOKENS:
+                    return await self.count_tokens(request)
                 return await self.serve(api, request)
             except ProxyError as error:
                 return error.response(api.family)
@@ -84,6 +87,16 @@ class SidecarApp:
             for model, route in routed
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
+
+    async def count_tokens(self, request: Request) -> Response | StreamingResponse:
+        """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched; a model no
+        route names passes through like any other."""
+        routed = self._parse(COUNT_TOKENS, request)
+        if routed is None:
+            assert self.passthrough is not None
+            return await self.passthrough.forward(request, COUNT_TOKENS.family, COUNT_TOKENS.api)
+        body, _, runtime, _, timeout = routed
+        return await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), time.monotonic() + timeout)
 
     def _parse(
         self, api: Inbound, request: Request
@@ -134,7 +147,6 @@ class SidecarApp:
             return await self.passthrough.forward(request, api.family, api.api)
         body, parsed, runtime, priority, timeout = routed
         route = runtime.route
-        headers = request.headers
         call = Call(
             runtime=runtime,
             api=api,
@@ -145,7 +157,7 @@ class SidecarApp:
             needs=parsed.needs,
             tokens_in=parsed.tokens_in,
             tokens_out=parsed.tokens_out,
-            headers={name: headers[name] for name in api.forward_headers if name in headers} or None,
+            headers=api.forwarded(request.headers),
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
@@ -225,7 +237,8 @@ class SidecarApp:
                             if resumed is None:
                                 outcome = "error"
                                 message = f"backend {candidate.name} failed mid-stream: {error}"
-                                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                                interrupted = ProxyError(502, message, "stream_interrupted")
+                                yield call.api.error_event(interrupted, stream.sequence)
                                 return
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()

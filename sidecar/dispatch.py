@@ -348,6 +348,7 @@ class Dispatcher:
         that was tried is the backend's own 400, as the app would get it from the provider."""
         route = call.runtime.route.name
         if time.monotonic() >= call.deadline:
+            call.not_tried = call.not_tried or "the deadline came first"
             return ProxyError(504, f"deadline exceeded for route {route}: {_accounting(call)}", "deadline_exceeded")
         if call.errors and all(e.kind is FailureKind.CONTEXT_LENGTH for _, e in call.errors):
             return call.errors[-1][1]
@@ -408,8 +409,10 @@ class Dispatcher:
                 raise
         attempt.first_byte()
         # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
-        ceiling = max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
-        stream.limit_idle(attempt.candidate.stats.idle_limit(STREAM_IDLE_FLOOR_S, ceiling))
+        policy = call.runtime.route.priorities[call.priority]
+        floor = STREAM_IDLE_FLOOR_S if policy.stream_idle_min is None else policy.stream_idle_min
+        ceiling = policy.stream_idle_max or max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        stream.limit_idle(attempt.candidate.stats.idle_limit(min(floor, ceiling), ceiling))
         return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 
     # ----- background probes ----------------------------------------------------------------------------
@@ -511,7 +514,7 @@ def _accounting(call: Call) -> str:
         elif name in call.skipped:
             parts.append(f"{name}: skipped, {call.skipped[name]}")
         else:
-            parts.append(f"{name}: not tried, {call.not_tried or 'an earlier attempt decided the call'}")
+            parts.append(f"{name}: not tried, {call.not_tried or 'no attempt was left for it'}")
     return "; ".join(parts)
 
 

@@ -187,6 +187,7 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
             input_per_mtok=float(price.get("inputPerMTok", 0.0)),
             output_per_mtok=float(price.get("outputPerMTok", 0.0)),
             cached_input_per_mtok=(float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None),
+            cache_write_per_mtok=(float(price["cacheWritePerMTok"]) if "cacheWritePerMTok" in price else None),
         ),
         quality=int(raw.get("quality", 50)),
         capabilities=frozenset(raw.get("capabilities", ())),
@@ -208,11 +209,21 @@ def _priorities(raw: Mapping[str, Any], problems: list[Problem]) -> dict[Priorit
         timeout = default.timeout
         if "timeout" in policy:
             timeout = _duration(policy["timeout"], f"spec.priorities.{name}.timeout", problems)
+        idle = policy.get("streamIdle", {})
+        bounds = {
+            bound: _duration(idle[bound], f"spec.priorities.{name}.streamIdle.{bound}", problems)
+            for bound in ("min", "max")
+            if bound in idle
+        }
+        if bounds.get("min", 0.0) > bounds.get("max", float("inf")):
+            problems.append(Problem(f"spec.priorities.{name}.streamIdle", "min must not be greater than max"))
         out[cast(Priority, name)] = PriorityPolicy(
             timeout=timeout,
             hedge=bool(policy.get("hedge", default.hedge)),
             max_concurrency=policy.get("maxConcurrency"),
             strategy=cast(Strategy | None, policy.get("strategy")),
+            stream_idle_min=bounds.get("min"),
+            stream_idle_max=bounds.get("max"),
         )
     return out
 

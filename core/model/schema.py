@@ -59,6 +59,9 @@ PRICE = {
         "inputPerMTok": _number("USD per million prompt tokens.", 0),
         "outputPerMTok": _number("USD per million completion tokens.", 0),
         "cachedInputPerMTok": _number("USD per million cached prompt tokens; defaults to inputPerMTok.", 0),
+        "cacheWritePerMTok": _number(
+            "USD per million prompt tokens written to the provider's cache; defaults to inputPerMTok.", 0
+        ),
     },
 }
 
@@ -171,6 +174,18 @@ PRIORITY = {
         "hedge": {"type": "boolean", "description": "Send a second request when the first is slower than its p95."},
         "maxConcurrency": _integer("Most requests of this class in flight in one sidecar; the rest wait.", 1, 100000),
         "strategy": _strategy("Overrides the route's strategy for this class."),
+        "streamIdle": {
+            "type": "object",
+            "description": (
+                "Bounds of the silence a stream may keep between chunks before it counts as interrupted; within"
+                " them the limit is learned from the backend's normal gaps (4 x the p95 of its streams' longest)."
+            ),
+            "additionalProperties": False,
+            "properties": {
+                "min": _duration("Never cut for a shorter silence (default 2s)."),
+                "max": _duration("Always cut for a longer one (default the class's timeout, at least 30s)."),
+            },
+        },
     },
 }
 

@@ -39,6 +39,8 @@ def route_spec(route: Route) -> dict[str, Any]:
         }
         if b.price.cached_input_per_mtok is not None:
             raw["price"]["cachedInputPerMTok"] = b.price.cached_input_per_mtok
+        if b.price.cache_write_per_mtok is not None:
+            raw["price"]["cacheWritePerMTok"] = b.price.cache_write_per_mtok
         if b.max_concurrency is not None:
             raw["maxConcurrency"] = b.max_concurrency
         if b.context_window is not None:
@@ -57,6 +59,13 @@ def route_spec(route: Route) -> dict[str, Any]:
             entry["maxConcurrency"] = policy.max_concurrency
         if policy.strategy is not None:
             entry["strategy"] = policy.strategy
+        idle = {
+            bound: format_duration(value)
+            for bound, value in (("min", policy.stream_idle_min), ("max", policy.stream_idle_max))
+            if value is not None
+        }
+        if idle:
+            entry["streamIdle"] = idle
         priorities[name] = entry
     spec: dict[str, Any] = {
         "models": list(route.models),

@@ -49,3 +49,20 @@ class Messages(Inbound):
 
 
 MESSAGES = Messages()
+
+
+class CountTokens(Messages):
+    """POST /v1/messages/count_tokens: a Messages request without max_tokens, counted, never run (served by
+    llmroute.sidecar.count_tokens, not the dispatcher)."""
+
+    paths = ("/v1/messages/count_tokens", "/messages/count_tokens")
+
+    def parse(self, body: dict[str, Any]) -> Parsed:
+        model = require_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise invalid("messages: field required (a non-empty array)")
+        return Parsed(model=model, stream=False, needs=frozenset(), tokens_in=0, tokens_out=0)
+
+
+COUNT_TOKENS = CountTokens()

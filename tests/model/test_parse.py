@@ -35,6 +35,8 @@ def test_example_parses_with_every_field() -> None:
     assert route.priorities["batch"].max_concurrency == 10
     assert route.priorities["batch"].strategy == "cost"
     assert route.backend("gpt41").price.cached_input_per_mtok == 2.0
+    assert route.backend("claude").price.cache_write_per_mtok == 3.75
+    assert route.backend("gpt41").price.cache_write_per_mtok is None
     assert route.backend("gpt41").load_sensitive  # maxConcurrency makes latency load-dependent
     assert not route.backend("deepseek").load_sensitive
     assert route.outlier_detection.base_ejection_time == 30.0
@@ -125,3 +127,16 @@ def test_a_route_never_mixes_embedding_models() -> None:
     assert "spec.backends[0] serves them with 'gpt-4.1'" in problem
     spec["backends"][2]["model"] = spec["backends"][0]["model"]
     assert parse_spec(spec, name="r", namespace="ns").backend("deepseek").apis == {"embeddings"}
+
+
+def test_stream_idle_bounds_are_durations_with_min_at_most_max() -> None:
+    spec = example()["spec"]
+    spec["priorities"]["normal"] = {"timeout": "2s", "streamIdle": {"min": "5s", "max": "1s"}}
+    assert problems_of(spec) == ["spec.priorities.normal.streamIdle: min must not be greater than max"]
+    spec["priorities"]["normal"]["streamIdle"] = {"min": "500ms", "max": "10s"}
+    normal = parse_spec(spec, name="r", namespace="ns").priorities["normal"]
+    assert (normal.stream_idle_min, normal.stream_idle_max) == (0.5, 10.0)
+    assert route_spec(parse_spec(spec, name="r", namespace="ns"))["priorities"]["normal"]["streamIdle"] == {
+        "min": "500ms",
+        "max": "10s",
+    }

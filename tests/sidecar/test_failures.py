@@ -219,3 +219,16 @@ async def test_a_continuation_that_fails_ends_the_stream_with_the_original_inter
         assert error["code"] == "stream_interrupted"
         assert error["message"].startswith("backend broken failed mid-stream")
         assert h.sims["rescuer"].stats.requests >= 1
+
+
+async def test_a_class_bounds_its_streams_idle_limit(tmp_path: Path) -> None:
+    # No history is needed when the class sets the bounds: a 500 ms ceiling cuts a 20 s silence at once.
+    stalls = Behavior(latency=Latency.fixed(0.01), token_delay=0.01, midstream_stall_rate=1.0, stall=20.0)
+    spec = {"priorities": {"normal": {"timeout": "10s", "streamIdle": {"min": "200ms", "max": "500ms"}}}}
+    async with running(tmp_path, {"stalls": stalls}, spec=spec) as h, h.http() as http:
+        started = time.monotonic()
+        async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+            text = (await response.aread()).decode()
+        assert time.monotonic() - started < 8.0
+        error = json.loads([line for line in text.splitlines() if line.startswith("data: ")][-1][6:])["error"]
+        assert "no data from upstream within 0.5s" in error["message"]
