@@ -90,7 +90,7 @@ class SidecarApp:
 
     async def count_tokens(self, request: Request) -> Response | StreamingResponse:
         """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched; a model no
-        route names passes through like any other."""
+        route names goes to the passthrough upstream like any other call."""
         routed = self._parse(COUNT_TOKENS, request)
         if routed is None:
             assert self.passthrough is not None
