@@ -52,6 +52,7 @@ class ResponsesToChat:
     """OpenAI Responses in, chat completions upstream."""
 
     inbound: Api = "responses"
+    translates = True
     upstream: Api = "chat"
 
     def lacks(self, request: dict[str, Any]) -> str | None:
