@@ -77,6 +77,16 @@ def detail(cells: list[Cell]) -> str:
         primary, fallback = cell.attempts()
         done = max((s + r.seconds for s, r in zip(cell.sent, cell.received, strict=True)), default=0.0)
         seen = f"{primary} / {fallback}" if cell.fallback else f"{primary} / -"
+        extras = [
+            f"{n} {what}"
+            for n, what in (
+                (sum(s.probe for s in cell.primary.seen), "probes on the primary"),
+                (sum(s.probe for s in cell.fallback.seen) if cell.fallback else 0, "probes on the fallback"),
+                (sum(s.prefill for s in cell.fallback.seen) if cell.fallback else 0, "continuations"),
+            )
+            if n
+        ]
+        seen += f" ({', '.join(extras)})" if extras else ""
         note = f" (warm-up: {cell.warmup_failures} of {cell.fault.warmup} failed)" if cell.warmup_failures else ""
         rows.append([cell.fault.key, NAMES[cell.arm], cell.verdict.score, cell.verdict.why + note, seen, f"{done:.2f}"])
     headers = ["fault", "arm", "score", "why", "requests seen by primary / fallback", "app done after s"]
@@ -157,7 +167,10 @@ A stream counts as presented complete when the SDK's iterator ends without raisi
 that reads it to the end takes it. "Faulty answers allowed" is how many faulty answers the primary may give
 before it counts as hammered: one per app request for a persistent fault (a router with a healthy fallback
 has no reason to send it more), and Retry-After is honoured when no request reaches the primary before the
-time it gave has passed.
+time it gave has passed, whoever sent it (for the direct SDK, the app's own next requests count: the SDK
+cannot know). Probes are requests that set `max_tokens` (the app never does), such as llmroute's shadow
+requests that measure a backend it has no recent answers from; continuations are requests that end with
+the partial answer as an assistant prefill.
 
 ### The faults
 

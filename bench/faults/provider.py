@@ -58,6 +58,8 @@ class Seen:
     status: int
     retry_after: float | None
     prefill: bool
+    probe: bool = False
+    """The request set `max_tokens` (the app never does): a router's own probe, such as llmroute's shadow request."""
 
 
 def healthy(_n: int, _t: float) -> Action:
@@ -141,7 +143,8 @@ class FaultProvider:
             reject = {"message": "assistant prefill is not supported by this model", "type": "invalid_request_error"}
             action = Action("status", 400, {**reject, "code": "unsupported_prefill"})
         if self.armed_at is not None:
-            self.seen.append(Seen(now, action.kind, action.status, action.retry_after, prefix is not None))
+            probe = request.get("max_tokens") is not None
+            self.seen.append(Seen(now, action.kind, action.status, action.retry_after, prefix is not None, probe))
         text = ANSWER
         if isinstance(prefix, str) and ANSWER.startswith(prefix):
             text = ANSWER[len(prefix) :]  # continue the prefill (DeepSeek's `prefix: true`)
