@@ -2,9 +2,9 @@
 
 - **pass**: every request got the right outcome (the whole answer, or for a content filter the provider's 400
   with its reason) within the deadline, and the provider was not hammered and its Retry-After was honoured.
-- **partial**: the whole answer arrived, but with a blemish: the call still ended in an error (or after the
-  timeout), the provider was hammered or its Retry-After ignored, or (accounting row) the answer named
-  another backend's model or usage.
+- **partial**: the whole answer arrived, but with a blemish: the call still ended in an error (e.g. a
+  timeout after the last word), the provider was hammered or its Retry-After ignored, or (accounting row)
+  the answer named another backend's model or usage.
 - **safe**: a clean bounded error within the deadline (an HTTP error, or a stream that ends with an error
   rather than as if complete), where the right outcome was an answer; or a different error than the
   provider's 400 for a content filter.
