@@ -1,4 +1,5 @@
-"""The operator's admin port: /metrics (Prometheus), /healthz (the process serves) and /readyz."""
+"""The operator's admin port: /metrics (Prometheus), /healthz (the process serves), /readyz, and /fleet
+(this replica's share of the fleet, which the leader merges: counts and load summaries, never keys)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from llmroute.http import HTTPServer, Request, Response
 class AdminServer:
     """Serves the admin endpoints; `ready()` decides /readyz (kopf watching and gRPC listening)."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, ready: Callable[[], bool], fleet: Callable[[], bytes] | None = None
+    ) -> None:
         self._registry = registry
         self._ready = ready
+        self._fleet = fleet
         self._server = HTTPServer(self._handle)
 
     @property
@@ -36,6 +40,8 @@ class AdminServer:
             return Response(405, b"method not allowed\n", content_type="text/plain")
         if request.path == "/metrics":
             return Response(200, generate_latest(self._registry), content_type=CONTENT_TYPE_LATEST)
+        if request.path == "/fleet" and self._fleet is not None:
+            return Response(200, self._fleet(), content_type="application/json")
         if request.path == "/healthz":
             return Response(200, b"ok\n", content_type="text/plain")
         if request.path == "/readyz":

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llmroute.model import compile_table
 
-from .controlplane import ControlPlane
+from .bootstrap import BootstrapWriter
+from .controlplane import BackendHealth, ControlPlane, SidecarCounts
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
 from .reconcile import LastGood, RouteObject, Verdict, reconcile
@@ -27,6 +28,14 @@ from .statuswriter import StatusWriter
 log = logging.getLogger(__name__)
 
 RouteIndex = Mapping[str, Iterable[RouteObject]]
+
+
+class StatusView(Protocol):
+    """Where a route's sidecar counts and backend health come from (the control plane, or the whole fleet)."""
+
+    def route_sidecars(self, namespace: str, name: str) -> SidecarCounts: ...
+
+    def backend_health(self, namespace: str, name: str) -> list[BackendHealth]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +59,17 @@ class Controller:
         status_interval: float = 1.0,
         status_refresh: float = 15.0,
         retry_after: float = 2.0,
+        leading: Callable[[], bool] = lambda: True,
+        view: StatusView | None = None,
     ) -> None:
         self.api = api
+        self.view: StatusView = view or control_plane
+        self._leading = leading
         self.control_plane = control_plane
         self.metrics = metrics
         self.secrets = SecretCache()
-        self.status = StatusWriter(api, self, interval=status_interval)
+        self.status = StatusWriter(api, self, interval=status_interval, may_write=leading)
+        self.bootstrap = BootstrapWriter(api, control_plane, self._uids, may_write=leading)
         self._status_refresh = status_refresh
         self._retry_after = retry_after
         self._index: RouteIndex = {}
@@ -104,6 +118,15 @@ class Controller:
         self._dirty.add(namespace)
         self._wake.set()
 
+    def leadership_changed(self, leading: bool) -> None:
+        """LeaderElection.on_change: a new leader writes every route's status afresh; a former one stops."""
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:
+            self.status.resume()
+            self.bootstrap.resume()
+            for namespace in list(self._known):
+                self.sidecars_changed(namespace)
+
     def sidecars_changed(self, namespace: str) -> None:
         """ControlPlane.on_change: sidecars connected, ACKed, NACKed or reported load."""
         for name in self._known.get(namespace, {}):
@@ -114,19 +137,34 @@ class Controller:
     # -- the worker ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile dirty namespaces, write status and refresh it periodically, until cancelled."""
-        tasks = [asyncio.create_task(self.status.run()), asyncio.create_task(self._refresh())]
+        """Reconcile dirty namespaces, write status and bootstrap tables, refresh status, until cancelled.
+
+        Raises what any of these loops raised, so the operator stops (and is restarted) rather than
+        running on without it.
+        """
+        tasks = [
+            asyncio.create_task(self._work(), name="llmroute reconcile worker"),
+            asyncio.create_task(self.status.run(), name="llmroute status writer"),
+            asyncio.create_task(self.bootstrap.run(), name="llmroute bootstrap writer"),
+            asyncio.create_task(self._refresh(), name="llmroute status refresh"),
+        ]
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                batch, self._dirty = self._dirty, set()
-                for namespace in sorted(batch):
-                    await self._reconcile_safely(namespace)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise RuntimeError(f"{next(iter(done)).get_name()} ended")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            for namespace in sorted(batch):
+                await self._reconcile_safely(namespace)
 
     async def _refresh(self) -> None:
         """Backend health moves without events: re-mark every route now and then (unchanged ones are skipped)."""
@@ -147,6 +185,8 @@ class Controller:
         """Compile every LLMRoute of the namespace and publish the accepted ones."""
         started = time.monotonic()
         objects = list(self._index.get(namespace, ()))
+        if objects and namespace not in self._last_good:  # first look at it: learn what the leader served
+            self._last_good[namespace] = await self.bootstrap.last_good(namespace)
         names = referenced_secrets(o.spec for o in objects)
         self.secrets.retain(namespace, names)
         for name in sorted(names):
@@ -156,6 +196,7 @@ class Controller:
                     self.secrets.put(namespace, name, data)
         result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}))
         self.control_plane.publish(namespace, result.routes)
+        self.bootstrap.mark(namespace)
         version = compile_table(result.routes).table.version
         self.metrics.reconciles.inc()
         by_name = {o.name: o for o in objects}
@@ -206,6 +247,8 @@ class Controller:
             await self._post_event(entry.obj, reason, message)
 
     async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
+        if not self._leading():
+            return  # the leader posts it
         now = now_rfc3339()
         event = {
             "apiVersion": "v1",
@@ -233,6 +276,9 @@ class Controller:
         except Exception as exc:
             log.warning("could not post Event %s for LLMRoute %s/%s: %s", reason, obj.namespace, obj.name, exc)
 
+    def _uids(self, namespace: str) -> dict[str, str]:
+        return {name: entry.obj.uid for name, entry in self._known.get(namespace, {}).items()}
+
     # -- status source ------------------------------------------------------------------------------
 
     def desired_status(self, namespace: str, name: str) -> tuple[dict[str, Any], Mapping[str, Any]] | None:
@@ -243,10 +289,11 @@ class Controller:
         current = self._current_status(namespace, name)
         desired = route_status(
             entry.verdict,
-            self.control_plane.route_sidecars(namespace, name),
+            self.view.route_sidecars(namespace, name),
             entry.version,
-            self.control_plane.backend_health(namespace, name),
+            self.view.backend_health(namespace, name),
             current,
+            spec=entry.obj.spec,
             reconnecting=self.control_plane.reconnecting,
         )
         return desired, current

@@ -25,7 +25,7 @@ from llmroute.model import Route
 from llmroute.v1 import load_pb2, routes_pb2, rpc
 
 from .auth import AuthenticationFailed, Authenticator, Identity
-from .loadstore import BackendHealth, LoadStore
+from .loadstore import BackendHealth, LoadStore, LoadTotals
 from .tables import Snapshot, Snapshots
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,13 @@ NACK_MEMORY = 8
 POD_MEMORY_SECONDS = 3600.0
 
 SERVER_OPTIONS = [
+    # gRPC core queues a stream that arrives before the server has asked for the next call. The Python
+    # server asks one call at a time from its event loop, so when a few thousand sidecars (re)connect
+    # at once that queue passes the default soft limit of 1,000: from then on gRPC core holds new streams
+    # unanswered (neither served nor refused), and the fleet never finishes connecting (bench/fanout:
+    # about 1,850 of 2,000 ever connected). The limits are raised far above any fleet one replica serves.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
@@ -256,6 +263,14 @@ class ControlPlane:
             return []
         return self._load.health(namespace, name, [b.name for b in route.backends])
 
+    def published(self) -> dict[str, tuple[Route, ...]]:
+        """Every published namespace's accepted routes."""
+        return {name: ns.snapshots.routes for name, ns in self._namespaces.items() if ns.snapshots is not None}
+
+    def load_totals(self, namespace: str, route: str, backend: str) -> LoadTotals:
+        """The backend's last minute of load reports from this replica's sidecars, summed."""
+        return self._load.totals(namespace, route, backend)
+
     # -- publishing --------------------------------------------------------------------------------
 
     def _ns(self, namespace: str) -> _Namespace:
@@ -428,9 +443,7 @@ class ControlPlane:
         assert snapshot is not None
         self._nonce += 1
         stream.sent, stream.sent_nonce, stream.has = snapshot, str(self._nonce), snapshot.version
-        await context.write(
-            routes_pb2.RouteResponse(version_info=snapshot.version, nonce=stream.sent_nonce, table=snapshot.table)
-        )
+        await context.write(snapshot.response(stream.sent_nonce))
         self._metrics.pushes.inc()
 
     async def _read_answers(

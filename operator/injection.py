@@ -20,6 +20,8 @@ from typing import Any, cast
 
 import kopf
 
+from .bootstrap import BOOTSTRAP_KEY, BOOTSTRAP_SECRET
+
 WEBHOOK_ID = "llmroute-inject"
 """The handler id; kopf serves it at path /llmroute-inject, which the chart's webhook calls."""
 
@@ -37,11 +39,17 @@ TOKEN_DIR = "/var/run/secrets/llmroute/token"
 PODINFO_DIR = "/etc/llmroute/podinfo"
 STATE_DIR = "/var/lib/llmroute"
 CA_DIR = "/etc/llmroute/ca"
+BOOTSTRAP_DIR = "/etc/llmroute/bootstrap"
+VOLUME_BOOTSTRAP = "llmroute-bootstrap"
 VOLUME_TOKEN = "llmroute-token"
 VOLUME_PODINFO = "llmroute-podinfo"
 VOLUME_STATE = "llmroute-state"
 VOLUME_CA = "llmroute-ca"
-BASE_URL_ENV = "OPENAI_BASE_URL"
+BASE_URLS = {
+    "OPENAI_BASE_URL": f"http://127.0.0.1:{LISTEN_PORT}/v1",
+    "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{LISTEN_PORT}",
+}
+"""What each SDK's base URL is set to in app containers (OpenAI's includes /v1, Anthropic's does not)."""
 
 Pod = dict[str, Any]
 
@@ -59,6 +67,8 @@ class InjectionConfig:
     token_expiration_seconds: int = 3600
     ca_config_map: str | None = None
     extra_args: tuple[str, ...] = ()
+    passthrough: str = ""
+    """The sidecar's --passthrough (the chart's injection.sidecar.passthrough); empty: the sidecar's default."""
 
     @classmethod
     def from_file(cls, path: Path) -> InjectionConfig:
@@ -74,6 +84,7 @@ class InjectionConfig:
             token_expiration_seconds=int(data.get("tokenExpirationSeconds", 3600)),
             ca_config_map=data.get("caConfigMap") or None,
             extra_args=tuple(data.get("extraArgs", ())),
+            passthrough=data.get("passthrough", ""),
         )
 
 
@@ -90,7 +101,7 @@ def should_inject(pod: Mapping[str, Any], namespace: str, config: InjectionConfi
 
 
 def inject_pod(pod: Mapping[str, Any], namespace: str, config: InjectionConfig) -> Pod | None:
-    """The pod with the sidecar, its volumes and the apps' OPENAI_BASE_URL added; None to leave it as is."""
+    """The pod with the sidecar, its volumes and the apps' SDK base URLs added; None to leave it as is."""
     if not should_inject(pod, namespace, config):
         return None
     result: Pod = copy.deepcopy(dict(pod))
@@ -109,11 +120,11 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, config: InjectionConfig) 
 
 
 def _with_base_url(container: Mapping[str, Any]) -> dict[str, Any]:
-    """An app container pointed at the sidecar, unless it already sets OPENAI_BASE_URL."""
+    """An app container's SDKs pointed at the sidecar, each base URL unless the container sets it already."""
     env = list(container.get("env") or [])
-    if any(e.get("name") == BASE_URL_ENV for e in env):
-        return dict(container)
-    return {**container, "env": [*env, {"name": BASE_URL_ENV, "value": f"http://127.0.0.1:{LISTEN_PORT}/v1"}]}
+    taken = {e.get("name") for e in env}
+    added = [{"name": name, "value": url} for name, url in BASE_URLS.items() if name not in taken]
+    return {**container, "env": [*env, *added]} if added else dict(container)
 
 
 def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
@@ -126,12 +137,16 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
         f"--state-dir={STATE_DIR}",
         f"--token-file={TOKEN_DIR}/token",
         f"--labels-file={PODINFO_DIR}/labels",
+        f"--bootstrap-file={BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}",
     ]
     mounts = [
         {"name": VOLUME_TOKEN, "mountPath": TOKEN_DIR, "readOnly": True},
         {"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
         {"name": VOLUME_STATE, "mountPath": STATE_DIR},
+        {"name": VOLUME_BOOTSTRAP, "mountPath": BOOTSTRAP_DIR, "readOnly": True},
     ]
+    if config.passthrough:
+        args.append(f"--passthrough={config.passthrough}")
     if config.ca_config_map:
         args.append(f"--tls-ca={CA_DIR}/ca.crt")
         mounts.append({"name": VOLUME_CA, "mountPath": CA_DIR, "readOnly": True})
@@ -172,7 +187,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 
 def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
-    """The token (audience llmroute), the pod's labels, the state dir and, with TLS, the CA."""
+    """The token (audience llmroute), the pod's labels, the state dir, the bootstrap table and, with TLS, the CA."""
     volumes: list[dict[str, Any]] = [
         {
             "name": VOLUME_TOKEN,
@@ -193,6 +208,8 @@ def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
             "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
         },
         {"name": VOLUME_STATE, "emptyDir": {"sizeLimit": "16Mi"}},
+        # The namespace's last good table, delivered by the kubelet even when no operator replica answers.
+        {"name": VOLUME_BOOTSTRAP, "secret": {"secretName": BOOTSTRAP_SECRET, "optional": True}},
     ]
     if config.ca_config_map:
         volumes.append({"name": VOLUME_CA, "configMap": {"name": config.ca_config_map}})

@@ -35,14 +35,16 @@ class BackendHealth:
 
 
 @dataclass(slots=True)
-class _Slot:
-    start: float
+class LoadTotals:
+    """Load summed over some slots (and, on the leader, over replicas): what backend health is computed from."""
+
     requests: int = 0
     failures: int = 0
     faults: int = 0
     spend_usd: float = 0.0
     latency: list[int] = field(default_factory=lambda: [0] * histogram.BUCKETS)
     ttft: list[int] = field(default_factory=lambda: [0] * histogram.BUCKETS)
+    covered: float = 0.0  # seconds of reports these totals span (the rates' denominator)
 
     def add(self, load: load_pb2.BackendLoad) -> None:
         faults = sum(getattr(load.failures, kind) for kind in BACKEND_FAULTS)
@@ -52,6 +54,37 @@ class _Slot:
         self.spend_usd += load.spend_usd
         histogram.merge(self.latency, load.latency.counts)
         histogram.merge(self.ttft, load.ttft.counts)
+
+    def merge(self, other: LoadTotals) -> None:
+        """Add another slot's or replica's totals; the window covered is the longer of the two."""
+        self.requests += other.requests
+        self.failures += other.failures
+        self.faults += other.faults
+        self.spend_usd += other.spend_usd
+        histogram.merge(self.latency, other.latency)
+        histogram.merge(self.ttft, other.ttft)
+        self.covered = max(self.covered, other.covered)
+
+    def health(self, name: str) -> BackendHealth:
+        """The backend's health from these totals."""
+        requests = max(self.requests, 1)
+        covered = max(self.covered, SLOT)
+        return BackendHealth(
+            name=name,
+            healthy=self.faults / requests < UNHEALTHY_FAULT_RATE,
+            latency_p50_ms=round(histogram.quantile(self.latency, 0.50), 1),
+            latency_p95_ms=round(histogram.quantile(self.latency, 0.95), 1),
+            ttft_p95_ms=round(histogram.quantile(self.ttft, 0.95), 1),
+            error_rate=round(self.failures / requests, 4),
+            requests_per_minute=round(self.requests * 60.0 / covered, 2),
+            spend_usd_per_hour=round(self.spend_usd * 3600.0 / covered, 6),
+        )
+
+
+@dataclass(slots=True)
+class _Slot:
+    start: float
+    totals: LoadTotals = field(default_factory=LoadTotals)
 
 
 class LoadStore:
@@ -72,38 +105,28 @@ class LoadStore:
             self._prune(slots, now)
             if not slots or slots[-1].start != start:
                 slots.append(_Slot(start))
-            slots[-1].add(load)
+            slots[-1].totals.add(load)
 
     def health(self, namespace: str, route: str, backends: Sequence[str]) -> list[BackendHealth]:
         """Health of each named backend of the route, in the order given; zeros when nothing was reported."""
+        return [self.totals(namespace, route, name).health(name) for name in backends]
+
+    def totals(self, namespace: str, route: str, backend: str) -> LoadTotals:
+        """The backend's last minute, summed."""
         now = self._clock()
-        covered = min(WINDOW, max(SLOT, now - self._first_report.get(namespace, now)))
-        out = []
-        for name in backends:
-            total = _Slot(0.0)
-            slots = self._slots.get((namespace, route, name), deque())
+        total = LoadTotals(covered=min(WINDOW, max(SLOT, now - self._first_report.get(namespace, now))))
+        slots = self._slots.get((namespace, route, backend), deque())
+        self._prune(slots, now)
+        for slot in slots:
+            total.merge(slot.totals)
+        return total
+
+    def reported(self) -> list[tuple[str, str, str]]:
+        """Every (namespace, route, backend) with reports in the last minute."""
+        now = self._clock()
+        for slots in self._slots.values():
             self._prune(slots, now)
-            for slot in slots:
-                total.requests += slot.requests
-                total.failures += slot.failures
-                total.faults += slot.faults
-                total.spend_usd += slot.spend_usd
-                histogram.merge(total.latency, slot.latency)
-                histogram.merge(total.ttft, slot.ttft)
-            requests = max(total.requests, 1)
-            out.append(
-                BackendHealth(
-                    name=name,
-                    healthy=total.faults / requests < UNHEALTHY_FAULT_RATE,
-                    latency_p50_ms=round(histogram.quantile(total.latency, 0.50), 1),
-                    latency_p95_ms=round(histogram.quantile(total.latency, 0.95), 1),
-                    ttft_p95_ms=round(histogram.quantile(total.ttft, 0.95), 1),
-                    error_rate=round(total.failures / requests, 4),
-                    requests_per_minute=round(total.requests * 60.0 / covered, 2),
-                    spend_usd_per_hour=round(total.spend_usd * 3600.0 / covered, 6),
-                )
-            )
-        return out
+        return [key for key, slots in self._slots.items() if slots]
 
     @staticmethod
     def _prune(slots: deque[_Slot], now: float) -> None:

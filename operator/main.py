@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,13 +22,17 @@ from pathlib import Path
 import kopf
 from prometheus_client import CollectorRegistry
 
+from llmroute.endpoints import split_addresses
+
 from .admin import AdminServer
 from .auth import Authenticator, InsecureAuthenticator, TokenReviewAuthenticator
 from .controller import Controller
 from .controlplane import RECONNECT_GRACE_S, ControlPlane
+from .fleet import FLEET_PATH, POLL_INTERVAL_S, FleetView
 from .handlers import build_registry
 from .injection import InjectionConfig, configure_webhook_server, register_injection
 from .kubeapi import KubeAPI
+from .lease import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, LeaderElection
 from .metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,16 @@ class OperatorOptions:
     status_interval: float = 1.0
     reconnect_grace: float = RECONNECT_GRACE_S
     stop_grace: float = 5.0
+    lease_namespace: str = "default"
+    lease_name: str = "llmroute-operator"
+    identity: str = field(default_factory=lambda: default_identity())
+    """This replica's name in the Lease: the pod name plus a random suffix (a restarted pod is a new holder)."""
+    lease_duration: float = LEASE_DURATION_S
+    renew_deadline: float = RENEW_DEADLINE_S
+    retry_period: float = RETRY_PERIOD_S
+    peers: tuple[tuple[str, int], ...] = ()
+    """Every replica's admin address (a headless Service name resolves to all): the leader merges their /fleet."""
+    fleet_interval: float = POLL_INTERVAL_S
     injection: InjectionConfig | None = None
     """Sidecar injection: the Pod webhook is served when set (with webhook_listen/cert/key)."""
     webhook_listen: str = "0.0.0.0:9443"
@@ -53,11 +70,23 @@ class OperatorOptions:
     kopf_settings: kopf.OperatorSettings = field(default_factory=lambda: default_kopf_settings())
 
 
+def default_identity() -> str:
+    """$POD_NAME (else the host name) and a random suffix."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
+
+
 def default_kopf_settings() -> kopf.OperatorSettings:
     """kopf as this operator needs it: only warnings become Events (the operator posts its own)."""
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.WARNING
     return settings
+
+
+def _peers(value: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return split_addresses(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -81,9 +110,26 @@ class Operator:
             reconnect_grace=options.reconnect_grace,
             registry=self.metrics,
         )
-        self.controller = Controller(
-            self.api, self.control_plane, OperatorMetrics(self.metrics), status_interval=options.status_interval
+        self.leader = LeaderElection(
+            self.api,
+            options.lease_namespace,
+            options.lease_name,
+            options.identity,
+            lease_duration=options.lease_duration,
+            renew_deadline=options.renew_deadline,
+            retry_period=options.retry_period,
         )
+        self.fleet = FleetView(self.control_plane, options.identity, options.peers, interval=options.fleet_interval)
+        self.controller = Controller(
+            self.api,
+            self.control_plane,
+            OperatorMetrics(self.metrics),
+            status_interval=options.status_interval,
+            leading=lambda: self.leader.leading,
+            view=self.fleet,
+        )
+        self.leader.on_change = self.controller.leadership_changed
+        self.fleet.on_change = self.controller.sidecars_changed
         self.registry = build_registry(self.controller, self.api, watch_namespaces=not options.namespaces)
         if options.injection is not None:
             assert options.webhook_cert is not None and options.webhook_key is not None
@@ -91,7 +137,7 @@ class Operator:
             configure_webhook_server(
                 options.kopf_settings, options.webhook_listen, options.webhook_cert, options.webhook_key
             )
-        self.admin = AdminServer(self.metrics, self._ready)
+        self.admin = AdminServer(self.metrics, self._ready, self.fleet.share)
         self._kopf_ready = asyncio.Event()
 
     def _ready(self) -> bool:
@@ -124,6 +170,8 @@ class Operator:
         stop = stop or asyncio.Event()
         kopf_stop = asyncio.Event()
         worker = asyncio.create_task(self.controller.run(), name="llmroute reconcile")
+        election = asyncio.create_task(self.leader.run(), name="llmroute leader election")
+        fleet = asyncio.create_task(self.fleet.run(lambda: self.leader.leading), name="llmroute fleet view")
         kopf_task = asyncio.create_task(
             kopf.operator(
                 registry=self.registry,
@@ -141,11 +189,16 @@ class Operator:
         await asyncio.wait([kopf_task, ready], return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             _handle_signals(stop)  # after kopf started: it installs its own handlers, these replace them
-        await asyncio.wait([kopf_task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        supervised = (election, worker, fleet)
+        await asyncio.wait([kopf_task, stopping, *supervised], return_when=asyncio.FIRST_COMPLETED)
+        for failed in supervised:
+            if failed.done() and not failed.cancelled() and failed.exception() is not None:
+                log.error("task %r failed; stopping", failed.get_name(), exc_info=failed.exception())
         log.info("operator stopping")
-        for task in (worker, ready, stopping):
+        for task in (*supervised, ready, stopping):
             task.cancel()
-        await asyncio.gather(worker, ready, stopping, return_exceptions=True)
+        await asyncio.gather(*supervised, ready, stopping, return_exceptions=True)
+        await self.leader.release()
         await self.control_plane.stop(self.options.stop_grace)
         await self.admin.stop()
         kopf_stop.set()
@@ -192,6 +245,27 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
     webhook.add_argument("--webhook-listen", default="0.0.0.0:9443", help="admission webhook address (host:port)")
     webhook.add_argument("--webhook-cert", type=Path, default=None, help="webhook TLS certificate")
     webhook.add_argument("--webhook-key", type=Path, default=None, help="webhook TLS private key")
+    election = parser.add_argument_group("leader election (every replica serves sidecars; the leader writes)")
+    election.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "default",
+        help="namespace of the coordination.k8s.io Lease (default: $POD_NAMESPACE)",
+    )
+    election.add_argument("--lease-name", default="llmroute-operator", help="name of the Lease")
+    election.add_argument(
+        "--lease-duration",
+        type=float,
+        default=LEASE_DURATION_S,
+        metavar="SECONDS",
+        help="a leader that stops renewing is replaced after this long; it stops writing after 2/3 of it",
+    )
+    election.add_argument(
+        "--peers",
+        type=_peers,
+        default=(),
+        metavar="HOST:PORT[,...]",
+        help=f"every replica's admin address (a headless Service name): the leader merges their {FLEET_PATH}",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -214,6 +288,12 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         no_auth=args.no_auth,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_duration=args.lease_duration,
+        renew_deadline=args.lease_duration * RENEW_DEADLINE_S / LEASE_DURATION_S,
+        retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
+        peers=args.peers,
     )
 
 

@@ -27,3 +27,7 @@ class OperatorMetrics:
             ["namespace", "state"],
             registry=registry,
         )
+        self.leader = Gauge(
+            "llmroute_leader", "1 while this replica holds the leader Lease (writes status and Events), else 0.",
+            registry=registry,
+        )  # fmt: skip

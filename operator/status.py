@@ -75,6 +75,14 @@ def backend_status(health: BackendHealth) -> dict[str, Any]:
     }
 
 
+def backend_names(spec: Any) -> str:
+    """The backend names of a spec, comma-separated (the printer column; "" for a malformed spec)."""
+    backends = spec.get("backends") if isinstance(spec, Mapping) else None
+    if not isinstance(backends, list):
+        return ""
+    return ",".join(str(b["name"]) for b in backends if isinstance(b, Mapping) and isinstance(b.get("name"), str))
+
+
 def route_status(
     verdict: Verdict,
     sidecars: SidecarCounts,
@@ -83,9 +91,10 @@ def route_status(
     previous: Mapping[str, Any] | None,
     now: str | None = None,
     *,
+    spec: Any = None,
     reconnecting: bool = False,
 ) -> dict[str, Any]:
-    """The whole status object of one route (`reconnecting`: see `programmed`)."""
+    """The whole status object of one route, whose observed `spec` it is (`reconnecting`: see `programmed`)."""
     now = now or now_rfc3339()
     before = list((previous or {}).get("conditions") or [])
     checks = {
@@ -97,6 +106,7 @@ def route_status(
         "observedGeneration": verdict.generation,
         "conditions": [condition(k, c, verdict.generation, before, now) for k, c in checks.items()],
         "version": version,
+        "backendNames": backend_names(spec),
         "sidecars": {
             "connected": sidecars.connected,
             "programmed": sidecars.programmed,

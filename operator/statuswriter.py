@@ -42,8 +42,10 @@ class StatusWriter:
         interval: float = 1.0,
         retry_after: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self._api = api
+        self._may_write = may_write
         self._source = source
         self._interval = interval
         self._retry_after = retry_after
@@ -59,6 +61,11 @@ class StatusWriter:
         due = self._last_write.get(key, float("-inf")) + self._interval
         self._due[key] = min(self._due.get(key, due), due)
         self._wake.set()
+
+    def resume(self) -> None:
+        """This replica may write again (it became the leader): forget what it wrote before, others wrote since."""
+        self._written.clear()
+        self._last_write.clear()
 
     def forget(self, namespace: str, name: str) -> None:
         """The route is gone: drop what is remembered about it."""
@@ -83,6 +90,8 @@ class StatusWriter:
 
     async def _write(self, key: Key) -> None:
         namespace, name = key
+        if not self._may_write():
+            return  # not the leader: the leader writes it (and resume() re-marks every route here)
         wanted = self._source.desired_status(namespace, name)
         if wanted is None:
             self.forget(namespace, name)

@@ -20,6 +20,12 @@ class Snapshot:
     version: str
     table: routes_pb2.RoutingTable
     generations: Mapping[str, int]
+    encoded: bytes = b""  # RouteResponse{version_info, table} serialized: each push appends only its nonce
+
+    def response(self, nonce: str) -> bytes:
+        """The serialized RouteResponse for one push. Protobuf merges concatenated messages, so the table is
+        serialized once per snapshot rather than once per sidecar (the bulk of a push's CPU at thousands)."""
+        return self.encoded + routes_pb2.RouteResponse(nonce=nonce).SerializeToString()
 
 
 def route_message(route: Route) -> routes_pb2.Route:
@@ -43,18 +49,36 @@ class Snapshots:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(sorted(routes, key=lambda r: r.name))
         self._by_selection: dict[tuple[int, ...], Snapshot] = {}
+        self._by_labels: dict[frozenset[tuple[str, str]], Snapshot] = {}
 
     def for_labels(self, labels: Mapping[str, str]) -> Snapshot:
-        """The table of a pod with these labels."""
-        labels = dict(labels)
-        selection = tuple(i for i, r in enumerate(self.routes) if r.selects(labels))
+        """The table of a pod with these labels (pods of one workload share labels: looked up once)."""
+        key = frozenset(labels.items())
+        snapshot = self._by_labels.get(key)
+        if snapshot is None:
+            snapshot = self._by_labels[key] = self._select(dict(labels))
+        return snapshot
+
+    def whole(self) -> Snapshot:
+        """The table of every route (the namespace's bootstrap copy; each sidecar keeps what selects it)."""
+        return self._snapshot(tuple(range(len(self.routes))))
+
+    def _select(self, labels: dict[str, str]) -> Snapshot:
+        return self._snapshot(tuple(i for i, r in enumerate(self.routes) if r.selects(labels)))
+
+    def _snapshot(self, selection: tuple[int, ...]) -> Snapshot:
         snapshot = self._by_selection.get(selection)
         if snapshot is None:
             chosen = [self.routes[i] for i in selection]
+            version = table_version(chosen)
+            table = routes_pb2.RoutingTable(routes=[route_message(r) for r in chosen])
             snapshot = Snapshot(
-                version=table_version(chosen),
-                table=routes_pb2.RoutingTable(routes=[route_message(r) for r in chosen]),
+                version=version,
+                table=table,
                 generations={r.name: r.generation for r in chosen},
+                encoded=routes_pb2.RouteResponse(version_info=version, table=table).SerializeToString(
+                    deterministic=True
+                ),
             )
             self._by_selection[selection] = snapshot
         return snapshot

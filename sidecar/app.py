@@ -13,10 +13,12 @@ from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
+from llmroute.sidecar.count_tokens import count_tokens
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
-from llmroute.sidecar.inbound import BY_PATH, Inbound, Parsed
+from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
 from llmroute.sidecar.upstream.errors import UpstreamError
 
@@ -25,25 +27,45 @@ _JSON = "application/json"
 
 
 class SidecarApp:
-    """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models."""
+    """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models; with `passthrough`, the
+    requests no route names go to the app's own upstream (llmroute.sidecar.passthrough) instead of a 404."""
 
-    def __init__(self, router: Router, dispatcher: Dispatcher, metrics: SidecarMetrics) -> None:
+    def __init__(
+        self,
+        router: Router,
+        dispatcher: Dispatcher,
+        metrics: SidecarMetrics,
+        passthrough: Passthrough | None = None,
+    ) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.passthrough = passthrough
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         api = BY_PATH.get(request.path)
-        try:
-            if api is not None:
-                if request.method != "POST":
-                    raise ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+        if api is not None and request.method == "POST":
+            try:
+                if api is COUNT_TOKENS:
+                    return await self.count_tokens(request)
                 return await self.serve(api, request)
-            if request.path in ("/v1/models", "/models") and request.method == "GET":
-                return self.models(anthropic="anthropic-version" in request.headers)
-            raise ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
-        except ProxyError as error:
-            return error.response(api.family if api is not None else "openai")
+            except ProxyError as error:
+                return error.response(api.family)
+        if request.path in ("/v1/models", "/models") and request.method == "GET":
+            return self.models(anthropic="anthropic-version" in request.headers)
+        # Not in the inbound table (the table lists POSTs: GET /v1/chat/completions/{id} and the like are not).
+        label: str
+        if api is not None:
+            family, label = api.family, api.api
+        else:
+            family, label = family_of(request.path, request.headers), OTHER
+        if self.passthrough is not None and self.passthrough.serves(family):
+            return await self.passthrough.forward(request, family, label)
+        if api is not None:
+            refusal = ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
+        else:
+            refusal = ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
+        return refusal.response(family)
 
     def models(self, *, anthropic: bool) -> Response:
         """The model names of the routes this sidecar has, in OpenAI's list shape or, for the Anthropic SDK
@@ -66,8 +88,21 @@ class SidecarApp:
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
 
-    def _parse(self, api: Inbound, request: Request) -> tuple[dict[str, Any], Parsed, RouteRuntime, Priority, float]:
-        """The body, its routing facts, route, priority and deadline; ProxyError for anything malformed."""
+    async def count_tokens(self, request: Request) -> Response | StreamingResponse:
+        """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched; a model no
+        route names goes to the passthrough upstream like any other call."""
+        routed = self._parse(COUNT_TOKENS, request)
+        if routed is None:
+            assert self.passthrough is not None
+            return await self.passthrough.forward(request, COUNT_TOKENS.family, COUNT_TOKENS.api)
+        body, _, runtime, _, timeout = routed
+        return await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), time.monotonic() + timeout)
+
+    def _parse(
+        self, api: Inbound, request: Request
+    ) -> tuple[dict[str, Any], Parsed, RouteRuntime, Priority, float] | None:
+        """The body, its routing facts, route, priority and deadline; None for a model no route names that
+        passthrough carries; ProxyError for anything malformed or unrouted."""
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -76,9 +111,11 @@ class SidecarApp:
             raise ProxyError(400, "request body is nested too deeply to be read", "invalid_json") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "request body must be a JSON object", "invalid_request")
+        model = body.get("model")
+        runtime = self.router.by_model.get(model) if isinstance(model, str) else None
+        if runtime is None and model and self.passthrough is not None and self.passthrough.serves(api.family):
+            return None  # not ours to check: the upstream judges the request as it would without the sidecar
         parsed = api.parse(body)
-        model = parsed.model
-        runtime = self.router.by_model.get(model)
         if runtime is None:
             known = ", ".join(sorted(self.router.by_model)) or "none (no routing table loaded yet)"
             raise ProxyError(404, f"model {model!r} is not routed here; models: {known}", "model_not_found")
@@ -104,9 +141,12 @@ class SidecarApp:
     async def serve(self, api: Inbound, request: Request) -> Response | StreamingResponse:
         """One request of an inbound API: parse, dispatch, answer in the API's own shape."""
         received = time.monotonic()
-        body, parsed, runtime, priority, timeout = self._parse(api, request)
+        routed = self._parse(api, request)
+        if routed is None:
+            assert self.passthrough is not None
+            return await self.passthrough.forward(request, api.family, api.api)
+        body, parsed, runtime, priority, timeout = routed
         route = runtime.route
-        headers = request.headers
         call = Call(
             runtime=runtime,
             api=api,
@@ -117,7 +157,7 @@ class SidecarApp:
             needs=parsed.needs,
             tokens_in=parsed.tokens_in,
             tokens_out=parsed.tokens_out,
-            headers={name: headers[name] for name in api.forward_headers if name in headers} or None,
+            headers=api.forwarded(request.headers),
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
@@ -197,7 +237,8 @@ class SidecarApp:
                             if resumed is None:
                                 outcome = "error"
                                 message = f"backend {candidate.name} failed mid-stream: {error}"
-                                yield call.api.error_event(ProxyError(502, message, "stream_interrupted"))
+                                interrupted = ProxyError(502, message, "stream_interrupted")
+                                yield call.api.error_event(interrupted, stream.sequence)
                                 return
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()

@@ -100,7 +100,8 @@ class Attempt:
         if self.ttft is not None:  # a whole stream: its longest silence was a normal one
             candidate.stats.gaps.add(self._longest_gap)
         route, name = runtime.route.name, candidate.name
-        cost = candidate.spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        price = candidate.spec.price
+        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
         m = self._metrics
         m.child(m.attempts, route, name, outcome).inc()
         m.child(m.tokens, route, name, "input").inc(usage.prompt_tokens)

@@ -348,6 +348,7 @@ class Dispatcher:
         that was tried is the backend's own 400, as the app would get it from the provider."""
         route = call.runtime.route.name
         if time.monotonic() >= call.deadline:
+            call.not_tried = call.not_tried or "the deadline came first"
             return ProxyError(504, f"deadline exceeded for route {route}: {_accounting(call)}", "deadline_exceeded")
         if call.errors and all(e.kind is FailureKind.CONTEXT_LENGTH for _, e in call.errors):
             return call.errors[-1][1]
@@ -513,7 +514,7 @@ def _accounting(call: Call) -> str:
         elif name in call.skipped:
             parts.append(f"{name}: skipped, {call.skipped[name]}")
         else:
-            parts.append(f"{name}: not tried, {call.not_tried or 'an earlier attempt decided the call'}")
+            parts.append(f"{name}: not tried, {call.not_tried or 'no attempt was left for it'}")
     return "; ".join(parts)
 
 

@@ -28,6 +28,8 @@ _ANTHROPIC_TYPES = {  # the types the Anthropic SDK maps to its exception classe
     413: "request_too_large",
     431: "invalid_request_error",
     429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
 }
 
 
@@ -35,7 +37,7 @@ def error_body(status: int, message: str, code: str | None = None, family: Famil
     """The JSON body for an error; each SDK turns it into its matching exception class."""
     if family == "anthropic":
         error = {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}
-        return json.dumps({"type": "error", "error": error}).encode()
+        return json.dumps({"type": "error", "error": error, "request_id": None}).encode()
     return json.dumps(
         {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code}}
     ).encode()

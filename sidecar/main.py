@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmroute import __version__
+from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
@@ -21,9 +22,11 @@ from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.passthrough import Passthrough, parse_upstreams
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
+from llmroute.sidecar.upstream.errors import Family
 from llmroute.supervise import supervise
 
 log = logging.getLogger("llmroute.sidecar")
@@ -62,6 +65,23 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _passthrough(value: str) -> dict[Family, str]:
+    """`--passthrough` for argparse."""
+    try:
+        return parse_upstreams(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _addresses(value: str) -> str:
+    """`--control-plane` for argparse: one or more addresses, checked but kept as given."""
+    try:
+        split_addresses(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sidecar's flags (shared by `llmroute sidecar` and the tests' in-process runs)."""
     source = parser.add_argument_group("route source (one of)")
@@ -73,7 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="LLMRoute YAML file or directory; repeatable; reloaded on change and on SIGHUP",
     )
-    source.add_argument("--control-plane", metavar="HOST:PORT", help="the operator's gRPC address")
+    source.add_argument(
+        "--control-plane",
+        type=_addresses,
+        metavar="HOST:PORT[,...]",
+        help="the operator replicas' gRPC addresses; a name stands for all its addresses (a headless Service)",
+    )
     cp = parser.add_argument_group("control-plane mode")
     cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
     cp.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""), help="default: $POD_NAME")
@@ -86,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cp.add_argument("--token-file", type=Path, default=Path(DEFAULT_TOKEN_FILE), help="projected ServiceAccount token")
     cp.add_argument("--state-dir", type=Path, default=None, help="keeps the last acknowledged table across restarts")
+    cp.add_argument(
+        "--bootstrap-file",
+        type=Path,
+        default=None,
+        help="the namespace's last good table (the operator's Secret, mounted): served when --state-dir has none",
+    )
     cp.add_argument("--tls-ca", type=Path, default=None, help="CA bundle to verify the operator (TLS channel)")
     parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
     parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
@@ -95,6 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="mounted Secrets as DIR/<secret>/<key> (local mode apiKeySecretRef)",
+    )
+    parser.add_argument(
+        "--passthrough",
+        type=_passthrough,
+        default={},
+        metavar="off|openai=URL,anthropic=URL",
+        help="where requests no route names (unknown models, unlisted paths) go, with the app's own credentials; "
+        "each URL as the SDK's base URL (OpenAI's with /v1); default off: a 404",
     )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument(
@@ -134,13 +173,15 @@ class Sidecar:
                 token_file=args.token_file if args.token_file.exists() else None,
                 state_dir=args.state_dir,
                 tls_ca=args.tls_ca,
+                bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
             )
         else:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
+        self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
@@ -210,6 +251,8 @@ class Sidecar:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.dispatcher.aclose()
         await self.router.pool.aclose()
+        if self.passthrough is not None:
+            await self.passthrough.aclose()
         await self.admin_server.shutdown(1.0)
 
 

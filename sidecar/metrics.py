@@ -83,6 +83,12 @@ class SidecarMetrics:
             ["route", "backend", "reason"],
             registry=r,
         )
+        self.passthrough = Counter(
+            "llmroute_passthrough_requests_total",
+            "Requests relayed to a passthrough upstream (route label `passthrough` elsewhere), by answer status.",
+            ["family", "status"],
+            registry=r,
+        )
         self.in_flight = Gauge("llmroute_requests_in_flight", "App requests being served.", ["route"], registry=r)
         self.table_info = Gauge(
             "llmroute_routing_table_info",

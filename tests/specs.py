@@ -42,3 +42,14 @@ def spec_errors(spec: Spec, schema: str, doc: Any) -> list[str]:
     loader = _loader(spec)
     assert loader.get_schema(schema) is not None, f"{schema} is not a schema of the {spec} spec"
     return loader.validate(doc, schema)
+
+
+def responses_event_errors(event: dict[str, Any]) -> list[str]:
+    """Every way a Responses stream event breaks its own schema (`response.output_text.delta` is checked
+    against ResponseOutputTextDeltaStreamingEvent, `error` against ErrorStreamingEvent)."""
+    kind = str(event.get("type"))
+    words = kind.removeprefix("response.").replace("_", ".").split(".")
+    name = (
+        "ErrorStreamingEvent" if kind == "error" else "Response" + "".join(w.title() for w in words) + "StreamingEvent"
+    )
+    return spec_errors("responses", name, event)

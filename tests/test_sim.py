@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
 from llmroute.sim import Behavior, Latency, Schedule, SimConfigError, SimProvider, load_config
+
+from .specs import spec_errors
 
 StartSim = Callable[..., Awaitable[SimProvider]]
 MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
@@ -98,7 +101,7 @@ async def test_anthropic_messages_json(start_sim: StartSim) -> None:
         message = (await http.post("/messages", json=body)).json()
         missing = await http.post("/messages", json={"model": "claude-x", "messages": MESSAGES})
     assert message["type"] == "message" and message["role"] == "assistant"
-    assert message["content"] == [{"type": "text", "text": "token token token"}]
+    assert message["content"] == [{"type": "text", "text": "token token token", "citations": None}]
     assert (message["model"], message["stop_reason"]) == ("claude-x", "end_turn")
     assert message["usage"]["output_tokens"] == 3
     assert message["usage"]["cache_read_input_tokens"] == 1
@@ -240,3 +243,50 @@ def test_config_file_with_schedules(tmp_path: Path) -> None:
     config.write_text("backends:\n  - {name: a, schedule: [{at: 0, behavior: {latncy: 1}}]}\n")
     with pytest.raises(SimConfigError, match=r"backends\[0\]\.schedule\[0\]\.behavior\.latncy: unknown field"):
         load_config(config)
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+
+
+async def test_anthropic_sim_calls_tools_and_counts_tokens(start_sim: StartSim) -> None:
+    sim = await start_sim("claude", "anthropic", Behavior(output_tokens=2))
+    claude = anthropic.AsyncAnthropic(base_url=sim.url.removesuffix("/v1"), api_key="ak", max_retries=0)
+    tools: Any = [{"name": "weather", "input_schema": WEATHER_SCHEMA}]
+    asked: Any = [{"role": "user", "content": "weather?"}]
+    called = await claude.messages.create(model="claude-x", max_tokens=10, messages=asked, tools=tools)
+    assert spec_errors("anthropic", "Message", called.model_dump()) == []
+    assert called.stop_reason == "tool_use"
+    use = called.content[-1]
+    assert use.type == "tool_use" and (use.name, use.input) == ("weather", {"city": "sim", "days": 1})
+    answered = [*asked, {"role": "assistant", "content": [use.model_dump()]}]
+    answered.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sun"}]})
+    final = await claude.messages.create(model="claude-x", max_tokens=10, messages=answered, tools=tools)
+    assert final.stop_reason == "end_turn" and [b.type for b in final.content] == ["text"]
+    async with claude.messages.stream(model="claude-x", max_tokens=10, messages=asked, tools=tools) as stream:
+        streamed = await stream.get_final_message()
+    assert streamed.stop_reason == "tool_use" and streamed.content[-1].input == {"city": "sim", "days": 1}
+    counted = await claude.messages.count_tokens(model="claude-x", messages=asked)
+    assert counted.input_tokens == len(sim.stats.last_body) // 4
+    assert sim.stats.last_path == "/v1/messages/count_tokens"
+    await claude.close()
+
+
+async def test_openai_sim_calls_tools(start_sim: StartSim) -> None:
+    sim = await start_sim("gpt", "openai", Behavior(output_tokens=2))
+    tools: Any = [{"type": "function", "function": {"name": "weather", "parameters": WEATHER_SCHEMA}}]
+    completion = await client(sim).chat.completions.create(model="m", messages=MESSAGES, tools=tools)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and json.loads(call.function.arguments) == {"city": "sim", "days": 1}
+    replied: Any = [*MESSAGES, choice.message.model_dump(exclude_none=True)]
+    replied.append({"role": "tool", "tool_call_id": call.id, "content": "sun"})
+    after = await client(sim).chat.completions.create(model="m", messages=replied, tools=tools)
+    assert after.choices[0].finish_reason == "stop" and not after.choices[0].message.tool_calls
+    stream = await client(sim).chat.completions.create(model="m", messages=MESSAGES, tools=tools, stream=True)
+    arguments = ""
+    async for chunk in stream:
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            assert delta_call.function is not None
+            arguments += delta_call.function.arguments or ""
+    assert json.loads(arguments) == {"city": "sim", "days": 1}

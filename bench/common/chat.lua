@@ -1,6 +1,6 @@
 -- wrk script: POST one request per call, then print exact figures as one JSON line.
--- BENCH_API chooses the body: chat (default, an OpenAI chat completion), embeddings, or messages
--- (Anthropic Messages, with anthropic-version); the URL gives the path. BENCH_MODEL sets the model
+-- BENCH_API chooses the body: chat (default, an OpenAI chat completion), embeddings, messages
+-- (Anthropic Messages, with anthropic-version) or responses (OpenAI Responses); the URL gives the path. BENCH_MODEL sets the model
 -- (default "bench"); BENCH_STREAM=1 asks a chat completion for a streamed answer.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -10,6 +10,8 @@ local stream = os.getenv("BENCH_STREAM") == "1"
 local prompt = '"Say hello in one short sentence."'
 if api == "embeddings" then
   wrk.body = '{"model":"' .. model .. '","input":' .. prompt .. '}'
+elseif api == "responses" then
+  wrk.body = '{"model":"' .. model .. '","input":' .. prompt .. ',"max_output_tokens":64}'
 elseif api == "messages" then
   wrk.headers["anthropic-version"] = "2023-06-01"
   wrk.body = '{"model":"' .. model .. '","max_tokens":64,"messages":[{"role":"user","content":' .. prompt .. '}]}'

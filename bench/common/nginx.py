@@ -37,6 +37,29 @@ MESSAGE = {
     "stop_sequence": None,
     "usage": {"input_tokens": 14, "output_tokens": 9},
 }
+RESPONSE = {
+    "id": "resp_bench",
+    "object": "response",
+    "created_at": 1700000000,
+    "status": "completed",
+    "model": "bench-model",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_bench",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello! How can I help you today?", "annotations": []}],
+        }
+    ],
+    "usage": {
+        "input_tokens": 14,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 23,
+    },
+}
 SLOW_PREFIX = "/slow"
 """Paths under this prefix answer like the others after SLOW_DELAY_S (nginx's echo module, echo_sleep)."""
 SLOW_DELAY_S = 0.05
@@ -78,8 +101,8 @@ def chat_backend(port: int) -> str:
 
 def api_backend(port: int) -> str:
     """A server block for every API bench/overhead measures, answered from memory: chat completions,
-    embeddings and Anthropic Messages at once, and chat completions after SLOW_DELAY_S under SLOW_PREFIX
-    (needs ECHO_MODULE loaded: `config(..., modules=[ECHO_MODULE])`)."""
+    embeddings, Anthropic Messages and OpenAI Responses at once, and chat completions after SLOW_DELAY_S
+    under SLOW_PREFIX (needs ECHO_MODULE loaded: `config(..., modules=[ECHO_MODULE])`)."""
     slow = f"{SLOW_PREFIX}/v1/chat/completions"
     return f"""
     server {{
@@ -88,6 +111,7 @@ def api_backend(port: int) -> str:
         location = /v1/chat/completions {{ return 200 {_literal(COMPLETION)}; }}
         location = /v1/embeddings {{ return 200 {_literal(EMBEDDINGS)}; }}
         location = /v1/messages {{ return 200 {_literal(MESSAGE)}; }}
+        location = /v1/responses {{ return 200 {_literal(RESPONSE)}; }}
         location = {slow} {{ echo_read_request_body; echo_sleep {SLOW_DELAY_S}; echo -n {_literal(COMPLETION)}; }}
         location = /v1/models {{ return 200 {_literal(MODELS)}; }}
         location = {SLOW_PREFIX}/v1/models {{ return 200 {_literal(MODELS)}; }}

@@ -1,8 +1,9 @@
-"""One ControlPlane, driven through publish() as the operator does: waits for N sidecars, then changes a route K times.
+"""One ControlPlane replica, driven through publish() as the operator does, on commands from run.py.
 
-Prints JSON lines: {"port"}, {"baseline_rss"}, {"connected", "rss"}, one {"change", "version",
-"published_at", "convergence_s"} per change (convergence_s = the control plane's own
-llmroute_config_convergence_seconds observation), then {"done"}.
+Prints {"port"} and {"baseline_rss"} at start, then answers JSON-line commands on stdin:
+{"publish": generation} -> {"published", "at", "version"} at once, then {"converged", "convergence_s"} (this
+replica's own llmroute_config_convergence_seconds observation, None after 30 s); {"status"} ->
+{"connected", "programmed", "rss", "at"}; {"stop"} ends it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from prometheus_client import CollectorRegistry
 from llmroute.model import Route, SecretValue, parse_document, table_version
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
+
+NAMESPACE, ROUTE = "bench", "support-chat"
 
 
 def emit(**fields: object) -> None:
@@ -49,7 +52,7 @@ def route(generation: int) -> Route:
     doc = {
         "apiVersion": "llmroute.io/v1alpha1",
         "kind": "LLMRoute",
-        "metadata": {"name": "support-chat", "namespace": "bench", "generation": generation},
+        "metadata": {"name": ROUTE, "namespace": NAMESPACE, "generation": generation},
         "spec": {
             "models": ["chat"],
             "workloadSelector": {"matchLabels": {"app": "bench"}},
@@ -67,55 +70,60 @@ def route(generation: int) -> Route:
     return replace(parsed, backends=tuple(replace(b, api_key=keys.get(b.name)) for b in parsed.backends))
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sidecars", type=int, required=True)
-    parser.add_argument("--changes", type=int, default=30)
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds between a convergence and the next change")
-    parser.add_argument("--debounce", type=float, default=0.1)
-    args = parser.parse_args()
-    registry = CollectorRegistry()
-    plane = ControlPlane(authenticator=InsecureAuthenticator(), registry=registry, debounce=args.debounce)
-    changed = asyncio.Event()
-    plane.on_change = lambda namespace: changed.set()
+class Replica:
+    """The control plane and its convergence metric."""
 
-    async def until(condition: Callable[[], bool], within: float) -> None:
-        async with asyncio.timeout(within):
-            while not condition():
-                await changed.wait()
-                changed.clear()
+    def __init__(self, debounce: float) -> None:
+        self.registry = CollectorRegistry()
+        self.plane = ControlPlane(authenticator=InsecureAuthenticator(), registry=self.registry, debounce=debounce)
+        self.changed = asyncio.Event()
+        self.plane.on_change = lambda namespace: self.changed.set()
 
-    await plane.start("127.0.0.1:0")
-    plane.publish("bench", [route(1)])
-    emit(port=plane.port)
-    await asyncio.sleep(0.5)
-    emit(baseline_rss=rss_bytes())
-    await until(lambda: plane.route_sidecars("bench", "support-chat").programmed >= args.sidecars, 300)
-    await asyncio.sleep(1.0)
-    emit(connected=args.sidecars, rss=rss_bytes())
-
-    def observed() -> tuple[float, float]:
-        count = registry.get_sample_value("llmroute_config_convergence_seconds_count") or 0.0
-        total = registry.get_sample_value("llmroute_config_convergence_seconds_sum") or 0.0
+    def observed(self) -> tuple[float, float]:
+        count = self.registry.get_sample_value("llmroute_config_convergence_seconds_count") or 0.0
+        total = self.registry.get_sample_value("llmroute_config_convergence_seconds_sum") or 0.0
         return count, total
 
-    for change in range(args.changes):
-        generation = change + 2
-        before_count, before_sum = observed()
-        published_at = time.time()
-        plane.publish("bench", [route(generation)])
+    async def publish(self, generation: int) -> None:
+        before_count, before_sum = self.observed()
+        self.plane.publish(NAMESPACE, [route(generation)])
+        emit(published=generation, at=time.time(), version=table_version([route(generation)]))
         with contextlib.suppress(TimeoutError):
-            await until(lambda: observed()[0] > before_count, 30)  # noqa: B023 (called before the next change)
-        count, total = observed()
-        emit(
-            change=change,
-            version=table_version([route(generation)]),
-            published_at=published_at,
-            convergence_s=(total - before_sum) if count > before_count else None,
-        )
-        await asyncio.sleep(args.pause)
-    emit(done=True)
-    await plane.stop(0)
+            async with asyncio.timeout(30):
+                while self.observed()[0] <= before_count:
+                    await self.changed.wait()
+                    self.changed.clear()
+        count, total = self.observed()
+        emit(converged=generation, convergence_s=(total - before_sum) if count > before_count else None)
+
+    def status(self) -> None:
+        counts = self.plane.route_sidecars(NAMESPACE, ROUTE)
+        emit(connected=counts.connected, programmed=counts.programmed, rss=rss_bytes(), at=time.time())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--debounce", type=float, default=0.1)
+    args = parser.parse_args()
+    replica = Replica(args.debounce)
+    await replica.plane.start("127.0.0.1:0")
+    replica.plane.publish(NAMESPACE, [route(1)])
+    emit(port=replica.plane.port)
+    await asyncio.sleep(0.5)
+    emit(baseline_rss=rss_bytes())
+    loop = asyncio.get_running_loop()
+    publishing: set[asyncio.Task[None]] = set()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        if "publish" in command:
+            task = asyncio.create_task(replica.publish(int(command["publish"])))
+            publishing.add(task)
+            task.add_done_callback(publishing.discard)
+        elif "status" in command:
+            replica.status()
+        elif "stop" in command:
+            break
+    await replica.plane.stop(0)
 
 
 if __name__ == "__main__":

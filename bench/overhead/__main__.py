@@ -1,8 +1,8 @@
 """`python -m bench.overhead`: measure the sidecar against calling nginx directly, arms interleaved, with wrk.
 
 Each round runs, for each workload (chat completions, chat completions from a backend that answers in
-50 ms, embeddings, Anthropic Messages) and at 1 and at N connections, the direct arm (wrk -> nginx) and
-the sidecar arm (wrk -> llmroute sidecar -> nginx), in alternating order; the report takes medians
+50 ms, embeddings, Anthropic Messages, OpenAI Responses) and at 1 and at N connections, the direct arm
+(wrk -> nginx) and the sidecar arm (wrk -> llmroute sidecar -> nginx), in alternating order; the report takes medians
 across rounds.
 """
 
@@ -51,6 +51,14 @@ metadata: {{name: bench-claude, namespace: bench}}
 spec:
   models: [bench-claude]
   backends: [{{name: nginx, provider: anthropic, url: "http://127.0.0.1:{port}/v1", model: bench-model}}]
+---
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-responses, namespace: bench}}
+spec:
+  models: [bench-responses]
+  backends:
+    - {{name: nginx, provider: openai, url: "http://127.0.0.1:{port}/v1", model: bench-model, apis: [responses]}}
 """
 
 
@@ -72,6 +80,7 @@ WORKLOADS = {
         Workload("chat-50ms", "chat", "bench-slow", f"{nginx.SLOW_PREFIX}/v1/chat/completions", "/v1/chat/completions"),
         Workload("embeddings", "embeddings", "bench-embed", "/v1/embeddings", "/v1/embeddings"),
         Workload("messages", "messages", "bench-claude", "/v1/messages", "/v1/messages"),
+        Workload("responses", "responses", "bench-responses", "/v1/responses", "/v1/responses"),
     )
 }
 TARGETS = {  # issue 2, issue 5
@@ -170,6 +179,7 @@ class Bench:
             "chat": {"messages": [{"role": "user", "content": "hi"}]},
             "embeddings": {"input": "hi"},
             "messages": {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            "responses": {"input": "hi"},
         }
         headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
         answers = {}

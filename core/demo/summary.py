@@ -12,6 +12,9 @@ from typing import Any
 from llmroute.demo.scenario import Phase, phase_at
 from llmroute.demo.traffic import API_MIX, Result
 
+CHAT_ROUTE_APIS = frozenset({"chat", "messages"})
+"""The APIs whose requests go to the chat route, the one the incident strikes."""
+
 PRIORITIES = ("critical", "normal", "batch")
 
 
@@ -62,9 +65,11 @@ _TIMELINE_FIELDS = ("requests", "success_rate", "share")
 def summarise(
     results: list[Result], phases: list[Phase], backends: Sequence[str], router: dict[str, float], duration: float
 ) -> dict[str, Any]:
-    """The whole run as a JSON-ready document."""
+    """The whole run as a JSON-ready document. Phases and priorities tell the chat route's story (chat
+    completions and Anthropic Messages for model chat); every API has its own line under `apis`."""
+    chat = [r for r in results if r.api in CHAT_ROUTE_APIS]
     by_phase: dict[str, list[Result]] = {p.name: [] for p in phases}
-    for result in results:
+    for result in chat:
         by_phase[phase_at(phases, result.started).name].append(result)
     return {
         "duration_s": duration,
@@ -82,9 +87,9 @@ def summarise(
             }
             for p in phases
         ],
-        "priorities": {prio: stats((r for r in results if r.priority == prio), backends) for prio in PRIORITIES},
+        "priorities": {prio: stats((r for r in chat if r.priority == prio), backends) for prio in PRIORITIES},
         "apis": {api: stats((r for r in results if r.api == api), backends) for api, _ in API_MIX},
-        "total": stats(results, backends),
+        "total": stats(chat, backends),
         "router": router,
         "timeline": timeline(results, backends, duration),
     }
@@ -143,7 +148,7 @@ def render(summary: dict[str, Any]) -> str:
         f"{router['hedges_won']:.0f} won, retries {router['retries']:.0f}, ejections {router['ejections']:.0f}"
     )
     return (
-        "By phase (share = part of successful answers per backend)\n"
+        "By phase, the chat route (share = part of successful answers per backend)\n"
         + table(phases)
         + "\n\nBy priority\n"
         + table(priorities)

@@ -23,7 +23,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 PRIORITY_MIX = (("critical", 0.2), ("normal", 0.5), ("batch", 0.3))
 API_MIX = (("chat", 0.8), ("embeddings", 0.1), ("messages", 0.1))
-"""Share of requests per inbound API: chat completions, embeddings (model `search`), Anthropic Messages."""
+"""Share of requests per inbound API: chat completions, embeddings (model `search`, always normal priority),
+Anthropic Messages."""
 ANTHROPIC_VERSION = "2023-06-01"
 STREAM_SHARE = 0.4
 """Share of critical and normal requests that stream (batch jobs never do)."""
@@ -112,8 +113,11 @@ class Traffic:
 
     async def _one(self) -> None:
         rng = self._rng
-        priority = rng.choices([p for p, _ in PRIORITY_MIX], [w for _, w in PRIORITY_MIX])[0]
         api = rng.choices([a for a, _ in API_MIX], [w for _, w in API_MIX])[0]
+        # Search embeddings are interactive but never critical; chat takes every class.
+        priority = "normal"
+        if api != "embeddings":
+            priority = rng.choices([p for p, _ in PRIORITY_MIX], [w for _, w in PRIORITY_MIX])[0]
         stream = api == "chat" and priority != "batch" and rng.random() < STREAM_SHARE
         prompt = rng.choice(_PROMPTS)
         messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]

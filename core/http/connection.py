@@ -209,11 +209,11 @@ class HTTPConnection(asyncio.Protocol):
         self._in_message = False
         method = self._parser.get_method().decode("ascii")
         raw_path, _, raw_query = self._url.partition(b"?")
-        path = raw_path.decode("latin-1")
+        path = raw = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1")
         request = Request(
-            method, path, raw_query.decode("latin-1"), self._headers, b"".join(self._body), self._client, self
+            method, path, raw_query.decode("latin-1"), self._headers, b"".join(self._body), self._client, self, raw
         )
         parser = self._parser
         exchange = _Exchange(request, parser.should_keep_alive(), parser.get_http_version() == "1.1", method == "HEAD")

@@ -20,7 +20,8 @@ class _Connection(Protocol):
 
 @dataclass(slots=True)
 class Request:
-    """One parsed HTTP request; `path` is percent-decoded and excludes the raw `query` string."""
+    """One parsed HTTP request; `path` is percent-decoded and excludes the raw `query` string, `raw_path` is
+    the path as sent (a proxy passes that on, not the decoded one)."""
 
     method: str
     path: str
@@ -29,6 +30,7 @@ class Request:
     body: bytes
     client: tuple[str, int] | None
     _conn: _Connection | None = field(default=None, repr=False, compare=False)
+    raw_path: str = ""
 
     def disconnected(self) -> bool:
         """True once the client's connection has closed, so work done only for it can stop."""

@@ -187,6 +187,7 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
             input_per_mtok=float(price.get("inputPerMTok", 0.0)),
             output_per_mtok=float(price.get("outputPerMTok", 0.0)),
             cached_input_per_mtok=(float(price["cachedInputPerMTok"]) if "cachedInputPerMTok" in price else None),
+            cache_write_per_mtok=(float(price["cacheWritePerMTok"]) if "cacheWritePerMTok" in price else None),
         ),
         quality=int(raw.get("quality", 50)),
         capabilities=frozenset(raw.get("capabilities", ())),

@@ -59,6 +59,9 @@ PRICE = {
         "inputPerMTok": _number("USD per million prompt tokens.", 0),
         "outputPerMTok": _number("USD per million completion tokens.", 0),
         "cachedInputPerMTok": _number("USD per million cached prompt tokens; defaults to inputPerMTok.", 0),
+        "cacheWritePerMTok": _number(
+            "USD per million prompt tokens written to the provider's cache; defaults to inputPerMTok.", 0
+        ),
     },
 }
 
@@ -333,6 +336,10 @@ STATUS = {
             "x-kubernetes-list-map-keys": ["type"],
         },
         "version": {"type": "string", "description": "Routing-table version that includes this generation."},
+        "backendNames": {
+            "type": "string",
+            "description": "The backends of the observed generation, comma-separated (the wide Backends column).",
+        },
         "sidecars": {
             "type": "object",
             "properties": {
@@ -348,7 +355,9 @@ STATUS = {
 PRINTER_COLUMNS = [
     {"name": "Programmed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Programmed")].status'},
     {"name": "Models", "type": "string", "jsonPath": ".spec.models"},
-    {"name": "Backends", "type": "string", "jsonPath": ".spec.backends[*].name", "priority": 1},
+    # A printer column shows only the first match of a JSONPath, so `.spec.backends[*].name` would name one
+    # backend: the operator writes the whole list into status.backendNames.
+    {"name": "Backends", "type": "string", "jsonPath": ".status.backendNames", "priority": 1},
     {"name": "Sidecars", "type": "integer", "jsonPath": ".status.sidecars.programmed"},
     {"name": "P95", "type": "string", "jsonPath": ".status.backends[0].latencyP95Ms", "description": "p95 ms"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -74,14 +74,22 @@ class Price:
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+    """Prompt tokens written to the provider's cache (Anthropic charges a premium for them)."""
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for one request's usage; cached prompt tokens are priced at the cached rate."""
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, written_tokens: int = 0
+    ) -> float:
+        """USD for one request's usage; cached and cache-written prompt tokens are priced at their own rates
+        (each defaulting to the input rate)."""
         cached = min(cached_tokens, prompt_tokens)
+        written = min(written_tokens, prompt_tokens - cached)
         cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_rate = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
         return (
-            (prompt_tokens - cached) * self.input_per_mtok
+            (prompt_tokens - cached - written) * self.input_per_mtok
             + cached * cached_rate
+            + written * write_rate
             + completion_tokens * self.output_per_mtok
         ) / 1_000_000
 

@@ -39,6 +39,8 @@ def route_spec(route: Route) -> dict[str, Any]:
         }
         if b.price.cached_input_per_mtok is not None:
             raw["price"]["cachedInputPerMTok"] = b.price.cached_input_per_mtok
+        if b.price.cache_write_per_mtok is not None:
+            raw["price"]["cacheWritePerMTok"] = b.price.cache_write_per_mtok
         if b.max_concurrency is not None:
             raw["maxConcurrency"] = b.max_concurrency
         if b.context_window is not None:

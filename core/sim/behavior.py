@@ -57,6 +57,7 @@ class Behavior:
     token_delay: float = 0.0  # streams: seconds between tokens
     output_tokens: int = 16  # capped by the request's max_tokens
     cached_tokens: int = 0  # reported as cached prompt tokens (capped by the prompt)
+    cache_write_tokens: int = 0  # Anthropic: prompt tokens reported as written to the cache (after cached ones)
     error_rate: float = 0.0
     error_statuses: tuple[int, ...] = (500,)
     rate_limit_rate: float = 0.0  # 429 with Retry-After
@@ -76,8 +77,9 @@ class Behavior:
             raise ValueError("rates must be between 0 and 1")
         if sum(rates) > 1 + 1e-9:
             raise ValueError("error, rate-limit, hang and reset rates add up to more than 1")
-        if self.output_tokens < 1 or min(self.cached_tokens, self.token_delay, self.retry_after, self.stall) < 0:
-            raise ValueError("output_tokens must be >= 1; cached_tokens, token_delay, retry_after, stall >= 0")
+        counts = (self.cached_tokens, self.cache_write_tokens, self.token_delay, self.retry_after, self.stall)
+        if self.output_tokens < 1 or min(counts) < 0:
+            raise ValueError("output_tokens must be >= 1; token counts, token_delay, retry_after and stall >= 0")
         if not self.error_statuses or any(not 400 <= s <= 599 for s in self.error_statuses):
             raise ValueError("error_statuses must be HTTP error codes (400-599)")
 

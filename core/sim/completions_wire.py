@@ -6,7 +6,7 @@ from typing import Any
 
 from llmroute.http import Request
 from llmroute.sim.dialect import ChatRequest, Completion, dump, max_tokens
-from llmroute.sim.openai_common import event, finish_reason, model_of, text, usage
+from llmroute.sim.openai_common import body_and_model, event, finish_reason, text, usage
 
 DEFAULT_MAX_TOKENS = 16
 """The legacy API's own default for max_tokens."""
@@ -19,11 +19,10 @@ class CompletionsFormat:
     generates = True
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = model_of(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         if not isinstance(payload.get("prompt"), str | list):
             return "you must provide a prompt parameter"
         limit = max_tokens(payload, "max_tokens")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmroute.http import Request
+from llmroute.sim.tools import ToolCall
 
 
 class Endpoint(enum.Enum):
@@ -31,6 +32,7 @@ class ChatRequest:
     include_usage: bool  # OpenAI streams: stream_options.include_usage
     inputs: int = 1  # embeddings: how many inputs to embed
     base64: bool = False  # embeddings: encoding_format base64 (what the openai SDK asks for)
+    tool: ToolCall | None = None  # the tool the model calls after its text (see llmroute.sim.tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,15 @@ class Completion:
 
     id: str
     model: str
-    prompt_tokens: int  # including cached ones
+    prompt_tokens: int  # including cached and cache-written ones
     completion_tokens: int
     cached_tokens: int
     truncated: bool  # stopped by max_tokens
     created: int
     inputs: int = 1  # embeddings: vectors to return
     base64: bool = False  # embeddings: vectors as base64 of little-endian float32
+    tool: ToolCall | None = None
+    cache_write_tokens: int = 0  # Anthropic only
 
 
 class Format(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 
 from llmroute.http import Request
 from llmroute.sim.dialect import ChatRequest, Completion, dump
-from llmroute.sim.openai_common import model_of
+from llmroute.sim.openai_common import body_and_model
 
 DIMENSIONS = 8
 """Vector length: enough to look like an embedding, small enough to cost nothing in benchmarks."""
@@ -21,11 +21,10 @@ class EmbeddingsFormat:
     generates = False
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = model_of(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         inputs = payload.get("input")
         if isinstance(inputs, str) and inputs:
             count = 1

@@ -12,10 +12,16 @@ DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|embeddi
 """Azure OpenAI's per-deployment paths: the deployment stands in for `model`."""
 
 
-def model_of(request: Request, payload: dict[str, Any]) -> object:
-    """`model` from the body, or on Azure the deployment in the path."""
+def body_and_model(request: Request, payload: Any) -> tuple[dict[str, Any], str] | str:
+    """The request body and the model it names (`model`, or on Azure the deployment in the path), or why
+    the request is invalid."""
+    if not isinstance(payload, dict):
+        return "request body must be a JSON object"
     match = DEPLOYMENT.match(request.path)
-    return payload.get("model") or (match.group(1) if match else None)
+    model = payload.get("model") or (match.group(1) if match else None)
+    if not isinstance(model, str) or not model:
+        return "you must provide a model parameter"
+    return payload, model
 
 
 def text(tokens: int) -> str:
@@ -23,7 +29,9 @@ def text(tokens: int) -> str:
 
 
 def finish_reason(completion: Completion) -> str:
-    return "length" if completion.truncated else "stop"
+    if completion.truncated:
+        return "length"
+    return "tool_calls" if completion.tool is not None else "stop"
 
 
 def usage(completion: Completion) -> dict[str, Any]:

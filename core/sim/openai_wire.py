@@ -9,7 +9,9 @@ from llmroute.http import Request
 from llmroute.sim.completions_wire import COMPLETIONS
 from llmroute.sim.dialect import ChatRequest, Completion, Endpoint, Format, dump, max_tokens
 from llmroute.sim.embeddings_wire import EMBEDDINGS
-from llmroute.sim.openai_common import DEPLOYMENT, event, finish_reason, model_of, text, usage
+from llmroute.sim.openai_common import DEPLOYMENT, body_and_model, event, finish_reason, text, usage
+from llmroute.sim.responses_wire import RESPONSES
+from llmroute.sim.tools import ToolCall, first_call
 
 _ERROR_KINDS = {  # status -> (type, code), as api.openai.com reports them
     400: ("invalid_request_error", None),
@@ -33,11 +35,10 @@ class ChatFormat:
     generates = True
 
     def parse(self, request: Request, payload: Any) -> ChatRequest | str:
-        if not isinstance(payload, dict):
-            return "request body must be a JSON object"
-        model = model_of(request, payload)
-        if not isinstance(model, str) or not model:
-            return "you must provide a model parameter"
+        checked = body_and_model(request, payload)
+        if isinstance(checked, str):
+            return checked
+        payload, model = checked
         if not isinstance(payload.get("messages"), list) or not payload["messages"]:
             return "messages must be a non-empty array"
         limit = max_tokens(payload, "max_completion_tokens", "max_tokens")
@@ -45,7 +46,7 @@ class ChatFormat:
             return limit
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return ChatRequest(model, payload.get("stream") is True, limit, include_usage)
+        return ChatRequest(model, payload.get("stream") is True, limit, include_usage, tool=_tool_call(payload))
 
     def completion_body(self, completion: Completion) -> bytes:
         return dump(
@@ -57,11 +58,7 @@ class ChatFormat:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": text(completion.completion_tokens),
-                            "refusal": None,
-                        },
+                        "message": _message(completion),
                         "logprobs": None,
                         "finish_reason": finish_reason(completion),
                     }
@@ -77,7 +74,14 @@ class ChatFormat:
         return _chunk(completion, {"content": text}, None)
 
     def stream_end(self, completion: Completion, include_usage: bool) -> bytes:
-        end = _chunk(completion, {}, finish_reason(completion))
+        end = b""
+        if completion.tool is not None:  # the call in two deltas, as OpenAI streams them: name, then arguments
+            call = _call_json(completion.tool)
+            opening = {**call, "function": {"name": completion.tool.name, "arguments": ""}}
+            end += _chunk(completion, {"tool_calls": [{"index": 0, **opening}]}, None)
+            arguments = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+            end += _chunk(completion, {"tool_calls": [arguments]}, None)
+        end += _chunk(completion, {}, finish_reason(completion))
         if include_usage:
             end += event({**_chunk_fields(completion), "choices": [], "usage": usage(completion)})
         return end + b"data: [DONE]\n\n"
@@ -90,6 +94,7 @@ FORMATS: dict[Endpoint, Format] = {
     Endpoint.CHAT: ChatFormat(),
     Endpoint.COMPLETIONS: COMPLETIONS,
     Endpoint.EMBEDDINGS: EMBEDDINGS,
+    Endpoint.RESPONSES: RESPONSES,
 }
 """The OpenAI APIs the simulator speaks, by endpoint."""
 
@@ -163,3 +168,28 @@ def _chunk_fields(completion: Completion) -> dict[str, Any]:
 def _chunk(completion: Completion, delta: dict[str, Any], finish: str | None) -> bytes:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     return event({**_chunk_fields(completion), "choices": [choice]})
+
+
+def _tool_call(payload: dict[str, Any]) -> ToolCall | None:
+    """The call of the first function tool offered, unless tools are off or the last message is a result."""
+    tools = payload.get("tools")
+    messages = payload["messages"]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if not isinstance(tools, list) or not tools or payload.get("tool_choice") == "none" or last.get("role") == "tool":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(function, dict):
+        return None
+    return first_call("call_sim_1", function.get("name"), function.get("parameters"))
+
+
+def _call_json(tool: ToolCall) -> dict[str, Any]:
+    arguments = dump(tool.arguments).decode()
+    return {"id": tool.id, "type": "function", "function": {"name": tool.name, "arguments": arguments}}
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text(completion.completion_tokens), "refusal": None}
+    if completion.tool is not None:
+        message["tool_calls"] = [_call_json(completion.tool)]
+    return message

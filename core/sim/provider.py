@@ -20,7 +20,7 @@ from llmroute.sim.openai_wire import AzureOpenAIDialect, OpenAIDialect
 from llmroute.sim.stats import SimStats
 
 Kind = Literal["openai", "anthropic", "azure-openai"]
-_ID_MARK = "@sim-id@"  # stands in for the id in a cached body; ids come first in every body
+_ID_MARK = "@sim-id@"  # stands in for the id (wherever it appears) in a cached body
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
     "anthropic": AnthropicDialect,
@@ -162,17 +162,17 @@ class SimProvider:
             c.prompt_tokens,
             c.completion_tokens,
             c.cached_tokens,
+            c.cache_write_tokens,
             c.truncated,
             c.created,
             c.inputs,
             c.base64,
+            c.tool,
         )
         if key != self._body_key:
             template = fmt.completion_body(dataclasses.replace(c, id=_ID_MARK))
-            self._body_key, self._body_parts = key, template.split(_ID_MARK.encode(), 1)
-        if len(self._body_parts) == 1:  # an answer without an id (embeddings)
-            return self._body_parts[0]
-        return self._body_parts[0] + c.id.encode() + self._body_parts[1]
+            self._body_key, self._body_parts = key, template.split(_ID_MARK.encode())
+        return c.id.encode().join(self._body_parts)  # ids may appear several times (Responses items), or not
 
     def _complete(self, fmt: Format, chat: ChatRequest, behavior: Behavior, request: Request) -> Completion:
         self._ids += 1
@@ -181,16 +181,19 @@ class SimProvider:
         if truncated and chat.max_tokens is not None:
             tokens = chat.max_tokens
         prompt_tokens = _prompt_tokens(request)
+        cached = min(behavior.cached_tokens, prompt_tokens)
         return Completion(
             id=f"{fmt.id_prefix}{self.name}-{self._ids}",
             model=chat.model,
             prompt_tokens=prompt_tokens,
             completion_tokens=tokens,
-            cached_tokens=min(behavior.cached_tokens, prompt_tokens),
+            cached_tokens=cached,
+            cache_write_tokens=min(behavior.cache_write_tokens, prompt_tokens - cached),
             truncated=truncated,
             created=int(time.time()),
             inputs=chat.inputs,
             base64=chat.base64,
+            tool=chat.tool,
         )
 
     async def _stream(
@@ -211,10 +214,11 @@ class SimProvider:
             else:
                 yield failure
             return
-        token = fmt.stream_token(completion, " token")
+        numbered = getattr(fmt, "numbered", False)  # events with a sequence_number are made one by one
+        token = b"" if numbered else fmt.stream_token(completion, " token")
         for i in range(completion.completion_tokens - 1):
             await _sleep(stall if stall and i == completion.completion_tokens // 2 else behavior.token_delay)
-            yield token
+            yield fmt.stream_token(completion, " token") if numbered else token
         yield fmt.stream_end(completion, chat.include_usage)
 
     async def _misbehave(self, outcome: str, request: Request, behavior: Behavior) -> Response:

@@ -23,6 +23,11 @@ RoutesHandler = Callable[[AsyncIterator[routes_pb2.RouteRequest], grpc.aio.Servi
 LoadHandler = Callable[[AsyncIterator[load_pb2.LoadReport], grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
+def _route_response(response: routes_pb2.RouteResponse | bytes) -> bytes:
+    """A RouteResponse on the wire; the control plane may hand it over already serialized."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def add_services(server: grpc.aio.Server, stream_routes: RoutesHandler, stream_load: LoadHandler) -> None:
     """Register both services' handlers (each reads and writes through its context) on `server`."""
     server.add_generic_rpc_handlers(
@@ -33,7 +38,7 @@ def add_services(server: grpc.aio.Server, stream_routes: RoutesHandler, stream_l
                     "StreamRoutes": grpc.stream_stream_rpc_method_handler(
                         stream_routes,
                         request_deserializer=routes_pb2.RouteRequest.FromString,
-                        response_serializer=routes_pb2.RouteResponse.SerializeToString,
+                        response_serializer=_route_response,
                     )
                 },
             ),

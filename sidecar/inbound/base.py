@@ -4,6 +4,7 @@ endings. The modules are data for the app (a table by path), so the next API is 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,16 @@ def estimate_tokens(value: Any) -> int:
     return max(len(text) // CHARS_PER_TOKEN, 1)
 
 
+def has_part(messages: Any, kind: str) -> bool:
+    """Whether any message (or input item) of `messages` has a content part of type `kind` (an image,
+    which asks for vision)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == kind for part in content):
+            return True
+    return False
+
+
 def output_limit(body: dict[str, Any], *names: str) -> int:
     """The first positive integer limit among `names`, else the default estimate."""
     for name in names:
@@ -72,6 +83,10 @@ class Inbound:
     done: bytes = b""
     """What ends a stream after its last event (chat's `data: [DONE]`)."""
 
+    def forwarded(self, headers: Mapping[str, str]) -> dict[str, str] | None:
+        """The app's `forward_headers` it sent, for a native upstream; None when there are none."""
+        return {name: headers[name] for name in self.forward_headers if name in headers} or None
+
     def parse(self, body: dict[str, Any]) -> Parsed:
         """The routing facts of a request body; ProxyError (400) when it is malformed."""
         raise NotImplementedError
@@ -80,8 +95,9 @@ class Inbound:
         """`error` in this API's shape."""
         return error_body(error.status, error.message, error.code, self.family)
 
-    def error_event(self, error: ProxyError) -> bytes:
-        """`error` as the last SSE event of a stream that had already begun."""
+    def error_event(self, error: ProxyError, sequence: int = 0) -> bytes:
+        """`error` as the last SSE event of a stream that had already begun; `sequence` is the next event
+        number, for APIs that number their events (Responses)."""
         if self.family == "anthropic":
             return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
         return b"data: " + self.error_body(error) + b"\n\n"

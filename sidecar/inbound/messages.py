@@ -13,12 +13,26 @@ from llmroute.model import Api
 from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, require_model
 
 
+def _is_image(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "image"
+
+
+def _has_image(blocks: Any) -> bool:
+    """Whether content blocks hold an image, directly or in a tool result's content."""
+    if not isinstance(blocks, list):
+        return False
+    for block in blocks:
+        inner = block.get("content") if isinstance(block, dict) and block.get("type") == "tool_result" else None
+        if _is_image(block) or (isinstance(inner, list) and any(_is_image(b) for b in inner)):
+            return True
+    return False
+
+
 def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
-    """tools when the request offers tools, vision when a message holds an image block."""
+    """tools when the request offers tools, vision when a message holds an image (or a tool result does)."""
     needs = {"tools"} if body.get("tools") else set()
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in content):
+        if isinstance(message, dict) and _has_image(message.get("content")):
             needs.add("vision")
             break
     return frozenset(needs)
@@ -49,3 +63,20 @@ class Messages(Inbound):
 
 
 MESSAGES = Messages()
+
+
+class CountTokens(Messages):
+    """POST /v1/messages/count_tokens: a Messages request without max_tokens, counted, never run (served by
+    llmroute.sidecar.count_tokens, not the dispatcher)."""
+
+    paths = ("/v1/messages/count_tokens", "/messages/count_tokens")
+
+    def parse(self, body: dict[str, Any]) -> Parsed:
+        model = require_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise invalid("messages: field required (a non-empty array)")
+        return Parsed(model=model, stream=False, needs=frozenset(), tokens_in=0, tokens_out=0)
+
+
+COUNT_TOKENS = CountTokens()

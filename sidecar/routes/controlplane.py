@@ -1,8 +1,11 @@
 """The sidecar's control-plane client: subscribes to its routing table, ACKs or NACKs it, reports load.
 
 The last applied table stays in force whatever happens to the connection, and is kept in --state-dir
-so a sidecar restarted while the operator is away still serves. Reconnects back off exponentially
-with jitter and resend the version the sidecar has, so an unchanged table is not sent again.
+so a sidecar restarted while the operator is away still serves. The operator runs several replicas,
+each serving the same tables: the client dials one of the addresses it was given (names resolved to
+all their addresses, so a headless Service name means every replica) and, when that connection
+fails, another one, backing off exponentially with jitter. It resends the version it has, and
+versions are hashes of the table, so moving to another replica sends nothing when nothing changed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from llmroute.endpoints import Endpoint, ranked, resolve, split_addresses
 from llmroute.model import Backend, RouteInvalid, RoutingTable, SecretValue, compile_table, parse_spec, resolve_keys
 from llmroute.model.files import LocalKeys
 from llmroute.v1 import load_pb2, routes_pb2, rpc
@@ -53,10 +57,16 @@ class TableRejected(ValueError):
     """A table from the control plane that this sidecar cannot serve; the message goes back in the NACK."""
 
 
-def build_table(response: routes_pb2.RouteResponse, namespace: str, env_keys: LocalKeys | None = None) -> RoutingTable:
+def build_table(
+    response: routes_pb2.RouteResponse,
+    namespace: str,
+    env_keys: LocalKeys | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> RoutingTable:
     """Validate every route of a response with the LLMRoute parser and resolve its keys, or raise TableRejected.
 
     Keys of `apiKeySecretRef` backends come with the response; `apiKeyEnv` ones from this process' environment.
+    With `labels` (a namespace's whole bootstrap table), only the routes that select them are kept.
     """
     env_keys = env_keys or LocalKeys(None)
     problems: list[str] = []
@@ -70,6 +80,8 @@ def build_table(response: routes_pb2.RouteResponse, namespace: str, env_keys: Lo
             route = parse_spec(
                 json.loads(message.spec_json), name=message.name, namespace=namespace, generation=message.generation
             )
+            if labels is not None and not route.selects(dict(labels)):
+                continue
             routes.append(resolve_keys(route, _keys(dict(message.api_keys), env_keys)))
         except json.JSONDecodeError as exc:
             problems.append(f"LLMRoute {key}: spec_json is not JSON: {exc}")
@@ -105,17 +117,20 @@ class ControlPlaneClient:
         token_file: Path | None,
         state_dir: Path | None,
         tls_ca: Path | None,
+        bootstrap_file: Path | None = None,
         apply: Callable[[RoutingTable], None],
         load: LoadRecorder,
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
     ) -> None:
-        self.address = address
+        self.addresses = split_addresses(address)
+        self.address = address  # the replica dialled last (the addresses given until the first dial)
         self.node = node
         self.version = ""  # of the table applied last ("" = none yet)
         self.connected = False  # subscribed and authenticated right now
         self._token_file = token_file
         self._state_dir = state_dir
+        self._bootstrap_file = bootstrap_file
         self._ca = tls_ca.read_bytes() if tls_ca is not None else None
         self._apply = apply
         self._load = load
@@ -125,12 +140,22 @@ class ControlPlaneClient:
         self._interval_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
+        self._failed: Endpoint | None = None
+
+    async def _pick(self) -> Endpoint:
+        """The replica to dial: the first in this pod's ranking, else the one ranked after the one that failed."""
+        endpoints = ranked(await resolve(self.addresses), self.node.pod)
+        if self._failed in endpoints and len(endpoints) > 1:
+            return endpoints[(endpoints.index(self._failed) + 1) % len(endpoints)]
+        return endpoints[0]
 
     async def run(self) -> None:
         """Restore the saved table, then stay subscribed until stop()."""
         await self._restore()
         while not self._stopping.is_set():
-            self._session = asyncio.create_task(self._subscribe())
+            endpoint = await self._pick()
+            self.address = endpoint.target
+            self._session = asyncio.create_task(self._subscribe(endpoint))
             try:
                 await self._session
                 log.warning("control plane %s closed the route stream", self.address)
@@ -144,6 +169,7 @@ class ControlPlaneClient:
                 log.exception("control-plane session failed")
             finally:
                 self.connected = False
+            self._failed = endpoint
             self._failures += 1
             low, high = self._backoff
             delay = min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
@@ -157,18 +183,27 @@ class ControlPlaneClient:
             await asyncio.gather(self._session, return_exceptions=True)
 
     async def _restore(self) -> None:
-        if self._state_dir is None:
+        """Serve the table saved in --state-dir, else the namespace's bootstrap copy, until a replica answers."""
+        if self._state_dir is not None and await self._restore_from(self._state_dir / state.STATE_FILE, own=True):
             return
+        if self._bootstrap_file is not None:
+            await self._restore_from(self._bootstrap_file, own=False)
+
+    async def _restore_from(self, path: Path, *, own: bool) -> bool:
         try:
-            saved = await asyncio.to_thread(state.load, self._state_dir)
+            saved = await asyncio.to_thread(state.load_file, path)
             if saved is None:
-                return
-            self._apply(build_table(saved, self.node.namespace))
+                return False
+            table = build_table(saved, self.node.namespace, labels=None if own else self.node.labels)
+            self._apply(table)
         except Exception as exc:
-            log.warning("cannot restore the routing table saved in %s: %s", self._state_dir, exc)
-            return
-        self.version = saved.version_info
-        log.info("restored routing table %s from %s", self.version, self._state_dir)
+            log.warning("cannot restore the routing table saved in %s: %s", path, exc)
+            return False
+        # The bootstrap copy is the whole namespace's table: its version is this pod's only if it keeps every route.
+        if own or len(table.routes) == len(saved.table.routes):
+            self.version = saved.version_info
+        log.info("restored routing table %s (%d routes) from %s", saved.version_info, len(table.routes), path)
+        return True
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._token_file is None:
@@ -176,16 +211,18 @@ class ControlPlaneClient:
         token = (await asyncio.to_thread(self._token_file.read_text)).strip()  # re-read: projected tokens rotate
         return (("authorization", f"Bearer {token}"),)
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
         if self._ca is None:
-            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
         credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
-        return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        # Dialled by IP, checked against the name it was given (the certificate names the Services).
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", endpoint.name)]
+        return grpc.aio.secure_channel(endpoint.target, credentials, options=options)
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, endpoint: Endpoint) -> None:
         """One connection: the route stream until it ends, load reports alongside."""
         metadata = await self._metadata()
-        channel = self._channel()
+        channel = self._channel(endpoint)
         reporting: asyncio.Task[None] | None = None
         try:
             call = rpc.stream_routes(channel)(None, metadata=metadata)

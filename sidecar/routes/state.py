@@ -1,4 +1,5 @@
-"""The last applied control-plane table on disk, so a sidecar restarted without an operator still serves.
+"""The last applied control-plane table on disk, so a sidecar restarted without an operator still serves
+(and the bootstrap copy the operator keeps per namespace, for a new pod that has none).
 
 The file holds API keys: it is written atomically with mode 0600 and read back as-is.
 """
@@ -31,8 +32,13 @@ def save(state_dir: Path, response: routes_pb2.RouteResponse) -> None:
 
 def load(state_dir: Path) -> routes_pb2.RouteResponse | None:
     """The saved table, or None when there is none (a corrupt file raises DecodeError)."""
+    return load_file(state_dir / STATE_FILE)
+
+
+def load_file(path: Path) -> routes_pb2.RouteResponse | None:
+    """A serialized RouteResponse (the saved table, or the namespace's bootstrap copy); None when absent."""
     try:
-        data = (state_dir / STATE_FILE).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     return routes_pb2.RouteResponse.FromString(data)

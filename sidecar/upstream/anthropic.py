@@ -78,7 +78,7 @@ class ChatToMessages:
             body["stream"] = True
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The Messages answer as an OpenAI chat.completion."""
         doc = json_object(body)
         if doc is None:

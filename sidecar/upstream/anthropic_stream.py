@@ -39,6 +39,7 @@ def usage_of(usage: Any, into: Usage | None = None) -> Usage:
         uncached, cached, written = (c if isinstance(c, int) else 0 for c in counts)
         result.prompt_tokens = uncached + cached + written
         result.cached_tokens = cached
+        result.cache_write_tokens = written
     if isinstance(usage.get("output_tokens"), int):
         result.completion_tokens = usage["output_tokens"]
     return result

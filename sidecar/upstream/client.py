@@ -4,6 +4,7 @@ API it can serve, and failures classified."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 
 from llmroute.model import Api, Backend
 from llmroute.sidecar.balancer.outcome import FailureKind
-from llmroute.sidecar.upstream.base import DONE, StreamTranslator
+from llmroute.sidecar.upstream.base import DONE, StreamTranslator, json_object
 from llmroute.sidecar.upstream.codecs import Codec, codec_for
 from llmroute.sidecar.upstream.errors import (
     UpstreamError,
@@ -108,9 +109,46 @@ class Upstream:
         """A non-streamed answer to `request` (of inbound `api`) within `timeout` seconds; UpstreamError on any
         failure. `headers` are the app's protocol headers for a native call (anthropic-beta and the like)."""
         codec, url, wire_headers, body = self._wire(api, request, headers, stream=False)
+        response, answer = await self._post(url, wire_headers, body, timeout)
+        try:
+            completion = codec.decode(response.status, answer, self.backend.model, request)
+        except UpstreamError as error:
+            raise _scrub(error, self.backend) from None
+        completion.headers = forwarded_headers(response.raw_headers)
+        return completion
+
+    async def count_tokens(
+        self,
+        request: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+        headers: dict[str, str] | None = None,
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        """The provider's own token count of a Messages request (the app's body with the backend's model), and
+        the response headers for the app; UpstreamError on any failure or when the provider cannot count."""
+        url = self._provider.count_tokens_url()
+        if url is None:
+            raise UpstreamError(FailureKind.CLIENT_ERROR, f"backend {self.backend.name} cannot count tokens")
+        body = json.dumps({**request, "model": self.backend.model}, separators=(",", ":")).encode()
+        wire_headers = {**self._provider.headers, **headers} if headers else self._provider.headers
+        response, answer = await self._post(url, wire_headers, body, timeout)
+        doc = json_object(answer)
+        count = doc.get("input_tokens") if doc is not None else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise bad_body(response.status, "no input_tokens")
+        return answer, forwarded_headers(response.raw_headers)
+
+    async def _post(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
+    ) -> tuple[Response, bytes]:
+        """POST and read the whole answer within `timeout`; UpstreamError (key masked) unless it is a 2xx."""
         try:
             async with asyncio.timeout(timeout):
-                response = await self._pool.request("POST", url, wire_headers, body)
+                response = await self._pool.request("POST", url, headers, body)
                 answer = await response.read()
         except TimeoutError:
             raise UpstreamError(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
@@ -119,12 +157,7 @@ class Upstream:
         self._trace(url, response.status)
         if not 200 <= response.status < 300:
             raise self._error(response, answer)
-        try:
-            completion = codec.decode(response.status, answer, self.backend.model)
-        except UpstreamError as error:
-            raise _scrub(error, self.backend) from None
-        completion.headers = forwarded_headers(response.raw_headers)
-        return completion
+        return response, answer
 
     async def stream(
         self,
@@ -221,6 +254,12 @@ class CompletionStream:
     def usage(self) -> Usage:
         """Tokens reported so far (complete once the stream has ended)."""
         return self._translator.usage
+
+    @property
+    def sequence(self) -> int:
+        """The next event number, for APIs that number their events (the Responses API's sequence_number)."""
+        number = getattr(self._translator, "sequence", 0)
+        return number if isinstance(number, int) else 0
 
     @property
     def skipped(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from llmroute.model import Api, Backend
-from llmroute.sidecar.upstream import anthropic, native, openai
+from llmroute.sidecar.upstream import anthropic, messages_chat, native, openai, responses_chat
 from llmroute.sidecar.upstream.base import StreamTranslator
 from llmroute.sidecar.upstream.usage import Completion
 
@@ -33,8 +33,9 @@ class Codec(Protocol):
         """The upstream body for the app's request (never mutated), asking for usage where it can."""
         ...
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
-        """The answer in the inbound format for a 2xx upstream body; UpstreamError when it is unusable."""
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
+        """The answer in the inbound format for a 2xx upstream body (of `request`, which some formats echo);
+        UpstreamError when it is unusable."""
         ...
 
     def translator(self, request: dict[str, Any], model: str) -> StreamTranslator:
@@ -49,6 +50,8 @@ _ALL: tuple[Codec, ...] = (
     native.RESPONSES,
     native.MESSAGES,
     anthropic.CHAT_TO_MESSAGES,
+    messages_chat.MESSAGES_TO_CHAT,
+    responses_chat.RESPONSES_TO_CHAT,
 )
 CODECS: dict[tuple[Api, Api], Codec] = {(c.inbound, c.upstream): c for c in _ALL}
 """Every pair the sidecar can carry. A new inbound API or translation is a module and an entry here."""

@@ -86,6 +86,7 @@ class UpstreamError(Exception):
             error = {
                 "type": "error",
                 "error": {"type": _anthropic_type(detail.type, self.status), "message": detail.message},
+                "request_id": None,
             }
             return json.dumps(error).encode()
         shaped: dict[str, Any] = {"message": detail.message, "type": detail.type, "code": detail.code}
@@ -136,6 +137,8 @@ _ANTHROPIC_TYPES = frozenset(
         "rate_limit_error",
         "api_error",
         "overloaded_error",
+        "timeout_error",
+        "billing_error",
     }
 )
 

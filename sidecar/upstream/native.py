@@ -71,7 +71,7 @@ class NativeCodec:
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is, its usage read for cost."""
         doc = json_object(body)
         if doc is None:
@@ -93,21 +93,35 @@ class NativeCodec:
 
 
 class _ResponsesEvents:
-    """The Responses API's stream: ends with response.completed (or .incomplete); usage rides on it."""
+    """The Responses API's stream: ends with response.completed or .incomplete (a proper end: the answer hit
+    its limit), usage riding on it; `error` and response.failed are failures."""
 
     finish = frozenset({"response.completed", "response.incomplete"})
 
     def usage(self, doc: dict[str, Any], usage: Usage) -> Usage:
         response = doc.get("response")
-        return responses_usage(response.get("usage")) if isinstance(response, dict) else usage
+        if doc.get("type") in self.finish and isinstance(response, dict):
+            return responses_usage(response.get("usage"))
+        return usage
 
     def error(self, kind: str, doc: dict[str, Any]) -> UpstreamError | None:
-        if kind == "error":
-            return error_from_event(doc, "mid-stream")
+        if kind == "error":  # OpenAI nests the error under `error`; its documented event is flat
+            return error_from_event(
+                _with_type(doc.get("error") if isinstance(doc.get("error"), dict) else doc), "mid-stream"
+            )
         if kind == "response.failed":
             response = doc.get("response")
-            return error_from_event(response.get("error") if isinstance(response, dict) else None, "mid-stream")
+            error = response.get("error") if isinstance(response, dict) else None
+            return error_from_event(_with_type(error), "mid-stream")
         return None
+
+
+def _with_type(error: Any) -> Any:
+    """A Responses error, whose kind may be only in `code` (response.failed's error has no type), with
+    that kind as `type` so rate limits are told apart from failures."""
+    if isinstance(error, dict) and error.get("type") in (None, "error"):
+        return {**error, "type": error.get("code")}
+    return error
 
 
 class _MessagesEvents:
@@ -131,11 +145,13 @@ class NamedEventStream:
     must never be told an answer is complete when it was cut short.
     """
 
-    __slots__ = ("_done", "_events", "_rules", "skipped", "usage")
+    __slots__ = ("_done", "_events", "_rules", "sequence", "skipped", "usage")
     settled = False  # the final event carries the usage: nothing settles before it
 
     def __init__(self, rules: _ResponsesEvents | _MessagesEvents) -> None:
         self.usage = Usage()
+        self.sequence = 0
+        """The next sequence_number, for streams that number their events (Responses)."""
         self.skipped = 0
         self._rules = rules
         self._events = 0
@@ -156,6 +172,9 @@ class NamedEventStream:
         if error is not None:
             raise error
         self.usage = self._rules.usage(doc, self.usage)
+        number = doc.get("sequence_number")
+        if isinstance(number, int):
+            self.sequence = number + 1
         data = b"event: " + kind.encode() + b"\ndata: " + event.data.replace(b"\n", b"\ndata: ") + b"\n\n"
         if kind in self._rules.finish:
             self._done = True

@@ -35,13 +35,9 @@ class ChatCodec:
             body.pop("stream_options", None)
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, status: int, body: bytes, model: str) -> Completion:
+    def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""
-        doc = json_object(body)
-        if doc is None:
-            raise bad_body(status, "not a JSON object")
-        if doc.get("error"):
-            raise error_from_event(doc["error"], "in a successful answer")
+        doc = answer_doc(status, body)
         if not isinstance(doc.get("choices"), list):
             raise bad_body(status, "no choices")
         return Completion(body, Usage.from_openai(doc.get("usage")))
@@ -52,6 +48,16 @@ class ChatCodec:
 
 
 CHAT = ChatCodec()
+
+
+def answer_doc(status: int, body: bytes) -> dict[str, Any]:
+    """A 2xx chat.completion body as JSON; UpstreamError when it is not an object or holds an error."""
+    doc = json_object(body)
+    if doc is None:
+        raise bad_body(status, "not a JSON object")
+    if doc.get("error"):
+        raise error_from_event(doc["error"], "in a successful answer")
+    return doc
 
 
 # The keys an event is parsed for. One where each is absent or null is a plain delta, passed on unparsed.

@@ -33,6 +33,10 @@ class Provider(Protocol):
         """The URL that serves `api` (one of the backend's `apis`)."""
         ...
 
+    def count_tokens_url(self) -> str | None:
+        """Where the provider counts a Messages request's tokens without running it; None: it does not."""
+        ...
+
     def probe(self) -> WireRequest:
         """A cheap GET that shows the backend is reachable and the key accepted (never a completion)."""
         ...
@@ -54,6 +58,9 @@ class OpenAIProvider:
 
     def url(self, api: Api) -> str:
         return f"{self._base}/{_OPENAI_PATHS[api]}"
+
+    def count_tokens_url(self) -> None:
+        return None
 
     def probe(self) -> WireRequest:
         """GET {url}/models."""
@@ -82,13 +89,16 @@ class AzureOpenAIProvider:
             return f"{self._base}/openai/responses?api-version={self._version}"
         return f"{self._base}/openai/deployments/{self._deployment}/{_OPENAI_PATHS[api]}?api-version={self._version}"
 
+    def count_tokens_url(self) -> None:
+        return None
+
     def probe(self) -> WireRequest:
         """GET {url}/openai/models."""
         return WireRequest(f"{self._base}/openai/models?api-version={self._version}", self.headers)
 
 
 class AnthropicProvider:
-    """{url}/messages with `x-api-key` and `anthropic-version`."""
+    """{url}/messages (and /messages/count_tokens) with `x-api-key` and `anthropic-version`."""
 
     __slots__ = ("_base", "headers")
 
@@ -103,6 +113,9 @@ class AnthropicProvider:
 
     def url(self, api: Api) -> str:
         return f"{self._base}/messages"
+
+    def count_tokens_url(self) -> str:
+        return f"{self._base}/messages/count_tokens"
 
     def probe(self) -> WireRequest:
         """GET {url}/models."""

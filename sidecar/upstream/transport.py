@@ -56,9 +56,12 @@ def parse_target(url: str) -> Target:
     return Target(origin, parsed.raw_path, host)
 
 
-def request_head(method: str, target: Target, headers: Mapping[str, str], body: bytes) -> bytes:
-    """The request line and headers; httpx.LocalProtocolError if a header could split the request."""
-    lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\nhost: ", target.host, b"\r\n", _FIXED_HEADERS]
+def request_head(
+    method: str, target: Target, headers: Mapping[str, str], body: bytes, fixed: bytes = _FIXED_HEADERS
+) -> bytes:
+    """The request line and headers (`fixed` first: ours for backend calls, none when relaying an app's own);
+    httpx.LocalProtocolError if a header could split the request."""
+    lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\nhost: ", target.host, b"\r\n", fixed]
     for name, value in headers.items():
         line = f"{name}: {value}\r\n"
         if "\r" in line[:-2] or "\n" in line[:-2]:
@@ -283,6 +286,11 @@ class Response:
             joined[name] = f"{joined[name]}, {value}" if name in joined else value
         return joined
 
+    @property
+    def arrived(self) -> bool:
+        """The whole answer has been received (a small JSON answer usually comes with its head)."""
+        return self._connection is None or self._connection.complete
+
     def set_read_timeout(self, seconds: float) -> None:
         """From now on, how long each piece of the body may take."""
         self._timeout = seconds
@@ -368,6 +376,21 @@ class Pool:
             target = self._targets[url] = parse_target(url)
         data = request_head(method, target, headers, body) + body
         keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
+        return await self.send(
+            target, data, keep_alive=keep_alive, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+
+    async def send(
+        self,
+        target: Target,
+        data: bytes,
+        *,
+        keep_alive: bool = True,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> Response:
+        """Send a request already encoded (head and body, for `target`) and return once the answer's head
+        arrived: `request` for callers that build their own head (a proxy relaying the app's headers)."""
         connection = self._checkout(target.origin)
         if connection is not None:
             try:

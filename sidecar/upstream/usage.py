@@ -8,11 +8,13 @@ from typing import Any
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens as OpenAI counts them: `prompt_tokens` includes `cached_tokens`."""
+    """Tokens as OpenAI counts them: `prompt_tokens` includes `cached_tokens` and `cache_write_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's cache (Anthropic reports them; OpenAI does not)."""
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:

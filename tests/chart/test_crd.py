@@ -107,23 +107,24 @@ def broken(change: str) -> dict[str, Any]:
     return route
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ("duplicate backend names", "backend names must be unique"),
-        ("unknown fallback", "every fallback entry must name a backend of this route"),
-        ("duplicate models", "model names must be unique"),
-        ("both key sources", "set at most one of apiKeySecretRef and apiKeyEnv"),
-        ("json on anthropic", "provider anthropic cannot serve 'json' requests"),
-        ("chat on anthropic", "provider anthropic serves only the messages API, and only provider anthropic serves it"),
-        ("repeated api", "apis must not repeat an entry"),
-        (
-            "mixed embedding models",
-            "backends that serve embeddings must all name the same model: vectors of different embedding models are"
-            " not comparable, so a route never fails over between them",
-        ),
-    ],
-)
+CEL_CASES = [
+    ("duplicate backend names", "backend names must be unique"),
+    ("unknown fallback", "every fallback entry must name a backend of this route"),
+    ("duplicate models", "model names must be unique"),
+    ("both key sources", "set at most one of apiKeySecretRef and apiKeyEnv"),
+    ("json on anthropic", "provider anthropic cannot serve 'json' requests"),
+    ("chat on anthropic", "provider anthropic serves only the messages API, and only provider anthropic serves it"),
+    ("repeated api", "apis must not repeat an entry"),
+    (
+        "mixed embedding models",
+        "backends that serve embeddings must all name the same model: vectors of different embedding models are"
+        " not comparable, so a route never fails over between them",
+    ),
+]
+"""Each way `broken` breaks a CEL rule, with the rule's message (tests/apiserver checks them for real)."""
+
+
+@pytest.mark.parametrize(("change", "message"), CEL_CASES)
 def test_cel_rules_reject_invalid_routes(change: str, message: str) -> None:
     route = broken(change)
     jsonschema.validate(route, openapi_schema())  # structurally fine: only CEL catches it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import ssl
@@ -13,6 +14,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from llmroute.operator.injection import InjectionConfig, sidecar_container
+from llmroute.sidecar.main import add_arguments
 from tests.chart.conftest import CHART, Render
 
 K8S_VERSION = "1.30.0"
@@ -82,6 +85,11 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
         ("injection.mod", "container", "additional properties 'mod' not allowed"),
         ("operater.auth", False, "additional properties 'operater' not allowed"),
         ("injection.mode", "sidecar", "value must be one of 'native', 'container'"),
+        (
+            "injection.sidecar.passthrough",
+            "openai:https://api.openai.com/v1",
+            "'/injection/sidecar/passthrough': 'openai:https://api.openai.com/v1' does not match pattern",
+        ),
     ],
 )
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
@@ -96,28 +104,59 @@ def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: 
 
 def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     objects = render()
-    rules = {
-        (group, resource): sorted(rule["verbs"])
-        for role in by_kind(objects, "ClusterRole")
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
+    rules: dict[tuple[str, str], list[str]] = {}
+    named: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for role in by_kind(objects, "ClusterRole"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    if "resourceNames" in rule:
+                        named[(group, resource)] = (rule["resourceNames"], rule["verbs"])
+                    else:
+                        rules[(group, resource)] = sorted(rules.get((group, resource), []) + rule["verbs"])
+    # Secrets: read the referenced ones; create and patch only the bootstrap table.
+    assert named == {("", "secrets"): (["llmroute-bootstrap"], ["patch"])}
     assert rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
         ("authentication.k8s.io", "tokenreviews"): ["create"],
+        ("", "namespaces"): ["list", "watch"],
         ("llmroute.io", "llmroutes"): ["get", "list", "patch", "watch"],
         ("llmroute.io", "llmroutes/status"): ["patch"],
-        ("", "secrets"): ["get", "list", "watch"],
+        ("", "secrets"): ["create", "get", "list", "watch"],
         ("", "events"): ["create"],
     }
-    assert not by_kind(objects, "Role")
+    # The one namespaced grant: the leader-election Lease, in the release's namespace, by name.
+    [role] = by_kind(objects, "Role")
+    assert role["metadata"]["namespace"] == "llmroute-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["llmroute"],
+         "verbs": ["get", "patch"]},
+    ]  # fmt: skip
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--lease-name=llmroute" in args
+
+
+def test_the_control_plane_is_highly_available_by_default(render: Render) -> None:
+    objects = render()
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in pod["topologySpreadConstraints"])
+    # Sidecars and the leader reach every replica through the headless Service.
+    [headless] = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert headless["metadata"]["name"] == "llmroute-replicas"
+    assert "--peers=llmroute-replicas.llmroute-system.svc:15020" in pod["containers"][0]["args"]
 
 
 def test_one_watched_namespace_binds_route_access_in_that_namespace_only(render: Render) -> None:
     objects = render({"operator.watchNamespace": "shop"})
-    [binding] = by_kind(objects, "RoleBinding")
-    assert binding["metadata"]["namespace"] == "shop"
+    [binding] = [b for b in by_kind(objects, "RoleBinding") if b["metadata"]["namespace"] == "shop"]
     assert binding["roleRef"]["name"].endswith("-routes")
     assert [b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding")] == ["llmroute-cluster"]
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -154,8 +193,36 @@ def test_injection_config_carries_the_sidecar_mode(render: Render, mode: str, na
     )
     config = json.loads(config_map["data"]["config.json"])
     assert config["mode"] == mode
-    assert config["controlPlane"] == "llmroute.llmroute-system.svc:15010"
+    assert config["controlPlane"] == "llmroute-replicas.llmroute-system.svc:15010"
     assert config["operatorNamespace"] == "llmroute-system"
+
+
+PUBLIC = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+
+@pytest.mark.parametrize(
+    ("value", "arg", "upstreams"),
+    [
+        (None, "openai=https://api.openai.com/v1,anthropic=https://api.anthropic.com", PUBLIC),
+        ("off", "off", {}),
+        ("openai=https://gateway.corp/v1", "openai=https://gateway.corp/v1", {"openai": "https://gateway.corp/v1"}),
+    ],
+)
+def test_injected_sidecar_passes_through_to_the_public_apis_by_default(
+    render: Render, tmp_path: Path, value: str | None, arg: str, upstreams: dict[str, str]
+) -> None:
+    config_map = next(
+        o
+        for o in render({} if value is None else {"injection.sidecar.passthrough": value})
+        if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap"
+    )
+    (tmp_path / "config.json").write_text(config_map["data"]["config.json"])
+    container = sidecar_container(InjectionConfig.from_file(tmp_path / "config.json"))
+    [rendered] = [a for a in container["args"] if a.startswith("--passthrough")]
+    assert rendered == f"--passthrough={arg}"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # and the sidecar reads it as meant
+    assert parser.parse_args([rendered]).passthrough == upstreams
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -197,6 +264,7 @@ def test_generated_certificate_is_trusted_for_the_service_name(render: Render) -
         server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cadata=base64.b64decode(webhook["clientConfig"]["caBundle"]).decode())
     _handshake(client, server, "llmroute.llmroute-system.svc")
+    _handshake(client, server, "llmroute-replicas.llmroute-system.svc")  # sidecars dial the headless name
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(client, server, "elsewhere.example.com")
 

@@ -63,6 +63,8 @@ def test_critical_and_normal_requests_never_fail(demo: tuple[subprocess.Complete
         figures = summary["priorities"][priority]
         failures = [e for p in summary["phases"] for e in p["priorities"][priority]["error_examples"]]
         assert figures["success_rate"] == 1.0, f"{priority}: {figures['errors']} e.g. {failures}"
+    for api, figures in summary["apis"].items():  # every inbound API, batch included
+        assert figures["requests"] > 0 and figures["success_rate"] == 1.0, (api, figures["errors"])
 
 
 def test_traffic_leaves_the_degraded_primary_and_returns(

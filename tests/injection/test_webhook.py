@@ -23,7 +23,10 @@ def app_pod(**labels: str) -> dict[str, Any]:
                 {
                     "name": "worker",
                     "image": "shop/worker:1",
-                    "env": [{"name": "OPENAI_BASE_URL", "value": "http://x/v1"}],
+                    "env": [
+                        {"name": "OPENAI_BASE_URL", "value": "http://x/v1"},
+                        {"name": "ANTHROPIC_BASE_URL", "value": "http://y"},
+                    ],
                 },
             ],
             "volumes": [{"name": "data", "emptyDir": {}}],
@@ -58,12 +61,30 @@ async def test_injects_a_native_sidecar_into_an_app_pod(webhook: ServedWebhook) 
     mounts = {m["mountPath"] for m in sidecar["volumeMounts"]}
     args = set(sidecar["args"])
     assert {"--token-file=/var/run/secrets/llmroute/token/token", "--state-dir=/var/lib/llmroute"} <= args
+    # The chart's default: requests no route names go to the public APIs, with the app's own key.
+    assert "--passthrough=openai=https://api.openai.com/v1,anthropic=https://api.anthropic.com" in args
     assert {"/var/run/secrets/llmroute/token", "/var/lib/llmroute", "/etc/llmroute/podinfo"} <= mounts
+    # The namespace's bootstrap table: mounted when the operator has written it, and no obstacle when not.
+    assert volumes["llmroute-bootstrap"]["secret"] == {"secretName": "llmroute-bootstrap", "optional": True}
+    assert "--bootstrap-file=/etc/llmroute/bootstrap/routes.pb" in args and "/etc/llmroute/bootstrap" in mounts
 
     app, worker = pod["spec"]["containers"]
     assert env_of(app)["OPENAI_BASE_URL"] == "http://127.0.0.1:4000/v1"
-    assert env_of(worker)["OPENAI_BASE_URL"] == "http://x/v1"  # the app's own setting wins
+    assert env_of(app)["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:4000"  # the Anthropic SDK appends /v1/...
+    assert env_of(worker)["OPENAI_BASE_URL"] == "http://x/v1"  # the app's own settings win
+    assert env_of(worker)["ANTHROPIC_BASE_URL"] == "http://y"
+    assert len(worker["env"]) == 2
     assert pod["metadata"]["labels"]["llmroute.io/sidecar"] == "injected"
+
+
+async def test_each_sdk_base_url_is_set_unless_the_container_sets_it(webhook: ServedWebhook) -> None:
+    pod = app_pod()
+    pod["spec"]["containers"][0]["env"] = [{"name": "OPENAI_BASE_URL", "value": "https://api.openai.com/v1"}]
+    app = (await webhook.admit(pod, "shop"))["spec"]["containers"][0]
+    assert env_of(app) == {
+        "OPENAI_BASE_URL": "https://api.openai.com/v1",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000",
+    }
 
 
 async def test_a_pod_is_never_injected_twice(webhook: ServedWebhook) -> None:

@@ -35,6 +35,8 @@ def test_example_parses_with_every_field() -> None:
     assert route.priorities["batch"].max_concurrency == 10
     assert route.priorities["batch"].strategy == "cost"
     assert route.backend("gpt41").price.cached_input_per_mtok == 2.0
+    assert route.backend("claude").price.cache_write_per_mtok == 3.75
+    assert route.backend("gpt41").price.cache_write_per_mtok is None
     assert route.backend("gpt41").load_sensitive  # maxConcurrency makes latency load-dependent
     assert not route.backend("deepseek").load_sensitive
     assert route.outlier_detection.base_ejection_time == 30.0

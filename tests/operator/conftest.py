@@ -3,7 +3,8 @@
 
 kmock keeps objects but none of the API server's bookkeeping, so `Cluster` adds what the operator
 relies on: uid, creationTimestamp (one second apart per create, so "oldest wins" is deterministic),
-generation bumped on spec changes, the status subresource touching only status, and TokenReview.
+generation bumped on spec changes, the status subresource touching only status, TokenReview, Leases,
+a resourceVersion on every write and 409 Conflict for an update naming a stale one.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
             kind="LLMRoute", singular="llmroute", namespaced=True, verbs=verbs,
             shortnames={"llmr"}, subresources={"status"},
         )  # fmt: skip
+        self.resources["coordination.k8s.io/v1/leases"] = info(
+            kind="Lease", singular="lease", namespaced=True, verbs=verbs
+        )
         self.resources["authentication.k8s.io/v1/tokenreviews"] = info(
             kind="TokenReview", singular="tokenreview", namespaced=False, verbs={"create"}
         )
@@ -84,6 +88,12 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
             return aiohttp.web.json_response(self._review(request.data))
         if resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
+            if self._stale(request, meta.get("resourceVersion")):
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
+                     "message": "the object has been modified; please apply your changes to the latest version"},
+                    status=409,
+                )  # fmt: skip
             meta["resourceVersion"] = str(next(self._rv))
             if request.action == kmock.action.CREATE:
                 if not meta.get("name") and meta.get("generateName"):
@@ -105,6 +115,16 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         kind = self.resources[resource].kind if resource is not None else None
         group_version = f"{resource.group}/{resource.version}".lstrip("/") if resource is not None else "v1"
         return {"kind": f"{kind or ''}List", "apiVersion": group_version, **listing}
+
+    def _stale(self, request: kmock.Request, sent: Any) -> bool:
+        """An update that names a resourceVersion other than the object's (a real API server answers 409)."""
+        if request.action != kmock.action.UPDATE or sent is None or request.name is None:
+            return False
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return False
+        current = self.objects[key]
+        return str(sent) != str(current.get("metadata", {}).get("resourceVersion"))
 
     def _bookkeep_update(self, request: kmock.Request, meta: dict[str, Any]) -> None:
         key = (request.resource, request.namespace, request.name)

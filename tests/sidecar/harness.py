@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import yaml
 
 from llmroute.sidecar.main import Sidecar, add_arguments
 from llmroute.sim import Behavior, SimProvider
+
+APP_KEY = "sk-ant-app-own-key-0123"
+"""The key an app's Anthropic SDK sends: routed models must never forward it upstream."""
 
 
 @dataclass
@@ -25,7 +29,7 @@ class Harness:
     route_file: Path
     sidecar: Sidecar
     spec: dict[str, Any] = field(default_factory=dict)
-    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    clients: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -39,6 +43,15 @@ class Harness:
         """The official SDK pointed at the sidecar, with its own retries off so ours are what is tested."""
         kwargs.setdefault("max_retries", 0)
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key="app-key-unused", **kwargs)
+        self.clients.append(client)
+        return client
+
+    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """The official Anthropic SDK pointed at the sidecar (it appends /v1/messages to the bare origin), with
+        the app's own key `APP_KEY` unless given another, and its retries off."""
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", APP_KEY)
+        client = anthropic.AsyncAnthropic(base_url=self.base_url.removesuffix("/v1"), **kwargs)
         self.clients.append(client)
         return client
 

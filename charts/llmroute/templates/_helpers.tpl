@@ -56,15 +56,23 @@ app.kubernetes.io/part-of: llmroute
 {{- if or .Values.injection.enabled .Values.controlPlane.tls.enabled }}true{{ end }}
 {{- end }}
 
-{{/* DNS names of the operator Service, the SANs of its certificate. */}}
+{{/* DNS names of the operator's Services (the ClusterIP one and the headless one), the SANs of its certificate. */}}
 {{- define "llmroute.serviceDNSNames" -}}
-{{- $svc := include "llmroute.fullname" . }}
-{{- list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson }}
+{{- $names := list }}
+{{- range $svc := list (include "llmroute.fullname" .) (include "llmroute.replicasService" .) }}
+{{- $names = concat $names (list $svc (printf "%s.%s" $svc $.Release.Namespace) (printf "%s.%s.svc" $svc $.Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc $.Release.Namespace)) }}
+{{- end }}
+{{- $names | toJson }}
 {{- end }}
 
-{{/* host:port of the operator's gRPC endpoint, as sidecars dial it. */}}
+{{/* The headless Service: its name resolves to every ready operator replica. */}}
+{{- define "llmroute.replicasService" -}}
+{{- printf "%s-replicas" (include "llmroute.fullname" .) }}
+{{- end }}
+
+{{/* host:port of the operator replicas' gRPC endpoints, as sidecars dial them (the headless name: all replicas). */}}
 {{- define "llmroute.controlPlaneAddress" -}}
-{{- printf "%s.%s.svc:%d" (include "llmroute.fullname" .) .Release.Namespace (int .Values.service.grpcPort) }}
+{{- printf "%s.%s.svc:%d" (include "llmroute.replicasService" .) .Release.Namespace (int .Values.service.grpcPort) }}
 {{- end }}
 
 {{/*

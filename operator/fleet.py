@@ -1,0 +1,180 @@
+"""One picture of the fleet: the leader merges what every replica knows of its own sidecars.
+
+Each sidecar holds one stream, to one replica, which counts it and keeps its load reports. Every
+replica serves that share at GET /fleet on its admin port: per route, the sidecars connected,
+programmed and rejecting, and per backend the last minute of load summed. The leader polls every
+replica the peers address resolves to (a headless Service: every ready replica), replaces each
+replica's share with its latest answer and drops a replica that does not answer, then adds its own
+live counts. So each sidecar is counted once, by the replica it is connected to; a new leader
+builds the same sum from the same shares, and a dead replica's sidecars count again once they have
+moved. Shares are keyed by replica identity, so the leader never adds its own share twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from llmroute.endpoints import resolve
+
+from .controlplane import BackendHealth, ControlPlane, NackMessage, SidecarCounts
+from .loadstore import LoadTotals
+
+log = logging.getLogger(__name__)
+
+FLEET_PATH = "/fleet"
+POLL_INTERVAL_S = 1.0
+
+Share = dict[str, Any]  # one replica's JSON answer
+
+
+def local_share(plane: ControlPlane, identity: str) -> Share:
+    """This replica's share: its own sidecars' counts and load, per namespace and route."""
+    namespaces: dict[str, Any] = {}
+    for namespace, routes in plane.published().items():
+        entry: dict[str, Any] = {}
+        for route in routes:
+            counts = plane.route_sidecars(namespace, route.name)
+            load = {}
+            for backend in route.backends:
+                totals = plane.load_totals(namespace, route.name, backend.name)
+                if totals.requests:
+                    load[backend.name] = _totals_json(totals)
+            if counts.connected or load:
+                entry[route.name] = {
+                    "connected": counts.connected,
+                    "programmed": counts.programmed,
+                    "rejected": counts.rejected,
+                    "messages": [[m.pod, m.message] for m in counts.messages],
+                    "load": load,
+                }
+        if entry:
+            namespaces[namespace] = entry
+    return {"replica": identity, "namespaces": namespaces}
+
+
+def _totals_json(totals: LoadTotals) -> dict[str, Any]:
+    return {
+        "requests": totals.requests,
+        "failures": totals.failures,
+        "faults": totals.faults,
+        "spendUSD": totals.spend_usd,
+        "latency": totals.latency,
+        "ttft": totals.ttft,
+        "covered": totals.covered,
+    }
+
+
+def _totals(data: Mapping[str, Any]) -> LoadTotals:
+    return LoadTotals(
+        requests=int(data["requests"]),
+        failures=int(data["failures"]),
+        faults=int(data["faults"]),
+        spend_usd=float(data["spendUSD"]),
+        latency=[int(c) for c in data["latency"]],
+        ttft=[int(c) for c in data["ttft"]],
+        covered=float(data["covered"]),
+    )
+
+
+class FleetView:
+    """Route counts and backend health over every replica (on the leader; others see only their own)."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        identity: str,
+        peers: tuple[tuple[str, int], ...] = (),
+        *,
+        interval: float = POLL_INTERVAL_S,
+        timeout: float = 1.0,
+    ) -> None:
+        self.plane = plane
+        self.identity = identity
+        self.peers = peers
+        self.interval = interval
+        self.timeout = timeout
+        self.on_change: Callable[[str], None] | None = None
+        self._shares: dict[str, Share] = {}  # replica identity -> its latest answer (never this replica)
+
+    def share(self) -> bytes:
+        """This replica's share as served at GET /fleet."""
+        return json.dumps(local_share(self.plane, self.identity)).encode()
+
+    def _routes(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
+        return [
+            share["namespaces"][namespace][name]
+            for share in self._shares.values()
+            if name in share["namespaces"].get(namespace, {})
+        ]
+
+    def route_sidecars(self, namespace: str, name: str) -> SidecarCounts:
+        """This replica's counts plus every other replica's latest."""
+        own = self.plane.route_sidecars(namespace, name)
+        connected, programmed, rejected = own.connected, own.programmed, own.rejected
+        messages = list(own.messages)
+        for entry in self._routes(namespace, name):
+            connected += int(entry["connected"])
+            programmed += int(entry["programmed"])
+            rejected += int(entry["rejected"])
+            messages.extend(NackMessage(str(pod), str(message)) for pod, message in entry["messages"])
+        return SidecarCounts(connected, programmed, rejected, tuple(sorted(messages, key=lambda m: m.pod)))
+
+    def backend_health(self, namespace: str, name: str) -> list[BackendHealth]:
+        """Each backend of the route over the last minute, over every replica's sidecars."""
+        route = next((r for r in self.plane.published().get(namespace, ()) if r.name == name), None)
+        if route is None:
+            return []
+        entries = self._routes(namespace, name)
+        out = []
+        for backend in route.backends:
+            total = self.plane.load_totals(namespace, name, backend.name)
+            for entry in entries:
+                if backend.name in entry["load"]:
+                    total.merge(_totals(entry["load"][backend.name]))
+            out.append(total.health(backend.name))
+        return out
+
+    async def run(self, leading: Callable[[], bool]) -> None:
+        """Poll every peer (there may be none) while this replica leads; forget their shares when it does not."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
+            while True:
+                if leading():
+                    await self._poll(session)
+                elif self._shares:
+                    self._update({})
+                await asyncio.sleep(self.interval)
+
+    async def _poll(self, session: aiohttp.ClientSession) -> None:
+        endpoints = await resolve(self.peers)
+        answers = await asyncio.gather(*(self._fetch(session, e.target) for e in endpoints))
+        self._update({s["replica"]: s for s in answers if s is not None and s["replica"] != self.identity})
+        # LLMPolicy (issue 11) hook: here the leader holds every replica's spend, merged once per
+        # sidecar; it is where a namespace's budget would be split into shares for the sidecars.
+
+    async def _fetch(self, session: aiohttp.ClientSession, target: str) -> Share | None:
+        try:
+            async with session.get(f"http://{target}{FLEET_PATH}") as response:
+                response.raise_for_status()
+                share: Share = await response.json()
+                return share
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.debug("replica %s did not answer %s: %s", target, FLEET_PATH, exc)
+            return None
+
+    def _update(self, shares: dict[str, Share]) -> None:
+        """Take the new shares; tell on_change which namespaces' picture moved."""
+        old, self._shares = self._shares, shares
+        changed = set()
+        for replica in set(old) | set(shares):
+            before = old.get(replica, {}).get("namespaces", {})
+            after = shares.get(replica, {}).get("namespaces", {})
+            changed |= {ns for ns in set(before) | set(after) if before.get(ns) != after.get(ns)}
+        if self.on_change is not None:
+            for namespace in sorted(changed):
+                self.on_change(namespace)

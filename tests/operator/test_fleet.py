@@ -1,0 +1,101 @@
+"""The leader's picture of the fleet: two real control planes, each serving its share at /fleet over real
+HTTP, stub sidecars over real gRPC on each; the leader's merge counts every sidecar and report once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from llmroute.model import parse_document
+from llmroute.operator.admin import AdminServer
+from llmroute.operator.auth import InsecureAuthenticator
+from llmroute.operator.controlplane import ControlPlane
+from llmroute.operator.fleet import FleetView
+from llmroute.v1 import load_pb2, rpc
+
+from .conftest import StubSidecar, eventually
+
+ROUTE = {
+    "apiVersion": "llmroute.io/v1alpha1",
+    "kind": "LLMRoute",
+    "metadata": {"name": "chat", "namespace": "shop", "generation": 1},
+    "spec": {"models": ["chat"], "backends": [{"name": "b", "provider": "openai", "url": "http://x/v1", "model": "m"}]},
+}
+
+
+@dataclass
+class Member:
+    """One replica: its control plane, its fleet view and the admin server that serves its share."""
+
+    plane: ControlPlane
+    fleet: FleetView
+    admin: AdminServer
+
+
+@pytest.fixture
+async def members() -> AsyncIterator[list[Member]]:
+    made = []
+    for name in ("a", "b"):
+        plane = ControlPlane(authenticator=InsecureAuthenticator(), registry=CollectorRegistry())
+        await plane.start("127.0.0.1:0")
+        plane.publish("shop", [parse_document(ROUTE)])
+        fleet = FleetView(plane, f"replica-{name}", interval=0.05)
+        admin = AdminServer(CollectorRegistry(), lambda: True, fleet.share)
+        await admin.start("127.0.0.1", 0)
+        made.append(Member(plane, fleet, admin))
+    yield made
+    for member in made:
+        await member.admin.stop()
+        await member.plane.stop(0)
+
+
+async def report(sidecar: StubSidecar, *, requests: int, server_errors: int) -> None:
+    """One load report of the sidecar: `requests` attempts at backend b, `server_errors` of them 5xx."""
+    assert sidecar._channel is not None
+    load = load_pb2.BackendLoad(
+        route="chat", backend="b", requests=requests, successes=requests - server_errors,
+        failures=load_pb2.Failures(server_error=server_errors),
+    )  # fmt: skip
+    call = rpc.stream_load(sidecar._channel)(metadata=sidecar.metadata)
+    await call.write(load_pb2.LoadReport(node=sidecar.node, interval_seconds=5.0, backends=[load]))
+    await call.read()
+    await call.done_writing()
+
+
+async def test_the_leader_counts_every_replicas_sidecars_and_reports_once(members: list[Member]) -> None:
+    leader, other = members
+    # The peers address lists both replicas, the leader itself included (a headless Service does).
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    on_leader = StubSidecar(leader.plane.port, "shop", "pod-0", "t")
+    on_other = [StubSidecar(other.plane.port, "shop", f"pod-{i}", "t") for i in (1, 2)]
+    for stub in (on_leader, *on_other):
+        await stub.start()
+    await report(on_leader, requests=10, server_errors=10)
+    await report(on_other[0], requests=30, server_errors=0)
+    changed: list[str] = []
+    leader.fleet.on_change = changed.append
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        counts = await eventually(lambda: _connected(leader.fleet, 3), what="the merged count")
+        assert (counts.programmed, counts.rejected) == (3, 0)
+        [health] = leader.fleet.backend_health("shop", "chat")
+        # 10 failed on one replica, 30 succeeded on the other: counted twice or missed, it would not be 1/4.
+        assert health.error_rate == 0.25
+        assert "shop" in changed
+        # A replica that stops answering stops counting: its sidecars count again where they reconnect.
+        await other.admin.stop()
+        await eventually(lambda: _connected(leader.fleet, 1), what="the other replica's share dropped")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        for stub in (on_leader, *on_other):
+            await stub.stop()
+
+
+async def _connected(fleet: FleetView, expected: int) -> object:
+    counts = fleet.route_sidecars("shop", "chat")
+    return counts if counts.connected == expected else None
