@@ -157,7 +157,7 @@ class SidecarApp:
             needs=parsed.needs,
             tokens_in=parsed.tokens_in,
             tokens_out=parsed.tokens_out,
-            headers=api.forwarded(request.headers),
+            headers=api.forwarded(request.headers) if api.forward_headers else None,
         )
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline

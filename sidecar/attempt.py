@@ -65,7 +65,8 @@ class Attempt:
         self._last_chunk = 0.0
         self._longest_gap = 0.0
         runtime.pool.lease(runtime.upstreams[candidate.name])
-        self._trial = runtime.detector.trial_started(candidate.name)
+        detector = runtime.detector
+        self._trial = candidate.name in detector.half_open and detector.trial_started(candidate.name)
         """A half-open backend's one trial request: its verdict closes or reopens the circuit."""
         if load is not None:
             load.start(runtime.route.name, candidate.name)

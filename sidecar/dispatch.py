@@ -106,10 +106,6 @@ class Dispatcher:
         """Per-backend counts for the operator's load reports (control-plane mode only)."""
         self._background: set[asyncio.Task[None]] = set()
 
-    def begin(self, runtime: RouteRuntime, candidate: Candidate, *, stream: bool = False) -> Attempt:
-        """An attempt on `candidate` starts now; the handle must be closed (see Attempt)."""
-        return Attempt(runtime, candidate, self.metrics, self.load, stream=stream)
-
     # ----- planning -------------------------------------------------------------------------------------
 
     @staticmethod
@@ -123,11 +119,11 @@ class Dispatcher:
         codes = set()
         for candidate in runtime.candidates:
             spec = candidate.spec
-            codec = runtime.upstreams[candidate.name].codec(api)
+            codec = runtime.upstreams[candidate.name].codecs.get(api)
             if codec is None:
                 codes.add("unsupported_api")
                 call.skipped[candidate.name] = f"serves no {api} API, natively or translated"
-            elif (missing := codec.lacks(call.body)) is not None:
+            elif codec.translates and (missing := codec.lacks(call.body)) is not None:
                 codes.add("unsupported_parameter")
                 call.skipped[candidate.name] = f"cannot carry {missing}"
             elif not spec.serves(call.needs):
@@ -370,7 +366,7 @@ class Dispatcher:
     async def attempt(self, call: Call, candidate: Candidate) -> Answer:
         """Call one backend; the attempt's handle records every outcome (a cancel abandons it)."""
         upstream = call.runtime.upstreams[candidate.name]
-        with self.begin(call.runtime, candidate, stream=call.stream) as attempt:
+        with Attempt(call.runtime, candidate, self.metrics, self.load, stream=call.stream) as attempt:
             try:
                 if call.stream:
                     return await self._first_chunk(call, upstream, attempt)
@@ -428,7 +424,7 @@ class Dispatcher:
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
         try:
-            with self.begin(runtime, candidate) as attempt:
+            with Attempt(runtime, candidate, self.metrics, self.load) as attempt:
                 try:
                     completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
                 except UpstreamError as error:

@@ -99,11 +99,14 @@ def chat_backend(port: int) -> str:
     }}"""
 
 
-def api_backend(port: int) -> str:
+def api_backend(port: int, *, slow: bool) -> str:
     """A server block for every API bench/overhead measures, answered from memory: chat completions,
-    embeddings, Anthropic Messages and OpenAI Responses at once, and chat completions after SLOW_DELAY_S
-    under SLOW_PREFIX (needs ECHO_MODULE loaded: `config(..., modules=[ECHO_MODULE])`)."""
-    slow = f"{SLOW_PREFIX}/v1/chat/completions"
+    embeddings, Anthropic Messages and OpenAI Responses at once, and with `slow` chat completions after
+    SLOW_DELAY_S under SLOW_PREFIX (which needs ECHO_MODULE loaded: `config(..., modules=[ECHO_MODULE])`)."""
+    delayed = f"{SLOW_PREFIX}/v1/chat/completions"
+    slow_locations = f"""
+        location = {delayed} {{ echo_read_request_body; echo_sleep {SLOW_DELAY_S}; echo -n {_literal(COMPLETION)}; }}
+        location = {SLOW_PREFIX}/v1/models {{ return 200 {_literal(MODELS)}; }}"""
     return f"""
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -112,9 +115,7 @@ def api_backend(port: int) -> str:
         location = /v1/embeddings {{ return 200 {_literal(EMBEDDINGS)}; }}
         location = /v1/messages {{ return 200 {_literal(MESSAGE)}; }}
         location = /v1/responses {{ return 200 {_literal(RESPONSE)}; }}
-        location = {slow} {{ echo_read_request_body; echo_sleep {SLOW_DELAY_S}; echo -n {_literal(COMPLETION)}; }}
-        location = /v1/models {{ return 200 {_literal(MODELS)}; }}
-        location = {SLOW_PREFIX}/v1/models {{ return 200 {_literal(MODELS)}; }}
+        location = /v1/models {{ return 200 {_literal(MODELS)}; }}{slow_locations if slow else ""}
         location / {{ return 404; }}
     }}"""
 

@@ -132,7 +132,7 @@ class Bench:
         backend_port = procs.free_port()
         self.workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
         modules = (nginx.ECHO_MODULE,) if any(w.name == "chat-50ms" for w in self.workloads) else ()
-        servers = nginx.api_backend(backend_port)
+        servers = nginx.api_backend(backend_port, slow=bool(modules))
         self.backend = nginx.start("backend", workdir, servers, cpus=args.backend_cpus, modules=modules)
         self.sidecars: dict[str, Sidecar] = {}
         try:

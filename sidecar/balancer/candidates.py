@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmroute.model.spec import Backend
 
@@ -19,10 +19,11 @@ class Candidate:
 
     spec: Backend
     stats: BackendStats
+    name: str = field(init=False)
+    """The backend's name, copied once: read many times a request, never worth a property call."""
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
 
     def expected_latency(self, now: float, *, stream: bool = False) -> float:
         """The stats' estimate with this backend's load sensitivity (self-hosted or maxConcurrency)."""

@@ -69,7 +69,7 @@ class OutlierDetector:
     linear): base * 2^(n-1) for the n-th ejection, capped at `max_ejection`; n decays by one per
     `base_ejection` seconds spent healthy."""
 
-    __slots__ = ("_base", "_hosts", "_max", "_max_percent", "_threshold")
+    __slots__ = ("_base", "_hosts", "_max", "_max_percent", "_threshold", "half_open")
 
     def __init__(
         self,
@@ -85,12 +85,15 @@ class OutlierDetector:
         self._max_percent = max_ejection_percent
         self._max = max_ejection
         self._hosts: dict[str, _Host] = {}
+        self.half_open: set[str] = set()
+        """Backends waiting for a trial request: a set to test on every attempt without a call."""
         self.set_backends(names)
 
     def set_backends(self, names: Iterable[str]) -> None:
         """The route's backends after a reload: state is kept for names that remain."""
         old = self._hosts
         self._hosts = {name: old.get(name) or _Host() for name in names}
+        self.half_open &= set(self._hosts)
 
     def is_available(self, name: str) -> bool:
         """Whether the backend may get traffic (unknown names may: ejection only ever removes); a half-open
@@ -121,6 +124,7 @@ class OutlierDetector:
                 host.state = State.ACTIVE
                 host.reason = None
                 host.trial = False
+                self.half_open.discard(name)
 
     def record_failure(self, name: str, kind: FailureKind, now: float) -> bool:
         """A failed attempt; returns True when it ejected the backend. Only `kind.ejects` kinds count
@@ -175,6 +179,7 @@ class OutlierDetector:
             return
         if ok:
             host.state = State.HALF_OPEN
+            self.half_open.add(name)
             host.trial = False
             host.consecutive = 0
             host.since = now
@@ -224,6 +229,8 @@ class OutlierDetector:
         return min(self._base * 2.0 ** min(host.multiplier - 1, 30), self._max)
 
     def _eject(self, host: _Host, now: float, duration: float, reason: Reason) -> None:
+        if host.state is State.HALF_OPEN:  # a failed trial (or a 429 on it): no longer waiting for one
+            self.half_open.difference_update(n for n, h in self._hosts.items() if h is host)
         if host.state is State.ACTIVE:
             host.ejections += 1
         host.state = State.EJECTED

@@ -18,7 +18,7 @@ DEFAULT_OUTPUT_TOKENS = 300
 """The completion estimate when a request sets no limit."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Parsed:
     """What the router needs from one request, read once at the edge."""
 
@@ -85,6 +85,8 @@ class Inbound:
 
     def forwarded(self, headers: Mapping[str, str]) -> dict[str, str] | None:
         """The app's `forward_headers` it sent, for a native upstream; None when there are none."""
+        if not self.forward_headers:
+            return None  # most APIs: no dict to build on the hot path
         return {name: headers[name] for name in self.forward_headers if name in headers} or None
 
     def parse(self, body: dict[str, Any]) -> Parsed:

@@ -47,6 +47,7 @@ class ChatToMessages:
     """OpenAI chat.completions in, Anthropic Messages upstream: requests and answers translated."""
 
     inbound: Api = "chat"
+    translates = True
     upstream: Api = "messages"
 
     def lacks(self, request: dict[str, Any]) -> str | None:

@@ -65,38 +65,36 @@ class Upstream:
     a stream's timeout bounds only the wait for headers, then an idle bound applies between chunks.
     """
 
-    __slots__ = ("_codecs", "_pool", "_provider", "backend")
+    __slots__ = ("_pool", "_provider", "_urls", "backend", "codecs")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._provider = make_provider(backend)
-        self._codecs: dict[Api, Codec] = {}
+        self.codecs: dict[Api, Codec] = {}
+        """How each inbound API it can serve reaches it (natively or translated); others are absent."""
         for api in ("chat", "messages", "responses", "embeddings", "completions"):
             codec = codec_for(api, backend)
             if codec is not None:
-                self._codecs[api] = codec
+                self.codecs[api] = codec
+        self._urls = {api: self._provider.url(codec.upstream) for api, codec in self.codecs.items()}
         # Concurrency is the balancer's job, so the pool itself is unbounded; timeouts are per call.
         self._pool = Pool()
 
     def __repr__(self) -> str:
         return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
 
-    def codec(self, api: Api) -> Codec | None:
-        """How a request of inbound `api` reaches this backend; None when it cannot."""
-        return self._codecs.get(api)
-
     def _wire(
         self, api: Api, request: dict[str, Any], headers: dict[str, str] | None, *, stream: bool
     ) -> tuple[Codec, str, dict[str, str], bytes]:
         """The codec, URL, headers and body of one call; the app's protocol headers only go to a native API."""
-        codec = self._codecs.get(api)
+        codec = self.codecs.get(api)
         if codec is None:
             raise UpstreamError(FailureKind.CLIENT_ERROR, f"backend {self.backend.name} cannot serve the {api} API")
         body = codec.encode(request, self.backend.model, stream=stream)
         wire_headers = self._provider.headers
         if headers and codec.upstream == api:
             wire_headers = {**wire_headers, **headers}
-        return codec, self._provider.url(codec.upstream), wire_headers, body
+        return codec, self._urls[api], wire_headers, body
 
     async def complete(
         self,

@@ -24,6 +24,8 @@ class Codec(Protocol):
 
     inbound: Api
     upstream: Api
+    translates: bool
+    """False for a native pair: nothing to check with `lacks`, the body goes through."""
 
     def lacks(self, request: dict[str, Any]) -> str | None:
         """The first parameter of `request` this pair cannot carry faithfully, or None."""

@@ -273,6 +273,7 @@ class MessagesToChat:
     """Anthropic Messages in, OpenAI chat.completions upstream."""
 
     inbound: Api = "messages"
+    translates = True
     upstream: Api = "chat"
 
     def lacks(self, request: dict[str, Any]) -> str | None:

@@ -42,6 +42,7 @@ class NativeCodec:
     backend that answers something else fails over instead of handing the app garbage)."""
 
     __slots__ = ("_answer_key", "_error_type", "_usage", "_usage_option", "inbound", "upstream")
+    translates = False
 
     def __init__(
         self, api: Api, answer_key: str, usage: UsageReader, *, usage_option: bool = False, error_type: bool = False

@@ -16,6 +16,7 @@ class ChatCodec:
     """OpenAI chat.completions to any OpenAI-compatible upstream: the body goes through with `model` replaced."""
 
     inbound: Api = "chat"
+    translates = False
     upstream: Api = "chat"
 
     def lacks(self, request: dict[str, Any]) -> str | None:

@@ -15,18 +15,19 @@ from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, invalid_request
-from llmroute.sidecar.upstream.openai import CHAT
+from llmroute.sidecar.upstream.openai import answer_doc
 from llmroute.sidecar.upstream.responses_chat_stream import ChatToResponsesStream
 from llmroute.sidecar.upstream.responses_object import (
     call_item,
     ids,
     member,
     message_item,
+    reasoning_tokens,
     resource,
     status_of,
     usage_object,
 )
-from llmroute.sidecar.upstream.usage import Completion
+from llmroute.sidecar.upstream.usage import Completion, Usage
 
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
 """Parameters naming state a Responses server keeps: chat has none of it."""
@@ -41,7 +42,6 @@ _SAME_NAME = (
     "prompt_cache_key",
 )
 """Parameters chat completions takes under the same name and meaning."""
-_USER_PARTS = {"input_text": "text", "input_image": "image_url"}
 
 
 class Untranslatable(Exception):
@@ -52,6 +52,7 @@ class ResponsesToChat:
     """OpenAI Responses in, chat completions upstream."""
 
     inbound: Api = "responses"
+    translates = True
     upstream: Api = "chat"
 
     def lacks(self, request: dict[str, Any]) -> str | None:
@@ -78,17 +79,18 @@ class ResponsesToChat:
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The chat completion as a Responses `response` object."""
-        usage = CHAT.decode(status, body, model, request).usage  # checks it is a usable chat completion
-        doc = json.loads(body)
-        choice = doc["choices"][0] if doc["choices"] and isinstance(doc["choices"][0], dict) else None
+        doc = answer_doc(status, body)
+        choices = doc.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         if choice is None:
             raise bad_body(status, "no choices")
+        usage = Usage.from_openai(doc.get("usage"))
         message = member(choice, "message")
         state, incomplete = status_of(choice.get("finish_reason"))
         stem = ids(doc.get("id"))
         output: list[dict[str, Any]] = []
         text, refusal = message.get("content"), message.get("refusal")
-        if text or refusal:
+        if text or refusal or not message.get("tool_calls"):  # an empty answer is still a message
             output.append(message_item(stem, text or "", refusal, state))
         for index, call in enumerate(message.get("tool_calls") or ()):
             function = member(call, "function") if isinstance(call, dict) else {}
@@ -117,13 +119,6 @@ class ResponsesToChat:
 
 
 RESPONSES_TO_CHAT = ResponsesToChat()
-
-
-def reasoning_tokens(usage: Any) -> int:
-    """completion_tokens_details.reasoning_tokens of a chat usage object, else 0."""
-    details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
-    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 def to_chat_request(request: dict[str, Any], model: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from llmroute.sidecar.upstream.responses_object import (
     ids,
     member,
     message_item,
+    reasoning_tokens,
     resource,
     status_of,
     text_part,
@@ -139,9 +140,7 @@ class ChatToResponsesStream:
         if isinstance(usage, dict):
             self.usage = Usage.from_openai(usage)
             self.settled = self._finish is not None  # chat's usage chunk follows its finish: only [DONE] is left
-            details = usage.get("completion_tokens_details")
-            reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-            self._reasoning = reasoning if isinstance(reasoning, int) else 0
+            self._reasoning = reasoning_tokens(usage)
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue

@@ -59,6 +59,13 @@ def call_item(stem: str, index: int, call_id: Any, name: Any, arguments: str, st
     }
 
 
+def reasoning_tokens(usage: Any) -> int:
+    """completion_tokens_details.reasoning_tokens of a chat usage object, else 0."""
+    details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 def usage_object(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
     """Usage in the Responses API's words."""
     return {

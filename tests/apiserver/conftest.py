@@ -162,13 +162,17 @@ def operator(
         kubeconfig, directory, f"--injection-config={directory / 'injection.json'}",
         f"--webhook-listen={webhook_host}:443",
         f"--webhook-cert={directory / 'tls.crt'}", f"--webhook-key={directory / 'tls.key'}",
+        f"--lease-name={RELEASE}",
     ) as running:  # fmt: skip
         yield running
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path, directory: Path, *args: str) -> Iterator[OperatorProcess]:
-    """`llmroute operator ARGS` with this kubeconfig, logging to DIRECTORY/operator.log, until the block ends."""
+def running_operator(
+    kubeconfig: Path, directory: Path, *args: str, namespace: str = OPERATOR_NAMESPACE
+) -> Iterator[OperatorProcess]:
+    """`llmroute operator ARGS` with this kubeconfig, logging to DIRECTORY/operator.log, until the block ends;
+    `namespace` is the release's, where its Lease lives (POD_NAMESPACE, as the chart's pod has it)."""
     grpc_port, admin_port = free_port(), free_port()
     log = directory / "operator.log"
     command = [
@@ -176,9 +180,8 @@ def running_operator(kubeconfig: Path, directory: Path, *args: str) -> Iterator[
         f"--grpc-listen=127.0.0.1:{grpc_port}", f"--admin-listen=127.0.0.1:{admin_port}", *args,
     ]  # fmt: skip
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
-        )
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace}
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     running = OperatorProcess(process, log, grpc_port, admin_port)
     try:
         eventually(running.ready, within=120, what="operator readiness")

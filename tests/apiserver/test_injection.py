@@ -52,10 +52,12 @@ def test_the_api_server_calls_the_webhook_in_a_labelled_namespace(
     [sidecar] = sidecars(stored)
     assert sidecar in stored["spec"]["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
-    assert "--control-plane=llmroute.llmroute-system.svc:15010" in sidecar["args"]
+    # Every operator replica, through the chart's headless Service.
+    assert "--control-plane=llmroute-replicas.llmroute-system.svc:15010" in sidecar["args"]
     assert stored["metadata"]["labels"]["llmroute.io/sidecar"] == "injected"
     [app] = stored["spec"]["containers"]
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1"} in app["env"]
+    assert {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:4000"} in app["env"]
     volumes = {v["name"]: v for v in stored["spec"]["volumes"]}
     [source] = volumes["llmroute-token"]["projected"]["sources"]
     assert source["serviceAccountToken"]["audience"] == "llmroute"

@@ -143,7 +143,8 @@ def test_a_release_for_one_namespace_serves_it_with_a_role_binding(apiserver: Ap
         "--skip-crds", "--set", f"operator.watchNamespace={watched}", "--set", "injection.enabled=false",
     )  # fmt: skip
     kubeconfig = apiserver.kubeconfig_of(system, release, tmp_path / "kubeconfig")
-    with running_operator(kubeconfig, tmp_path, f"--namespace={watched}") as scoped:
+    args = (f"--namespace={watched}", f"--lease-name={release}")
+    with running_operator(kubeconfig, tmp_path, *args, namespace=system) as scoped:
         apiserver.apply(route(watched, "support", ["chat"]))
         obj = eventually(lambda: accepted_at_generation(apiserver, watched, "support"), what="the route's status")
         assert condition(obj, "Accepted")["status"] == "True"

@@ -126,7 +126,13 @@ async def test_sigterm_drains_in_flight_requests_and_streams(tmp_path: Path) -> 
                         return (await response.aread()).decode()
 
                 stream = asyncio.create_task(read_stream())
-                await asyncio.sleep(0.3)  # both are now in flight at the backend
+                # Both in flight at the backend (it answers after 1 s) before the SIGTERM; a fixed sleep
+                # was too short on a loaded machine, and the stream then met a closed listener.
+                for _ in range(500):
+                    if slow.stats.requests >= 2:
+                        break
+                    await asyncio.sleep(0.02)
+                assert slow.stats.requests == 2
                 process.send_signal(signal.SIGTERM)
                 response = await plain
                 body = await stream

@@ -295,3 +295,11 @@ async def test_errors_in_the_responses_shape(tmp_path: Path) -> None:
         assert responses_event_errors(error) == []
         assert error["sequence_number"] == docs[-2]["sequence_number"] + 1
         assert "response.completed" not in answer.text
+
+
+async def test_a_route_of_anthropic_backends_cannot_serve_the_responses_api(tmp_path: Path) -> None:
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await h.client().responses.create(model="chat", input="hi")
+        assert caught.value.code == "unsupported_api" and "responses" in caught.value.message
+        assert h.sims["claude"].stats.requests == 0

@@ -190,3 +190,51 @@ async def test_a_garbled_chunk_mid_stream_is_skipped_and_counted(serve, backend,
         await upstream.aclose()
     assert stream.complete and stream.skipped == 1
     assert pinned(events_of(data)) == case["events"]
+
+
+def test_an_empty_chat_answer_is_an_empty_message_and_a_refusal_a_refusal_part() -> None:
+    request = {"model": "chat", "input": "hi"}
+    for message, parts in (
+        ({"content": ""}, [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]),
+        (
+            {"content": None, "refusal": "I can't help with that."},
+            [{"type": "refusal", "refusal": "I can't help with that."}],
+        ),
+    ):
+        answer = {
+            "id": "chatcmpl-e",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+        response = json.loads(CODEC.decode(200, json.dumps(answer).encode(), "m", request).body)
+        assert answer_errors(response) == []
+        assert [item["content"] for item in response["output"]] == [parts]
+
+
+async def test_a_streamed_refusal_is_a_refusal_part(serve, backend, events) -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+
+    async def reply(received, res) -> None:
+        await res.sse(
+            events(
+                chunk({"role": "assistant"}),
+                chunk({"refusal": "I can't"}),
+                chunk({"refusal": " help."}),
+                chunk({}, "stop"),
+                "[DONE]",
+            )
+        )
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        stream = await upstream.stream({"model": "chat", "input": "hi", "stream": True}, timeout=5, api="responses")
+        got = events_of(b"".join([item async for item in stream]))
+    finally:
+        await upstream.aclose()
+    assert all(responses_event_errors(event) == [] for event in got)
+    assert [e["delta"] for e in got if e["type"] == "response.refusal.delta"] == ["I can't", " help."]
+    assert got[-1]["response"]["output"][0]["content"] == [{"type": "refusal", "refusal": "I can't help."}]
