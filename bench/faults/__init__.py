@@ -1,0 +1,1 @@
+"""bench/faults: the provider-fault catalogue scored for llmroute, LiteLLM and the openai SDK."""

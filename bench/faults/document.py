@@ -1,0 +1,208 @@
+"""The faults section of docs/performance.md: scorecard, targets, what each arm did per fault, method, and
+the raw records as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.common import machine, report
+from bench.faults import score
+from bench.faults.arms import NAMES, RETRIES
+from bench.faults.catalogue import BEST_SAFE, CATALOGUE, DEADLINE_S, TIMEOUT_S
+from bench.faults.provider import CHUNK_DELAY_S
+from bench.faults.run import Cell
+
+
+def _arms(cells: list[Cell]) -> list[str]:
+    return list(dict.fromkeys(c.arm for c in cells))
+
+
+def _rows(cells: list[Cell]) -> list[list[Cell]]:
+    keys = list(dict.fromkeys(c.fault.key for c in cells))
+    return [[c for c in cells if c.fault.key == key] for key in keys]
+
+
+def scorecard(cells: list[Cell]) -> str:
+    """Rows = faults, columns = arms, each cell the score."""
+    rows = []
+    for row in _rows(cells):
+        rows.append(
+            [
+                row[0].fault.title,
+                *(f"**{c.verdict.score}**" if c.verdict.score == "fail" else c.verdict.score for c in row),
+            ]
+        )
+    totals = ["total (pass / partial / safe / fail)"]
+    for arm in _arms(cells):
+        mine = [c.verdict.score for c in cells if c.arm == arm]
+        totals.append(" / ".join(str(mine.count(s)) for s in reversed(score.ORDER)))
+    return report.table(["fault", *(NAMES[a] for a in _arms(cells))], [*rows, totals])
+
+
+def targets(cells: list[Cell]) -> str:
+    """The issue's targets for llmroute, met or missed, row by row."""
+    ours = {c.fault.key: c for c in cells if c.arm == "llmroute"}
+    theirs = {c.fault.key: c for c in cells if c.arm == "litellm"}
+    if not ours:
+        return "(llmroute did not run)"
+    lines = []
+    fails = [k for k, c in ours.items() if c.verdict.score == "fail"]
+    lines.append(f"- No fail for llmroute: {'met' if not fails else '**missed**: ' + ', '.join(fails)}.")
+    short = [k for k, c in ours.items() if c.verdict.score != ("safe" if k in BEST_SAFE else "pass")]
+    lines.append(
+        "- Pass wherever a proxy can deliver the whole answer, safe where it cannot "
+        f"({', '.join(sorted(BEST_SAFE))}): {'met' if not short else '**missed** on ' + ', '.join(short)}."
+    )
+    if theirs:
+        behind = [k for k, c in ours.items() if k in theirs and _rank(c) < _rank(theirs[k])]
+        level = [k for k, c in ours.items() if k in theirs and _rank(c) == _rank(theirs[k])]
+        ahead = len(ours) - len(behind) - len(level)
+        text = "met" if not behind else "**missed** on " + ", ".join(behind)
+        lines.append(
+            f"- Ahead of LiteLLM on every row: {text} (ahead on {ahead} rows, level on {len(level)}: "
+            f"{', '.join(level) or 'none'}; level means both reached the same score)."
+        )
+    return "\n".join(lines)
+
+
+def _rank(cell: Cell) -> int:
+    return score.ORDER.index(cell.verdict.score)
+
+
+def detail(cells: list[Cell]) -> str:
+    """Per fault and arm: why the score, attempts on the primary and the fallback, when the app was done."""
+    rows = []
+    for cell in cells:
+        primary, fallback = cell.attempts()
+        done = max((s + r.seconds for s, r in zip(cell.sent, cell.received, strict=True)), default=0.0)
+        seen = f"{primary} / {fallback}" if cell.fallback else f"{primary} / -"
+        extras = [
+            f"{n} {what}"
+            for n, what in (
+                (sum(s.probe for s in cell.primary.seen), "probes on the primary"),
+                (sum(s.probe for s in cell.fallback.seen) if cell.fallback else 0, "probes on the fallback"),
+                (sum(s.prefill for s in cell.fallback.seen) if cell.fallback else 0, "continuations"),
+            )
+            if n
+        ]
+        seen += f" ({', '.join(extras)})" if extras else ""
+        note = f" (warm-up: {cell.warmup_failures} of {cell.fault.warmup} failed)" if cell.warmup_failures else ""
+        rows.append([cell.fault.key, NAMES[cell.arm], cell.verdict.score, cell.verdict.why + note, seen, f"{done:.2f}"])
+    headers = ["fault", "arm", "score", "why", "requests seen by primary / fallback", "app done after s"]
+    return report.table(headers, rows)
+
+
+def _catalogue() -> str:
+    rows = []
+    for fault in CATALOGUE:
+        kind = "stream" if fault.stream else "JSON"
+        sends = f"{fault.requests} x {kind}" + (f", {fault.interval:g} s apart" if fault.requests > 1 else "")
+        right = f"the provider's {fault.expect_error} with its reason" if fault.expect_error else "the whole answer"
+        if fault.key in BEST_SAFE:
+            right += " (impossible: a clean error is the best)"
+        rows.append([fault.key, fault.title, sends, right, str(fault.budget)])
+    headers = ["key", "what the primary does once armed", "the app sends", "right outcome", "faulty answers allowed"]
+    return report.table(headers, rows)
+
+
+def records(cells: list[Cell], meta: Mapping[str, object]) -> dict[str, Any]:
+    """Everything measured, for bench/results/faults.json."""
+    out = []
+    for cell in cells:
+        out.append(
+            {
+                "fault": cell.fault.key,
+                "arm": cell.arm,
+                "score": cell.verdict.score,
+                "why": cell.verdict.why,
+                "warmup_failures": cell.warmup_failures,
+                "requests": [
+                    {"sent": s, **{k: v for k, v in vars(r).items()}}
+                    for s, r in zip(cell.sent, cell.received, strict=True)
+                ],
+                "primary_saw": [{**vars(s), "at": s.at - cell.start} for s in cell.primary.seen],
+                "fallback_saw": [{**vars(s), "at": s.at - cell.start} for s in cell.fallback.seen]
+                if cell.fallback
+                else [],
+            }
+        )
+    return {"meta": dict(meta), "cells": out}
+
+
+def render(cells: list[Cell], meta: Mapping[str, object], configs: Mapping[str, str], image: str) -> str:
+    config_blocks = "\n\n".join(
+        f"<details><summary>{NAMES[arm]} configuration (as written)</summary>\n\n"
+        f"```yaml\n{text.strip()}\n```\n\n</details>"
+        for arm, text in configs.items()
+    )
+    litellm = f" LiteLLM {meta['litellm']}." if meta.get("litellm") else ""
+    return f"""## Provider faults (bench/faults)
+
+What the app receives when its provider misbehaves, one fault at a time, for `llmroute sidecar`, LiteLLM's
+proxy and the openai SDK calling the provider directly with its built-in retries. Command:
+`{meta["command"]}` ({meta["date"]}, commit {meta["commit"]}; machine load {meta["load_start"]} at the start,
+{meta["load_end"]} at the end).{litellm}
+
+{scorecard(cells)}
+
+### Targets (issue 9)
+
+{targets(cells)}
+
+![timeline: what each provider saw and when the app was done, per fault and arm]({image})
+
+In the timeline, a bar runs from when the app sent a request to when it had its outcome, coloured by that
+request's grade; crosses are requests the faulty primary saw, dots requests the fallback saw.
+
+### What happened, fault by fault
+
+{detail(cells)}
+
+### Scores
+
+{score.__doc__.split(chr(10), 2)[2].strip() if score.__doc__ else ""}
+
+A stream counts as presented complete when the SDK's iterator ends without raising, which is how an app
+that reads it to the end takes it. "Faulty answers allowed" is how many faulty answers the primary may give
+before it counts as hammered: one per app request for a persistent fault (a router with a healthy fallback
+has no reason to send it more), and Retry-After is honoured when no request reaches the primary before the
+time it gave has passed, whoever sent it (for the direct SDK, the app's own next requests count: the SDK
+cannot know). Probes are requests that set `max_tokens` (the app never does), such as llmroute's shadow
+requests that measure a backend it has no recent answers from; continuations are requests that end with
+the partial answer as an assistant prefill.
+
+### The faults
+
+{_catalogue()}
+
+### Method
+
+- One bench process runs every provider: a scripted OpenAI-compatible server per primary and per fallback
+  (`bench/faults/provider.py`, real sockets, HTTP/1.1 written by hand so a cut stream is a chunked body
+  without its last chunk, a reset a TCP RST, silence a held socket). Each fault gets fresh providers for
+  each arm, so nothing one fault does to a router's state carries over to the next. Healthy providers
+  answer one fixed 37-word text at once (JSON) or word by word every {CHUNK_DELAY_S * 1000:g} ms (stream,
+  usage in the last chunk when asked); a fallback continues an assistant prefill (`prefix: true`) from
+  where the text stopped, except where it rejects prefill with a 400.
+- Before each fault, the app sends 12 healthy requests of the fault's kind at once through each arm (3 in
+  the `stream-stall-young` row), so every router has seen the primary answer, as it would in production.
+  Then the primary is armed and the app sends the fault's requests.
+- The app is the openai SDK (`AsyncOpenAI`). In front of a proxy its own retries are off (the proxy's are
+  measured); calling the provider directly it keeps the SDK's defaults (2 retries, Retry-After honoured)
+  with `timeout={TIMEOUT_S:g}`. Every request is abandoned at the app's deadline, {DEADLINE_S:g} s.
+- `llmroute sidecar`: one route per fault, `strategy: ordered`, the primary then the fallback
+  (`capabilities: [prefill]` except in the prefill-rejected row), class timeout {TIMEOUT_S:g} s,
+  `retry.attempts: {RETRIES}`, `outlierDetection.consecutiveFailures: 3`. LiteLLM's proxy: per fault a
+  model group on the primary and one on the fallback named in its `fallbacks` and
+  `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one worker.
+- The three arms of a fault run at the same time, the faults one after the other. The machine is shared
+  and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
+  so times in the detail table are indicative; the scores depend on what arrived, not on how fast,
+  except where a deadline was missed.
+- Raw records: `bench/results/faults.json` (not committed).
+
+{config_blocks}
+
+Machine: {", ".join(f"{k}: {v}" for k, v in machine.describe())}.
+"""

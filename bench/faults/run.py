@@ -1,0 +1,80 @@
+"""One fault for one arm: warm the route up on a healthy primary, arm the fault, send the app's requests,
+and score what the app received and what the providers saw."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import openai
+
+from bench.faults import app
+from bench.faults.arms import FALLBACK_MODEL, PRIMARY_MODEL
+from bench.faults.catalogue import CONTENT_FILTER_REASON, DEADLINE_S, TIMEOUT_S, Fault
+from bench.faults.provider import ANSWER, FaultProvider, usage_of
+from bench.faults.score import Received, Verdict, score_row
+
+
+@dataclass
+class Cell:
+    """One fault against one arm: its providers (no fallback for the direct SDK) and what happened."""
+
+    fault: Fault
+    arm: str
+    primary: FaultProvider
+    fallback: FaultProvider | None
+    base_url: str = ""
+    sent: list[float] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    warmup_failures: int = 0
+    verdict: Verdict = field(default_factory=lambda: Verdict("fail", "not run"))
+    start: float = 0.0
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The app's SDK client: its own retries and timeout when calling the provider directly; none in
+        front of a proxy, whose retries are the ones measured (the app's deadline still applies)."""
+        if self.arm == "openai-sdk":
+            return openai.AsyncOpenAI(base_url=self.primary.url, api_key="sk-bench", timeout=TIMEOUT_S, max_retries=2)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key="sk-bench", timeout=DEADLINE_S + 5, max_retries=0)
+
+    @property
+    def model(self) -> str:
+        return PRIMARY_MODEL if self.arm == "openai-sdk" else self.fault.key
+
+    def attempts(self) -> tuple[int, int]:
+        """Chat requests the primary and the fallback saw after the fault was armed."""
+        return len(self.primary.seen), len(self.fallback.seen) if self.fallback else 0
+
+
+async def run(cell: Cell) -> None:
+    """Run the cell and set its verdict."""
+    fault = cell.fault
+    async with cell.client() as client:
+        warm = await asyncio.gather(*(app.ask(client, cell.model, fault.stream) for _ in range(fault.warmup)))
+        cell.warmup_failures = sum(got.text != ANSWER or bool(got.error) for got in warm)
+        cell.start = time.monotonic()
+        cell.primary.arm(cell.start)
+        if cell.fallback is not None:
+            cell.fallback.arm(cell.start)
+
+        async def one(i: int) -> tuple[float, Received]:
+            await asyncio.sleep(max(0.0, cell.start + i * fault.interval - time.monotonic()))
+            return time.monotonic() - cell.start, await app.ask(client, cell.model, fault.stream)
+
+        for sent, received in await asyncio.gather(*(one(i) for i in range(fault.requests))):
+            cell.sent.append(sent)
+            cell.received.append(received)
+    answered_by = None
+    if fault.accounting:
+        prompt_usage = usage_of(app.PROMPT, ANSWER)
+        usage = (prompt_usage["prompt_tokens"], prompt_usage["completion_tokens"])
+        answered = cell.fallback is not None and any(s.kind == "ok" for s in cell.fallback.seen)
+        answered_by = (FALLBACK_MODEL if answered else PRIMARY_MODEL, usage)
+    reason = CONTENT_FILTER_REASON if fault.expect_error else ""
+    cell.verdict = score_row(cell.received, cell.primary.seen, fault.budget, fault.expect_error, reason, answered_by)
+
+
+async def run_row(cells: list[Cell]) -> None:
+    """The arms of one fault at the same time (each on its own providers)."""
+    await asyncio.gather(*(run(c) for c in cells))
