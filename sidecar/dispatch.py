@@ -26,7 +26,7 @@ from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
-from llmroute.sidecar.upstream.client import MIN_IDLE_TIMEOUT, CompletionStream, Upstream
+from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
@@ -40,7 +40,7 @@ TAIL_MARGIN_S = 1.0
 """Non-hedging classes hedge a request once it has taken max(3 x p95, p95 + 1 s) of its backend."""
 STREAM_IDLE_FLOOR_S = 2.0
 """A stream is never cut for a silence shorter than this, however regular its backend's chunks; the ceiling
-is the upstream client's idle bound (the deadline, and at least MIN_IDLE_TIMEOUT)."""
+is the class's timeout (both bounds settable per class: streamIdle)."""
 FIRST_TOKEN_DEFAULT_S = 10.0
 """The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
 route has any either: the tail hedge then fires after 30 s."""
@@ -407,7 +407,8 @@ class Dispatcher:
         # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
         policy = call.runtime.route.priorities[call.priority]
         floor = STREAM_IDLE_FLOOR_S if policy.stream_idle_min is None else policy.stream_idle_min
-        ceiling = policy.stream_idle_max or max(call.deadline - attempt.started, MIN_IDLE_TIMEOUT)
+        # A silence longer than the class's whole first-token deadline is an interruption, history or not.
+        ceiling = policy.stream_idle_max or policy.timeout
         stream.limit_idle(attempt.candidate.stats.idle_limit(min(floor, ceiling), ceiling))
         return Answer(attempt.candidate, attempt.hand_over(), stream=stream, first_chunk=first)
 

@@ -16,9 +16,9 @@ FAILURE_PENALTY_S = 5.0
 requests (+0.5 s) loses to a healthy one up to half a second slower."""
 WINDOW = 128
 IDLE_FACTOR = 4.0
-IDLE_MIN_STREAMS = 10
+IDLE_MIN_STREAMS = 3
 """A stream's idle limit is IDLE_FACTOR x the p95 of the longest chunk gaps of its backend's recent streams,
-once IDLE_MIN_STREAMS have completed."""
+once IDLE_MIN_STREAMS have completed (before that, the class's ceiling)."""
 """Recent samples kept for quantiles (hedging delay, status p50/p95)."""
 PRIOR_SUCCESSES = 1.0
 """Pseudo-successes in the failure rate, so one failure on a quiet backend reads as 50%, not 100%."""
