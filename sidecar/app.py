@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
@@ -189,7 +189,8 @@ class SidecarApp:
                 holds_stream = True
                 response_headers = self._headers(call, answer, received)
                 response_headers.extend(answer.stream.headers)
-                return StreamingResponse(200, self._relay(call, answer, received, gate), response_headers)
+                relay = _Relay(self._relay(call, answer, received, gate), self._unstarted(call, answer, received, gate))
+                return StreamingResponse(200, relay, response_headers)
             assert answer.completion is not None
             self._observe(call, answer, "success", received)
             response_headers = self._headers(call, answer, received)
@@ -205,7 +206,7 @@ class SidecarApp:
 
     async def _relay(
         self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
         A chat stream that breaks off is continued on a backend that can (see continuation.py), so the app
         gets one whole answer; otherwise it ends with an SSE error naming the interruption. Each stream's
@@ -258,10 +259,28 @@ class SidecarApp:
                         )
                         skipped.inc(stream.skipped)
         finally:
-            self._observe(call, answer, outcome, received)
-            self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
-            if gate is not None:
-                gate.release()
+            self._release(call, answer, outcome, received, gate)
+
+    def _release(self, call: Call, answer: Answer, outcome: str, received: float, gate: ConcurrencyGate | None) -> None:
+        """A stream is over for the app: record it, and give back its in-flight count and its class's slot."""
+        self._observe(call, answer, outcome, received)
+        self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
+        if gate is not None:
+            gate.release()
+
+    def _unstarted(
+        self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
+    ) -> Callable[[], Awaitable[None]]:
+        """What closing a stream that was never sent must do: the relay's own cleanup never ran."""
+
+        async def close() -> None:
+            if not answer.attempt.closed:
+                answer.attempt.abandon()
+            assert answer.stream is not None
+            await answer.stream.aclose()
+            self._release(call, answer, "abandoned", received, gate)
+
+        return close
 
     def _observe(self, call: Call, answer: Answer | None, outcome: str, received: float) -> None:
         now = time.monotonic()
@@ -282,3 +301,31 @@ class SidecarApp:
         if answer is not None:
             headers.append(("x-llmroute-backend", answer.candidate.name))
         return headers
+
+
+class _Relay(AsyncGenerator[bytes, None]):
+    """A stream's relay that is closed properly even before its first step. The server closes a response it
+    cannot send (the app left as the answer was handed over, or at shutdown) without stepping it, and a
+    generator that never started skips its own finally: the attempt, the in-flight count and the class's
+    slot would never be given back."""
+
+    def __init__(self, steps: AsyncGenerator[bytes, None], unstarted: Callable[[], Awaitable[None]]) -> None:
+        self._steps = steps
+        self._unstarted: Callable[[], Awaitable[None]] | None = unstarted
+
+    async def asend(self, value: None) -> bytes:
+        self._unstarted = None  # from now on the relay's own finally cleans up
+        return await self._steps.asend(value)
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        await self._close_unstarted()
+        return await self._steps.athrow(typ, val, tb)
+
+    async def aclose(self) -> None:
+        await self._close_unstarted()
+        await self._steps.aclose()
+
+    async def _close_unstarted(self) -> None:
+        unstarted, self._unstarted = self._unstarted, None
+        if unstarted is not None:
+            await unstarted()

@@ -12,6 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from llmroute.http import Request, StreamingResponse
+from llmroute.sidecar.app import SidecarApp
 from llmroute.sim import Behavior, Latency, SimProvider
 
 from .harness import backend_entry, chat_body, running
@@ -232,3 +234,23 @@ async def test_a_class_bounds_its_streams_idle_limit(tmp_path: Path) -> None:
         assert time.monotonic() - started < 8.0
         error = json.loads([line for line in text.splitlines() if line.startswith("data: ")][-1][6:])["error"]
         assert "no data from upstream within 0.5s" in error["message"]
+
+
+async def test_a_stream_the_server_closes_before_sending_gives_back_its_slot_and_attempt(tmp_path: Path) -> None:
+    # The server closes a streamed response without stepping it when the app is gone by the time the answer
+    # is handed over (or at shutdown). Its batch slot, in-flight count and attempt must come back all the
+    # same: a lost slot would shrink the class's maxConcurrency for good.
+    spec = {"priorities": {"batch": {"maxConcurrency": 1, "timeout": "10s"}}}
+    async with running(tmp_path, {"primary": FAST}, spec=spec) as h:
+        app = SidecarApp(h.sidecar.router, h.sidecar.dispatcher, h.sidecar.metrics)  # the sidecar's own parts
+        body = json.dumps(chat_body(stream=True)).encode()
+        headers = {"content-type": "application/json", "x-llmroute-priority": "batch"}
+        request = Request("POST", "/v1/chat/completions", "", headers, body, None)
+        for _ in range(2):  # the second would wait for the slot the first never gave back
+            response = await asyncio.wait_for(app(request), 5)
+            assert isinstance(response, StreamingResponse)
+            await response.chunks.aclose()  # as the server does: never stepped
+        runtime = h.sidecar.router.by_model["chat"]
+        assert runtime.candidates[0].stats.in_flight == 0
+        in_flight = h.sidecar.metrics.registry.get_sample_value("llmroute_requests_in_flight", {"route": "chat"})
+        assert in_flight == 0
