@@ -118,7 +118,7 @@ class Continuation:
             if PREFILL in c.spec.capabilities and c.spec.serves(call.needs) and runtime.detector.is_available(c.name)
         ]
         able.sort(key=lambda c: c is failed)
-        if not able or not runtime.budget.try_acquire_retry(time.monotonic()):
+        if not able or not runtime.retry_budget.try_acquire_retry(time.monotonic()):
             return None
         text = self.text
         timeout = runtime.route.priorities[call.priority].timeout

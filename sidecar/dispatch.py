@@ -197,7 +197,7 @@ class Dispatcher:
         runtime = call.runtime
         route = runtime.route
         now = time.monotonic()
-        runtime.budget.record_request(now)
+        runtime.retry_budget.record_request(now)
         plan = self._plan(call, now)
         attempts = _Attempts(self, call, plan)
         eager = route.priorities[call.priority].hedge
@@ -550,7 +550,7 @@ class _Attempts:
             call.not_tried = f"{after.kind} is not in the route's retryOn"
             return None
         candidate = self.peek(hedge=after is None)
-        if candidate is not None and not runtime.budget.try_acquire_retry(time.monotonic()):
+        if candidate is not None and not runtime.retry_budget.try_acquire_retry(time.monotonic()):
             self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
             call.not_tried = "the retry budget was spent"
             return None

@@ -69,7 +69,7 @@ class SidecarMetrics:
             registry=r,
         )
         self.retries_refused = Counter(
-            "llmroute_retries_budget_exhausted_total",
+            "llmroute_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
             ["route"],
             registry=r,

@@ -89,7 +89,7 @@ class RouteRuntime:
 
     candidates: list[Candidate]
     detector: OutlierDetector
-    budget: RetryBudget
+    retry_budget: RetryBudget
     shadow: ShadowProber
     gates: dict[Priority, ConcurrencyGate]
 
@@ -112,10 +112,9 @@ class RouteRuntime:
                 base_ejection=od.base_ejection_time,
                 max_ejection_percent=od.max_ejection_percent,
             )
-        same_budget = previous is not None and previous.route.retry.budget_percent == route.retry.budget_percent
-        self.budget = (
-            previous.budget if previous is not None and same_budget else RetryBudget(route.retry.budget_percent)
-        )
+        percent = route.retry.retry_budget_percent
+        keep = previous is not None and previous.route.retry.retry_budget_percent == percent
+        self.retry_budget = previous.retry_budget if previous is not None and keep else RetryBudget(percent)
         self.shadow = previous.shadow if previous is not None else ShadowProber()
         self.gates: dict[Priority, ConcurrencyGate] = {}
         for priority, policy in route.priorities.items():

@@ -263,7 +263,7 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
         priorities=priorities,
         retry=RetryPolicy(
             attempts=int(retry.get("attempts", defaults.attempts)),
-            budget_percent=float(retry.get("budgetPercent", defaults.budget_percent)),
+            retry_budget_percent=float(retry.get("budgetPercent", defaults.retry_budget_percent)),
             retry_on=frozenset(cast(list[RetryOn], retry.get("retryOn", sorted(defaults.retry_on)))),
         ),
         outlier_detection=OutlierDetection(

@@ -172,7 +172,7 @@ class RetryPolicy:
     """Extra attempts on other backends, bounded by a budget so an outage never multiplies load."""
 
     attempts: int = 2
-    budget_percent: float = 20.0
+    retry_budget_percent: float = 20.0
     retry_on: frozenset[RetryOn] = frozenset({"connect-failure", "reset", "5xx", "429", "timeout"})
 
 

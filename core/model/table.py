@@ -76,7 +76,7 @@ def route_spec(route: Route) -> dict[str, Any]:
         "priorities": priorities,
         "retry": {
             "attempts": route.retry.attempts,
-            "budgetPercent": route.retry.budget_percent,
+            "budgetPercent": route.retry.retry_budget_percent,
             "retryOn": sorted(route.retry.retry_on),
         },
         "outlierDetection": {

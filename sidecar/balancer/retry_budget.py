@@ -20,13 +20,13 @@ class RetryBudget:
 
     def __init__(
         self,
-        budget_percent: float,
+        retry_budget_percent: float,
         *,
         window: float = WINDOW_S,
         buckets: int = BUCKETS,
         min_retries_per_second: float = MIN_RETRIES_PER_S,
     ) -> None:
-        self._ratio = budget_percent / 100.0
+        self._ratio = retry_budget_percent / 100.0
         self._width = window / buckets
         self._min_per_bucket = min_retries_per_second * self._width
         self._epochs = [-1] * buckets
