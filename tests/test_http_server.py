@@ -84,6 +84,19 @@ async def test_keep_alive_reuses_one_connection(serve: ServerFactory) -> None:
     assert second == {**second, "method": "POST", "path": "/b c", "body": "hi", "header": "yes"}
 
 
+async def test_repeated_headers_are_joined_as_one_list(serve: ServerFactory) -> None:
+    async def headers(request: Request) -> Response:
+        return Response(200, json.dumps(request.headers).encode())
+
+    server = await serve(headers)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nAccept: a/b\r\nCookie: x=1\r\nAccept: c/d\r\nCookie: y=2\r\n\r\n")
+    _, _, body = await read_response(reader)
+    writer.close()
+    seen = json.loads(body)
+    assert (seen["accept"], seen["cookie"]) == ("a/b, c/d", "x=1; y=2")
+
+
 async def test_connection_close_and_http10_end_the_connection(serve: ServerFactory) -> None:
     server = await serve()
     for request in (b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n"):

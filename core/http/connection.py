@@ -189,7 +189,9 @@ class HTTPConnection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        if previous is not None:  # Cookie's own list separator is "; " (RFC 6265 5.4, RFC 9113 8.2.3)
+            text = f"{previous}{'; ' if key == 'cookie' else ', '}{text}"
+        self._headers[key] = text
 
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length")

@@ -26,7 +26,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", " (Cookie with "; ")
     body: bytes
     client: tuple[str, int] | None
     _conn: _Connection | None = field(default=None, repr=False, compare=False)
