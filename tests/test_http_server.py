@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 import pytest
@@ -15,8 +15,9 @@ from llmroute.http import HTTPServer, Request, Response, StreamingResponse, run
 ServerFactory = Callable[..., Awaitable[HTTPServer]]
 
 
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "status": status}}).encode()
+def error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """Says which request it answers, so tests can tell the server passed on what it had parsed."""
+    return json.dumps({"error": {"message": message, "status": status, "path": path}}).encode()
 
 
 async def echo(request: Request) -> Response:
@@ -149,7 +150,7 @@ async def test_oversized_content_length_gets_413_before_the_body_is_read(serve: 
     writer.write(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")  # no body sent
     status, headers, body = await read_response(reader)
     assert (status, headers["connection"]) == (413, "close")
-    assert json.loads(body) == {"error": {"message": "request body too large", "status": 413}}
+    assert json.loads(body) == {"error": {"message": "request body too large", "status": 413, "path": "/big"}}
     writer.close()
     # A client that sends the whole body still gets the answer, not a connection reset.
     async with httpx.AsyncClient() as client:
@@ -189,7 +190,9 @@ async def test_a_request_that_never_arrives_in_full_gets_408_and_close(serve: Se
         writer.write(partial)  # ... and not another byte: a slowloris
         status, headers, body = await read_response(reader)
         assert (status, headers["connection"]) == (408, "close")
-        assert "did not arrive in full within 0.3 s" in json.loads(body)["error"]["message"]
+        error = json.loads(body)["error"]
+        assert "did not arrive in full within 0.3 s" in error["message"]
+        assert error["path"] == "/x"  # the error body knows which request it answers
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert 0.25 < loop.time() - started < 2
         writer.close()

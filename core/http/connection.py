@@ -8,7 +8,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
@@ -24,7 +24,12 @@ _MAX_HEAD_BYTES = 64 * 1024  # request line + headers; llhttp itself sets no lim
 _LINGER_SECONDS = 2.0  # after an error answer, how long unread input is drained before closing
 
 
-def default_error_body(status: int, message: str) -> bytes:
+ErrorBody = Callable[[int, str, str, Mapping[str, str]], bytes]
+"""Writes the server's own error answers (400, 408, 413, 431, 500, 503) given status, message, and the
+path and headers of the request as far as they arrived, so the body can take the shape of that API."""
+
+
+def default_error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
     """Error body used when the server owner does not supply one."""
     return json.dumps({"error": {"message": message, "code": status}}).encode()
 
@@ -48,7 +53,7 @@ class ServerContext:
         self,
         handler: Handler,
         max_body_bytes: int,
-        error_body: Callable[[int, str], bytes],
+        error_body: ErrorBody,
         keepalive_timeout: float,
         read_timeout: float,
     ) -> None:
@@ -279,7 +284,7 @@ class HTTPConnection(asyncio.Protocol):
         except (ValueError, UnicodeEncodeError):
             log.exception("handler returned an unencodable response")
             await _aclose(response)
-            response = self._error_response(500, "internal server error")
+            response = self._error_response(500, "internal server error", exchange.request)
             data, keep = self._encode(response, exchange)
         if self._transport.is_closing():
             await _aclose(response)
@@ -292,18 +297,23 @@ class HTTPConnection(asyncio.Protocol):
     async def _call_handler(self, exchange: _Exchange) -> Response | StreamingResponse:
         request = exchange.request
         if exchange.error is not None or request is None:
-            return self._error_response(*(exchange.error or self._error))
+            return self._error_response(*(exchange.error or self._error), request)
         self._handling = True
         try:
             return await self._ctx.handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
-            return self._error_response(500, "internal server error")
+            return self._error_response(500, "internal server error", request)
         finally:
             self._handling = False
 
-    def _error_response(self, status: int, message: str) -> Response:
-        return Response(status, self._ctx.error_body(status, message))
+    def _error_response(self, status: int, message: str, request: Request | None) -> Response:
+        """The server's own error answer; without a request, for the one being parsed (as far as it arrived)."""
+        if request is not None:
+            path, headers = request.path, request.headers
+        else:
+            path, headers = self._url.partition(b"?")[0].decode("latin-1"), self._headers
+        return Response(status, self._ctx.error_body(status, message, path, headers))
 
     def _encode(self, response: Response | StreamingResponse, exchange: _Exchange) -> tuple[bytes, bool]:
         """The bytes to write first (whole response, or a stream's head) and the keep-alive verdict."""

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
-from llmroute.http.connection import HTTPConnection, ServerContext, default_error_body
+from llmroute.http.connection import ErrorBody, HTTPConnection, ServerContext, default_error_body
 from llmroute.http.messages import Handler
 from llmroute.waits import wait_event
 
@@ -18,7 +17,7 @@ class HTTPServer:
         handler: Handler,
         *,
         max_body_bytes: int = 4 * 1024 * 1024,
-        error_body: Callable[[int, str], bytes] | None = None,
+        error_body: ErrorBody | None = None,
         keepalive_timeout: float = 75.0,
         read_timeout: float = 60.0,
     ) -> None:
