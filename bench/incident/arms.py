@@ -109,9 +109,12 @@ class World:
             process.stop()
 
 
-def start(policy: str, workdir: Path, duration: float, seed: int, drawn: Path | None = None) -> World:
+def start(
+    policy: str, workdir: Path, duration: float, seed: int, drawn: Path | None = None, epoch: float | None = None
+) -> World:
     """Start the proxy (if any), then the providers with the script (or the incident drawn in `drawn`, whose
-    oracle the policy `oracle` then follows) starting START_LEAD_S from now."""
+    oracle the policy `oracle` then follows) starting at `epoch` (time.time()), by default START_LEAD_S from
+    now."""
     ports = {p.name: procs.free_port() for p in PROVIDERS}
     urls = {name: f"http://127.0.0.1:{port}/v1" for name, port in ports.items()}
     processes: list[procs.Process] = []
@@ -139,7 +142,7 @@ def start(policy: str, workdir: Path, duration: float, seed: int, drawn: Path | 
             router = policies.Oracle(urls, choice)
         else:
             raise ValueError(f"unknown policy {policy!r}")
-        epoch = time.time() + START_LEAD_S
+        epoch = time.time() + START_LEAD_S if epoch is None else epoch
         argv = [
             sys.executable,
             "-m",

@@ -2,8 +2,9 @@
 (strategy latency) and the oracle; the worst ratio of their phase p99s is the figure (target <= 1.3x).
 
 Each seed draws latencies, jitter, which backend degrades, the failure rate of the next one, phase lengths
-and the number of closed-loop clients (bench/incident/drawn.py); both arms get fresh providers following
-the same drawn schedule. A seed takes about twice its drawn duration (26-44 s) plus start-up.
+and the number of closed-loop clients (bench/incident/drawn.py); both arms run at the same time, each on
+fresh providers following the same drawn schedule from one epoch. A seed takes its drawn duration (26-44 s)
+plus start-up.
 """
 
 from __future__ import annotations
@@ -28,35 +29,51 @@ from bench.incident.summary import PolicyRun
 
 ROOT = Path(__file__).resolve().parents[2]
 ARMS = ("llmroute-latency", "oracle")
+START_LEAD_S = 12.0
+"""The script starts this long after a seed's processes are launched: time to start a sidecar and two
+providers' processes on a busy machine, so no arm misses the script's beginning."""
 
 
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_arm(arm: str, incident: Draw, workdir: Path) -> PolicyRun:
-    """One arm on fresh providers following `incident`, its clients closed-loop at normal priority."""
+def run_seed(incident: Draw, workdir: Path) -> list[PolicyRun]:
+    """Both arms at the same time, each on its own fresh providers following `incident` from one epoch, so
+    they share whatever else the machine is doing; clients closed-loop at normal priority."""
     path = workdir / f"draw-{incident.seed}.json"
     incident.save(path)
-    world = arms.start(arm, workdir, incident.duration, incident.seed, drawn=path)
-    rng = random.Random(incident.seed)
-
-    def arrival(t: float) -> Arrival:
-        return Arrival(t, "normal", rng.random() < incident.stream_share, rng.choice(PROMPTS))
-
+    worlds: list[arms.World] = []
+    epoch = time.time() + START_LEAD_S
     try:
+        for arm in ARMS:
+            worlds.append(arms.start(arm, workdir, incident.duration, incident.seed, drawn=path, epoch=epoch))
+        if time.time() > epoch:
+            progress(f"seed {incident.seed}: started {time.time() - epoch:.1f} s into the script (a busy machine)")
 
-        async def go() -> list[Record]:
+        async def go(world: arms.World, seed: int) -> list[Record]:
+            rng = random.Random(seed)
+
+            def arrival(t: float) -> Arrival:
+                return Arrival(t, "normal", rng.random() < incident.stream_share, rng.choice(PROMPTS))
+
             try:
                 return await closed_loop(world.router, incident.clients, incident.duration, world.epoch, arrival)
             finally:
                 await world.router.aclose()
 
-        records = asyncio.run(go())
-        stats = world.sim_stats()
+        async def both() -> list[list[Record]]:
+            return list(await asyncio.gather(*(go(w, incident.seed) for w in worlds)))
+
+        records = asyncio.run(both())
+        stats = [w.sim_stats() for w in worlds]
     finally:
-        world.stop()
-    return PolicyRun(arm, world.router.name, records, stats, world.config, incident.phases())
+        for world in worlds:
+            world.stop()
+    return [
+        PolicyRun(arm, w.router.name, r, s, w.config, incident.phases())
+        for arm, w, r, s in zip(ARMS, worlds, records, stats, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in [int(s) for s in args.seeds.split(",") if s]:
                 incident = draw(seed)
                 progress(f"seed {seed}: {incident.clients} clients, {incident.duration:.0f} s")
-                runs = [run_arm(arm, incident, Path(tmp)) for arm in ARMS]
+                runs = run_seed(incident, Path(tmp))
                 results.append(seeds_report.SeedRun(incident, runs))
                 progress(f"seed {seed}: worst phase ratio {seeds_report.worst(results[-1:])[0]:.2f}x")
         meta["load_end"] = machine.load_average()

@@ -100,14 +100,19 @@ def render(results: list[SeedRun], meta: dict[str, object], image: str) -> str:
     verdict = "met" if ratio <= ORACLE_FACTOR else "**not met**"
     return f"""## The incident on drawn schedules (several seeds)
 
-`{meta["command"]}` at {meta["date"]}, commit {meta["commit"]}, on a machine shared with other engineers'
-builds and tests ({machine.cpu_model()}): load average {meta["load_start"]} at the start,
-{meta["load_end"]} at the end (1, 5, 15 minutes). Latency ratios on a loaded machine are noisy: the
-oracle's p99 is a few hundred milliseconds, so a scheduling delay of a few tens of milliseconds moves a
-ratio by 0.1x.
+Measured {meta["date"]} (llmroute {meta["commit"]}) with
+
+    {meta["command"]}
+
+on a machine shared with other engineers' builds and tests ({machine.cpu_model()}, 2 cores), 1-minute load
+average {meta["load_start"]} at the start and {meta["load_end"]} at the end.
 
 **Worst phase ratio: {ratio:.2f}x** (seed {seed}, {phase}) against the target of {ORACLE_FACTOR}x on every
 seed: {verdict}.
+
+Latency ratios on a loaded machine are noisy: a phase has 40-350 requests per arm, so its p99 is one of its
+few slowest requests, and the oracle's p99 is a few hundred milliseconds, so one request the machine delays
+by a second (a stream's 24 token sleeps, a starved process) moves a ratio by 1x or more, either way.
 
 Each seed draws an incident (`bench/incident/drawn.py`): three backends' healthy medians (the best 200-500
 ms, the others 1.2-1.8x and 1.8-2.8x that) and their p95/median (1.2-2.2); which backend degrades (any of
@@ -117,7 +122,8 @@ lengths (healthy 5-8 s, then 7-12 s each); the number of closed-loop clients (4-
 request when its answer came) at normal priority; and their share of streams (0-50%). llmroute runs
 `llmroute sidecar` with the incident bench's route (strategy `latency`, normal timeout 3 s, 2 retry
 attempts, outlier detection); the oracle is a client that always calls the backend with the lowest median
-of those the schedule keeps healthy at that moment. Both get fresh providers on the same drawn schedule.
+of those the schedule keeps healthy at that moment. Both arms run at the same time, each on its own
+providers following the drawn schedule from one shared start, so both meet the same machine load.
 A phase's p99 covers every request sent in it, failed ones at the time they took; the ratio is llmroute's
 p99 over the oracle's. The target is judged on the phases after a transition (the healthy phase starts
 with no history and is shown for reference).
