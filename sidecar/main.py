@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
+from llmroute.sidecar.accesslog import AccessLog
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
@@ -151,6 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight requests and streams may take to finish",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--access-log",
+        default="json",
+        choices=["json", "off"],
+        help="one JSON line per request on stdout (docs/observability.md), or none",
+    )
 
 
 class Sidecar:
@@ -179,9 +187,12 @@ class Sidecar:
             )
         else:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
-        self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
+        self.access = None
+        if args.access_log == "json":
+            self.access = AccessLog(sys.stdout.buffer, self.metrics.access_log_dropped.inc)
+        self.passthrough = Passthrough(args.passthrough, self.metrics, self.access) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
@@ -216,6 +227,8 @@ class Sidecar:
             self._tasks.append(supervise("route files", self.files.run, log, on_crash=self._crashed))
         if self.control_plane is not None:
             self._tasks.append(supervise("control plane", self.control_plane.run, log, on_crash=self._crashed))
+        if self.access is not None:
+            self.access.start()
         await self.admin_server.start(*self.args.admin_listen)
         await self.app_server.start(*self.args.listen)
         self._tasks.append(supervise("ejection probes", self._probe_loop, log, on_crash=self._crashed))
@@ -253,6 +266,8 @@ class Sidecar:
         await self.router.pool.aclose()
         if self.passthrough is not None:
             await self.passthrough.aclose()
+        if self.access is not None:
+            await asyncio.to_thread(self.access.stop)
         await self.admin_server.shutdown(1.0)
 
 
