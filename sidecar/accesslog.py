@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from llmroute.http import Request
 
@@ -29,7 +30,8 @@ log = logging.getLogger("llmroute.sidecar.accesslog")
 FLUSH_S = 0.05
 """How often the writer takes the buffered lines: a line appears at most this much later than its request ends."""
 CAPACITY = 10_000
-"""Lines held while stdout is slower than the requests (about 4 MB); more are dropped and counted."""
+"""Lines held while stdout is slower than the requests (about 4 MB; `--access-log-buffer`); more are dropped
+and counted."""
 STOP_TIMEOUT_S = 2.0
 """At shutdown, how long the last lines may take to be written before they are given up."""
 ABANDONED = 499
@@ -52,8 +54,10 @@ def trace_id(traceparent: str | None) -> str | None:
 class AccessLog:
     """Formats the lines and owns the writer thread; `start` before the first request, `stop` after the last."""
 
-    def __init__(self, out: BinaryIO, dropped: Callable[[float], None], capacity: int = CAPACITY) -> None:
-        self._out = out
+    def __init__(self, fd: int, dropped: Callable[[float], None], capacity: int = CAPACITY) -> None:
+        self._fd = fd
+        """Written with os.write, not through sys.stdout's buffer: a writer blocked on a full pipe then holds
+        no lock that the interpreter needs at exit."""
         self._dropped = dropped
         """Counts lost lines (the metric's `inc`)."""
         self._capacity = capacity
@@ -146,10 +150,11 @@ class AccessLog:
             buffered = self._lines
             lines = [buffered.popleft() for _ in range(len(buffered))]
             if lines:
+                data = memoryview(("\n".join(lines) + "\n").encode())
                 try:
-                    self._out.write(("\n".join(lines) + "\n").encode())
-                    self._out.flush()
-                except (OSError, ValueError) as exc:  # a closed or broken stdout
+                    while data:
+                        data = data[os.write(self._fd, data) :]
+                except OSError as exc:  # a closed or broken stdout
                     self._dropped(len(lines))
                     log.warning("%d access log lines lost: %s", len(lines), exc)
             if stopping:

@@ -17,7 +17,7 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
-from llmroute.sidecar.accesslog import AccessLog
+from llmroute.sidecar.accesslog import CAPACITY, AccessLog
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
@@ -65,6 +65,13 @@ def _positive_seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value!r}")
     return seconds
+
+
+def _positive_int(value: str) -> int:
+    """A count above zero, for argparse."""
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def _passthrough(value: str) -> dict[Family, str]:
@@ -159,6 +166,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["json", "off"],
         help="one JSON line per request on stdout (docs/observability.md), or none",
     )
+    parser.add_argument(
+        "--access-log-buffer",
+        type=_positive_int,
+        default=CAPACITY,
+        metavar="LINES",
+        help="access-log lines held while stdout is slow; beyond them lines are dropped "
+        "(llmroute_access_log_dropped_total), never requests delayed",
+    )
 
 
 class Sidecar:
@@ -189,7 +204,7 @@ class Sidecar:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
         self.access = None
         if args.access_log == "json":
-            self.access = AccessLog(sys.stdout.buffer, self.metrics.access_log_dropped.inc)
+            self.access = AccessLog(sys.stdout.fileno(), self.metrics.access_log_dropped.inc, args.access_log_buffer)
         self.passthrough = Passthrough(args.passthrough, self.metrics, self.access) if args.passthrough else None
         self.app_server = HTTPServer(
             SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access),
