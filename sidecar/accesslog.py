@@ -3,8 +3,8 @@ slow stdout never holds up the event loop.
 
 A line holds names, ids, numbers and codes only: never a credential, a prompt, an answer or an error message
 (an upstream's message can quote the prompt). The request path formats its line (a template) and appends
-it to a bounded buffer; the writer thread, woken when lines wait (at most every FLUSH_S), takes all of them and
-writes them in one call.
+it to a bounded buffer, and that is all: the writer thread looks at the buffer every FLUSH_S (less often while
+it stays empty, up to IDLE_S) and writes what it finds in one call.
 When the buffer is full (stdout is a pipe nobody drains fast enough) a line is dropped and counted in
 `llmroute_access_log_dropped_total` instead of waiting.
 """
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmroute.sidecar.accesslog")
 
 FLUSH_S = 0.05
-"""The writer's pause after each write: lines of a busy sidecar go out in batches, at most this much late."""
+"""How often a busy sidecar's writer takes the buffered lines: they go out in batches, at most this much late."""
+IDLE_S = 1.0
+"""The writer's longest pause while no line comes: an idle sidecar's thread wakes once a second."""
 CAPACITY = 10_000
 """Lines held while stdout is slower than the requests (about 4 MB; `--access-log-buffer`); more are dropped
 and counted."""
@@ -65,9 +67,7 @@ class AccessLog:
         self._capacity = capacity
         self._lines: deque[str] = deque()
         """append (the loop) and popleft (the writer) are atomic: no lock on the request path."""
-        self._pending = threading.Event()
-        """Set when lines wait to be written: an idle sidecar's writer sleeps without waking up."""
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="access log writer", daemon=True)
         self._second = -1
         self._stamp = ""
@@ -79,8 +79,7 @@ class AccessLog:
     def stop(self) -> None:
         """Write what is buffered (bounded by STOP_TIMEOUT_S) and end the writer thread."""
         if self._thread.is_alive():
-            self._stopping = True
-            self._pending.set()
+            self._stopping.set()
             self._thread.join(STOP_TIMEOUT_S)
 
     def write(
@@ -105,44 +104,50 @@ class AccessLog:
         upstream_headers: list[tuple[str, str]] | None = None,
     ) -> None:
         """Log one request that has ended (`received`: its time.monotonic() on arrival). docs/observability.md
-        describes every field. The line is written from a template rather than by json.dumps of a dict, which
-        costs several times as much; every string from the app, a backend or the config is JSON-escaped."""
+        describes every field. The line is written from a template rather than by json.dumps of a dict (which
+        costs several times as much), with no function call for what is absent; every string that comes from
+        the app, a backend or the configuration is JSON-escaped."""
         latency = (time.monotonic() - received) * 1000
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         headers = request.headers
-        trace = trace_id(headers.get("traceparent"))
-        request_id = headers.get("x-request-id") or f"{_rng.getrandbits(64):016x}"
+        traceparent = headers.get("traceparent")
+        trace = None if traceparent is None else trace_id(traceparent)
+        upstream_id = _request_id(upstream_headers) if upstream_headers else None
+        esc = _escape
         line = (
-            f'{{"time":"{self._time(time.time())}","trace_id":{_string(trace)},'
-            f'"request_id":{_string(request_id)},"method":{_string(request.method)},"path":{_string(request.path)},'
-            f'"api":{_string(api)},"model":{_string(model)},"route":{_string(route)},"backend":{_string(backend)},'
-            f'"priority":{_string(priority)},"stream":{"true" if stream else "false"},"status":{status:d},'
-            f'"outcome":{_string(outcome)},"error":{_string(error)},"attempts":{attempts:d},'
-            f'"latency_ms":{latency:.3f},"ttft_ms":{"null" if ttft is None else f"{ttft * 1000:.3f}"},'
-            f'"tokens_in":{_number(tokens_in)},"tokens_out":{_number(tokens_out)},"cost_usd":{_number(cost)},'
-            f'"upstream_request_id":{_string(_request_id(upstream_headers))},"policy":null}}'
+            f'{{"time":"{self._stamp}.{int((now - second) * 1000):03d}Z",'
+            f'"trace_id":{"null" if trace is None else esc(trace)},'
+            f'"request_id":{esc(headers.get("x-request-id") or f"{_rng.getrandbits(64):016x}")},'
+            f'"method":{esc(request.method)},"path":{esc(request.path)},"api":"{api}",'
+            f'"model":{"null" if model is None else esc(model)},"route":{"null" if route is None else esc(route)},'
+            f'"backend":{"null" if backend is None else esc(backend)},'
+            f'"priority":{"null" if priority is None else esc(priority)},"stream":{"true" if stream else "false"},'
+            f'"status":{status:d},"outcome":"{outcome}","error":{"null" if error is None else esc(error)},'
+            f'"attempts":{attempts:d},"latency_ms":{latency:.3f},'
+            f'"ttft_ms":{"null" if ttft is None else f"{ttft * 1000:.3f}"},'
+            f'"tokens_in":{"null" if tokens_in is None else tokens_in},'
+            f'"tokens_out":{"null" if tokens_out is None else tokens_out},'
+            f'"cost_usd":{"null" if cost is None else repr(cost)},'
+            f'"upstream_request_id":{"null" if upstream_id is None else esc(upstream_id)},"policy":null}}'
         )
         if len(self._lines) >= self._capacity:
             self._dropped(1)
         else:
             self._lines.append(line)
-            if not self._pending.is_set():
-                self._pending.set()
-
-    def _time(self, now: float) -> str:
-        """RFC 3339 UTC with milliseconds; the part up to the second is formatted once a second."""
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def _run(self) -> None:
-        """The writer thread: when lines wait, all of them in one write, then a pause of FLUSH_S so that a busy
-        sidecar's lines go out in batches; a failing stdout loses lines, never the sidecar."""
+        """The writer thread: every FLUSH_S while lines come (backing off to IDLE_S while none do), all buffered
+        lines in one write; a failing stdout loses lines, never the sidecar. No signal from the request path:
+        a request only appends its line."""
         buffered = self._lines
+        pause = FLUSH_S
         while True:
-            self._pending.wait()
-            self._pending.clear()
+            stopping = self._stopping.wait(pause)
             lines = [buffered.popleft() for _ in range(len(buffered))]
+            pause = FLUSH_S if lines else min(pause * 2, IDLE_S)
             if lines:
                 data = memoryview(("\n".join(lines) + "\n").encode())
                 try:
@@ -151,9 +156,8 @@ class AccessLog:
                 except OSError as exc:  # a closed or broken stdout
                     self._dropped(len(lines))
                     log.warning("%d access log lines lost: %s", len(lines), exc)
-            if self._stopping:
+            if stopping:
                 return
-            time.sleep(FLUSH_S)
 
 
 def log_call(
@@ -196,16 +200,6 @@ def log_call(
         error=error,
         upstream_headers=upstream_headers,
     )
-
-
-def _string(value: str | None) -> str:
-    """A JSON string (escaped, ASCII), or null."""
-    return "null" if value is None else _escape(value)
-
-
-def _number(value: float | None) -> str:
-    """A JSON number, or null."""
-    return "null" if value is None else repr(value)
 
 
 def _request_id(headers: list[tuple[str, str]] | None) -> str | None:

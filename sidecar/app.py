@@ -295,9 +295,10 @@ class SidecarApp:
         received: float,
         gate: ConcurrencyGate | None,
         ttft: float | None = None,
+        status: int = 200,
     ) -> None:
-        """A stream is over for the app: record it, and give back its in-flight count and its class's slot."""
-        status = 200 if outcome != "abandoned" else ABANDONED  # a stream's status went out with its first chunk
+        """A stream is over for the app: record it, and give back its in-flight count and its class's slot.
+        `status`: what the app got (a relayed stream's 200 went out with its first chunk)."""
         error = "stream_interrupted" if outcome == "error" else None
         self._observe(request, call, answer, outcome, received, status, error, ttft=ttft)
         self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
@@ -314,7 +315,7 @@ class SidecarApp:
                 answer.attempt.abandon()
             assert answer.stream is not None
             await answer.stream.aclose()
-            self._release(request, call, answer, "abandoned", received, gate)
+            self._release(request, call, answer, "abandoned", received, gate, status=ABANDONED)  # nothing was sent
 
         return close
 
