@@ -41,7 +41,7 @@ ABANDONED = 499
 """The status logged when the app went away before its answer (nginx's 'client closed request')."""
 
 _HEX = frozenset("0123456789abcdef")
-_escape = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_escape = json.encoder.encode_basestring_ascii
 _rng = random.Random()
 
 
@@ -105,7 +105,7 @@ class AccessLog:
     ) -> None:
         """Log one request that has ended (`received`: its time.monotonic() on arrival). docs/observability.md
         describes every field. The line is written from a template rather than by json.dumps of a dict (which
-        costs several times as much), with no function call for what is absent; every string that comes from
+        costs two to three times as much), with no function call for what is absent; every string that comes from
         the app, a backend or the configuration is JSON-escaped."""
         latency = (time.monotonic() - received) * 1000
         now = time.time()
