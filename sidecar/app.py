@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
+from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
 from llmroute.sidecar.count_tokens import count_tokens
@@ -36,23 +37,28 @@ class SidecarApp:
         dispatcher: Dispatcher,
         metrics: SidecarMetrics,
         passthrough: Passthrough | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.passthrough = passthrough
+        self.access = access
+        """The access log (None: --access-log off); passthrough requests are logged by the passthrough."""
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
+        received = time.monotonic()
         api = BY_PATH.get(request.path)
         if api is not None and request.method == "POST":
             try:
                 if api is COUNT_TOKENS:
-                    return await self.count_tokens(request)
-                return await self.serve(api, request)
-            except ProxyError as error:
-                return error.response(api.family)
+                    return await self.count_tokens(request, received)
+                return await self.serve(api, request, received)
+            except ProxyError as error:  # refused before dispatch (serve logs what it dispatched)
+                return self._answered(request, api.api, received, error.response(api.family), error.code)
         if request.path in ("/v1/models", "/models") and request.method == "GET":
-            return self.models(anthropic="anthropic-version" in request.headers)
+            models = self.models(anthropic="anthropic-version" in request.headers)
+            return self._answered(request, "models", received, models)
         # Not in the inbound table (the table lists POSTs: GET /v1/chat/completions/{id} and the like are not).
         label: str
         if api is not None:
@@ -65,7 +71,22 @@ class SidecarApp:
             refusal = ProxyError(405, f"use POST for {request.path}", "method_not_allowed")
         else:
             refusal = ProxyError(404, f"no such endpoint: {request.method} {request.path}", "not_found")
-        return refusal.response(family)
+        return self._answered(request, label, received, refusal.response(family), refusal.code)
+
+    def _answered(
+        self,
+        request: Request,
+        api: str,
+        received: float,
+        response: Response | StreamingResponse,
+        error: str | None = None,
+    ) -> Response | StreamingResponse:
+        """`response`, logged: a request the sidecar answered itself, without a backend (a refusal, the model
+        list, a token count)."""
+        if self.access is not None:
+            outcome = "success" if response.status < 400 else "client_error" if response.status < 500 else "error"
+            self.access.write(request, received, status=response.status, outcome=outcome, api=api, error=error)
+        return response
 
     def models(self, *, anthropic: bool) -> Response:
         """The model names of the routes this sidecar has, in OpenAI's list shape or, for the Anthropic SDK
@@ -88,7 +109,7 @@ class SidecarApp:
         ]
         return Response(200, json.dumps({"object": "list", "data": data}).encode())
 
-    async def count_tokens(self, request: Request) -> Response | StreamingResponse:
+    async def count_tokens(self, request: Request, received: float) -> Response | StreamingResponse:
         """POST /v1/messages/count_tokens (llmroute.sidecar.count_tokens): counted, never dispatched; a model no
         route names goes to the passthrough upstream like any other call."""
         routed = self._parse(COUNT_TOKENS, request)
@@ -96,7 +117,8 @@ class SidecarApp:
             assert self.passthrough is not None
             return await self.passthrough.forward(request, COUNT_TOKENS.family, COUNT_TOKENS.api)
         body, _, runtime, _, timeout = routed
-        return await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), time.monotonic() + timeout)
+        counted = await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), received + timeout)
+        return self._answered(request, COUNT_TOKENS.api, received, counted)
 
     def _parse(
         self, api: Inbound, request: Request
@@ -138,9 +160,8 @@ class SidecarApp:
                 )
         return body, parsed, runtime, cast(Priority, priority), timeout
 
-    async def serve(self, api: Inbound, request: Request) -> Response | StreamingResponse:
+    async def serve(self, api: Inbound, request: Request, received: float) -> Response | StreamingResponse:
         """One request of an inbound API: parse, dispatch, answer in the API's own shape."""
-        received = time.monotonic()
         routed = self._parse(api, request)
         if routed is None:
             assert self.passthrough is not None
@@ -164,10 +185,9 @@ class SidecarApp:
             try:
                 await gate.acquire(call.deadline - time.monotonic())
             except TimeoutError as exc:
-                self._observe(call, None, "error", received)
-                raise ProxyError(
-                    504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded"
-                ) from None
+                waited = ProxyError(504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded")
+                self._observe(request, call, None, "error", received, waited.status, waited.code)
+                return waited.response(api.family)
         in_flight = self.metrics.child(self.metrics.in_flight, route.name)
         in_flight.inc()
         holds_stream = False  # a stream releases the slot and the gauge when the app has read it
@@ -175,24 +195,28 @@ class SidecarApp:
             try:
                 answer = await self.dispatcher.run(call)
             except UpstreamError as error:  # a 4xx the backend gave: the request's fault, returned as is
-                self._observe(call, None, "client_error", received)
+                status = error.status or 400
+                self._observe(request, call, None, "client_error", received, status, error.kind.value, error.headers)
                 shaped = error.body_for(api.family)
-                return Response(error.status or 400, shaped, [*self._headers(call, None, received), *error.headers])
+                return Response(status, shaped, [*self._headers(call, None, received), *error.headers])
             except ProxyError as error:
-                self._observe(call, None, "error", received)
+                self._observe(request, call, None, "error", received, error.status, error.code)
                 error.headers = [*error.headers, *self._headers(call, None, received)]
-                raise
+                return error.response(api.family)
             except asyncio.CancelledError:  # the app went away: its attempts and hedges were cancelled with it
-                self._observe(call, None, "abandoned", received)
+                self._observe(request, call, None, "abandoned", received, ABANDONED)
                 raise
             if answer.stream is not None:
                 holds_stream = True
                 response_headers = self._headers(call, answer, received)
                 response_headers.extend(answer.stream.headers)
-                relay = _Relay(self._relay(call, answer, received, gate), self._unstarted(call, answer, received, gate))
+                relay = _Relay(
+                    self._relay(request, call, answer, received, gate),
+                    self._unstarted(request, call, answer, received, gate),
+                )
                 return StreamingResponse(200, relay, response_headers)
             assert answer.completion is not None
-            self._observe(call, answer, "success", received)
+            self._observe(request, call, answer, "success", received, 200)
             response_headers = self._headers(call, answer, received)
             response_headers.append(("x-llmroute-cost-usd", f"{answer.cost:.8f}"))
             if answer.completion.headers:
@@ -205,15 +229,16 @@ class SidecarApp:
                     gate.release()
 
     async def _relay(
-        self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
+        self, request: Request, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
         A chat or Messages stream that breaks off is continued on a backend that can (see continuation.py), so
         the app gets one whole answer; otherwise it ends with the API's SSE error naming the interruption. Each stream's
         attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
+        ttft = time.monotonic() - received
         self.metrics.child(
             self.metrics.ttft, call.runtime.route.name, answer.candidate.name, call.priority, call.api.api
-        ).observe(time.monotonic() - received)
+        ).observe(ttft)
         continuation = Continuation(self.dispatcher, call) if can_continue(call) else None
         spent = 0.0  # what interrupted attempts cost before the one that finished
         outcome = "abandoned"
@@ -247,7 +272,7 @@ class SidecarApp:
                             answer = resumed
                             continue
                         outcome = "success"
-                        cost = spent + attempt.succeed(stream.usage)
+                        cost = answer.cost = spent + attempt.succeed(stream.usage)
                         end = data if continuation is None else continuation.relay(data)
                         yield end + call.api.stream_end(cost)
                         return
@@ -259,17 +284,29 @@ class SidecarApp:
                         )
                         skipped.inc(stream.skipped)
         finally:
-            self._release(call, answer, outcome, received, gate)
+            self._release(request, call, answer, outcome, received, gate, ttft)
 
-    def _release(self, call: Call, answer: Answer, outcome: str, received: float, gate: ConcurrencyGate | None) -> None:
-        """A stream is over for the app: record it, and give back its in-flight count and its class's slot."""
-        self._observe(call, answer, outcome, received)
+    def _release(
+        self,
+        request: Request,
+        call: Call,
+        answer: Answer,
+        outcome: str,
+        received: float,
+        gate: ConcurrencyGate | None,
+        ttft: float | None = None,
+        status: int = 200,
+    ) -> None:
+        """A stream is over for the app: record it, and give back its in-flight count and its class's slot.
+        `status`: what the app got (a relayed stream's 200 went out with its first chunk)."""
+        error = "stream_interrupted" if outcome == "error" else None
+        self._observe(request, call, answer, outcome, received, status, error, ttft=ttft)
         self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
         if gate is not None:
             gate.release()
 
     def _unstarted(
-        self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
+        self, request: Request, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> Callable[[], Awaitable[None]]:
         """What closing a stream that was never sent must do: the relay's own cleanup never ran."""
 
@@ -278,16 +315,30 @@ class SidecarApp:
                 answer.attempt.abandon()
             assert answer.stream is not None
             await answer.stream.aclose()
-            self._release(call, answer, "abandoned", received, gate)
+            self._release(request, call, answer, "abandoned", received, gate, status=ABANDONED)  # nothing was sent
 
         return close
 
-    def _observe(self, call: Call, answer: Answer | None, outcome: str, received: float) -> None:
+    def _observe(
+        self,
+        request: Request,
+        call: Call,
+        answer: Answer | None,
+        outcome: str,
+        received: float,
+        status: int,
+        error: str | None = None,
+        upstream_headers: list[tuple[str, str]] | None = None,
+        ttft: float | None = None,
+    ) -> None:
+        """A dispatched request has ended: its duration metric and its access-log line."""
         now = time.monotonic()
         backend = answer.candidate.name if answer is not None else "none"
         self.metrics.child(
             self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome, call.api.api
         ).observe(now - received)
+        if self.access is not None:
+            log_call(self.access, request, call, answer, outcome, received, status, error, upstream_headers, ttft)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:
         waited = call.upstream_done - call.upstream_started

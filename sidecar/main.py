@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
+from llmroute.sidecar.accesslog import CAPACITY, AccessLog
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
@@ -63,6 +65,13 @@ def _positive_seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value!r}")
     return seconds
+
+
+def _positive_int(value: str) -> int:
+    """A count above zero, for argparse."""
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def _passthrough(value: str) -> dict[Family, str]:
@@ -151,6 +160,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight requests and streams may take to finish",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--access-log",
+        default="json",
+        choices=["json", "off"],
+        help="one JSON line per request on stdout (docs/observability.md), or none",
+    )
+    parser.add_argument(
+        "--access-log-buffer",
+        type=_positive_int,
+        default=CAPACITY,
+        metavar="LINES",
+        help="access-log lines held while stdout is slow; beyond them lines are dropped "
+        "(llmroute_access_log_dropped_total), never requests delayed",
+    )
 
 
 def server_error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
@@ -184,9 +207,12 @@ class Sidecar:
             )
         else:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
-        self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
+        self.access = None
+        if args.access_log == "json":
+            self.access = AccessLog(sys.stdout.fileno(), self.metrics.access_log_dropped.inc, args.access_log_buffer)
+        self.passthrough = Passthrough(args.passthrough, self.metrics, self.access) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access),
             max_body_bytes=args.max_body_bytes,
             error_body=server_error_body,
             read_timeout=args.read_timeout,
@@ -221,6 +247,8 @@ class Sidecar:
             self._tasks.append(supervise("route files", self.files.run, log, on_crash=self._crashed))
         if self.control_plane is not None:
             self._tasks.append(supervise("control plane", self.control_plane.run, log, on_crash=self._crashed))
+        if self.access is not None:
+            self.access.start()
         await self.admin_server.start(*self.args.admin_listen)
         await self.app_server.start(*self.args.listen)
         self._tasks.append(supervise("ejection probes", self._probe_loop, log, on_crash=self._crashed))
@@ -258,6 +286,8 @@ class Sidecar:
         await self.router.pool.aclose()
         if self.passthrough is not None:
             await self.passthrough.aclose()
+        if self.access is not None:
+            await asyncio.to_thread(self.access.stop)
         await self.admin_server.shutdown(1.0)
 
 

@@ -114,6 +114,11 @@ class SidecarMetrics:
             ["task"],
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "llmroute_access_log_dropped_total",
+            "Access-log lines dropped because stdout did not keep up (or failed).",
+            registry=r,
+        )
         self.table_updates = Counter(
             "llmroute_routing_table_updates_total",
             "Routing tables received, by whether they were applied.",

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from llmroute.http import Request, Response, StreamingResponse
+from llmroute.sidecar.accesslog import ABANDONED, AccessLog
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.upstream.errors import Family
@@ -116,10 +117,13 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 class Passthrough:
     """The passthrough upstreams by family, one keep-alive pool for them, and the policy that may deny."""
 
-    def __init__(self, upstreams: Mapping[Family, str], metrics: SidecarMetrics) -> None:
+    def __init__(
+        self, upstreams: Mapping[Family, str], metrics: SidecarMetrics, access: AccessLog | None = None
+    ) -> None:
         self._bases: dict[Family, Target] = {family: parse_target(url) for family, url in upstreams.items()}
         self._pool = Pool()
         self._metrics = metrics
+        self._access = access
         self.policy = PassthroughPolicy()
 
     def serves(self, family: Family) -> bool:
@@ -142,7 +146,7 @@ class Passthrough:
         body, SSE or not, errors included). Failures of our own are in the family's error shape. `api`
         labels the metrics: the inbound API of a listed path, else OTHER."""
         received = time.monotonic()
-        count = functools.partial(self._count, family, api, received)
+        count = functools.partial(self._count, request, family, api, received)
         if request.method in _NOT_RELAYED:
             count("405", "client_error")
             refused = f"passthrough does not relay {request.method} requests"
@@ -193,11 +197,19 @@ class Passthrough:
             if relay is None:
                 in_flight.dec()
 
-    def _count(self, family: Family, api: str, received: float, status: str, outcome: str) -> None:
+    def _count(self, request: Request, family: Family, api: str, received: float, status: str, outcome: str) -> None:
+        """A passthrough request has ended: its metrics and its access-log line (the upstream's family as the
+        backend; an unlisted path's api is `passthrough`)."""
         metrics = self._metrics
         metrics.child(metrics.passthrough, family, status).inc()
         duration = metrics.child(metrics.request_duration, ROUTE, family, "none", outcome, api)
         duration.observe(time.monotonic() - received)
+        if self._access is not None:
+            code = int(status) if status.isdigit() else ABANDONED
+            logged_api = ROUTE if api == OTHER else api  # a path outside the inbound table: api `passthrough`
+            self._access.write(
+                request, received, status=code, outcome=outcome, api=logged_api, route=ROUTE, backend=family
+            )
 
     async def aclose(self) -> None:
         """Close the idle upstream connections."""

@@ -144,7 +144,9 @@ class Bench:
                 # An earlier build, for before/after figures in one interleaved run: chat routes only, which
                 # every build can parse.
                 chat_only = "---".join(routes.split("---")[:2])
-                self._start_sidecar("baseline", [args.baseline, "sidecar"], chat_only)
+                self._start_sidecar(
+                    "baseline", [args.baseline, "sidecar", *shlex.split(args.baseline_flags)], chat_only
+                )
                 served["baseline"] = [w for w in self.workloads if w.api == "chat"]
             self.arms = ["direct", *self.sidecars]
             self.urls = {(w.name, "direct"): f"http://127.0.0.1:{backend_port}{w.direct_path}" for w in self.workloads}
@@ -371,8 +373,9 @@ def _baseline_section(args: argparse.Namespace, samples: list[Sample]) -> str:
     if not args.baseline:
         return ""
     table = api_table(samples, args.connections, _baseline_workloads(args), arm="baseline")
+    flags = f" --baseline-flags={shlex.quote(args.baseline_flags)}" if args.baseline_flags else ""
     return f"""
-The same rounds through the baseline build (`--baseline {args.baseline}`), interleaved with the others:
+The same rounds through the baseline build (`--baseline {args.baseline}{flags}`), interleaved with the others:
 
 {table}
 """
@@ -486,6 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         help="the llmroute executable of another build (e.g. an earlier commit's virtualenv): a third arm on the"
         " chat workloads, for before/after figures from one interleaved run",
+    )
+    parser.add_argument(
+        "--baseline-flags",
+        default="",
+        metavar="FLAGS",
+        help="more flags for the baseline's sidecar: with --baseline naming this build, e.g. '--access-log off',"
+        " one run compares this build with and without a feature",
     )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.overhead", *(sys.argv[1:] if argv is None else argv)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,14 +25,14 @@ MEASURED = 200
 MODELS = {"chat": "bench", "chat-50ms": "bench-slow"}
 
 
-def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
+def count(llmroute: Path, model: str, routes: Path, workdir: Path, flags: list[str]) -> float:
     """Instructions per request of `llmroute sidecar` (run under callgrind) serving `model` one at a time."""
     port, admin = procs.free_port(), procs.free_port()
     out = workdir / f"callgrind-{model}.out"
     python = llmroute.with_name("python")
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", str(python)]
     argv += [str(llmroute), "sidecar", "--routes", str(routes), "--listen", f"127.0.0.1:{port}"]
-    argv += ["--admin-listen", f"127.0.0.1:{admin}"]
+    argv += ["--admin-listen", f"127.0.0.1:{admin}", *flags]
     sidecar = procs.start(f"sidecar-{model}", argv, workdir)
     try:
         procs.wait_port(sidecar, port, timeout=300)  # valgrind starts Python slowly
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         help="llmroute executables of the builds to count (default: this virtualenv's)",
     )
     parser.add_argument("--workloads", default="chat,chat-50ms", help="chat, chat-50ms or both")
+    parser.add_argument(
+        "--sidecar-flags", default="", metavar="FLAGS", help="more flags for the sidecars, e.g. '--access-log off'"
+    )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             routes.write_text("---".join(ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")[:2]))
             for build in args.builds:
                 for workload in args.workloads.split(","):
-                    per_request = count(build, MODELS[workload], routes, workdir)
+                    per_request = count(build, MODELS[workload], routes, workdir, shlex.split(args.sidecar_flags))
                     print(f"{build}  {workload:<10} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()

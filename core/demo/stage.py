@@ -67,7 +67,9 @@ class Stage:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         secrets_dir = self.workdir / "secrets"
+        # The live view owns the terminal: no access-log lines between its frames.
         argv = ["--routes", str(route_file), "--secrets-dir", str(secrets_dir), "--drain-timeout", "5"]
+        argv += ["--access-log", "off"]
         args = parser.parse_args([*argv, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         # The same check as `llmroute validate --check-keys`, so a broken template says what is wrong.
         _, problems = compile_files([route_file], LocalKeys(secrets_dir))

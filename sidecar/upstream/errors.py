@@ -66,15 +66,16 @@ class UpstreamError(Exception):
         return f"UpstreamError(kind={self.kind!r}, status={self.status!r}, message={self.message!r})"
 
     def scrubbed(self, secret: str | None) -> UpstreamError:
-        """This error with every occurrence of `secret` masked in its message, detail and body (in place)."""
+        """This error with every occurrence of `secret` masked in its message, detail and body (in place), and
+        the start of it that a message cut at its length limit may end with."""
         if secret:
-            self.message = self.message.replace(secret, "***")
+            self.message = mask(self.message, secret)
             self.args = (self.message,)
             if self.raw is not None:
                 self.raw = self.raw.replace(secret.encode(), b"***")
-            if self.detail is not None and secret in self.detail.message:
+            if self.detail is not None:
                 detail = self.detail
-                self.detail = ErrorDetail(detail.message.replace(secret, "***"), detail.type, detail.code, detail.param)
+                self.detail = ErrorDetail(mask(detail.message, secret), detail.type, detail.code, detail.param)
         return self
 
     def body_for(self, family: Family) -> bytes:
@@ -93,6 +94,20 @@ class UpstreamError(Exception):
         if detail.param is not None:
             shaped["param"] = detail.param
         return json.dumps({"error": shaped}).encode()
+
+
+MIN_PARTIAL = 4
+"""The shortest start of a key that `mask` masks at the end of a text (fewer characters say nothing of it)."""
+
+
+def mask(text: str, secret: str) -> str:
+    """`text` with `secret` replaced by *** wherever it occurs, and at the end, where a message was cut at its
+    length limit (_MAX_MESSAGE) inside the key, its first characters too."""
+    text = text.replace(secret, "***")
+    for size in range(min(len(secret), len(text)) - 1, MIN_PARTIAL - 1, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size] + "***"
+    return text
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anthropic
 import httpx
@@ -17,6 +22,7 @@ import yaml
 from llmroute.sidecar.main import Sidecar, add_arguments
 from llmroute.sim import Behavior, SimProvider
 
+LLMROUTE = str(Path(sys.executable).parent / "llmroute")
 APP_KEY = "sk-ant-app-own-key-0123"
 """The key an app's Anthropic SDK sends: routed models must never forward it upstream."""
 
@@ -136,3 +142,34 @@ async def running(
 
 def chat_body(**extra: Any) -> dict[str, Any]:
     return {"model": "chat", "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+def spawn(argv: list[str], stdout: int | IO[bytes] | None = None) -> subprocess.Popen[str]:
+    """A child process with its log on a pipe (unbuffered, so lines arrive as they are written)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(
+    *args: str, stdout: int | IO[bytes] | None = None
+) -> AsyncIterator[tuple[subprocess.Popen[str], int, int, str]]:
+    """`llmroute sidecar ARGS` as a real process, its log on a pipe (unbuffered) and its stdout (the access log)
+    where `stdout` says (default: inherited); yields it, its app and admin ports (read from its log) and the
+    log lines up to there. Killed afterwards if still running."""
+    process = spawn([LLMROUTE, "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args], stdout)
+    assert process.stderr is not None
+    line = startup = ""
+    for _ in range(200):
+        line = await asyncio.to_thread(process.stderr.readline)
+        startup += line
+        if "listening on" in line or not line:
+            break
+    match = re.search(r"listening on 127\.0\.0\.1:(\d+) \(admin 127\.0\.0\.1:(\d+)\)", line)
+    assert match, f"sidecar did not start: {startup!r}"
+    try:
+        yield process, int(match.group(1)), int(match.group(2)), startup
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +12,9 @@ import yaml
 
 from llmroute.sim import Behavior, Latency, SimProvider
 
-from .harness import backend_entry, chat_body, route_doc, running
+from .harness import backend_entry, chat_body, route_doc, running, sidecar_process
 
 FAST = Behavior(latency=Latency.fixed(0.01))
-LLMROUTE = str(Path(sys.executable).parent / "llmroute")
 
 
 async def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
@@ -78,35 +71,6 @@ async def test_route_file_changes_are_picked_up_without_a_signal(tmp_path: Path)
         assert "chat-2" in h.sidecar.router.by_model
 
 
-def spawn(argv: list[str]) -> subprocess.Popen[str]:
-    """A child process with its log on a pipe (unbuffered, so lines arrive as they are written)."""
-    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-@asynccontextmanager
-async def sidecar_process(route: Path, *args: str) -> AsyncIterator[tuple[subprocess.Popen[str], int, int, str]]:
-    """`llmroute sidecar` as a real process; yields it, its app and admin ports (read from its log) and the
-    log lines up to there."""
-    process = spawn(
-        [LLMROUTE, "sidecar", "--routes", str(route), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args]
-    )
-    assert process.stderr is not None
-    line = startup = ""
-    for _ in range(200):
-        line = await asyncio.to_thread(process.stderr.readline)
-        startup += line
-        if "listening on" in line or not line:
-            break
-    match = re.search(r"listening on 127\.0\.0\.1:(\d+) \(admin 127\.0\.0\.1:(\d+)\)", line)
-    assert match, f"sidecar did not start: {line!r}"
-    try:
-        yield process, int(match.group(1)), int(match.group(2)), startup
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
 def write_route(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(route_doc(spec)))
     return path
@@ -117,7 +81,7 @@ async def test_sigterm_drains_in_flight_requests_and_streams(tmp_path: Path) -> 
     await slow.start()
     route = write_route(tmp_path / "r.yaml", {"models": ["chat"], "backends": [backend_entry("slow", slow)]})
     try:
-        async with sidecar_process(route) as (process, port, _admin, _log):
+        async with sidecar_process("--routes", str(route)) as (process, port, _admin, _log):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=20) as http:
                 plain = asyncio.create_task(http.post("/chat/completions", json=chat_body()))
 
@@ -157,7 +121,9 @@ async def test_secrets_never_reach_logs_or_metrics(tmp_path: Path) -> None:
     entry = backend_entry("picky", picky, apiKeySecretRef={"name": "keys", "key": "openai"})
     route = write_route(tmp_path / "r.yaml", {"models": ["chat"], "backends": [entry]})
     try:
-        async with sidecar_process(route, "--secrets-dir", str(tmp_path / "secrets"), "--log-level", "debug") as (
+        async with sidecar_process(
+            "--routes", str(route), "--secrets-dir", str(tmp_path / "secrets"), "--log-level", "debug"
+        ) as (
             process,
             port,
             admin,

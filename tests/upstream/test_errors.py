@@ -12,6 +12,7 @@ import pytest
 
 from llmroute.sidecar.upstream import Upstream, UpstreamError
 from llmroute.sidecar.upstream import client as client_module
+from llmroute.sidecar.upstream.errors import mask
 
 REQUEST: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}
 STREAM_REQUEST = {**REQUEST, "stream": True}
@@ -251,6 +252,24 @@ async def test_key_echoed_by_upstream_never_leaks(serve, backend, key, provider:
     ):
         assert key not in shown
     assert "Incorrect API key provided: ***" in error.message
+
+
+async def test_a_key_cut_by_the_message_limit_is_masked_too(serve, backend, key) -> None:
+    """A message is cut to 300 characters: when the cut falls inside an echoed key, its first part is masked."""
+    lead = "Refused: the key is not valid for this project."
+
+    async def reply(received, res) -> None:
+        await res.json(401, {"error": {"message": f"{lead:<{300 - 8}}{key} and more", "type": "auth"}})
+
+    server = await serve(reply)
+    upstream = Upstream(backend(server.base_url))
+    try:
+        error = await fail(upstream, streaming=False)
+    finally:
+        await upstream.aclose()
+    assert error.message.endswith(f"{lead:<{300 - 8}}***")
+    assert key[:8] not in error.message
+    assert mask(f"{lead} {key[:3]}", key) == f"{lead} {key[:3]}"  # three characters say nothing of the key
 
 
 async def test_successful_results_do_not_show_the_key(serve, backend, key, events) -> None:
