@@ -82,11 +82,12 @@ def request_head(
     via: _Via | None = None,
 ) -> bytes:
     """The request line and headers (`fixed` first: ours for backend calls, none when relaying an app's own;
-    absolute-form with the proxy's credentials when `via` says so); LocalProtocolError if a header could split
-    the request."""
-    prefix, extra = (via.prefix, via.extra) if via is not None else (b"", b"")
-    lines = [method.encode("ascii"), b" ", prefix, target.path, b" HTTP/1.1\r\nhost: ", target.host, b"\r\n", extra]
-    lines.append(fixed)
+    absolute-form with the proxy's credentials when `via` is a proxy's); LocalProtocolError if a header could
+    split the request."""
+    lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\nhost: ", target.host, b"\r\n", fixed]
+    if via is not None:
+        lines[2] = via.prefix + target.path
+        lines.append(via.extra)
     for name, value in headers.items():
         line = f"{name}: {value}\r\n"
         if "\r" in line[:-2] or "\n" in line[:-2]:
@@ -110,13 +111,13 @@ class _Via:
     """How one origin is reached: directly, or through a proxy (`tunnel` for https; else absolute-form with
     `prefix` = scheme://host:port before the path and `extra` = the proxy's credentials header)."""
 
-    proxy: Proxy | None = None
+    proxy: Proxy
     tunnel: bool = False
     prefix: bytes = b""
     extra: bytes = b""
 
 
-_DIRECT = _Via()
+_UNKNOWN: Any = object()  # an origin's _Via not looked up yet (None means direct)
 
 
 class _NotSent(ReadError):
@@ -402,7 +403,7 @@ class Pool:
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._open: dict[_Origin, int] = {}
         self._waiting: dict[_Origin, deque[asyncio.Future[_Connection | None]]] = {}
-        self._vias: dict[_Origin, _Via] = {}
+        self._vias: dict[_Origin, _Via | None] = {}
         self._targets: dict[str, Target] = {}
         self._max_idle = max_idle
         self._max_open = self._egress.max_connections
@@ -442,10 +443,11 @@ class Pool:
         may bill it, so a connection lost before the answer is the caller's error, never a silent replay
         (whether to try again, and where, is the route's retry policy).
         """
+        target = self._targets.get(url)
+        if target is None:
+            target = self.target(url)
         # The coroutine of `send` itself, not one awaiting it: no extra frame on every backend call.
-        return self.send(
-            method, self.target(url), headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )
+        return self.send(method, target, headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     async def send(
         self,
@@ -461,8 +463,8 @@ class Pool:
         """`request` for an already parsed target and with the fixed headers given (b"" for a proxy relaying
         an app's own headers); LocalProtocolError before anything is sent if a header could split the request."""
         origin = target.origin
-        via = self._vias.get(origin)
-        if via is None:
+        via = self._vias.get(origin, _UNKNOWN)
+        if via is _UNKNOWN:
             via = self._vias[origin] = self._via(origin)
         data = request_head(method, target, headers, body, fixed, via) + body
         keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
@@ -476,11 +478,12 @@ class Pool:
                 continue  # a reused connection found closed: the next idle one, or a new one
             return Response(self, origin, connection, read_timeout)
 
-    def _via(self, origin: _Origin) -> _Via:
+    def _via(self, origin: _Origin) -> _Via | None:
+        """How calls to `origin` go: None for direct."""
         scheme, host, port = origin
         proxy = self._egress.proxy_for(scheme, host, port)
         if proxy is None:
-            return _DIRECT
+            return None
         if scheme == "https":
             return _Via(proxy, tunnel=True)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -501,7 +504,7 @@ class Pool:
                 return connection
         return None
 
-    async def _acquire(self, origin: _Origin, via: _Via, connect_timeout: float | None) -> _Connection:
+    async def _acquire(self, origin: _Origin, via: _Via | None, connect_timeout: float | None) -> _Connection:
         """A new connection when the cap allows one, else the first connection (or slot) another call frees;
         PoolTimeout if none is freed within `connect_timeout`."""
         if self._open.get(origin, 0) >= self._max_open:
@@ -510,17 +513,16 @@ class Pool:
             try:
                 async with asyncio.timeout(connect_timeout):
                     handed = await waiter
-            except TimeoutError:
-                raise PoolTimeout(
-                    f"all {self._max_open} connections to {origin[1]}:{origin[2]} stayed busy for {connect_timeout:g}s"
-                ) from None
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():  # handed over as we were cancelled: pass it on
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():  # handed over as we gave up: pass it on
                     got = waiter.result()
                     if got is None:
                         self._free(origin)
                     else:
                         self.release(origin, got)
+                if isinstance(exc, TimeoutError):
+                    busy = f"all {self._max_open} connections to {origin[1]}:{origin[2]} stayed busy"
+                    raise PoolTimeout(f"{busy} for {connect_timeout:g}s") from None
                 raise
             if handed is not None:
                 return handed
@@ -542,7 +544,7 @@ class Pool:
                 return
         self._open[origin] -= 1
 
-    async def _connect(self, origin: _Origin, via: _Via, connect_timeout: float | None) -> _Connection:
+    async def _connect(self, origin: _Origin, via: _Via | None, connect_timeout: float | None) -> _Connection:
         scheme, host, port = origin
         tls = None
         if scheme == "https":
@@ -550,21 +552,23 @@ class Pool:
                 self._ssl = self._egress.ssl_context()  # built once per pool
             tls = self._ssl
         loop = asyncio.get_running_loop()
-        proxy = via.proxy
+        proxy = via.proxy if via is not None else None
         gone = _Slot(self, origin)
         try:
             async with asyncio.timeout(connect_timeout):
-                if proxy is None:
+                if via is None:
                     _, connection = await loop.create_connection(
                         lambda: _Connection(gone), host, port, ssl=tls, server_hostname=host if tls else None
                     )
                 elif not via.tunnel:
                     try:
-                        _, connection = await loop.create_connection(lambda: _Connection(gone), proxy.host, proxy.port)
+                        _, connection = await loop.create_connection(
+                            lambda: _Connection(gone), via.proxy.host, via.proxy.port
+                        )
                     except OSError as exc:
-                        raise ProxyError(f"proxy {proxy}: {exc}") from None
+                        raise ProxyError(f"proxy {via.proxy}: {exc}") from None
                 else:
-                    sock = await open_tunnel(proxy, host, port)
+                    sock = await open_tunnel(via.proxy, host, port)
                     try:
                         _, connection = await loop.create_connection(
                             lambda: _Connection(gone), sock=sock, ssl=tls, server_hostname=host
