@@ -536,13 +536,18 @@ class Pool:
 
     def _free(self, origin: _Origin) -> None:
         """A connection to `origin` closed: its slot goes to the first live waiter, else the count drops."""
+        if not self._hand_over(origin, None):
+            self._open[origin] -= 1
+
+    def _hand_over(self, origin: _Origin, connection: _Connection | None) -> bool:
+        """Give the first call still waiting for `origin` this connection (None: a free slot); False if none waits."""
         waiting = self._waiting.get(origin)
         while waiting:
             waiter = waiting.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._open[origin] -= 1
+                waiter.set_result(connection)
+                return True
+        return False
 
     async def _connect(self, origin: _Origin, via: _Via | None, connect_timeout: float | None) -> _Connection:
         scheme, host, port = origin
@@ -591,12 +596,8 @@ class Pool:
             connection.close()
             return
         connection.active = False
-        waiting = self._waiting.get(origin)
-        while waiting:
-            waiter = waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
+        if self._waiting.get(origin) and self._hand_over(origin, connection):
+            return
         idle = self._idle.get(origin)
         if idle is None:
             idle = self._idle[origin] = deque()
