@@ -5,6 +5,7 @@ connections per backend, bytes of a whole JSON answer). Read once at start; the 
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import os
 import ssl
@@ -108,6 +109,20 @@ def _split_port(entry: str) -> tuple[str, int | None]:
     return entry, None
 
 
+def _context(ca_files: tuple[Path, ...]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certifi.where())
+    for path in ca_files:
+        try:
+            context.load_verify_locations(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"CA bundle {path}: {exc}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+_shared_context = functools.lru_cache(maxsize=4)(_context)
+
+
 def _env(environ: Mapping[str, str], name: str) -> str:
     """The lower-case variable when set (even empty), else the upper-case one: curl's and Python's order."""
     value = environ.get(name)
@@ -161,19 +176,15 @@ class Egress:
 
     def ssl_context(self, ca_pem: str | None = None) -> ssl.SSLContext:
         """A verifying client context trusting the public roots (certifi), the extra CA files and `ca_pem`
-        (a backend's own CA bundle); ValueError naming a file or bundle that holds no usable certificate."""
-        context = ssl.create_default_context(cafile=certifi.where())
-        for path in self.ca_files:
-            try:
-                context.load_verify_locations(cafile=str(path))
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"CA bundle {path}: {exc}") from None
-        if ca_pem is not None:
-            try:
-                context.load_verify_locations(cadata=ca_pem)
-            except (ssl.SSLError, ValueError):
-                raise ValueError("the backend's CA bundle holds no usable PEM certificate") from None
-        context.set_alpn_protocols(["http/1.1"])
+        (a backend's own CA bundle); ValueError naming a file or bundle that holds no usable certificate.
+        Without `ca_pem` it is one context shared by every pool (the roots are loaded once)."""
+        if ca_pem is None:
+            return _shared_context(self.ca_files)
+        context = _context(self.ca_files)
+        try:
+            context.load_verify_locations(cadata=ca_pem)
+        except (ssl.SSLError, ValueError):
+            raise ValueError("the backend's CA bundle holds no usable PEM certificate") from None
         return context
 
     def describe(self) -> str:

@@ -418,11 +418,9 @@ class Pool:
         """Connections open to `origin` now (in use or idle)."""
         return self._open.get(origin, 0)
 
-    def target(self, url: str) -> Target:
-        """The parsed URL, cached (backend URLs are few and fixed)."""
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = parse_target(url)
+    def _remember(self, url: str) -> Target:
+        """Parse a URL the first time it is asked for (backend URLs are few and fixed)."""
+        target = self._targets[url] = parse_target(url)
         return target
 
     def request(
@@ -445,7 +443,7 @@ class Pool:
         """
         target = self._targets.get(url)
         if target is None:
-            target = self.target(url)
+            target = self._remember(url)
         # The coroutine of `send` itself, not one awaiting it: no extra frame on every backend call.
         return self.send(method, target, headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout)
 
