@@ -81,7 +81,12 @@ class BootstrapWriter:
             batch, self._dirty = self._dirty, set()
             for namespace in sorted(batch):
                 if self._may_write():
-                    await self._write(namespace)
+                    try:
+                        await self._write(namespace)
+                    except Exception:
+                        self._dirty |= {n for n in batch if n >= namespace}  # a crash loses no write
+                        self._wake.set()
+                        raise
 
     async def _write(self, namespace: str) -> None:
         routes = self._plane.published().get(namespace)

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmroute.model import compile_table
+from llmroute.supervise import Loop
 
 from .bootstrap import BootstrapWriter
 from .controlplane import BackendHealth, ControlPlane, SidecarCounts
+from .events import post_warning
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
 from .reconcile import LastGood, RouteObject, Verdict, reconcile
 from .secrets import SecretCache, referenced_secrets
-from .status import now_rfc3339, route_status
+from .status import route_status
 from .statuswriter import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -136,27 +138,15 @@ class Controller:
 
     # -- the worker ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Reconcile dirty namespaces, write status and bootstrap tables, refresh status, until cancelled.
-
-        Raises what any of these loops raised, so the operator stops (and is restarted) rather than
-        running on without it.
-        """
-        tasks = [
-            asyncio.create_task(self._work(), name="llmroute reconcile worker"),
-            asyncio.create_task(self.status.run(), name="llmroute status writer"),
-            asyncio.create_task(self.bootstrap.run(), name="llmroute bootstrap writer"),
-            asyncio.create_task(self._refresh(), name="llmroute status refresh"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise RuntimeError(f"{next(iter(done)).get_name()} ended")
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def loops(self) -> dict[str, Loop]:
+        """The background loops the operator supervises: reconciling, writing status and bootstrap tables,
+        refreshing status."""
+        return {
+            "reconcile worker": self._work,
+            "status writer": self.status.run,
+            "bootstrap writer": self.bootstrap.run,
+            "status refresh": self._refresh,
+        }
 
     async def _work(self) -> None:
         while True:
@@ -251,32 +241,8 @@ class Controller:
     async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
         if not self._leading():
             return  # the leader posts it
-        now = now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            # client-go's naming: <object>.<unix nanoseconds in hex>
-            "metadata": {"name": f"{obj.name}.{time.time_ns():x}", "namespace": obj.namespace},
-            "involvedObject": {
-                "apiVersion": "llmroute.io/v1alpha1",
-                "kind": "LLMRoute",
-                "name": obj.name,
-                "namespace": obj.namespace,
-                "uid": obj.uid,
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "llmroute-operator"},
-            "reportingComponent": "llmroute-operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.api.request("POST", f"/api/v1/namespaces/{obj.namespace}/events", event)
-        except Exception as exc:
-            log.warning("could not post Event %s for LLMRoute %s/%s: %s", reason, obj.namespace, obj.name, exc)
+        involved = {"apiVersion": "llmroute.io/v1alpha1", "kind": "LLMRoute", "name": obj.name}
+        await post_warning(self.api, {**involved, "namespace": obj.namespace, "uid": obj.uid}, reason, message)
 
     def _uids(self, namespace: str) -> dict[str, str]:
         return {name: entry.obj.uid for name, entry in self._known.get(namespace, {}).items()}

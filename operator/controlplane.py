@@ -2,7 +2,8 @@
 
 State of the world, like Envoy's ADS: each response is a sidecar's whole table, versioned by a hash
 of its content. Sidecars ACK or NACK every response; a pod is never sent a version it rejected.
-Pushes after publish() are debounced. Load reports are merged per backend for the route status.
+Pushes after publish() are debounced (a supervised loop pushes what is due). Load reports are merged per
+backend for the route status.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmroute.model import Route
+from llmroute.supervise import Supervisor
 from llmroute.v1 import load_pb2, routes_pb2, rpc
+from llmroute.waits import wait_event
 
 from .auth import AuthenticationFailed, Authenticator, Identity
 from .loadstore import BackendHealth, LoadStore, LoadTotals
@@ -112,7 +115,6 @@ class _Namespace:
     snapshots: Snapshots | None = None  # None until the operator first publishes the namespace
     streams: set[_Stream] = field(default_factory=set)
     changed_at: float | None = None  # first publish not yet pushed
-    timer: asyncio.TimerHandle | None = None
     convergence: list[_Convergence] = field(default_factory=list)
 
 
@@ -156,7 +158,9 @@ class ControlPlane:
         max_delay: float = 10.0,
         reconnect_grace: float = RECONNECT_GRACE_S,
         registry: CollectorRegistry | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        """`supervisor` runs the push loop (the operator's reports its crashes); without one it gets its own."""
         self.authenticator = authenticator
         self.reconnect_grace = reconnect_grace
         self.report_interval = report_interval
@@ -168,6 +172,10 @@ class ControlPlane:
         self._namespaces: dict[str, _Namespace] = {}
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._load = LoadStore()
+        self._supervisor = supervisor or Supervisor(log)
+        self._due: dict[str, float] = {}  # namespace -> monotonic time its debounced push is due
+        self._wake = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
         self._nonce = 0
         self._connected = 0
         self._server: grpc.aio.Server | None = None
@@ -189,6 +197,7 @@ class ControlPlane:
             self.port = server.add_insecure_port(listen)
         await server.start()
         self._server = server
+        self._pusher = self._supervisor.start("control-plane pushes", self._push_due)
         self._reconnecting_until = time.monotonic() + self.reconnect_grace
         # Then the routes' status may turn from "reconnecting" to "no sidecars": have it written.
         self._loop.call_later(self.reconnect_grace, self._grace_over)
@@ -196,9 +205,12 @@ class ControlPlane:
 
     async def stop(self, grace: float) -> None:
         """Stop serving: route streams end cleanly, other calls get `grace` seconds (sidecars keep their tables)."""
+        if self._pusher is not None:
+            self._pusher.cancel()
+            await asyncio.gather(self._pusher, return_exceptions=True)
+            self._pusher = None
+        self._due.clear()
         for ns in self._namespaces.values():
-            if ns.timer is not None:
-                ns.timer.cancel()
             for stream in ns.streams:
                 stream.closed = True
                 stream.wake.set()
@@ -294,17 +306,32 @@ class ControlPlane:
         now = time.monotonic()
         if ns.changed_at is None:
             ns.changed_at = now
-        if ns.timer is not None:
-            ns.timer.cancel()
         delay = 0.0 if first else max(0.0, min(self.debounce, ns.changed_at + self.max_delay - now))
-        ns.timer = self._loop.call_later(delay, self._push, namespace)
+        self._due[namespace] = now + delay
+        self._wake.set()
+
+    async def _push_due(self) -> None:
+        """Push each namespace whose debounce is over, until cancelled."""
+        while True:
+            now = time.monotonic()
+            for namespace in [n for n, at in self._due.items() if at <= now]:
+                del self._due[namespace]
+                try:
+                    self._push(namespace)
+                except Exception:
+                    self._due.setdefault(namespace, time.monotonic() + self.debounce)  # pushed after the restart
+                    raise
+            self._wake.clear()
+            if self._due:
+                await wait_event(self._wake, max(0.0, min(self._due.values()) - time.monotonic()))
+            else:
+                await self._wake.wait()
 
     def _push(self, namespace: str) -> None:
         """Give every stream of the namespace its current table; track the change until all ACK it."""
         ns = self._namespaces[namespace]
         published_at = ns.changed_at or time.monotonic()
         ns.changed_at = None
-        ns.timer = None
         assert ns.snapshots is not None
         waiting = set()
         for stream in ns.streams:

@@ -23,11 +23,13 @@ import kopf
 from prometheus_client import CollectorRegistry
 
 from llmroute.endpoints import split_addresses
+from llmroute.supervise import Supervisor
 
 from .admin import AdminServer
 from .auth import Authenticator, InsecureAuthenticator, TokenReviewAuthenticator
 from .controller import Controller
 from .controlplane import RECONNECT_GRACE_S, ControlPlane
+from .crashes import CrashReporter, PodRef
 from .fleet import FLEET_PATH, POLL_INTERVAL_S, FleetView
 from .handlers import build_registry
 from .injection import InjectionConfig, configure_webhook_server, register_injection
@@ -50,6 +52,8 @@ class OperatorOptions:
     no_auth: bool = False
     report_interval: float = 5.0
     status_interval: float = 1.0
+    status_refresh: float = 15.0
+    """Every route's status is rebuilt this often (backend health moves without events)."""
     reconnect_grace: float = RECONNECT_GRACE_S
     stop_grace: float = 5.0
     lease_namespace: str = "default"
@@ -68,6 +72,16 @@ class OperatorOptions:
     webhook_cert: Path | None = None
     webhook_key: Path | None = None
     kopf_settings: kopf.OperatorSettings = field(default_factory=lambda: default_kopf_settings())
+    pod: PodRef | None = field(default_factory=lambda: own_pod())
+    """The operator's own Pod, where a crashed background loop is posted as an Event (None: not in a Pod)."""
+
+
+def own_pod() -> PodRef | None:
+    """The Pod this process runs in, from the downward API the chart sets ($POD_NAME, $POD_NAMESPACE, $POD_UID)."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not name or not namespace:
+        return None
+    return PodRef(name, namespace, os.environ.get("POD_UID", ""))
 
 
 def default_identity() -> str:
@@ -104,11 +118,16 @@ class Operator:
             InsecureAuthenticator() if options.no_auth else TokenReviewAuthenticator(self.api.token_review)
         )
         self.metrics = CollectorRegistry()
+        metrics = OperatorMetrics(self.metrics)
+        self.crashes = CrashReporter(self.api, metrics.task_crashes, options.pod)
+        self.supervisor = Supervisor(log, on_crash=self.crashes)
+        """Runs every background loop of the operator: add a component's loops in run()."""
         self.control_plane = ControlPlane(
             authenticator=authenticator,
             report_interval=options.report_interval,
             reconnect_grace=options.reconnect_grace,
             registry=self.metrics,
+            supervisor=self.supervisor,
         )
         self.leader = LeaderElection(
             self.api,
@@ -123,8 +142,9 @@ class Operator:
         self.controller = Controller(
             self.api,
             self.control_plane,
-            OperatorMetrics(self.metrics),
+            metrics,
             status_interval=options.status_interval,
+            status_refresh=options.status_refresh,
             leading=lambda: self.leader.leading,
             view=self.fleet,
         )
@@ -169,9 +189,13 @@ class Operator:
         """
         stop = stop or asyncio.Event()
         kopf_stop = asyncio.Event()
-        worker = asyncio.create_task(self.controller.run(), name="llmroute reconcile")
-        election = asyncio.create_task(self.leader.run(), name="llmroute leader election")
-        fleet = asyncio.create_task(self.fleet.run(lambda: self.leader.leading), name="llmroute fleet view")
+        loops = {
+            "leader election": self.leader.run,
+            "fleet view": lambda: self.fleet.run(lambda: self.leader.leading),
+            **self.controller.loops(),
+        }
+        for name, loop in loops.items():
+            self.supervisor.start(name, loop)
         kopf_task = asyncio.create_task(
             kopf.operator(
                 registry=self.registry,
@@ -189,15 +213,13 @@ class Operator:
         await asyncio.wait([kopf_task, ready], return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             _handle_signals(stop)  # after kopf started: it installs its own handlers, these replace them
-        supervised = (election, worker, fleet)
-        await asyncio.wait([kopf_task, stopping, *supervised], return_when=asyncio.FIRST_COMPLETED)
-        for failed in supervised:
-            if failed.done() and not failed.cancelled() and failed.exception() is not None:
-                log.error("task %r failed; stopping", failed.get_name(), exc_info=failed.exception())
+        await asyncio.wait([kopf_task, stopping], return_when=asyncio.FIRST_COMPLETED)
         log.info("operator stopping")
-        for task in (*supervised, ready, stopping):
+        for task in (ready, stopping):
             task.cancel()
-        await asyncio.gather(*supervised, ready, stopping, return_exceptions=True)
+        await asyncio.gather(ready, stopping, return_exceptions=True)
+        await self.supervisor.stop()
+        await self.crashes.aclose()
         await self.leader.release()
         await self.control_plane.stop(self.options.stop_grace)
         await self.admin.stop()

@@ -31,3 +31,9 @@ class OperatorMetrics:
             "llmroute_leader", "1 while this replica holds the leader Lease (writes status and Events), else 0.",
             registry=registry,
         )  # fmt: skip
+        self.task_crashes = Counter(
+            "llmroute_background_task_crashes_total",
+            "Crashes of the operator's background loops, by task; each loop restarts after a back-off.",
+            ["task"],
+            registry=registry,
+        )

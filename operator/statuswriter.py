@@ -81,7 +81,11 @@ class StatusWriter:
             due = [key for key, at in self._due.items() if at <= now]
             for key in due:
                 del self._due[key]
-                await self._write(key)
+                try:
+                    await self._write(key)
+                except Exception:
+                    self._due.setdefault(key, self._clock() + self._retry_after)  # a crash loses no write
+                    raise
             self._wake.clear()
             if self._due:
                 await wait_event(self._wake, max(0.0, min(self._due.values()) - self._clock()))

@@ -208,8 +208,8 @@ class SidecarApp:
         self, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
-        A chat stream that breaks off is continued on a backend that can (see continuation.py), so the app
-        gets one whole answer; otherwise it ends with an SSE error naming the interruption. Each stream's
+        A chat or Messages stream that breaks off is continued on a backend that can (see continuation.py), so
+        the app gets one whole answer; otherwise it ends with the API's SSE error naming the interruption. Each stream's
         attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
         self.metrics.child(
             self.metrics.ttft, call.runtime.route.name, answer.candidate.name, call.priority, call.api.api

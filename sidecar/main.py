@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llmroute import __version__
@@ -22,7 +22,7 @@ from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
-from llmroute.sidecar.passthrough import Passthrough, parse_upstreams
+from llmroute.sidecar.passthrough import Passthrough, family_of, parse_upstreams
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
@@ -192,6 +192,11 @@ def egress_settings(args: argparse.Namespace) -> Egress:
     )
 
 
+def server_error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """The app server's own errors (413, 408, 431, 400, 500) in the shape of the API the request was for."""
+    return error_body(status, message, family=family_of(path, headers))
+
+
 class Sidecar:
     """One running sidecar: app server, admin server, route source and the background prober."""
 
@@ -223,7 +228,7 @@ class Sidecar:
         self.app_server = HTTPServer(
             SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
             max_body_bytes=args.max_body_bytes,
-            error_body=error_body,
+            error_body=server_error_body,
             read_timeout=args.read_timeout,
         )
         self.admin_server = HTTPServer(

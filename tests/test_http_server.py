@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 import pytest
@@ -15,8 +15,9 @@ from llmroute.http import HTTPServer, Request, Response, StreamingResponse, run
 ServerFactory = Callable[..., Awaitable[HTTPServer]]
 
 
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "status": status}}).encode()
+def error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """Says which request it answers, so tests can tell the server passed on what it had parsed."""
+    return json.dumps({"error": {"message": message, "status": status, "path": path}}).encode()
 
 
 async def echo(request: Request) -> Response:
@@ -84,6 +85,19 @@ async def test_keep_alive_reuses_one_connection(serve: ServerFactory) -> None:
     assert second == {**second, "method": "POST", "path": "/b c", "body": "hi", "header": "yes"}
 
 
+async def test_repeated_headers_are_joined_as_one_list(serve: ServerFactory) -> None:
+    async def headers(request: Request) -> Response:
+        return Response(200, json.dumps(request.headers).encode())
+
+    server = await serve(headers)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nAccept: a/b\r\nCookie: x=1\r\nAccept: c/d\r\nCookie: y=2\r\n\r\n")
+    _, _, body = await read_response(reader)
+    writer.close()
+    seen = json.loads(body)
+    assert (seen["accept"], seen["cookie"]) == ("a/b, c/d", "x=1; y=2")
+
+
 async def test_connection_close_and_http10_end_the_connection(serve: ServerFactory) -> None:
     server = await serve()
     for request in (b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n"):
@@ -136,7 +150,7 @@ async def test_oversized_content_length_gets_413_before_the_body_is_read(serve: 
     writer.write(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")  # no body sent
     status, headers, body = await read_response(reader)
     assert (status, headers["connection"]) == (413, "close")
-    assert json.loads(body) == {"error": {"message": "request body too large", "status": 413}}
+    assert json.loads(body) == {"error": {"message": "request body too large", "status": 413, "path": "/big"}}
     writer.close()
     # A client that sends the whole body still gets the answer, not a connection reset.
     async with httpx.AsyncClient() as client:
@@ -176,7 +190,9 @@ async def test_a_request_that_never_arrives_in_full_gets_408_and_close(serve: Se
         writer.write(partial)  # ... and not another byte: a slowloris
         status, headers, body = await read_response(reader)
         assert (status, headers["connection"]) == (408, "close")
-        assert "did not arrive in full within 0.3 s" in json.loads(body)["error"]["message"]
+        error = json.loads(body)["error"]
+        assert "did not arrive in full within 0.3 s" in error["message"]
+        assert error["path"] == "/x"  # the error body knows which request it answers
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert 0.25 < loop.time() - started < 2
         writer.close()

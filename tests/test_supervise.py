@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from llmroute.supervise import log_failure, supervise
+from llmroute.supervise import Crash, Supervisor, log_failure, supervise
 
 log = logging.getLogger("test.supervise")
 
@@ -56,3 +56,48 @@ async def test_a_one_shot_task_that_fails_is_logged_by_name(caplog) -> None:
         await task
     await asyncio.sleep(0)  # done callbacks run on the next loop turn
     assert [r.getMessage() for r in caplog.records] == ["background task 'shadow probe r/gpt' failed"]
+
+
+async def test_a_supervisor_reports_each_crash_with_its_error_and_stops_every_loop() -> None:
+    crashes: list[Crash] = []
+    started = asyncio.Event()
+
+    async def crashes_once() -> None:
+        if not crashes:
+            raise KeyError("boom")
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    supervisor = Supervisor(log, on_crash=crashes.append, first_restart=0.01)
+    pushes = supervisor.start("pushes", crashes_once)
+    supervisor.start("refresh", forever)
+    with pytest.raises(ValueError, match="'refresh' is already running"):
+        supervisor.start("refresh", forever)
+    await asyncio.wait_for(started.wait(), 10)  # it came back after its crash
+    [crash] = crashes
+    assert (crash.task, repr(crash.error), crash.restart_in) == ("pushes", "KeyError('boom')", 0.01)
+    assert set(supervisor.tasks) == {"pushes", "refresh"}
+    tasks = list(supervisor.tasks.values())
+    await supervisor.stop()
+    assert pushes.cancelled() and all(t.cancelled() for t in tasks)
+    assert supervisor.tasks == {}
+
+
+async def test_a_failing_crash_report_does_not_stop_the_restart(caplog) -> None:
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("crash")
+
+    def report(crash: Crash) -> None:
+        raise OSError("the metric backend is gone")
+
+    with caplog.at_level(logging.ERROR, logger="test.supervise"):
+        await asyncio.wait_for(Supervisor(log, on_crash=report, first_restart=0.01).start("l", loop), 10)
+    assert runs == [1, 1]
+    assert "reporting the crash of background task 'l' failed" in [r.getMessage() for r in caplog.records]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import shlex
 import sys
@@ -19,10 +18,8 @@ from pathlib import Path
 
 from bench.common import machine, report
 from bench.incident import arms, chart, document
-from bench.incident.client import Attempt
-from bench.incident.policies import Outcome
 from bench.incident.replay import Record, replay
-from bench.incident.scenario import Arrival, phases, traffic
+from bench.incident.scenario import phases, traffic
 from bench.incident.summary import PolicyRun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,44 +54,13 @@ def run_policy(policy: str, args: argparse.Namespace, workdir: Path) -> PolicyRu
 def save(path: Path, runs: list[PolicyRun], meta: dict[str, object]) -> None:
     """Every record of every policy as JSON, so the report can be redrawn without a rerun."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "meta": meta,
-        "runs": [
-            {
-                "key": r.key,
-                "name": r.name,
-                "config": r.config,
-                "sim_stats": r.sim_stats,
-                "records": [dataclasses.asdict(rec) for rec in r.records],
-            }
-            for r in runs
-        ],
-    }
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps({"meta": meta, "runs": [r.to_doc() for r in runs]}))
 
 
 def load(path: Path) -> tuple[list[PolicyRun], dict[str, object]]:
     doc = json.loads(path.read_text())
     meta = doc["meta"]
-    runs = []
-    for r in doc["runs"]:
-        records = [
-            Record(
-                Arrival(**rec["arrival"]),
-                rec["sent"],
-                Outcome(
-                    Attempt(**rec["outcome"]["final"]),
-                    rec["outcome"]["seconds"],
-                    rec["outcome"]["attempts"],
-                    tuple(rec["outcome"]["errors"]),
-                ),
-            )
-            for rec in r["records"]
-        ]
-        runs.append(
-            PolicyRun(r["key"], r["name"], records, r["sim_stats"], r["config"], phases(float(meta["duration"])))
-        )
-    return runs, meta
+    return [PolicyRun.from_doc(r, phases(float(meta["duration"]))) for r in doc["runs"]], meta
 
 
 def main(argv: list[str] | None = None) -> int:

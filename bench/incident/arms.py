@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import yaml
 
 from bench.common import litellm, procs, sidecar
 from bench.incident import policies
-from bench.incident.scenario import PROVIDERS
+from bench.incident.drawn import Draw
+from bench.incident.scenario import PROVIDERS, oracle_choice
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ("latency", "score", "cost", "ordered", "weighted")
@@ -107,8 +109,12 @@ class World:
             process.stop()
 
 
-def start(policy: str, workdir: Path, duration: float, seed: int) -> World:
-    """Start the proxy (if any), then the providers with the script starting START_LEAD_S from now."""
+def start(
+    policy: str, workdir: Path, duration: float, seed: int, drawn: Path | None = None, epoch: float | None = None
+) -> World:
+    """Start the proxy (if any), then the providers with the script (or the incident drawn in `drawn`, whose
+    oracle the policy `oracle` then follows) starting at `epoch` (time.time()), by default START_LEAD_S from
+    now."""
     ports = {p.name: procs.free_port() for p in PROVIDERS}
     urls = {name: f"http://127.0.0.1:{port}/v1" for name, port in ports.items()}
     processes: list[procs.Process] = []
@@ -132,14 +138,16 @@ def start(policy: str, workdir: Path, duration: float, seed: int) -> World:
         elif policy == "primary-timeout":
             router = policies.PrimaryWithTimeout(urls)
         elif policy == "oracle":
-            router = policies.Oracle(urls, duration)
+            choice = Draw.load(drawn).oracle_choice if drawn is not None else partial(oracle_choice, duration)
+            router = policies.Oracle(urls, choice)
         else:
             raise ValueError(f"unknown policy {policy!r}")
-        epoch = time.time() + START_LEAD_S
+        epoch = time.time() + START_LEAD_S if epoch is None else epoch
         argv = [
             sys.executable,
             "-m",
             "bench.incident.sims",
+            *([f"--draw={drawn}"] if drawn is not None else []),
             str(duration),
             repr(epoch),
             str(seed),

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import httpx
 
 from bench.incident import client
-from bench.incident.scenario import BY_NAME, PROVIDERS, Arrival, oracle_choice
+from bench.incident.scenario import BY_NAME, PROVIDERS, Arrival
 
 APP_TIMEOUT_S = 30.0
 """How long the app waits for any answer at all (every policy)."""
@@ -97,15 +98,16 @@ class PrimaryWithTimeout(Direct):
 
 
 class Oracle(Direct):
-    """Always the provider the script keeps fastest and healthy at that moment (it reads the script)."""
+    """Always the provider the script keeps fastest and healthy at that moment (it reads the script):
+    `choose(t)` names it, `t` seconds into the script."""
 
-    def __init__(self, urls: dict[str, str], duration: float) -> None:
+    def __init__(self, urls: dict[str, str], choose: Callable[[float], str]) -> None:
         super().__init__("oracle", urls)
-        self.duration = duration
+        self.choose = choose
 
     async def send(self, arrival: Arrival, t: float) -> Outcome:
         started = time.monotonic()
-        got = await self.attempt(oracle_choice(self.duration, t), arrival)
+        got = await self.attempt(self.choose(t), arrival)
         return Outcome(got, time.monotonic() - started, 1)
 
 

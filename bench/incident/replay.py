@@ -1,11 +1,13 @@
 """Replay the traffic against one policy: every arrival sent at its time from the script's start (open
-loop: a slow policy gets the same requests as a fast one), every outcome kept."""
+loop: a slow policy gets the same requests as a fast one), or by clients that each wait for their answer
+(closed loop: a new user's app), every outcome kept."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.incident import client
@@ -54,3 +56,22 @@ async def replay(router: Router, arrivals: list[Arrival], epoch: float) -> list[
                 flush=True,
             )
     return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    router: Router, clients: int, duration: float, epoch: float, next_arrival: Callable[[float], Arrival]
+) -> list[Record]:
+    """`clients` apps that each send a request as soon as their previous one is answered, from epoch until
+    `duration` seconds after it; `next_arrival(t)` makes the request sent at `t`. The records by send time."""
+
+    async def app() -> list[Record]:
+        records = []
+        while (t := time.time() - epoch) < duration:
+            records.append(await _one(router, next_arrival(max(t, 0.0)), epoch))
+        return records
+
+    delay = epoch - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    runs = await asyncio.gather(*(app() for _ in range(clients)))
+    return sorted((r for run in runs for r in run), key=lambda r: r.sent)

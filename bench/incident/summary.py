@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.incident.client import Attempt
+from bench.incident.policies import Outcome
 from bench.incident.replay import Record
-from bench.incident.scenario import BY_NAME, Phase, phase_of
+from bench.incident.scenario import BY_NAME, Arrival, Phase, phase_of
 
 PRIORITY_NAMES = ("critical", "normal", "batch")
 
@@ -32,6 +35,35 @@ class PolicyRun:
     sim_stats: dict[str, dict[str, Any]]
     config: str
     phases: list[Phase]
+
+    def to_doc(self) -> dict[str, Any]:
+        """Every record as JSON, so a report can be redrawn without a rerun."""
+        records = [dataclasses.asdict(rec) for rec in self.records]
+        return {
+            "key": self.key,
+            "name": self.name,
+            "config": self.config,
+            "sim_stats": self.sim_stats,
+            "records": records,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], phases: list[Phase]) -> PolicyRun:
+        """A run saved by to_doc()."""
+        records = [
+            Record(
+                Arrival(**rec["arrival"]),
+                rec["sent"],
+                Outcome(
+                    Attempt(**rec["outcome"]["final"]),
+                    rec["outcome"]["seconds"],
+                    rec["outcome"]["attempts"],
+                    tuple(rec["outcome"]["errors"]),
+                ),
+            )
+            for rec in doc["records"]
+        ]
+        return cls(doc["key"], doc["name"], records, doc["sim_stats"], doc["config"], phases)
 
     def phase(self, record: Record) -> str:
         return phase_of(self.phases, record.arrival.at)

@@ -8,7 +8,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import httptools
 
 from llmroute.http import wire
+from llmroute.http.body import BodyError, BodyStream
 from llmroute.http.messages import Handler, Request, Response, StreamingResponse
 
 log = logging.getLogger("llmroute.http")
@@ -24,7 +25,16 @@ _MAX_HEAD_BYTES = 64 * 1024  # request line + headers; llhttp itself sets no lim
 _LINGER_SECONDS = 2.0  # after an error answer, how long unread input is drained before closing
 
 
-def default_error_body(status: int, message: str) -> bytes:
+StreamsBody = Callable[[str, Mapping[str, str]], bool]
+"""Given the raw path and the headers, whether the handler reads this request's body as it arrives
+(`Request.body_stream`) instead of getting it whole: for relaying uploads of any size."""
+
+ErrorBody = Callable[[int, str, str, Mapping[str, str]], bytes]
+"""Writes the server's own error answers (400, 408, 413, 431, 500, 503) given status, message, and the
+path and headers of the request as far as they arrived, so the body can take the shape of that API."""
+
+
+def default_error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
     """Error body used when the server owner does not supply one."""
     return json.dumps({"error": {"message": message, "code": status}}).encode()
 
@@ -41,6 +51,7 @@ class ServerContext:
         "keepalive_timeout",
         "max_body_bytes",
         "read_timeout",
+        "streams_body",
         "tasks",
     )
 
@@ -48,11 +59,13 @@ class ServerContext:
         self,
         handler: Handler,
         max_body_bytes: int,
-        error_body: Callable[[int, str], bytes],
+        error_body: ErrorBody,
         keepalive_timeout: float,
         read_timeout: float,
+        streams_body: StreamsBody | None = None,
     ) -> None:
         self.handler = handler
+        self.streams_body = streams_body
         self.max_body_bytes = max_body_bytes
         self.error_body = error_body
         self.keepalive_timeout = keepalive_timeout
@@ -97,6 +110,7 @@ class HTTPConnection(asyncio.Protocol):
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._body_stream: BodyStream | None = None  # the body being streamed to a running handler
         self._body_size = 0
         self._head_size = 0
         self._in_message = False
@@ -130,6 +144,8 @@ class HTTPConnection(asyncio.Protocol):
         self._ctx.connections.discard(self)
         self._set_timer(None)
         self._wake_writer()
+        if self._body_stream is not None:
+            self._body_stream.fail(BodyError("the client closed the connection before the body ended"))
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._active is not None and (self._handling or self._streaming):
@@ -189,16 +205,27 @@ class HTTPConnection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        if previous is not None:  # Cookie's own list separator is "; " (RFC 6265 5.4, RFC 9113 8.2.3)
+            text = f"{previous}{'; ' if key == 'cookie' else ', '}{text}"
+        self._headers[key] = text
 
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length")
-        if length is not None and int(length) > self._ctx.max_body_bytes:
+        streams = self._ctx.streams_body
+        if streams is not None and streams(self._url.partition(b"?")[0].decode("latin-1"), self._headers):
+            self._start_body_stream(None if length is None else int(length))
+        elif length is not None and int(length) > self._ctx.max_body_bytes:
             self._abort(413, "request body too large")
         if self._headers.get("expect", "").lower() == "100-continue" and self._active is None and not self._pipeline:
             self._transport.write(wire.CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        if self._body_stream is not None:
+            self._body_stream.feed(body)
+            if self._body_stream.full:
+                self._update_reading()
+            self._set_timer(self._ctx.read_timeout, self._body_timed_out)
+            return
         self._body_size += len(body)
         if self._body_size > self._ctx.max_body_bytes:
             self._abort(413, "request body too large")
@@ -207,20 +234,54 @@ class HTTPConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._set_timer(None)
         self._in_message = False
-        method = self._parser.get_method().decode("ascii")
+        if self._body_stream is not None:  # its request is with the handler already
+            self._body_stream.finish()
+            self._body_stream = None
+            return
+        self._dispatch(self._exchange(b"".join(self._body)))
+
+    def _method(self) -> str:
+        return self._parser.get_method().decode("ascii")
+
+    def _exchange(self, body: bytes, stream: BodyStream | None = None) -> _Exchange:
+        """The request parsed so far, with its body (or the stream it arrives on), ready for its turn."""
+        method = self._method()
         raw_path, _, raw_query = self._url.partition(b"?")
         path = raw = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1")
-        request = Request(
-            method, path, raw_query.decode("latin-1"), self._headers, b"".join(self._body), self._client, self, raw
-        )
+        request = Request(method, path, raw_query.decode("latin-1"), self._headers, body, self._client, self, raw)
+        request.body_stream = stream
         parser = self._parser
         exchange = _Exchange(request, parser.should_keep_alive(), parser.get_http_version() == "1.1", method == "HEAD")
         if self._ctx.draining:
             exchange.error = (503, "server is shutting down")
             self._parsing = False
-        self._dispatch(exchange)
+        return exchange
+
+    def _start_body_stream(self, length: int | None) -> None:
+        """Hand the request to its handler now; its body follows on a BodyStream as it arrives."""
+        stream = BodyStream(length, self._update_reading)
+        self._body_stream = stream
+        self._dispatch(self._exchange(b"", stream))
+        self._set_timer(self._ctx.read_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        stream = self._body_stream
+        if stream is None or not self._parsing:
+            return
+        if not self._reading:  # we stopped reading (the handler is behind), not the client
+            self._set_timer(self._ctx.read_timeout, self._body_timed_out)
+            return
+        self._discard_body(BodyError(f"the request body stalled for {self._ctx.read_timeout:g} s"))
+
+    def _discard_body(self, error: BodyError) -> None:
+        """A streamed body will not be read to its end: stop parsing and close once the answer is out."""
+        if self._body_stream is not None:
+            self._body_stream.fail(error)
+            self._body_stream = None
+        self._parsing = False
+        self._update_reading()
 
     def _grow_head(self, size: int) -> None:
         self._head_size += size
@@ -254,7 +315,9 @@ class HTTPConnection(asyncio.Protocol):
             while keep and self._pipeline and not self.closed:
                 if self._write_paused:
                     await self._drained()
-                keep = await self._respond(self._pipeline.popleft())
+                exchange = self._pipeline.popleft()
+                self._update_reading()  # its body may still be arriving (a streamed one)
+                keep = await self._respond(exchange)
         finally:
             task, self._active = self._active, None
             if task is not None:
@@ -277,35 +340,46 @@ class HTTPConnection(asyncio.Protocol):
         except (ValueError, UnicodeEncodeError):
             log.exception("handler returned an unencodable response")
             await _aclose(response)
-            response = self._error_response(500, "internal server error")
+            response = self._error_response(500, "internal server error", exchange.request)
             data, keep = self._encode(response, exchange)
         if self._transport.is_closing():
             await _aclose(response)
             return False
         self._transport.write(data)
         if isinstance(response, StreamingResponse):
-            return await self._stream(response.chunks, exchange) and keep
+            keep = await self._stream(response.chunks, exchange) and keep
+        request = exchange.request
+        if request is not None and request.body_stream is not None and not request.body_stream.received_all:
+            self._discard_body(BodyError("the answer was sent before the body ended"))
         return keep
 
     async def _call_handler(self, exchange: _Exchange) -> Response | StreamingResponse:
         request = exchange.request
         if exchange.error is not None or request is None:
-            return self._error_response(*(exchange.error or self._error))
+            return self._error_response(*(exchange.error or self._error), request)
         self._handling = True
         try:
             return await self._ctx.handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
-            return self._error_response(500, "internal server error")
+            return self._error_response(500, "internal server error", request)
         finally:
             self._handling = False
 
-    def _error_response(self, status: int, message: str) -> Response:
-        return Response(status, self._ctx.error_body(status, message))
+    def _error_response(self, status: int, message: str, request: Request | None) -> Response:
+        """The server's own error answer; without a request, for the one being parsed (as far as it arrived)."""
+        if request is not None:
+            path, headers = request.path, request.headers
+        else:
+            path, headers = self._url.partition(b"?")[0].decode("latin-1"), self._headers
+        return Response(status, self._ctx.error_body(status, message, path, headers))
 
     def _encode(self, response: Response | StreamingResponse, exchange: _Exchange) -> tuple[bytes, bool]:
         """The bytes to write first (whole response, or a stream's head) and the keep-alive verdict."""
         keep = exchange.keep_alive and not self._ctx.draining and exchange.error is None
+        request = exchange.request
+        if request is not None and request.body_stream is not None and not request.body_stream.received_all:
+            keep = False  # the rest of the body would have to be read first: close after this answer
         if isinstance(response, StreamingResponse):
             keep = keep and exchange.http11  # an HTTP/1.0 stream ends by closing the connection
             framing = wire.CHUNKED if exchange.http11 else b""
@@ -358,7 +432,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         """Read while nothing is queued and the client keeps up with our writes (backpressure)."""
-        want = not self._pipeline and not self._write_paused
+        stream = self._body_stream
+        want = not self._pipeline and not self._write_paused and (stream is None or not stream.full)
         if want != self._reading and not self._transport.is_closing():
             self._reading = want
             if want:

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmroute.http.body import BodyStream
+
 
 class _Connection(Protocol):
     """What a request needs from its connection: whether the client is still there, and a way out."""
@@ -26,11 +28,13 @@ class Request:
     method: str
     path: str
     query: str
-    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", " (Cookie with "; ")
     body: bytes
     client: tuple[str, int] | None
     _conn: _Connection | None = field(default=None, repr=False, compare=False)
     raw_path: str = ""
+    body_stream: BodyStream | None = None
+    """Set (and `body` empty) when the server hands the request over before its body arrived: iterate it."""
 
     def disconnected(self) -> bool:
         """True once the client's connection has closed, so work done only for it can stop."""

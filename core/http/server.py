@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
-from llmroute.http.connection import HTTPConnection, ServerContext, default_error_body
+from llmroute.http.connection import ErrorBody, HTTPConnection, ServerContext, StreamsBody, default_error_body
 from llmroute.http.messages import Handler
 from llmroute.waits import wait_event
 
@@ -18,14 +17,17 @@ class HTTPServer:
         handler: Handler,
         *,
         max_body_bytes: int = 4 * 1024 * 1024,
-        error_body: Callable[[int, str], bytes] | None = None,
+        error_body: ErrorBody | None = None,
         keepalive_timeout: float = 75.0,
         read_timeout: float = 60.0,
+        streams_body: StreamsBody | None = None,
     ) -> None:
         """`read_timeout`: seconds a client has to send a whole request (head and body) once it has begun
-        one; slower ones get 408 and the connection is closed (no slowloris holds a connection for ever)."""
+        one; slower ones get 408 and the connection is closed (no slowloris holds a connection for ever).
+        `streams_body`: which requests the handler gets before their body, to read it as it arrives
+        (no `max_body_bytes` limit; `read_timeout` then bounds each silence within the body)."""
         self._ctx = ServerContext(
-            handler, max_body_bytes, error_body or default_error_body, keepalive_timeout, read_timeout
+            handler, max_body_bytes, error_body or default_error_body, keepalive_timeout, read_timeout, streams_body
         )
         self._server: asyncio.Server | None = None
         self._port = 0

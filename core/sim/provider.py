@@ -8,7 +8,7 @@ import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from typing import Literal
 
@@ -68,7 +68,11 @@ class SimProvider:
         self._body_parts: list[bytes] = []
         self._started_at = time.time()
         self._host = "127.0.0.1"
-        self._server = HTTPServer(self._handle, error_body=self._dialect.error_body)
+        self._server = HTTPServer(self._handle, error_body=self._server_error)
+
+    def _server_error(self, status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
+        """The HTTP server's own errors (a malformed request, a body too large) in this provider's shape."""
+        return self._dialect.error_body(status, message)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen (port 0 = any free port); schedules without an epoch count from now."""

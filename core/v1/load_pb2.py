@@ -26,23 +26,31 @@ _sym_db = _symbol_database.Default()
 from llmroute.v1 import routes_pb2 as llmroute_dot_v1_dot_routes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmroute/v1/load.proto\x12\x0bllmroute.v1\x1a\x18llmroute/v1/routes.proto\"+\n\tHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\x12\x0e\n\x06sum_ms\x18\x02 \x01(\x01\"\x93\x01\n\x08\x46\x61ilures\x12\x17\n\x0f\x63onnect_failure\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x04\x12\x0f\n\x07timeout\x18\x03 \x01(\x04\x12\x14\n\x0cserver_error\x18\x04 \x01(\x04\x12\x14\n\x0crate_limited\x18\x05 \x01(\x04\x12\x14\n\x0c\x63lient_error\x18\x06 \x01(\x04\x12\x0c\n\x04\x61uth\x18\x07 \x01(\x04\"\x97\x02\n\x0b\x42\x61\x63kendLoad\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x11\n\tsuccesses\x18\x04 \x01(\x04\x12\'\n\x08\x66\x61ilures\x18\x05 \x01(\x0b\x32\x15.llmroute.v1.Failures\x12\x11\n\tin_flight\x18\x06 \x01(\x04\x12\'\n\x07latency\x18\x07 \x01(\x0b\x32\x16.llmroute.v1.Histogram\x12$\n\x04ttft\x18\x08 \x01(\x0b\x32\x16.llmroute.v1.Histogram\x12\x11\n\ttokens_in\x18\t \x01(\x04\x12\x12\n\ntokens_out\x18\n \x01(\x04\x12\x11\n\tspend_usd\x18\x0b \x01(\x01\"s\n\nLoadReport\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.llmroute.v1.Node\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\x12*\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x18.llmroute.v1.BackendLoad\"0\n\rLoadDirective\x12\x1f\n\x17report_interval_seconds\x18\x01 \x01(\x01\x32V\n\rLoadReporting\x12\x45\n\nStreamLoad\x12\x17.llmroute.v1.LoadReport\x1a\x1a.llmroute.v1.LoadDirective(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmroute/v1/load.proto\x12\x0bllmroute.v1\x1a\x18llmroute/v1/routes.proto\"+\n\tHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\x12\x0e\n\x06sum_ms\x18\x02 \x01(\x01\"\x93\x01\n\x08\x46\x61ilures\x12\x17\n\x0f\x63onnect_failure\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x04\x12\x0f\n\x07timeout\x18\x03 \x01(\x04\x12\x14\n\x0cserver_error\x18\x04 \x01(\x04\x12\x14\n\x0crate_limited\x18\x05 \x01(\x04\x12\x14\n\x0c\x63lient_error\x18\x06 \x01(\x04\x12\x0c\n\x04\x61uth\x18\x07 \x01(\x04\"\x97\x02\n\x0b\x42\x61\x63kendLoad\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x11\n\tsuccesses\x18\x04 \x01(\x04\x12\'\n\x08\x66\x61ilures\x18\x05 \x01(\x0b\x32\x15.llmroute.v1.Failures\x12\x11\n\tin_flight\x18\x06 \x01(\x04\x12\'\n\x07latency\x18\x07 \x01(\x0b\x32\x16.llmroute.v1.Histogram\x12$\n\x04ttft\x18\x08 \x01(\x0b\x32\x16.llmroute.v1.Histogram\x12\x11\n\ttokens_in\x18\t \x01(\x04\x12\x12\n\ntokens_out\x18\n \x01(\x04\x12\x11\n\tspend_usd\x18\x0b \x01(\x01\"e\n\x08QuotaKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\t\x12\'\n\x08quantity\x18\x04 \x01(\x0e\x32\x15.llmroute.v1.Quantity\"\x99\x01\n\nQuotaUsage\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.llmroute.v1.QuotaKey\x12\x14\n\x0cwindow_start\x18\x02 \x01(\x03\x12\x0c\n\x04used\x18\x03 \x01(\x01\x12\x10\n\x08reserved\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65mand\x18\x05 \x01(\x01\x12\x10\n\x08rejected\x18\x06 \x01(\x04\x12\x0f\n\x07granted\x18\x07 \x01(\x01\"\xb4\x01\n\nLoadReport\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.llmroute.v1.Node\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\x12*\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x18.llmroute.v1.BackendLoad\x12\'\n\x06quotas\x18\x04 \x03(\x0b\x32\x17.llmroute.v1.QuotaUsage\x12\x16\n\x0egrants_version\x18\x05 \x01(\x04\"k\n\nQuotaGrant\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.llmroute.v1.QuotaKey\x12\x14\n\x0cwindow_start\x18\x02 \x01(\x03\x12\x12\n\nwindow_end\x18\x03 \x01(\x03\x12\x0f\n\x07granted\x18\x04 \x01(\x01\"q\n\rLoadDirective\x12\x1f\n\x17report_interval_seconds\x18\x01 \x01(\x01\x12\'\n\x06grants\x18\x02 \x03(\x0b\x32\x17.llmroute.v1.QuotaGrant\x12\x16\n\x0egrants_version\x18\x03 \x01(\x04*G\n\x08Quantity\x12\x18\n\x14QUANTITY_UNSPECIFIED\x10\x00\x12\x07\n\x03USD\x10\x01\x12\x0c\n\x08REQUESTS\x10\x02\x12\n\n\x06TOKENS\x10\x03\x32V\n\rLoadReporting\x12\x45\n\nStreamLoad\x12\x17.llmroute.v1.LoadReport\x1a\x1a.llmroute.v1.LoadDirective(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmroute.v1.load_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUANTITY']._serialized_start=1208
+  _globals['_QUANTITY']._serialized_end=1279
   _globals['_HISTOGRAM']._serialized_start=65
   _globals['_HISTOGRAM']._serialized_end=108
   _globals['_FAILURES']._serialized_start=111
   _globals['_FAILURES']._serialized_end=258
   _globals['_BACKENDLOAD']._serialized_start=261
   _globals['_BACKENDLOAD']._serialized_end=540
-  _globals['_LOADREPORT']._serialized_start=542
-  _globals['_LOADREPORT']._serialized_end=657
-  _globals['_LOADDIRECTIVE']._serialized_start=659
-  _globals['_LOADDIRECTIVE']._serialized_end=707
-  _globals['_LOADREPORTING']._serialized_start=709
-  _globals['_LOADREPORTING']._serialized_end=795
+  _globals['_QUOTAKEY']._serialized_start=542
+  _globals['_QUOTAKEY']._serialized_end=643
+  _globals['_QUOTAUSAGE']._serialized_start=646
+  _globals['_QUOTAUSAGE']._serialized_end=799
+  _globals['_LOADREPORT']._serialized_start=802
+  _globals['_LOADREPORT']._serialized_end=982
+  _globals['_QUOTAGRANT']._serialized_start=984
+  _globals['_QUOTAGRANT']._serialized_end=1091
+  _globals['_LOADDIRECTIVE']._serialized_start=1093
+  _globals['_LOADDIRECTIVE']._serialized_end=1206
+  _globals['_LOADREPORTING']._serialized_start=1281
+  _globals['_LOADREPORTING']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

@@ -2,12 +2,24 @@
 # mypy: disable-error-code="type-arg"
 from llmroute.v1 import routes_pb2 as _routes_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Quantity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUANTITY_UNSPECIFIED: _ClassVar[Quantity]
+    USD: _ClassVar[Quantity]
+    REQUESTS: _ClassVar[Quantity]
+    TOKENS: _ClassVar[Quantity]
+QUANTITY_UNSPECIFIED: Quantity
+USD: Quantity
+REQUESTS: Quantity
+TOKENS: Quantity
 
 class Histogram(_message.Message):
     __slots__ = ("counts", "sum_ms")
@@ -61,18 +73,68 @@ class BackendLoad(_message.Message):
     spend_usd: float
     def __init__(self, route: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., failures: _Optional[_Union[Failures, _Mapping]] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., ttft: _Optional[_Union[Histogram, _Mapping]] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., spend_usd: _Optional[float] = ...) -> None: ...
 
+class QuotaKey(_message.Message):
+    __slots__ = ("namespace", "policy", "limit", "quantity")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    policy: str
+    limit: str
+    quantity: Quantity
+    def __init__(self, namespace: _Optional[str] = ..., policy: _Optional[str] = ..., limit: _Optional[str] = ..., quantity: _Optional[_Union[Quantity, str]] = ...) -> None: ...
+
+class QuotaUsage(_message.Message):
+    __slots__ = ("key", "window_start", "used", "reserved", "demand", "rejected", "granted")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    key: QuotaKey
+    window_start: int
+    used: float
+    reserved: float
+    demand: float
+    rejected: int
+    granted: float
+    def __init__(self, key: _Optional[_Union[QuotaKey, _Mapping]] = ..., window_start: _Optional[int] = ..., used: _Optional[float] = ..., reserved: _Optional[float] = ..., demand: _Optional[float] = ..., rejected: _Optional[int] = ..., granted: _Optional[float] = ...) -> None: ...
+
 class LoadReport(_message.Message):
-    __slots__ = ("node", "interval_seconds", "backends")
+    __slots__ = ("node", "interval_seconds", "backends", "quotas", "grants_version")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     node: _routes_pb2.Node
     interval_seconds: float
     backends: _containers.RepeatedCompositeFieldContainer[BackendLoad]
-    def __init__(self, node: _Optional[_Union[_routes_pb2.Node, _Mapping]] = ..., interval_seconds: _Optional[float] = ..., backends: _Optional[_Iterable[_Union[BackendLoad, _Mapping]]] = ...) -> None: ...
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaUsage]
+    grants_version: int
+    def __init__(self, node: _Optional[_Union[_routes_pb2.Node, _Mapping]] = ..., interval_seconds: _Optional[float] = ..., backends: _Optional[_Iterable[_Union[BackendLoad, _Mapping]]] = ..., quotas: _Optional[_Iterable[_Union[QuotaUsage, _Mapping]]] = ..., grants_version: _Optional[int] = ...) -> None: ...
+
+class QuotaGrant(_message.Message):
+    __slots__ = ("key", "window_start", "window_end", "granted")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    key: QuotaKey
+    window_start: int
+    window_end: int
+    granted: float
+    def __init__(self, key: _Optional[_Union[QuotaKey, _Mapping]] = ..., window_start: _Optional[int] = ..., window_end: _Optional[int] = ..., granted: _Optional[float] = ...) -> None: ...
 
 class LoadDirective(_message.Message):
-    __slots__ = ("report_interval_seconds",)
+    __slots__ = ("report_interval_seconds", "grants", "grants_version")
     REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     report_interval_seconds: float
-    def __init__(self, report_interval_seconds: _Optional[float] = ...) -> None: ...
+    grants: _containers.RepeatedCompositeFieldContainer[QuotaGrant]
+    grants_version: int
+    def __init__(self, report_interval_seconds: _Optional[float] = ..., grants: _Optional[_Iterable[_Union[QuotaGrant, _Mapping]]] = ..., grants_version: _Optional[int] = ...) -> None: ...

@@ -28,16 +28,18 @@ class Node(_message.Message):
     def __init__(self, pod: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., sidecar_version: _Optional[str] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("node", "version_info", "response_nonce", "error_detail")
+    __slots__ = ("node", "version_info", "response_nonce", "error_detail", "type_url")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     node: Node
     version_info: str
     response_nonce: str
     error_detail: str
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., version_info: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[str] = ...) -> None: ...
+    type_url: str
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., version_info: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[str] = ..., type_url: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("namespace", "name", "generation", "spec_json", "api_keys", "ca_bundles")
@@ -75,12 +77,34 @@ class RoutingTable(_message.Message):
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
+class Policy(_message.Message):
+    __slots__ = ("namespace", "name", "generation", "spec_json")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    generation: int
+    spec_json: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class PolicySet(_message.Message):
+    __slots__ = ("policies",)
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[Policy]
+    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ...) -> None: ...
+
 class RouteResponse(_message.Message):
-    __slots__ = ("version_info", "nonce", "table")
+    __slots__ = ("version_info", "nonce", "table", "type_url", "policies")
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     nonce: str
     table: RoutingTable
-    def __init__(self, version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., table: _Optional[_Union[RoutingTable, _Mapping]] = ...) -> None: ...
+    type_url: str
+    policies: PolicySet
+    def __init__(self, version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., table: _Optional[_Union[RoutingTable, _Mapping]] = ..., type_url: _Optional[str] = ..., policies: _Optional[_Union[PolicySet, _Mapping]] = ...) -> None: ...

@@ -18,6 +18,10 @@ ROUTE_DISCOVERY = routes_pb2.DESCRIPTOR.services_by_name["RouteDiscovery"].full_
 LOAD_REPORTING = load_pb2.DESCRIPTOR.services_by_name["LoadReporting"].full_name
 STREAM_ROUTES = f"/{ROUTE_DISCOVERY}/StreamRoutes"
 STREAM_LOAD = f"/{LOAD_REPORTING}/StreamLoad"
+TYPE_ROUTES = "type.llmroute.io/llmroute.v1.RoutingTable"
+"""RouteRequest/RouteResponse type_url of the routing table (an empty type_url means the same)."""
+TYPE_POLICIES = "type.llmroute.io/llmroute.v1.PolicySet"
+"""RouteRequest/RouteResponse type_url of the policies that apply to a sidecar."""
 
 RoutesHandler = Callable[[AsyncIterator[routes_pb2.RouteRequest], grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 LoadHandler = Callable[[AsyncIterator[load_pb2.LoadReport], grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import concurrent.futures
 import copy
+import dataclasses
 import datetime
 import importlib.util
 import itertools
@@ -34,6 +35,7 @@ import pytest
 import yaml
 
 from llmroute.model.schema import crd
+from llmroute.operator.crashes import PodRef
 from llmroute.operator.main import Operator, OperatorOptions
 from llmroute.v1 import histogram, load_pb2, routes_pb2, rpc
 
@@ -41,6 +43,7 @@ RECONNECT_GRACE_S = 1.0
 """The operator's wait for sidecars to reconnect after it starts (12 s in production), short for tests."""
 
 ROUTES = "/apis/llmroute.io/v1alpha1"
+OPERATOR_POD = PodRef("llmroute-operator-7d9f-x2x4q", "default", "6f1c2a9e-0000-4000-8000-000000000001")
 NAMESPACES = ("shop", "blog")
 EPOCH = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 
@@ -55,12 +58,15 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     """KubernetesEmulator plus the API-server behaviour the operator depends on."""
 
     tokens: dict[str, str]
+    garbled: dict[tuple[str, str], int]
+    """(method, path part) -> how many more such requests get a 200 whose body is not JSON (a broken proxy)."""
     _clock: itertools.count[int]
     _rv: itertools.count[int]
 
     def setup(self) -> None:
         """Declare the resources kopf and the operator use; start the fake clocks."""
         self.tokens = {}
+        self.garbled = {}
         self._clock = itertools.count()
         self._rv = itertools.count(1)
         info = kmock.ResourceInfo
@@ -83,6 +89,10 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         )
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        for (method, part), left in self.garbled.items():
+            if left > 0 and request.method == method and part in request.url.path:
+                self.garbled[method, part] = left - 1
+                return aiohttp.web.Response(status=200, text="<html>502 Bad Gateway</html>", content_type="text/html")
         resource = request.resource
         if resource is not None and resource.plural == "tokenreviews":
             return aiohttp.web.json_response(self._review(request.data))
@@ -351,21 +361,24 @@ class Bench:
     condition = staticmethod(condition)
     spec = staticmethod(llmroute_spec)
 
-    async def start_operator(self) -> Operator:
-        """Start a fresh operator in its own thread and event loop, and wait until it is ready.
+    async def start_operator(self, **options: Any) -> Operator:
+        """Start a fresh operator (with `options` beyond the bench's) in its own thread and event loop, and wait
+        until it is ready.
 
         Its own loop because kopf cancels every task created in its loop while it ran when it stops.
         """
         # Namespaced mode: cluster-wide mode also watches namespaces to learn which have no routes.
-        options = OperatorOptions(
+        bench_options = OperatorOptions(
             grpc_listen="127.0.0.1:0",
             admin_listen="127.0.0.1:0",
             namespaces=NAMESPACES,
             status_interval=0.2,
             reconnect_grace=RECONNECT_GRACE_S,
+            pod=OPERATOR_POD,
         )
         started: concurrent.futures.Future[Operator] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(options, started),), daemon=True)
+        serve = self._serve(dataclasses.replace(bench_options, **options), started)
+        self._thread = threading.Thread(target=asyncio.run, args=(serve,), daemon=True)
         self._thread.start()
         self.operator = await asyncio.wrap_future(started)
         await eventually(self._ready, what="operator readiness")

@@ -1,0 +1,40 @@
+"""Warning Events the operator posts (about an LLMRoute, or about its own Pod), as `kubectl describe` shows them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .kubeapi import KubeAPI
+from .status import now_rfc3339
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "llmroute-operator"
+
+
+async def post_warning(api: KubeAPI, involved: dict[str, str], reason: str, message: str) -> None:
+    """Post one Warning Event about `involved` (apiVersion, kind, name, namespace, uid); a failure is logged."""
+    now = now_rfc3339()
+    namespace = involved["namespace"]
+    event: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        # client-go's naming: <object>.<unix nanoseconds in hex>
+        "metadata": {"name": f"{involved['name']}.{time.time_ns():x}", "namespace": namespace},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning",
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        await api.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+    except Exception as exc:
+        kind, name = involved["kind"], involved["name"]
+        log.warning("could not post Event %s for %s %s/%s: %s", reason, kind, namespace, name, exc)

@@ -1,0 +1,173 @@
+"""Messages and Responses streams that break off mid-answer, read with the official SDKs over real sockets.
+
+A Messages stream is continued on a `prefill` backend that serves Messages natively and reaches the app as
+one message; a Responses stream cannot be continued honestly and ends with the Responses `error` event.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from llmroute.sidecar.continuation import _MessagesSplice
+from llmroute.sim import Behavior, Latency
+
+from .harness import running
+
+BROKEN = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0, output_tokens=6)
+RESCUER = Behavior(latency=Latency.fixed(0.01), output_tokens=4)
+PREFILL: dict[str, Any] = {"capabilities": ["prefill"]}
+ORDERED = {"strategy": "ordered"}
+ASK: Any = [{"role": "user", "content": "Tell me a story"}]
+
+
+async def _read_messages(client: anthropic.AsyncAnthropic, messages: Any = ASK) -> tuple[list[str], str, Any, int]:
+    """The raw event types, the text, the final message and message_start's input tokens of one streamed
+    Messages answer."""
+    kinds = []
+    started = -1
+    async with client.messages.stream(model="chat", max_tokens=100, messages=messages) as stream:
+        async for event in stream:
+            kinds.append(event.type)
+            if event.type == "message_start":
+                started = event.message.usage.input_tokens
+        final = await stream.get_final_message()
+    text = "".join(block.text for block in final.content if block.type == "text")
+    return [k for k in kinds if k not in ("text", "ping")], text, final, started
+
+
+@pytest.mark.parametrize("broken_kind", ["anthropic", "openai"])
+async def test_a_messages_stream_that_breaks_off_is_continued_as_one_message(tmp_path: Path, broken_kind: str) -> None:
+    # The first backend (native Messages, or chat translated to Messages) sends "token" and fails. The
+    # Anthropic backend that declares prefill gets the text sent so far as the final assistant turn, and
+    # its events join the app's message: one message_start, one text block, one whole answer.
+    backends = {"broken": (broken_kind, BROKEN), "rescuer": ("anthropic", RESCUER)}
+    extra = {"rescuer": PREFILL}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        kinds, text, final, prompt_tokens = await _read_messages(h.anthropic())
+        assert kinds == [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",  # "token", from the broken backend
+            *["content_block_delta"] * 4,  # the continuation
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+        assert text == "token" + "token token token token"
+        assert final.stop_reason == "end_turn"
+        assert "broken" in final.id  # the message the app started on
+        assert final.usage.output_tokens == 4 + 1  # the continuation's, plus the text sent before (estimated)
+        prompt = h.sims["rescuer"].stats.last_json
+        assert prompt["messages"] == [*ASK, {"role": "assistant", "content": "token"}]
+        assert h.sims["rescuer"].stats.last_headers["anthropic-version"]  # the app's protocol version, kept
+        # The prompt's tokens stay the app's prompt's, not the continuation's (which counted the prefill too);
+        # a stream translated from chat reports none in message_start: then the continuation's count stands.
+        if broken_kind == "anthropic":
+            assert final.usage.input_tokens == prompt_tokens > 0
+        else:
+            assert prompt_tokens == 0 and final.usage.input_tokens > 0
+        async with h.http() as http:
+            metrics = (await http.get(f"{h.admin_url}/metrics")).text
+        assert 'llmroute_stream_continuations_total{route="chat"} 1.0' in metrics
+
+
+async def test_a_continuation_appends_to_the_apps_own_prefill_without_trailing_white_space(tmp_path: Path) -> None:
+    backends = {"broken": ("anthropic", BROKEN), "rescuer": ("anthropic", RESCUER)}
+    messages = [*ASK, {"role": "assistant", "content": [{"type": "text", "text": "Once upon a time, "}]}]
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra={"rescuer": PREFILL}) as h:
+        _, text, _, _ = await _read_messages(h.anthropic(), messages)
+        assert text == "token" + "token token token token"
+        sent = h.sims["rescuer"].stats.last_json["messages"]
+        assert sent == [*ASK, {"role": "assistant", "content": "Once upon a time, token"}]
+
+
+async def test_a_messages_stream_with_no_backend_that_can_continue_it_ends_with_the_error_event(
+    tmp_path: Path,
+) -> None:
+    # The only prefill backend speaks chat: Messages would reach it through the chat translation, which
+    # carries no prefill. It is not asked, and the app's SDK raises the error naming the interruption.
+    backends = {"broken": ("anthropic", BROKEN), "compat": ("openai", RESCUER)}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra={"compat": PREFILL}) as h:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await _read_messages(h.anthropic())
+        assert "backend broken failed mid-stream" in str(caught.value)
+        assert caught.value.body["error"]["type"] == "api_error"
+        assert "Tell me a story" not in (h.sims["compat"].stats.last_body or b"").decode()  # a shadow probe at most
+        async with h.http() as http:
+            metrics = (await http.get(f"{h.admin_url}/metrics")).text
+        assert "llmroute_stream_continuations_total{" not in metrics
+
+
+async def test_a_responses_stream_is_never_continued_and_ends_with_the_responses_error_event(
+    tmp_path: Path,
+) -> None:
+    # A prefill backend is there, but the Responses API has no way to continue a partial answer: the stream
+    # ends with its own `error` event, which the openai SDK raises, and no continuation is attempted.
+    backends = {"broken": BROKEN, "rescuer": RESCUER}
+    extra = {"broken": {"apis": ["responses"]}, "rescuer": PREFILL}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        seen: list[str] = []
+        with pytest.raises(openai.APIError) as caught:
+            async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+                async for event in stream:
+                    seen.append(event.type)
+        assert "backend broken failed mid-stream" in caught.value.message
+        assert seen[-1] == "response.output_text.delta" and "response.completed" not in seen
+        assert "Tell me a story" not in (h.sims["rescuer"].stats.last_body or b"").decode()  # a shadow probe at most
+
+
+def _events(*docs: dict[str, Any]) -> bytes:
+    return b"".join(f"event: {d['type']}\ndata: {json.dumps(d)}\n\n".encode() for d in docs)
+
+
+def _docs(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: ")]
+
+
+START = {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 30, "output_tokens": 1}}}
+
+
+def _text_block(index: int, text: str, *, stop: bool) -> list[dict[str, Any]]:
+    events = [
+        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}},
+    ]
+    return [*events, {"type": "content_block_stop", "index": index}] if stop else events
+
+
+def test_a_messages_continuation_after_a_closed_block_numbers_its_blocks_on() -> None:
+    splice = _MessagesSplice()
+    assert splice.relay(_events(START, *_text_block(0, "Hello.", stop=True))).count(b"event: ") == 4
+    splice.resumed, splice.before = True, 2
+    continued = _docs(
+        splice.relay(
+            _events(
+                {**START, "message": {"id": "msg_2", "usage": {"input_tokens": 33, "output_tokens": 1}}},
+                *_text_block(0, " Bye.", stop=True),
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn"},
+                    "usage": {"input_tokens": 33, "output_tokens": 3},
+                },
+                {"type": "message_stop"},
+            )
+        )
+    )
+    assert [d["type"] for d in continued] == [
+        "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"
+    ]  # fmt: skip
+    assert {d["index"] for d in continued if "index" in d} == {1}  # a new block after the app's block 0
+    assert continued[3]["usage"] == {"input_tokens": 30, "output_tokens": 5}
+
+
+@pytest.mark.parametrize("block", [{"type": "thinking", "thinking": ""}, {"type": "tool_use", "id": "t", "name": "f"}])
+def test_a_messages_stream_that_sent_more_than_text_cannot_be_continued(block: dict[str, Any]) -> None:
+    splice = _MessagesSplice()
+    splice.relay(_events(START, {"type": "content_block_start", "index": 0, "content_block": block}))
+    assert splice.stuck
