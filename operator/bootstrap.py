@@ -21,8 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from llmroute.model import Backend, Route, SecretValue, parse_spec, resolve_keys
+from llmroute.model import Route, parse_spec, resolve_keys
 from llmroute.v1 import routes_pb2
+from llmroute.v1.sent import sent_secrets
 
 from .controlplane import ControlPlane
 from .kubeapi import KubeAPI, KubeError
@@ -152,10 +153,5 @@ def read_last_good(data: Mapping[str, str]) -> dict[str, LastGood]:
         parsed = parse_spec(
             json.loads(message.spec_json), name=message.name, namespace=message.namespace, generation=message.generation
         )
-        keys = dict(message.api_keys)
-
-        def sent(backend: Backend, namespace: str, keys: dict[str, str] = keys) -> SecretValue | None:
-            return SecretValue(keys[backend.name]) if backend.api_key_secret_ref is not None else None
-
-        out[message.name] = LastGood(uids[message.name], parsed, resolve_keys(parsed, sent))
+        out[message.name] = LastGood(uids[message.name], parsed, resolve_keys(parsed, *sent_secrets(message)))
     return out

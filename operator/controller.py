@@ -184,7 +184,9 @@ class Controller:
                 data = await self.api.get_secret_data(namespace, name)
                 if not self.secrets.known(namespace, name):  # a watch event may have answered meanwhile
                     self.secrets.put(namespace, name, data)
-        result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}))
+        result = reconcile(
+            objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}), self.secrets.ca
+        )
         self.control_plane.publish(namespace, result.routes)
         self.bootstrap.mark(namespace)
         version = compile_table(result.routes).table.version

@@ -21,6 +21,7 @@ from typing import Any, cast
 import kopf
 
 from .bootstrap import BOOTSTRAP_KEY, BOOTSTRAP_SECRET
+from .egress import EgressConfig
 
 WEBHOOK_ID = "llmroute-inject"
 """The handler id; kopf serves it at path /llmroute-inject, which the chart's webhook calls."""
@@ -69,6 +70,8 @@ class InjectionConfig:
     extra_args: tuple[str, ...] = ()
     passthrough: str = ""
     """The sidecar's --passthrough (the chart's injection.sidecar.passthrough); empty: the sidecar's default."""
+    egress: EgressConfig = dataclasses.field(default_factory=EgressConfig)
+    """Proxy and extra CAs of the sidecar's backend calls (the chart's injection.sidecar.egress)."""
 
     @classmethod
     def from_file(cls, path: Path) -> InjectionConfig:
@@ -85,6 +88,7 @@ class InjectionConfig:
             ca_config_map=data.get("caConfigMap") or None,
             extra_args=tuple(data.get("extraArgs", ())),
             passthrough=data.get("passthrough", ""),
+            egress=EgressConfig.from_json(data.get("egress") or {}),
         )
 
 
@@ -150,6 +154,8 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
     if config.ca_config_map:
         args.append(f"--tls-ca={CA_DIR}/ca.crt")
         mounts.append({"name": VOLUME_CA, "mountPath": CA_DIR, "readOnly": True})
+    args.extend(config.egress.args())
+    mounts.extend(config.egress.mounts())
 
     def probe(path: str, **extra: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": ADMIN_PORT}, "periodSeconds": 5, **extra}
@@ -163,6 +169,7 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP"),
+            *config.egress.env(config.control_plane),
         ],
         "ports": [{"name": "llmroute-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "startupProbe": probe("/healthz", failureThreshold=60, periodSeconds=1),
@@ -213,6 +220,7 @@ def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
     ]
     if config.ca_config_map:
         volumes.append({"name": VOLUME_CA, "configMap": {"name": config.ca_config_map}})
+    volumes.extend(config.egress.volumes())
     return volumes
 
 

@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llmroute.model import KeyResolver, Problem, Route, RouteInvalid, compile_table, parse_spec, resolve_keys
+from llmroute.model import (
+    CaResolver,
+    KeyResolver,
+    Problem,
+    Route,
+    RouteInvalid,
+    compile_table,
+    parse_spec,
+    resolve_keys,
+)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -122,14 +131,19 @@ def _message(problems: list[Problem]) -> str:
 
 def _refs_failure(route: Route, exists: Callable[[str, str], bool], problems: list[Problem]) -> Check:
     missing_secret = any(
-        b.api_key_secret_ref is not None and not exists(route.namespace, b.api_key_secret_ref.name)
+        ref is not None and not exists(route.namespace, ref.name)
         for b in route.backends
+        for ref in (b.api_key_secret_ref, b.ca_secret_ref)
     )
     return Check("False", "SecretNotFound" if missing_secret else "KeyNotFound", _message(problems))
 
 
 def _entry(
-    obj: RouteObject, resolver: KeyResolver, exists: Callable[[str, str], bool], last: LastGood | None
+    obj: RouteObject,
+    resolver: KeyResolver,
+    exists: Callable[[str, str], bool],
+    last: LastGood | None,
+    ca_resolver: CaResolver | None,
 ) -> _Entry:
     """Parse and resolve the new form; add the last good form as the fallback."""
     entry = _Entry(obj, VALID, NOT_CHECKED)
@@ -140,13 +154,13 @@ def _entry(
         entry.accepted = Check("False", "Invalid", _message(exc.problems))
     if parsed is not None:
         try:
-            entry.forms.append(_Form(parsed, resolve_keys(parsed, resolver), is_new=True))
+            entry.forms.append(_Form(parsed, resolve_keys(parsed, resolver, ca_resolver), is_new=True))
             entry.resolved_refs = SECRETS_FOUND
         except RouteInvalid as exc:
             entry.resolved_refs = _refs_failure(parsed, exists, exc.problems)
     if last is not None and last.uid == obj.uid and not (entry.forms and last.route == parsed):
         try:
-            resolved = resolve_keys(last.route, resolver)
+            resolved = resolve_keys(last.route, resolver, ca_resolver)
         except RouteInvalid:
             resolved = last.resolved  # its Secret or key is gone too: the keys last sent keep serving
         entry.forms.append(_Form(last.route, resolved, is_new=False))
@@ -158,10 +172,12 @@ def reconcile(
     resolver: KeyResolver,
     exists: Callable[[str, str], bool],
     last_good: Mapping[str, LastGood],
+    ca_resolver: CaResolver | None = None,
 ) -> NamespaceResult:
-    """Decide what to publish for one namespace; `exists(namespace, name)` says whether a Secret exists."""
+    """Decide what to publish for one namespace; `exists(namespace, name)` says whether a Secret exists, and
+    `ca_resolver` reads backends' tls.caSecretRef like `resolver` reads their keys."""
     entries = [
-        _entry(obj, resolver, exists, last_good.get(obj.name))
+        _entry(obj, resolver, exists, last_good.get(obj.name), ca_resolver)
         for obj in sorted(objects, key=lambda o: (o.created, o.name))
     ]
     while True:

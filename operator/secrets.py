@@ -1,4 +1,5 @@
-"""The Secrets that LLMRoutes name in apiKeySecretRef: a per-namespace cache and the key resolver over it.
+"""The Secrets that LLMRoutes name (apiKeySecretRef, tls.caSecretRef): a per-namespace cache and the key and
+CA resolvers over it.
 
 Only referenced Secrets are cached (the watch is filtered to them); a Secret that becomes referenced
 while already existing is fetched once by the reconciler. Values never leave this module except as
@@ -12,18 +13,21 @@ import binascii
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from llmroute.model import Backend, SecretValue
+from llmroute.model import Backend, SecretRef, SecretValue
 
 
 def referenced_secrets(specs: Iterable[Any]) -> set[str]:
-    """Names of the Secrets the given raw LLMRoute specs point at, valid or not."""
+    """Names of the Secrets the given raw LLMRoute specs point at (API keys and CA bundles), valid or not."""
     names: set[str] = set()
     for spec in specs:
         backends = spec.get("backends") if isinstance(spec, Mapping) else None
         for backend in backends if isinstance(backends, list) else ():
-            ref = backend.get("apiKeySecretRef") if isinstance(backend, Mapping) else None
-            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-                names.add(ref["name"])
+            if not isinstance(backend, Mapping):
+                continue
+            tls = backend.get("tls")
+            for ref in (backend.get("apiKeySecretRef"), tls.get("caSecretRef") if isinstance(tls, Mapping) else None):
+                if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+                    names.add(ref["name"])
     return names
 
 
@@ -53,8 +57,15 @@ class SecretCache:
     def __call__(self, backend: Backend, namespace: str) -> SecretValue | None:
         """KeyResolver: the decoded key for apiKeySecretRef; None for apiKeyEnv (the sidecar reads its env)."""
         ref = backend.api_key_secret_ref
-        if ref is None:
-            return None
+        return None if ref is None else self.read(ref, namespace)
+
+    def ca(self, backend: Backend, namespace: str) -> SecretValue:
+        """CaResolver: the PEM of the backend's tls.caSecretRef."""
+        assert backend.ca_secret_ref is not None
+        return self.read(backend.ca_secret_ref, namespace)
+
+    def read(self, ref: SecretRef, namespace: str) -> SecretValue:
+        """The decoded text of a Secret key; LookupError naming what is missing (never the value)."""
         data = self._data.get((namespace, ref.name))
         if data is None:
             raise LookupError(f"Secret {namespace}/{ref.name} not found")

@@ -29,7 +29,8 @@ class Snapshot:
 
 
 def route_message(route: Route) -> routes_pb2.Route:
-    """The wire form of an accepted route: canonical spec JSON plus the keys of its Secret-backed backends."""
+    """The wire form of an accepted route: canonical spec JSON plus the keys and CA bundles of its Secret-backed
+    backends."""
     return routes_pb2.Route(
         namespace=route.namespace,
         name=route.name,
@@ -40,6 +41,7 @@ def route_message(route: Route) -> routes_pb2.Route:
             for b in route.backends
             if b.api_key_secret_ref is not None and b.api_key is not None
         },
+        ca_bundles={b.name: b.ca_bundle.reveal() for b in route.backends if b.ca_bundle is not None},
     )
 
 

@@ -28,6 +28,7 @@ from llmroute.sidecar.passthrough import Passthrough, family_of, parse_upstreams
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
+from llmroute.sidecar.upstream.egress import MAX_ANSWER_BYTES, MAX_CONNECTIONS, Egress
 from llmroute.sidecar.upstream.errors import Family
 from llmroute.supervise import supervise
 
@@ -174,6 +175,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="access-log lines held while stdout is slow; beyond them lines are dropped "
         "(llmroute_access_log_dropped_total), never requests delayed",
     )
+    out = parser.add_argument_group("egress (backend and passthrough calls; HTTPS_PROXY, HTTP_PROXY, NO_PROXY too)")
+    out.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PEM CA certificates trusted besides the public roots (and besides $SSL_CERT_FILE)",
+    )
+    out.add_argument(
+        "--max-connections-per-backend",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="open connections to one backend (or passthrough upstream); more calls wait for one",
+    )
+    out.add_argument(
+        "--max-answer-bytes",
+        type=_positive_int,
+        default=MAX_ANSWER_BYTES,
+        metavar="N",
+        help="largest whole (non-streamed) backend answer; a larger one is a 502 to the app",
+    )
+
+
+def egress_settings(args: argparse.Namespace) -> Egress:
+    """The egress settings of this process: its proxy and CA variables plus the flags (ValueError if unusable)."""
+    return Egress.from_environment(
+        ca_bundle=args.ca_bundle,
+        max_connections=args.max_connections_per_backend,
+        max_answer_bytes=args.max_answer_bytes,
+    )
 
 
 def server_error_body(status: int, message: str, path: str, headers: Mapping[str, str]) -> bytes:
@@ -184,10 +216,11 @@ def server_error_body(status: int, message: str, path: str, headers: Mapping[str
 class Sidecar:
     """One running sidecar: app server, admin server, route source and the background prober."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, egress: Egress | None = None) -> None:
         self.args = args
+        self.egress = egress if egress is not None else egress_settings(args)
         self.metrics = SidecarMetrics()
-        self.router = Router()
+        self.router = Router(self.egress)
         self.load = LoadRecorder() if args.control_plane else None
         self.dispatcher = Dispatcher(self.metrics, self.load)
         self.draining = False
@@ -210,7 +243,9 @@ class Sidecar:
         self.access = None
         if args.access_log == "json":
             self.access = AccessLog(sys.stdout.fileno(), self.metrics.access_log_dropped.inc, args.access_log_buffer)
-        self.passthrough = Passthrough(args.passthrough, self.metrics, self.access) if args.passthrough else None
+        self.passthrough = (
+            Passthrough(args.passthrough, self.metrics, self.egress, self.access) if args.passthrough else None
+        )
         self.app_server = HTTPServer(
             SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access),
             max_body_bytes=args.max_body_bytes,
@@ -291,9 +326,9 @@ class Sidecar:
         await self.admin_server.shutdown(1.0)
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, egress: Egress | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the route files."""
-    sidecar = Sidecar(args)
+    sidecar = Sidecar(args, egress)
     await sidecar.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -317,6 +352,11 @@ def run_sidecar(argv: Sequence[str]) -> int:
     if args.control_plane and not (args.namespace and args.pod_name):
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        egress = egress_settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    log.info("%s", egress.describe())
     with contextlib.suppress(KeyboardInterrupt):
-        return run(serve(args))
+        return run(serve(args, egress))
     return 0

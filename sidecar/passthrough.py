@@ -13,15 +13,20 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx
-
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.sidecar.accesslog import ABANDONED, AccessLog
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.upstream.egress import Egress
 from llmroute.sidecar.upstream.errors import Family
-from llmroute.sidecar.upstream.transport import Pool, Target, parse_target, request_head
-from llmroute.sidecar.upstream.transport import Response as UpstreamResponse
+from llmroute.sidecar.upstream.neterrors import (
+    LocalProtocolError,
+    TransportError,
+    TransportTimeout,
+    UnsupportedProtocol,
+)
+from llmroute.sidecar.upstream.seam import Answer, make_transport
+from llmroute.sidecar.upstream.transport import Target, parse_target
 
 log = logging.getLogger("llmroute.sidecar.passthrough")
 
@@ -72,7 +77,7 @@ def parse_upstreams(value: str) -> dict[Family, str]:
         url = url.strip().rstrip("/")
         try:
             target = parse_target(url)
-        except httpx.UnsupportedProtocol as exc:
+        except UnsupportedProtocol as exc:
             raise ValueError(f"{family}: {exc}") from None
         if b"?" in target.path:
             raise ValueError(f"{family}: a passthrough URL takes no query string: {url}")
@@ -115,13 +120,18 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 
 class Passthrough:
-    """The passthrough upstreams by family, one keep-alive pool for them, and the policy that may deny."""
+    """The passthrough upstreams by family, one keep-alive pool for them (with the sidecar's egress settings:
+    proxy, CAs, connection cap), and the policy that may deny."""
 
     def __init__(
-        self, upstreams: Mapping[Family, str], metrics: SidecarMetrics, access: AccessLog | None = None
+        self,
+        upstreams: Mapping[Family, str],
+        metrics: SidecarMetrics,
+        egress: Egress | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self._bases: dict[Family, Target] = {family: parse_target(url) for family, url in upstreams.items()}
-        self._pool = Pool()
+        self._pool = make_transport(egress if egress is not None else Egress())
         self._metrics = metrics
         self._access = access
         self.policy = PassthroughPolicy()
@@ -162,16 +172,20 @@ class Passthrough:
         relay = None  # once the answer is handed to a relay, the relay ends the request's accounting
         try:
             try:
-                head = request_head(request.method, target, request_headers(request.headers), request.body, b"")
-            except httpx.LocalProtocolError as exc:
-                raise ProxyError(400, f"cannot relay this request: {exc}", "invalid_request") from None
-            try:
                 upstream = await self._pool.send(
-                    target, head + request.body, connect_timeout=CONNECT_TIMEOUT, read_timeout=IDLE_TIMEOUT
+                    request.method,
+                    target,
+                    request_headers(request.headers),
+                    request.body,
+                    fixed=b"",
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=IDLE_TIMEOUT,
                 )
-            except httpx.TimeoutException as exc:
+            except LocalProtocolError as exc:
+                raise ProxyError(400, f"cannot relay this request: {exc}", "invalid_request") from None
+            except TransportTimeout as exc:
                 raise ProxyError(504, f"passthrough upstream {host} timed out: {exc}", "upstream_timeout") from None
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 log.warning("passthrough to %s failed: %s", host, exc)
                 raise ProxyError(502, f"passthrough upstream {host} failed: {exc}", "upstream_unavailable") from None
             headers = response_headers(upstream.raw_headers)
@@ -223,9 +237,9 @@ class _Relay(AsyncGenerator[bytes, None]):
     connection closed as the answer was handed over, or at shutdown) before its first step, and a generator
     that never started would skip its cleanup."""
 
-    def __init__(self, request: Request, upstream: UpstreamResponse, host: str, ended: Callable[[str], None]) -> None:
+    def __init__(self, request: Request, upstream: Answer, host: str, ended: Callable[[str], None]) -> None:
         self._request = request
-        self._upstream: UpstreamResponse | None = upstream
+        self._upstream: Answer | None = upstream
         self._host = host
         self._ended = ended
 
@@ -235,7 +249,7 @@ class _Relay(AsyncGenerator[bytes, None]):
             raise StopAsyncIteration
         try:
             piece = await upstream.receive()
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             log.warning("passthrough answer from %s broke off: %s", self._host, exc)
             self._request.abort()
             self._end("error")

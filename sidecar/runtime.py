@@ -20,25 +20,28 @@ from llmroute.sidecar.balancer.estimator import BackendStats
 from llmroute.sidecar.balancer.freshness import ShadowProber
 from llmroute.sidecar.balancer.retry_budget import RetryBudget
 from llmroute.sidecar.upstream.client import Upstream
+from llmroute.sidecar.upstream.egress import Egress
 
 log = logging.getLogger("llmroute.sidecar")
 
-WireKey = tuple[str, str, str, str, str, frozenset[str]]
+WireKey = tuple[str, str, str, str, str, frozenset[str], str]
 
 
 def wire_key(backend: Backend) -> WireKey:
-    """What makes two backends the same upstream client: provider, URL, model, API version, key (hashed) and
-    the APIs it serves natively (which decide how each inbound API is carried to it)."""
+    """What makes two backends the same upstream client: provider, URL, model, API version, key (hashed), the
+    APIs it serves natively (which decide how each inbound API is carried to it) and its CA bundle (hashed)."""
     key = backend.api_key.reveal() if backend.api_key is not None else ""
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return (backend.provider, backend.url, backend.model, backend.api_version, digest, backend.apis)
+    ca = hashlib.sha256(backend.ca_bundle.reveal().encode()).hexdigest() if backend.ca_bundle is not None else ""
+    return (backend.provider, backend.url, backend.model, backend.api_version, digest, backend.apis, ca)
 
 
 class UpstreamPool:
     """Upstream clients shared by every route that names the same backend; a client no longer in the
-    table is closed once its last in-flight call has ended."""
+    table is closed once its last in-flight call has ended. Every client gets the sidecar's egress settings."""
 
-    def __init__(self) -> None:
+    def __init__(self, egress: Egress | None = None) -> None:
+        self._egress = egress
         self._clients: dict[WireKey, Upstream] = {}
         self._leases: dict[Upstream, int] = {}
         self._retired: set[Upstream] = set()
@@ -48,7 +51,7 @@ class UpstreamPool:
         key = wire_key(backend)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = Upstream(backend)
+            client = self._clients[key] = Upstream(backend, self._egress)
         return client
 
     def lease(self, client: Upstream) -> None:
@@ -130,8 +133,8 @@ class RouteRuntime:
 class Router:
     """The table in use and its runtimes; `apply` swaps both at once (one assignment, no await)."""
 
-    def __init__(self) -> None:
-        self.pool = UpstreamPool()
+    def __init__(self, egress: Egress | None = None) -> None:
+        self.pool = UpstreamPool(egress)
         self.table: RoutingTable | None = None
         self.runtimes: dict[str, RouteRuntime] = {}
         self.by_model: dict[str, RouteRuntime] = {}

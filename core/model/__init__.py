@@ -18,6 +18,7 @@ from .spec import (
 )
 from .table import (
     EMPTY_TABLE,
+    CaResolver,
     CompileResult,
     KeyResolver,
     RoutingTable,
@@ -31,6 +32,7 @@ __all__ = [
     "EMPTY_TABLE",
     "Api",
     "Backend",
+    "CaResolver",
     "CompileResult",
     "KeyResolver",
     "OutlierDetection",

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .parse import Problem, RouteInvalid, parse_document
-from .spec import Backend, Route, SecretValue
+from .spec import Backend, Route, SecretRef, SecretValue
 from .table import CompileResult, compile_table
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -72,13 +72,19 @@ class LocalKeys:
                 raise LookupError(f"environment variable {backend.api_key_env} is not set")
             return SecretValue(value)
         ref = backend.api_key_secret_ref
-        if ref is None:
-            return None
+        return None if ref is None else SecretValue(self._read(ref).strip())
+
+    def ca(self, backend: Backend, namespace: str) -> SecretValue:
+        """CaResolver: the PEM of the backend's tls.caSecretRef, from the mounted Secret."""
+        assert backend.ca_secret_ref is not None
+        return SecretValue(self._read(backend.ca_secret_ref))
+
+    def _read(self, ref: SecretRef) -> str:
         if self._dir is None:
             raise LookupError(f"Secret {ref.name!r} is referenced but no --secrets-dir was given")
         path = self._dir / ref.name / ref.key
         try:
-            return SecretValue(path.read_text().strip())
+            return path.read_text()
         except OSError:
             raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} (looked for {path})") from None
 
@@ -86,5 +92,5 @@ class LocalKeys:
 def compile_files(paths: Iterable[Path], keys: LocalKeys | None) -> tuple[CompileResult, dict[str, list[Problem]]]:
     """Load, validate and compile; routes in name order so the first by name wins a contested model."""
     loaded = load_routes(paths)
-    result = compile_table(sorted(loaded.routes, key=lambda r: r.key), keys)
+    result = compile_table(sorted(loaded.routes, key=lambda r: r.key), keys, keys.ca if keys is not None else None)
     return result, {**loaded.problems, **result.rejected}

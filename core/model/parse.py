@@ -178,6 +178,7 @@ def _duration(value: str, path: str, problems: list[Problem]) -> float:
 def _backend(raw: Mapping[str, Any]) -> Backend:
     price = raw.get("price", {})
     ref = raw.get("apiKeySecretRef")
+    ca = raw.get("tls", {}).get("caSecretRef")
     return Backend(
         name=raw["name"],
         provider=cast(Provider, raw["provider"]),
@@ -199,6 +200,7 @@ def _backend(raw: Mapping[str, Any]) -> Backend:
         apis=frozenset(raw.get("apis", ())),
         api_key_secret_ref=SecretRef(ref["name"], ref["key"]) if ref else None,
         api_key_env=raw.get("apiKeyEnv"),
+        ca_secret_ref=SecretRef(ca["name"], ca["key"]) if ca else None,
     )
 
 

@@ -23,6 +23,8 @@ STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
 PROVIDERS = ["openai", "anthropic", "azure-openai"]
 CAPABILITIES = ["tools", "vision", "json", "prefill"]
 APIS = ["chat", "messages", "responses", "embeddings", "completions"]
+_SECRET_NAME = {"type": "string", "minLength": 1, "maxLength": 253, "description": "Secret name."}
+_SECRET_KEY = {"type": "string", "minLength": 1, "maxLength": 253, "description": "Key in the Secret."}
 PRIORITIES = ["critical", "normal", "batch"]
 RETRY_ON = ["connect-failure", "reset", "5xx", "429", "timeout"]
 
@@ -100,8 +102,28 @@ BACKEND = {
             "required": ["name", "key"],
             "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 253, "description": "Secret name."},
-                "key": {"type": "string", "minLength": 1, "maxLength": 253, "description": "Key in the Secret."},
+                "name": _SECRET_NAME,
+                "key": _SECRET_KEY,
+            },
+        },
+        "tls": {
+            "type": "object",
+            "description": "TLS to this backend beyond the sidecar's trusted CAs.",
+            "additionalProperties": False,
+            "properties": {
+                "caSecretRef": {
+                    "type": "object",
+                    "description": (
+                        "A key in a Secret of the route's namespace holding PEM CA certificates (a private CA)"
+                        " trusted for this backend, besides the public roots and the sidecar's --ca-bundle."
+                    ),
+                    "required": ["name", "key"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": _SECRET_NAME,
+                        "key": _SECRET_KEY,
+                    },
+                },
             },
         },
         "apiKeyEnv": {

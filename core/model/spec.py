@@ -117,6 +117,10 @@ class Backend:
     api_key_secret_ref: SecretRef | None = None
     api_key_env: str | None = None
     api_key: SecretValue | None = field(default=None, compare=True, repr=False)
+    ca_secret_ref: SecretRef | None = None
+    """`tls.caSecretRef`: a Secret key holding PEM CA certificates this backend's TLS certificate chains to."""
+    ca_bundle: SecretValue | None = field(default=None, compare=True, repr=False)
+    """The PEM of `ca_secret_ref`, resolved like `api_key` (operator or secrets dir): trusted for this backend only."""
 
     def __post_init__(self) -> None:
         if not self.apis:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,8 @@ from .spec import Backend, Route, SecretValue
 # Given a backend that names a key (apiKeySecretRef or apiKeyEnv) and its namespace, return the key;
 # raise LookupError with a message a person can act on when it cannot be found.
 KeyResolver = Callable[[Backend, str], SecretValue | None]
+# Given a backend that names a CA bundle (tls.caSecretRef) and its namespace, return the PEM; LookupError as above.
+CaResolver = Callable[[Backend, str], SecretValue]
 
 
 def route_spec(route: Route) -> dict[str, Any]:
@@ -51,6 +54,8 @@ def route_spec(route: Route) -> dict[str, Any]:
             raw["apiKeySecretRef"] = {"name": b.api_key_secret_ref.name, "key": b.api_key_secret_ref.key}
         if b.api_key_env is not None:
             raw["apiKeyEnv"] = b.api_key_env
+        if b.ca_secret_ref is not None:
+            raw["tls"] = {"caSecretRef": {"name": b.ca_secret_ref.name, "key": b.ca_secret_ref.key}}
         backends.append(raw)
     priorities: dict[str, Any] = {}
     for name, policy in sorted(route.priorities.items()):
@@ -90,23 +95,25 @@ def route_spec(route: Route) -> dict[str, Any]:
     return spec
 
 
-def _key_fingerprint(backend: Backend) -> str:
-    """A short hash of the key, so a rotated key changes the table version without the key entering it."""
-    if backend.api_key is None:
+def _fingerprint(value: SecretValue | None) -> str:
+    """A short hash of a key or CA bundle, so a rotated one changes the table version without entering it."""
+    if value is None:
         return ""
-    return hashlib.sha256(backend.api_key.reveal().encode()).hexdigest()[:16]
+    return hashlib.sha256(value.reveal().encode()).hexdigest()[:16]
 
 
 def table_version(routes: Iterable[Route]) -> str:
     """Deterministic version: the same routes and keys always give the same string."""
-    canonical = [
-        {
+    canonical = []
+    for r in sorted(routes, key=lambda r: r.key):
+        entry: dict[str, Any] = {
             "route": r.key,
             "spec": route_spec(r),
-            "keys": [_key_fingerprint(b) for b in r.backends],
+            "keys": [_fingerprint(b.api_key) for b in r.backends],
         }
-        for r in sorted(routes, key=lambda r: r.key)
-    ]
+        if any(b.ca_bundle is not None for b in r.backends):  # only then: other tables keep their versions
+            entry["cas"] = [_fingerprint(b.ca_bundle) for b in r.backends]
+        canonical.append(entry)
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -138,25 +145,49 @@ class CompileResult:
     rejected: dict[str, list[Problem]]
 
 
-def resolve_keys(route: Route, resolver: KeyResolver) -> Route:
-    """Fill each backend's api_key; raise RouteInvalid naming every key that cannot be found."""
+def valid_ca_bundle(pem: SecretValue) -> bool:
+    """Whether `pem` holds at least one PEM certificate that OpenSSL accepts as a CA."""
+    try:
+        ssl.create_default_context(cadata=pem.reveal())
+    except (ssl.SSLError, ValueError):
+        return False
+    return True
+
+
+def resolve_keys(route: Route, resolver: KeyResolver, ca_resolver: CaResolver | None = None) -> Route:
+    """Fill each backend's api_key (and, given `ca_resolver`, its ca_bundle); raise RouteInvalid naming every key
+    or CA bundle that cannot be found or is not PEM."""
     problems = []
     backends = []
     for i, backend in enumerate(route.backends):
-        if backend.api_key_secret_ref is None and backend.api_key_env is None:
-            backends.append(backend)
-            continue
-        field_name = "apiKeySecretRef" if backend.api_key_secret_ref is not None else "apiKeyEnv"
-        try:
-            backends.append(replace(backend, api_key=resolver(backend, route.namespace)))
-        except LookupError as exc:
-            problems.append(Problem(f"spec.backends[{i}].{field_name}", str(exc.args[0] if exc.args else exc)))
+        if backend.api_key_secret_ref is not None or backend.api_key_env is not None:
+            field_name = "apiKeySecretRef" if backend.api_key_secret_ref is not None else "apiKeyEnv"
+            try:
+                backend = replace(backend, api_key=resolver(backend, route.namespace))
+            except LookupError as exc:
+                problems.append(Problem(f"spec.backends[{i}].{field_name}", str(exc.args[0] if exc.args else exc)))
+        ref = backend.ca_secret_ref
+        if ref is not None and ca_resolver is not None:
+            path = f"spec.backends[{i}].tls.caSecretRef"
+            try:
+                pem = ca_resolver(backend, route.namespace)
+            except LookupError as exc:
+                problems.append(Problem(path, str(exc.args[0] if exc.args else exc)))
+            else:
+                if valid_ca_bundle(pem):
+                    backend = replace(backend, ca_bundle=pem)
+                else:
+                    why = f"Secret {ref.name!r} key {ref.key!r} holds no valid PEM certificate"
+                    problems.append(Problem(path, why))
+        backends.append(backend)
     if problems:
         raise RouteInvalid(route.key, problems)
     return replace(route, backends=tuple(backends))
 
 
-def compile_table(routes: Iterable[Route], resolver: KeyResolver | None = None) -> CompileResult:
+def compile_table(
+    routes: Iterable[Route], resolver: KeyResolver | None = None, ca_resolver: CaResolver | None = None
+) -> CompileResult:
     """Build one table from routes given in precedence order (first wins a contested model name).
 
     A route that claims a model an earlier route already serves, or whose keys cannot be resolved,
@@ -176,7 +207,7 @@ def compile_table(routes: Iterable[Route], resolver: KeyResolver | None = None) 
             continue
         if resolver is not None:
             try:
-                route = resolve_keys(route, resolver)
+                route = resolve_keys(route, resolver, ca_resolver)
             except RouteInvalid as exc:
                 rejected[route.key] = exc.problems
                 continue

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmroute/v1/routes.proto\x12\x0bllmroute.v1\"\x9d\x01\n\x04Node\x12\x0b\n\x03pod\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.llmroute.v1.Node.LabelsEntry\x12\x17\n\x0fsidecar_version\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x0cRouteRequest\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.llmroute.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x04 \x01(\t\x12\x10\n\x08type_url\x18\x05 \x01(\t\"\xb2\x01\n\x05Route\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x31\n\x08\x61pi_keys\x18\x05 \x03(\x0b\x32\x1f.llmroute.v1.Route.ApiKeysEntry\x1a.\n\x0c\x41piKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x0cRoutingTable\x12\"\n\x06routes\x18\x01 \x03(\x0b\x32\x12.llmroute.v1.Route\"P\n\x06Policy\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\"2\n\tPolicySet\x12%\n\x08policies\x18\x01 \x03(\x0b\x32\x13.llmroute.v1.Policy\"\x9a\x01\n\rRouteResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12(\n\x05table\x18\x03 \x01(\x0b\x32\x19.llmroute.v1.RoutingTable\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12(\n\x08policies\x18\x05 \x01(\x0b\x32\x16.llmroute.v1.PolicySet2[\n\x0eRouteDiscovery\x12I\n\x0cStreamRoutes\x12\x19.llmroute.v1.RouteRequest\x1a\x1a.llmroute.v1.RouteResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmroute/v1/routes.proto\x12\x0bllmroute.v1\"\x9d\x01\n\x04Node\x12\x0b\n\x03pod\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.llmroute.v1.Node.LabelsEntry\x12\x17\n\x0fsidecar_version\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x0cRouteRequest\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.llmroute.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x04 \x01(\t\x12\x10\n\x08type_url\x18\x05 \x01(\t\"\x9b\x02\n\x05Route\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x31\n\x08\x61pi_keys\x18\x05 \x03(\x0b\x32\x1f.llmroute.v1.Route.ApiKeysEntry\x12\x35\n\nca_bundles\x18\x06 \x03(\x0b\x32!.llmroute.v1.Route.CaBundlesEntry\x1a.\n\x0c\x41piKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x43\x61\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x0cRoutingTable\x12\"\n\x06routes\x18\x01 \x03(\x0b\x32\x12.llmroute.v1.Route\"P\n\x06Policy\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\"2\n\tPolicySet\x12%\n\x08policies\x18\x01 \x03(\x0b\x32\x13.llmroute.v1.Policy\"\x9a\x01\n\rRouteResponse\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12(\n\x05table\x18\x03 \x01(\x0b\x32\x19.llmroute.v1.RoutingTable\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12(\n\x08policies\x18\x05 \x01(\x0b\x32\x16.llmroute.v1.PolicySet2[\n\x0eRouteDiscovery\x12I\n\x0cStreamRoutes\x12\x19.llmroute.v1.RouteRequest\x1a\x1a.llmroute.v1.RouteResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTE_APIKEYSENTRY']._loaded_options = None
   _globals['_ROUTE_APIKEYSENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTE_CABUNDLESENTRY']._loaded_options = None
+  _globals['_ROUTE_CABUNDLESENTRY']._serialized_options = b'8\001'
   _globals['_NODE']._serialized_start=42
   _globals['_NODE']._serialized_end=199
   _globals['_NODE_LABELSENTRY']._serialized_start=154
@@ -43,17 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST']._serialized_start=202
   _globals['_ROUTEREQUEST']._serialized_end=335
   _globals['_ROUTE']._serialized_start=338
-  _globals['_ROUTE']._serialized_end=516
-  _globals['_ROUTE_APIKEYSENTRY']._serialized_start=470
-  _globals['_ROUTE_APIKEYSENTRY']._serialized_end=516
-  _globals['_ROUTINGTABLE']._serialized_start=518
-  _globals['_ROUTINGTABLE']._serialized_end=568
-  _globals['_POLICY']._serialized_start=570
-  _globals['_POLICY']._serialized_end=650
-  _globals['_POLICYSET']._serialized_start=652
-  _globals['_POLICYSET']._serialized_end=702
-  _globals['_ROUTERESPONSE']._serialized_start=705
-  _globals['_ROUTERESPONSE']._serialized_end=859
-  _globals['_ROUTEDISCOVERY']._serialized_start=861
-  _globals['_ROUTEDISCOVERY']._serialized_end=952
+  _globals['_ROUTE']._serialized_end=621
+  _globals['_ROUTE_APIKEYSENTRY']._serialized_start=525
+  _globals['_ROUTE_APIKEYSENTRY']._serialized_end=571
+  _globals['_ROUTE_CABUNDLESENTRY']._serialized_start=573
+  _globals['_ROUTE_CABUNDLESENTRY']._serialized_end=621
+  _globals['_ROUTINGTABLE']._serialized_start=623
+  _globals['_ROUTINGTABLE']._serialized_end=673
+  _globals['_POLICY']._serialized_start=675
+  _globals['_POLICY']._serialized_end=755
+  _globals['_POLICYSET']._serialized_start=757
+  _globals['_POLICYSET']._serialized_end=807
+  _globals['_ROUTERESPONSE']._serialized_start=810
+  _globals['_ROUTERESPONSE']._serialized_end=964
+  _globals['_ROUTEDISCOVERY']._serialized_start=966
+  _globals['_ROUTEDISCOVERY']._serialized_end=1057
 # @@protoc_insertion_point(module_scope)

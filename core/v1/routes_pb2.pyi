@@ -42,8 +42,15 @@ class RouteRequest(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., version_info: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[str] = ..., type_url: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("namespace", "name", "generation", "spec_json", "api_keys")
+    __slots__ = ("namespace", "name", "generation", "spec_json", "api_keys", "ca_bundles")
     class ApiKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CaBundlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -55,12 +62,14 @@ class Route(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CA_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     generation: int
     spec_json: str
     api_keys: _containers.ScalarMap[str, str]
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., spec_json: _Optional[str] = ..., api_keys: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ca_bundles: _containers.ScalarMap[str, str]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., spec_json: _Optional[str] = ..., api_keys: _Optional[_Mapping[str, str]] = ..., ca_bundles: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RoutingTable(_message.Message):
     __slots__ = ("routes",)

@@ -22,9 +22,10 @@ import grpc
 import grpc.aio
 
 from llmroute.endpoints import Endpoint, ranked, resolve, split_addresses
-from llmroute.model import Backend, RouteInvalid, RoutingTable, SecretValue, compile_table, parse_spec, resolve_keys
+from llmroute.model import RouteInvalid, RoutingTable, compile_table, parse_spec, resolve_keys
 from llmroute.model.files import LocalKeys
 from llmroute.v1 import load_pb2, routes_pb2, rpc
+from llmroute.v1.sent import sent_secrets
 from llmroute.waits import wait_event
 
 from ..load import LoadRecorder
@@ -65,7 +66,8 @@ def build_table(
 ) -> RoutingTable:
     """Validate every route of a response with the LLMRoute parser and resolve its keys, or raise TableRejected.
 
-    Keys of `apiKeySecretRef` backends come with the response; `apiKeyEnv` ones from this process' environment.
+    Keys of `apiKeySecretRef` backends and CA bundles of `tls.caSecretRef` ones come with the response; `apiKeyEnv`
+    keys from this process' environment.
     With `labels` (a namespace's whole bootstrap table), only the routes that select them are kept.
     """
     env_keys = env_keys or LocalKeys(None)
@@ -82,7 +84,7 @@ def build_table(
             )
             if labels is not None and not route.selects(dict(labels)):
                 continue
-            routes.append(resolve_keys(route, _keys(dict(message.api_keys), env_keys)))
+            routes.append(resolve_keys(route, *sent_secrets(message, env_keys)))
         except json.JSONDecodeError as exc:
             problems.append(f"LLMRoute {key}: spec_json is not JSON: {exc}")
         except RouteInvalid as exc:
@@ -92,18 +94,6 @@ def build_table(
     if problems:
         raise TableRejected("; ".join(problems))
     return RoutingTable(version=response.version_info, routes=compiled.table.routes)
-
-
-def _keys(api_keys: dict[str, str], env_keys: LocalKeys) -> Callable[[Backend, str], SecretValue | None]:
-    def resolve(backend: Backend, namespace: str) -> SecretValue | None:
-        if backend.api_key_secret_ref is None:
-            return env_keys(backend, namespace)
-        if backend.name not in api_keys:
-            ref = backend.api_key_secret_ref
-            raise LookupError(f"the control plane sent no key for Secret {ref.name!r} key {ref.key!r}")
-        return SecretValue(api_keys[backend.name])
-
-    return resolve
 
 
 class ControlPlaneClient:

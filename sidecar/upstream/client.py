@@ -1,5 +1,5 @@
-"""One backend's HTTP client: a keep-alive connection pool, its provider's endpoints, a codec per inbound
-API it can serve, and failures classified."""
+"""One backend's HTTP client: a transport (the egress seam: proxy, CAs, connection cap), its provider's
+endpoints, a codec per inbound API it can serve, and failures classified."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ import json
 import logging
 from typing import Any
 
-import httpx
-
 from llmroute.model import Api, Backend
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.upstream.base import DONE, StreamTranslator, json_object
 from llmroute.sidecar.upstream.codecs import Codec, codec_for
+from llmroute.sidecar.upstream.egress import Egress
 from llmroute.sidecar.upstream.errors import (
     UpstreamError,
     bad_body,
     error_from_response,
     error_from_transport,
+    too_large,
 )
+from llmroute.sidecar.upstream.neterrors import AnswerTooLarge, ReadTimeout, TransportError
 from llmroute.sidecar.upstream.providers import make_provider
+from llmroute.sidecar.upstream.seam import Answer, Transport, make_transport
 from llmroute.sidecar.upstream.sse import SSEParser
-from llmroute.sidecar.upstream.transport import Pool, Response
 from llmroute.sidecar.upstream.usage import Completion, Usage
 
 __all__ = ["Completion", "CompletionStream", "Upstream"]
@@ -31,7 +32,7 @@ MIN_IDLE_TIMEOUT = 30.0  # between stream chunks: models pause while thinking or
 TERMINATOR_GRACE_S = 0.5
 """Once a stream's answer and usage are in, how long its own ending ([DONE], message_stop) may take before
 the answer is finalised without it."""
-_TRANSPORT_ERRORS = (httpx.TransportError, TimeoutError)
+_TRANSPORT_ERRORS = (TransportError, TimeoutError)
 log = logging.getLogger(__name__)
 
 
@@ -59,15 +60,16 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str
 
 
 class Upstream:
-    """One backend: owns a keep-alive connection pool (transport.Pool) and the provider adapter.
+    """One backend: owns its transport (seam.Transport, with the sidecar's egress settings and the backend's own
+    CA) and the provider adapter.
 
     Each call takes its own `timeout` (not asyncio.timeout around the call) because the phases differ:
     a stream's timeout bounds only the wait for headers, then an idle bound applies between chunks.
     """
 
-    __slots__ = ("_pool", "_provider", "_urls", "backend", "codecs")
+    __slots__ = ("_limit", "_pool", "_provider", "_urls", "backend", "codecs")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, egress: Egress | None = None) -> None:
         self.backend = backend
         self._provider = make_provider(backend)
         self.codecs: dict[Api, Codec] = {}
@@ -77,8 +79,10 @@ class Upstream:
             if codec is not None:
                 self.codecs[api] = codec
         self._urls = {api: self._provider.url(codec.upstream) for api, codec in self.codecs.items()}
-        # Concurrency is the balancer's job, so the pool itself is unbounded; timeouts are per call.
-        self._pool = Pool()
+        # Concurrency is the balancer's job; the transport's connection cap only bounds sockets. Timeouts are per call.
+        egress = egress if egress is not None else Egress()
+        self._pool: Transport = make_transport(egress, backend.ca_bundle.reveal() if backend.ca_bundle else None)
+        self._limit = egress.max_answer_bytes
 
     def __repr__(self) -> str:
         return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
@@ -142,15 +146,17 @@ class Upstream:
         headers: dict[str, str],
         body: bytes,
         timeout: float,  # noqa: ASYNC109
-    ) -> tuple[Response, bytes]:
+    ) -> tuple[Answer, bytes]:
         """POST and read the whole answer within `timeout`; UpstreamError (key masked) unless it is a 2xx."""
         try:
             async with asyncio.timeout(timeout):
                 response = await self._pool.request("POST", url, headers, body)
-                answer = await response.read()
+                answer = await response.read(self._limit)
         except TimeoutError:
             raise UpstreamError(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
-        except httpx.TransportError as exc:
+        except AnswerTooLarge as exc:
+            raise too_large(exc.limit) from None
+        except TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
         self._trace(url, response.status)
         if not 200 <= response.status < 300:
@@ -178,13 +184,13 @@ class Upstream:
                 )
         except TimeoutError:
             raise UpstreamError(FailureKind.TIMEOUT, f"no response headers within {timeout:g}s") from None
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise _scrub(error_from_transport(exc), self.backend) from None
         self._trace(url, response.status)
         if not 200 <= response.status < 300:
             try:
-                answer = await response.read()
-            except httpx.TransportError:
+                answer = await response.read(self._limit)
+            except TransportError:
                 answer = b""
             finally:
                 response.close()
@@ -193,7 +199,7 @@ class Upstream:
         stream.headers = forwarded_headers(response.raw_headers)
         return stream
 
-    def _error(self, response: Response, body: bytes) -> UpstreamError:
+    def _error(self, response: Answer, body: bytes) -> UpstreamError:
         """The error for a non-2xx answer, key masked, with the headers the app should see if it gets it."""
         error = _scrub(error_from_response(response.status, response.headers, body), self.backend)
         error.headers = forwarded_headers(response.raw_headers)
@@ -205,13 +211,13 @@ class Upstream:
         try:
             async with asyncio.timeout(timeout):
                 response = await self._pool.request("GET", wire.url, wire.headers)
-                await response.read()
+                await response.read(self._limit)
         except _TRANSPORT_ERRORS:
             return False
         return 200 <= response.status < 300
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the transport's connections."""
         await self._pool.aclose()
 
     def _trace(self, url: str, status: int) -> None:
@@ -235,7 +241,7 @@ class CompletionStream:
 
     __slots__ = ("_backend", "_error", "_parser", "_response", "_translator", "complete", "headers")
 
-    def __init__(self, response: Response, translator: StreamTranslator, backend: Backend) -> None:
+    def __init__(self, response: Answer, translator: StreamTranslator, backend: Backend) -> None:
         self._response = response
         self._translator = translator
         self._backend = backend
@@ -289,8 +295,8 @@ class CompletionStream:
         """Read one network chunk; the app-bound bytes of the events it completes (maybe none)."""
         try:
             chunk = await self._response.receive()
-        except httpx.TransportError as exc:
-            if not (isinstance(exc, httpx.ReadTimeout) and self._translator.settled):
+        except TransportError as exc:
+            if not (isinstance(exc, ReadTimeout) and self._translator.settled):
                 raise error_from_transport(exc) from None
             chunk = b""  # a complete answer whose upstream never sent its ending: finalised all the same
         if not chunk:

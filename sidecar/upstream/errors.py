@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
 from llmroute.sidecar.balancer.outcome import FailureKind
+from llmroute.sidecar.upstream import neterrors
 
 _MAX_MESSAGE = 300
 
@@ -239,18 +238,28 @@ def error_from_event(error: object, where: str) -> UpstreamError:
 
 
 def error_from_transport(exc: BaseException) -> UpstreamError:
-    """Classify an httpx transport failure (or our own asyncio timeout) by what it means for a retry."""
+    """Classify a transport failure (neterrors, or our own asyncio timeout) by what it means for a retry."""
     kind: FailureKind
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+    if isinstance(exc, neterrors.ConnectTimeout | neterrors.ConnectError):
         kind, what = FailureKind.CONNECT_FAILURE, "could not connect"
-    elif isinstance(exc, httpx.TimeoutException | TimeoutError):
+    elif isinstance(exc, neterrors.TransportTimeout | TimeoutError):
         kind, what = FailureKind.TIMEOUT, "timed out"
-    elif isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
+    elif isinstance(exc, neterrors.ProxyError):
+        kind, what = FailureKind.CONNECT_FAILURE, "could not reach the backend through the proxy"
+    elif isinstance(exc, neterrors.UnsupportedProtocol | neterrors.LocalProtocolError):
         kind, what = FailureKind.CONNECT_FAILURE, "could not send the request"
     else:
         kind, what = FailureKind.RESET, "connection lost"
     detail = str(exc).strip()
     return UpstreamError(kind, f"{what}: {detail}"[:_MAX_MESSAGE] if detail else what)
+
+
+def too_large(limit: int) -> UpstreamError:
+    """A whole answer larger than the sidecar's cap: returned to the app as a 502 (another backend would most
+    likely answer the same request as largely, so it is not retried), never held in memory."""
+    message = f"the backend's answer is larger than this sidecar's limit of {limit} bytes (--max-answer-bytes)"
+    detail = ErrorDetail(message, "api_error", "answer_too_large")
+    return UpstreamError(FailureKind.CLIENT_ERROR, message, status=502, detail=detail)
 
 
 def bad_body(status: int, why: str) -> UpstreamError:

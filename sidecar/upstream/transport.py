@@ -2,8 +2,9 @@
 
 httpx's default transport (httpcore) re-checks every pooled connection, with a poll() each, on every
 request: ~70% of the sidecar's CPU under load. This pool pops the most recently used idle connection
-instead and checks its age only then. Failures are raised as the httpx exceptions that
-`errors.error_from_transport` classifies (ConnectError/ConnectTimeout, ReadTimeout, ReadError, ...).
+instead and checks its age only then. Calls go direct or through the egress proxy (a CONNECT tunnel for https,
+absolute-form requests for http), at most `max_connections` open per origin. Failures are raised as the
+project's own classes (neterrors), which `errors.error_from_transport` classifies.
 """
 
 from __future__ import annotations
@@ -12,12 +13,28 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 import httpx
+
+from llmroute.sidecar.upstream.egress import Egress, Proxy
+from llmroute.sidecar.upstream.neterrors import (
+    AnswerTooLarge,
+    ConnectError,
+    ConnectTimeout,
+    LocalProtocolError,
+    PoolTimeout,
+    ProxyError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    TransportError,
+    UnsupportedProtocol,
+)
+from llmroute.sidecar.upstream.tunnel import open_tunnel
 
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection may wait for reuse; older ones are closed at checkout
 MAX_IDLE = 256  # idle connections kept per origin
@@ -39,14 +56,14 @@ class Target:
 
 
 def parse_target(url: str) -> Target:
-    """Split an http(s) URL; httpx.UnsupportedProtocol for anything else."""
+    """Split an http(s) URL; UnsupportedProtocol for anything else."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise httpx.UnsupportedProtocol(f"invalid URL: {exc}") from None
+        raise UnsupportedProtocol(f"invalid URL: {exc}") from None
     scheme = parsed.scheme
     if scheme not in _DEFAULT_PORTS or not parsed.host:
-        raise httpx.UnsupportedProtocol(f"not an http(s) URL: {scheme or 'no scheme'}")
+        raise UnsupportedProtocol(f"not an http(s) URL: {scheme or 'no scheme'}")
     host = parsed.raw_host
     if b":" in host:  # IPv6 literal
         host = b"[" + host + b"]"
@@ -57,19 +74,28 @@ def parse_target(url: str) -> Target:
 
 
 def request_head(
-    method: str, target: Target, headers: Mapping[str, str], body: bytes, fixed: bytes = _FIXED_HEADERS
+    method: str,
+    target: Target,
+    headers: Mapping[str, str],
+    body: bytes,
+    fixed: bytes = _FIXED_HEADERS,
+    via: _Via | None = None,
 ) -> bytes:
-    """The request line and headers (`fixed` first: ours for backend calls, none when relaying an app's own);
-    httpx.LocalProtocolError if a header could split the request."""
+    """The request line and headers (`fixed` first: ours for backend calls, none when relaying an app's own;
+    absolute-form with the proxy's credentials when `via` is a proxy's); LocalProtocolError if a header could
+    split the request."""
     lines = [method.encode("ascii"), b" ", target.path, b" HTTP/1.1\r\nhost: ", target.host, b"\r\n", fixed]
+    if via is not None:
+        lines[2] = via.prefix + target.path
+        lines.append(via.extra)
     for name, value in headers.items():
         line = f"{name}: {value}\r\n"
         if "\r" in line[:-2] or "\n" in line[:-2]:
-            raise httpx.LocalProtocolError(f"header {name!r} holds a line break")
+            raise LocalProtocolError(f"header {name!r} holds a line break")
         try:
             lines.append(line.encode("latin-1"))
         except UnicodeEncodeError:
-            raise httpx.LocalProtocolError(f"header {name!r} is not latin-1") from None
+            raise LocalProtocolError(f"header {name!r} is not latin-1") from None
     if body or method == "POST":
         lines.append(b"content-length: %d\r\n" % len(body))
     lines.append(b"\r\n")
@@ -80,14 +106,29 @@ class _Unsolicited(Exception):
     """Bytes after the answer we asked for: the connection is out of step and must not be reused."""
 
 
-class _NotSent(httpx.ReadError):
+@dataclass(frozen=True, slots=True)
+class _Via:
+    """How one origin is reached: directly, or through a proxy (`tunnel` for https; else absolute-form with
+    `prefix` = scheme://host:port before the path and `extra` = the proxy's credentials header)."""
+
+    proxy: Proxy
+    tunnel: bool = False
+    prefix: bytes = b""
+    extra: bytes = b""
+
+
+_UNKNOWN: Any = object()  # an origin's _Via not looked up yet (None means direct)
+
+
+class _NotSent(ReadError):
     """The connection was closed before the request was written: it provably never reached the server."""
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: the socket, httptools' parser, and the state of the current answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, gone: Callable[[], None] | None = None) -> None:
+        self.gone = gone  # called once when the connection closes, whoever closes it (frees its slot in the pool)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -110,7 +151,7 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.paused = False
-        self.error: httpx.TransportError | None = None
+        self.error: TransportError | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,24 +169,25 @@ class _Connection(asyncio.Protocol):
                 raise
             self.close()
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed answer from upstream: {exc}"))
+            self._fail(RemoteProtocolError(f"malformed answer from upstream: {exc}"))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._gone()
         if not self.active or self.complete or self.error is not None:
             return
         if exc is not None:
-            self._fail(httpx.ReadError(f"connection lost: {exc}" if str(exc) else "connection reset"))
+            self._fail(ReadError(f"connection lost: {exc}" if str(exc) else "connection reset"))
         elif self.head_done and not self.delimited:
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
         elif self.head_done:
-            self._fail(httpx.RemoteProtocolError("upstream closed the connection in the middle of the body"))
+            self._fail(RemoteProtocolError("upstream closed the connection in the middle of the body"))
         else:
-            self._fail(httpx.RemoteProtocolError("upstream closed the connection without an answer"))
+            self._fail(RemoteProtocolError("upstream closed the connection without an answer"))
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -189,17 +231,17 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, error: httpx.TransportError) -> None:
+    def _fail(self, error: TransportError) -> None:
         self.error = error
         self._wake()
         self.close()
 
     def _time_out(self, waiter: asyncio.Future[None], read_timeout: float) -> None:
         if not waiter.done():
-            waiter.set_exception(httpx.ReadTimeout(f"no data from upstream within {read_timeout:g}s"))
+            waiter.set_exception(ReadTimeout(f"no data from upstream within {read_timeout:g}s"))
 
     async def _wait(self, read_timeout: float | None) -> None:
-        """Until the parser has news (or the connection failed); httpx.ReadTimeout after `read_timeout`."""
+        """Until the parser has news (or the connection failed); ReadTimeout after `read_timeout`."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = None if read_timeout is None else loop.call_later(read_timeout, self._time_out, waiter, read_timeout)
@@ -212,8 +254,14 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._gone()
         if self.transport is not None:
             self.transport.close()
+
+    def _gone(self) -> None:
+        gone, self.gone = self.gone, None
+        if gone is not None:
+            gone()
 
     def take_body(self) -> bytes:
         """The body bytes that arrived and were not read yet; the socket is read again if they had paused it."""
@@ -296,7 +344,7 @@ class Response:
         self._timeout = seconds
 
     async def receive(self) -> bytes:
-        """The next piece of the body as it arrived (httpx.ReadTimeout after the read timeout); b"" at its end."""
+        """The next piece of the body as it arrived (ReadTimeout after the read timeout); b"" at its end."""
         connection = self._connection
         if connection is None:
             return b""
@@ -310,10 +358,15 @@ class Response:
             self._pool.release(self._origin, connection)
         return chunk
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; AnswerTooLarge (and the connection closed) once it passes `limit` bytes."""
         parts = []
+        size = 0
         while chunk := await self.receive():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.close()
+                raise AnswerTooLarge(limit)
             parts.append(chunk)
         return b"".join(parts)
 
@@ -331,7 +384,8 @@ class Response:
 
 
 class Pool:
-    """HTTP/1.1 keep-alive connections per origin, reused last-in first-out (no limit on open ones).
+    """HTTP/1.1 keep-alive connections per origin, reused last-in first-out, at most `max_connections` open
+    per origin (a call beyond that waits, within its connect timeout, for one to be freed).
 
     No background task: a connection idle longer than `keepalive_expiry` is closed when a checkout
     finds it, and one the server closed is skipped.
@@ -343,16 +397,31 @@ class Pool:
         max_idle: int = MAX_IDLE,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         ssl_context: ssl.SSLContext | None = None,
+        egress: Egress | None = None,
     ) -> None:
+        self._egress = egress if egress is not None else Egress()
         self._idle: dict[_Origin, deque[_Connection]] = {}
+        self._open: dict[_Origin, int] = {}
+        self._waiting: dict[_Origin, deque[asyncio.Future[_Connection | None]]] = {}
+        self._vias: dict[_Origin, _Via | None] = {}
         self._targets: dict[str, Target] = {}
         self._max_idle = max_idle
+        self._max_open = self._egress.max_connections
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"Pool(idle={sum(len(idle) for idle in self._idle.values())})"
+        return f"Pool(idle={sum(len(idle) for idle in self._idle.values())}, open={sum(self._open.values())})"
+
+    def open_connections(self, origin: _Origin) -> int:
+        """Connections open to `origin` now (in use or idle)."""
+        return self._open.get(origin, 0)
+
+    def _remember(self, url: str) -> Target:
+        """Parse a URL the first time it is asked for (backend URLs are few and fixed)."""
+        target = self._targets[url] = parse_target(url)
+        return target
 
     def request(
         self,
@@ -374,35 +443,50 @@ class Pool:
         """
         target = self._targets.get(url)
         if target is None:
-            target = self._targets[url] = parse_target(url)
-        data = request_head(method, target, headers, body) + body
-        keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
+            target = self._remember(url)
         # The coroutine of `send` itself, not one awaiting it: no extra frame on every backend call.
-        return self.send(
-            target, data, keep_alive=keep_alive, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )
+        return self.send(method, target, headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     async def send(
         self,
+        method: str,
         target: Target,
-        data: bytes,
+        headers: Mapping[str, str],
+        body: bytes = b"",
         *,
-        keep_alive: bool = True,
+        fixed: bytes = _FIXED_HEADERS,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
     ) -> Response:
-        """Send a request already encoded (head and body, for `target`) and return once the answer's head
-        arrived: `request` for callers that build their own head (a proxy relaying the app's headers)."""
-        connection = self._checkout(target.origin)
-        if connection is not None:
+        """`request` for an already parsed target and with the fixed headers given (b"" for a proxy relaying
+        an app's own headers); LocalProtocolError before anything is sent if a header could split the request."""
+        origin = target.origin
+        via = self._vias.get(origin, _UNKNOWN)
+        if via is _UNKNOWN:
+            via = self._vias[origin] = self._via(origin)
+        data = request_head(method, target, headers, body, fixed, via) + body
+        keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
+        while True:
+            connection = self._checkout(origin)
+            if connection is None:
+                connection = await self._acquire(origin, via, connect_timeout)
             try:
                 await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout)
-                return Response(self, target.origin, connection, read_timeout)
             except _NotSent:
-                pass
-        connection = await self._connect(target.origin, connect_timeout)
-        await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout)
-        return Response(self, target.origin, connection, read_timeout)
+                continue  # a reused connection found closed: the next idle one, or a new one
+            return Response(self, origin, connection, read_timeout)
+
+    def _via(self, origin: _Origin) -> _Via | None:
+        """How calls to `origin` go: None for direct."""
+        scheme, host, port = origin
+        proxy = self._egress.proxy_for(scheme, host, port)
+        if proxy is None:
+            return None
+        if scheme == "https":
+            return _Via(proxy, tunnel=True)
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        extra = f"proxy-authorization: {proxy.authorization}\r\n".encode() if proxy.authorization else b""
+        return _Via(proxy, prefix=f"http://{authority}".encode("ascii"), extra=extra)
 
     def _checkout(self, origin: _Origin) -> _Connection | None:
         """The most recently used live idle connection, closing the expired ones on the way."""
@@ -418,35 +502,106 @@ class Pool:
                 return connection
         return None
 
-    async def _connect(self, origin: _Origin, connect_timeout: float | None) -> _Connection:
+    async def _acquire(self, origin: _Origin, via: _Via | None, connect_timeout: float | None) -> _Connection:
+        """A new connection when the cap allows one, else the first connection (or slot) another call frees;
+        PoolTimeout if none is freed within `connect_timeout`."""
+        if self._open.get(origin, 0) >= self._max_open:
+            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(origin, deque()).append(waiter)
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    handed = await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():  # handed over as we gave up: pass it on
+                    got = waiter.result()
+                    if got is None:
+                        self._free(origin)
+                    else:
+                        self.release(origin, got)
+                if isinstance(exc, TimeoutError):
+                    busy = f"all {self._max_open} connections to {origin[1]}:{origin[2]} stayed busy"
+                    raise PoolTimeout(f"{busy} for {connect_timeout:g}s") from None
+                raise
+            if handed is not None:
+                return handed
+        else:
+            self._open[origin] = self._open.get(origin, 0) + 1  # the slot handed over is already counted
+        try:
+            return await self._connect(origin, via, connect_timeout)
+        except BaseException:
+            self._free(origin)
+            raise
+
+    def _free(self, origin: _Origin) -> None:
+        """A connection to `origin` closed: its slot goes to the first live waiter, else the count drops."""
+        if not self._hand_over(origin, None):
+            self._open[origin] -= 1
+
+    def _hand_over(self, origin: _Origin, connection: _Connection | None) -> bool:
+        """Give the first call still waiting for `origin` this connection (None: a free slot); False if none waits."""
+        waiting = self._waiting.get(origin)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+    async def _connect(self, origin: _Origin, via: _Via | None, connect_timeout: float | None) -> _Connection:
         scheme, host, port = origin
         tls = None
         if scheme == "https":
             if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()  # httpx's trust (certifi, SSL_CERT_FILE); built once
-                self._ssl.set_alpn_protocols(["http/1.1"])
+                self._ssl = self._egress.ssl_context()  # built once per pool
             tls = self._ssl
         loop = asyncio.get_running_loop()
+        proxy = via.proxy if via is not None else None
+        gone = _Slot(self, origin)
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
-                )
+                if via is None:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(gone), host, port, ssl=tls, server_hostname=host if tls else None
+                    )
+                elif not via.tunnel:
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: _Connection(gone), via.proxy.host, via.proxy.port
+                        )
+                    except OSError as exc:
+                        raise ProxyError(f"proxy {via.proxy}: {exc}") from None
+                else:
+                    sock = await open_tunnel(via.proxy, host, port)
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: _Connection(gone), sock=sock, ssl=tls, server_hostname=host
+                        )
+                    except BaseException:
+                        sock.close()
+                        raise
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from None
+            where = f"{host}:{port}" + (f" via proxy {proxy}" if proxy is not None else "")
+            raise ConnectTimeout(f"no connection to {where} within {connect_timeout:g}s") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
-            raise httpx.ConnectError(f"{host}:{port}: {exc}") from None
+            raise ConnectError(f"{host}:{port}: {exc}") from None
+        gone.armed = True
         return connection
 
     def release(self, origin: _Origin, connection: _Connection) -> None:
-        """Park a connection whose answer was read to its end, or close it if it cannot be reused."""
-        idle = self._idle.get(origin)
-        if idle is None:
-            idle = self._idle[origin] = deque()
-        if self._closed or not connection.reusable or len(idle) >= self._max_idle:
+        """Park a connection whose answer was read to its end (or hand it to a call waiting for one), or close
+        it if it cannot be reused."""
+        if self._closed or not connection.reusable:
             connection.close()
             return
         connection.active = False
+        if self._waiting.get(origin) and self._hand_over(origin, connection):
+            return
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = deque()
+        if len(idle) >= self._max_idle:
+            connection.close()
+            return
         connection.idle_since = time.monotonic()
         idle.append(connection)
 
@@ -457,3 +612,20 @@ class Pool:
             for connection in idle:
                 connection.close()
         self._idle.clear()
+
+
+class _Slot:
+    """A connection's `gone` callback: frees its slot in the pool, once the connection was fully made (until
+    then, a failed connect frees the slot itself)."""
+
+    __slots__ = ("armed", "origin", "pool")
+
+    def __init__(self, pool: Pool, origin: _Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.armed = False
+
+    def __call__(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.pool._free(self.origin)

@@ -14,8 +14,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from llmroute.operator.injection import InjectionConfig, sidecar_container
+from llmroute.operator.injection import InjectionConfig, inject_pod, sidecar_container
 from llmroute.sidecar.main import add_arguments
+from llmroute.sidecar.upstream.egress import Egress
 from tests.chart.conftest import CHART, Render
 
 K8S_VERSION = "1.30.0"
@@ -36,6 +37,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "injection.tls.certManager.issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
     },
     "monitoring": {"serviceMonitor.enabled": True, "dashboard.enabled": True},
+    "egress-proxy-and-ca": {
+        "injection.sidecar.egress": {
+            "httpsProxy": "http://proxy.corp:3128",
+            "noProxy": ".corp,10.0.0.0/8",
+            "caConfigMap": "corp-ca",
+        }
+    },
     "one-namespace-tls-no-injection": {
         "operator.watchNamespace": "shop",
         "controlPlane.tls.enabled": True,
@@ -223,6 +231,44 @@ def test_injected_sidecar_passes_through_to_the_public_apis_by_default(
     parser = argparse.ArgumentParser()
     add_arguments(parser)  # and the sidecar reads it as meant
     assert parser.parse_args([rendered]).passthrough == upstreams
+
+
+def test_injected_sidecar_gets_the_egress_proxy_and_ca(render: Render, tmp_path: Path) -> None:
+    egress = {
+        "httpsProxy": "http://proxy.corp:3128",
+        "noProxy": ".corp",
+        "caConfigMap": "corp-ca",
+        "caKey": "bundle.pem",
+    }
+    config = InjectionConfig.from_file(_injection_config(render({"injection.sidecar.egress": egress}), tmp_path))
+    pod = inject_pod({"metadata": {"name": "app"}, "spec": {"containers": [{"name": "app"}]}}, "shop", config)
+    assert pod is not None
+    [sidecar] = pod["spec"]["initContainers"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    control_host = config.control_plane.rpartition(":")[0]
+    assert env["HTTPS_PROXY"] == "http://proxy.corp:3128" and "HTTP_PROXY" not in env
+    assert env["NO_PROXY"] == f".corp,{control_host}"  # gRPC honours the proxy too: the operator stays direct
+    assert "--ca-bundle=/etc/llmroute/egress-ca/bundle.pem" in sidecar["args"]
+    assert {"name": "llmroute-egress-ca", "configMap": {"name": "corp-ca"}} in pod["spec"]["volumes"]
+    mounted = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
+    assert mounted["llmroute-egress-ca"] == "/etc/llmroute/egress-ca"
+    settings = Egress.from_environment(env)  # and the sidecar reads them as meant
+    assert str(settings.https_proxy) == "proxy.corp:3128"
+    assert settings.proxy_for("https", "api.openai.com", 443) is not None
+    assert settings.proxy_for("https", "llm.corp", 443) is None
+    assert settings.proxy_for("http", control_host, 9000) is None
+
+    defaults = InjectionConfig.from_file(_injection_config(render({}), tmp_path))
+    plain = sidecar_container(defaults)
+    assert not {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"} & {e["name"] for e in plain["env"]}
+    assert not any(a.startswith("--ca-bundle") for a in plain["args"])
+
+
+def _injection_config(objects: list[dict[str, Any]], tmp_path: Path) -> Path:
+    config_map = next(o for o in objects if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap")
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.json"
+    path.write_text(config_map["data"]["config.json"])
+    return path
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
