@@ -251,6 +251,7 @@ class Sidecar:
             max_body_bytes=args.max_body_bytes,
             error_body=server_error_body,
             read_timeout=args.read_timeout,
+            streams_body=Passthrough.streams if self.passthrough is not None else None,
         )
         self.admin_server = HTTPServer(
             AdminApp(self.router, self.metrics, source_problems=self._problems, draining=lambda: self.draining)

@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote
 
-from llmroute.http import Request, Response, StreamingResponse
+from llmroute.http import BodyError, Request, Response, StreamingResponse
 from llmroute.sidecar.accesslog import ABANDONED, AccessLog
 from llmroute.sidecar.errors import ProxyError
+from llmroute.sidecar.inbound import BY_PATH
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.upstream.egress import Egress
 from llmroute.sidecar.upstream.errors import Family
@@ -136,6 +138,12 @@ class Passthrough:
         self._access = access
         self.policy = PassthroughPolicy()
 
+    @staticmethod
+    def streams(path: str, headers: Mapping[str, str]) -> bool:
+        """Whether a request's body is relayed as it arrives rather than read whole first: on every path outside
+        the inbound table (uploads of any size); inbound paths need the whole JSON to find the model."""
+        return (unquote(path, encoding="latin-1") if "%" in path else path) not in BY_PATH
+
     def serves(self, family: Family) -> bool:
         """Whether requests of `family` have an upstream to go to."""
         return family in self._bases
@@ -176,13 +184,15 @@ class Passthrough:
                     request.method,
                     target,
                     request_headers(request.headers),
-                    request.body,
+                    request.body if request.body_stream is None else request.body_stream,
                     fixed=b"",
                     connect_timeout=CONNECT_TIMEOUT,
                     read_timeout=IDLE_TIMEOUT,
                 )
             except LocalProtocolError as exc:
                 raise ProxyError(400, f"cannot relay this request: {exc}", "invalid_request") from None
+            except BodyError as exc:  # the app's upload broke off; the upstream call was closed
+                raise ProxyError(408, f"the request body did not arrive in full: {exc}", "request_timeout") from None
             except TransportTimeout as exc:
                 raise ProxyError(504, f"passthrough upstream {host} timed out: {exc}", "upstream_timeout") from None
             except TransportError as exc:

@@ -212,7 +212,11 @@ class HTTPConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length")
         streams = self._ctx.streams_body
-        if streams is not None and streams(self._url.partition(b"?")[0].decode("latin-1"), self._headers):
+        if (
+            streams is not None
+            and (length not in (None, "0") or "transfer-encoding" in self._headers)  # a body to stream
+            and streams(self._url.partition(b"?")[0].decode("latin-1"), self._headers)
+        ):
             self._start_body_stream(None if length is None else int(length))
         elif length is not None and int(length) > self._ctx.max_body_bytes:
             self._abort(413, "request body too large")

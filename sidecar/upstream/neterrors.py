@@ -21,6 +21,10 @@ class ReadTimeout(TransportTimeout):
     """The answer's head, or its next body piece, did not come within the read timeout."""
 
 
+class WriteTimeout(TransportTimeout):
+    """The upstream stopped taking the request body."""
+
+
 class PoolTimeout(TransportTimeout):
     """Every connection the per-backend cap allows was busy for the whole connect timeout."""
 

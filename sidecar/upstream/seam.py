@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from llmroute.sidecar.upstream.egress import Egress
-from llmroute.sidecar.upstream.transport import Pool, Target
+from llmroute.sidecar.upstream.transport import Pool, StreamedBody, Target
 
 
 class Answer(Protocol):
@@ -65,13 +65,14 @@ class Transport(Protocol):
         method: str,
         target: Target,
         headers: Mapping[str, str],
-        body: bytes = b"",
+        body: bytes | StreamedBody = b"",
         *,
         fixed: bytes = ...,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
     ) -> Answer:
-        """A call to a parsed target, `fixed` headers first (b"" relays an app's headers untouched)."""
+        """A call to a parsed target, `fixed` headers first (b"" relays an app's headers untouched); a
+        StreamedBody is sent as it arrives, at the pace the upstream reads it."""
         ...
 
     async def aclose(self) -> None:

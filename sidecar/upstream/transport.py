@@ -13,9 +13,9 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 import httpx
@@ -33,6 +33,7 @@ from llmroute.sidecar.upstream.neterrors import (
     RemoteProtocolError,
     TransportError,
     UnsupportedProtocol,
+    WriteTimeout,
 )
 from llmroute.sidecar.upstream.tunnel import open_tunnel
 
@@ -73,11 +74,19 @@ def parse_target(url: str) -> Target:
     return Target(origin, parsed.raw_path, host)
 
 
+class StreamedBody(Protocol):
+    """A request body sent on as it arrives (a relayed upload): its Content-Length, None when chunked."""
+
+    length: int | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
 def request_head(
     method: str,
     target: Target,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | StreamedBody,
     fixed: bytes = _FIXED_HEADERS,
     via: _Via | None = None,
 ) -> bytes:
@@ -96,8 +105,13 @@ def request_head(
             lines.append(line.encode("latin-1"))
         except UnicodeEncodeError:
             raise LocalProtocolError(f"header {name!r} is not latin-1") from None
-    if body or method == "POST":
-        lines.append(b"content-length: %d\r\n" % len(body))
+    if isinstance(body, bytes):
+        if body or method == "POST":
+            lines.append(b"content-length: %d\r\n" % len(body))
+    elif body.length is not None:
+        lines.append(b"content-length: %d\r\n" % body.length)
+    else:
+        lines.append(b"transfer-encoding: chunked\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 
@@ -134,6 +148,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
         self._begin(keep_alive=False)
         self.active = False
 
@@ -174,9 +190,22 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
 
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._gone()
+        self._wake_writer()
         if not self.active or self.complete or self.error is not None:
             return
         if exc is not None:
@@ -277,14 +306,19 @@ class _Connection(asyncio.Protocol):
         """The answer was read to its end and both sides keep the connection alive."""
         return self.complete and self.keep_alive and not self.closed and not self.chunks
 
-    async def exchange(self, data: bytes, *, keep_alive: bool, read_timeout: float | None) -> None:
-        """Send a request and wait for the answer's status and headers (closing the connection on failure)."""
+    async def exchange(
+        self, data: bytes, *, keep_alive: bool, read_timeout: float | None, body: StreamedBody | None = None
+    ) -> None:
+        """Send a request (`data`, then `body` as it arrives) and wait for the answer's status and headers
+        (closing the connection on failure)."""
         self._begin(keep_alive=keep_alive)
         assert self.transport is not None
         try:
             if self.closed:
                 raise _NotSent("connection closed before the request was sent")
             self.transport.write(data)
+            if body is not None:
+                await self._send_body(self.transport, body, read_timeout)
             while not self.head_done:
                 if self.error is not None:
                     raise self.error
@@ -292,6 +326,26 @@ class _Connection(asyncio.Protocol):
         except BaseException:
             self.close()
             raise
+
+    async def _send_body(self, transport: asyncio.Transport, body: StreamedBody, stall: float | None) -> None:
+        """Write `body` as it arrives (chunked when its length is unknown), at the pace the upstream reads it
+        (WriteTimeout if it takes none of it for `stall` seconds); stop early if the answer or a failure comes first
+        (the connection is then not reused)."""
+        chunked = body.length is None
+        async for piece in body:
+            if self.head_done or self.error is not None or self.closed:
+                self.keep_alive = False  # the rest of the body was never sent: this connection is done
+                return
+            if piece:
+                transport.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                while self._write_paused and not self.closed:
+                    self._drain_waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await asyncio.wait_for(self._drain_waiter, stall)
+                    except TimeoutError:
+                        raise WriteTimeout(f"upstream took none of the request body for {stall:g}s") from None
+        if chunked:
+            transport.write(b"0\r\n\r\n")
 
     async def receive(self, read_timeout: float | None) -> bytes:
         """All of the body that has arrived and not been read yet (waiting for some if none has); b"" at its
@@ -452,7 +506,7 @@ class Pool:
         method: str,
         target: Target,
         headers: Mapping[str, str],
-        body: bytes = b"",
+        body: bytes | StreamedBody = b"",
         *,
         fixed: bytes = _FIXED_HEADERS,
         connect_timeout: float | None = None,
@@ -464,14 +518,19 @@ class Pool:
         via = self._vias.get(origin, _UNKNOWN)
         if via is _UNKNOWN:
             via = self._vias[origin] = self._via(origin)
-        data = request_head(method, target, headers, body, fixed, via) + body
+        data = request_head(method, target, headers, body, fixed, via)
+        streamed = None
+        if isinstance(body, bytes):
+            data += body
+        else:
+            streamed = body
         keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
         while True:
             connection = self._checkout(origin)
             if connection is None:
                 connection = await self._acquire(origin, via, connect_timeout)
             try:
-                await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout)
+                await connection.exchange(data, keep_alive=keep_alive, read_timeout=read_timeout, body=streamed)
             except _NotSent:
                 continue  # a reused connection found closed: the next idle one, or a new one
             return Response(self, origin, connection, read_timeout)

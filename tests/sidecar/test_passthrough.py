@@ -99,6 +99,7 @@ async def setup(
     passthrough: str | None = None,
     upstream_port: int | None = None,
     provider: str = "openai",
+    extra: tuple[str, ...] = (),
 ) -> AsyncIterator[Setup]:
     upstream = await RawServer(reply).start()
     backend = await RawServer(answer).start()
@@ -118,7 +119,7 @@ async def setup(
         ],
     }
     origin = f"http://127.0.0.1:{upstream_port or upstream.port}"
-    argv = ["--secrets-dir", str(tmp_path / "secrets")]
+    argv = ["--secrets-dir", str(tmp_path / "secrets"), *extra]
     argv += ["--passthrough", passthrough or f"openai={origin}/v1,anthropic={origin}"]
     try:
         async with sidecar_for(tmp_path, spec, argv) as sidecar:
@@ -431,6 +432,62 @@ async def test_an_audio_upload_passes_through_byte_for_byte(tmp_path: Path) -> N
         assert got.target == "/v1/audio/transcriptions" and got.body == s.sent[-1] and audio in got.body
         assert got.headers["content-type"].startswith("multipart/form-data; boundary=")
         assert got.headers["authorization"] == f"Bearer {APP_KEY}"
+
+
+async def test_an_upload_larger_than_max_body_bytes_is_relayed_as_it_arrives(tmp_path: Path) -> None:
+    async def transcript(received: Received, responder: Responder) -> None:
+        await responder.json(200, {"text": f"{len(received.body)} bytes"})
+
+    async with setup(tmp_path, transcript, extra=("--max-body-bytes", "65536")) as s, s.openai() as client:
+        audio = bytes(range(256)) * 8192  # 2 MiB: 32 times the limit on routed bodies
+        answer = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio, "audio/wav"))
+        [got] = s.upstream.received
+        assert answer.text == f"{len(got.body)} bytes" and got.body == s.sent[-1] and audio in got.body
+        # A routed API still reads its JSON whole, within the limit.
+        big = [{"role": "user", "content": "x" * 100_000}]
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(model="chat", messages=big)
+        assert refused.value.status_code == 413
+
+
+async def test_an_upload_reaches_the_upstream_before_the_app_has_sent_all_of_it(tmp_path: Path) -> None:
+    first_half = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        seen["chunked"] = "transfer-encoding: chunked" in head
+        body = await reader.readexactly(1000) if not seen["chunked"] else b""
+        first_half.set()
+        if seen["chunked"]:
+            body = await reader.readuntil(b"\r\n0\r\n\r\n")
+        else:
+            body += await reader.readexactly(1000)
+        seen["body"] = body
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with setup(tmp_path, upstream_port=port) as s:
+            for framing in (b"content-length: 2000", b"transfer-encoding: chunked"):
+                first_half.clear()
+                reader, writer = await asyncio.open_connection("127.0.0.1", s.sidecar.app_server.port)
+                chunked = framing.startswith(b"transfer")
+                writer.write(b"POST /v1/files HTTP/1.1\r\nhost: x\r\n%s\r\n\r\n" % framing)
+                writer.write(b"3e8\r\n" + b"a" * 1000 + b"\r\n" if chunked else b"a" * 1000)
+                # The upstream has the first half while the app still holds the second.
+                await asyncio.wait_for(first_half.wait(), 30)
+                writer.write(b"3e8\r\n" + b"b" * 1000 + b"\r\n0\r\n\r\n" if chunked else b"b" * 1000)
+                status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 30)
+                assert status.startswith(b"HTTP/1.1 200")
+                assert seen["chunked"] is chunked  # relayed with the framing the app chose
+                assert b"a" * 1000 in seen["body"] and b"b" * 1000 in seen["body"]
+                writer.close()
+    finally:
+        server.close()
 
 
 async def test_an_app_that_leaves_before_the_answer_closes_the_upstream_call(tmp_path: Path) -> None:
