@@ -20,6 +20,7 @@ from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
+from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
 
 PRIORITIES = ("critical", "normal", "batch")
@@ -104,7 +105,7 @@ class SidecarApp:
         """The body, its routing facts, route, priority and deadline; None for a model no route names that
         passthrough carries; ProxyError for anything malformed or unrouted."""
         try:
-            body = json.loads(request.body)
+            body = json_loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
         except RecursionError:

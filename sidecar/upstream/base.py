@@ -47,15 +47,30 @@ def wants_usage(request: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""json.dumps(value, separators=(",", ":")) without building an encoder for every call."""
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     """One app-bound SSE event."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + compact_json(payload).encode() + b"\n\n"
+
+
+_decode = json.JSONDecoder().decode
+
+
+def json_loads(body: bytes) -> Any:
+    """json.loads(body), without its encoding detection for the usual case: an object in UTF-8 (a `{` then a
+    byte that is not 0, which json.detect_encoding reads as UTF-8 too)."""
+    if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
+        return _decode(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
     """`body` decoded as a JSON object, or None."""
     try:
-        doc = json.loads(body)
+        doc = json_loads(body)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None

@@ -376,7 +376,10 @@ class Pool:
         if target is None:
             target = self._targets[url] = parse_target(url)
         data = request_head(method, target, headers, body) + body
-        keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
+        keep_alive = True
+        for name, value in headers.items():  # a loop, not all(genexpr): no generator on every backend call
+            if name.lower() == "connection" and value.lower() == "close":
+                keep_alive = False
         # The coroutine of `send` itself, not one awaiting it: no extra frame on every backend call.
         return self.send(
             target, data, keep_alive=keep_alive, connect_timeout=connect_timeout, read_timeout=read_timeout
