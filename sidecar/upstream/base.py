@@ -56,15 +56,25 @@ def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + compact_json(payload).encode() + b"\n\n"
 
 
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
 
 
 def json_loads(body: bytes) -> Any:
-    """json.loads(body), without its encoding detection for the usual case: an object in UTF-8 (a `{` then a
-    byte that is not 0, which json.detect_encoding reads as UTF-8 too)."""
-    if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
-        return _decode(body.decode("utf-8", "surrogatepass"))
-    return json.loads(body)
+    """json.loads(body), with a short way for the usual case, an object in UTF-8 from its first byte to its
+    last: no encoding detection (a `{` then a byte that is not 0 is UTF-8 to json.detect_encoding too) and
+    no white-space scans around it. Anything else, errors included, takes json's own way."""
+    if body[:1] != b"{" or body[1:2] in (b"", b"\x00"):
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass")
+    if text[-1] == "}":
+        try:
+            doc, end = _decoder.scan_once(text, 0)
+        except (StopIteration, ValueError):
+            pass  # decode() below raises the error json.loads would
+        else:
+            if end == len(text):
+                return doc
+    return _decoder.decode(text)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
