@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from typing import Any, Protocol
 
 from llmroute.sidecar.upstream.errors import bad_body
@@ -57,6 +58,8 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 _decoder = json.JSONDecoder()
+# What _decoder.decode itself scans with (JSONDecoder.__init__ makes it so; typeshed types the argument oddly).
+_scan_once = make_scanner(_decoder)  # type: ignore[arg-type]
 
 
 def json_loads(body: bytes) -> Any:
@@ -68,7 +71,7 @@ def json_loads(body: bytes) -> Any:
     text = body.decode("utf-8", "surrogatepass")
     if text[-1] == "}":
         try:
-            doc, end = _decoder.scan_once(text, 0)
+            doc, end = _scan_once(text, 0)
         except (StopIteration, ValueError):
             pass  # decode() below raises the error json.loads would
         else:
