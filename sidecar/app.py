@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
@@ -21,6 +21,7 @@ from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
+from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
 
 PRIORITIES = ("critical", "normal", "batch")
@@ -126,7 +127,7 @@ class SidecarApp:
         """The body, its routing facts, route, priority and deadline; None for a model no route names that
         passthrough carries; ProxyError for anything malformed or unrouted."""
         try:
-            body = json.loads(request.body)
+            body = json_loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProxyError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
         except RecursionError:
@@ -364,9 +365,12 @@ class _Relay(AsyncGenerator[bytes, None]):
         self._steps = steps
         self._unstarted: Callable[[], Awaitable[None]] | None = unstarted
 
-    async def asend(self, value: None) -> bytes:
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        return self.asend(None)  # the step itself, not a coroutine awaiting it: one frame less per chunk
+
+    def asend(self, value: None) -> Coroutine[Any, Any, bytes]:
         self._unstarted = None  # from now on the relay's own finally cleans up
-        return await self._steps.asend(value)
+        return self._steps.asend(value)
 
     async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
         await self._close_unstarted()

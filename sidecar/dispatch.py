@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,9 +212,7 @@ class Dispatcher:
             while attempts.running:
                 now = time.monotonic()
                 wake = min(call.deadline, hedge_at, failover_at)
-                done, _ = await asyncio.wait(
-                    attempts.running, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED
-                )
+                done = await _first_done(attempts.running, max(wake - now, 0))
                 for task in done:
                     candidate = attempts.running.pop(task)
                     error = task.exception()
@@ -531,7 +529,7 @@ class _Attempts:
     def start(self, candidate: Candidate) -> None:
         """Send the call to `candidate`."""
         self._call.attempts += 1
-        task = asyncio.ensure_future(self._dispatcher.attempt(self._call, candidate))
+        task = asyncio.get_running_loop().create_task(self._dispatcher.attempt(self._call, candidate))
         self.running[task] = candidate
 
     def next_candidate(self, after: UpstreamError | None) -> Candidate | None:
@@ -565,6 +563,8 @@ class _Attempts:
         now = time.monotonic()
         remaining = call.deadline - now
         busy = {c.name for c in self.running.values()}
+        if len(busy) == len(self._plan):
+            return None  # every backend of the plan is answering this call already
         tried = {name for name, _ in call.errors}
         barred = {name for name, e in call.errors if e.kind in _NEVER_AGAIN}
         fresh = [c for c in self._plan if c.name not in tried]
@@ -598,6 +598,28 @@ def _shadow_api(upstream: Upstream) -> Api:
     request did not go to."""
     apis = upstream.backend.apis
     return next(api for api in PREFERENCE if api in apis)
+
+
+async def _first_done(tasks: Collection[asyncio.Task[Answer]], timeout: float) -> list[asyncio.Task[Answer]]:  # noqa: ASYNC109
+    """The tasks done once one of them is (or `timeout` seconds have passed): asyncio.wait(FIRST_COMPLETED)
+    without the checks and sets it makes around that, once a request or more."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout, wake, None)
+    for task in tasks:
+        task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for task in tasks:
+            task.remove_done_callback(wake)
+    return [task for task in tasks if task.done()]
 
 
 def _loop_deadline(deadline: float) -> float:

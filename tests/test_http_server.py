@@ -98,6 +98,24 @@ async def test_repeated_headers_are_joined_as_one_list(serve: ServerFactory) -> 
     assert (seen["accept"], seen["cookie"]) == ("a/b, c/d", "x=1; y=2")
 
 
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout_counted_from_its_last_answer(
+    serve: ServerFactory,
+) -> None:
+    server = await serve(keepalive_timeout=1.0)
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    # Requests 0.2 s apart for 2 s in all: longer than the timeout, but the connection never idles that long.
+    for _ in range(10):
+        writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert (status, headers.get("connection")) == (200, None)
+        await asyncio.sleep(0.2)
+    last_answer = loop.time() - 0.2
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed it once idle for 1 s
+    assert loop.time() - last_answer >= 0.9
+    writer.close()
+
+
 async def test_connection_close_and_http10_end_the_connection(serve: ServerFactory) -> None:
     server = await serve()
     for request in (b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", b"GET /x HTTP/1.0\r\n\r\n"):

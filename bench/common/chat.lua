@@ -1,7 +1,8 @@
 -- wrk script: POST one request per call, then print exact figures as one JSON line.
 -- BENCH_API chooses the body: chat (default, an OpenAI chat completion), embeddings, messages
 -- (Anthropic Messages, with anthropic-version) or responses (OpenAI Responses); the URL gives the path. BENCH_MODEL sets the model
--- (default "bench"); BENCH_STREAM=1 asks a chat completion for a streamed answer.
+-- (default "bench"); BENCH_STREAM=1 asks a chat completion for a streamed answer. BENCH_THINK_MS makes each
+-- connection wait that long between an answer and its next request (not counted in the latencies).
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local model = os.getenv("BENCH_MODEL") or "bench"
@@ -18,6 +19,13 @@ elseif api == "messages" then
 else
   wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":' .. prompt .. '}]'
     .. (stream and ',"stream":true' or '') .. '}'
+end
+
+local think = tonumber(os.getenv("BENCH_THINK_MS") or "")
+if think then
+  function delay()
+    return think
+  end
 end
 
 function done(summary, latency, requests)

@@ -1,5 +1,6 @@
-"""`python -m bench.overhead.instructions [LLMROUTE ...]`: CPU instructions per chat request in the sidecar,
-counted by valgrind's callgrind, for the 0 ms and the 50 ms backend of bench/overhead.
+"""`python -m bench.overhead.instructions [LLMROUTE ...]`: CPU instructions per request in the sidecar, counted
+by valgrind's callgrind: chat (JSON from a 0 ms and a 50 ms backend, and streamed), embeddings and Anthropic
+Messages, each against the nginx backends of bench/overhead.
 
 Instruction counts do not depend on what else the machine is doing, so two builds (this one and, say, an
 earlier commit's virtualenv) compare exactly where timings on a shared 2-core machine cannot.
@@ -10,39 +11,80 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import nginx, procs
 from bench.overhead.__main__ import ROUTES
 
-WARMUP = 50
-MEASURED = 200
-MODELS = {"chat": "bench", "chat-50ms": "bench-slow"}
+WARMUP = 200
+MEASURED = 1000
+"""Enough requests that the garbage collector's occasional full passes average out. With 200 and a random hash
+seed, counts of one build varied by 2% from run to run; with these and a fixed seed, by about 1.5%: the
+sidecar's periodic loops (ejection probes, the route file check) run meanwhile, as often as valgrind's pace
+lets them."""
+_PROMPT = "Say hello in one short sentence."
+_CHAT = {"model": "bench", "messages": [{"role": "user", "content": _PROMPT}]}
+STREAM_ROUTE = """\
+apiVersion: llmroute.io/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-stream, namespace: bench}}
+spec:
+  models: [bench]
+  backends: [{{name: nginx, provider: openai, url: "http://127.0.0.1:{port}/v1", model: bench-model}}]
+"""
 
 
-def count(llmroute: Path, model: str, routes: Path, workdir: Path, flags: list[str]) -> float:
-    """Instructions per request of `llmroute sidecar` (run under callgrind) serving `model` one at a time."""
+@dataclass(frozen=True)
+class Workload:
+    """One kind of request: its path and body, and which route of bench/overhead's (by position) serves it."""
+
+    path: str
+    body: dict[str, Any]
+    route: int
+    """Index into bench/overhead's ROUTES; -1: the stream route (STREAM_ROUTE) on the SSE backend."""
+
+
+WORKLOADS = {
+    "chat": Workload("/v1/chat/completions", _CHAT, 0),
+    "chat-50ms": Workload("/v1/chat/completions", {**_CHAT, "model": "bench-slow"}, 1),
+    "chat-stream": Workload("/v1/chat/completions", {**_CHAT, "stream": True}, -1),
+    "embeddings": Workload("/v1/embeddings", {"model": "bench-embed", "input": _PROMPT}, 2),
+    "messages": Workload(
+        "/v1/messages",
+        {"model": "bench-claude", "max_tokens": 64, "messages": [{"role": "user", "content": _PROMPT}]},
+        3,
+    ),
+}
+
+
+def count(llmroute: Path, name: str, routes: Path, workdir: Path, tag: str, flags: list[str]) -> float:
+    """Instructions per request of `llmroute sidecar` (run under callgrind) serving workload `name` one at a
+    time; the callgrind output is `workdir/callgrind-TAG-NAME.out*` (callgrind_annotate shows where they go)."""
+    workload = WORKLOADS[name]
     port, admin = procs.free_port(), procs.free_port()
-    out = workdir / f"callgrind-{model}.out"
+    out = workdir / f"callgrind-{tag}-{name}.out"
     python = llmroute.with_name("python")
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", str(python)]
     argv += [str(llmroute), "sidecar", "--routes", str(routes), "--listen", f"127.0.0.1:{port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", *flags]
-    sidecar = procs.start(f"sidecar-{model}", argv, workdir)
+    # One hash seed for every run: dict and set layouts, and so the instructions, then repeat exactly.
+    sidecar = procs.start(f"sidecar-{name}", argv, workdir, env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         procs.wait_port(sidecar, port, timeout=300)  # valgrind starts Python slowly
-        body = json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
-        )
+        body = json.dumps(workload.body)
+        headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
         def one() -> None:
-            connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+            connection.request("POST", workload.path, body, headers)
             answer = connection.getresponse()
             answer.read()
             assert answer.status == 200, answer.status
@@ -60,7 +102,7 @@ def count(llmroute: Path, model: str, routes: Path, workdir: Path, flags: list[s
         sidecar.stop()
     totals = [
         int(line.split()[1])
-        for dump in workdir.glob(f"callgrind-{model}.out*")
+        for dump in workdir.glob(f"{out.name}*")
         for line in dump.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
     ]
@@ -76,24 +118,35 @@ def main(argv: list[str] | None = None) -> int:
         default=[Path(sys.executable).with_name("llmroute")],
         help="llmroute executables of the builds to count (default: this virtualenv's)",
     )
-    parser.add_argument("--workloads", default="chat,chat-50ms", help="chat, chat-50ms or both")
+    parser.add_argument(
+        "--workloads",
+        default="chat,chat-50ms,chat-stream",
+        help=f"comma list of {', '.join(WORKLOADS)} (embeddings and messages need a build that has those APIs)",
+    )
+    parser.add_argument("--keep", type=Path, help="a directory to keep the callgrind outputs in")
     parser.add_argument(
         "--sidecar-flags", default="", metavar="FLAGS", help="more flags for the sidecars, e.g. '--access-log off'"
     )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        workdir = Path(tmp)
-        port = procs.free_port()
-        backend = nginx.start("backend", workdir, nginx.api_backend(port, slow=True), modules=(nginx.ECHO_MODULE,))
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        port, stream_port = procs.free_port(), procs.free_port()
+        servers = nginx.api_backend(port, slow=True) + nginx.stream_backend(stream_port)
+        backend = nginx.start("backend", workdir, servers, modules=(nginx.ECHO_MODULE,))
         try:
             procs.wait_port(backend, port)
-            routes = workdir / "routes.yaml"  # the two chat routes, which every build can parse
-            routes.write_text("---".join(ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")[:2]))
-            for build in args.builds:
-                for workload in args.workloads.split(","):
-                    per_request = count(build, MODELS[workload], routes, workdir, shlex.split(args.sidecar_flags))
-                    print(f"{build}  {workload:<10} {per_request:,.0f} instructions per request", flush=True)
+            procs.wait_port(backend, stream_port)
+            routes = ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")
+            for index, build in enumerate(args.builds):
+                for name in args.workloads.split(","):
+                    route = WORKLOADS[name].route
+                    # Each sidecar gets only its workload's route, so an older build need parse no other.
+                    path = workdir / f"routes-{name}.yaml"
+                    path.write_text(STREAM_ROUTE.format(port=stream_port) if route < 0 else routes[route])
+                    per_request = count(build, name, path, workdir, str(index), shlex.split(args.sidecar_flags))
+                    print(f"{build}  {name:<11} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
     return 0

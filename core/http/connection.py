@@ -124,6 +124,8 @@ class HTTPConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._keepalive = False  # _timer is the keep-alive timer, which outlives requests (see _idle)
+        self._idle_since: float | None = None  # loop time the connection began waiting for a request
         self._lost: asyncio.Future[None] | None = None  # created only when someone waits for it
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._ctx.draining:
             self._transport.close()
         else:
-            self._set_timer(self._ctx.keepalive_timeout)
+            self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -161,7 +163,7 @@ class HTTPConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(*self._error)
             return
-        if self._in_message and self._timer is None and self._active is None:
+        if self._in_message and (self._timer is None or self._keepalive) and self._active is None:
             # Part of a request: the rest must follow within read_timeout, or a slow sender holds us for ever.
             # (Requests that arrive whole in one read, nearly all of them, never set this timer.) One pipelined
             # behind a response is timed once that response is done, as we may not be reading its bytes.
@@ -188,7 +190,9 @@ class HTTPConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._set_timer(None)
+        self._idle_since = None
+        if not self._keepalive:
+            self._set_timer(None)
         self._in_message = True
         self._url = b""
         self._headers = {}
@@ -201,7 +205,9 @@ class HTTPConnection(asyncio.Protocol):
         self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value))
+        self._head_size += len(name) + len(value)  # _grow_head, inlined: it runs for every header
+        if self._head_size > _MAX_HEAD_BYTES:
+            self._abort(431, "request headers too large")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
@@ -236,7 +242,8 @@ class HTTPConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._set_timer(None)
+        if self._timer is not None and not self._keepalive:
+            self._set_timer(None)
         self._in_message = False
         if self._body_stream is not None:  # its request is with the handler already
             self._body_stream.finish()
@@ -333,7 +340,7 @@ class HTTPConnection(asyncio.Protocol):
                 if self._in_message:
                     self._set_timer(self._ctx.read_timeout, self._read_timed_out)
                 else:
-                    self._set_timer(self._ctx.keepalive_timeout)
+                    self._idle()
             self._ctx.note_change()
 
     async def _respond(self, exchange: _Exchange) -> bool:
@@ -449,7 +456,28 @@ class HTTPConnection(asyncio.Protocol):
         """Run `then` (default: close) after `delay` seconds, replacing any timer set before; None: no timer."""
         if self._timer is not None:
             self._timer.cancel()
+        self._keepalive = False
         self._timer = None if delay is None else self._loop.call_later(delay, then or self._transport.close)
+
+    def _idle(self) -> None:
+        """The connection waits for a request: close it after keepalive_timeout of that. The timer is not
+        cancelled when a request comes, nor set again for every request: when it fires, it closes the
+        connection or, if requests came meanwhile, sets itself for what is left of the current wait."""
+        self._idle_since = self._loop.time()
+        if not self._keepalive:
+            self._set_timer(self._ctx.keepalive_timeout, self._keepalive_due)
+            self._keepalive = True
+
+    def _keepalive_due(self) -> None:
+        self._timer, self._keepalive = None, False
+        if self._idle_since is None:
+            return  # a request is on its way in or being answered; its end calls _idle again
+        left = self._idle_since + self._ctx.keepalive_timeout - self._loop.time()
+        if left > 0:
+            self._set_timer(left, self._keepalive_due)
+            self._keepalive = True
+        else:
+            self._transport.close()
 
     def _read_timed_out(self) -> None:
         if self._parsing and self._in_message:

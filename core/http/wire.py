@@ -72,8 +72,13 @@ def connection_line(keep_alive: bool, http11: bool) -> bytes:
 def encode(status: int, content_type: str, headers: list[tuple[str, str]], framing: bytes, body: bytes = b"") -> bytes:
     """Status line, headers, blank line and `body` as one bytes object (one write, one syscall)."""
     parts = [_status_line(status), _date.get(), _content_type_line(content_type), framing]
-    for name, value in headers:
-        parts.append(_header_line(name, value))
+    if headers:
+        # All lines at once: each ends in CR LF, so as many CRs and LFs as lines means no value holds one.
+        text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        if text.count("\r") != len(headers) or text.count("\n") != len(headers):
+            for name, value in headers:
+                _header_line(name, value)  # raises, naming the header
+        parts.append(text.encode("latin-1"))
     parts.append(b"\r\n")
     parts.append(body)
     return b"".join(parts)

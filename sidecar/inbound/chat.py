@@ -8,20 +8,23 @@ from llmroute.model import Api
 from llmroute.sidecar.inbound.base import CHARS_PER_TOKEN, Inbound, Parsed, invalid, output_limit, require_model
 from llmroute.sidecar.upstream.base import DONE
 
+_CAPABILITY_FIELDS = frozenset({"n", "logprobs", "top_logprobs", "tools", "functions", "response_format"})
+
 
 def needed_capabilities(body: dict[str, Any]) -> frozenset[str]:
     """What a backend must support to serve this request: tools, vision (image parts), json, and the wire
     features n>1 and logprobs (see Backend.serves)."""
     needs = set()
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        needs.add("n>1")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        needs.add("logprobs")
-    if body.get("tools") or body.get("functions"):
-        needs.add("tools")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-        needs.add("json")
+    if not _CAPABILITY_FIELDS.isdisjoint(body):  # most requests set none of them: one check, not six
+        if isinstance(body.get("n"), int) and body["n"] > 1:
+            needs.add("n>1")
+        if body.get("logprobs") or body.get("top_logprobs"):
+            needs.add("logprobs")
+        if body.get("tools") or body.get("functions"):
+            needs.add("tools")
+        response_format = body.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+            needs.add("json")
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(

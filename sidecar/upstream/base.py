@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from typing import Any, Protocol
 
 from llmroute.sidecar.upstream.errors import bad_body
@@ -47,15 +48,42 @@ def wants_usage(request: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""json.dumps(value, separators=(",", ":")) without building an encoder for every call."""
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     """One app-bound SSE event."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + compact_json(payload).encode() + b"\n\n"
+
+
+_decoder = json.JSONDecoder()
+# What _decoder.decode itself scans with (JSONDecoder.__init__ makes it so; typeshed types the argument oddly).
+_scan_once = make_scanner(_decoder)  # type: ignore[arg-type]
+
+
+def json_loads(body: bytes) -> Any:
+    """json.loads(body), with a short way for the usual case, an object in UTF-8 from its first byte to its
+    last: no encoding detection (a `{` then a byte that is not 0 is UTF-8 to json.detect_encoding too) and
+    no white-space scans around it. Anything else, errors included, takes json's own way."""
+    if body[:1] != b"{" or body[1:2] in (b"", b"\x00"):
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass")
+    if text[-1] == "}":
+        try:
+            doc, end = _scan_once(text, 0)
+        except (StopIteration, ValueError):
+            pass  # decode() below raises the error json.loads would
+        else:
+            if end == len(text):
+                return doc
+    return _decoder.decode(text)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
     """`body` decoded as a JSON object, or None."""
     try:
-        doc = json.loads(body)
+        doc = json_loads(body)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None

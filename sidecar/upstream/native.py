@@ -7,13 +7,12 @@ the answer ended properly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from llmroute.model import Api
 from llmroute.sidecar.upstream.anthropic_stream import usage_of
-from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, wants_usage
+from llmroute.sidecar.upstream.base import DONE, check_malformed, compact_json, json_object, wants_usage
 from llmroute.sidecar.upstream.errors import UpstreamError, bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.openai import OpenAIStream
 from llmroute.sidecar.upstream.sse import SSEEvent
@@ -70,7 +69,7 @@ class NativeCodec:
         if stream and self._usage_option:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        return json.dumps(body, separators=(",", ":")).encode()
+        return compact_json(body).encode()
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is, its usage read for cost."""

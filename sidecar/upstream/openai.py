@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.upstream.base import DONE, check_malformed, json_object, wants_usage
+from llmroute.sidecar.upstream.base import DONE, check_malformed, compact_json, json_object, wants_usage
 from llmroute.sidecar.upstream.errors import bad_body, cut_short, error_from_event
 from llmroute.sidecar.upstream.sse import SSEEvent
 from llmroute.sidecar.upstream.usage import Completion, Usage
@@ -34,7 +33,7 @@ class ChatCodec:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return json.dumps(body, separators=(",", ":")).encode()
+        return compact_json(body).encode()
 
     def decode(self, status: int, body: bytes, model: str, request: dict[str, Any]) -> Completion:
         """The body as is (no re-serialising), its usage read for cost."""

@@ -524,7 +524,10 @@ class Pool:
             data += body
         else:
             streamed = body
-        keep_alive = all(name.lower() != "connection" or value.lower() != "close" for name, value in headers.items())
+        keep_alive = True
+        for name, value in headers.items():  # a loop, not all(genexpr): no generator on every backend call
+            if name.lower() == "connection" and value.lower() == "close":
+                keep_alive = False
         while True:
             connection = self._checkout(origin)
             if connection is None:
