@@ -21,7 +21,7 @@ from .harness import backend_entry, chat_body, route_doc, sidecar_running
 def sidecar(address: str, state_dir: Path) -> AbstractAsyncContextManager[Sidecar]:
     return sidecar_running(
         ["--control-plane", address, "--namespace", "default", "--pod-name", "app-1", "--labels", "app=shop",
-         "--state-dir", str(state_dir), "--drain-timeout", "1"]
+         "--state-dir", str(state_dir), "--drain-timeout", "1", "--plaintext"]
     )  # fmt: skip
 
 
