@@ -363,6 +363,7 @@ class Bench:
             namespaces=NAMESPACES,
             status_interval=0.2,
             reconnect_grace=RECONNECT_GRACE_S,
+            plaintext=True,
         )
         started: concurrent.futures.Future[Operator] = concurrent.futures.Future()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(options, started),), daemon=True)
