@@ -4,10 +4,13 @@ operator's absence and a restart from --state-dir, and load reports come back as
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import CollectorRegistry
 
 from llmroute.model import parse_document
 from llmroute.operator.auth import InsecureAuthenticator
@@ -78,3 +81,17 @@ async def test_routes_arrive_survive_the_operator_and_restarts(tmp_path: Path) -
     finally:
         await plane.stop(0)
         await backend.stop()
+
+
+async def test_plaintext_on_either_side_is_a_warning_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    plane = ControlPlane(authenticator=InsecureAuthenticator(), report_interval=0.2, registry=CollectorRegistry())
+    await plane.start("127.0.0.1:0")
+    plane.publish("default", [])
+    try:
+        async with sidecar(f"127.0.0.1:{plane.port}", tmp_path / "state") as running:
+            await wait_until_ready(running.admin_server.port)
+    finally:
+        await plane.stop(0)
+    warned = {r.name for r in caplog.records if r.levelno == logging.WARNING and "PLAINTEXT" in r.getMessage()}
+    assert warned == {"llmroute.operator.controlplane", "llmroute.sidecar.routes.controlplane"}
