@@ -160,14 +160,7 @@ class CAPublisher:
             return
         path = f"/api/v1/namespaces/{namespace}/configmaps"
         try:
-            try:
-                await self._api.request(
-                    "PATCH", f"{path}/{self.name}", {"data": {CA_KEY: pem}}, content_type="application/merge-patch+json"
-                )
-            except KubeError as exc:
-                if exc.status != 404:
-                    raise
-                await self._api.request("POST", path, self._config_map(pem))
+            await self._api.patch_or_create(path, self.name, {"data": {CA_KEY: pem}}, self._config_map(pem))
         except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("CA ConfigMap %s/%s not written (%s); retrying", namespace, self.name, exc)
             asyncio.get_running_loop().call_later(RETRY_S, self._mark, namespace)
