@@ -224,7 +224,8 @@ class Sidecar:
         assert self.control_plane is not None
         if self.control_plane.connected:
             return {}
-        return {"control-plane": [f"not connected to {self.control_plane.address}; serving the last table"]}
+        why = f" ({self.control_plane.last_error})" if self.control_plane.last_error else ""
+        return {"control-plane": [f"not connected to {self.control_plane.address}{why}; serving the last table"]}
 
     def _apply(self, table: RoutingTable) -> None:
         self.router.apply(table)

@@ -142,6 +142,7 @@ class ControlPlaneClient:
         self.node = node
         self.version = ""  # of the table applied last ("" = none yet)
         self.connected = False  # subscribed and authenticated right now
+        self.last_error = ""  # why the last dial or stream failed ("" once subscribed)
         self._token_file = token_file
         self._state_dir = state_dir
         self._bootstrap_file = bootstrap_file
@@ -177,16 +178,20 @@ class ControlPlaneClient:
             try:
                 if await self._session:
                     continue  # the CA bundle changed: dial again at once, trusting the new one
+                self.last_error = "the operator closed the route stream"
                 log.warning("control plane %s closed the route stream", self.address)
             except asyncio.CancelledError:
                 if self._stopping.is_set():
                     break
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.warning("control plane %s: %s %s", self.address, exc.code().name, exc.details())
+                self.last_error = f"{exc.code().name} {exc.details()}"
+                log.warning("control plane %s: %s", self.address, self.last_error)
             except TrustUnavailable as exc:
+                self.last_error = str(exc)
                 log.warning("control plane %s not dialled: %s", self.address, exc)
-            except Exception:
+            except Exception as exc:
+                self.last_error = repr(exc)
                 log.exception("control-plane session failed")
             finally:
                 self.connected = False
@@ -297,6 +302,7 @@ class ControlPlaneClient:
                 await call.read()  # raises the status the server ended the call with
                 return
             self.connected = True
+            self.last_error = ""
             self._failures = 0
             log.info("subscribed to control plane %s with version %r", self.address, self.version)
             reporting = asyncio.create_task(self._report(channel, metadata))

@@ -159,6 +159,7 @@ async def test_a_sidecar_refuses_an_operator_whose_certificate_names_another_hos
     try:
         await eventually(lambda: len(handshake_failures(caplog, WRONG_NAME)) >= 3, within=30)
         assert refusing.applied == [] and not refusing.client.connected
+        assert WRONG_NAME in refusing.client.last_error
         assert plane.route_sidecars("shop", "chat").programmed == 0
     finally:
         await refusing.stop()

@@ -4,6 +4,7 @@ operator's absence and a restart from --state-dir, and load reports come back as
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -95,3 +96,18 @@ async def test_plaintext_on_either_side_is_a_warning_at_start(tmp_path: Path, ca
         await plane.stop(0)
     warned = {r.name for r in caplog.records if r.levelno == logging.WARNING and "PLAINTEXT" in r.getMessage()}
     assert warned == {"llmroute.operator.controlplane", "llmroute.sidecar.routes.controlplane"}
+
+
+async def test_readyz_says_why_the_operator_is_not_reached(tmp_path: Path) -> None:
+    # Injected before the operator wrote the namespace's CA: the mounted file is not there yet.
+    args = ["--control-plane", "127.0.0.1:9", "--namespace", "default", "--pod-name", "app-1",
+            "--tls-ca", str(tmp_path / "ca" / "ca.crt"), "--drain-timeout", "1"]  # fmt: skip
+    async with sidecar_running(args) as running, httpx.AsyncClient() as http:
+        for _ in range(100):
+            answer = (await http.get(f"http://127.0.0.1:{running.admin_server.port}/readyz")).json()
+            if "cannot read the CA bundle" in json.dumps(answer):
+                break
+            await asyncio.sleep(0.05)
+    assert answer["status"] == "no routing table loaded yet"
+    [problem] = answer["problems"]["control-plane"]
+    assert f"cannot read the CA bundle {tmp_path / 'ca' / 'ca.crt'}" in problem
