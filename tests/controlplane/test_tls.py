@@ -34,6 +34,8 @@ SERVICE_NAME = "llmroute-replicas.llmroute-system.svc"
 """The name injected sidecars dial, and one the chart's certificate carries."""
 
 Certificate = dict[str, bytes]  # ca.crt, tls.crt, tls.key
+WAIT = 30.0
+"""A wide margin for what happens in well under a second on an idle machine (other builds share this one)."""
 
 
 def chart_certificate(helm: Path, *values: str) -> Certificate:
@@ -130,7 +132,7 @@ async def test_a_sidecar_gets_its_routes_and_keys_over_tls_with_the_chart_certif
     install(tmp_path / "ca", {"ca.crt": certificate["ca.crt"]})
     sidecar = Sidecar(f"localhost:{plane.port}", token_file, tmp_path / "ca" / "ca.crt")
     try:
-        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1)
+        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1, within=WAIT)
         [table] = sidecar.applied
         [route] = table.routes
         assert route.backends[0].api_key is not None and route.backends[0].api_key.reveal() == "sk-shop"
@@ -166,7 +168,7 @@ async def test_a_sidecar_refuses_an_operator_whose_certificate_names_another_hos
     # The same CA and server, checked against a name the certificate carries: accepted.
     named = Sidecar(f"127.0.0.1:{plane.port}", token_file, tmp_path / "ca" / "ca.crt", server_name=SERVICE_NAME)
     try:
-        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1)
+        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1, within=WAIT)
     finally:
         await named.stop()
 
@@ -200,10 +202,12 @@ async def test_a_sidecar_waits_for_its_ca_file_and_dials_once_it_appears(
     # A pod created before the operator wrote its namespace's CA ConfigMap: the optional volume is empty.
     sidecar = Sidecar(f"localhost:{plane.port}", token_file, tmp_path / "ca" / "ca.crt")
     try:
-        await eventually(lambda: any("cannot read the CA bundle" in r.getMessage() for r in caplog.records))
+        await eventually(
+            lambda: any("cannot read the CA bundle" in r.getMessage() for r in caplog.records), within=WAIT
+        )
         assert sidecar.applied == []
         install(tmp_path / "ca", {"ca.crt": certificate["ca.crt"]})  # the kubelet delivers it
-        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1, within=10)
+        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1, within=WAIT)
     finally:
         await sidecar.stop()
 
@@ -224,15 +228,15 @@ async def test_a_rotated_certificate_and_ca_reach_a_running_sidecar_without_rest
     install(ca_dir, {"ca.crt": old["ca.crt"]})
     sidecar = Sidecar(f"localhost:{plane.port}", token_file, ca_dir / "ca.crt")
     try:
-        await eventually(lambda: sidecar.client.connected and sidecar.models() == [["chat"]])
+        await eventually(lambda: sidecar.client.connected and sidecar.models() == [["chat"]], within=WAIT)
         # The Secret is renewed: the operator's mount gets the new pair, the namespace's ConfigMap the new
         # CA followed by the old one (the operator keeps it for the overlap).
         install(tmp_path / "server", {"tls.key": new["tls.key"], "tls.crt": new["tls.crt"]})
         install(ca_dir, {"ca.crt": new["ca.crt"] + old["ca.crt"]})
-        await eventually(lambda: any("changed: reconnecting" in r.getMessage() for r in caplog.records))
-        await eventually(lambda: sidecar.client.connected)
+        await eventually(lambda: any("changed: reconnecting" in r.getMessage() for r in caplog.records), within=WAIT)
+        await eventually(lambda: sidecar.client.connected, within=WAIT)
         plane.publish("shop", [make_route("shop", "chat", models=("chat", "chat-2"), generation=2, key="sk-2")])
-        await eventually(lambda: sidecar.models()[-1] == ["chat", "chat-2"])
+        await eventually(lambda: sidecar.models()[-1] == ["chat", "chat-2"], within=WAIT)
         # The server took the new certificate without a restart: a client trusting only the old CA is refused.
         install(tmp_path / "old-ca", {"ca.crt": old["ca.crt"]})
         stale = Sidecar(f"localhost:{plane.port}", token_file, tmp_path / "old-ca" / "ca.crt")
@@ -244,9 +248,11 @@ async def test_a_rotated_certificate_and_ca_reach_a_running_sidecar_without_rest
         # The overlap ends (the ConfigMap keeps only the new CA): the sidecar reconnects, and stays connected.
         reconnects = sum("changed: reconnecting" in r.getMessage() for r in caplog.records)
         install(ca_dir, {"ca.crt": new["ca.crt"]})
-        await eventually(lambda: sum("changed: reconnecting" in r.getMessage() for r in caplog.records) > reconnects)
-        await eventually(lambda: sidecar.client.connected)
+        await eventually(
+            lambda: sum("changed: reconnecting" in r.getMessage() for r in caplog.records) > reconnects, within=WAIT
+        )
+        await eventually(lambda: sidecar.client.connected, within=WAIT)
         plane.publish("shop", [make_route("shop", "chat", models=("chat",), generation=3, key="sk-3")])
-        await eventually(lambda: sidecar.models()[-1] == ["chat"])
+        await eventually(lambda: sidecar.models()[-1] == ["chat"], within=WAIT)
     finally:
         await sidecar.stop()
