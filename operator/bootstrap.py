@@ -100,18 +100,9 @@ class BootstrapWriter:
             return
         path = f"/api/v1/namespaces/{namespace}/secrets"
         try:
-            try:
-                await self._api.request(
-                    "PATCH",
-                    f"{path}/{BOOTSTRAP_SECRET}",
-                    {"data": data},
-                    content_type="application/merge-patch+json",
-                )
-            except KubeError as exc:
-                if exc.status != 404:
-                    raise
-                if routes:
-                    await self._api.request("POST", path, self._secret(data))
+            await self._api.patch_or_create(
+                path, BOOTSTRAP_SECRET, {"data": data}, self._secret(data) if routes else None
+            )
         except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("bootstrap table of namespace %s not written (%s); retrying", namespace, exc)
             asyncio.get_running_loop().call_later(RETRY_S, self.mark, namespace)

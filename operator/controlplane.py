@@ -29,6 +29,7 @@ from llmroute.waits import wait_event
 
 from .auth import AuthenticationFailed, Authenticator, Identity
 from .loadstore import BackendHealth, LoadStore, LoadTotals
+from .servingcert import ServingCertificate
 from .tables import Snapshot, Snapshots
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,6 @@ class _Metrics:
         self.nacks = Counter("llmroute_nacks", "Routing tables rejected by sidecars", **kw)
 
 
-def _server_credentials(cert: Path | None, key: Path | None) -> grpc.ServerCredentials:
-    if cert is None or key is None:
-        raise ValueError("TLS needs both a certificate and a key")
-    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-
-
 RECONNECT_GRACE_S = 12.0
 """How long after it starts the operator waits for sidecars to reconnect before a route with none connected
 reads Programmed=False: a sidecar's reconnect backoff is at most 10 s."""
@@ -186,14 +181,20 @@ class ControlPlane:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, listen: str, *, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
-        """Serve on `listen` (host:port; port 0 picks a free one, see `port`), over TLS when cert and key are given."""
+        """Serve on `listen` (host:port; port 0 picks a free one, see `port`), over TLS when cert and key are given.
+
+        Without them the stream, which carries API keys, is plaintext: a warning says so.
+        """
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         server = grpc.aio.server(options=SERVER_OPTIONS)
         rpc.add_services(server, self._stream_routes, self._stream_load)
         if tls_cert is not None or tls_key is not None:
-            self.port = server.add_secure_port(listen, _server_credentials(tls_cert, tls_key))
+            if tls_cert is None or tls_key is None:
+                raise ValueError("TLS needs both a certificate and a key")
+            self.port = server.add_secure_port(listen, ServingCertificate(tls_cert, tls_key).credentials())
         else:
+            log.warning("control plane serving PLAINTEXT: API keys cross the network unencrypted (development only)")
             self.port = server.add_insecure_port(listen)
         await server.start()
         self._server = server

@@ -6,6 +6,7 @@ stuck while the operator is down; deletions show up as the index losing the obje
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -20,8 +21,15 @@ from .secrets import referenced_secrets
 INDEX = "llmroutes"  # the kwarg name under which kopf passes the index to handlers
 
 
-def build_registry(controller: Controller, api: KubeAPI, *, watch_namespaces: bool) -> kopf.OperatorRegistry:
-    """A registry with the operator's handlers; `watch_namespaces` adds the namespace watch (cluster-wide mode)."""
+def build_registry(
+    controller: Controller,
+    api: KubeAPI,
+    *,
+    watch_namespaces: bool,
+    on_namespace: Callable[[str, Mapping[str, str] | None], None] | None = None,
+) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers; `watch_namespaces` adds the namespace watch (cluster-wide mode),
+    which also tells `on_namespace` each namespace's labels (None when it is deleted)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -59,9 +67,11 @@ def build_registry(controller: Controller, api: KubeAPI, *, watch_namespaces: bo
     if watch_namespaces:
 
         @kopf.on.event("", "v1", "namespaces", registry=registry)
-        async def namespace_event(type: str, name: str, **kwargs: Any) -> None:
+        async def namespace_event(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
             """Handlers run only once kopf's index is complete: from now on, a namespace without routes has none."""
             if type != "DELETED":
                 controller.namespace_seen(name, kwargs[INDEX])
+            if on_namespace is not None:
+                on_namespace(name, None if type == "DELETED" else dict(body.metadata.labels))
 
     return registry

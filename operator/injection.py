@@ -67,6 +67,7 @@ class InjectionConfig:
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     token_expiration_seconds: int = 3600
     ca_config_map: str | None = None
+    """The ConfigMap (key ca.crt) the operator keeps in each labelled namespace; None: --plaintext sidecars."""
     extra_args: tuple[str, ...] = ()
     passthrough: str = ""
     """The sidecar's --passthrough (the chart's injection.sidecar.passthrough); empty: the sidecar's default."""
@@ -154,6 +155,8 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
     if config.ca_config_map:
         args.append(f"--tls-ca={CA_DIR}/ca.crt")
         mounts.append({"name": VOLUME_CA, "mountPath": CA_DIR, "readOnly": True})
+    else:
+        args.append("--plaintext")
     args.extend(config.egress.args())
     mounts.extend(config.egress.mounts())
 
@@ -219,7 +222,9 @@ def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
         {"name": VOLUME_BOOTSTRAP, "secret": {"secretName": BOOTSTRAP_SECRET, "optional": True}},
     ]
     if config.ca_config_map:
-        volumes.append({"name": VOLUME_CA, "configMap": {"name": config.ca_config_map}})
+        # Optional, as the bootstrap table: a pod created before the operator wrote it still starts, and the
+        # kubelet fills the file in when the ConfigMap appears (the sidecar retries until then).
+        volumes.append({"name": VOLUME_CA, "configMap": {"name": config.ca_config_map, "optional": True}})
     volumes.extend(config.egress.volumes())
     return volumes
 

@@ -82,6 +82,18 @@ class KubeAPI:
                 return payload
         raise AssertionError("unreachable")
 
+    async def patch_or_create(
+        self, collection: str, name: str, patch: dict[str, Any], create: dict[str, Any] | None
+    ) -> None:
+        """Merge-patch `collection/name`; when it does not exist, POST `create` to the collection (unless None)."""
+        try:
+            await self.request("PATCH", f"{collection}/{name}", patch, content_type="application/merge-patch+json")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            if create is not None:
+                await self.request("POST", collection, create)
+
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The base64 `data` of a Secret, or None when it does not exist."""
         try:

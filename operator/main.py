@@ -27,6 +27,7 @@ from llmroute.supervise import Supervisor
 
 from .admin import AdminServer
 from .auth import Authenticator, InsecureAuthenticator, TokenReviewAuthenticator
+from .catrust import CABundle, CAPublisher
 from .controller import Controller
 from .controlplane import RECONNECT_GRACE_S, ControlPlane
 from .crashes import CrashReporter, PodRef
@@ -35,6 +36,7 @@ from .handlers import build_registry
 from .injection import InjectionConfig, configure_webhook_server, register_injection
 from .kubeapi import KubeAPI
 from .lease import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, LeaderElection
+from .logformat import FORMATS, configure_logging
 from .metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class OperatorOptions:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    plaintext: bool = False
+    """Serve the control plane without TLS: only when asked, since the stream carries API keys."""
+    ca_file: Path | None = None
+    ca_config_map: str | None = None
+    """With ca_file: the ConfigMap kept with that CA in every namespace labelled for injection."""
     no_auth: bool = False
     report_interval: float = 5.0
     status_interval: float = 1.0
@@ -112,6 +119,8 @@ class Operator:
     """One operator process: start() binds the ports, run() serves until stopped."""
 
     def __init__(self, options: OperatorOptions) -> None:
+        if (options.tls_cert is None) != options.plaintext:
+            raise ValueError("serve the control plane over TLS (tls_cert and tls_key) or say plaintext, not both")
         self.options = options
         self.api = KubeAPI()
         authenticator: Authenticator = (
@@ -148,9 +157,21 @@ class Operator:
             leading=lambda: self.leader.leading,
             view=self.fleet,
         )
-        self.leader.on_change = self.controller.leadership_changed
+        self.ca: CAPublisher | None = None
+        if options.ca_config_map is not None:
+            assert options.ca_file is not None
+            bundle = CABundle(options.ca_file)
+            self.ca = CAPublisher(self.api, bundle, options.ca_config_map, may_write=lambda: self.leader.leading)
+            for namespace in options.namespaces:  # one-namespace mode: the watched namespaces, labelled or not
+                self.ca.add(namespace)
+        self.leader.on_change = self._leadership_changed
         self.fleet.on_change = self.controller.sidecars_changed
-        self.registry = build_registry(self.controller, self.api, watch_namespaces=not options.namespaces)
+        self.registry = build_registry(
+            self.controller,
+            self.api,
+            watch_namespaces=not options.namespaces,
+            on_namespace=self.ca.namespace if self.ca is not None else None,
+        )
         if options.injection is not None:
             assert options.webhook_cert is not None and options.webhook_key is not None
             register_injection(self.registry, options.injection)
@@ -159,6 +180,11 @@ class Operator:
             )
         self.admin = AdminServer(self.metrics, self._ready, self.fleet.share)
         self._kopf_ready = asyncio.Event()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        self.controller.leadership_changed(leading)
+        if leading and self.ca is not None:
+            self.ca.resume()
 
     def _ready(self) -> bool:
         return self._kopf_ready.is_set() and self.control_plane.port != 0
@@ -193,6 +219,7 @@ class Operator:
             "leader election": self.leader.run,
             "fleet view": lambda: self.fleet.run(lambda: self.leader.leading),
             **self.controller.loops(),
+            **({"CA publisher": self.ca.run} if self.ca is not None else {}),
         }
         for name, loop in loops.items():
             self.supervisor.start(name, loop)
@@ -255,8 +282,23 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         help="watch only this namespace (repeatable)",
     )
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument("--tls-cert", type=Path, default=None, help="serve gRPC over TLS with this certificate")
-    parser.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert")
+    tls = parser.add_argument_group("control-plane TLS (--tls-cert and --tls-key, or --plaintext)")
+    tls.add_argument(
+        "--tls-cert", type=Path, default=None, help="serve gRPC over TLS with this certificate (re-read on change)"
+    )
+    tls.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert")
+    tls.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="serve gRPC without TLS: API keys cross the network unencrypted (local development only; logs a warning)",
+    )
+    tls.add_argument("--tls-ca", type=Path, default=None, help="the CA of --tls-cert, published with --ca-config-map")
+    tls.add_argument(
+        "--ca-config-map",
+        default=None,
+        metavar="NAME",
+        help="keep ConfigMap NAME (key ca.crt) with the --tls-ca bundle in every namespace labelled for injection",
+    )
     parser.add_argument(
         "--no-auth",
         action="store_true",
@@ -289,13 +331,21 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         help=f"every replica's admin address (a headless Service name): the leader merges their {FLEET_PATH}",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default="text", choices=FORMATS, help="json: one JSON object a line")
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> OperatorOptions:
-    """OperatorOptions from parsed arguments; refuses half a TLS configuration."""
+    """OperatorOptions from parsed arguments; refuses half a TLS configuration, and none without --plaintext."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("llmroute operator: --tls-cert and --tls-key go together")
+    if (args.tls_cert is None) != args.plaintext:
+        raise SystemExit(
+            "llmroute operator: serve the control plane over TLS (--tls-cert, --tls-key) "
+            "or say --plaintext (development only), not both"
+        )
+    if (args.ca_config_map is None) != (args.tls_ca is None):
+        raise SystemExit("llmroute operator: --tls-ca and --ca-config-map go together")
     webhook = (args.injection_config, args.webhook_cert, args.webhook_key)
     if any(w is not None for w in webhook) and not all(w is not None for w in webhook):
         raise SystemExit("llmroute operator: --injection-config, --webhook-cert and --webhook-key go together")
@@ -309,6 +359,9 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         namespaces=tuple(args.namespaces),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        plaintext=args.plaintext,
+        ca_file=args.tls_ca,
+        ca_config_map=args.ca_config_map,
         no_auth=args.no_auth,
         lease_namespace=args.lease_namespace,
         lease_name=args.lease_name,
@@ -330,7 +383,7 @@ def run_operator(argv: Sequence[str] | None = None, args: argparse.Namespace | N
     """Entry point of `llmroute operator`: parse `argv` (or take parsed `args`) and run until SIGTERM."""
     if args is None:
         args = build_operator_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     if args.log_level != "DEBUG":  # kopf logs every handled watch event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(serve(options_from_args(args)))

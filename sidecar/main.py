@@ -127,7 +127,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the namespace's last good table (the operator's Secret, mounted): served when --state-dir has none",
     )
-    cp.add_argument("--tls-ca", type=Path, default=None, help="CA bundle to verify the operator (TLS channel)")
+    cp.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CA bundle the operator's certificate must chain to (its name must match the address dialled); "
+        "re-read before each dial, and a change reconnects",
+    )
+    cp.add_argument(
+        "--tls-server-name",
+        default=None,
+        metavar="NAME",
+        help="the name the operator's certificate must carry when it is not the host dialled "
+        "(e.g. its Service name, through a port-forward)",
+    )
+    cp.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="dial the control plane without TLS: API keys cross the network unencrypted (local development "
+        "only; logs a warning)",
+    )
     parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
     parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
     parser.add_argument(
@@ -234,6 +254,8 @@ class Sidecar:
                 token_file=args.token_file if args.token_file.exists() else None,
                 state_dir=args.state_dir,
                 tls_ca=args.tls_ca,
+                plaintext=args.plaintext,
+                server_name=args.tls_server_name,
                 bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
@@ -269,7 +291,8 @@ class Sidecar:
         assert self.control_plane is not None
         if self.control_plane.connected:
             return {}
-        return {"control-plane": [f"not connected to {self.control_plane.address}; serving the last table"]}
+        why = f" ({self.control_plane.last_error})" if self.control_plane.last_error else ""
+        return {"control-plane": [f"not connected to {self.control_plane.address}{why}; serving the last table"]}
 
     def _apply(self, table: RoutingTable) -> None:
         self.router.apply(table)
@@ -352,6 +375,8 @@ def run_sidecar(argv: Sequence[str]) -> int:
         parser.error("give either --routes PATH (local mode) or --control-plane HOST:PORT")
     if args.control_plane and not (args.namespace and args.pod_name):
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
+    if args.control_plane and (args.tls_ca is None) != args.plaintext:
+        parser.error("control-plane mode needs --tls-ca FILE (TLS) or --plaintext (development only), not both")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         egress = egress_settings(args)

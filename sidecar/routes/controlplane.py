@@ -6,6 +6,12 @@ each serving the same tables: the client dials one of the addresses it was given
 all their addresses, so a headless Service name means every replica) and, when that connection
 fails, another one, backing off exponentially with jitter. It resends the version it has, and
 versions are hashes of the table, so moving to another replica sends nothing when nothing changed.
+
+The channel is TLS unless plaintext is asked for: the server's certificate must chain to the CA
+bundle of --tls-ca and name the host dialled (the Service name, not the IP it resolved to; or the
+name of --tls-server-name, for an operator reached through another address, e.g. a port-forward). The
+bundle is read before every dial and watched while connected; when it changes (a renewed CA), the
+client reconnects at once with the new one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from llmroute.waits import wait_event
 
 from ..load import LoadRecorder
 from . import state
+from .trust import TrustUnavailable, read_trust
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
+TRUST_POLL_S = 5.0
+"""How often a connected client re-reads its CA bundle (a small local file) to notice a renewed CA."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +116,29 @@ class ControlPlaneClient:
         token_file: Path | None,
         state_dir: Path | None,
         tls_ca: Path | None,
+        plaintext: bool = False,
+        server_name: str | None = None,
         bootstrap_file: Path | None = None,
         apply: Callable[[RoutingTable], None],
         load: LoadRecorder,
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
+        trust_poll: float = TRUST_POLL_S,
     ) -> None:
+        if (tls_ca is None) != plaintext:
+            raise ValueError("give the CA bundle that signed the operator's certificate, or plaintext=True, not both")
         self.addresses = split_addresses(address)
         self.address = address  # the replica dialled last (the addresses given until the first dial)
         self.node = node
         self.version = ""  # of the table applied last ("" = none yet)
         self.connected = False  # subscribed and authenticated right now
+        self.last_error = ""  # why the last dial or stream failed ("" once subscribed)
         self._token_file = token_file
         self._state_dir = state_dir
         self._bootstrap_file = bootstrap_file
-        self._ca = tls_ca.read_bytes() if tls_ca is not None else None
+        self._tls_ca = tls_ca
+        self._server_name = server_name
+        self._trust_poll = trust_poll
         self._apply = apply
         self._load = load
         self._backoff = (backoff_min, backoff_max)
@@ -129,7 +146,7 @@ class ControlPlaneClient:
         self._report_interval = 5.0
         self._interval_changed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._session: asyncio.Task[None] | None = None
+        self._session: asyncio.Task[bool] | None = None
         self._failed: Endpoint | None = None
 
     async def _pick(self) -> Endpoint:
@@ -142,20 +159,29 @@ class ControlPlaneClient:
     async def run(self) -> None:
         """Restore the saved table, then stay subscribed until stop()."""
         await self._restore()
+        if self._tls_ca is None:
+            log.warning("control plane dialled in PLAINTEXT: API keys cross the network unencrypted (development only)")
         while not self._stopping.is_set():
             endpoint = await self._pick()
             self.address = endpoint.target
             self._session = asyncio.create_task(self._subscribe(endpoint))
             try:
-                await self._session
+                if await self._session:
+                    continue  # the CA bundle changed: dial again at once, trusting the new one
+                self.last_error = "the operator closed the route stream"
                 log.warning("control plane %s closed the route stream", self.address)
             except asyncio.CancelledError:
                 if self._stopping.is_set():
                     break
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.warning("control plane %s: %s %s", self.address, exc.code().name, exc.details())
-            except Exception:
+                self.last_error = f"{exc.code().name} {exc.details()}"
+                log.warning("control plane %s: %s", self.address, self.last_error)
+            except TrustUnavailable as exc:
+                self.last_error = str(exc)
+                log.warning("control plane %s not dialled: %s", self.address, exc)
+            except Exception as exc:
+                self.last_error = repr(exc)
                 log.exception("control-plane session failed")
             finally:
                 self.connected = False
@@ -201,18 +227,62 @@ class ControlPlaneClient:
         token = (await asyncio.to_thread(self._token_file.read_text)).strip()  # re-read: projected tokens rotate
         return (("authorization", f"Bearer {token}"),)
 
-    def _channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
-        if self._ca is None:
+    def _channel(self, endpoint: Endpoint, ca: bytes | None) -> grpc.aio.Channel:
+        if ca is None:
             return grpc.aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         # Dialled by IP, checked against the name it was given (the certificate names the Services).
-        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", endpoint.name)]
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self._server_name or endpoint.name)]
         return grpc.aio.secure_channel(endpoint.target, credentials, options=options)
 
-    async def _subscribe(self, endpoint: Endpoint) -> None:
-        """One connection: the route stream until it ends, load reports alongside."""
+    async def _trust(self) -> bytes | None:
+        """The CA bundle to dial with now (None: plaintext); raises TrustUnavailable."""
+        if self._tls_ca is None:
+            return None
+        return await asyncio.to_thread(read_trust, self._tls_ca)
+
+    async def _trust_changed(self, ca: bytes) -> None:
+        """Return once the CA file holds another usable bundle than `ca`."""
+        assert self._tls_ca is not None
+        while True:
+            await asyncio.sleep(self._trust_poll)
+            try:
+                now = await self._trust()
+            except TrustUnavailable as exc:  # keep the connection: it was verified with the last good bundle
+                log.warning("%s; keeping the connection verified with the last bundle", exc)
+                continue
+            if now != ca:
+                log.info("the CA bundle %s changed: reconnecting to the control plane with it", self._tls_ca)
+                return
+
+    async def _subscribe(self, endpoint: Endpoint) -> bool:
+        """One connection: the route stream until it ends, load reports alongside.
+
+        True when it ended because the CA bundle changed (the caller dials again at once).
+        """
+        ca = await self._trust()
         metadata = await self._metadata()
-        channel = self._channel(endpoint)
+        channel = self._channel(endpoint, ca)
+        if ca is None:
+            await self._stream(channel, metadata)
+            return False
+        stream = asyncio.create_task(self._stream(channel, metadata))
+        renewed = asyncio.create_task(self._trust_changed(ca))
+        try:
+            await asyncio.wait([stream, renewed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, renewed):
+                task.cancel()
+            await asyncio.gather(renewed, return_exceptions=True)
+            await asyncio.gather(stream, return_exceptions=True)
+        if renewed.done() and not renewed.cancelled():
+            renewed.result()
+            return True
+        stream.result()  # raises how the stream ended
+        return False
+
+    async def _stream(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Subscribe on `channel` and apply tables until the stream ends; closes the channel."""
         reporting: asyncio.Task[None] | None = None
         try:
             call = rpc.stream_routes(channel)(None, metadata=metadata)
@@ -222,6 +292,7 @@ class ControlPlaneClient:
                 await call.read()  # raises the status the server ended the call with
                 return
             self.connected = True
+            self.last_error = ""
             self._failures = 0
             log.info("subscribed to control plane %s with version %r", self.address, self.version)
             reporting = asyncio.create_task(self._report(channel, metadata))

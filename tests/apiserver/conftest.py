@@ -23,13 +23,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver.harness import OPERATOR_NAMESPACE, RELEASE, ApiServer, eventually, free_port, http_status
+from tests.apiserver.harness import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    SERVICE_NAME,
+    ApiServer,
+    eventually,
+    free_port,
+    http_status,
+)
 from tests.tools import REPO, helm_bin, kubectl_bin
 
 __all__ = [
     "OperatorProcess",
     "Release",
     "apiserver",
+    "chart_tls_args",
     "helm_bin",
     "kubectl_bin",
     "operator",
@@ -121,15 +130,46 @@ def release(apiserver: ApiServer) -> Release:
 class OperatorProcess:
     """`llmroute operator` as a local process with its ServiceAccount's token, serving the chart's webhook."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, grpc_port: int, admin_port: int) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], log: Path, grpc_port: int, admin_port: int, ca_file: Path | None
+    ) -> None:
         self.process = process
         self.log = log
         self.grpc_port = grpc_port
         self.admin_port = admin_port
+        self.ca_file = ca_file
+        """Its --tls-ca: the CA its control-plane certificate chains to, which it publishes (None: plaintext)."""
+
+    @property
+    def ca(self) -> bytes | None:
+        return self.ca_file.read_bytes() if self.ca_file is not None else None
+
+    def sidecar_flags(self, directory: Path) -> list[str]:
+        """What `llmroute sidecar` needs to dial this operator as an injected sidecar would (the CA in `directory`)."""
+        if self.ca is None:
+            return ["--plaintext"]
+        (directory / "ca.crt").write_bytes(self.ca)
+        return [f"--tls-ca={directory / 'ca.crt'}", f"--tls-server-name={SERVICE_NAME}"]
 
     def ready(self) -> bool:
         assert self.process.poll() is None, f"the operator exited:\n{self.log.read_text()[-3000:]}"
         return http_status(f"http://127.0.0.1:{self.admin_port}/readyz") == 200
+
+
+TLS_FLAGS = ("--tls-cert=", "--tls-key=", "--tls-ca=", "--ca-config-map=", "--plaintext")
+MOUNTED_TLS = "/etc/llmroute/tls/"
+
+
+def chart_tls_args(apiserver: ApiServer, namespace: str, release: str, directory: Path) -> list[str]:
+    """The control-plane TLS flags the installed chart gives its operator, with the mounted Secret's files
+    written to `directory` (ca.crt, tls.crt, tls.key) and the flags pointing there."""
+    deployment = apiserver.get("deployment", "-n", namespace, release)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args = [a for a in container["args"] if a.startswith(TLS_FLAGS)]
+    if any(MOUNTED_TLS in a for a in args):
+        for name, data in apiserver.secret_data(namespace, f"{release}-tls").items():
+            (directory / name).write_bytes(data)
+    return [a.replace(MOUNTED_TLS, f"{directory}/") for a in args]
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +183,7 @@ def operator(
     serves the webhook with the chart-generated certificate on the Service's port 443.
     """
     directory = tmp_path_factory.mktemp("operator")
-    tls = apiserver.secret_data(OPERATOR_NAMESPACE, f"{RELEASE}-tls")
-    for name in ("tls.crt", "tls.key"):
-        (directory / name).write_bytes(tls[name])
+    tls_args = chart_tls_args(apiserver, OPERATOR_NAMESPACE, RELEASE, directory)
     config = apiserver.get("configmap", "-n", OPERATOR_NAMESPACE, f"{RELEASE}-injection")
     (directory / "injection.json").write_text(config["data"]["config.json"])
     webhook_host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
@@ -162,7 +200,7 @@ def operator(
         kubeconfig, directory, f"--injection-config={directory / 'injection.json'}",
         f"--webhook-listen={webhook_host}:443",
         f"--webhook-cert={directory / 'tls.crt'}", f"--webhook-key={directory / 'tls.key'}",
-        f"--lease-name={RELEASE}",
+        f"--lease-name={RELEASE}", *tls_args,
     ) as running:  # fmt: skip
         yield running
 
@@ -182,7 +220,8 @@ def running_operator(
     with log.open("wb") as out:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    running = OperatorProcess(process, log, grpc_port, admin_port)
+    ca_file = next((Path(a.partition("=")[2]) for a in args if a.startswith("--tls-ca=")), None)
+    running = OperatorProcess(process, log, grpc_port, admin_port, ca_file)
     try:
         eventually(running.ready, within=120, what="operator readiness")
         yield running

@@ -25,6 +25,8 @@ from llmroute.v1 import routes_pb2, rpc
 
 RELEASE = "llmroute"
 OPERATOR_NAMESPACE = "llmroute-system"
+SERVICE_NAME = f"{RELEASE}-replicas.{OPERATOR_NAMESPACE}.svc"
+"""The operator's name as injected sidecars dial it: what its certificate must carry."""
 
 
 def unique(prefix: str) -> str:
@@ -144,10 +146,20 @@ def http_status(url: str) -> int:
         return 0
 
 
-async def subscribe(port: int, token: str, namespace: str) -> grpc.StatusCode | routes_pb2.RouteResponse:
+def channel(port: int, ca: bytes | None) -> grpc.aio.Channel:
+    """A channel to the operator on `port` as a sidecar opens it: TLS trusting `ca`, for the Service's name."""
+    if ca is None:
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    options = [("grpc.ssl_target_name_override", SERVICE_NAME)]
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca), options=options)
+
+
+async def subscribe(
+    port: int, token: str, namespace: str, ca: bytes | None
+) -> grpc.StatusCode | routes_pb2.RouteResponse:
     """Open StreamRoutes as a sidecar of `namespace` with `token`: the first table, or the refusal's code."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = rpc.stream_routes(channel)(metadata=(("authorization", f"Bearer {token}"),))
+    async with channel(port, ca) as channel_:
+        call = rpc.stream_routes(channel_)(metadata=(("authorization", f"Bearer {token}"),))
         await call.write(routes_pb2.RouteRequest(node=routes_pb2.Node(pod="probe-0", namespace=namespace)))
         try:
             response = await asyncio.wait_for(call.read(), 60)

@@ -59,6 +59,9 @@ def test_the_api_server_calls_the_webhook_in_a_labelled_namespace(
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1"} in app["env"]
     assert {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:4000"} in app["env"]
     volumes = {v["name"]: v for v in stored["spec"]["volumes"]}
+    # TLS by default: the sidecar trusts the CA the operator keeps in the namespace (ConfigMap llmroute-ca).
+    assert "--tls-ca=/etc/llmroute/ca/ca.crt" in sidecar["args"] and "--plaintext" not in sidecar["args"]
+    assert volumes["llmroute-ca"]["configMap"] == {"name": "llmroute-ca", "optional": True, "defaultMode": 420}
     [source] = volumes["llmroute-token"]["projected"]["sources"]
     assert source["serviceAccountToken"]["audience"] == "llmroute"
     # The API server's own ServiceAccount admission still ran: the app keeps its API access volume.

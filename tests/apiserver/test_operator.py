@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from llmroute.operator.catrust import certificates
 from llmroute.v1 import routes_pb2
-from tests.apiserver.conftest import OperatorProcess, running_operator
+from tests.apiserver.conftest import OperatorProcess, chart_tls_args, running_operator
 from tests.apiserver.harness import ApiServer, eventually, subscribe, unique
 from tests.tools import REPO
 
@@ -114,7 +115,7 @@ def test_a_sidecar_in_a_namespace_without_routes_gets_an_empty_table(
     apiserver: ApiServer, operator: OperatorProcess, namespace: str
 ) -> None:
     token = apiserver.token(namespace, "default", "llmroute")
-    table = asyncio.run(subscribe(operator.grpc_port, token, namespace))
+    table = asyncio.run(subscribe(operator.grpc_port, token, namespace, operator.ca))
     assert isinstance(table, routes_pb2.RouteResponse), f"refused: {table}"
     assert list(table.table.routes) == []
 
@@ -143,9 +144,13 @@ def test_a_release_for_one_namespace_serves_it_with_a_role_binding(apiserver: Ap
         "--skip-crds", "--set", f"operator.watchNamespace={watched}", "--set", "injection.enabled=false",
     )  # fmt: skip
     kubeconfig = apiserver.kubeconfig_of(system, release, tmp_path / "kubeconfig")
-    args = (f"--namespace={watched}", f"--lease-name={release}")
+    args = (f"--namespace={watched}", f"--lease-name={release}", *chart_tls_args(apiserver, system, release, tmp_path))
     with running_operator(kubeconfig, tmp_path, *args, namespace=system) as scoped:
         apiserver.apply(route(watched, "support", ["chat"]))
         obj = eventually(lambda: accepted_at_generation(apiserver, watched, "support"), what="the route's status")
         assert condition(obj, "Accepted")["status"] == "True"
+        # The watched namespace gets the control plane's CA (labelled for injection or not): the Role allows it.
+        ca = eventually(lambda: apiserver.get("configmap", "-n", watched, "llmroute-ca"), what="the CA ConfigMap")
+        secret = apiserver.secret_data(system, f"{release}-tls")
+        assert certificates(ca["data"]["ca.crt"]) == certificates(secret["ca.crt"].decode())
         assert "Forbidden" not in scoped.log.read_text()

@@ -50,6 +50,7 @@ def sidecar(
     admin = free_port()
     command = [
         sys.executable, "-m", "llmroute", "sidecar", f"--control-plane=127.0.0.1:{operator.grpc_port}",
+        *operator.sidecar_flags(tmp_path),
         f"--namespace={shop}", "--pod-name=storefront-0", f"--token-file={token}",
         f"--listen=127.0.0.1:{free_port()}", f"--admin-listen=127.0.0.1:{admin}",
     ]  # fmt: skip
@@ -84,9 +85,11 @@ def test_a_token_of_another_namespace_is_refused(
 ) -> None:
     shop, blog = namespaces
     blog_token = apiserver.token(blog, "app", "llmroute")
-    assert asyncio.run(subscribe(operator.grpc_port, blog_token, shop)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        asyncio.run(subscribe(operator.grpc_port, blog_token, shop, operator.ca)) == grpc.StatusCode.PERMISSION_DENIED
+    )
     # The same token, honestly claiming its own namespace, gets that namespace's routes only.
-    table = asyncio.run(subscribe(operator.grpc_port, blog_token, blog))
+    table = asyncio.run(subscribe(operator.grpc_port, blog_token, blog, operator.ca))
     assert isinstance(table, routes_pb2.RouteResponse)
     assert [(r.namespace, json.loads(r.spec_json)["models"]) for r in table.table.routes] == [(blog, ["blog-chat"])]
 
@@ -97,4 +100,4 @@ def test_a_token_for_another_audience_or_a_forged_one_is_refused(
 ) -> None:
     shop, _ = namespaces
     token = apiserver.token(shop, "app", audience) if audience else "not-a-token"
-    assert asyncio.run(subscribe(operator.grpc_port, token, shop)) == grpc.StatusCode.UNAUTHENTICATED
+    assert asyncio.run(subscribe(operator.grpc_port, token, shop, operator.ca)) == grpc.StatusCode.UNAUTHENTICATED

@@ -44,11 +44,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "caConfigMap": "corp-ca",
         }
     },
-    "one-namespace-tls-no-injection": {
-        "operator.watchNamespace": "shop",
-        "controlPlane.tls.enabled": True,
-        "injection.enabled": False,
-    },
+    "one-namespace-no-injection": {"operator.watchNamespace": "shop", "injection.enabled": False},
+    "plaintext-control-plane": {"controlPlane.tls.enabled": False},
 }
 
 
@@ -122,8 +119,11 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
                         named[(group, resource)] = (rule["resourceNames"], rule["verbs"])
                     else:
                         rules[(group, resource)] = sorted(rules.get((group, resource), []) + rule["verbs"])
-    # Secrets: read the referenced ones; create and patch only the bootstrap table.
-    assert named == {("", "secrets"): (["llmroute-bootstrap"], ["patch"])}
+    # Secrets: read the referenced ones; create and patch only the bootstrap table. ConfigMaps: only the CA.
+    assert named == {
+        ("", "secrets"): (["llmroute-bootstrap"], ["patch"]),
+        ("", "configmaps"): (["llmroute-ca"], ["patch"]),
+    }
     assert rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
         ("authentication.k8s.io", "tokenreviews"): ["create"],
@@ -132,6 +132,7 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
         ("llmroute.io", "llmroutes/status"): ["patch"],
         ("", "secrets"): ["create", "get", "list", "watch"],
         ("", "events"): ["create"],
+        ("", "configmaps"): ["create"],
     }
     # The one namespaced grant: the leader-election Lease, in the release's namespace, by name.
     [role] = by_kind(objects, "Role")
@@ -338,12 +339,22 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, hostname: str) ->
 def test_cert_manager_mode_injects_the_ca_and_skips_the_helm_secret(render: Render) -> None:
     objects = render(VALUE_SETS["cert-manager-self-signed"])
     assert not by_kind(objects, "Secret")
-    certificate = one(objects, "Certificate")
-    assert "llmroute.llmroute-system.svc" in certificate["spec"]["dnsNames"]
-    assert certificate["spec"]["issuerRef"]["name"] == one(objects, "Issuer")["metadata"]["name"]
+    certificates = {c["metadata"]["name"]: c["spec"] for c in by_kind(objects, "Certificate")}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in by_kind(objects, "Issuer")}
+    # A self-signed CA signs the serving certificate, so renewing the serving certificate keeps the CA.
+    assert certificates["llmroute-ca"]["isCA"] is True
+    assert issuers[certificates["llmroute-ca"]["issuerRef"]["name"]] == {"selfSigned": {}}
+    certificate = certificates["llmroute"]
+    assert "llmroute.llmroute-system.svc" in certificate["dnsNames"]
+    assert certificate["secretName"] == "llmroute-tls"
+    assert issuers[certificate["issuerRef"]["name"]] == {"ca": {"secretName": "llmroute-ca"}}
     webhook = one(objects, "MutatingWebhookConfiguration")
     assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "llmroute-system/llmroute"
     assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
     issued = render(VALUE_SETS["cert-manager-cluster-issuer"])
     assert not by_kind(issued, "Issuer")
-    assert one(issued, "Certificate")["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+    assert one(issued, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import stat
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,12 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from llmroute.model import RoutingTable, table_version
-from llmroute.operator.auth import TokenReviewAuthenticator
 from llmroute.operator.controlplane import ControlPlane, SidecarCounts
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 
-from .conftest import PlaneFactory, eventually, make_route, token_review
+from .conftest import PlaneFactory, eventually, make_route
 
 
 class Sidecar:
@@ -33,6 +30,7 @@ class Sidecar:
             token_file=token_file,
             state_dir=state_dir,
             tls_ca=None,
+            plaintext=True,
             apply=self.applied.append,
             load=self.load,
             backoff_min=0.05,
@@ -196,42 +194,3 @@ async def test_load_reports_of_two_sidecars_are_merged(plane: ControlPlane, side
     assert health.error_rate == 0.02
     assert health.requests_per_minute > 100
     assert health.spend_usd_per_hour > 0
-
-
-@pytest.fixture
-def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl binary to make a certificate")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-async def test_subscribes_over_tls(token_file: Path, tls_pair: tuple[Path, Path]) -> None:
-    cert, key = tls_pair
-    plane = ControlPlane(authenticator=TokenReviewAuthenticator(token_review), registry=CollectorRegistry())
-    await plane.start("127.0.0.1:0", tls_cert=cert, tls_key=key)
-    try:
-        plane.publish("shop", [make_route("shop", "chat")])
-        applied: list[RoutingTable] = []
-        client = ControlPlaneClient(
-            f"localhost:{plane.port}",
-            NodeInfo(pod="web-1", namespace="shop"),
-            token_file=token_file,
-            state_dir=None,
-            tls_ca=cert,
-            apply=applied.append,
-            load=LoadRecorder(),
-        )
-        task = asyncio.create_task(client.run())
-        await eventually(lambda: plane.route_sidecars("shop", "chat").programmed == 1)
-        assert [t.models for t in applied] == [["chat"]]
-        await client.stop()
-        await task
-    finally:
-        await plane.stop(0)

@@ -7,6 +7,7 @@ docker-image ghcr.io/llmroute/llmroute:0.1.0` (or set LLMROUTE_IMAGE=repo:tag to
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llmroute.operator.catrust import certificates
 from tests.tools import REPO
 
 RELEASE = "llmroute"
@@ -110,3 +112,17 @@ def test_a_request_through_the_sidecar_reaches_the_backend(installed: None, kube
     headers, _, payload = out.replace("\r\n", "\n").partition("\n\n")
     assert "x-llmroute-backend: sim" in headers.lower()
     assert json.loads(payload)["choices"][0]["message"]["content"]
+
+
+def test_the_control_plane_is_encrypted_with_nothing_installed_by_hand(installed: None, kubectl_bin: Path) -> None:
+    # The operator keeps its CA in the labelled namespace; the injected sidecar trusts it and dials TLS.
+    secret = json.loads(run(kubectl_bin, "-n", OPERATOR_NAMESPACE, "get", "secret", f"{RELEASE}-tls", "-o", "json"))
+    config_map = json.loads(run(kubectl_bin, "-n", APP_NAMESPACE, "get", "configmap", "llmroute-ca", "-o", "json"))
+    ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
+    assert certificates(config_map["data"]["ca.crt"])[0] == certificates(ca)[0]
+    spec = storefront_pod(kubectl_bin)["spec"]
+    assert isinstance(spec, dict)
+    [sidecar] = [c for c in spec["initContainers"] if c["name"] == "llmroute-sidecar"]
+    assert "--tls-ca=/etc/llmroute/ca/ca.crt" in sidecar["args"] and "--plaintext" not in sidecar["args"]
+    logs = run(kubectl_bin, "-n", APP_NAMESPACE, "logs", "deploy/storefront", "-c", "llmroute-sidecar")
+    assert "subscribed to control plane" in logs and "PLAINTEXT" not in logs

@@ -375,6 +375,7 @@ class Bench:
             status_interval=0.2,
             reconnect_grace=RECONNECT_GRACE_S,
             pod=OPERATOR_POD,
+            plaintext=True,
         )
         started: concurrent.futures.Future[Operator] = concurrent.futures.Future()
         serve = self._serve(dataclasses.replace(bench_options, **options), started)

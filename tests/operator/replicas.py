@@ -112,7 +112,7 @@ class Fleet:
         args = [
             "operator", "--grpc-listen", replica.target, "--admin-listen", f"127.0.0.1:{replica.admin}",
             "--namespace", "shop", "--namespace", "blog", "--lease-namespace", "default",
-            "--lease-duration", str(LEASE_DURATION_S), "--peers", peers,
+            "--lease-duration", str(LEASE_DURATION_S), "--peers", peers, "--plaintext",
         ]  # fmt: skip
         env = {**self.env, "POD_NAME": replica.name}
         replica.process = await spawn(replica.name, args, self.tmp / f"{replica.name}.log", env)
@@ -138,7 +138,7 @@ class Fleet:
             "sidecar", "--control-plane", self.control_plane, "--namespace", "shop", "--pod-name", pod,
             "--labels", "app=shop", "--token-file", str(token_file), "--listen", f"127.0.0.1:{app}",
             "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(self.tmp / f"{pod}-state"),
-            "--drain-timeout", "1", *extra,
+            "--drain-timeout", "1", "--plaintext", *extra,
         ]  # fmt: skip
         sidecar = Sidecar(pod, app, admin, await spawn(pod, args, self.tmp / f"{pod}.log", self.env))
         self.sidecars.append(sidecar)

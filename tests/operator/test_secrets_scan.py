@@ -194,7 +194,7 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
                 f"--control-plane=127.0.0.1:{bench.operator.grpc_port}",
                 f"--namespace={NAMESPACE}", f"--pod-name={pod}", "--labels=app=shop",
                 f"--token-file={token}", f"--state-dir={tmp_path / pod}", "--log-level=debug",
-                f"--passthrough=openai={upstream.url}",
+                f"--passthrough=openai={upstream.url}", "--plaintext",
             ]  # fmt: skip
             access_log = tmp_path / f"{pod}.access.log"
             with access_log.open("wb") as stdout:

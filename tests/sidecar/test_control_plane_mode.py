@@ -4,10 +4,14 @@ operator's absence and a restart from --state-dir, and load reports come back as
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import CollectorRegistry
 
 from llmroute.model import parse_document
 from llmroute.operator.auth import InsecureAuthenticator
@@ -21,7 +25,7 @@ from .harness import backend_entry, chat_body, route_doc, sidecar_running
 def sidecar(address: str, state_dir: Path) -> AbstractAsyncContextManager[Sidecar]:
     return sidecar_running(
         ["--control-plane", address, "--namespace", "default", "--pod-name", "app-1", "--labels", "app=shop",
-         "--state-dir", str(state_dir), "--drain-timeout", "1"]
+         "--state-dir", str(state_dir), "--drain-timeout", "1", "--plaintext"]
     )  # fmt: skip
 
 
@@ -78,3 +82,32 @@ async def test_routes_arrive_survive_the_operator_and_restarts(tmp_path: Path) -
     finally:
         await plane.stop(0)
         await backend.stop()
+
+
+async def test_plaintext_on_either_side_is_a_warning_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    plane = ControlPlane(authenticator=InsecureAuthenticator(), report_interval=0.2, registry=CollectorRegistry())
+    await plane.start("127.0.0.1:0")
+    plane.publish("default", [])
+    try:
+        async with sidecar(f"127.0.0.1:{plane.port}", tmp_path / "state") as running:
+            await wait_until_ready(running.admin_server.port)
+    finally:
+        await plane.stop(0)
+    warned = {r.name for r in caplog.records if r.levelno == logging.WARNING and "PLAINTEXT" in r.getMessage()}
+    assert warned == {"llmroute.operator.controlplane", "llmroute.sidecar.routes.controlplane"}
+
+
+async def test_readyz_says_why_the_operator_is_not_reached(tmp_path: Path) -> None:
+    # Injected before the operator wrote the namespace's CA: the mounted file is not there yet.
+    args = ["--control-plane", "127.0.0.1:9", "--namespace", "default", "--pod-name", "app-1",
+            "--tls-ca", str(tmp_path / "ca" / "ca.crt"), "--drain-timeout", "1"]  # fmt: skip
+    async with sidecar_running(args) as running, httpx.AsyncClient() as http:
+        for _ in range(100):
+            answer = (await http.get(f"http://127.0.0.1:{running.admin_server.port}/readyz")).json()
+            if "cannot read the CA bundle" in json.dumps(answer):
+                break
+            await asyncio.sleep(0.05)
+    assert answer["status"] == "no routing table loaded yet"
+    [problem] = answer["problems"]["control-plane"]
+    assert f"cannot read the CA bundle {tmp_path / 'ca' / 'ca.crt'}" in problem
