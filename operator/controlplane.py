@@ -22,6 +22,7 @@ import grpc.aio
 from prometheus_client import CollectorRegistry
 
 from llmroute.model import Route
+from llmroute.model.policy import Policy, QuotaKey
 from llmroute.v1 import load_pb2, rpc
 
 from .auth import Authenticator
@@ -29,6 +30,7 @@ from .loadstore import BackendHealth, LoadStore, LoadTotals
 from .planecache import SnapshotCache
 from .planehooks import PlaneMetrics
 from .planestreams import StreamServer
+from .quotas import QuotaFigures, QuotaService
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class ControlPlane:
         max_delay: float = 10.0,
         reconnect_grace: float = RECONNECT_GRACE_S,
         registry: CollectorRegistry | None = None,
+        quota_replicas: int = 1,
     ) -> None:
         self.authenticator = authenticator
         self.reconnect_grace = reconnect_grace
@@ -103,6 +106,8 @@ class ControlPlane:
         self.streams = StreamServer(self.cache, authenticator, PlaneMetrics(registry))
         self.streams.on_change = self._changed
         self._load = LoadStore()
+        self.quotas = QuotaService(report_interval=report_interval, replicas=quota_replicas)
+        """Grants on the load streams; the operator runs `quotas.run` as a supervised loop."""
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconnecting_until = 0.0  # monotonic; set by start()
@@ -153,8 +158,16 @@ class ControlPlane:
         else:
             method(namespace, value)
 
+    def publish_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
+        """Set the policies that apply to the namespace's sidecars (its own and the operator namespace's)."""
+        self._call(self._set_policies, namespace, tuple(policies))
+
+    def _set_policies(self, namespace: str, policies: tuple[Policy, ...]) -> None:
+        self.cache.set_policies(namespace, policies)
+        self.quotas.set_policies(namespace, policies)
+
     def synced(self, namespaces: Sequence[str]) -> None:
-        """Mark namespaces as having no routes unless published: their sidecars then get an empty table.
+        """Mark namespaces as having no routes or policies unless published: their sidecars then get empty ones.
 
         Until a namespace is published (or named here) its sidecars wait, rather than being told after an
         operator restart that they have no routes.
@@ -162,6 +175,37 @@ class ControlPlane:
         for name in namespaces:
             if self.cache.routes(name) is None:
                 self.publish(name, ())
+            if self.cache.policies(name) is None:
+                self.publish_policies(name, ())
+
+    def policy_sidecars(self, namespace: str, name: str, generation: int) -> SidecarCounts:
+        """Sidecars that the policy applies to and that subscribe to policies: connected, ACKed a set carrying
+        this generation, NACKed one (with why)."""
+        key = f"{namespace}/{name}"
+        connected = programmed = rejected = 0
+        messages = []
+        for ns in self.cache.namespaces():
+            policies = self.cache.policies(ns) or ()
+            if not any(p.namespace == namespace and p.name == name for p in policies):
+                continue
+            for stream in self.streams.streams(ns):
+                sub = stream.subscriptions.get(rpc.TYPE_POLICIES)
+                if sub is None:
+                    continue
+                connected += 1
+                if sub.acked is not None and sub.acked.generations.get(key) == generation:
+                    programmed += 1
+                    continue
+                for resource, message in reversed(sub.nacks.values()):
+                    if resource.generations.get(key) == generation:
+                        rejected += 1
+                        messages.append(NackMessage(f"{ns}/{stream.pod}", message))
+                        break
+        return SidecarCounts(connected, programmed, rejected, tuple(sorted(messages, key=lambda m: m.pod)))
+
+    def quota_figures(self, key: QuotaKey) -> QuotaFigures | None:
+        """What this replica's sidecars did with one quota in its current window."""
+        return self.quotas.figures(key)
 
     def route_sidecars(self, namespace: str, name: str) -> SidecarCounts:
         """Sidecars selected by the route: connected, ACKed its current generation, NACKed it (with why)."""
@@ -240,12 +284,32 @@ class ControlPlane:
     ) -> None:
         first = await self.streams.first(requests, context)
         identity = await self.streams.identify(context, first.node)
-        await context.write(load_pb2.LoadDirective(report_interval_seconds=self.report_interval))
-        self._add_load(identity.namespace, first)
-        async for report in requests:
-            self._add_load(identity.namespace, report)
+        sidecar = f"{identity.namespace}/{first.node.pod}"
+        outbox: asyncio.Queue[load_pb2.LoadDirective] = asyncio.Queue()
+        handle = self.quotas.opened(sidecar, identity.namespace, outbox.put_nowait)
+        reader = asyncio.create_task(self._read_load(identity.namespace, sidecar, first, requests))
+        try:
+            while not reader.done():
+                directive = asyncio.create_task(outbox.get())
+                await asyncio.wait((directive, reader), return_when=asyncio.FIRST_COMPLETED)
+                if directive.done():
+                    await context.write(directive.result())
+                else:
+                    directive.cancel()
+            reader.result()
+        finally:
+            reader.cancel()
+            self.quotas.closed(sidecar, handle)
 
-    def _add_load(self, namespace: str, report: load_pb2.LoadReport) -> None:
+    async def _read_load(
+        self, namespace: str, sidecar: str, first: load_pb2.LoadReport, requests: AsyncIterator[load_pb2.LoadReport]
+    ) -> None:
+        self._add_load(namespace, sidecar, first)
+        async for report in requests:
+            self._add_load(namespace, sidecar, report)
+
+    def _add_load(self, namespace: str, sidecar: str, report: load_pb2.LoadReport) -> None:
+        self.quotas.report(sidecar, report)
         if report.backends:
             self._load.add(namespace, report)
             self._changed(namespace)
