@@ -21,8 +21,12 @@ from .allocator import Allocator, Grant, Limit, Usage
 log = logging.getLogger(__name__)
 
 MINUTE = Window(60)
-_QUANTITY: dict[Quantity, int] = {"usd": load_pb2.USD, "requests": load_pb2.REQUESTS, "tokens": load_pb2.TOKENS}
-_FROM_WIRE = {number: name for name, number in _QUANTITY.items()}
+_QUANTITY: dict[Quantity, load_pb2.Quantity] = {
+    "usd": load_pb2.USD,
+    "requests": load_pb2.REQUESTS,
+    "tokens": load_pb2.TOKENS,
+}
+_FROM_WIRE: dict[int, Quantity] = {number: name for name, number in _QUANTITY.items()}
 
 
 def policy_limits(policy: Policy, replicas: int = 1) -> list[Limit]:
@@ -114,6 +118,8 @@ class QuotaService:
 
     def set_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
         """The policies that apply to the namespace's sidecars."""
+        if self._policies.get(namespace) == tuple(policies):
+            return
         self._policies[namespace] = tuple(policies)
         unique = {(p.namespace, p.name): p for ps in self._policies.values() for p in ps}
         self.allocator.set_limits(limit for p in unique.values() for limit in policy_limits(p, self.replicas))
