@@ -23,6 +23,8 @@ from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import Passthrough, parse_upstreams
+from llmroute.sidecar.policy.admission import Admission
+from llmroute.sidecar.policy.ledger import QuotaLedger
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
@@ -165,6 +167,9 @@ class Sidecar:
         self.draining = False
         self.files: FileRouteSource | None = None
         self.control_plane: ControlPlaneClient | None = None
+        # Local mode enforces whole limits alone; under the operator each limit is a share it grants.
+        self.ledger = QuotaLedger(local=not args.control_plane)
+        self.admission = Admission(self.ledger, self._labels(), self.metrics)
         if args.control_plane:
             assert self.load is not None
             self.control_plane = ControlPlaneClient(
@@ -181,7 +186,7 @@ class Sidecar:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
         self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.admission),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
