@@ -307,8 +307,7 @@ class ControlPlaneClient:
 
     def _report_soon(self) -> None:
         """A request found too small a quota share: report the demand now rather than at the interval."""
-        if time.monotonic() - self._last_report >= EARLY_REPORT_MIN_S:
-            self._interval_changed.set()
+        self._interval_changed.set()
 
     def _snapshot(self) -> load_pb2.LoadReport:
         """The next load report: per-backend counts, and quota usage when policies apply."""
@@ -331,6 +330,8 @@ class ControlPlaneClient:
                     # Wake early when the server sets a new interval, so its first directive counts at once.
                     await wait_event(self._interval_changed, self._report_interval)
                     self._interval_changed.clear()
+                    # Early reports (unmet demand) come at most every EARLY_REPORT_MIN_S, however many requests ask.
+                    await asyncio.sleep(max(self._last_report + EARLY_REPORT_MIN_S - time.monotonic(), 0.0))
                     await call.write(self._snapshot())
             except grpc.aio.AioRpcError as exc:
                 log.warning("load reporting to %s failed: %s %s", self.address, exc.code().name, exc.details())
