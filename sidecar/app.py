@@ -17,6 +17,7 @@ from llmroute.sidecar.count_tokens import count_tokens
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
+from llmroute.sidecar.inbound.base import estimate_tokens
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.policy.admission import Admission
@@ -151,6 +152,8 @@ class SidecarApp:
             return await self.passthrough.forward(request, api.family, api.api)
         body, parsed, runtime, priority, timeout = routed
         route = runtime.route
+        if route.system_prompts:
+            _add_locale_prompt(api, body, parsed, route.system_prompts, request.headers.get("x-llmroute-locale"))
         call = Call(
             runtime=runtime,
             api=api,
@@ -315,6 +318,19 @@ class SidecarApp:
         if call.policy is not None and call.policy.downgraded_by:
             headers.append(("x-llmroute-downgraded", call.policy.downgraded_by))
         return headers
+
+
+def _add_locale_prompt(
+    api: Inbound, body: dict[str, Any], parsed: Parsed, prompts: dict[str, str], locale: str | None
+) -> None:
+    """The route's system prompt for the request's locale (`vi`, or `vi-VN` falling back to `vi`), when the
+    app sent no system prompt of its own: never overrides the app's."""
+    if not locale:
+        return
+    locale = locale.strip().lower()
+    prompt = prompts.get(locale) or prompts.get(locale.partition("-")[0])
+    if prompt is not None and api.add_system(body, prompt):
+        parsed.tokens_in += estimate_tokens(prompt)
 
 
 def _settle(call: Call, answer: Answer | None, *, unknown: bool = False) -> None:
