@@ -135,17 +135,18 @@ class Admission:
             limits = self._by_call[(route, call.priority)] = tuple(
                 limit for limit in self.limits if limit.applies(route, call.priority)
             )
-        decision = call.policy = Decision(excluded=self._outside_allowed(runtime))
-        if len(decision.excluded) == len(runtime.candidates):
-            why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded.items())
+        excluded = self._outside_allowed(runtime)
+        if excluded and len(excluded) == len(runtime.candidates):
+            why = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
             raise ProxyError(403, f"no backend of route {route} is allowed here: {why}", "policy_violation")
+        decision = call.policy = Decision(excluded=excluded)
         now = self.ledger.clock()
-        tokens = call.tokens_in + call.tokens_out
-        usd = self._estimate(call, decision.excluded)
+        amounts = {"usd": self._estimate(call, excluded), "tokens": float(call.tokens_in + call.tokens_out)}
         downgrade: Limit | None = None
-        observed = []
+        observed: list[str] = []
         for limit in limits:
-            if limit.quota.ask(_amount(limit, usd, tokens), now):
+            quota = limit.quota
+            if quota.ask(amounts.get(quota.quantity, 1.0), now):
                 continue
             if limit.action == "Observe":
                 observed.append(limit.policy.name)
@@ -153,14 +154,14 @@ class Admission:
             elif limit.action == "Downgrade" and limit.max_price is not None:
                 downgrade = downgrade or limit
             else:
-                needs = _amount(limit, usd, tokens)
-                self._refuse(decision, limit, now, f"{limit.describe()}; this request needs about {needs:g}")
+                needs = f"this request needs about {amounts.get(quota.quantity, 1.0):g}"
+                self._refuse(decision, limit, now, f"{limit.describe()}; {needs}")
         if downgrade is not None:
-            usd = self._downgrade(call, decision, downgrade, now)
-        decision.observed = tuple(observed)
-        decision.reservation = Reservation(
-            tuple((limit.quota, _amount(limit, usd, tokens)) for limit in limits), self.ledger.clock
-        )
+            amounts["usd"] = self._downgrade(call, decision, downgrade, now)
+        if observed:
+            decision.observed = tuple(observed)
+        claims = tuple((limit.quota, amounts.get(limit.quota.quantity, 1.0)) for limit in limits)
+        decision.reservation = Reservation(claims, self.ledger.clock)
 
     def _downgrade(self, call: Call, decision: Decision, limit: Limit, now: float) -> float:
         """Leave out the backends above `limit`'s downgrade price; the new estimate, or the 429 when none is left."""
@@ -193,14 +194,13 @@ class Admission:
     @staticmethod
     def _estimate(call: Call, excluded: dict[str, str]) -> float:
         """USD the request may cost: its prompt estimate and output limit at the dearest backend it may use."""
-        return max(
-            (
-                c.spec.price.cost(call.tokens_in, call.tokens_out)
-                for c in call.runtime.candidates
-                if c.name not in excluded
-            ),
-            default=0.0,
-        )
+        usd = 0.0
+        for candidate in call.runtime.candidates:
+            if candidate.name not in excluded:
+                cost = candidate.spec.price.cost(call.tokens_in, call.tokens_out)
+                if cost > usd:
+                    usd = cost
+        return usd
 
     def _outside_allowed(self, runtime: RouteRuntime) -> dict[str, str]:
         """The route's backends that some policy's `allowed` refuses, and why (kept per route table)."""
@@ -215,11 +215,6 @@ class Admission:
                     refused.setdefault(backend.name, f"outside LLMPolicy {policy.name}'s allowed: {why}")
         self._allowed[runtime.route.key] = (runtime.route, refused)
         return refused
-
-
-def _amount(limit: Limit, usd: float, tokens: int) -> float:
-    quantity = limit.quota.key.quantity
-    return usd if quantity == "usd" else float(tokens) if quantity == "tokens" else 1.0
 
 
 def _host(backend: Backend) -> str:

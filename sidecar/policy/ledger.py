@@ -34,6 +34,7 @@ class Quota:
         "demand",
         "key",
         "limit",
+        "quantity",
         "rejected",
         "reserved",
         "used",
@@ -44,6 +45,7 @@ class Quota:
 
     def __init__(self, key: QuotaKey, window: Window, limit: float, ledger: QuotaLedger, now: float) -> None:
         self.key = key
+        self.quantity = key.quantity
         self.window = window
         self.limit = limit
         """The policy's whole limit (every sidecar's shares together)."""
@@ -70,7 +72,8 @@ class Quota:
     @property
     def granted(self) -> float:
         """What this sidecar may use in the current window, in all (0 without a grant for it)."""
-        return self._ledger.granted(self.key, self.window_start, self.limit)
+        ledger = self._ledger
+        return self.limit if ledger.local else ledger.granted(self.key, self.window_start, self.limit)
 
     def room(self, now: float) -> float:
         """What a new request may still reserve now."""
@@ -81,7 +84,9 @@ class Quota:
         """Whether `amount` fits now; counts it as demand either way, and tells the ledger when it does not
         fit with no grant to blame but this sidecar's share (so the operator hears of the demand at once)."""
         self.demand += amount
-        if amount <= self.room(now):
+        if now >= self.window_end:
+            self.roll(now)
+        if amount <= self.granted - self.used - self.reserved:
             return True
         self._ledger.unmet()
         return False
@@ -95,7 +100,8 @@ class Quota:
 
     def settle(self, reserved: float, used: float, now: float) -> None:
         """A request that reserved `reserved` ended having used `used`."""
-        self.roll(now)
+        if now >= self.window_end:
+            self.roll(now)
         self.reserved = max(self.reserved - reserved, 0.0)
         self.used += used
 
@@ -186,9 +192,8 @@ class Reservation:
         self._close()
         now = self._clock()
         for quota, amount in self._claims:
-            quantity = quota.key.quantity
-            used = cost_usd if quantity == "usd" else float(tokens) if quantity == "tokens" else 1.0
-            quota.settle(amount, used, now)
+            quantity = quota.quantity
+            quota.settle(amount, cost_usd if quantity == "usd" else tokens if quantity == "tokens" else 1.0, now)
 
     def settle_reserved(self) -> None:
         """The request ended with its real usage unknown: charge what it reserved."""
