@@ -8,11 +8,12 @@ if its Secret is gone), and the verdict says precisely why the new form was refu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmroute.model import KeyResolver, Problem, Route, RouteInvalid, compile_table, parse_spec, resolve_keys
+from llmroute.model.policy import Policy, policy_violation
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -129,15 +130,23 @@ def _refs_failure(route: Route, exists: Callable[[str, str], bool], problems: li
 
 
 def _entry(
-    obj: RouteObject, resolver: KeyResolver, exists: Callable[[str, str], bool], last: LastGood | None
+    obj: RouteObject,
+    resolver: KeyResolver,
+    exists: Callable[[str, str], bool],
+    last: LastGood | None,
+    policies: Sequence[Policy],
 ) -> _Entry:
-    """Parse and resolve the new form; add the last good form as the fallback."""
+    """Parse and resolve the new form (unless a policy refuses it); add the last good form as the fallback."""
     entry = _Entry(obj, VALID, NOT_CHECKED)
     parsed: Route | None = None
     try:
         parsed = parse_spec(obj.spec, name=obj.name, namespace=obj.namespace, generation=obj.generation)
     except RouteInvalid as exc:
         entry.accepted = Check("False", "Invalid", _message(exc.problems))
+    violation = None if parsed is None else policy_violation(parsed.backends, policies)
+    if violation is not None:
+        entry.accepted = Check("False", "PolicyViolation", violation)
+        parsed = None
     if parsed is not None:
         try:
             entry.forms.append(_Form(parsed, resolve_keys(parsed, resolver), is_new=True))
@@ -145,6 +154,7 @@ def _entry(
         except RouteInvalid as exc:
             entry.resolved_refs = _refs_failure(parsed, exists, exc.problems)
     if last is not None and last.uid == obj.uid and not (entry.forms and last.route == parsed):
+        # The last good form serves on, even when a policy made since would refuse it: the table never breaks.
         try:
             resolved = resolve_keys(last.route, resolver)
         except RouteInvalid:
@@ -158,10 +168,14 @@ def reconcile(
     resolver: KeyResolver,
     exists: Callable[[str, str], bool],
     last_good: Mapping[str, LastGood],
+    policies: Sequence[Policy] = (),
 ) -> NamespaceResult:
-    """Decide what to publish for one namespace; `exists(namespace, name)` says whether a Secret exists."""
+    """Decide what to publish for one namespace; `exists(namespace, name)` says whether a Secret exists.
+
+    A route with a backend outside the `allowed` of one of `policies` (those that apply to the namespace)
+    is refused: Accepted=False, reason PolicyViolation, naming the policy."""
     entries = [
-        _entry(obj, resolver, exists, last_good.get(obj.name))
+        _entry(obj, resolver, exists, last_good.get(obj.name), policies)
         for obj in sorted(objects, key=lambda o: (o.created, o.name))
     ]
     while True:

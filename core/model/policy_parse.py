@@ -128,3 +128,58 @@ def parse_policy_document(doc: Any, *, default_namespace: str = "default") -> Po
     return parse_policy_spec(
         doc["spec"], name=envelope.name, namespace=envelope.namespace, generation=envelope.generation
     )
+
+
+def window_text(window: Window) -> str:
+    """The window as a spec writes it, in its largest whole unit (30d and 31d stay the calendar month)."""
+    for unit in ("d", "h", "m"):
+        if window.seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{window.seconds // _UNIT_SECONDS[unit]}{unit}"
+    raise ValueError(f"a window of {window.seconds} s is not whole minutes")
+
+
+def _selector_spec(selector: Selector) -> dict[str, Any]:
+    return {"matchLabels": dict(sorted(selector.match_labels.items()))} if selector.match_labels else {}
+
+
+def policy_spec(policy: Policy) -> dict[str, Any]:
+    """The policy as a canonical LLMPolicy spec (defaults filled in): what the operator sends sidecars.
+
+    parse_policy_spec(policy_spec(p)) == p, so a sidecar parses exactly what the operator accepted."""
+    budgets = []
+    for b in policy.budgets:
+        raw: dict[str, Any] = {"name": b.name, "window": window_text(b.window), "limitUSD": b.limit_usd}
+        raw["action"] = b.action
+        if b.downgrade_max_price_per_mtok is not None:
+            raw["downgrade"] = {"maxPricePerMTok": b.downgrade_max_price_per_mtok}
+        if b.workload_selector.match_labels:
+            raw["workloadSelector"] = _selector_spec(b.workload_selector)
+        if b.routes:
+            raw["routes"] = sorted(b.routes)
+        budgets.append(raw)
+    limits = []
+    for r in policy.rate_limits:
+        raw = {"name": r.name}
+        if r.requests_per_minute is not None:
+            raw["requestsPerMinute"] = r.requests_per_minute
+        if r.tokens_per_minute is not None:
+            raw["tokensPerMinute"] = r.tokens_per_minute
+        if r.priorities:
+            raw["priorities"] = sorted(r.priorities)
+        if r.workload_selector.match_labels:
+            raw["workloadSelector"] = _selector_spec(r.workload_selector)
+        limits.append(raw)
+    allowed: dict[str, Any] = {}
+    if policy.allowed.providers:
+        allowed["providers"] = sorted(policy.allowed.providers)
+    if policy.allowed.hosts:
+        allowed["hosts"] = list(policy.allowed.hosts)
+    if policy.allowed.max_price_per_mtok is not None:
+        allowed["maxPricePerMTok"] = policy.allowed.max_price_per_mtok
+    return {
+        "tier": policy.tier,
+        "budgets": budgets,
+        "rateLimits": limits,
+        "allowed": allowed,
+        "passthrough": policy.passthrough,
+    }

@@ -13,7 +13,13 @@ import yaml
 from llmroute.model import parse_document
 from llmroute.model.files import load_policies, load_routes
 from llmroute.model.policy import Window, policy_violation
-from llmroute.model.policy_parse import PolicyInvalid, parse_policy_document, parse_policy_spec, parse_window
+from llmroute.model.policy_parse import (
+    PolicyInvalid,
+    parse_policy_document,
+    parse_policy_spec,
+    parse_window,
+    policy_spec,
+)
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -160,3 +166,11 @@ def test_files_hold_routes_and_policies_side_by_side(tmp_path: Path) -> None:
     ]
     routes = load_routes([tmp_path])
     assert [r.name for r in routes.routes] == ["support-chat"] and not routes.problems
+
+
+def test_canonical_spec_round_trips() -> None:
+    policy = parse_policy_document(example())
+    assert parse_policy_spec(policy_spec(policy), name=policy.name, namespace=policy.namespace) == policy
+    hourly = parse_policy_spec({"budgets": [{"name": "b", "window": "60m", "limitUSD": 1}]}, name="p", namespace="n")
+    assert policy_spec(hourly)["budgets"] == [{"name": "b", "window": "1h", "limitUSD": 1.0, "action": "Reject"}]
+    assert parse_policy_spec(policy_spec(hourly), name="p", namespace="n") == hourly
