@@ -97,6 +97,7 @@ class Admission:
                 if budget.workload_selector.matches(self.labels):
                     key = QuotaKey(policy.namespace, policy.name, budget.name, "usd")
                     quota = self.ledger.track(key, budget.window, budget.limit_usd)
+                    quota.enforced = budget.action != "Observe"
                     limits.append(
                         Limit(
                             policy,

@@ -32,6 +32,7 @@ class Quota:
     __slots__ = (
         "_ledger",
         "demand",
+        "enforced",
         "key",
         "limit",
         "quantity",
@@ -58,6 +59,9 @@ class Quota:
         """Asked for since the last load report, admitted or not."""
         self.rejected = 0
         """Requests refused on this quota since the last load report."""
+        self.enforced = True
+        """False for an Observe budget: the operator grants it nothing (it only counts the fleet's spend), so
+        under the operator it admits everything; alone (local mode) it still says when the limit is passed."""
 
     def __repr__(self) -> str:
         return f"Quota({self.key}, used={self.used:g}, reserved={self.reserved:g}, granted={self.granted:g})"
@@ -86,7 +90,7 @@ class Quota:
         self.demand += amount
         if now >= self.window_end:
             self.roll(now)
-        if amount <= self.granted - self.used - self.reserved:
+        if amount <= self.granted - self.used - self.reserved or not (self.enforced or self._ledger.local):
             return True
         self._ledger.unmet()
         return False

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import json
 
-from llmroute.model.policy import Policy, Quantity, QuotaKey
+from llmroute.model.policy import Policy
 from llmroute.model.policy_parse import PolicyInvalid, parse_policy_spec
 from llmroute.sidecar.policy.ledger import QuotaLedger
 from llmroute.v1 import load_pb2, routes_pb2
-
-_QUANTITY: dict[Quantity, load_pb2.Quantity] = {
-    "usd": load_pb2.USD,
-    "requests": load_pb2.REQUESTS,
-    "tokens": load_pb2.TOKENS,
-}
-_BY_NUMBER: dict[int, Quantity] = {number: name for name, number in _QUANTITY.items()}
+from llmroute.v1.quota_keys import key_message, key_of
 
 
 class PolicySetRejected(ValueError):
@@ -42,20 +36,6 @@ def policies_of(response: routes_pb2.RouteResponse) -> list[Policy]:
     if problems:
         raise PolicySetRejected("; ".join(problems))
     return policies
-
-
-def key_message(key: QuotaKey) -> load_pb2.QuotaKey:
-    return load_pb2.QuotaKey(
-        namespace=key.namespace, policy=key.policy, limit=key.limit, quantity=_QUANTITY[key.quantity]
-    )
-
-
-def key_of(message: load_pb2.QuotaKey) -> QuotaKey | None:
-    """The quota a message names; None for a quantity this sidecar does not know (a newer operator's)."""
-    quantity = _BY_NUMBER.get(message.quantity)
-    if quantity is None:
-        return None
-    return QuotaKey(message.namespace, message.policy, message.limit, quantity)
 
 
 def usage_report(ledger: QuotaLedger, report: load_pb2.LoadReport) -> None:

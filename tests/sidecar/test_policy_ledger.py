@@ -124,3 +124,13 @@ def test_policies_that_change_keep_the_usage_of_quotas_that_stay() -> None:
     ledger.keep_only([other])
     assert list(ledger.quotas) == [other]
     assert ledger.track(KEY, Window(60), 10.0).used == 0.0  # another window: another quota
+
+
+def test_an_observe_budget_under_the_operator_needs_no_grant() -> None:
+    clock = Clock(T0)
+    unmet = []
+    ledger = QuotaLedger(local=False, clock=clock, on_unmet=lambda: unmet.append(1))
+    quota = ledger.track(KEY, HOUR, 1.0)
+    quota.enforced = False  # the operator grants Observe budgets nothing: it only counts the fleet's spend
+    assert quota.ask(5.0, clock()) and not unmet
+    assert quota.demand == 5.0
