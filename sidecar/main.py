@@ -26,6 +26,7 @@ from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import Passthrough, PassthroughPolicy, parse_upstreams
 from llmroute.sidecar.policy.admission import Admission
 from llmroute.sidecar.policy.ledger import QuotaLedger
+from llmroute.sidecar.policy.metrics import PolicyCollector
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
@@ -180,6 +181,7 @@ class Sidecar:
         # Local mode enforces whole limits alone; under the operator each limit is a share it grants.
         self.ledger = QuotaLedger(local=not args.control_plane)
         self.admission = Admission(self.ledger, self._labels(), self.metrics)
+        self.metrics.registry.register(PolicyCollector(self.admission))
         if args.control_plane:
             assert self.load is not None
             self.control_plane = ControlPlaneClient(

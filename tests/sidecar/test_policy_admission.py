@@ -77,6 +77,11 @@ async def test_a_spent_budget_answers_429_with_its_code_retry_after_and_policy(t
         assert "LLMPolicy default/shop-limits budget monthly: 10 USD" in refused.value.message
         assert h.sims["dear"].stats.requests == 2  # the refused request never reached a backend
         assert metric(h, "rejected") == 1
+        async with h.http() as http:  # the quota's gauges, as Prometheus scrapes them
+            scraped = (await http.get(f"{h.admin_url}/metrics")).text
+        labels = 'limit="monthly",policy="default/shop-limits",quantity="usd",tier="growth"'
+        assert f"llmroute_policy_used{{{labels}}} 8.0" in scraped
+        assert f"llmroute_policy_granted{{{labels}}} 10.0" in scraped
 
         # A smaller request still fits what is left.
         raw = await client.chat.completions.with_raw_response.create(**chat_body(max_tokens=2))
