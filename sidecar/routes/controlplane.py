@@ -201,6 +201,8 @@ class ControlPlaneClient:
 
     async def _restore(self) -> None:
         """Serve the table saved in --state-dir, else the namespace's bootstrap copy, until a replica answers."""
+        if self._state_dir is not None and self._apply_policies is not None:
+            await self._restore_policies(self._state_dir / state.POLICIES_FILE)
         if self._state_dir is not None and await self._restore_from(self._state_dir / state.STATE_FILE, own=True):
             return
         if self._bootstrap_file is not None:
@@ -221,6 +223,20 @@ class ControlPlaneClient:
             self.version = saved.version_info
         log.info("restored routing table %s (%d routes) from %s", saved.version_info, len(table.routes), path)
         return True
+
+    async def _restore_policies(self, path: Path) -> None:
+        """Enforce the policy set saved in --state-dir until the operator sends one (with no grants yet)."""
+        assert self._apply_policies is not None
+        try:
+            saved = await asyncio.to_thread(state.load_file, path)
+            if saved is None:
+                return
+            self._apply_policies(policies_of(saved))
+        except Exception as exc:
+            log.warning("cannot restore the policies saved in %s: %s", path, exc)
+            return
+        self.policy_version = saved.version_info
+        log.info("restored policy set %s (%d policies) from %s", saved.version_info, len(saved.policies.policies), path)
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._token_file is None:
@@ -259,7 +275,7 @@ class ControlPlaneClient:
                 if not isinstance(response, routes_pb2.RouteResponse):
                     return  # EOF
                 if response.type_url == rpc.TYPE_POLICIES:
-                    await call.write(self._answer_policies(response))
+                    await call.write(await self._answer_policies(response))
                 else:
                     await call.write(await self._answer(response))
         finally:
@@ -279,14 +295,19 @@ class ControlPlaneClient:
             )
         self.version = response.version_info
         log.info("applied routing table %s (%d routes)", self.version, len(response.table.routes))
-        if self._state_dir is not None:
-            try:
-                await asyncio.to_thread(state.save, self._state_dir, response)
-            except OSError as exc:
-                log.warning("cannot save the routing table in %s: %s", self._state_dir, exc)
+        await self._save(response, state.STATE_FILE)
         return routes_pb2.RouteRequest(version_info=self.version, response_nonce=response.nonce)
 
-    def _answer_policies(self, response: routes_pb2.RouteResponse) -> routes_pb2.RouteRequest:
+    async def _save(self, response: routes_pb2.RouteResponse, name: str) -> None:
+        """Keep what was applied in --state-dir (a failure to write is logged: it does not undo the apply)."""
+        if self._state_dir is None:
+            return
+        try:
+            await asyncio.to_thread(state.save, self._state_dir, response, name)
+        except OSError as exc:
+            log.warning("cannot save %s in %s: %s", name, self._state_dir, exc)
+
+    async def _answer_policies(self, response: routes_pb2.RouteResponse) -> routes_pb2.RouteRequest:
         """Enforce the policy set and ACK it, or NACK it with every problem and keep enforcing the current one."""
         assert self._apply_policies is not None
         try:
@@ -301,6 +322,7 @@ class ControlPlaneClient:
             )
         self.policy_version = response.version_info
         log.info("applied policy set %s (%d policies)", self.policy_version, len(response.policies.policies))
+        await self._save(response, state.POLICIES_FILE)
         return routes_pb2.RouteRequest(
             type_url=rpc.TYPE_POLICIES, version_info=self.policy_version, response_nonce=response.nonce
         )

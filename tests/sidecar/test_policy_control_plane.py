@@ -108,13 +108,13 @@ class PolicyPlane:
 
 
 @contextlib.asynccontextmanager
-async def plane_and_sidecar(tmp_path: Path) -> AsyncIterator[tuple[PolicyPlane, Any, SimProvider]]:
+async def plane_and_sidecar(tmp_path: Path, *extra: str) -> AsyncIterator[tuple[PolicyPlane, Any, SimProvider]]:
     sim = SimProvider("dear", "openai", FAST, seed=1)
     await sim.start()
     plane = PolicyPlane(sim.url)
     await plane.server.start()
     argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--namespace", "shop", "--pod-name", "web-1"]
-    argv += ["--token-file", str(tmp_path / "no-token"), "--labels", "app=web"]
+    argv += ["--token-file", str(tmp_path / "no-token"), "--labels", "app=web", *extra]
     try:
         async with sidecar_running(argv) as sidecar:
             yield plane, sidecar, sim
@@ -180,3 +180,31 @@ async def test_a_policy_set_that_does_not_validate_is_nacked_and_the_last_stays(
         [limit] = sidecar.admission.limits
         assert limit.quota.limit == 100.0
         assert sidecar.control_plane.policy_version == "p1"
+
+
+async def test_a_sidecar_restarted_without_the_operator_enforces_its_saved_policies_on_no_grant(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    async with plane_and_sidecar(tmp_path, "--state-dir", str(state_dir)) as (plane, _, _):
+        await plane.request(rpc.TYPE_POLICIES)
+        plane.pushes.put_nowait(policy_response("p1", "n1", limit=100.0))
+        await plane.request(rpc.TYPE_POLICIES)
+    # The operator is gone (nothing listens on its port any more); the sidecar restarts from its state.
+    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--namespace", "shop", "--pod-name", "web-1"]
+    argv += ["--token-file", str(tmp_path / "no-token"), "--state-dir", str(state_dir)]
+    async with sidecar_running(argv) as sidecar:
+        for _ in range(500):
+            if sidecar.router.ready and sidecar.admission.active:
+                break
+            await asyncio.sleep(0.01)
+        assert sidecar.control_plane.policy_version == "p1"
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{sidecar.app_server.port}/v1", api_key="unused", max_retries=0
+        )
+        try:
+            with pytest.raises(openai.RateLimitError) as refused:  # it holds no grant: it spends nothing
+                await client.chat.completions.create(**chat_body(max_tokens=4))
+            assert refused.value.code == "budget_exceeded"
+        finally:
+            await client.close()
