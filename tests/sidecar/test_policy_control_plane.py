@@ -68,29 +68,11 @@ class PolicyPlane:
     async def stream_routes(self, requests: AsyncIterator[routes_pb2.RouteRequest], context: Any) -> None:
         await anext(requests)  # the node's first request subscribes to the table
         await context.write(self.table)
-        forward = asyncio.create_task(self._forward(context))
-        try:
-            async for request in requests:
-                self.requests.put_nowait(request)
-        finally:
-            forward.cancel()
-
-    async def _forward(self, context: Any) -> None:
-        while True:
-            await context.write(await self.pushes.get())
+        await _relay(requests, context, self.requests, self.pushes)
 
     async def stream_load(self, reports: AsyncIterator[load_pb2.LoadReport], context: Any) -> None:
         await context.write(load_pb2.LoadDirective(report_interval_seconds=30.0))  # only early reports come
-        forward = asyncio.create_task(self._direct(context))
-        try:
-            async for report in reports:
-                self.reports.put_nowait(report)
-        finally:
-            forward.cancel()
-
-    async def _direct(self, context: Any) -> None:
-        while True:
-            await context.write(await self.directives.get())
+        await _relay(reports, context, self.reports, self.directives)
 
     async def request(self, type_url: str) -> routes_pb2.RouteRequest:
         """The next request of this type the sidecar sent (others are dropped)."""
@@ -105,6 +87,23 @@ class PolicyPlane:
             report = await asyncio.wait_for(self.reports.get(), 10)
             if report.quotas:
                 return report
+
+
+async def _relay(
+    incoming: AsyncIterator[Any], context: Any, inbox: asyncio.Queue[Any], outbox: asyncio.Queue[Any]
+) -> None:
+    """Put what the sidecar sends in `inbox` and send it what the test puts in `outbox`, until it hangs up."""
+
+    async def send() -> None:
+        while True:
+            await context.write(await outbox.get())
+
+    sending = asyncio.create_task(send())
+    try:
+        async for message in incoming:
+            inbox.put_nowait(message)
+    finally:
+        sending.cancel()
 
 
 @contextlib.asynccontextmanager
