@@ -13,20 +13,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
+from llmroute.model.policy import Policy, QuotaKey, Window
 from llmroute.v1 import load_pb2
+from llmroute.v1.quota_keys import key_message, key_of
 
 from .allocator import Allocator, Grant, Limit, Usage
 
 log = logging.getLogger(__name__)
 
 MINUTE = Window(60)
-_QUANTITY: dict[Quantity, load_pb2.Quantity] = {
-    "usd": load_pb2.USD,
-    "requests": load_pb2.REQUESTS,
-    "tokens": load_pb2.TOKENS,
-}
-_FROM_WIRE: dict[int, Quantity] = {number: name for name, number in _QUANTITY.items()}
 
 
 def policy_limits(policy: Policy, replicas: int = 1) -> list[Limit]:
@@ -45,21 +40,6 @@ def policy_limits(policy: Policy, replicas: int = 1) -> list[Limit]:
             key = QuotaKey(policy.namespace, policy.name, rate.name, "tokens")
             out.append(Limit(key, rate.tokens_per_minute / replicas, MINUTE))
     return out
-
-
-def key_message(key: QuotaKey) -> load_pb2.QuotaKey:
-    """A QuotaKey on the wire."""
-    return load_pb2.QuotaKey(
-        namespace=key.namespace, policy=key.policy, limit=key.limit, quantity=_QUANTITY[key.quantity]
-    )
-
-
-def key_of(message: load_pb2.QuotaKey) -> QuotaKey | None:
-    """A QuotaKey from the wire (None for an unknown quantity)."""
-    quantity = _FROM_WIRE.get(message.quantity)
-    if quantity is None:
-        return None
-    return QuotaKey(message.namespace, message.policy, message.limit, quantity)
 
 
 def usages(report: load_pb2.LoadReport) -> list[Usage]:

@@ -112,10 +112,14 @@ class Continuation:
         runtime = call.runtime
         if self._tools:
             return None
+        excluded = call.policy.excluded if call.policy is not None else {}  # by LLMPolicy: never continued on
         able = [
             c
             for c in runtime.candidates
-            if PREFILL in c.spec.capabilities and c.spec.serves(call.needs) and runtime.detector.is_available(c.name)
+            if PREFILL in c.spec.capabilities
+            and c.spec.serves(call.needs)
+            and runtime.detector.is_available(c.name)
+            and c.name not in excluded
         ]
         able.sort(key=lambda c: c is failed)
         if not able or not runtime.retry_budget.try_acquire_retry(time.monotonic()):

@@ -16,13 +16,17 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
+from llmroute.model.policy import Policy
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
-from llmroute.sidecar.passthrough import Passthrough, parse_upstreams
+from llmroute.sidecar.passthrough import Passthrough, PassthroughPolicy, parse_upstreams
+from llmroute.sidecar.policy.admission import Admission
+from llmroute.sidecar.policy.ledger import QuotaLedger
+from llmroute.sidecar.policy.metrics import PolicyCollector
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
@@ -99,6 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT[,...]",
         help="the operator replicas' gRPC addresses; a name stands for all its addresses (a headless Service)",
     )
+    source.add_argument(
+        "--policies",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="LLMPolicy YAML file or directory (local mode; repeatable; reloaded with the routes): this sidecar "
+        "enforces their whole limits alone",
+    )
     cp = parser.add_argument_group("control-plane mode")
     cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
     cp.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""), help="default: $POD_NAME")
@@ -165,6 +178,10 @@ class Sidecar:
         self.draining = False
         self.files: FileRouteSource | None = None
         self.control_plane: ControlPlaneClient | None = None
+        # Local mode enforces whole limits alone; under the operator each limit is a share it grants.
+        self.ledger = QuotaLedger(local=not args.control_plane)
+        self.admission = Admission(self.ledger, self._labels(), self.metrics)
+        self.metrics.registry.register(PolicyCollector(self.admission))
         if args.control_plane:
             assert self.load is not None
             self.control_plane = ControlPlaneClient(
@@ -176,12 +193,20 @@ class Sidecar:
                 bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
+                ledger=self.ledger,
+                apply_policies=self._apply_policies,
             )
         else:
-            self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
+            self.files = FileRouteSource(
+                args.routes,
+                secrets_dir=args.secrets_dir,
+                apply=self._apply,
+                policies=args.policies,
+                apply_policies=self._apply_policies,
+            )
         self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.admission),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
@@ -208,6 +233,14 @@ class Sidecar:
         self.router.apply(table)
         self.metrics.set_table_version(table.version)
         self.metrics.table_updates.labels("applied").inc()
+
+    def _apply_policies(self, policies: list[Policy]) -> None:
+        """Enforce these LLMPolicies from the next request on (a Deny of any of them shuts passthrough)."""
+        self.admission.apply(policies)
+        if self.passthrough is not None:
+            denying = next((p for p in policies if p.passthrough == "Deny"), None)
+            source = f"LLMPolicy {denying.namespace}/{denying.name}" if denying is not None else ""
+            self.passthrough.policy = PassthroughPolicy(allow=denying is None, source=source)
 
     async def start(self) -> None:
         """Load routes (files) or start subscribing (control plane), then listen."""
@@ -279,6 +312,8 @@ def run_sidecar(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if bool(args.routes) == bool(args.control_plane):
         parser.error("give either --routes PATH (local mode) or --control-plane HOST:PORT")
+    if args.policies and args.control_plane:
+        parser.error("--policies is for local mode: under --control-plane the operator sends the LLMPolicies")
     if args.control_plane and not (args.namespace and args.pod_name):
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

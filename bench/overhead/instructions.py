@@ -17,21 +17,24 @@ import time
 from pathlib import Path
 
 from bench.common import nginx, procs
-from bench.overhead.__main__ import ROUTES
+from bench.overhead.__main__ import POLICY, ROUTES
 
 WARMUP = 50
 MEASURED = 200
 MODELS = {"chat": "bench", "chat-50ms": "bench-slow"}
 
 
-def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
-    """Instructions per request of `llmroute sidecar` (run under callgrind) serving `model` one at a time."""
+def count(llmroute: Path, model: str, routes: Path, workdir: Path, policies: Path | None = None) -> float:
+    """Instructions per request of `llmroute sidecar` (run under callgrind) serving `model` one at a time,
+    with `policies` (an LLMPolicy file) loaded when given."""
     port, admin = procs.free_port(), procs.free_port()
-    out = workdir / f"callgrind-{model}.out"
+    out = workdir / f"callgrind-{model}{'-policy' if policies else ''}.out"
     python = llmroute.with_name("python")
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", str(python)]
     argv += [str(llmroute), "sidecar", "--routes", str(routes), "--listen", f"127.0.0.1:{port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin}"]
+    if policies is not None:
+        argv += ["--policies", str(policies)]
     sidecar = procs.start(f"sidecar-{model}", argv, workdir)
     try:
         procs.wait_port(sidecar, port, timeout=300)  # valgrind starts Python slowly
@@ -59,7 +62,7 @@ def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
         sidecar.stop()
     totals = [
         int(line.split()[1])
-        for dump in workdir.glob(f"callgrind-{model}.out*")
+        for dump in workdir.glob(f"{out.name}*")
         for line in dump.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
     ]
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         help="llmroute executables of the builds to count (default: this virtualenv's)",
     )
     parser.add_argument("--workloads", default="chat,chat-50ms", help="chat, chat-50ms or both")
+    parser.add_argument(
+        "--policy", action="store_true", help="count each build also with an LLMPolicy loaded (admission's cost)"
+    )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
@@ -86,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             procs.wait_port(backend, port)
             routes = workdir / "routes.yaml"  # the two chat routes, which every build can parse
             routes.write_text("---".join(ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")[:2]))
+            policy = workdir / "policy.yaml"
+            policy.write_text(POLICY)
+            variants: list[tuple[str, Path | None]] = [("", None), ("+policy", policy)] if args.policy else [("", None)]
             for build in args.builds:
                 for workload in args.workloads.split(","):
-                    per_request = count(build, MODELS[workload], routes, workdir)
-                    print(f"{build}  {workload:<10} {per_request:,.0f} instructions per request", flush=True)
+                    for suffix, policies in variants:
+                        per_request = count(build, MODELS[workload], routes, workdir, policies)
+                        label = workload + suffix
+                        print(f"{build}  {label:<17} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
     return 0

@@ -275,6 +275,7 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
             max_ejection_percent=int(outlier_raw.get("maxEjectionPercent", outlier.max_ejection_percent)),
         ),
         workload_selector=dict(spec.get("workloadSelector", {}).get("matchLabels", {})),
+        system_prompts=dict(spec.get("systemPrompts", {})),
     )
 
 

@@ -239,6 +239,15 @@ SPEC = {
             "items": BACKEND,
             "description": "The LLM APIs this route may use.",
         },
+        "systemPrompts": {
+            "type": "object",
+            "description": (
+                "System prompts by locale (vi, th, id, en, ...): the x-llmroute-locale request header picks one"
+                " when the app sent no system prompt of its own."
+            ),
+            "maxProperties": 64,
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 65536},
+        },
         "fallback": {
             "type": "array",
             "maxItems": MAX_BACKENDS,

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from llmroute.model.policy import QuotaKey
-from llmroute.operator.quotas import key_message
+from llmroute.v1.quota_keys import key_message
 
 if TYPE_CHECKING:
     from conftest import Bench
