@@ -90,7 +90,8 @@ class QuotaService:
         self.tick = tick
         self.replicas = max(1, replicas)
         self.allocator = Allocator(horizon=max(2.0, 4 * policy_interval))
-        self._clock = clock
+        self.clock = clock
+        """Unix time; a bench shifts it to a window start."""
         self._policies: dict[str, tuple[Policy, ...]] = {}
         self._streams: dict[str, _Stream] = {}
         self._version = 0
@@ -124,7 +125,7 @@ class QuotaService:
     def report(self, sidecar: str, report: load_pb2.LoadReport) -> None:
         """One load report's quota figures."""
         if report.quotas or sidecar in self.allocator.sidecars:
-            self.allocator.report(sidecar, report.interval_seconds, usages(report), report.grants_version)
+            self.allocator.report(sidecar, report.interval_seconds, usages(report), report.grants_version, self.clock())
 
     async def run(self) -> None:
         """Re-allocate and send changed grants every tick, until cancelled."""
@@ -134,7 +135,7 @@ class QuotaService:
 
     def allocate(self) -> None:
         """One round: grants for every sidecar, directives to those whose grants or interval changed."""
-        now = self._clock()
+        now = self.clock()
         self._record(now)
         grants = self.allocator.allocate(now) if self.allocator.limits else {}
         for sidecar, stream in self._streams.items():
