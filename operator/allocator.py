@@ -1,4 +1,4 @@
-"""Split each LLMPolicy limit into per-sidecar grants, in proportion to recent demand, without over-granting.
+"""Split each LLMPolicy limit into per-sidecar grants that follow recent demand, without over-granting.
 
 Pure bookkeeping, no I/O: the control plane feeds it load reports and asks it for grants.
 
@@ -8,8 +8,8 @@ sidecar echoes a grants_version at least the one that lowered it, so shares move
 without a moment of over-granting, and a sidecar cut off from the operator spends at most its grant.
 
 Grants are handed out in chunks: what a sidecar has used and reserved, plus its smoothed demand for
-the next `horizon` seconds, and at least its largest recent ask while it asked within HOLD_S (all it
-asked for when the limit cannot cover everyone, shared in proportion). The rest stays in the pool for
+the next `horizon` seconds, and at least its largest recent ask while it asked within HOLD_S (when the
+limit cannot cover everyone, a max-min fair share of it). The rest stays in the pool for
 whoever asks next, so a sidecar that goes quiet, dies or is partitioned strands at most one chunk,
 and an idle sidecar that starts sending is granted on its next report.
 """
@@ -43,32 +43,58 @@ class Share:
     """The highest grant the sidecar may be applying now (lowered grants not yet echoed count)."""
     want: float
     """What it should hold for its demand: floor plus its demand over the horizon."""
+    unit: float = 0.0
+    """About one request: a grant beyond the floor smaller than this admits nothing."""
+
+
+def _max_min(total: float, asks: Sequence[float], among: Sequence[int]) -> list[float]:
+    """`total` shared among the indexes `among`: the smallest asks met in full, the rest capped at one level."""
+    out = [0.0] * len(asks)
+    remaining = total
+    for served, i in enumerate(sorted(among, key=lambda j: asks[j])):
+        out[i] = max(0.0, min(asks[i], remaining / (len(among) - served)))
+        remaining -= out[i]
+    return out
+
+
+def share_out(total: float, asks: Sequence[float], minimums: Sequence[float]) -> list[float]:
+    """`total` shared max-min fairly among `asks`: the smallest asks are met in full, the larger ones
+    capped at one level (so a busy sidecar gets most, and a newcomer or a sparse sender is never starved).
+    When the level would leave someone below both its ask and its minimum (less than one request is of no
+    use), only as many as `total` covers are served, the smallest needs first, and they share the rest."""
+    active = [i for i, ask in enumerate(asks) if ask > 0]
+    out = _max_min(total, asks, active)
+    if all(out[i] >= min(asks[i], minimums[i]) for i in active):
+        return out
+    needs = {i: min(asks[i], minimums[i]) for i in active}
+    kept, room = [], total
+    for i in sorted(active, key=needs.__getitem__):
+        if needs[i] > room:
+            break
+        kept.append(i)
+        room -= needs[i]
+    rest = _max_min(room, [ask - needs.get(i, 0.0) for i, ask in enumerate(asks)], kept)
+    served = set(kept)
+    return [needs[i] + rest[i] if i in served else 0.0 for i in range(len(asks))]
 
 
 def split(limit: float, shares: Sequence[Share]) -> list[float]:
     """New grants, one per share, keeping sum(max(in force, floor)) within `limit` once raises count.
 
-    Targets are the wants when the limit covers them, else floor plus the rest of the limit in proportion
-    to what each wants beyond its floor. A grant above what is in force is raised only within the
-    headroom left by everyone's grants in force (shared in proportion to the raises asked); a grant
-    below is lowered to its target (it frees headroom once echoed)."""
+    Targets are the wants when the limit covers them, else floor plus a max-min fair share of the rest of
+    the limit. A grant above what is in force is raised only within the headroom left by everyone's
+    grants in force (shared the same way); a grant below is lowered to its target (it frees headroom
+    once echoed). Nobody is given a sliver smaller than its `unit` beyond its floor."""
     floors = [s.floor for s in shares]
-    wants = [max(s.want, s.floor) for s in shares]
-    free = limit - sum(floors)
-    extra = [w - f for w, f in zip(wants, floors, strict=True)]
-    asked = sum(extra)
-    if asked <= free:
-        targets = wants
-    elif free <= 0:
-        targets = floors
-    else:
-        targets = [f + free * e / asked for f, e in zip(floors, extra, strict=True)]
+    extra = [max(s.want, s.floor) - s.floor for s in shares]
+    units = [s.unit for s in shares]
+    given = share_out(limit - sum(floors), extra, units)
+    targets = [f + g for f, g in zip(floors, given, strict=True)]
     committed = [max(s.in_force, s.floor) for s in shares]
     raises = [max(0.0, t - c) for t, c in zip(targets, committed, strict=True)]
-    headroom = limit - sum(committed)
-    wanted = sum(raises)
-    scale = 0.0 if wanted <= 0 or headroom <= 0 else min(1.0, headroom / wanted)
-    return [t if t < c else c + r * scale for t, c, r in zip(targets, committed, raises, strict=True)]
+    minimums = [max(0.0, s.unit - (c - s.floor)) for s, c in zip(shares, committed, strict=True)]
+    raised = share_out(limit - sum(committed), raises, minimums)
+    return [t if t < c else c + r for t, c, r in zip(targets, committed, raised, strict=True)]
 
 
 @dataclass(slots=True)
@@ -109,6 +135,8 @@ class Sidecar:
     """Smoothed demand per second, per quota."""
     peak: dict[QuotaKey, tuple[float, float]] = field(default_factory=dict)
     """Per quota, the largest demand of one report within HOLD_S, and when demand was last seen."""
+    unit: dict[QuotaKey, float] = field(default_factory=dict)
+    """Per quota, the smallest demand of one report within HOLD_S: about one request."""
     holdings: dict[tuple[QuotaKey, int], Holding] = field(default_factory=dict)
     """(quota, window start) -> holding."""
 
@@ -177,7 +205,10 @@ class Allocator:
             sidecar.rate[usage.key] = SMOOTHING * rate + (1 - SMOOTHING) * sidecar.rate.get(usage.key, rate)
             if usage.demand > 0:
                 peak, seen_at = sidecar.peak.get(usage.key, (0.0, now))
-                sidecar.peak[usage.key] = (max(usage.demand, peak if now - seen_at < HOLD_S else 0.0), now)
+                recent = now - seen_at < HOLD_S
+                sidecar.peak[usage.key] = (max(usage.demand, peak if recent else 0.0), now)
+                unit = sidecar.unit.get(usage.key, usage.demand)
+                sidecar.unit[usage.key] = min(usage.demand, unit) if recent else usage.demand
         for key in set(sidecar.rate) - seen:
             sidecar.rate[key] *= 1 - SMOOTHING
 
@@ -223,7 +254,8 @@ class Allocator:
                     continue
                 holding = sidecar.holdings[(limit.key, start)] = Holding()
             ids.append(sid)
-            shares.append(Share(holding.floor, holding.in_force(sidecar.echoed), holding.floor + wanted))
+            unit = sidecar.unit.get(limit.key, 0.0)
+            shares.append(Share(holding.floor, holding.in_force(sidecar.echoed), holding.floor + wanted, unit))
         grants = split(limit.limit, shares)
         # A disconnected sidecar gets nothing (nothing reaches it): what it holds stays in force.
         return [(sid, grant) for sid, grant in zip(ids, grants, strict=True) if self.sidecars[sid].connected]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import CONDITION, DNS_LABEL, PRIORITIES, PROVIDERS, _integer, _number, crd_manifest, workload_selector
+from .schema import CONDITIONS, DNS_LABEL, PRIORITIES, PROVIDERS, _integer, _number, crd_manifest, workload_selector
 
 KIND = "LLMPolicy"
 PLURAL = "llmpolicies"
@@ -196,12 +196,7 @@ STATUS = {
     "description": "What the operator and the sidecars observed.",
     "properties": {
         "observedGeneration": {"type": "integer"},
-        "conditions": {
-            "type": "array",
-            "items": CONDITION,
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+        "conditions": CONDITIONS,
         "tier": {"type": "string"},
         "budgetState": {
             "type": "string",

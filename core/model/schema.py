@@ -325,6 +325,14 @@ CONDITION = {
     },
 }
 
+CONDITIONS = {
+    "type": "array",
+    "items": CONDITION,
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+"""A status's conditions: metav1.Condition entries, a list-map keyed by type (LLMRoute and LLMPolicy)."""
+
 BACKEND_STATUS = {
     "type": "object",
     "properties": {
@@ -344,12 +352,7 @@ STATUS = {
     "description": "What the operator and the sidecars observed.",
     "properties": {
         "observedGeneration": {"type": "integer"},
-        "conditions": {
-            "type": "array",
-            "items": CONDITION,
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+        "conditions": CONDITIONS,
         "version": {"type": "string", "description": "Routing-table version that includes this generation."},
         "backendNames": {
             "type": "string",

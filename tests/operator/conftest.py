@@ -36,6 +36,7 @@ import yaml
 from llmroute.model.policy_schema import policy_crd
 from llmroute.model.schema import crd
 from llmroute.operator.main import Operator, OperatorOptions
+from llmroute.sim import Behavior, Latency, SimProvider
 from llmroute.v1 import histogram, load_pb2, routes_pb2, rpc
 
 RECONNECT_GRACE_S = 3.0
@@ -499,3 +500,21 @@ async def bench(cluster: Bench) -> Bench:
     """The cluster with the operator running."""
     await cluster.start_operator()
     return cluster
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimProvider]:
+    """A simulated OpenAI-compatible provider answering in 5 ms."""
+    provider = SimProvider("sim", "openai", Behavior(latency=Latency.fixed(0.005)), seed=1)
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture
+async def replicas(cluster: Bench, tmp_path: Path) -> AsyncIterator[Any]:
+    """Operator replicas and sidecars as processes (tests/operator/replicas.py) against the emulated cluster."""
+    from .replicas import fleet  # it imports this module
+
+    async with fleet(tmp_path, cluster.kubeconfig) as group:
+        yield group

@@ -100,9 +100,17 @@ class Fleet:
         return sum(s.used.get(window, 0.0) for s in self.sidecars.values())
 
 
-def test_split_follows_demand_when_the_limit_is_short() -> None:
+def test_split_meets_small_asks_and_gives_the_busy_one_the_rest_when_the_limit_is_short() -> None:
     shares = [Share(floor=0, in_force=0, want=90), Share(floor=0, in_force=0, want=10)]
-    assert split(50, shares) == pytest.approx([45, 5])
+    assert split(50, shares) == pytest.approx([40, 10])
+    three = [Share(floor=0, in_force=0, want=90), Share(floor=0, in_force=0, want=50), Share(0, 0, 5)]
+    assert split(50, three) == pytest.approx([22.5, 22.5, 5])
+
+
+def test_nobody_gets_a_sliver_smaller_than_one_request() -> None:
+    # 2 units left for three sidecars asking 10 each, a request costing 1: two get one each, not 0.67 all.
+    shares = [Share(floor=5, in_force=5, want=15, unit=1.0) for _ in range(3)]
+    assert sorted(split(17, shares)) == pytest.approx([5, 6, 6])
 
 
 def test_split_gives_what_is_wanted_and_keeps_the_rest_in_the_pool() -> None:
