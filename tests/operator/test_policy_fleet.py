@@ -58,10 +58,13 @@ async def drive(sidecars: list[Sidecar], seconds: float, outcome: Outcome, stop:
         await asyncio.gather(*(loop(session, s) for s, n in zip(sidecars, LOOPS, strict=True) for _ in range(n)))
 
 
-async def start(cluster: Bench, replicas: Fleet, sim: SimProvider, policy: dict[str, Any]) -> list[Sidecar]:
-    """One operator process, the route and the policy, three sidecars of namespace shop."""
+async def start(
+    cluster: Bench, replicas: Fleet, sim: SimProvider, policy: dict[str, Any], **route: Any
+) -> list[Sidecar]:
+    """One operator process, the route (one priced backend unless `route` says otherwise) and the policy,
+    three sidecars of namespace shop."""
     backend = {"name": "sim", "provider": "openai", "url": sim.url, "model": "m", "price": PRICE}
-    await cluster.kube.apply_route("shop", "chat", {"models": ["chat"], "backends": [backend]})
+    await cluster.kube.apply_route("shop", "chat", {"models": ["chat"], "backends": [backend], **route})
     await cluster.kube.apply_policy("shop", "limits", policy)
     [replica] = replicas.add_replicas(1)
     await replicas.start(replica)
@@ -146,3 +149,27 @@ async def test_the_operator_killed_mid_window_does_not_let_the_fleet_overspend(
 
 async def _spent(outcome: Outcome, amount: float) -> bool:
     return sum(outcome.costs) >= amount
+
+
+async def test_downgrade_answers_only_from_the_cheaper_backends_once_the_budget_is_spent(
+    cluster: Bench, replicas: Fleet, sim: SimProvider
+) -> None:
+    dear = {"name": "dear", "provider": "openai", "url": sim.url, "model": "m", "price": PRICE}
+    cheap = {**dear, "name": "cheap", "price": {"inputPerMTok": 0.5, "outputPerMTok": 0.5}}
+    policy = budget(0.5)
+    policy["budgets"][0].update(action="Downgrade", downgrade={"maxPricePerMTok": 1.0})
+    sidecars = await start(cluster, replicas, sim, policy, backends=[dear, cheap], strategy="ordered")
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    served: list[tuple[str, str | None]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for i in range(60):
+            url = f"http://127.0.0.1:{sidecars[i % len(sidecars)].app}/v1/chat/completions"
+            async with session.post(url, json=body) as response:
+                await response.read()
+                assert response.status == 200
+                served.append((response.headers["x-llmroute-backend"], response.headers.get("x-llmroute-downgraded")))
+    # The route's first choice while a sidecar's share of the budget lasts (a sidecar's very first
+    # request, before its first grant, is downgraded too), only the cheap backend once it is spent.
+    assert {backend for backend, by in served if by is None} == {"dear"}
+    assert {(backend, by) for backend, by in served if by is not None} == {("cheap", "limits")}
+    assert all(by == "limits" for _, by in served[-10:]), served
