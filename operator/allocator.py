@@ -8,10 +8,10 @@ sidecar echoes a grants_version at least the one that lowered it, so shares move
 without a moment of over-granting, and a sidecar cut off from the operator spends at most its grant.
 
 Grants are handed out in chunks: what a sidecar has used and reserved, plus its smoothed demand for
-the next `horizon` seconds (all it asked for when the limit cannot cover everyone, shared in
-proportion). The rest stays in the pool for whoever asks next, so a sidecar that goes quiet, dies or
-is partitioned strands at most one chunk, and an idle sidecar that starts sending is granted on its
-next report.
+the next `horizon` seconds, and at least its largest recent ask while it asked within HOLD_S (all it
+asked for when the limit cannot cover everyone, shared in proportion). The rest stays in the pool for
+whoever asks next, so a sidecar that goes quiet, dies or is partitioned strands at most one chunk,
+and an idle sidecar that starts sending is granted on its next report.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ SMOOTHING = 0.5
 """Weight of the newest interval in a sidecar's demand rate (an exponentially weighted mean)."""
 AHEAD_S = 2.0
 """Grants for the next window are handed out this long before it begins, so nobody waits at the turn."""
+HOLD_S = 30.0
+"""A sidecar that asked for a quota within this long keeps room for its largest recent ask (about one request)
+even between requests: a sparse sender is not refused on every request while its share makes a round trip."""
 MIN_INTERVAL_S = 0.25
 """A report covering less (an early report on unmet demand) is read as covering this long, so a burst seen in
 a few milliseconds does not read as a huge rate."""
@@ -104,6 +107,8 @@ class Sidecar:
     echoed: int = 0
     rate: dict[QuotaKey, float] = field(default_factory=dict)
     """Smoothed demand per second, per quota."""
+    peak: dict[QuotaKey, tuple[float, float]] = field(default_factory=dict)
+    """Per quota, the largest demand of one report within HOLD_S, and when demand was last seen."""
     holdings: dict[tuple[QuotaKey, int], Holding] = field(default_factory=dict)
     """(quota, window start) -> holding."""
 
@@ -155,7 +160,7 @@ class Allocator:
         for sidecar in self.sidecars.values():
             sidecar.holdings = {k: h for k, h in sidecar.holdings.items() if k[0] in self.limits}
 
-    def report(self, sidecar_id: str, interval: float, usages: Iterable[Usage], echoed: int) -> None:
+    def report(self, sidecar_id: str, interval: float, usages: Iterable[Usage], echoed: int, now: float) -> None:
         """Take one load report of a sidecar: figures per quota window, demand, and the version it applies."""
         sidecar = self.sidecars.setdefault(sidecar_id, Sidecar())
         sidecar.connected = True
@@ -170,6 +175,9 @@ class Allocator:
             holding.reported_grant, holding.rejected = usage.granted, usage.rejected
             rate = usage.demand / max(interval, MIN_INTERVAL_S)
             sidecar.rate[usage.key] = SMOOTHING * rate + (1 - SMOOTHING) * sidecar.rate.get(usage.key, rate)
+            if usage.demand > 0:
+                peak, seen_at = sidecar.peak.get(usage.key, (0.0, now))
+                sidecar.peak[usage.key] = (max(usage.demand, peak if now - seen_at < HOLD_S else 0.0), now)
         for key in set(sidecar.rate) - seen:
             sidecar.rate[key] *= 1 - SMOOTHING
 
@@ -179,6 +187,7 @@ class Allocator:
         if sidecar is not None:
             sidecar.connected = False
             sidecar.rate.clear()
+            sidecar.peak.clear()
 
     def allocate(self, now: float) -> dict[str, list[Grant]]:
         """Every connected sidecar's complete grants now (current window, and the next one when it is near)."""
@@ -191,23 +200,30 @@ class Allocator:
                 starts.append(limit.window.end(now))
             for start in starts:
                 end = limit.window.end(start)
-                for sid, grant in self._split(limit, int(start)):
+                for sid, grant in self._split(limit, int(start), now):
                     out[sid].append(Grant(limit.key, int(start), int(end), grant))
         self._forget(now)
         return out
 
-    def _split(self, limit: Limit, start: int) -> list[tuple[str, float]]:
+    def _wanted(self, sidecar: Sidecar, key: QuotaKey, now: float) -> float:
+        """What a sidecar should hold beyond its floor: its demand over the horizon, and at least its largest
+        recent ask while it asked within HOLD_S."""
+        if not sidecar.connected:
+            return 0.0
+        peak, seen_at = sidecar.peak.get(key, (0.0, 0.0))
+        return max(sidecar.rate.get(key, 0.0) * self.horizon, peak if now - seen_at < HOLD_S else 0.0)
+
+    def _split(self, limit: Limit, start: int, now: float) -> list[tuple[str, float]]:
         ids, shares = [], []
         for sid, sidecar in self.sidecars.items():
             holding = sidecar.holdings.get((limit.key, start))
-            rate = sidecar.rate.get(limit.key, 0.0) if sidecar.connected else 0.0
+            wanted = self._wanted(sidecar, limit.key, now)
             if holding is None:
-                if rate <= 0:
+                if wanted <= 0:
                     continue
                 holding = sidecar.holdings[(limit.key, start)] = Holding()
             ids.append(sid)
-            floor = holding.floor
-            shares.append(Share(floor, holding.in_force(sidecar.echoed), floor + rate * self.horizon))
+            shares.append(Share(holding.floor, holding.in_force(sidecar.echoed), holding.floor + wanted))
         grants = split(limit.limit, shares)
         # A disconnected sidecar gets nothing (nothing reaches it): what it holds stays in force.
         return [(sid, grant) for sid, grant in zip(ids, grants, strict=True) if self.sidecars[sid].connected]

@@ -18,11 +18,13 @@ from llmroute.model import compile_table
 
 from .bootstrap import BootstrapWriter
 from .controlplane import BackendHealth, ControlPlane, SidecarCounts
+from .events import post_event
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
+from .policies import PolicyController
 from .reconcile import LastGood, RouteObject, Verdict, reconcile
 from .secrets import SecretCache, referenced_secrets
-from .status import now_rfc3339, route_status
+from .status import route_status
 from .statuswriter import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Controller:
         retry_after: float = 2.0,
         leading: Callable[[], bool] = lambda: True,
         view: StatusView | None = None,
+        policies: PolicyController | None = None,
     ) -> None:
         self.api = api
         self.view: StatusView = view or control_plane
@@ -80,6 +83,8 @@ class Controller:
         self._known: dict[str, dict[str, _Known]] = {}
         self._seen: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self._warned: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self.policies = policies
+        """LLMPolicies (None: none are watched); each reconcile publishes those that apply to the namespace."""
         control_plane.on_change = self.sidecars_changed
 
     # -- triggers (called from kopf handlers and the control plane) ---------------------------------
@@ -93,7 +98,7 @@ class Controller:
         """A namespace exists and kopf's index is complete: without routes there, its sidecars get an empty table."""
         self.indexed(index)
         if namespace not in self._index:
-            self.control_plane.synced([namespace])
+            self._synced(namespace)
 
     def route_event(self, event_type: str | None, obj: RouteObject, index: RouteIndex) -> None:
         """An LLMRoute changed: reconcile its namespace unless only its status or metadata did."""
@@ -132,7 +137,19 @@ class Controller:
         for name in self._known.get(namespace, {}):
             self.status.mark(namespace, name)
         if self._indexed and namespace not in self._index:
-            self.control_plane.synced([namespace])
+            self._synced(namespace)
+
+    def _synced(self, namespace: str) -> None:
+        """A namespace without routes: its sidecars get an empty table and the policies that apply there."""
+        self.control_plane.synced([namespace])
+        if self.policies is not None:
+            self.control_plane.publish_policies(namespace, self.policies.applying(namespace))
+
+    def policy_event(self, event_type: str | None, obj: RouteObject, index: RouteIndex, routes: RouteIndex) -> None:
+        """An LLMPolicy changed: reconcile the namespaces it applies to."""
+        self.indexed(routes)
+        if self.policies is not None:
+            self.policies.event(event_type, obj, index, self.control_plane.cache.namespaces())
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -194,8 +211,10 @@ class Controller:
                 data = await self.api.get_secret_data(namespace, name)
                 if not self.secrets.known(namespace, name):  # a watch event may have answered meanwhile
                     self.secrets.put(namespace, name, data)
-        result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}))
+        policies = self.policies.applying(namespace) if self.policies is not None else []
+        result = reconcile(objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}), policies)
         self.control_plane.publish(namespace, result.routes)
+        self.control_plane.publish_policies(namespace, policies)
         self.bootstrap.mark(namespace)
         version = compile_table(result.routes).table.version
         self.metrics.reconciles.inc()
@@ -247,34 +266,8 @@ class Controller:
             await self._post_event(entry.obj, reason, message)
 
     async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
-        if not self._leading():
-            return  # the leader posts it
-        now = now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            # client-go's naming: <object>.<unix nanoseconds in hex>
-            "metadata": {"name": f"{obj.name}.{time.time_ns():x}", "namespace": obj.namespace},
-            "involvedObject": {
-                "apiVersion": "llmroute.io/v1alpha1",
-                "kind": "LLMRoute",
-                "name": obj.name,
-                "namespace": obj.namespace,
-                "uid": obj.uid,
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "llmroute-operator"},
-            "reportingComponent": "llmroute-operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.api.request("POST", f"/api/v1/namespaces/{obj.namespace}/events", event)
-        except Exception as exc:
-            log.warning("could not post Event %s for LLMRoute %s/%s: %s", reason, obj.namespace, obj.name, exc)
+        if self._leading():  # else the leader posts it
+            await post_event(self.api, "LLMRoute", obj, reason, message)
 
     def _uids(self, namespace: str) -> dict[str, str]:
         return {name: entry.obj.uid for name, entry in self._known.get(namespace, {}).items()}

@@ -203,6 +203,11 @@ class ControlPlane:
                         break
         return SidecarCounts(connected, programmed, rejected, tuple(sorted(messages, key=lambda m: m.pod)))
 
+    def policies(self) -> list[Policy]:
+        """Every policy published to some namespace, once each."""
+        unique = {(p.namespace, p.name): p for ns in self.cache.namespaces() for p in self.cache.policies(ns) or ()}
+        return [unique[k] for k in sorted(unique)]
+
     def quota_figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with one quota in its current window."""
         return self.quotas.figures(key)

@@ -23,6 +23,7 @@ import kopf
 from prometheus_client import CollectorRegistry
 
 from llmroute.endpoints import split_addresses
+from llmroute.supervise import supervise
 
 from .admin import AdminServer
 from .auth import Authenticator, InsecureAuthenticator, TokenReviewAuthenticator
@@ -34,6 +35,7 @@ from .injection import InjectionConfig, configure_webhook_server, register_injec
 from .kubeapi import KubeAPI
 from .lease import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, LeaderElection
 from .metrics import OperatorMetrics
+from .policies import PolicyController
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class OperatorOptions:
     peers: tuple[tuple[str, int], ...] = ()
     """Every replica's admin address (a headless Service name resolves to all): the leader merges their /fleet."""
     fleet_interval: float = POLL_INTERVAL_S
+    policy_namespace: str = ""
+    """Whose LLMPolicies apply to every namespace (empty: the Lease's namespace, the operator's own)."""
+    quota_replicas: int = 1
+    """Operator replicas serving sidecars: each grants its own sidecars this share of every LLMPolicy limit."""
     injection: InjectionConfig | None = None
     """Sidecar injection: the Pod webhook is served when set (with webhook_listen/cert/key)."""
     webhook_listen: str = "0.0.0.0:9443"
@@ -109,6 +115,7 @@ class Operator:
             report_interval=options.report_interval,
             reconnect_grace=options.reconnect_grace,
             registry=self.metrics,
+            quota_replicas=options.quota_replicas,
         )
         self.leader = LeaderElection(
             self.api,
@@ -120,6 +127,15 @@ class Operator:
             retry_period=options.retry_period,
         )
         self.fleet = FleetView(self.control_plane, options.identity, options.peers, interval=options.fleet_interval)
+        self.policies = PolicyController(
+            self.api,
+            self.fleet,
+            options.policy_namespace or options.lease_namespace,
+            lambda namespace: self.controller.touch(namespace),
+            leading=lambda: self.leader.leading,
+            reconnecting=lambda: self.control_plane.reconnecting,
+            status_interval=options.status_interval,
+        )
         self.controller = Controller(
             self.api,
             self.control_plane,
@@ -127,6 +143,7 @@ class Operator:
             status_interval=options.status_interval,
             leading=lambda: self.leader.leading,
             view=self.fleet,
+            policies=self.policies,
         )
         self.leader.on_change = self.controller.leadership_changed
         self.fleet.on_change = self.controller.sidecars_changed
@@ -184,6 +201,11 @@ class Operator:
             ),
             name="kopf",
         )
+        loops = [  # LLMPolicy: restarted after a crash, never a silent stop
+            supervise("llmroute quota allocator", self.control_plane.quotas.run, log),
+            supervise("llmroute policy status writer", self.policies.status.run, log),
+            supervise("llmroute policy refresh", self.policies.refresh, log),
+        ]
         stopping = asyncio.create_task(stop.wait())
         ready = asyncio.create_task(self._kopf_ready.wait())
         await asyncio.wait([kopf_task, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -195,9 +217,9 @@ class Operator:
             if failed.done() and not failed.cancelled() and failed.exception() is not None:
                 log.error("task %r failed; stopping", failed.get_name(), exc_info=failed.exception())
         log.info("operator stopping")
-        for task in (*supervised, ready, stopping):
+        for task in (*supervised, *loops, ready, stopping):
             task.cancel()
-        await asyncio.gather(*supervised, ready, stopping, return_exceptions=True)
+        await asyncio.gather(*supervised, *loops, ready, stopping, return_exceptions=True)
         await self.leader.release()
         await self.control_plane.stop(self.options.stop_grace)
         await self.admin.stop()
@@ -266,6 +288,20 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         metavar="HOST:PORT[,...]",
         help=f"every replica's admin address (a headless Service name): the leader merges their {FLEET_PATH}",
     )
+    policy = parser.add_argument_group("LLMPolicy")
+    policy.add_argument(
+        "--policy-namespace",
+        default="",
+        metavar="NS",
+        help="namespace whose LLMPolicies apply to every namespace (default: the --lease-namespace)",
+    )
+    policy.add_argument(
+        "--quota-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="operator replicas serving sidecars: each grants its own sidecars 1/N of every policy limit",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -294,6 +330,8 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         renew_deadline=args.lease_duration * RENEW_DEADLINE_S / LEASE_DURATION_S,
         retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
         peers=args.peers,
+        policy_namespace=args.policy_namespace,
+        quota_replicas=max(1, args.quota_replicas),
     )
 
 

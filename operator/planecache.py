@@ -81,9 +81,10 @@ class SnapshotCache:
     def set_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
         """The policies that apply to the namespace's sidecars; an unchanged set schedules nothing."""
         entry = self._entries.setdefault(namespace, _Entry())
-        snapshot = policy_snapshot(policies)
-        if entry.policies is not None and entry.policies.version == snapshot.version:
+        ordered = tuple(sorted(policies, key=lambda p: (p.namespace, p.name)))
+        if entry.policies is not None and entry.policies.policies == ordered:
             return
+        snapshot = policy_snapshot(ordered)
         first = entry.policies is None
         entry.policies = snapshot
         self._schedule(namespace, entry, first)

@@ -90,7 +90,8 @@ class QuotaService:
         self.tick = tick
         self.replicas = max(1, replicas)
         self.allocator = Allocator(horizon=max(2.0, 4 * policy_interval))
-        self._clock = clock
+        self.clock = clock
+        """Unix time; a bench shifts it to a window start."""
         self._policies: dict[str, tuple[Policy, ...]] = {}
         self._streams: dict[str, _Stream] = {}
         self._version = 0
@@ -98,6 +99,8 @@ class QuotaService:
 
     def set_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
         """The policies that apply to the namespace's sidecars."""
+        if self._policies.get(namespace) == tuple(policies):
+            return
         self._policies[namespace] = tuple(policies)
         unique = {(p.namespace, p.name): p for ps in self._policies.values() for p in ps}
         self.allocator.set_limits(limit for p in unique.values() for limit in policy_limits(p, self.replicas))
@@ -122,7 +125,7 @@ class QuotaService:
     def report(self, sidecar: str, report: load_pb2.LoadReport) -> None:
         """One load report's quota figures."""
         if report.quotas or sidecar in self.allocator.sidecars:
-            self.allocator.report(sidecar, report.interval_seconds, usages(report), report.grants_version)
+            self.allocator.report(sidecar, report.interval_seconds, usages(report), report.grants_version, self.clock())
 
     async def run(self) -> None:
         """Re-allocate and send changed grants every tick, until cancelled."""
@@ -132,7 +135,7 @@ class QuotaService:
 
     def allocate(self) -> None:
         """One round: grants for every sidecar, directives to those whose grants or interval changed."""
-        now = self._clock()
+        now = self.clock()
         self._record(now)
         grants = self.allocator.allocate(now) if self.allocator.limits else {}
         for sidecar, stream in self._streams.items():

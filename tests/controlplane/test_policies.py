@@ -12,9 +12,9 @@ import grpc.aio
 from llmroute.model.policy import Policy, QuotaKey
 from llmroute.model.policy_parse import parse_policy_spec
 from llmroute.operator.controlplane import ControlPlane, NackMessage, SidecarCounts
-from llmroute.operator.quotas import key_message
 from llmroute.supervise import supervise
 from llmroute.v1 import load_pb2, routes_pb2, rpc
+from llmroute.v1.quota_keys import key_message
 
 from .conftest import RawStream, eventually, make_route
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from llmroute.model.policy import QuotaKey, Window
-from llmroute.operator.allocator import AHEAD_S, Allocator, Grant, Limit, Share, Usage, split
+from llmroute.operator.allocator import AHEAD_S, HOLD_S, Allocator, Grant, Limit, Share, Usage, split
 
 KEY = QuotaKey("shop", "limits", "hourly", "usd")
 STEP = 0.5  # report interval
@@ -76,7 +76,7 @@ class Fleet:
             sidecar.work(window, STEP)
         for name, sidecar in self.sidecars.items():
             if name not in self.offline:
-                self.allocator.report(name, STEP, sidecar.report(window), sidecar.applied)
+                self.allocator.report(name, STEP, sidecar.report(window), sidecar.applied, self.now)
         for name, grants in self.allocator.allocate(self.now).items():
             self.version += 1
             self.allocator.sent(name, self.version, grants)
@@ -151,16 +151,31 @@ def test_an_idle_sidecar_that_starts_sending_is_admitted_within_two_seconds(limi
 
 
 def test_an_idle_sidecars_grant_moves_to_a_busy_one() -> None:
-    fleet = Fleet(100.0, Window(3600), 10.0, 10.0)
+    fleet = Fleet(1000.0, Window(3600), 10.0, 10.0)
     fleet.run(3)
     window = int(fleet.window.start(fleet.now))
     quiet = fleet.sidecars["s1"]
     quiet.rate = 0.0
-    fleet.run(6)
-    assert quiet.grants[window] - quiet.used[window] < 0.05  # reclaimed down to (nearly) what it used
+    fleet.run(5)
+    assert quiet.grants[window] - quiet.used[window] <= 5.0  # room for one more ask (its largest) is kept ...
+    fleet.run(HOLD_S)
+    assert quiet.grants[window] - quiet.used[window] < 0.05  # ... until it has been quiet for HOLD_S
     fleet.sidecars["s0"].rate = 40.0
-    fleet.run(20)
-    assert fleet.used() >= 95.0
+    fleet.run(25)
+    assert fleet.used() >= 950.0
+
+
+def test_a_sparse_sender_keeps_room_for_its_next_request() -> None:
+    # One request every 3 s: its smoothed rate falls to nothing between requests, its grant must not.
+    fleet = Fleet(1000.0, Window(3600), 20.0, 0.0)
+    sparse = fleet.sidecars["s1"]
+    fleet.run(2)
+    for _ in range(5):
+        sparse.rate = 1 / STEP  # one request in this step
+        fleet.step()
+        sparse.rate = 0.0
+        fleet.run(3)
+    assert sum(sparse.used.values()) >= 4  # of its 5 requests, only the very first may wait for a grant
 
 
 def test_a_sidecar_that_leaves_keeps_only_what_it_holds_and_its_share_is_not_given_twice() -> None:
