@@ -178,6 +178,9 @@ class SidecarApp:
                 raise ProxyError(
                     504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded"
                 ) from None
+            except BaseException:  # the app went away while it waited: nothing was sent
+                _settle(call, None)
+                raise
         in_flight = self.metrics.child(self.metrics.in_flight, route.name)
         in_flight.inc()
         holds_stream = False  # a stream releases the slot and the gauge when the app has read it

@@ -4,13 +4,16 @@ what an app gets when a budget or rate limit refuses, downgrades or only observe
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
+from llmroute.http import Request, StreamingResponse
 from llmroute.model.policy import Allowed, Budget, Policy, QuotaKey, RateLimit, Selector, Window
+from llmroute.sidecar.app import SidecarApp
 from llmroute.sim import Behavior, Latency
 
 from .harness import Harness, chat_body, running
@@ -255,3 +258,30 @@ async def test_no_policy_means_no_admission_at_all(tmp_path: Path) -> None:
             response = await http.post("/chat/completions", json=chat_body())
         assert response.status_code == 200
         assert h.sidecar.ledger.quotas == {}
+
+
+async def test_a_request_that_leaves_while_waiting_for_a_slot_or_an_unsent_stream_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    slow = Behavior(latency=Latency.fixed(1.0), output_tokens=4)
+    spec = {"priorities": {"batch": {"maxConcurrency": 1, "timeout": "10s"}}}
+    async with running(tmp_path, {"dear": slow}, backend_extra={"dear": DEAR}, spec=spec) as h:
+        enforce(h, budget_policy(100.0))
+        s = h.sidecar
+        app = SidecarApp(s.router, s.dispatcher, s.metrics, admission=s.admission)  # the sidecar's own parts
+        headers = {"content-type": "application/json", "x-llmroute-priority": "batch"}
+
+        def request(**extra: object) -> Request:
+            return Request("POST", "/v1/chat/completions", "", headers, json.dumps(chat_body(**extra)).encode(), None)
+
+        holder = asyncio.ensure_future(app(request(max_tokens=4)))  # takes the one batch slot for a second
+        await asyncio.sleep(0.2)
+        with pytest.raises(TimeoutError):  # the app gives up while waiting for the slot
+            await asyncio.wait_for(app(request(max_tokens=4)), 0.2)
+        await holder
+        assert used(h, "monthly") == pytest.approx((4.0, 0.0))  # the one that left: nothing reserved, no cost
+
+        streamed = await asyncio.wait_for(app(request(max_tokens=4, stream=True)), 5)
+        assert isinstance(streamed, StreamingResponse)
+        await streamed.chunks.aclose()  # as the server does when the app left before the answer was sent
+        assert used(h, "monthly") == pytest.approx((8.0, 0.0))  # unknown usage: charged its estimate
