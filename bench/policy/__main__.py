@@ -179,7 +179,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     allocator.cancel()
-    await channel.close()
+    await channel.close(None)
     if not killed:
         await plane.stop(0)
     spent = sum(s.quotas[0].used for s in sims)
@@ -213,7 +213,7 @@ def _settle(reservation: Reservation) -> None:
 
 async def _report(channel: grpc.aio.Channel, sim: SimSidecar, stop: asyncio.Event) -> None:
     """The load stream: a report per interval, or at once on unmet demand (at most every 0.1 s)."""
-    call: Any = rpc.stream_load(channel)(metadata=(("authorization", "Bearer bench"),))
+    call: Any = rpc.stream_load(channel)(None, metadata=(("authorization", "Bearer bench"),))
     node = routes_pb2.Node(pod=sim.name, namespace=NAMESPACE)
     last = time.monotonic()
     await call.write(load_pb2.LoadReport(node=node))
