@@ -19,9 +19,10 @@ from llmroute.supervise import Loop
 
 from .bootstrap import BootstrapWriter
 from .controlplane import BackendHealth, ControlPlane, SidecarCounts
-from .events import post_warning
+from .events import post_event
 from .kubeapi import KubeAPI
 from .metrics import ROUTE_STATES, OperatorMetrics
+from .policies import PolicyController
 from .reconcile import LastGood, RouteObject, Verdict, reconcile
 from .secrets import SecretCache, referenced_secrets
 from .status import route_status
@@ -63,6 +64,7 @@ class Controller:
         retry_after: float = 2.0,
         leading: Callable[[], bool] = lambda: True,
         view: StatusView | None = None,
+        policies: PolicyController | None = None,
     ) -> None:
         self.api = api
         self.view: StatusView = view or control_plane
@@ -82,6 +84,8 @@ class Controller:
         self._known: dict[str, dict[str, _Known]] = {}
         self._seen: dict[tuple[str, str], tuple[str, int, Any]] = {}
         self._warned: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self.policies = policies
+        """LLMPolicies (None: none are watched); each reconcile publishes those that apply to the namespace."""
         control_plane.on_change = self.sidecars_changed
 
     # -- triggers (called from kopf handlers and the control plane) ---------------------------------
@@ -95,7 +99,7 @@ class Controller:
         """A namespace exists and kopf's index is complete: without routes there, its sidecars get an empty table."""
         self.indexed(index)
         if namespace not in self._index:
-            self.control_plane.synced([namespace])
+            self._synced(namespace)
 
     def route_event(self, event_type: str | None, obj: RouteObject, index: RouteIndex) -> None:
         """An LLMRoute changed: reconcile its namespace unless only its status or metadata did."""
@@ -134,7 +138,19 @@ class Controller:
         for name in self._known.get(namespace, {}):
             self.status.mark(namespace, name)
         if self._indexed and namespace not in self._index:
-            self.control_plane.synced([namespace])
+            self._synced(namespace)
+
+    def _synced(self, namespace: str) -> None:
+        """A namespace without routes: its sidecars get an empty table and the policies that apply there."""
+        self.control_plane.synced([namespace])
+        if self.policies is not None:
+            self.control_plane.publish_policies(namespace, self.policies.applying(namespace))
+
+    def policy_event(self, event_type: str | None, obj: RouteObject, index: RouteIndex, routes: RouteIndex) -> None:
+        """An LLMPolicy changed: reconcile the namespaces it applies to."""
+        self.indexed(routes)
+        if self.policies is not None:
+            self.policies.event(event_type, obj, index, self.control_plane.cache.namespaces())
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -184,10 +200,12 @@ class Controller:
                 data = await self.api.get_secret_data(namespace, name)
                 if not self.secrets.known(namespace, name):  # a watch event may have answered meanwhile
                     self.secrets.put(namespace, name, data)
+        policies = self.policies.applying(namespace) if self.policies is not None else []
         result = reconcile(
-            objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}), self.secrets.ca
+            objects, self.secrets, self.secrets.exists, self._last_good.get(namespace, {}), self.secrets.ca, policies
         )
         self.control_plane.publish(namespace, result.routes)
+        self.control_plane.publish_policies(namespace, policies)
         self.bootstrap.mark(namespace)
         version = compile_table(result.routes).table.version
         self.metrics.reconciles.inc()
@@ -239,10 +257,8 @@ class Controller:
             await self._post_event(entry.obj, reason, message)
 
     async def _post_event(self, obj: RouteObject, reason: str, message: str) -> None:
-        if not self._leading():
-            return  # the leader posts it
-        involved = {"apiVersion": "llmroute.io/v1alpha1", "kind": "LLMRoute", "name": obj.name}
-        await post_warning(self.api, {**involved, "namespace": obj.namespace, "uid": obj.uid}, reason, message)
+        if self._leading():  # else the leader posts it
+            await post_event(self.api, "LLMRoute", obj, reason, message)
 
     def _uids(self, namespace: str) -> dict[str, str]:
         return {name: entry.obj.uid for name, entry in self._known.get(namespace, {}).items()}

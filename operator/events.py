@@ -1,4 +1,5 @@
-"""Warning Events the operator posts (about an LLMRoute, or about its own Pod), as `kubectl describe` shows them."""
+"""Kubernetes Events the operator posts (about an LLMRoute, an LLMPolicy or its own Pod), named the way
+client-go names them, as `kubectl describe` shows them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from typing import Any
 
 from .kubeapi import KubeAPI
+from .reconcile import RouteObject
 from .status import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -14,8 +16,11 @@ log = logging.getLogger(__name__)
 COMPONENT = "llmroute-operator"
 
 
-async def post_warning(api: KubeAPI, involved: dict[str, str], reason: str, message: str) -> None:
-    """Post one Warning Event about `involved` (apiVersion, kind, name, namespace, uid); a failure is logged."""
+async def post_warning(
+    api: KubeAPI, involved: dict[str, str], reason: str, message: str, event_type: str = "Warning"
+) -> None:
+    """Post one Event (a Warning unless `event_type` says otherwise) about `involved` (apiVersion, kind, name,
+    namespace, uid); a failure is logged, never raised (Events are best effort)."""
     now = now_rfc3339()
     namespace = involved["namespace"]
     event: dict[str, Any] = {
@@ -26,7 +31,7 @@ async def post_warning(api: KubeAPI, involved: dict[str, str], reason: str, mess
         "involvedObject": involved,
         "reason": reason,
         "message": message[:1024],
-        "type": "Warning",
+        "type": event_type,
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "firstTimestamp": now,
@@ -38,3 +43,11 @@ async def post_warning(api: KubeAPI, involved: dict[str, str], reason: str, mess
     except Exception as exc:
         kind, name = involved["kind"], involved["name"]
         log.warning("could not post Event %s for %s %s/%s: %s", reason, kind, namespace, name, exc)
+
+
+async def post_event(
+    api: KubeAPI, kind: str, obj: RouteObject, reason: str, message: str, event_type: str = "Warning"
+) -> None:
+    """Post one Event about an LLMRoute or LLMPolicy (`kind`) of the operator's API group."""
+    involved = {"apiVersion": "llmroute.io/v1alpha1", "kind": kind, "name": obj.name}
+    await post_warning(api, {**involved, "namespace": obj.namespace, "uid": obj.uid}, reason, message, event_type)

@@ -16,14 +16,17 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
 
 from llmroute.endpoints import resolve
+from llmroute.model.policy import QuotaKey
 
 from .controlplane import BackendHealth, ControlPlane, NackMessage, SidecarCounts
 from .loadstore import LoadTotals
+from .quotas import QuotaFigures
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,31 @@ def local_share(plane: ControlPlane, identity: str) -> Share:
                 }
         if entry:
             namespaces[namespace] = entry
-    return {"replica": identity, "namespaces": namespaces}
+    return {"replica": identity, "namespaces": namespaces, **_policy_share(plane)}
+
+
+def _quota_name(key: QuotaKey) -> str:
+    return "/".join((key.namespace, key.policy, key.limit, key.quantity))
+
+
+def _policy_share(plane: ControlPlane) -> dict[str, Any]:
+    """This replica's sidecars per LLMPolicy (connected, ACKed, NACKed) and its quota figures."""
+    policies: dict[str, Any] = {}
+    for policy in plane.policies():
+        counts = plane.policy_sidecars(policy.namespace, policy.name, policy.generation)
+        policies[f"{policy.namespace}/{policy.name}"] = {
+            "generation": policy.generation,
+            "connected": counts.connected,
+            "programmed": counts.programmed,
+            "rejected": counts.rejected,
+            "messages": [[m.pod, m.message] for m in counts.messages],
+        }
+    quotas = {}
+    for key in plane.quotas.allocator.limits:
+        figures = plane.quota_figures(key)
+        if figures is not None:
+            quotas[_quota_name(key)] = asdict(figures)
+    return {"policies": policies, "quotas": quotas}
 
 
 def _totals_json(totals: LoadTotals) -> dict[str, Any]:
@@ -140,6 +167,44 @@ class FleetView:
             out.append(total.health(backend.name))
         return out
 
+    def policy_sidecars(self, namespace: str, name: str, generation: int) -> SidecarCounts:
+        """This replica's sidecars of the policy plus every other replica's latest."""
+        own = self.plane.policy_sidecars(namespace, name, generation)
+        connected, programmed, rejected = own.connected, own.programmed, own.rejected
+        messages = list(own.messages)
+        for share in self._shares.values():
+            entry = share.get("policies", {}).get(f"{namespace}/{name}")
+            if entry is None or entry["generation"] != generation:
+                continue
+            connected += int(entry["connected"])
+            programmed += int(entry["programmed"])
+            rejected += int(entry["rejected"])
+            messages.extend(NackMessage(str(pod), str(message)) for pod, message in entry["messages"])
+        return SidecarCounts(connected, programmed, rejected, tuple(sorted(messages, key=lambda m: m.pod)))
+
+    def quota_figures(self, key: QuotaKey) -> QuotaFigures | None:
+        """One quota's current window over every replica's sidecars (replicas in another window are left out)."""
+        total = self.plane.quota_figures(key)
+        for share in self._shares.values():
+            raw = share.get("quotas", {}).get(_quota_name(key))
+            if raw is None:
+                continue
+            other = QuotaFigures(**raw)
+            if total is None:
+                total = other
+            elif other.window_start == total.window_start:
+                previous = None
+                if total.previous_used is not None and other.previous_used is not None:
+                    previous = total.previous_used + other.previous_used
+                total = QuotaFigures(
+                    total.window_start,
+                    total.used + other.used,
+                    total.reserved + other.reserved,
+                    total.rejected + other.rejected,
+                    previous,
+                )
+        return total
+
     async def run(self, leading: Callable[[], bool]) -> None:
         """Poll every peer (there may be none) while this replica leads; forget their shares when it does not."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
@@ -154,8 +219,8 @@ class FleetView:
         endpoints = await resolve(self.peers)
         answers = await asyncio.gather(*(self._fetch(session, e.target) for e in endpoints))
         self._update({s["replica"]: s for s in answers if s is not None and s["replica"] != self.identity})
-        # LLMPolicy (issue 11) hook: here the leader holds every replica's spend, merged once per
-        # sidecar; it is where a namespace's budget would be split into shares for the sidecars.
+        # LLMPolicy: each replica grants its own sidecars 1/--quota-replicas of each limit; the leader only
+        # merges the replicas' quota figures here (policy_sidecars, quota_figures) for the status.
 
     async def _fetch(self, session: aiohttp.ClientSession, target: str) -> Share | None:
         try:

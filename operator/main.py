@@ -38,6 +38,7 @@ from .kubeapi import KubeAPI
 from .lease import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, LeaderElection
 from .logformat import FORMATS, configure_logging
 from .metrics import OperatorMetrics
+from .policies import PolicyController
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class OperatorOptions:
     peers: tuple[tuple[str, int], ...] = ()
     """Every replica's admin address (a headless Service name resolves to all): the leader merges their /fleet."""
     fleet_interval: float = POLL_INTERVAL_S
+    policy_namespace: str = ""
+    """Whose LLMPolicies apply to every namespace (empty: the Lease's namespace, the operator's own)."""
+    quota_replicas: int = 1
+    """Operator replicas serving sidecars: each grants its own sidecars this share of every LLMPolicy limit."""
     injection: InjectionConfig | None = None
     """Sidecar injection: the Pod webhook is served when set (with webhook_listen/cert/key)."""
     webhook_listen: str = "0.0.0.0:9443"
@@ -137,6 +142,7 @@ class Operator:
             reconnect_grace=options.reconnect_grace,
             registry=self.metrics,
             supervisor=self.supervisor,
+            quota_replicas=options.quota_replicas,
         )
         self.leader = LeaderElection(
             self.api,
@@ -148,6 +154,15 @@ class Operator:
             retry_period=options.retry_period,
         )
         self.fleet = FleetView(self.control_plane, options.identity, options.peers, interval=options.fleet_interval)
+        self.policies = PolicyController(
+            self.api,
+            self.fleet,
+            options.policy_namespace or options.lease_namespace,
+            lambda namespace: self.controller.touch(namespace),
+            leading=lambda: self.leader.leading,
+            reconnecting=lambda: self.control_plane.reconnecting,
+            status_interval=options.status_interval,
+        )
         self.controller = Controller(
             self.api,
             self.control_plane,
@@ -156,6 +171,7 @@ class Operator:
             status_refresh=options.status_refresh,
             leading=lambda: self.leader.leading,
             view=self.fleet,
+            policies=self.policies,
         )
         self.ca: CAPublisher | None = None
         if options.ca_config_map is not None:
@@ -220,6 +236,10 @@ class Operator:
             "fleet view": lambda: self.fleet.run(lambda: self.leader.leading),
             **self.controller.loops(),
             **({"CA publisher": self.ca.run} if self.ca is not None else {}),
+            # LLMPolicy
+            "quota allocator": self.control_plane.quotas.run,
+            "policy status writer": self.policies.status.run,
+            "policy refresh": self.policies.refresh,
         }
         for name, loop in loops.items():
             self.supervisor.start(name, loop)
@@ -330,6 +350,20 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         metavar="HOST:PORT[,...]",
         help=f"every replica's admin address (a headless Service name): the leader merges their {FLEET_PATH}",
     )
+    policy = parser.add_argument_group("LLMPolicy")
+    policy.add_argument(
+        "--policy-namespace",
+        default="",
+        metavar="NS",
+        help="namespace whose LLMPolicies apply to every namespace (default: the --lease-namespace)",
+    )
+    policy.add_argument(
+        "--quota-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="operator replicas serving sidecars: each grants its own sidecars 1/N of every policy limit",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", default="text", choices=FORMATS, help="json: one JSON object a line")
     return parser
@@ -369,6 +403,8 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         renew_deadline=args.lease_duration * RENEW_DEADLINE_S / LEASE_DURATION_S,
         retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
         peers=args.peers,
+        policy_namespace=args.policy_namespace,
+        quota_replicas=max(1, args.quota_replicas),
     )
 
 

@@ -8,7 +8,7 @@ if its Secret is gone), and the verdict says precisely why the new form was refu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from llmroute.model import (
     parse_spec,
     resolve_keys,
 )
+from llmroute.model.policy import Policy, policy_violation
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -144,14 +145,19 @@ def _entry(
     exists: Callable[[str, str], bool],
     last: LastGood | None,
     ca_resolver: CaResolver | None,
+    policies: Sequence[Policy],
 ) -> _Entry:
-    """Parse and resolve the new form; add the last good form as the fallback."""
+    """Parse and resolve the new form (unless a policy refuses it); add the last good form as the fallback."""
     entry = _Entry(obj, VALID, NOT_CHECKED)
     parsed: Route | None = None
     try:
         parsed = parse_spec(obj.spec, name=obj.name, namespace=obj.namespace, generation=obj.generation)
     except RouteInvalid as exc:
         entry.accepted = Check("False", "Invalid", _message(exc.problems))
+    violation = None if parsed is None else policy_violation(parsed.backends, policies)
+    if violation is not None:
+        entry.accepted = Check("False", "PolicyViolation", violation)
+        parsed = None
     if parsed is not None:
         try:
             entry.forms.append(_Form(parsed, resolve_keys(parsed, resolver, ca_resolver), is_new=True))
@@ -159,6 +165,7 @@ def _entry(
         except RouteInvalid as exc:
             entry.resolved_refs = _refs_failure(parsed, exists, exc.problems)
     if last is not None and last.uid == obj.uid and not (entry.forms and last.route == parsed):
+        # The last good form serves on, even when a policy made since would refuse it: the table never breaks.
         try:
             resolved = resolve_keys(last.route, resolver, ca_resolver)
         except RouteInvalid:
@@ -173,11 +180,15 @@ def reconcile(
     exists: Callable[[str, str], bool],
     last_good: Mapping[str, LastGood],
     ca_resolver: CaResolver | None = None,
+    policies: Sequence[Policy] = (),
 ) -> NamespaceResult:
     """Decide what to publish for one namespace; `exists(namespace, name)` says whether a Secret exists, and
-    `ca_resolver` reads backends' tls.caSecretRef like `resolver` reads their keys."""
+    `ca_resolver` reads backends' tls.caSecretRef like `resolver` reads their keys.
+
+    A route with a backend outside the `allowed` of one of `policies` (those that apply to the namespace)
+    is refused: Accepted=False, reason PolicyViolation, naming the policy."""
     entries = [
-        _entry(obj, resolver, exists, last_good.get(obj.name), ca_resolver)
+        _entry(obj, resolver, exists, last_good.get(obj.name), ca_resolver, policies)
         for obj in sorted(objects, key=lambda o: (o.created, o.name))
     ]
     while True:

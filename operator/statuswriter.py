@@ -32,7 +32,7 @@ class StatusSource(Protocol):
 
 
 class StatusWriter:
-    """Writes LLMRoute status through the status subresource (JSON merge patch)."""
+    """Writes LLMRoute (or, by `plural`, LLMPolicy) status through the status subresource (JSON merge patch)."""
 
     def __init__(
         self,
@@ -43,8 +43,10 @@ class StatusWriter:
         retry_after: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         may_write: Callable[[], bool] = lambda: True,
+        plural: str = "llmroutes",
     ) -> None:
         self._api = api
+        self._plural = plural
         self._may_write = may_write
         self._source = source
         self._interval = interval
@@ -106,7 +108,7 @@ class StatusWriter:
         try:
             await self._api.request(
                 "PATCH",
-                f"/apis/llmroute.io/v1alpha1/namespaces/{namespace}/llmroutes/{name}/status",
+                f"/apis/llmroute.io/v1alpha1/namespaces/{namespace}/{self._plural}/{name}/status",
                 {"status": desired},
                 content_type="application/merge-patch+json",
             )
@@ -114,7 +116,7 @@ class StatusWriter:
             if isinstance(exc, KubeError) and exc.status == 404:
                 self.forget(namespace, name)
                 return
-            log.warning("status of LLMRoute %s/%s not written (%s); retrying", namespace, name, exc)
+            log.warning("status of %s %s/%s not written (%s); retrying", self._plural, namespace, name, exc)
             self._due[key] = self._clock() + self._retry_after
             return
         self._last_write[key] = self._clock()

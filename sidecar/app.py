@@ -18,8 +18,10 @@ from llmroute.sidecar.count_tokens import count_tokens
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
+from llmroute.sidecar.inbound.base import estimate_tokens
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
+from llmroute.sidecar.policy.admission import Admission
 from llmroute.sidecar.runtime import Router, RouteRuntime
 from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
@@ -39,6 +41,7 @@ class SidecarApp:
         metrics: SidecarMetrics,
         passthrough: Passthrough | None = None,
         access: AccessLog | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -46,6 +49,8 @@ class SidecarApp:
         self.passthrough = passthrough
         self.access = access
         """The access log (None: --access-log off); passthrough requests are logged by the passthrough."""
+        self.admission = admission
+        """The LLMPolicies' admission filter (llmroute.sidecar.policy); inactive while no policy applies."""
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         received = time.monotonic()
@@ -169,6 +174,8 @@ class SidecarApp:
             return await self.passthrough.forward(request, api.family, api.api)
         body, parsed, runtime, priority, timeout = routed
         route = runtime.route
+        if route.system_prompts:
+            _add_locale_prompt(api, body, parsed, route.system_prompts, request.headers.get("x-llmroute-locale"))
         call = Call(
             runtime=runtime,
             api=api,
@@ -181,17 +188,24 @@ class SidecarApp:
             tokens_out=parsed.tokens_out,
             headers=api.forwarded(request.headers) if api.forward_headers else None,
         )
+        if self.admission is not None and self.admission.active:
+            self.admission.admit(call)  # a 429 when a limit refuses; else a reservation settled by _settle
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
             try:
                 await gate.acquire(call.deadline - time.monotonic())
             except TimeoutError as exc:
+                _settle(call, None)
                 waited = ProxyError(504, f"deadline exceeded waiting for a {priority} slot: {exc}", "deadline_exceeded")
                 self._observe(request, call, None, "error", received, waited.status, waited.code)
                 return waited.response(api.family)
+            except BaseException:  # the app went away while it waited: nothing was sent
+                _settle(call, None)
+                raise
         in_flight = self.metrics.child(self.metrics.in_flight, route.name)
         in_flight.inc()
         holds_stream = False  # a stream releases the slot and the gauge when the app has read it
+        answer: Answer | None = None
         try:
             try:
                 answer = await self.dispatcher.run(call)
@@ -205,6 +219,7 @@ class SidecarApp:
                 error.headers = [*error.headers, *self._headers(call, None, received)]
                 return error.response(api.family)
             except asyncio.CancelledError:  # the app went away: its attempts and hedges were cancelled with it
+                _settle(call, None, unknown=True)
                 self._observe(request, call, None, "abandoned", received, ABANDONED)
                 raise
             if answer.stream is not None:
@@ -225,6 +240,7 @@ class SidecarApp:
             return Response(200, answer.completion.body, response_headers)
         finally:
             if not holds_stream:
+                _settle(call, answer)
                 in_flight.dec()
                 if gate is not None:
                     gate.release()
@@ -298,8 +314,10 @@ class SidecarApp:
         ttft: float | None = None,
         status: int = 200,
     ) -> None:
-        """A stream is over for the app: record it, and give back its in-flight count and its class's slot.
+        """A stream is over for the app: record it, settle it, and give back its in-flight count and its
+        class's slot. A stream that did not end properly is charged its reservation (its usage never came).
         `status`: what the app got (a relayed stream's 200 went out with its first chunk)."""
+        _settle(call, answer, unknown=outcome != "success")
         error = "stream_interrupted" if outcome == "error" else None
         self._observe(request, call, answer, outcome, received, status, error, ttft=ttft)
         self.metrics.child(self.metrics.in_flight, call.runtime.route.name).dec()
@@ -352,6 +370,8 @@ class SidecarApp:
         ]
         if answer is not None:
             headers.append(("x-llmroute-backend", answer.candidate.name))
+        if call.policy is not None and call.policy.downgraded_by:
+            headers.append(("x-llmroute-downgraded", call.policy.downgraded_by))
         return headers
 
 
@@ -384,3 +404,33 @@ class _Relay(AsyncGenerator[bytes, None]):
         unstarted, self._unstarted = self._unstarted, None
         if unstarted is not None:
             await unstarted()
+
+
+def _add_locale_prompt(
+    api: Inbound, body: dict[str, Any], parsed: Parsed, prompts: dict[str, str], locale: str | None
+) -> None:
+    """The route's system prompt for the request's locale (`vi`, or `vi-VN` falling back to `vi`), when the
+    app sent no system prompt of its own: never overrides the app's."""
+    if not locale:
+        return
+    locale = locale.strip().lower()
+    prompt = prompts.get(locale) or prompts.get(locale.partition("-")[0])
+    if prompt is not None and api.add_system(body, prompt):
+        parsed.tokens_in += estimate_tokens(prompt)
+
+
+def _settle(call: Call, answer: Answer | None, *, unknown: bool = False) -> None:
+    """End the request's policy reservation, once: at the answer's real cost and tokens; at nothing for a
+    request no backend answered; at what it reserved when the usage is `unknown` (the app went away, a
+    stream broke off: the provider may bill tokens the sidecar never saw)."""
+    reservation = call.policy.reservation if call.policy is not None else None
+    if reservation is None or reservation.closed:
+        return
+    if unknown:
+        reservation.settle_reserved()
+        return
+    if answer is None:
+        reservation.settle(0.0, 0)
+        return
+    usage = answer.completion.usage if answer.completion is not None else answer.stream.usage if answer.stream else None
+    reservation.settle(answer.cost, usage.prompt_tokens + usage.completion_tokens if usage is not None else 0)

@@ -247,9 +247,10 @@ class Continuation:
         if splice.stuck:
             return None
         text = self.text
+        excluded = call.policy.excluded if call.policy is not None else {}  # by LLMPolicy: never continued on
         able = []
         for c in runtime.candidates:
-            if PREFILL not in c.spec.capabilities or not c.spec.serves(call.needs):
+            if PREFILL not in c.spec.capabilities or not c.spec.serves(call.needs) or c.name in excluded:
                 continue
             codec = runtime.upstreams[c.name].codecs.get(call.api.api)
             body = splice.body(call.body, text, c.spec)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmroute.model import Api, Priority
 from llmroute.sidecar.attempt import Attempt
@@ -31,6 +31,9 @@ from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion
 from llmroute.supervise import log_failure
+
+if TYPE_CHECKING:
+    from llmroute.sidecar.policy.admission import Decision
 
 SHADOW_TIMEOUT_S = 30.0
 MIN_ATTEMPT_S = 0.05
@@ -81,6 +84,8 @@ class Call:
     """When the first attempt began and the last one ended: between them the sidecar waits on backends,
     so time outside them is the sidecar's own overhead."""
     errors: list[tuple[str, UpstreamError]] = field(default_factory=list)
+    policy: Decision | None = None
+    """What the LLMPolicies decided (None when none applies): its reservation, backends it left out."""
 
 
 @dataclass(slots=True)
@@ -117,8 +122,12 @@ class Dispatcher:
         api = call.api.api
         capable = []
         codes = set()
+        excluded = call.policy.excluded if call.policy is not None else _NONE
         for candidate in runtime.candidates:
             spec = candidate.spec
+            if candidate.name in excluded:  # admission made sure some backend is left
+                call.skipped[candidate.name] = excluded[candidate.name]
+                continue
             codec = runtime.upstreams[candidate.name].codecs.get(api)
             if codec is None:
                 codes.add("unsupported_api")
@@ -452,6 +461,7 @@ class Dispatcher:
 _NEVER_AGAIN = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.CONTEXT_LENGTH})
 # Failures that go to another backend whatever retryOn says: they are about this backend, not the request.
 _ALWAYS_ELSEWHERE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
+_NONE: dict[str, str] = {}
 _SKIP_CODES = ("unsupported_api", "unsupported_parameter", "unsupported_capability", "context_length_exceeded")
 
 

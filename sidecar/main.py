@@ -17,6 +17,7 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
+from llmroute.model.policy import Policy
 from llmroute.sidecar.accesslog import CAPACITY, AccessLog
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
@@ -24,7 +25,10 @@ from llmroute.sidecar.dispatch import Dispatcher
 from llmroute.sidecar.errors import error_body
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
-from llmroute.sidecar.passthrough import Passthrough, family_of, parse_upstreams
+from llmroute.sidecar.passthrough import Passthrough, PassthroughPolicy, family_of, parse_upstreams
+from llmroute.sidecar.policy.admission import Admission
+from llmroute.sidecar.policy.ledger import QuotaLedger
+from llmroute.sidecar.policy.metrics import PolicyCollector
 from llmroute.sidecar.routes.controlplane import ControlPlaneClient, NodeInfo
 from llmroute.sidecar.routes.files import FileRouteSource
 from llmroute.sidecar.runtime import Router
@@ -108,6 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_addresses,
         metavar="HOST:PORT[,...]",
         help="the operator replicas' gRPC addresses; a name stands for all its addresses (a headless Service)",
+    )
+    source.add_argument(
+        "--policies",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="LLMPolicy YAML file or directory (local mode; repeatable; reloaded with the routes): this sidecar "
+        "enforces their whole limits alone",
     )
     cp = parser.add_argument_group("control-plane mode")
     cp.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""), help="default: $POD_NAMESPACE")
@@ -246,6 +259,10 @@ class Sidecar:
         self.draining = False
         self.files: FileRouteSource | None = None
         self.control_plane: ControlPlaneClient | None = None
+        # Local mode enforces whole limits alone; under the operator each limit is a share it grants.
+        self.ledger = QuotaLedger(local=not args.control_plane)
+        self.admission = Admission(self.ledger, self._labels(), self.metrics)
+        self.metrics.registry.register(PolicyCollector(self.admission))
         if args.control_plane:
             assert self.load is not None
             self.control_plane = ControlPlaneClient(
@@ -259,9 +276,17 @@ class Sidecar:
                 bootstrap_file=args.bootstrap_file,
                 apply=self._apply,
                 load=self.load,
+                ledger=self.ledger,
+                apply_policies=self._apply_policies,
             )
         else:
-            self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
+            self.files = FileRouteSource(
+                args.routes,
+                secrets_dir=args.secrets_dir,
+                apply=self._apply,
+                policies=args.policies,
+                apply_policies=self._apply_policies,
+            )
         self.access = None
         if args.access_log == "json":
             self.access = AccessLog(sys.stdout.fileno(), self.metrics.access_log_dropped.inc, args.access_log_buffer)
@@ -269,7 +294,7 @@ class Sidecar:
             Passthrough(args.passthrough, self.metrics, self.egress, self.access) if args.passthrough else None
         )
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access, self.admission),
             max_body_bytes=args.max_body_bytes,
             error_body=server_error_body,
             read_timeout=args.read_timeout,
@@ -298,6 +323,14 @@ class Sidecar:
         self.router.apply(table)
         self.metrics.set_table_version(table.version)
         self.metrics.table_updates.labels("applied").inc()
+
+    def _apply_policies(self, policies: list[Policy]) -> None:
+        """Enforce these LLMPolicies from the next request on (a Deny of any of them shuts passthrough)."""
+        self.admission.apply(policies)
+        if self.passthrough is not None:
+            denying = next((p for p in policies if p.passthrough == "Deny"), None)
+            source = f"LLMPolicy {denying.namespace}/{denying.name}" if denying is not None else ""
+            self.passthrough.policy = PassthroughPolicy(allow=denying is None, source=source)
 
     async def start(self) -> None:
         """Load routes (files) or start subscribing (control plane), then listen."""
@@ -373,6 +406,8 @@ def run_sidecar(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if bool(args.routes) == bool(args.control_plane):
         parser.error("give either --routes PATH (local mode) or --control-plane HOST:PORT")
+    if args.policies and args.control_plane:
+        parser.error("--policies is for local mode: under --control-plane the operator sends the LLMPolicies")
     if args.control_plane and not (args.namespace and args.pod_name):
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     if args.control_plane and (args.tls_ca is None) != args.plaintext:

@@ -119,6 +119,12 @@ class SidecarMetrics:
             "Access-log lines dropped because stdout did not keep up (or failed).",
             registry=r,
         )
+        self.policy_decisions = Counter(
+            "llmroute_policy_decisions_total",
+            "Requests an LLMPolicy limit did not fit, by what followed: rejected (429), downgraded, observed.",
+            ["policy", "limit", "tier", "decision"],
+            registry=r,
+        )
         self.table_updates = Counter(
             "llmroute_routing_table_updates_total",
             "Routing tables received, by whether they were applied.",

@@ -55,9 +55,9 @@ _RESPONSE_DROPPED = _HOP_BY_HOP | {"date"}
 
 @dataclass(frozen=True, slots=True)
 class PassthroughPolicy:
-    """Whether this sidecar may pass requests through at all: the hook for the namespace's LLMPolicy
-    (`passthrough: Deny` becomes `PassthroughPolicy(allow=False, source="LLMPolicy ns/name")`, set on
-    `Passthrough.policy` by whatever delivers policies). Until that exists every request is allowed."""
+    """Whether this sidecar may pass requests through at all: an LLMPolicy's `passthrough: Deny` becomes
+    `PassthroughPolicy(allow=False, source="LLMPolicy ns/name")`, set on `Passthrough.policy` whenever the
+    sidecar's policies change (llmroute.sidecar.main); without such a policy every request is allowed."""
 
     allow: bool = True
     source: str = ""

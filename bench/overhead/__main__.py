@@ -62,6 +62,19 @@ spec:
 """
 
 
+POLICY = """\
+apiVersion: llmroute.io/v1alpha1
+kind: LLMPolicy
+metadata: {name: bench-limits, namespace: bench}
+spec:
+  tier: bench
+  budgets: [{name: monthly, window: 31d, limitUSD: 1000000000, action: Reject}]
+  rateLimits: [{name: rpm, requestsPerMinute: 1000000000, tokensPerMinute: 1000000000}]
+"""
+"""`--policy`: a budget and a rate limit (both quantities) that every request fits, so each request pays for
+the whole admission path (three quotas reserved and settled) and none is refused."""
+
+
 @dataclass(frozen=True)
 class Workload:
     """One kind of request: the wrk script's API, the model the sidecar routes, and the paths on each arm."""
@@ -148,6 +161,12 @@ class Bench:
                     "baseline", [args.baseline, "sidecar", *shlex.split(args.baseline_flags)], chat_only
                 )
                 served["baseline"] = [w for w in self.workloads if w.api == "chat"]
+            if args.policy:  # this build with an LLMPolicy loaded: admission's cost, from the same rounds
+                policy_file = workdir / "policy.yaml"
+                policy_file.write_text(POLICY)
+                command = [str(Path(sys.executable).with_name("llmroute")), "sidecar", "--policies", str(policy_file)]
+                self._start_sidecar("policy", command, "---".join(routes.split("---")[:2]))
+                served["policy"] = [w for w in self.workloads if w.api == "chat"]
             self.arms = ["direct", *self.sidecars]
             self.urls = {(w.name, "direct"): f"http://127.0.0.1:{backend_port}{w.direct_path}" for w in self.workloads}
             for name, sidecar in self.sidecars.items():
@@ -368,17 +387,28 @@ def _baseline_workloads(args: argparse.Namespace) -> list[str]:
     return [name for name in args.workloads.split(",") if WORKLOADS[name].api == "chat"]
 
 
+def _extra_arms(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The arms beside direct and sidecar this run had (on the chat workloads), and what each is."""
+    arms = []
+    if args.baseline:
+        flags = f" --baseline-flags={shlex.quote(args.baseline_flags)}" if args.baseline_flags else ""
+        arms.append(("baseline", f"the baseline build (`--baseline {args.baseline}{flags}`)"))
+    if args.policy:
+        arms.append(("policy", "this build with an LLMPolicy loaded (`--policy`: limits that admit every request)"))
+    return arms
+
+
 def _baseline_section(args: argparse.Namespace, samples: list[Sample]) -> str:
-    """The baseline build's figures from the same rounds, when the run had one."""
-    if not args.baseline:
-        return ""
-    table = api_table(samples, args.connections, _baseline_workloads(args), arm="baseline")
-    flags = f" --baseline-flags={shlex.quote(args.baseline_flags)}" if args.baseline_flags else ""
-    return f"""
-The same rounds through the baseline build (`--baseline {args.baseline}{flags}`), interleaved with the others:
+    """The other arms' figures from the same rounds, when the run had any."""
+    sections = []
+    for arm, what in _extra_arms(args):
+        table = api_table(samples, args.connections, _baseline_workloads(args), arm=arm)
+        sections.append(f"""
+The same rounds through {what}, interleaved with the others:
 
 {table}
-"""
+""")
+    return "".join(sections)
 
 
 def rounds_table(samples: list[Sample]) -> str:
@@ -497,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         help="more flags for the baseline's sidecar: with --baseline naming this build, e.g. '--access-log off',"
         " one run compares this build with and without a feature",
     )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="a further arm on the chat workloads: this build with an LLMPolicy loaded (admission's added latency)",
+    )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.overhead", *(sys.argv[1:] if argv is None else argv)])
     load_start = machine.load_average()
@@ -507,8 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     print(api_table(samples, args.connections, args.workloads.split(",")))
-    if args.baseline:
-        print(api_table(samples, args.connections, _baseline_workloads(args), arm="baseline"))
+    for arm, _ in _extra_arms(args):
+        print(api_table(samples, args.connections, _baseline_workloads(args), arm=arm))
     if not args.no_docs:
         report.replace_section(
             args.docs, "overhead", document(args, command, samples, (load_start, machine.load_average()))

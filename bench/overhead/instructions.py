@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import nginx, procs
-from bench.overhead.__main__ import ROUTES
+from bench.overhead.__main__ import POLICY, ROUTES
 
 WARMUP = 200
 MEASURED = 1000
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sidecar-flags", default="", metavar="FLAGS", help="more flags for the sidecars, e.g. '--access-log off'"
     )
+    parser.add_argument(
+        "--policy", action="store_true", help="count each build also with an LLMPolicy loaded (admission's cost)"
+    )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
@@ -139,14 +142,19 @@ def main(argv: list[str] | None = None) -> int:
             procs.wait_port(backend, port)
             procs.wait_port(backend, stream_port)
             routes = ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")
+            policy = workdir / "policy.yaml"
+            policy.write_text(POLICY)
+            variants = [("", [])] + ([("+policy", ["--policies", str(policy)])] if args.policy else [])
             for index, build in enumerate(args.builds):
                 for name in args.workloads.split(","):
                     route = WORKLOADS[name].route
                     # Each sidecar gets only its workload's route, so an older build need parse no other.
                     path = workdir / f"routes-{name}.yaml"
                     path.write_text(STREAM_ROUTE.format(port=stream_port) if route < 0 else routes[route])
-                    per_request = count(build, name, path, workdir, str(index), shlex.split(args.sidecar_flags))
-                    print(f"{build}  {name:<11} {per_request:,.0f} instructions per request", flush=True)
+                    for suffix, extra in variants:
+                        flags = [*shlex.split(args.sidecar_flags), *extra]
+                        per_request = count(build, name, path, workdir, f"{index}{suffix}", flags)
+                        print(f"{build}  {name + suffix:<18} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
     return 0

@@ -1,15 +1,19 @@
-"""Local mode: LLMRoutes from YAML files and directories, keys from the environment and a secrets dir."""
+"""Local mode: LLMRoutes and LLMPolicies from YAML files and directories, keys from the environment and a
+secrets dir."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .parse import Problem, RouteInvalid, parse_document
+from .policy import Policy
+from .policy_parse import PolicyInvalid, parse_policy_document
 from .spec import Backend, Route, SecretRef, SecretValue
 from .table import CompileResult, compile_table
 
@@ -27,6 +31,20 @@ def route_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
+def _documents(paths: Iterable[Path], problems: dict[str, list[Problem]]) -> Iterator[tuple[Path, Any]]:
+    """Every document in the files with the file it is in; unreadable files land in `problems`."""
+    for file in route_files(paths):
+        try:
+            docs = list(yaml.safe_load_all(file.read_text()))
+        except OSError as exc:
+            problems[str(file)] = [Problem("", f"cannot read: {exc.strerror or exc}")]
+            continue
+        except yaml.YAMLError as exc:
+            problems[str(file)] = [Problem("", f"not valid YAML: {exc}")]
+            continue
+        yield from ((file, doc) for doc in docs if doc is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     """Routes read from files, and every problem found, keyed by `file` or `file: namespace/name`."""
@@ -39,23 +57,38 @@ def load_routes(paths: Iterable[Path], *, default_namespace: str = "default") ->
     """Parse every LLMRoute document in the files; other kinds in the same files are skipped."""
     routes: list[Route] = []
     problems: dict[str, list[Problem]] = {}
-    for file in route_files(paths):
+    for file, doc in _documents(paths, problems):
+        if isinstance(doc, Mapping) and doc.get("kind") not in (None, "LLMRoute"):
+            continue
         try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except OSError as exc:
-            problems[str(file)] = [Problem("", f"cannot read: {exc.strerror or exc}")]
-            continue
-        except yaml.YAMLError as exc:
-            problems[str(file)] = [Problem("", f"not valid YAML: {exc}")]
-            continue
-        for doc in docs:
-            if doc is None or (isinstance(doc, Mapping) and doc.get("kind") not in (None, "LLMRoute")):
-                continue
-            try:
-                routes.append(parse_document(doc, default_namespace=default_namespace))
-            except RouteInvalid as exc:
-                problems[f"{file}: {exc.route}"] = exc.problems
+            routes.append(parse_document(doc, default_namespace=default_namespace))
+        except RouteInvalid as exc:
+            problems[f"{file}: {exc.route}"] = exc.problems
     return LoadResult(routes, problems)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLoad:
+    """Policies read from files, and every problem found, keyed like LoadResult's."""
+
+    policies: list[Policy]
+    problems: dict[str, list[Problem]]
+
+
+def load_policies(paths: Iterable[Path], *, default_namespace: str = "default") -> PolicyLoad:
+    """Parse every LLMPolicy document in the files (local mode's `--policies`); other kinds are skipped.
+
+    A document without a kind is read as an LLMRoute, so only documents saying `kind: LLMPolicy` count."""
+    policies: list[Policy] = []
+    problems: dict[str, list[Problem]] = {}
+    for file, doc in _documents(paths, problems):
+        if not isinstance(doc, Mapping) or doc.get("kind") != "LLMPolicy":
+            continue
+        try:
+            policies.append(parse_policy_document(doc, default_namespace=default_namespace))
+        except PolicyInvalid as exc:
+            problems[f"{file}: {exc.policy}"] = exc.problems
+    return PolicyLoad(policies, problems)
 
 
 class LocalKeys:

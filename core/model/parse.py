@@ -13,6 +13,7 @@ from typing import Any, cast
 import jsonschema
 
 from .durations import DURATION_PATTERN, parse_duration
+from .policy_schema import WINDOW_PATTERN
 from .schema import DNS_LABEL, ENV_NAME, GROUP, KIND, SPEC, VERSION
 from .spec import (
     DEFAULT_AZURE_API_VERSION,
@@ -69,12 +70,14 @@ _PATTERN_MESSAGES = {
     DURATION_PATTERN: "invalid duration {value!r}: expected a number with a unit, such as 500ms, 2s or 1m30s",
     DNS_LABEL: "{value!r} is not a DNS label (lower-case letters, digits and '-', at most 63)",
     ENV_NAME: "{value!r} is not an environment variable name",
+    WINDOW_PATTERN: "invalid window {value!r}: expected whole minutes, hours or days from 1m to 31d, such as 1h or 30d",
 }
 
 
-def _schema_problems(spec: Any) -> list[Problem]:
+def schema_problems(spec: Any, validator: jsonschema.Draft7Validator = _VALIDATOR) -> list[Problem]:
+    """Every way `spec` breaks the schema (the LLMRoute spec's by default), each naming its field."""
     problems = []
-    for error in sorted(_VALIDATOR.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(validator.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown field")
@@ -233,7 +236,7 @@ def _priorities(raw: Mapping[str, Any], problems: list[Problem]) -> dict[Priorit
 def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> Route:
     """Validate an LLMRoute `spec` and build the Route; raise RouteInvalid listing every problem."""
     key = f"{namespace}/{name}"
-    problems = _schema_problems(spec)
+    problems = schema_problems(spec)
     problems += [p for p in _rule_problems(spec) if p not in problems]
     if problems:
         raise RouteInvalid(key, problems)
@@ -274,13 +277,23 @@ def parse_spec(spec: Any, *, name: str, namespace: str, generation: int = 0) -> 
             max_ejection_percent=int(outlier_raw.get("maxEjectionPercent", outlier.max_ejection_percent)),
         ),
         workload_selector=dict(spec.get("workloadSelector", {}).get("matchLabels", {})),
+        system_prompts=dict(spec.get("systemPrompts", {})),
     )
 
 
-def parse_document(doc: Any, *, default_namespace: str = "default") -> Route:
-    """Validate a whole LLMRoute object (apiVersion, kind, metadata, spec)."""
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The parts of a custom resource around its spec: who it is and which generation."""
+
+    name: str
+    namespace: str
+    generation: int
+
+
+def document_envelope(doc: Any, kind: str, default_namespace: str) -> tuple[str, Envelope | None, list[Problem]]:
+    """Check apiVersion, kind, metadata.name and spec; the key `namespace/name` names the document in problems."""
     if not isinstance(doc, Mapping):
-        raise RouteInvalid("?", [Problem("", f"expected an LLMRoute object, got {type(doc).__name__}")])
+        return "?", None, [Problem("", f"expected an {kind} object, got {type(doc).__name__}")]
     metadata = doc.get("metadata") or {}
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     namespace = (metadata.get("namespace") if isinstance(metadata, Mapping) else None) or default_namespace
@@ -288,13 +301,20 @@ def parse_document(doc: Any, *, default_namespace: str = "default") -> Route:
     problems = []
     if doc.get("apiVersion") != API_VERSION:
         problems.append(Problem("apiVersion", f"expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"))
-    if doc.get("kind") != KIND:
-        problems.append(Problem("kind", f"expected {KIND!r}, got {doc.get('kind')!r}"))
+    if doc.get("kind") != kind:
+        problems.append(Problem("kind", f"expected {kind!r}, got {doc.get('kind')!r}"))
     if not isinstance(name, str) or not name:
         problems.append(Problem("metadata.name", "is required"))
     if "spec" not in doc:
         problems.append(Problem("spec", "is required"))
     if problems:
+        return key, None, problems
+    return key, Envelope(cast(str, name), namespace, int(metadata.get("generation", 0) or 0)), []
+
+
+def parse_document(doc: Any, *, default_namespace: str = "default") -> Route:
+    """Validate a whole LLMRoute object (apiVersion, kind, metadata, spec)."""
+    key, envelope, problems = document_envelope(doc, KIND, default_namespace)
+    if envelope is None:
         raise RouteInvalid(key, problems)
-    generation = metadata.get("generation", 0)
-    return parse_spec(doc["spec"], name=cast(str, name), namespace=namespace, generation=int(generation or 0))
+    return parse_spec(doc["spec"], name=envelope.name, namespace=envelope.namespace, generation=envelope.generation)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import calendar
 import fnmatch
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from .spec import Backend, Priority
 
@@ -135,3 +136,20 @@ class QuotaKey:
     policy: str
     limit: str
     quantity: Quantity
+
+
+def backend_host(backend: Backend) -> str:
+    """The host name `allowed.hosts` matches a backend by: that of its URL."""
+    return urlsplit(backend.url).hostname or ""
+
+
+def policy_violation(backends: Sequence[Backend], policies: Iterable[Policy]) -> str | None:
+    """Why a route with these backends is outside the `allowed` of one of the policies, or None.
+
+    The message names the policy and the backend, as a route's PolicyViolation condition shows it."""
+    for policy in policies:
+        for backend in backends:
+            reason = policy.allowed.refuses(backend, backend_host(backend))
+            if reason is not None:
+                return f"LLMPolicy {policy.namespace}/{policy.name}: backend {backend.name}: {reason}"
+    return None

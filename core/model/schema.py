@@ -16,7 +16,6 @@ GROUP = "llmroute.io"
 VERSION = "v1alpha1"
 KIND = "LLMRoute"
 PLURAL = "llmroutes"
-SINGULAR = "llmroute"
 SHORT_NAMES = ["llmr"]
 
 STRATEGIES = ["latency", "score", "cost", "ordered", "weighted"]
@@ -47,6 +46,23 @@ def _number(description: str, minimum: float, maximum: float | None = None) -> d
 
 def _integer(description: str, minimum: int, maximum: int) -> dict[str, Any]:
     return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description}
+
+
+def workload_selector(description: str) -> dict[str, Any]:
+    """A `workloadSelector`: labels a pod must all have (LLMRoute and LLMPolicy limits share it)."""
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": False,
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "maxProperties": 64,
+                "additionalProperties": {"type": "string", "maxLength": 63},
+                "description": "Labels a pod must all have.",
+            },
+        },
+    }
 
 
 def _strategy(description: str) -> dict[str, Any]:
@@ -224,19 +240,9 @@ SPEC = {
             "items": {"type": "string", "minLength": 1, "maxLength": 256},
             "description": "Model names apps send; unique across the LLMRoutes of a namespace.",
         },
-        "workloadSelector": {
-            "type": "object",
-            "description": "Pods whose sidecars get this route; empty selects every pod of the namespace.",
-            "additionalProperties": False,
-            "properties": {
-                "matchLabels": {
-                    "type": "object",
-                    "maxProperties": 64,
-                    "additionalProperties": {"type": "string", "maxLength": 63},
-                    "description": "Labels a pod must all have.",
-                },
-            },
-        },
+        "workloadSelector": workload_selector(
+            "Pods whose sidecars get this route; empty selects every pod of the namespace."
+        ),
         "strategy": _strategy("How the primary backend is chosen per request (default latency)."),
         "weights": {
             "type": "object",
@@ -254,6 +260,15 @@ SPEC = {
             "maxItems": MAX_BACKENDS,
             "items": BACKEND,
             "description": "The LLM APIs this route may use.",
+        },
+        "systemPrompts": {
+            "type": "object",
+            "description": (
+                "System prompts by locale (vi, th, id, en, ...): the x-llmroute-locale request header picks one"
+                " when the app sent no system prompt of its own."
+            ),
+            "maxProperties": 64,
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 65536},
         },
         "fallback": {
             "type": "array",
@@ -332,6 +347,14 @@ CONDITION = {
     },
 }
 
+CONDITIONS = {
+    "type": "array",
+    "items": CONDITION,
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+"""A status's conditions: metav1.Condition entries, a list-map keyed by type (LLMRoute and LLMPolicy)."""
+
 BACKEND_STATUS = {
     "type": "object",
     "properties": {
@@ -351,12 +374,7 @@ STATUS = {
     "description": "What the operator and the sidecars observed.",
     "properties": {
         "observedGeneration": {"type": "integer"},
-        "conditions": {
-            "type": "array",
-            "items": CONDITION,
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+        "conditions": CONDITIONS,
         "version": {"type": "string", "description": "Routing-table version that includes this generation."},
         "backendNames": {
             "type": "string",
@@ -395,34 +413,43 @@ def _structural(schema: Any) -> Any:
     return schema
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition manifest for LLMRoute."""
+def crd_manifest(
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    printer_columns: list[Any],
+) -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition of the llmroute.io group with a status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR, "shortNames": SHORT_NAMES},
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "shortNames": short_names},
             "versions": [
                 {
                     "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "Routes the model names apps send to a set of LLM backends.",
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": _structural(SPEC),
-                                "status": STATUS,
+                                "spec": _structural(spec),
+                                "status": status,
                             },
                         },
                     },
@@ -430,3 +457,16 @@ def crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition manifest for LLMRoute."""
+    return crd_manifest(
+        kind=KIND,
+        plural=PLURAL,
+        short_names=SHORT_NAMES,
+        description="Routes the model names apps send to a set of LLM backends.",
+        spec=SPEC,
+        status=STATUS,
+        printer_columns=PRINTER_COLUMNS,
+    )

@@ -204,6 +204,8 @@ class Route:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     workload_selector: dict[str, str] = field(default_factory=dict)
+    system_prompts: dict[str, str] = field(default_factory=dict)
+    """By locale (the x-llmroute-locale header): the system prompt of a request that brings none."""
     generation: int = 0
 
     @property

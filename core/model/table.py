@@ -92,6 +92,8 @@ def route_spec(route: Route) -> dict[str, Any]:
     }
     if route.workload_selector:
         spec["workloadSelector"] = {"matchLabels": dict(sorted(route.workload_selector.items()))}
+    if route.system_prompts:
+        spec["systemPrompts"] = dict(sorted(route.system_prompts.items()))
     return spec
 
 

@@ -60,6 +60,11 @@ def has_part(messages: Any, kind: str) -> bool:
     return False
 
 
+def has_role(items: Any, *roles: str) -> bool:
+    """Whether any message (or input item) of `items` has one of these roles."""
+    return isinstance(items, list) and any(isinstance(m, dict) and m.get("role") in roles for m in items)
+
+
 def output_limit(body: dict[str, Any], *names: str) -> int:
     """The first positive integer limit among `names`, else the default estimate."""
     for name in names:
@@ -92,6 +97,11 @@ class Inbound:
     def parse(self, body: dict[str, Any]) -> Parsed:
         """The routing facts of a request body; ProxyError (400) when it is malformed."""
         raise NotImplementedError
+
+    def add_system(self, body: dict[str, Any], prompt: str) -> bool:
+        """Give `body` the system prompt `prompt` unless the app set one itself; whether it was added. APIs
+        without system prompts (embeddings, legacy completions) add nothing."""
+        return False
 
     def error_body(self, error: ProxyError) -> bytes:
         """`error` in this API's shape."""

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.inbound.base import CHARS_PER_TOKEN, Inbound, Parsed, invalid, output_limit, require_model
+from llmroute.sidecar.inbound.base import (
+    CHARS_PER_TOKEN,
+    Inbound,
+    Parsed,
+    has_role,
+    invalid,
+    output_limit,
+    require_model,
+)
 from llmroute.sidecar.upstream.base import DONE
 
 _CAPABILITY_FIELDS = frozenset({"n", "logprobs", "top_logprobs", "tools", "functions", "response_format"})
@@ -54,6 +62,12 @@ class Chat(Inbound):
             tokens_in=max(chars // CHARS_PER_TOKEN, 1),
             tokens_out=output_limit(body, "max_completion_tokens", "max_tokens"),
         )
+
+    def add_system(self, body: dict[str, Any], prompt: str) -> bool:
+        if has_role(body["messages"], "system", "developer"):
+            return False
+        body["messages"] = [{"role": "system", "content": prompt}, *body["messages"]]
+        return True
 
 
 CHAT = Chat()

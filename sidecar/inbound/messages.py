@@ -61,6 +61,12 @@ class Messages(Inbound):
             tokens_out=max_tokens,
         )
 
+    def add_system(self, body: dict[str, Any], prompt: str) -> bool:
+        if body.get("system"):
+            return False
+        body["system"] = prompt
+        return True
+
 
 MESSAGES = Messages()
 

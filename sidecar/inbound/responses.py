@@ -17,6 +17,7 @@ from llmroute.sidecar.inbound.base import (
     Parsed,
     estimate_tokens,
     has_part,
+    has_role,
     invalid,
     output_limit,
     require_model,
@@ -54,6 +55,12 @@ class Responses(Inbound):
             tokens_in=estimate_tokens([body.get("instructions"), items]),
             tokens_out=output_limit(body, "max_output_tokens"),
         )
+
+    def add_system(self, body: dict[str, Any], prompt: str) -> bool:
+        if body.get("instructions") or has_role(body.get("input"), "system", "developer"):
+            return False
+        body["instructions"] = prompt
+        return True
 
     def error_event(self, error: ProxyError, sequence: int = 0) -> bytes:
         """The Responses stream's `error` event. OpenAI nests the error under `error` (what the SDKs raise

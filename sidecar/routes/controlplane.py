@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,21 @@ import grpc.aio
 from llmroute.endpoints import Endpoint, ranked, resolve, split_addresses
 from llmroute.model import RouteInvalid, RoutingTable, compile_table, parse_spec, resolve_keys
 from llmroute.model.files import LocalKeys
+from llmroute.model.policy import Policy
 from llmroute.v1 import load_pb2, routes_pb2, rpc
 from llmroute.v1.sent import sent_secrets
 from llmroute.waits import wait_event
 
 from ..load import LoadRecorder
+from ..policy.ledger import QuotaLedger
+from ..policy.wire import apply_directive, policies_of, usage_report
 from . import state
 from .trust import TrustUnavailable, read_trust
 
 log = logging.getLogger(__name__)
+
+EARLY_REPORT_MIN_S = 0.1
+"""A request that finds too small a quota share reports its demand at once, but at most this often."""
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -121,6 +128,8 @@ class ControlPlaneClient:
         bootstrap_file: Path | None = None,
         apply: Callable[[RoutingTable], None],
         load: LoadRecorder,
+        ledger: QuotaLedger | None = None,
+        apply_policies: Callable[[list[Policy]], None] | None = None,
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
         trust_poll: float = TRUST_POLL_S,
@@ -141,10 +150,18 @@ class ControlPlaneClient:
         self._trust_poll = trust_poll
         self._apply = apply
         self._load = load
+        self._ledger = ledger
+        """Quota usage goes up in each load report, grants come down in directives (LLMPolicy)."""
+        self._apply_policies = apply_policies
+        self.policy_version = ""  # of the policy set applied last ("" = none yet)
+        if ledger is not None:
+            ledger.on_unmet = self._report_soon
         self._backoff = (backoff_min, backoff_max)
         self._failures = 0
         self._report_interval = 5.0
+        self._last_report = 0.0
         self._interval_changed = asyncio.Event()
+        """Wakes the reporter before its interval is up: a new interval, or demand no grant covers."""
         self._stopping = asyncio.Event()
         self._session: asyncio.Task[bool] | None = None
         self._failed: Endpoint | None = None
@@ -200,6 +217,8 @@ class ControlPlaneClient:
 
     async def _restore(self) -> None:
         """Serve the table saved in --state-dir, else the namespace's bootstrap copy, until a replica answers."""
+        if self._state_dir is not None and self._apply_policies is not None:
+            await self._restore_policies(self._state_dir / state.POLICIES_FILE)
         if self._state_dir is not None and await self._restore_from(self._state_dir / state.STATE_FILE, own=True):
             return
         if self._bootstrap_file is not None:
@@ -220,6 +239,20 @@ class ControlPlaneClient:
             self.version = saved.version_info
         log.info("restored routing table %s (%d routes) from %s", saved.version_info, len(table.routes), path)
         return True
+
+    async def _restore_policies(self, path: Path) -> None:
+        """Enforce the policy set saved in --state-dir until the operator sends one (with no grants yet)."""
+        assert self._apply_policies is not None
+        try:
+            saved = await asyncio.to_thread(state.load_file, path)
+            if saved is None:
+                return
+            self._apply_policies(policies_of(saved))
+        except Exception as exc:
+            log.warning("cannot restore the policies saved in %s: %s", path, exc)
+            return
+        self.policy_version = saved.version_info
+        log.info("restored policy set %s (%d policies) from %s", saved.version_info, len(saved.policies.policies), path)
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._token_file is None:
@@ -296,11 +329,16 @@ class ControlPlaneClient:
             self._failures = 0
             log.info("subscribed to control plane %s with version %r", self.address, self.version)
             reporting = asyncio.create_task(self._report(channel, metadata))
+            if self._apply_policies is not None:  # policies are their own resource type on the same stream
+                await call.write(routes_pb2.RouteRequest(type_url=rpc.TYPE_POLICIES, version_info=self.policy_version))
             while True:
                 response = await call.read()
                 if not isinstance(response, routes_pb2.RouteResponse):
                     return  # EOF
-                await call.write(await self._answer(response))
+                if response.type_url == rpc.TYPE_POLICIES:
+                    await call.write(await self._answer_policies(response))
+                else:
+                    await call.write(await self._answer(response))
         finally:
             if reporting is not None:
                 reporting.cancel()
@@ -318,12 +356,49 @@ class ControlPlaneClient:
             )
         self.version = response.version_info
         log.info("applied routing table %s (%d routes)", self.version, len(response.table.routes))
-        if self._state_dir is not None:
-            try:
-                await asyncio.to_thread(state.save, self._state_dir, response)
-            except OSError as exc:
-                log.warning("cannot save the routing table in %s: %s", self._state_dir, exc)
+        await self._save(response, state.STATE_FILE)
         return routes_pb2.RouteRequest(version_info=self.version, response_nonce=response.nonce)
+
+    async def _save(self, response: routes_pb2.RouteResponse, name: str) -> None:
+        """Keep what was applied in --state-dir (a failure to write is logged: it does not undo the apply)."""
+        if self._state_dir is None:
+            return
+        try:
+            await asyncio.to_thread(state.save, self._state_dir, response, name)
+        except OSError as exc:
+            log.warning("cannot save %s in %s: %s", name, self._state_dir, exc)
+
+    async def _answer_policies(self, response: routes_pb2.RouteResponse) -> routes_pb2.RouteRequest:
+        """Enforce the policy set and ACK it, or NACK it with every problem and keep enforcing the current one."""
+        assert self._apply_policies is not None
+        try:
+            self._apply_policies(policies_of(response))
+        except Exception as exc:
+            log.warning("rejected policy set %s: %s", response.version_info, exc)
+            return routes_pb2.RouteRequest(
+                type_url=rpc.TYPE_POLICIES,
+                version_info=self.policy_version,
+                response_nonce=response.nonce,
+                error_detail=str(exc) or repr(exc),
+            )
+        self.policy_version = response.version_info
+        log.info("applied policy set %s (%d policies)", self.policy_version, len(response.policies.policies))
+        await self._save(response, state.POLICIES_FILE)
+        return routes_pb2.RouteRequest(
+            type_url=rpc.TYPE_POLICIES, version_info=self.policy_version, response_nonce=response.nonce
+        )
+
+    def _report_soon(self) -> None:
+        """A request found too small a quota share: report the demand now rather than at the interval."""
+        self._interval_changed.set()
+
+    def _snapshot(self) -> load_pb2.LoadReport:
+        """The next load report: per-backend counts, and quota usage when policies apply."""
+        self._last_report = time.monotonic()
+        report = self._load.snapshot_and_reset()
+        if self._ledger is not None:
+            usage_report(self._ledger, report)
+        return report
 
     async def _report(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         """Send load reports at the interval the server asks for, for as long as the connection lasts."""
@@ -331,14 +406,16 @@ class ControlPlaneClient:
             call = rpc.stream_load(channel)(None, metadata=metadata)
             directives = asyncio.create_task(self._read_directives(call))
             try:
-                first = self._load.snapshot_and_reset()
+                first = self._snapshot()
                 first.node.CopyFrom(self.node.message())
                 await call.write(first)
                 while not call.done():
                     # Wake early when the server sets a new interval, so its first directive counts at once.
                     await wait_event(self._interval_changed, self._report_interval)
                     self._interval_changed.clear()
-                    await call.write(self._load.snapshot_and_reset())
+                    # Early reports (unmet demand) come at most every EARLY_REPORT_MIN_S, however many requests ask.
+                    await asyncio.sleep(max(self._last_report + EARLY_REPORT_MIN_S - time.monotonic(), 0.0))
+                    await call.write(self._snapshot())
             except grpc.aio.AioRpcError as exc:
                 log.warning("load reporting to %s failed: %s %s", self.address, exc.code().name, exc.details())
             finally:
@@ -350,6 +427,8 @@ class ControlPlaneClient:
         self, call: grpc.aio.StreamStreamCall[load_pb2.LoadReport, load_pb2.LoadDirective]
     ) -> None:
         async for directive in call:
-            if directive.report_interval_seconds > 0:
+            if self._ledger is not None:
+                apply_directive(self._ledger, directive)
+            if directive.report_interval_seconds > 0 and directive.report_interval_seconds != self._report_interval:
                 self._report_interval = directive.report_interval_seconds
                 self._interval_changed.set()

@@ -1,4 +1,5 @@
-"""Local mode: routes from LLMRoute files, reloaded when they (or the mounted secrets) change, or on SIGHUP."""
+"""Local mode: routes from LLMRoute files (and policies from LLMPolicy files), reloaded when they (or the mounted
+secrets) change, or on SIGHUP."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from llmroute.model import RoutingTable
-from llmroute.model.files import LocalKeys, compile_files, route_files
+from llmroute.model import Problem, RoutingTable
+from llmroute.model.files import LocalKeys, compile_files, load_policies, route_files
+from llmroute.model.policy import Policy
 from llmroute.waits import wait_event
 
 log = logging.getLogger("llmroute.sidecar.routes")
@@ -47,9 +49,14 @@ class FileRouteSource:
         *,
         secrets_dir: Path | None,
         apply: Callable[[RoutingTable], None],
+        policies: list[Path] | None = None,
+        apply_policies: Callable[[list[Policy]], None] | None = None,
         interval: float = 1.0,
     ) -> None:
         self._paths = paths
+        self._policy_paths = policies or []
+        self._apply_policies = apply_policies
+        self._policies: list[Policy] | None = None
         self._secrets_dir = secrets_dir
         self._keys = LocalKeys(secrets_dir)
         self._apply = apply
@@ -61,21 +68,21 @@ class FileRouteSource:
         """What is wrong with the files right now (empty when the last load succeeded), for /debug/routes."""
 
     def _watched(self) -> Fingerprint:
-        return _fingerprint([*self._paths, *_secret_files(self._secrets_dir)])
+        return _fingerprint([*self._paths, *self._policy_paths, *_secret_files(self._secrets_dir)])
 
     def reload(self) -> bool:
-        """Load the files now; apply the table if valid and new. Returns whether the files were valid."""
+        """Load the files now; apply the table and the policies, each if valid and new (an invalid one keeps
+        what is in force). Returns whether all the files were valid."""
         self._seen = self._watched()
-        result, problems = compile_files(self._paths, self._keys)
-        if problems:
-            self.problems = {where: [str(p) for p in items] for where, items in problems.items()}
-            for where, items in problems.items():
-                for problem in items:
-                    log.error(
-                        "route files rejected, keeping table %s: %s: %s", self.version or "(none)", where, problem
-                    )
+        policy_problems = self._reload_policies()
+        result, route_problems = compile_files(self._paths, self._keys)
+        problems = {**policy_problems, **route_problems}
+        self.problems = {where: [str(p) for p in items] for where, items in problems.items()}
+        for where, items in route_problems.items():
+            for problem in items:
+                log.error("route files rejected, keeping table %s: %s: %s", self.version or "(none)", where, problem)
+        if route_problems:
             return False
-        self.problems = {}
         if result.table.version != self.version:
             self._apply(result.table)
             self.version = result.table.version
@@ -85,7 +92,21 @@ class FileRouteSource:
                 len(result.table.routes),
                 ", ".join(result.table.models),
             )
-        return True
+        return not policy_problems
+
+    def _reload_policies(self) -> dict[str, list[Problem]]:
+        """Apply the policy files if valid and changed; their problems (then the policies in force stay)."""
+        if not self._policy_paths or self._apply_policies is None:
+            return {}
+        loaded = load_policies(self._policy_paths)
+        for where, items in loaded.problems.items():
+            for problem in items:
+                log.error("policy files rejected, keeping the policies in force: %s: %s", where, problem)
+        if not loaded.problems and loaded.policies != self._policies:
+            self._apply_policies(loaded.policies)
+            self._policies = loaded.policies
+            log.info("policies applied: %s", ", ".join(f"{p.namespace}/{p.name}" for p in loaded.policies) or "none")
+        return loaded.problems
 
     def trigger(self) -> None:
         """Reload at once (SIGHUP)."""

@@ -13,10 +13,14 @@ from pathlib import Path
 from llmroute.v1 import routes_pb2
 
 STATE_FILE = "routes.pb"
+POLICIES_FILE = "policies.pb"
+"""The last applied policy set: a sidecar restarted while the operator is away enforces it on no grant
+(admitting nothing against its quotas) rather than enforcing nothing."""
 
 
-def save(state_dir: Path, response: routes_pb2.RouteResponse) -> None:
-    """Replace the saved table with `response` (write a private temp file, fsync, rename)."""
+def save(state_dir: Path, response: routes_pb2.RouteResponse, name: str = STATE_FILE) -> None:
+    """Replace the saved `name` (the table, or the policies) with `response` (a private temp file, fsync,
+    rename)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".routes-", suffix=".tmp")  # created 0600
     try:
@@ -24,7 +28,7 @@ def save(state_dir: Path, response: routes_pb2.RouteResponse) -> None:
             f.write(response.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, state_dir / STATE_FILE)
+        os.replace(tmp, state_dir / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -13,7 +13,7 @@ import pytest
 
 from tests.apiserver.conftest import Release
 from tests.apiserver.harness import OPERATOR_NAMESPACE, RELEASE, ApiServer, eventually, unique
-from tests.chart.test_crd import CEL_CASES, broken, full_route, routes
+from tests.chart.test_crd import CEL_CASES, POLICY_CEL_CASES, broken, broken_policy, examples_of, full_route, routes
 
 pytestmark = pytest.mark.usefixtures("release")
 
@@ -107,3 +107,46 @@ def test_the_server_refuses_a_route_breaking_the_schema(apiserver: ApiServer, na
     assert done.returncode != 0
     assert 'spec.strategy: Unsupported value: "fastest"' in done.stderr
     assert "spec.backends[0].name: Invalid value" in done.stderr
+
+
+def test_the_policy_crd_is_established_and_explained(apiserver: ApiServer) -> None:
+    crd = apiserver.get("crd", "llmpolicies.llmroute.io")
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert (conditions["Established"], conditions["NamesAccepted"]) == ("True", "True")
+    explained = eventually(
+        lambda: apiserver.kubectl("explain", "llmpolicy.spec.budgets", check=False).returncode == 0,
+        what="the policy CRD's OpenAPI document",
+    )
+    assert explained
+    out = apiserver.kubectl("explain", "llmpolicy.spec.budgets").stdout
+    for field in ("window", "limitUSD", "action", "downgrade", "workloadSelector", "routes"):
+        assert f"  {field}\t" in out, f"{field} missing from:\n{out}"
+
+
+@pytest.mark.usefixtures("operator")  # it writes the status the columns show
+def test_every_example_policy_is_accepted_and_shows_its_columns(apiserver: ApiServer, namespace: str) -> None:
+    policies = [in_namespace(p, namespace) for p in examples_of("LLMPolicy")]
+    out = apiserver.apply(*policies, server_side=True).stdout
+    for policy in policies:
+        assert f"llmpolicy.llmroute.io/{policy['metadata']['name']} serverside-applied" in out
+    name = policies[0]["metadata"]["name"]
+    status = eventually(
+        lambda: (apiserver.get("llmpolicy", "-n", namespace, name) or {}).get("status", {}).get("budgetState"),
+        what="the policy's status",
+    )
+    assert status == "Ok"
+    header, row = apiserver.kubectl("get", "llmp", "-n", namespace, name).stdout.splitlines()
+    assert header.split() == ["NAME", "TIER", "BUDGET", "STATE", "SPENT", "LIMIT", "AGE"]
+    assert row.split()[:5] == [name, policies[0]["spec"]["tier"], "Ok", "0", "2000"]
+
+
+@pytest.mark.parametrize(("change", "message"), POLICY_CEL_CASES)
+def test_the_server_refuses_a_policy_breaking_a_cel_rule(
+    apiserver: ApiServer, namespace: str, change: str, message: str
+) -> None:
+    policy = in_namespace(broken_policy(change), namespace, unique("broken"))
+    done = apiserver.kubectl("create", "-f", "-", stdin=json.dumps(policy), check=False)
+    assert done.returncode != 0
+    assert "is invalid" in done.stderr
+    assert message in done.stderr
+    assert apiserver.get("llmpolicy", "-n", namespace, policy["metadata"]["name"]) is None

@@ -1,4 +1,5 @@
-"""The chart's CRD: generated from llmroute.model.schema, valid, and enforcing what it promises (schema + CEL)."""
+"""The chart's CRDs: generated from llmroute.model.schema and policy_schema, valid, and enforcing what they promise
+(schema + CEL)."""
 
 from __future__ import annotations
 
@@ -13,32 +14,43 @@ import pytest
 import yaml
 from celpy.adapter import json_to_cel
 
+from llmroute.model.policy_schema import policy_crd
 from llmroute.model.schema import crd
 from tests.chart.conftest import CHART
 from tests.tools import REPO
 
 CRD_FILE = CHART / "crds" / "llmroutes.llmroute.io.yaml"
+POLICY_CRD_FILE = CHART / "crds" / "llmpolicies.llmroute.io.yaml"
+CRDS = {"LLMRoute": (CRD_FILE, crd), "LLMPolicy": (POLICY_CRD_FILE, policy_crd)}
 EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
 
 
-def openapi_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def openapi_schema(kind: str = "LLMRoute") -> dict[str, Any]:
+    manifest = yaml.safe_load(CRDS[kind][0].read_text())
+    schema: dict[str, Any] = manifest["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
 
-def routes() -> list[dict[str, Any]]:
+def examples_of(kind: str) -> list[dict[str, Any]]:
     docs = [doc for path in EXAMPLES for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return [doc for doc in docs if doc.get("kind") == "LLMRoute"]
+    return [doc for doc in docs if doc.get("kind") == kind]
 
 
-def test_chart_crd_is_the_one_the_code_generates() -> None:
-    assert yaml.safe_load(CRD_FILE.read_text()) == crd(), (
-        "charts/llmroute/crds is stale: run `llmroute crd > charts/llmroute/crds/llmroutes.llmroute.io.yaml`"
+def routes() -> list[dict[str, Any]]:
+    return examples_of("LLMRoute")
+
+
+@pytest.mark.parametrize("kind", CRDS)
+def test_chart_crd_is_the_one_the_code_generates(kind: str) -> None:
+    path, generate = CRDS[kind]
+    assert yaml.safe_load(path.read_text()) == generate(), (
+        f"charts/llmroute/crds is stale: run `llmroute crd --kind {kind} > {path.relative_to(REPO)}`"
     )
 
 
-def test_crd_is_a_valid_kubernetes_1_30_object() -> None:
-    kubernetes_validate.validate(yaml.safe_load(CRD_FILE.read_text()), "1.30.0", strict=True)
+@pytest.mark.parametrize("kind", CRDS)
+def test_crd_is_a_valid_kubernetes_1_30_object(kind: str) -> None:
+    kubernetes_validate.validate(yaml.safe_load(CRDS[kind][0].read_text()), "1.30.0", strict=True)
 
 
 def test_there_are_example_routes() -> None:
@@ -64,11 +76,11 @@ def cel_rules(schema: dict[str, Any], value: Any) -> Iterator[tuple[str, str, An
             yield from cel_rules(schema["items"], item)
 
 
-def failed_rules(route: dict[str, Any]) -> list[str]:
-    """Messages of the CEL rules the route breaks, evaluated as the API server would (cel-python)."""
+def failed_rules(doc: dict[str, Any]) -> list[str]:
+    """Messages of the CEL rules the object breaks, evaluated as the API server would (cel-python)."""
     env = celpy.Environment()
     failed = []
-    for rule, message, value in cel_rules(openapi_schema(), route):
+    for rule, message, value in cel_rules(openapi_schema(doc["kind"]), doc):
         result = env.program(env.compile(rule)).evaluate({"self": json_to_cel(value)})
         if not bool(result):
             failed.append(message)
@@ -148,3 +160,57 @@ def test_schema_rejects_out_of_range_fields(path: tuple[str | int, ...], value: 
     target[path[-1]] = value
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(route, openapi_schema())
+
+
+def test_there_are_example_policies() -> None:
+    assert examples_of("LLMPolicy"), "examples/ holds no LLMPolicy"
+
+
+@pytest.mark.parametrize("policy", examples_of("LLMPolicy"), ids=lambda p: p["metadata"]["name"])
+def test_example_policies_pass_the_crd_schema_and_cel_rules(policy: dict[str, Any]) -> None:
+    jsonschema.validate(policy, openapi_schema("LLMPolicy"))
+    assert failed_rules(policy) == []
+
+
+def broken_policy(change: str) -> dict[str, Any]:
+    """The example policy (examples/shop-limits.yaml) with one CEL rule broken."""
+    policy = copy.deepcopy(next(p for p in examples_of("LLMPolicy") if p["metadata"]["name"] == "shop-limits"))
+    spec = policy["spec"]
+    if change == "duplicate budget names":
+        spec["budgets"][1]["name"] = spec["budgets"][0]["name"]
+    elif change == "duplicate rate limit names":
+        spec["rateLimits"].append({**spec["rateLimits"][0]})
+    elif change == "downgrade without its price":
+        del spec["budgets"][0]["downgrade"]
+    elif change == "downgrade price on Reject":
+        spec["budgets"][1]["downgrade"] = {"maxPricePerMTok": 1}
+    elif change == "rate limit without a limit":
+        spec["rateLimits"][0] = {"name": "nothing", "priorities": ["batch"]}
+    return policy
+
+
+POLICY_CEL_CASES = [
+    ("duplicate budget names", "budget names must be unique"),
+    ("duplicate rate limit names", "rate limit names must be unique"),
+    ("downgrade without its price", "set downgrade exactly when action is Downgrade"),
+    ("downgrade price on Reject", "set downgrade exactly when action is Downgrade"),
+    ("rate limit without a limit", "set requestsPerMinute, tokensPerMinute or both"),
+]
+"""Each way `broken_policy` breaks a CEL rule, with the rule's message (tests/apiserver checks them for real)."""
+
+
+@pytest.mark.parametrize(("change", "message"), POLICY_CEL_CASES)
+def test_cel_rules_reject_invalid_policies(change: str, message: str) -> None:
+    policy = broken_policy(change)
+    jsonschema.validate(policy, openapi_schema("LLMPolicy"))  # structurally fine: only CEL catches it
+    assert failed_rules(policy) == [message]
+
+
+@pytest.mark.parametrize(
+    ("budget_field", "value"), [("window", "1w"), ("window", "32d"), ("window", "90s"), ("action", "Deny")]
+)
+def test_policy_schema_rejects_out_of_range_fields(budget_field: str, value: Any) -> None:
+    policy = broken_policy("none")
+    policy["spec"]["budgets"][1][budget_field] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(policy, openapi_schema("LLMPolicy"))

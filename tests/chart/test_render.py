@@ -112,6 +112,8 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     rules: dict[tuple[str, str], list[str]] = {}
     named: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for role in by_kind(objects, "ClusterRole"):
+        if role["metadata"]["name"] in USER_ROLES:
+            continue  # for people, not the operator (test_user_roles_split_routes_from_policies)
         for rule in role["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -130,6 +132,8 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
         ("", "namespaces"): ["list", "watch"],
         ("llmroute.io", "llmroutes"): ["get", "list", "patch", "watch"],
         ("llmroute.io", "llmroutes/status"): ["patch"],
+        ("llmroute.io", "llmpolicies"): ["get", "list", "watch"],
+        ("llmroute.io", "llmpolicies/status"): ["patch"],
         ("", "secrets"): ["create", "get", "list", "watch"],
         ("", "events"): ["create"],
         ("", "configmaps"): ["create"],
@@ -144,6 +148,31 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     ]  # fmt: skip
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--lease-name=llmroute" in args
+
+
+USER_ROLES = ("llmroute-route-editor", "llmroute-policy-admin", "llmroute-viewer")
+WRITE = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def test_user_roles_split_routes_from_policies(render: Render) -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(), "ClusterRole") if r["metadata"]["name"] in USER_ROLES}
+
+    def writes(name: str) -> set[str]:
+        return {res for rule in roles[name]["rules"] if set(rule["verbs"]) >= WRITE for res in rule["resources"]}
+
+    def aggregated_to(name: str) -> set[str]:
+        prefix = "rbac.authorization.k8s.io/aggregate-to-"
+        return {k.removeprefix(prefix) for k, v in roles[name]["metadata"]["labels"].items() if k.startswith(prefix)}
+
+    # App teams (the built-in "edit" role) change routes and only read the policies that bound them.
+    assert writes("llmroute-route-editor") == {"llmroutes"}
+    assert aggregated_to("llmroute-route-editor") == {"edit", "admin"}
+    # Platform teams ("admin", or a binding to llmroute-policy-admin) own the policies.
+    assert writes("llmroute-policy-admin") == {"llmpolicies"}
+    assert aggregated_to("llmroute-policy-admin") == {"admin"}
+    assert writes("llmroute-viewer") == set() and aggregated_to("llmroute-viewer") == {"view"}
+    args = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--quota-replicas=2" in args  # each of the two replicas grants half of each policy limit
 
 
 def test_the_control_plane_is_highly_available_by_default(render: Render) -> None:

@@ -34,13 +34,16 @@ import kubernetes.config.kube_config
 import pytest
 import yaml
 
+from llmroute.model.policy_schema import policy_crd
 from llmroute.model.schema import crd
 from llmroute.operator.crashes import PodRef
 from llmroute.operator.main import Operator, OperatorOptions
+from llmroute.sim import Behavior, Latency, SimProvider
 from llmroute.v1 import histogram, load_pb2, routes_pb2, rpc
 
-RECONNECT_GRACE_S = 1.0
-"""The operator's wait for sidecars to reconnect after it starts (12 s in production), short for tests."""
+RECONNECT_GRACE_S = 3.0
+"""The operator's wait for sidecars to reconnect after it starts (12 s in production), short for tests but wide
+enough for a restarted operator to write its first status within it on a loaded machine."""
 
 ROUTES = "/apis/llmroute.io/v1alpha1"
 OPERATOR_POD = PodRef("llmroute-operator-7d9f-x2x4q", "default", "6f1c2a9e-0000-4000-8000-000000000001")
@@ -80,6 +83,10 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.resources["llmroute.io/v1alpha1/llmroutes"] = info(
             kind="LLMRoute", singular="llmroute", namespaced=True, verbs=verbs,
             shortnames={"llmr"}, subresources={"status"},
+        )  # fmt: skip
+        self.resources["llmroute.io/v1alpha1/llmpolicies"] = info(
+            kind="LLMPolicy", singular="llmpolicy", namespaced=True, verbs=verbs,
+            shortnames={"llmp"}, subresources={"status"},
         )  # fmt: skip
         self.resources["coordination.k8s.io/v1/leases"] = info(
             kind="Lease", singular="lease", namespaced=True, verbs=verbs
@@ -234,6 +241,20 @@ class Kube:
     async def delete_route(self, namespace: str, name: str) -> None:
         await self.call("DELETE", f"{ROUTES}/namespaces/{namespace}/llmroutes/{name}")
 
+    async def apply_policy(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Create the LLMPolicy, or replace its spec."""
+        path = f"{ROUTES}/namespaces/{namespace}/llmpolicies"
+        current = await self.get_policy(namespace, name)
+        if current is None:
+            body = {"apiVersion": "llmroute.io/v1alpha1", "kind": "LLMPolicy", "metadata": {"name": name}, "spec": spec}
+            await self.call("POST", path, body)
+        else:
+            await self.call("PATCH", f"{path}/{name}", {"spec": replacing(current.get("spec") or {}, spec)})
+
+    async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        async with self.session.get(f"{self.url}{ROUTES}/namespaces/{namespace}/llmpolicies/{name}") as response:
+            return await response.json() if response.status == 200 else None
+
     async def put_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
         """Create the Secret or replace its data."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
@@ -282,10 +303,12 @@ class StubSidecar:
         self.labels = labels or {}
         self.version = ""
         self.received: list[tuple[float, routes_pb2.RouteResponse]] = []
+        self.policies: list[routes_pb2.RouteResponse] = []
         self.nack: str | None = None
         self.closed: grpc.aio.AioRpcError | None = None
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
+        self._call: Any = None
 
     @property
     def node(self) -> routes_pb2.Node:
@@ -305,11 +328,26 @@ class StubSidecar:
         call = rpc.stream_routes(self._channel)(metadata=self.metadata)
         await call.write(routes_pb2.RouteRequest(node=self.node, version_info=version))
         await call.initial_metadata()  # the operator has authenticated and counted this sidecar
+        self._call = call
         self._task = asyncio.create_task(self._serve(call))
+
+    async def subscribe_policies(self) -> None:
+        """Ask for the policy set on the same stream (its own type); each one is ACKed."""
+        await self._call.write(routes_pb2.RouteRequest(type_url=rpc.TYPE_POLICIES))
 
     async def _serve(self, call: Any) -> None:
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
+                if response.type_url == rpc.TYPE_POLICIES:
+                    self.policies.append(response)
+                    await call.write(
+                        routes_pb2.RouteRequest(
+                            type_url=response.type_url,
+                            version_info=response.version_info,
+                            response_nonce=response.nonce,
+                        )
+                    )
+                    continue
                 self.received.append((time.monotonic(), response))
                 if self.nack is not None:
                     answer = routes_pb2.RouteRequest(
@@ -333,6 +371,15 @@ class StubSidecar:
         )  # fmt: skip
         call = rpc.stream_load(self._channel)(metadata=self.metadata)
         await call.write(load_pb2.LoadReport(node=self.node, interval_seconds=5.0, backends=[load]))
+        await call.read()  # the directive: the server has the report
+        await call.done_writing()
+
+    async def report_quota(self, key: load_pb2.QuotaKey, window_start: int, *, used: float, demand: float) -> None:
+        """One load report of quota usage (used so far in the window, asked for in the interval)."""
+        assert self._channel is not None
+        usage = load_pb2.QuotaUsage(key=key, window_start=window_start, used=used, demand=demand)
+        call = rpc.stream_load(self._channel)(metadata=self.metadata)
+        await call.write(load_pb2.LoadReport(node=self.node, interval_seconds=0.5, quotas=[usage]))
         await call.read()  # the directive: the server has the report
         await call.done_writing()
 
@@ -451,7 +498,8 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             await bench.kube.call(
                 "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
             )
-        await bench.kube.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd())
+        for manifest in (crd(), policy_crd()):
+            await bench.kube.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", manifest)
         try:
             yield bench
         finally:
@@ -466,3 +514,21 @@ async def bench(cluster: Bench) -> Bench:
     """The cluster with the operator running."""
     await cluster.start_operator()
     return cluster
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimProvider]:
+    """A simulated OpenAI-compatible provider answering in 5 ms."""
+    provider = SimProvider("sim", "openai", Behavior(latency=Latency.fixed(0.005)), seed=1)
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture
+async def replicas(cluster: Bench, tmp_path: Path) -> AsyncIterator[Any]:
+    """Operator replicas and sidecars as processes (tests/operator/replicas.py) against the emulated cluster."""
+    from .replicas import fleet  # it imports this module
+
+    async with fleet(tmp_path, cluster.kubeconfig) as group:
+        yield group

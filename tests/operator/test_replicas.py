@@ -7,34 +7,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from llmroute.sim import Behavior, Latency, SimProvider
+from llmroute.sim import SimProvider
 from llmroute.v1 import routes_pb2
 
 from .conftest import StubSidecar
-from .replicas import LEASE, LEASE_DURATION_S, Fleet, Replica, Sidecar, Traffic, fleet
+from .replicas import LEASE, LEASE_DURATION_S, Fleet, Replica, Sidecar, Traffic
 
 if TYPE_CHECKING:
     from conftest import Bench
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimProvider]:
-    provider = SimProvider("sim", "openai", Behavior(latency=Latency.fixed(0.005)), seed=1)
-    await provider.start()
-    yield provider
-    await provider.stop()
-
-
-@pytest.fixture
-async def replicas(cluster: Bench, tmp_path: Path) -> AsyncIterator[Fleet]:
-    async with fleet(tmp_path, cluster.kubeconfig) as group:
-        yield group
 
 
 def route_spec(sim: SimProvider, models: list[str]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""LLMPolicy share bench: python -m bench.policy (see __main__.py)."""

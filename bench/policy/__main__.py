@@ -1,0 +1,323 @@
+"""LLMPolicy share bench: N sidecars with skewed demand against one budget and one rate limit.
+
+    python -m bench.policy [--sidecars 20 200] [--seconds 20] [--tail 30] [--write docs/performance.md]
+                           [--plot docs/img/policy.png]
+
+For each N, the real control plane (ControlPlane with its QuotaService, on 127.0.0.1) serves N simulated
+sidecars in this process. Each holds the sidecar's real quota ledger (llmroute.sidecar.policy), reports
+on a real gRPC load stream at the interval the operator sets (and early when a request finds too small a
+share), applies the grants it is sent and admits its own traffic against them: Zipf-skewed request
+rates (sidecar i asks 1/(i+1) of the first's, 200 requests/s in all), every other request counting against a 1h
+budget (reserving 0.01 USD, settling at a random 30..100% of it after 200 ms) and the others against a
+requests-per-minute limit. Both limits are sized so the fleet's demand over `--seconds` is twice the
+limit, and the demand goes on for `--tail` seconds more (within the same minute), so what sidecars hold
+and use late counts; both windows begin when the run does (the clocks of the control plane and the
+ledgers are shifted to a window start).
+
+Measured per run: the overshoot of each limit (settled use above the limit, in % of it), the share of
+each limit used, and the time an idle sidecar that starts sending at a quarter of the run waits for
+its first admitted request (at 2 requests/s). The same again with the control plane stopped at a quarter
+of the run (sidecars keep what they hold): the overshoot must stay at 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from prometheus_client import CollectorRegistry
+
+from llmroute.model.policy import QuotaKey
+from llmroute.model.policy_parse import parse_policy_spec
+from llmroute.operator.auth import InsecureAuthenticator
+from llmroute.operator.controlplane import ControlPlane
+from llmroute.sidecar.policy.admission import MINUTE
+from llmroute.sidecar.policy.ledger import Quota, QuotaLedger, Reservation
+from llmroute.sidecar.policy.wire import apply_directive, usage_report
+from llmroute.v1 import load_pb2, routes_pb2, rpc
+
+NAMESPACE = "bench"
+COST_USD = 0.01
+LATENCY_S = 0.2
+TOTAL_RATE = 200.0  # requests per second asked by the whole fleet
+IDLE_RATE = 2.0  # requests per second of the sidecar idle until a quarter of the run
+BEGIN, END = "<!-- policy:begin -->", "<!-- policy:end -->"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class SimSidecar:
+    """One sidecar's policy side: ledger, load stream, its traffic."""
+
+    name: str
+    rate: float
+    ledger: QuotaLedger
+    quotas: list[Quota]
+    asked: int = 0
+    admitted: int = 0
+    asked_by_quota: list[int] = field(default_factory=lambda: [0, 0])
+    first_ask: float | None = None
+    first_admit: float | None = None
+    early: asyncio.Event = field(default_factory=asyncio.Event)
+    interval: float = 5.0
+
+    def try_request(self, now: float) -> Reservation | None:
+        """Every other request counts against the budget, the others against the rate limit, so each limit
+        is measured on its own traffic rather than cut short by the other."""
+        self.asked += 1
+        if self.first_ask is None:
+            self.first_ask = now
+        quota = self.quotas[self.asked % 2]
+        self.asked_by_quota[self.asked % 2] += 1
+        amount = COST_USD if quota.quantity == "usd" else 1.0
+        if not quota.ask(amount, now):
+            quota.rejected += 1
+            return None
+        self.admitted += 1
+        if self.first_admit is None:
+            self.first_admit = now
+        return Reservation(((quota, amount),), clock=self.ledger.clock)
+
+
+@dataclass
+class Run:
+    sidecars: int
+    killed: bool
+    kill_at: float
+    budget_usd: float
+    requests_limit: float
+    spent_usd: float
+    requests: int
+    idle_wait_s: float | None
+    budget_demand: float
+    """What the fleet asked of the budget, in settled USD (65% of the estimates), as a multiple of the limit."""
+    requests_demand: float
+
+    def overshoot(self, used: float, limit: float) -> float:
+        return max(0.0, used - limit) / limit * 100
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "sidecars": self.sidecars,
+            "operator": f"killed at {self.kill_at:g} s" if self.killed else "up",
+            "budget_overshoot_pct": self.overshoot(self.spent_usd, self.budget_usd),
+            "budget_used_pct": self.spent_usd / self.budget_usd * 100,
+            "rpm_overshoot_pct": self.overshoot(self.requests, self.requests_limit),
+            "rpm_used_pct": self.requests / self.requests_limit * 100,
+            "idle_wait_s": self.idle_wait_s,
+            "budget_demand": self.budget_demand,
+            "requests_demand": self.requests_demand,
+        }
+
+
+async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int) -> Run:
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) for i in range(n)]
+    rates = [TOTAL_RATE * w / sum(weights) for w in weights]
+    # Half the traffic each; the fleet asks for twice each limit over the run (settled cost averages 65% of
+    # the 0.01 USD reserved).
+    budget = TOTAL_RATE / 2 * seconds * COST_USD * 0.65 / 2
+    requests_limit = round(TOTAL_RATE / 2 * seconds / 2)
+    policy = parse_policy_spec(
+        {
+            "budgets": [{"name": "hourly", "window": "1h", "limitUSD": budget}],
+            "rateLimits": [{"name": "rpm", "requestsPerMinute": requests_limit}],
+        },
+        name="limits",
+        namespace=NAMESPACE,
+    )
+    now = time.time()
+    offset = (now // 3600 + 1) * 3600 + 1 - now  # one second into a fresh hour (and minute)
+
+    def clock() -> float:
+        return time.time() + offset
+
+    plane = ControlPlane(authenticator=InsecureAuthenticator(), report_interval=5.0, registry=CollectorRegistry())
+    plane.quotas.clock = clock  # the bench's shifted clock: windows begin with the run
+    await plane.start("127.0.0.1:0")
+    plane.publish_policies(NAMESPACE, [policy])
+    allocator = asyncio.create_task(plane.quotas.run())
+    hourly = QuotaKey(NAMESPACE, "limits", "hourly", "usd")
+    rpm = QuotaKey(NAMESPACE, "limits", "rpm", "requests")
+    sims = []
+    for i in range(n + 1):  # the last one is idle until a quarter of the run
+        ledger = QuotaLedger(local=False, clock=clock)
+        budget_q = ledger.track(hourly, policy.budgets[0].window, budget)
+        rpm_q = ledger.track(rpm, MINUTE, requests_limit)
+        sim = SimSidecar(f"sidecar-{i}", rates[i] if i < n else IDLE_RATE, ledger, [budget_q, rpm_q])
+        ledger.on_unmet = sim.early.set
+        sims.append(sim)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}")
+    stop = asyncio.Event()
+    start = clock()
+    tasks = [asyncio.create_task(_report(channel, s, stop)) for s in sims]
+    tasks += [
+        asyncio.create_task(_traffic(s, clock, start, seconds, seconds + tail, rng.random(), idle=i == n))
+        for i, s in enumerate(sims)
+    ]
+    if killed:
+        await asyncio.sleep(seconds / 4)
+        allocator.cancel()
+        await plane.stop(0)
+        log(f"  N={n}: control plane stopped at {seconds / 4:.0f} s")
+    await asyncio.sleep(seconds + tail - (seconds / 4 if killed else 0) + LATENCY_S + 0.5)
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    allocator.cancel()
+    await channel.close(None)
+    if not killed:
+        await plane.stop(0)
+    spent = sum(s.quotas[0].used for s in sims)
+    requests = round(sum(s.quotas[1].used for s in sims))
+    idle = sims[-1]
+    wait = None if idle.first_admit is None or idle.first_ask is None else idle.first_admit - idle.first_ask
+    budget_asked = sum(s.asked_by_quota[0] for s in sims) * COST_USD * 0.65 / budget
+    requests_asked = sum(s.asked_by_quota[1] for s in sims) / requests_limit
+    return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, budget_asked, requests_asked)
+
+
+async def _traffic(
+    sim: SimSidecar, clock: Any, start: float, seconds: float, until: float, phase: float, *, idle: bool
+) -> None:
+    """The sidecar's requests, evenly spaced at its rate, until `until`; each admitted one settles after
+    LATENCY_S. The idle one starts at a quarter of `seconds`."""
+    if idle:
+        await asyncio.sleep(seconds / 4)
+    gap = 1 / sim.rate
+    await asyncio.sleep(gap * phase)
+    while clock() - start < until:
+        reservation = sim.try_request(clock())
+        if reservation is not None:
+            asyncio.get_running_loop().call_later(LATENCY_S, _settle, reservation)
+        await asyncio.sleep(gap)
+
+
+def _settle(reservation: Reservation) -> None:
+    reservation.settle(COST_USD * random.uniform(0.3, 1.0), 0)
+
+
+async def _report(channel: grpc.aio.Channel, sim: SimSidecar, stop: asyncio.Event) -> None:
+    """The load stream: a report per interval, or at once on unmet demand (at most every 0.1 s)."""
+    call: Any = rpc.stream_load(channel)(None, metadata=(("authorization", "Bearer bench"),))
+    node = routes_pb2.Node(pod=sim.name, namespace=NAMESPACE)
+    last = time.monotonic()
+    await call.write(load_pb2.LoadReport(node=node))
+
+    async def directives() -> None:
+        async for directive in call:
+            if directive.report_interval_seconds:
+                sim.interval = directive.report_interval_seconds
+            apply_directive(sim.ledger, directive)
+
+    reader = asyncio.create_task(directives())
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(sim.early.wait(), max(0.0, sim.interval - (time.monotonic() - last)))
+                await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - last)))
+            except TimeoutError:
+                pass
+            sim.early.clear()
+            report = load_pb2.LoadReport(interval_seconds=time.monotonic() - last)
+            last = time.monotonic()
+            usage_report(sim.ledger, report)
+            await call.write(report)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the control plane went away: the sidecar keeps what it holds
+    finally:
+        reader.cancel()
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| sidecars | operator | budget: asked | overshoot | used | rpm: asked | overshoot | used"
+        " | idle sidecar admitted after |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        r = run.row()
+        wait = "never" if r["idle_wait_s"] is None else f"{r['idle_wait_s']:.2f} s"
+        lines.append(
+            f"| {r['sidecars']} | {r['operator']} | {r['budget_demand']:.2f}x | {r['budget_overshoot_pct']:.2f}% |"
+            f" {r['budget_used_pct']:.1f}% | {r['requests_demand']:.2f}x | {r['rpm_overshoot_pct']:.2f}% |"
+            f" {r['rpm_used_pct']:.1f}% | {wait} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"N={r.sidecars}\n{'killed' if r.killed else 'up'}" for r in runs]
+    budget = [r.row()["budget_used_pct"] for r in runs]
+    rpm = [r.row()["rpm_used_pct"] for r in runs]
+    x = range(len(runs))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([i - 0.2 for i in x], budget, 0.4, label="budget (USD)")
+    ax.bar([i + 0.2 for i in x], rpm, 0.4, label="requests per minute")
+    ax.axhline(100, color="black", linewidth=0.8)
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("% of the limit used")
+    ax.set_title("LLMPolicy shares under Zipf-skewed demand (100% = the limit)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(doc: Path, runs: list[Run], seconds: float, command: str) -> None:
+    text = doc.read_text()
+    block = (
+        f"{BEGIN}\n`{command}` ({platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+        f" limits sized for {seconds:.0f} s of demand):\n\n{table(runs)}\n{END}"
+    )
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text += "\n" + block + "\n"
+    doc.write_text(text)
+
+
+async def main(args: argparse.Namespace) -> None:
+    runs = []
+    for n in args.sidecars:
+        for killed in (False, True):
+            log(f"N={n}, operator {'killed mid-run' if killed else 'up'} ...")
+            run = await run_once(n, args.seconds, args.tail, killed, seed=n)
+            log(f"  {run.row()}")
+            runs.append(run)
+    print(table(runs))
+    command = "python -m bench.policy " + " ".join(sys.argv[1:])
+    if args.write:
+        write(args.write, runs, args.seconds, command)
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.policy", description=__doc__)
+    parser.add_argument("--sidecars", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--seconds", type=float, default=20.0, help="the limits are sized for this long")
+    parser.add_argument("--tail", type=float, default=30.0, help="demand goes on this much longer (within the minute)")
+    parser.add_argument("--write", type=Path, default=None, help="replace the figures in this Markdown file")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the shares used")
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(parser.parse_args()))

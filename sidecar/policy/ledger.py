@@ -1,0 +1,227 @@
+"""The sidecar's quota ledger: for each quota that applies to it, the grant it may use in the current window,
+what finished requests used and what requests in flight reserved.
+
+Admission never waits on the network: a request fits when `used + reserved + estimate <= grant`. The grant
+comes from the operator (a share of the limit, on the load stream), or in local mode is the whole limit.
+A reservation is a handle settled exactly once, on the real usage, so a request can neither be charged
+twice nor forgotten. Windows are tumbling and UTC-aligned: at the turn `used` starts again from zero,
+while reservations still in flight stay reserved and settle into the window they end in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from llmroute.model.policy import QuotaKey, Window
+
+RETRY_SOON_S = 1.0
+"""Retry-After for a share that ran out while the limit may have room elsewhere: the operator moves shares
+within about a second."""
+
+
+class ReservationSettled(RuntimeError):
+    """A second settlement of one reservation: a bug in the caller, never a runtime condition."""
+
+
+class Quota:
+    """One quota of this sidecar in its current window."""
+
+    __slots__ = (
+        "_ledger",
+        "demand",
+        "enforced",
+        "key",
+        "limit",
+        "quantity",
+        "rejected",
+        "reserved",
+        "used",
+        "window",
+        "window_end",
+        "window_start",
+    )
+
+    def __init__(self, key: QuotaKey, window: Window, limit: float, ledger: QuotaLedger, now: float) -> None:
+        self.key = key
+        self.quantity = key.quantity
+        self.window = window
+        self.limit = limit
+        """The policy's whole limit (every sidecar's shares together)."""
+        self._ledger = ledger
+        self.window_start = window.start(now)
+        self.window_end = window.end(now)
+        self.used = 0.0
+        self.reserved = 0.0
+        self.demand = 0.0
+        """Asked for since the last load report, admitted or not."""
+        self.rejected = 0
+        """Requests refused on this quota since the last load report."""
+        self.enforced = True
+        """False for an Observe budget: the operator grants it nothing (it only counts the fleet's spend), so
+        under the operator it admits everything; alone (local mode) it still says when the limit is passed."""
+
+    def __repr__(self) -> str:
+        return f"Quota({self.key}, used={self.used:g}, reserved={self.reserved:g}, granted={self.granted:g})"
+
+    def roll(self, now: float) -> None:
+        """Move to the window containing `now` if the current one is over: nothing used there yet."""
+        if now >= self.window_end:
+            self.window_start = self.window.start(now)
+            self.window_end = self.window.end(now)
+            self.used = 0.0
+
+    @property
+    def granted(self) -> float:
+        """What this sidecar may use in the current window, in all (0 without a grant for it)."""
+        ledger = self._ledger
+        return self.limit if ledger.local else ledger.granted(self.key, self.window_start, self.limit)
+
+    def room(self, now: float) -> float:
+        """What a new request may still reserve now."""
+        self.roll(now)
+        return self.granted - self.used - self.reserved
+
+    def ask(self, amount: float, now: float) -> bool:
+        """Whether `amount` fits now; counts it as demand either way, and tells the ledger when it does not
+        fit with no grant to blame but this sidecar's share (so the operator hears of the demand at once)."""
+        self.demand += amount
+        if now >= self.window_end:
+            self.roll(now)
+        if amount <= self.granted - self.used - self.reserved or not (self.enforced or self._ledger.local):
+            return True
+        self._ledger.unmet()
+        return False
+
+    def retry_after(self, now: float) -> int:
+        """Seconds until a refused request may fit: until the window turns when this sidecar holds the whole
+        limit (nothing is left anywhere), else about the time the operator takes to move shares."""
+        if self.granted >= self.limit:
+            return max(1, math.ceil(self.window_end - now))
+        return int(RETRY_SOON_S)
+
+    def settle(self, reserved: float, used: float, now: float) -> None:
+        """A request that reserved `reserved` ended having used `used`."""
+        if now >= self.window_end:
+            self.roll(now)
+        self.reserved = max(self.reserved - reserved, 0.0)
+        self.used += used
+
+
+class QuotaLedger:
+    """Every quota of this sidecar, and the grants the operator sent (or, `local`, the whole limits)."""
+
+    def __init__(
+        self, *, local: bool, clock: Callable[[], float] = time.time, on_unmet: Callable[[], None] | None = None
+    ) -> None:
+        self.local = local
+        self.clock = clock
+        self.on_unmet = on_unmet
+        """Called when a request finds too small a share (control-plane mode): report the demand early."""
+        self.quotas: dict[QuotaKey, Quota] = {}
+        self.grants_version = 0
+        """The version of the last set of grants applied (0: none yet), echoed in load reports."""
+        self._grants: dict[QuotaKey, dict[float, float]] = {}
+
+    def track(self, key: QuotaKey, window: Window, limit: float) -> Quota:
+        """The quota for `key`, kept (with its usage) when it already exists with the same window."""
+        quota = self.quotas.get(key)
+        if quota is None or quota.window != window:
+            quota = self.quotas[key] = Quota(key, window, limit, self, self.clock())
+        quota.limit = limit
+        return quota
+
+    def keep_only(self, keys: Iterable[QuotaKey]) -> None:
+        """Forget quotas no policy has any more (requests holding them still settle harmlessly)."""
+        wanted = set(keys)
+        for key in [k for k in self.quotas if k not in wanted]:
+            del self.quotas[key]
+
+    def apply_grants(self, grants: Iterable[tuple[QuotaKey, float, float]], version: int) -> None:
+        """A complete set of grants (key, window start, granted): any grant not in it is withdrawn."""
+        fresh: dict[QuotaKey, dict[float, float]] = {}
+        for key, window_start, granted in grants:
+            fresh.setdefault(key, {})[window_start] = granted
+        self._grants = fresh
+        self.grants_version = version
+
+    def granted(self, key: QuotaKey, window_start: float, limit: float) -> float:
+        """The grant in force for `key` in the window starting at `window_start`."""
+        if self.local:
+            return limit
+        return self._grants.get(key, {}).get(window_start, 0.0)
+
+    def unmet(self) -> None:
+        """A request found too small a share."""
+        if self.on_unmet is not None and not self.local:
+            self.on_unmet()
+
+    def take_interval(self) -> list[tuple[Quota, float, int]]:
+        """For a load report: each quota with the demand and refusals since the last one (both start again)."""
+        now = self.clock()
+        taken = []
+        for quota in self.quotas.values():
+            quota.roll(now)
+            taken.append((quota, quota.demand, quota.rejected))
+            quota.demand = 0.0
+            quota.rejected = 0
+        return taken
+
+
+class Reservation:
+    """What one admitted request holds on each quota that applies to it, until it settles (exactly once).
+
+    As a context manager, a reservation still open when the block ends is charged what it reserved: the
+    request went out and its real usage is unknown (the app went away, the stream broke off), and the
+    estimate bounds it. `hand_over` keeps it open past the block for a stream, which then settles it."""
+
+    __slots__ = ("_claims", "_clock", "_handed_over", "closed")
+
+    def __init__(self, claims: tuple[tuple[Quota, float], ...], clock: Callable[[], float] = time.time) -> None:
+        self._claims = claims
+        self._clock = clock
+        self.closed = False
+        self._handed_over = False
+        for quota, amount in claims:
+            quota.reserved += amount
+
+    def __repr__(self) -> str:
+        state = "settled" if self.closed else "open"
+        return f"Reservation({', '.join(q.key.limit for q, _ in self._claims)}, {state})"
+
+    def settle(self, cost_usd: float, tokens: int) -> None:
+        """The request ended: charge its real cost and tokens, and one request."""
+        self._close()
+        now = self._clock()
+        for quota, amount in self._claims:
+            quantity = quota.quantity
+            quota.settle(amount, cost_usd if quantity == "usd" else tokens if quantity == "tokens" else 1.0, now)
+
+    def settle_reserved(self) -> None:
+        """The request ended with its real usage unknown: charge what it reserved."""
+        self._close()
+        now = self._clock()
+        for quota, amount in self._claims:
+            quota.settle(amount, amount, now)
+
+    def hand_over(self) -> Reservation:
+        """Keep it open past the block it was taken in: a stream now owns it and must settle it."""
+        self._handed_over = True
+        return self
+
+    def _close(self) -> None:
+        if self.closed:
+            raise ReservationSettled(f"{self!r} was already settled")
+        self.closed = True
+
+    def __enter__(self) -> Reservation:
+        self._handed_over = False
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if not self.closed and not self._handed_over:
+            self.settle_reserved()
