@@ -21,11 +21,13 @@ async def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
     async with running(tmp_path, {"a": FAST, "b": FAST, "c": FAST}) as h, h.http() as http:
         statuses: list[int] = []
         stop = asyncio.Event()
+        answered = asyncio.Event()
 
         async def worker() -> None:
             while not stop.is_set():
                 response = await http.post("/chat/completions", json=chat_body())
                 statuses.append(response.status_code)
+                answered.set()
 
         workers = [asyncio.create_task(worker()) for _ in range(8)]
         assert h.sidecar.files is not None
@@ -37,11 +39,12 @@ async def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
             h.write_spec({"models": ["chat"], "strategy": strategy, "backends": [entries[n] for n in keep]})
             assert h.sidecar.files.reload()
             versions.add(h.sidecar.router.table.version if h.sidecar.router.table else "")
-            await asyncio.sleep(0.15)
+            for _ in range(10):  # ten answers after every reload, however loaded the machine is
+                answered.clear()
+                await answered.wait()
         stop.set()
         await asyncio.gather(*workers)
         assert len(versions) >= 4
-        assert len(statuses) > 50
         assert set(statuses) == {200}
 
 
