@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             routes = ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")
             policy = workdir / "policy.yaml"
             policy.write_text(POLICY)
-            variants = [("", [])] + ([("+policy", ["--policies", str(policy)])] if args.policy else [])
+            variants: list[tuple[str, list[str]]] = [("", [])]
+            if args.policy:
+                variants.append(("+policy", ["--policies", str(policy)]))
             for index, build in enumerate(args.builds):
                 for name in args.workloads.split(","):
                     route = WORKLOADS[name].route
