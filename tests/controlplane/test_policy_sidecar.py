@@ -47,7 +47,7 @@ async def test_a_sidecar_enforces_the_share_it_is_granted_and_reports_its_spend(
     budget = {"name": "monthly", "window": "31d", "limitUSD": 10, "action": "Reject"}
     plane.publish_policies("shop", [parse_policy_spec({"budgets": [budget]}, name="limits", namespace="shop")])
     allocator = supervise("quota allocator", plane.quotas.run, logging.getLogger(__name__))
-    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--namespace", "shop", "--pod-name", "web-1"]
+    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--plaintext", "--namespace", "shop", "--pod-name", "web-1"]
     argv += ["--token-file", str(token)]
     try:
         async with sidecar_running(argv) as sidecar:

@@ -112,7 +112,7 @@ async def plane_and_sidecar(tmp_path: Path, *extra: str) -> AsyncIterator[tuple[
     await sim.start()
     plane = PolicyPlane(sim.url)
     await plane.server.start()
-    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--namespace", "shop", "--pod-name", "web-1"]
+    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--plaintext", "--namespace", "shop", "--pod-name", "web-1"]
     argv += ["--token-file", str(tmp_path / "no-token"), "--labels", "app=web", *extra]
     try:
         async with sidecar_running(argv) as sidecar:
@@ -190,7 +190,7 @@ async def test_a_sidecar_restarted_without_the_operator_enforces_its_saved_polic
         plane.pushes.put_nowait(policy_response("p1", "n1", limit=100.0))
         await plane.request(rpc.TYPE_POLICIES)
     # The operator is gone (nothing listens on its port any more); the sidecar restarts from its state.
-    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--namespace", "shop", "--pod-name", "web-1"]
+    argv = ["--control-plane", f"127.0.0.1:{plane.port}", "--plaintext", "--namespace", "shop", "--pod-name", "web-1"]
     argv += ["--token-file", str(tmp_path / "no-token"), "--state-dir", str(state_dir)]
     async with sidecar_running(argv) as sidecar:
         for _ in range(500):
