@@ -183,9 +183,9 @@ class Dispatcher:
             output_tokens=call.tokens_out,
             weights=route.weights,
         )
-        # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy: `ordered`
-        # means the first healthy backend that can answer in time, not one known to take 8.5 s for a 2 s
-        # deadline, nor one whose last few requests are all overdue.
+        # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy and the
+        # fallback order: `ordered` means the first healthy backend that can answer in time, not one known to
+        # take 8.5 s for a 2 s deadline, nor one whose last few requests are all overdue.
         strategy = policy.strategy or route.strategy
         remaining = call.deadline - now
         feasible = [
@@ -194,7 +194,7 @@ class Dispatcher:
         if strategy in _BLIND_TO_LATENCY and len(feasible) > 1:
             feasible = _without_far_slower(feasible, call.stream)
         late = [c for c in available if c not in feasible]
-        ranked = with_fallback(rank(strategy, feasible, ctx) + rank(strategy, late, ctx), route.fallback)
+        ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, rank(strategy, late, ctx))
         for candidate in runtime.shadow.due(ranked, now):
             self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked

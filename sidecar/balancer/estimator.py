@@ -38,21 +38,33 @@ class PeakEWMA:
     Plain decay takes ~30 s to forget an 8.5 s peak; a backend that has recovered would lose traffic it
     deserves all that time. So `RECOVERY_SAMPLES` answers in a row at under half the estimate (real or
     shadow traffic) reset it to the slowest of them: a recovery is believed after a few answers, while a
-    single fast answer still cannot hide a slow backend."""
+    single fast answer still cannot hide a slow backend. An answer to a request sent before the first answer
+    of the latest such run is old news and changes nothing: the 8.5 s probe sent just before a recovery
+    would otherwise restart the count, or raise the estimate again right after the recovery was proven."""
 
-    __slots__ = ("_decay", "_low_count", "_low_max", "_stamp", "value")
+    __slots__ = ("_decay", "_fast_since", "_low_count", "_low_max", "_stamp", "value")
 
     def __init__(self, decay: float = DECAY_S) -> None:
         self._decay = decay
         self._stamp = 0.0
         self._low_count = 0
         self._low_max = 0.0
+        self._fast_since = -math.inf
+        """When the request behind the first answer of the latest run under half the estimate was sent."""
         self.value: float | None = None
         """Seconds; None until the first sample."""
 
+    @property
+    def recovering(self) -> bool:
+        """Whether the latest answers came in under half the estimate: a recovery that a few more prove."""
+        return self._low_count > 0
+
     def observe(self, sample: float, now: float) -> None:
-        """A measured duration: a new peak replaces the estimate, a lower one is blended in by elapsed time."""
+        """A measured duration (of a request sent `sample` seconds before `now`): a new peak replaces the
+        estimate, a lower one is blended in by elapsed time."""
         value = self.value
+        if now - sample < self._fast_since:
+            return
         if value is None or sample >= value:
             self.value = sample
             self._low_count = 0
@@ -60,6 +72,8 @@ class PeakEWMA:
             keep = math.exp(-max(now - self._stamp, 0.0) / self._decay)
             self.value = value * keep + sample * (1.0 - keep)
             if sample < value / 2:
+                if self._low_count == 0:
+                    self._fast_since = now - sample
                 self._low_max = sample if self._low_count == 0 else max(self._low_max, sample)
                 self._low_count += 1
                 if self._low_count >= RECOVERY_SAMPLES:

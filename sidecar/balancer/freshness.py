@@ -12,7 +12,7 @@ STALE_AFTER_S = 2.0
 """A backend with no outcome for this long is due for a shadow probe."""
 MIN_INTERVAL_S = 1.0
 """At most one shadow probe per backend per this interval."""
-PATIENCE_S = 4.0
+PATIENCE_S = 2.0
 """A shadow probe still running after this does not hold back the next one: the backend it measures may
 have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s)."""
 
@@ -35,13 +35,17 @@ class ShadowProber:
         here). Feed each probe through the backend's stats as usual, then call `done`."""
         due = []
         for candidate in ranked[1:]:
+            # A backend whose latest answer came in under half its estimate may be recovering: it is probed
+            # again as soon as that probe is back, so the few fast answers that prove it come within a second.
+            recovering = candidate.stats.latency.recovering
             seen = candidate.stats.last_observed
-            if seen is not None and now - seen <= self._stale_after:
+            if not recovering and seen is not None and now - seen <= self._stale_after:
                 continue
             name = candidate.name
             sent = self._sent.get(name)
             if sent is not None and (
-                now - sent < self._min_interval or (name in self._in_flight and now - sent < PATIENCE_S)
+                (not recovering and now - sent < self._min_interval)
+                or (name in self._in_flight and now - sent < PATIENCE_S)
             ):
                 continue
             self._sent[name] = now

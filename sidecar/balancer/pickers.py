@@ -106,14 +106,25 @@ def rank_weighted(candidates: Sequence[Candidate], ctx: PickContext) -> list[Can
     return [candidates[i] for i in sorted(range(len(candidates)), key=keys.__getitem__)]
 
 
-def with_fallback(ranked: Sequence[Candidate], fallback: Sequence[str]) -> list[Candidate]:
+def with_fallback(
+    ranked: Sequence[Candidate], fallback: Sequence[str], late: Sequence[Candidate] = ()
+) -> list[Candidate]:
     """The primary, then the route's `fallback` names in their order (those among the candidates), then
-    the remaining candidates in rank order."""
-    if not fallback or len(ranked) < 2:
-        return list(ranked)
-    rest = {c.name: c for c in ranked[1:]}
+    the remaining candidates in rank order; then `late` (ranked: expected to miss the deadline, or stalled)
+    the same way, the primary among them when `ranked` is empty. The fallback order says which backend that
+    can answer in time is tried next: it never puts one known to take 8.8 s for a 3 s deadline before them."""
+    if not ranked:
+        ranked, late = late, ()
+    if not ranked:
+        return []
+    return [ranked[0], *_fallback_first(ranked[1:], fallback), *_fallback_first(late, fallback)]
+
+
+def _fallback_first(candidates: Sequence[Candidate], fallback: Sequence[str]) -> list[Candidate]:
+    """`candidates` with those named in `fallback` first, in its order, the others after them in their order."""
+    rest = {c.name: c for c in candidates}
     head = [rest.pop(name) for name in fallback if name in rest]
-    return [ranked[0], *head, *rest.values()]
+    return [*head, *rest.values()]
 
 
 def expected_cost(candidate: Candidate, ctx: PickContext) -> float:

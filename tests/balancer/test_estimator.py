@@ -174,10 +174,31 @@ def test_a_recovery_is_believed_after_a_few_fast_answers_in_a_row() -> None:
     ewma.observe(0.32, 3.0)
     assert ewma.value == 0.35  # the third resets to the slowest of them
     ewma.observe(0.3, 4.0)
-    ewma.observe(9.0, 5.0)
-    ewma.observe(0.3, 6.0)
-    ewma.observe(0.3, 7.0)
+    ewma.observe(9.0, 14.0)  # sent at 5.0, after that fast answer: the backend is slow again
+    ewma.observe(0.3, 15.0)
+    ewma.observe(0.3, 16.0)
     assert ewma.value is not None and ewma.value > 5  # a new peak in between restarts the count
+
+
+def test_a_slow_answer_to_a_request_sent_before_a_recovery_neither_hides_nor_undoes_it() -> None:
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s
+    straggler = stats.start(10.5)  # a probe sent just before the backend recovered: 8.5 s again
+    for end in (11.4, 11.8, 12.2):  # then three requests sent after the recovery, each answered in 0.3 s
+        served(stats, 0.3, end)
+    assert stats.expected_latency(12.2, load_sensitive=False) == pytest.approx(0.3)
+    stats.finish(straggler, 19.0)
+    assert stats.expected_latency(19.0, load_sensitive=False) == pytest.approx(0.3)
+    assert stats.quantile(1.0) == pytest.approx(8.5)  # it still counts in the quantiles (hedging delays)
+    # Its slow answer arriving in the middle of the run of fast ones does not restart the count either.
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)
+    straggler = stats.start(10.5)
+    served(stats, 0.3, 11.4)
+    stats.finish(straggler, 19.0)
+    served(stats, 0.3, 19.4)
+    served(stats, 0.3, 19.8)
+    assert stats.expected_latency(19.8, load_sensitive=False) == pytest.approx(0.3)
 
 
 def test_a_recovered_quiet_backend_is_cleared_by_a_few_successes() -> None:

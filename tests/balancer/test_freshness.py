@@ -25,7 +25,7 @@ def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCa
     prober = ShadowProber()
     ranked = [primary, other]
     assert names(prober.due(ranked, 10.0)) == ["other"]
-    assert prober.due(ranked, 12.0) == []  # still in flight
+    assert prober.due(ranked, 11.5) == []  # still in flight
     prober.done("other")
     assert names(prober.due(ranked, 12.0)) == ["other"]
     prober.done("other")
@@ -37,8 +37,8 @@ def test_a_slow_probe_holds_back_the_next_for_a_few_seconds_only(make: MakeCandi
     ranked = [make("primary"), make("other")]
     prober = ShadowProber()
     prober.due(ranked, 0.0)
-    assert prober.due(ranked, 3.9) == []
-    assert names(prober.due(ranked, 4.0)) == ["other"]  # it may have recovered since the first was sent
+    assert prober.due(ranked, 1.9) == []
+    assert names(prober.due(ranked, 2.0)) == ["other"]  # it may have recovered since the first was sent
 
 
 def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
@@ -50,3 +50,25 @@ def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
     prober.done(probe.name)
     assert prober.due([primary, other], 11.5) == []
     assert names(prober.due([primary, other], 12.5)) == ["other"]
+
+
+def test_a_backend_answering_far_faster_than_its_estimate_is_probed_again_at_once(
+    make: MakeCandidate, observe: Observe
+) -> None:
+    primary, other = make("primary"), make("other")
+    ranked = [primary, other]
+    observe(other, 8.5, 10.0)  # degraded: its estimate is 8.5 s
+    prober = ShadowProber()
+    assert names(prober.due(ranked, 13.0)) == ["other"]
+    observe(other, 0.3, 13.3)  # the probe comes back fast: it may have recovered
+    prober.done("other")
+    # Not after the usual 2 s without news, nor a second after the last probe: now, to confirm it quickly.
+    assert names(prober.due(ranked, 13.3)) == ["other"]
+    assert prober.due(ranked, 13.4) == []  # still one probe in flight at most
+    observe(other, 0.3, 13.6)
+    prober.done("other")
+    assert names(prober.due(ranked, 13.6)) == ["other"]
+    observe(other, 0.3, 13.9)  # the third fast answer in a row proves it: back to the usual pace
+    prober.done("other")
+    assert other.stats.expected_latency(13.9, load_sensitive=False) < 0.5
+    assert prober.due(ranked, 14.0) == []

@@ -131,6 +131,26 @@ def test_fallback_names_come_right_after_the_primary(make: MakeCandidate, observ
     assert names(with_fallback(ranked, [])) == ["a", "b", "c", "d"]
 
 
+def test_a_fallback_expected_to_miss_the_deadline_waits_behind_every_backend_that_can_make_it(
+    make: MakeCandidate, observe: Observe
+) -> None:
+    # Seed 1 of the drawn incident: fast fails part of its requests, the listed fallback `mid` answers in
+    # 8.8 s, `cheap` in 0.6 s; a request that fails on fast must go to cheap, not wait on mid first.
+    fast, mid, cheap = make("fast"), make("mid"), make("cheap")
+    observe(fast, 0.24, 99.0)
+    observe(mid, 8.8, 99.0)
+    observe(cheap, 0.6, 99.0)
+    ctx = PickContext(now=100.0, rng=random.Random(1))
+    plan = with_fallback(rank("latency", [fast, cheap], ctx), ["mid", "cheap"], rank("latency", [mid], ctx))
+    assert names(plan) == ["fast", "cheap", "mid"]
+    # Among the late ones the fallback order holds as well, and with none in time the best late one leads.
+    slower = make("slower")
+    observe(slower, 9.5, 99.0)
+    late = rank("latency", [slower, mid], ctx)
+    assert names(with_fallback([fast], ["slower", "mid"], late)) == ["fast", "slower", "mid"]
+    assert names(with_fallback([], ["slower", "mid"], late)) == ["mid", "slower"]
+
+
 def test_ejected_and_saturated_backends_are_not_candidates(make: MakeCandidate) -> None:
     ok, ejected, full = make("ok"), make("ejected"), make("full", max_concurrency=2)
     detector = OutlierDetector(["ok", "ejected", "full"])
