@@ -20,6 +20,8 @@ from llmroute.sidecar.inbound import BY_PATH, COUNT_TOKENS, Inbound, Parsed
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.runtime import Router, RouteRuntime
+from llmroute.sidecar.tracing import TRACEPARENT, Tracer
+from llmroute.sidecar.tracing import start as start_trace
 from llmroute.sidecar.upstream.errors import UpstreamError
 
 PRIORITIES = ("critical", "normal", "batch")
@@ -28,7 +30,8 @@ _JSON = "application/json"
 
 class SidecarApp:
     """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models; with `passthrough`, the
-    requests no route names go to the app's own upstream (llmroute.sidecar.passthrough) instead of a 404."""
+    requests no route names go to the app's own upstream (llmroute.sidecar.passthrough) instead of a 404; with
+    `tracer`, routed requests are traced (llmroute.sidecar.tracing)."""
 
     def __init__(
         self,
@@ -36,11 +39,13 @@ class SidecarApp:
         dispatcher: Dispatcher,
         metrics: SidecarMetrics,
         passthrough: Passthrough | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.passthrough = passthrough
+        self.tracer = tracer
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         api = BY_PATH.get(request.path)
@@ -159,6 +164,8 @@ class SidecarApp:
             tokens_out=parsed.tokens_out,
             headers=api.forwarded(request.headers) if api.forward_headers else None,
         )
+        if self.tracer is not None or TRACEPARENT in request.headers:
+            call.trace = start_trace(self.tracer, request.headers, call)
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
             try:
@@ -288,6 +295,8 @@ class SidecarApp:
         self.metrics.child(
             self.metrics.request_duration, call.runtime.route.name, backend, call.priority, outcome, call.api.api
         ).observe(now - received)
+        if call.trace is not None:
+            call.trace.end(call, answer, outcome)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:
         waited = call.upstream_done - call.upstream_started

@@ -134,6 +134,7 @@ class Continuation:
                 call.needs,
                 tokens_in=call.tokens_in + len(text) // CHARS_PER_TOKEN,
                 tokens_out=call.tokens_out,
+                trace=call.trace,  # the continuation is one more attempt of the app's request
             )
             try:
                 answer = await self._dispatcher.attempt(resumed, candidate)

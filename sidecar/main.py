@@ -16,6 +16,7 @@ from llmroute.endpoints import split_addresses
 from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
+from llmroute.sidecar import tracing
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
 from llmroute.sidecar.dispatch import Dispatcher
@@ -162,6 +163,7 @@ class Sidecar:
         self.router = Router()
         self.load = LoadRecorder() if args.control_plane else None
         self.dispatcher = Dispatcher(self.metrics, self.load)
+        self.tracer = tracing.from_environment()
         self.draining = False
         self.files: FileRouteSource | None = None
         self.control_plane: ControlPlaneClient | None = None
@@ -181,7 +183,7 @@ class Sidecar:
             self.files = FileRouteSource(args.routes, secrets_dir=args.secrets_dir, apply=self._apply)
         self.passthrough = Passthrough(args.passthrough, self.metrics) if args.passthrough else None
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough),
+            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.tracer),
             max_body_bytes=args.max_body_bytes,
             error_body=error_body,
             read_timeout=args.read_timeout,
@@ -254,6 +256,8 @@ class Sidecar:
         if self.passthrough is not None:
             await self.passthrough.aclose()
         await self.admin_server.shutdown(1.0)
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports the spans still buffered
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -283,5 +287,8 @@ def run_sidecar(argv: Sequence[str]) -> int:
         parser.error("control-plane mode needs --namespace and --pod-name (or POD_NAMESPACE and POD_NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        return run(serve(args))
+        try:
+            return run(serve(args))
+        except tracing.TracingUnavailable as exc:
+            parser.exit(2, f"llmroute sidecar: {exc}\n")
     return 0
