@@ -69,6 +69,8 @@ class InjectionConfig:
     extra_args: tuple[str, ...] = ()
     passthrough: str = ""
     """The sidecar's --passthrough (the chart's injection.sidecar.passthrough); empty: the sidecar's default."""
+    otel: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """OTEL_* variables of the sidecar (the chart's injection.sidecar.otel): an endpoint turns tracing on."""
 
     @classmethod
     def from_file(cls, path: Path) -> InjectionConfig:
@@ -85,6 +87,7 @@ class InjectionConfig:
             ca_config_map=data.get("caConfigMap") or None,
             extra_args=tuple(data.get("extraArgs", ())),
             passthrough=data.get("passthrough", ""),
+            otel=data.get("otel") or {},
         )
 
 
@@ -163,6 +166,7 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP"),
+            *_otel_env(config.otel),
         ],
         "ports": [{"name": "llmroute-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "startupProbe": probe("/healthz", failureThreshold=60, periodSeconds=1),
@@ -180,6 +184,16 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
         },
         "volumeMounts": mounts,
     }
+
+
+def _otel_env(otel: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The configured OTEL_* variables; spans then name the pod and namespace unless they set resource
+    attributes themselves (the variables above are expanded by the kubelet)."""
+    env = [{"name": name, "value": value} for name, value in sorted(otel.items())]
+    if otel and "OTEL_RESOURCE_ATTRIBUTES" not in otel:
+        pod = "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+        env.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": pod})
+    return env
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
