@@ -2,14 +2,18 @@
 counted by valgrind's callgrind, for the 0 ms and the 50 ms backend of bench/overhead.
 
 Instruction counts do not depend on what else the machine is doing, so two builds (this one and, say, an
-earlier commit's virtualenv) compare exactly where timings on a shared 2-core machine cannot.
+earlier commit's virtualenv) compare exactly where timings on a shared 2-core machine cannot. With `--otlp`
+the sidecars trace every request to an OTLP collector in this process (spans exported every 100 ms, so the
+exporter's work falls inside the counted requests).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from bench.common import nginx, procs
 from bench.overhead.__main__ import ROUTES
+from llmroute.sim.otlp import collector_thread
 
 WARMUP = 50
 MEASURED = 200
@@ -76,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         help="llmroute executables of the builds to count (default: this virtualenv's)",
     )
     parser.add_argument("--workloads", default="chat,chat-50ms", help="chat, chat-50ms or both")
+    parser.add_argument("--otlp", action="store_true", help="tracing on: export spans to a collector here")
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
-    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        if args.otlp:
+            collector = stack.enter_context(collector_thread())
+            os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100")
         workdir = Path(tmp)
         port = procs.free_port()
         backend = nginx.start("backend", workdir, nginx.api_backend(port, slow=True), modules=(nginx.ECHO_MODULE,))
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{build}  {workload:<10} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
+        if args.otlp:
+            print(f"the collector received {len(collector.spans):,} spans", flush=True)
     return 0
 
 
