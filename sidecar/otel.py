@@ -9,6 +9,7 @@ header, a key, a prompt or an answer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,7 +70,7 @@ class OtelTracer:
 class RequestSpan:
     """The span of one routed request, parent of its attempts' spans."""
 
-    __slots__ = ("_attempts", "_cost", "_span", "_winner", "call", "context", "tracer")
+    __slots__ = ("_attempts", "_cost", "_span", "_winner", "call", "context", "recording", "tracer")
 
     def __init__(self, tracer: trace.Tracer, context: Any, call: Call) -> None:
         self.tracer = tracer
@@ -91,6 +92,7 @@ class RequestSpan:
             },
         )
         self.context = trace.set_span_in_context(self._span)
+        self.recording = self._span.is_recording()
         self._attempts = 0
         self._cost = 0.0
         self._winner: AttemptSpan | None = None
@@ -131,26 +133,24 @@ class AttemptSpan:
         call = request.call
         backend = candidate.spec
         operation = OPERATION_NAMES[call.api.api]
-        url = urlsplit(backend.url)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": PROVIDER_NAMES[backend.provider],
-            "gen_ai.request.model": backend.model,
-            "gen_ai.request.stream": call.stream,
-            "llmroute.route": call.runtime.route.name,
-            "llmroute.backend": candidate.name,
-            "llmroute.priority": call.priority,
-            "llmroute.attempt": number,
-        }
-        if url.hostname:
-            attributes["server.address"] = url.hostname
-            attributes["server.port"] = url.port or (443 if url.scheme == "https" else 80)
+        provider = PROVIDER_NAMES[backend.provider]
+        attributes: dict[str, Any] | None = None
+        if request.recording:  # an unsampled trace still needs the span's id, not its attributes
+            attributes = {
+                "gen_ai.operation.name": operation,
+                "gen_ai.provider.name": provider,
+                "gen_ai.request.model": backend.model,
+                "gen_ai.request.stream": call.stream,
+                "llmroute.route": call.runtime.route.name,
+                "llmroute.backend": candidate.name,
+                "llmroute.priority": call.priority,
+                "llmroute.attempt": number,
+                **_server(backend.url),
+            }
         self._span = request.tracer.start_span(
             f"{operation} {backend.model}", context=request.context, kind=SpanKind.CLIENT, attributes=attributes
         )
-        self.result: dict[str, Any] = {
-            "gen_ai.provider.name": attributes["gen_ai.provider.name"],
-        }
+        self.result: dict[str, Any] = {"gen_ai.provider.name": provider}
         """What the request span takes over from the attempt that answered."""
         context = self._span.get_span_context()
         parent = TraceParent(
@@ -198,3 +198,12 @@ class AttemptSpan:
     def _response_model(self, head: bytes) -> None:
         if "gen_ai.response.model" not in self.result and (model := response_model(head)) is not None:
             self.result["gen_ai.response.model"] = model
+
+
+@functools.lru_cache(maxsize=1024)
+def _server(url: str) -> dict[str, Any]:
+    """`server.address` and `server.port` of a backend URL (parsed once per URL)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return {}
+    return {"server.address": parts.hostname, "server.port": parts.port or (443 if parts.scheme == "https" else 80)}
