@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,6 +18,8 @@ from prometheus_client.utils import floatToGoString
 from llmroute.sidecar.genai import DURATION_BUCKETS, TOKEN_BUCKETS
 
 M = TypeVar("M", bound=MetricWrapperBase)
+_le: Callable[[float], str] = floatToGoString
+"""A bucket bound as prometheus_client writes it in `le` (0.01, 6.7108864e+07, +Inf); typed here, untyped there."""
 
 # Buckets for LLM calls: from a cached 20 ms answer to a 2-minute batch completion.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -53,7 +55,7 @@ class LoopHistogram(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        bounds = [*map(floatToGoString, self._bounds), floatToGoString(math.inf)]
+        bounds = [*map(_le, self._bounds), _le(math.inf)]
         for values, series in self._series.items():
             cumulative, total = [], 0
             for bound, count in zip(bounds, series.counts, strict=True):
