@@ -80,8 +80,7 @@ class Attempt:
             load.start(runtime.route.name, candidate.name)
         self._token = candidate.stats.start(self.started, stream=stream)
         spec = candidate.spec
-        self._genai = (OPERATION_NAMES[api], PROVIDER_NAMES[spec.provider], spec.model)
-        """The GenAI metrics' labels: operation, provider, request model."""
+        self._genai = metrics.genai(OPERATION_NAMES[api], PROVIDER_NAMES[spec.provider], spec.model)
         self.span: AttemptTrace | None = trace.attempt(candidate) if trace is not None else None
         """This attempt's part of the request's trace; its `headers` go with the backend call."""
 
@@ -100,7 +99,7 @@ class Attempt:
         self.candidate.stats.first_byte(self._token, now)
         self.ttft = ttft = now - self.started
         self._last_chunk = now
-        self._metrics.genai_ttfc.labels(*self._genai).observe(ttft)
+        self._genai.ttfc.observe(ttft)
         if self.span is not None:
             self.span.first_chunk(ttft, head)
         return ttft
@@ -133,10 +132,7 @@ class Attempt:
             m.child(m.tokens, route, name, "cached_input").inc(usage.cached_tokens)
         if cost:
             m.child(m.cost, route, name).inc(cost)
-        operation, provider, model = self._genai
-        m.genai_duration.labels(operation, provider, model, "").observe(now - self.started)
-        m.genai_tokens.labels(operation, provider, model, "input").observe(usage.prompt_tokens)
-        m.genai_tokens.labels(operation, provider, model, "output").observe(usage.completion_tokens)
+        self._genai.answered(now - self.started, usage.prompt_tokens, usage.completion_tokens)
         if self.span is not None:
             self.span.succeed(usage, cost, body)
         if self._load is not None:
@@ -165,7 +161,7 @@ class Attempt:
             ejected = runtime.detector.record_failure(name, kind, now)
         if ejected:
             m.child(m.ejections, runtime.route.name, name, kind.value).inc()
-        m.genai_duration.labels(*self._genai, kind.value).observe(now - self.started)
+        self._genai.failed(now - self.started, kind.value)
         if self.span is not None:
             self.span.fail(error)
         if self._load is not None:

@@ -80,12 +80,38 @@ class LoopSeries:
         self.sum += value
 
 
+class GenAISeries:
+    """The GenAI client metrics' series of one (operation, provider, request model), looked up once per
+    attempt so that its verdict observes them without another label lookup."""
+
+    __slots__ = ("_duration", "_labels", "_ok", "input", "output", "ttfc")
+
+    def __init__(self, metrics: SidecarMetrics, labels: tuple[str, str, str]) -> None:
+        self._labels = labels
+        self._duration = metrics.genai_duration
+        self._ok = metrics.genai_duration.labels(*labels, "")
+        self.input = metrics.genai_tokens.labels(*labels, "input")
+        self.output = metrics.genai_tokens.labels(*labels, "output")
+        self.ttfc = metrics.genai_ttfc.labels(*labels)
+
+    def answered(self, seconds: float, input_tokens: int, output_tokens: int) -> None:
+        """An attempt answered after `seconds` (a stream: at its end), with this usage."""
+        self._ok.observe(seconds)
+        self.input.observe(input_tokens)
+        self.output.observe(output_tokens)
+
+    def failed(self, seconds: float, error_type: str) -> None:
+        """An attempt failed after `seconds` with `error_type` (the failure kind)."""
+        self._duration.labels(*self._labels, error_type).observe(seconds)
+
+
 class SidecarMetrics:
     """All series of one sidecar, on its own registry so several sidecars can live in one process (tests)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._genai: dict[tuple[str, str, str], GenAISeries] = {}
         r = self.registry
         self.request_duration = Histogram(
             "llmroute_request_duration_seconds",
@@ -216,6 +242,15 @@ class SidecarMetrics:
         series = self._children.get(key)
         if series is None:
             series = self._children[key] = metric.labels(*labels)
+        return series
+
+    def genai(self, operation: str, provider: str, model: str) -> GenAISeries:
+        """The GenAI series of an attempt (`gen_ai_operation_name`, `gen_ai_provider_name`,
+        `gen_ai_request_model`), created at first use."""
+        labels = (operation, provider, model)
+        series = self._genai.get(labels)
+        if series is None:
+            series = self._genai[labels] = GenAISeries(self, labels)
         return series
 
     def set_table_version(self, version: str) -> None:

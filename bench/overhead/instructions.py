@@ -29,7 +29,7 @@ MEASURED = 200
 MODELS = {"chat": "bench", "chat-50ms": "bench-slow"}
 
 
-def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
+def count(llmroute: Path, model: str, routes: Path, workdir: Path, measured: int = MEASURED) -> float:
     """Instructions per request of `llmroute sidecar` (run under callgrind) serving `model` one at a time."""
     port, admin = procs.free_port(), procs.free_port()
     out = workdir / f"callgrind-{model}.out"
@@ -55,7 +55,7 @@ def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
             one()
         control = ["callgrind_control", "-i"]
         subprocess.run([*control, "on", str(sidecar.pid)], check=True, capture_output=True)
-        for _ in range(MEASURED):
+        for _ in range(measured):
             one()
         subprocess.run([*control, "off", str(sidecar.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(sidecar.pid)], check=True, capture_output=True)
@@ -68,7 +68,7 @@ def count(llmroute: Path, model: str, routes: Path, workdir: Path) -> float:
         for line in dump.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
     ]
-    return max(totals, default=0) / MEASURED
+    return max(totals, default=0) / measured
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workloads", default="chat,chat-50ms", help="chat, chat-50ms or both")
     parser.add_argument("--otlp", action="store_true", help="tracing on: export spans to a collector here")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=MEASURED,
+        help="requests counted per build and workload (more average out the garbage collector's passes)",
+    )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             routes.write_text("---".join(ROUTES.format(port=port, slow=nginx.SLOW_PREFIX).split("---")[:2]))
             for build in args.builds:
                 for workload in args.workloads.split(","):
-                    per_request = count(build, MODELS[workload], routes, workdir)
+                    per_request = count(build, MODELS[workload], routes, workdir, args.requests)
                     print(f"{build}  {workload:<10} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
