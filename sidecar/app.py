@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
-from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call
+from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call, policy_field
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
 from llmroute.sidecar.count_tokens import count_tokens
@@ -97,7 +97,16 @@ class SidecarApp:
         list, a token count)."""
         if self.access is not None:
             outcome = "success" if response.status < 400 else "client_error" if response.status < 500 else "error"
-            self.access.write(request, received, status=response.status, outcome=outcome, api=api, error=error)
+            refused_by = next((v for k, v in response.headers if k == "x-llmroute-policy"), "")  # an LLMPolicy 429
+            self.access.write(
+                request,
+                received,
+                status=response.status,
+                outcome=outcome,
+                api=api,
+                error=error,
+                policy=policy_field(refused_by),
+            )
         return response
 
     def models(self, *, anthropic: bool) -> Response:
