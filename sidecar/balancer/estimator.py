@@ -93,6 +93,9 @@ class PeakEWMA:
 
 IMPROBABLE_RUN = 0.1
 """A run of successes this unlikely at the failure rate read when it began shows the backend has changed."""
+QUIET_S = DECAY_S / 2
+"""Successes only, for this long since the latest failure, also clear the failures: a backend kept away
+(ejected, or behind its peers) for a while is not held to a share that its silence cannot change."""
 PROBED_RUN = 20
 """A failing backend whose recovery takes at most this many successes in a row to prove is probed again as
 soon as each probe is back (`recovering`); one with fewer failures is left to time decay and its traffic."""
@@ -104,12 +107,14 @@ class FailureRate:
     without traffic. A lone failure among a busy backend's many successes is a small share of them.
 
     A run of successes that would be improbable (under `IMPROBABLE_RUN`) at the rate read when it began
-    shows the backend has changed: the counts restart from that run, so a backend that recovered while only
-    probes reach it is cleared by a few of them (about 4 after failing 44%), not after tens of seconds. A
-    backend that keeps failing has such runs now and then too: a failure within as many outcomes again
-    shows the backend had not changed, and the counts from before the restart come back."""
+    shows the backend has changed, and so do successes only for `QUIET_S`: the counts restart from that run,
+    so a backend that recovered while only probes reach it is cleared by a few of them (4-5 after failing
+    44%), and one kept away for a while (ejected, or behind its peers) by its first answer. Time decay
+    alone would not do it: it shrinks a busy backend's many outcomes and its failures alike. A backend that
+    keeps failing has such runs now and then too: a failure within as many outcomes again shows the backend
+    had not changed, and the counts from before the restart come back."""
 
-    __slots__ = ("_before", "_decay", "_failed", "_needed", "_run", "_since", "_stamp", "_total")
+    __slots__ = ("_before", "_decay", "_failed", "_failed_at", "_needed", "_run", "_since", "_stamp", "_total")
 
     def __init__(self, decay: float = DECAY_S) -> None:
         self._decay = decay
@@ -118,6 +123,7 @@ class FailureRate:
         self._stamp = 0.0
         self._run = 0
         """Successes since the latest failure."""
+        self._failed_at = 0.0
         self._needed = 0
         """Successes in a row that clear the latest failure: improbable at the rate read right after it."""
         self._before: tuple[float, float] | None = None
@@ -152,10 +158,11 @@ class FailureRate:
                 self._before = None
         if failed:
             self._run = 0
+            self._failed_at = now
             self._needed = math.ceil(math.log(IMPROBABLE_RUN) / math.log1p(-self.value(now)))
             return
         self._run += 1
-        if self._failed and self._run >= self._needed:
+        if self._failed and (self._run >= self._needed or now - self._failed_at >= QUIET_S):
             self._before = (self._failed, self._total - self._run)
             self._since = 0
             self._failed = 0.0

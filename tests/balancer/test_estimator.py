@@ -280,6 +280,20 @@ def test_a_lone_failure_on_a_busy_healthy_backend_never_puts_it_behind_a_peer_ha
     assert stats.failures.value(now + 10) < reading / 2  # forgiven with time
 
 
+def test_a_busy_backend_kept_away_after_failing_is_cleared_by_its_first_answer() -> None:
+    stats = BackendStats()
+    *_, now = _outcomes(stats, 30, 10.0, 0.0, seed=0)
+    for i in range(20):  # then 7 of 20 fail: 3.4% of its ~200 recent answers, 66 successes in a row prove it
+        failed = i % 3 == 0
+        served(stats, 0.01 if failed else 0.3, now + (i + 1) / 30, FailureKind.SERVER_ERROR if failed else None)
+    now += 20 / 30
+    reading = stats.failures.value(now)
+    assert 0.02 < reading < 0.05
+    assert stats.failures.value(now + 15.0) == pytest.approx(reading, rel=0.05)  # decay alone keeps the share
+    served(stats, 0.3, now + 15.0)  # ejected for 15 s; its first answer since has nothing failed before it
+    assert stats.failures.value(now + 15.0) == 0.0
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_a_backend_that_stops_failing_44_percent_is_cleared_by_three_to_eight_probes(seed: int) -> None:
     stats = BackendStats()
