@@ -91,36 +91,86 @@ class PeakEWMA:
             self._low_count = 0
 
 
-SUCCESS_FORGIVES = 0.3
-"""Share of the failure count a success forgives: time decay alone shrinks failures and outcomes alike,
-so a recovered backend with little traffic kept its old failure rate (and penalty) for tens of seconds."""
+IMPROBABLE_RUN = 0.1
+"""A run of successes this unlikely at the failure rate read when it began shows the backend has changed."""
+QUIET_S = DECAY_S / 2
+"""Successes only, for this long since the latest failure, also clear the failures: a backend kept away
+(ejected, or behind its peers) for a while is not held to a share that its silence cannot change."""
+PROBED_RUN = 20
+"""A failing backend whose recovery takes at most this many successes in a row to prove is probed again as
+soon as each probe is back (`recovering`); one with fewer failures is left to time decay and its traffic."""
 
 
 class FailureRate:
-    """Share of failed outcomes over roughly the last `decay` seconds (time-decayed counts), so old failures
-    are forgiven even when the backend gets no traffic, and busy and quiet backends are judged alike; each
-    success also forgives part of the failures, so a few good answers in a row clear a recovered backend."""
+    """Share of failed outcomes over roughly the last `decay` seconds (time-decayed counts): a backend failing
+    44% reads about that whether it gets 5 or 30 requests a second, and failures are forgiven with time even
+    without traffic. A lone failure among a busy backend's many successes is a small share of them.
 
-    __slots__ = ("_decay", "_failed", "_stamp", "_total")
+    A run of successes that would be improbable (under `IMPROBABLE_RUN`) at the rate read when it began
+    shows the backend has changed, and so do successes only for `QUIET_S`: the counts restart from that run,
+    so a backend that recovered while only probes reach it is cleared by a few of them (4-5 after failing
+    44%), and one kept away for a while (ejected, or behind its peers) by its first answer. Time decay
+    alone would not do it: it shrinks a busy backend's many outcomes and its failures alike. A backend that
+    keeps failing has such runs now and then too: a failure within as many outcomes again shows the backend
+    had not changed, and the counts from before the restart come back."""
+
+    __slots__ = ("_before", "_decay", "_failed", "_failed_at", "_needed", "_run", "_since", "_stamp", "_total")
 
     def __init__(self, decay: float = DECAY_S) -> None:
         self._decay = decay
         self._failed = 0.0
         self._total = 0.0
         self._stamp = 0.0
+        self._run = 0
+        """Successes since the latest failure."""
+        self._failed_at = 0.0
+        self._needed = 0
+        """Successes in a row that clear the latest failure: improbable at the rate read right after it."""
+        self._before: tuple[float, float] | None = None
+        """The failed and total counts the latest restart set aside, until the new run confirms it."""
+        self._since = 0
+        """Outcomes since that restart."""
 
     def _keep(self, now: float) -> float:
         return math.exp(-max(now - self._stamp, 0.0) / self._decay)
 
+    @property
+    def recovering(self) -> bool:
+        """Whether successes since the latest failures have begun a run that a few more would make improbable
+        at their rate (at most `PROBED_RUN` in all): a recovery worth probing for at once."""
+        return 0 < self._run < self._needed <= PROBED_RUN
+
     def observe(self, failed: bool, now: float) -> None:
         """One outcome that says something about the backend."""
         keep = self._keep(now)
-        self._failed = self._failed * keep * (1.0 if failed else 1.0 - SUCCESS_FORGIVES) + failed
+        self._failed = self._failed * keep + failed
         self._total = self._total * keep + 1.0
         self._stamp = now
+        if self._before is not None:
+            failed_before, total_before = self._before
+            self._before = (failed_before * keep, total_before * keep)
+            self._since += 1
+            if failed:  # the restart was a lucky run: what came before it counts again
+                self._failed += failed_before * keep
+                self._total += total_before * keep
+                self._before = None
+            elif self._since >= self._needed:
+                self._before = None
+        if failed:
+            self._run = 0
+            self._failed_at = now
+            self._needed = math.ceil(math.log(IMPROBABLE_RUN) / math.log1p(-self.value(now)))
+            return
+        self._run += 1
+        if self._failed and (self._run >= self._needed or now - self._failed_at >= QUIET_S):
+            self._before = (self._failed, self._total - self._run)
+            self._since = 0
+            self._failed = 0.0
+            self._total = float(self._run)
 
     def value(self, now: float) -> float:
-        """0..1; starts at 0 and, once failures stop, decays toward 0."""
+        """0..1; starts at 0 and, once failures stop, decays toward 0 (or drops to 0 after a run of successes
+        improbable at its rate)."""
         if not self._failed:
             return 0.0
         keep = self._keep(now)
@@ -210,6 +260,12 @@ class BackendStats:
         # after the hedges that replaced them have answered.
         self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
         self._next_token = 0
+
+    @property
+    def recovering(self) -> bool:
+        """Whether its latest answers begin to prove a recovery, from slowness or from failures, that a few
+        more answers would complete."""
+        return self.latency.recovering or self.failures.recovering
 
     @property
     def in_flight(self) -> int:

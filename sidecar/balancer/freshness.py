@@ -35,9 +35,10 @@ class ShadowProber:
         here). Feed each probe through the backend's stats as usual, then call `done`."""
         due = []
         for candidate in ranked[1:]:
-            # A backend whose latest answer came in under half its estimate may be recovering: it is probed
-            # again as soon as that probe is back, so the few fast answers that prove it come within a second.
-            recovering = candidate.stats.latency.recovering
+            # A backend whose latest answer came in under half its estimate, or that answered after failing,
+            # may be recovering: it is probed again as soon as that probe is back, so the few answers that
+            # prove it come within a second or two.
+            recovering = candidate.stats.recovering
             seen = candidate.stats.last_observed
             if not recovering and seen is not None and now - seen <= self._stale_after:
                 continue

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from llmroute.sidecar.balancer import Candidate, ShadowProber
+from llmroute.sidecar.balancer import Candidate, FailureKind, ShadowProber
 
 MakeCandidate = Callable[..., Candidate]
 Observe = Callable[..., float]
@@ -72,3 +72,35 @@ def test_a_backend_answering_far_faster_than_its_estimate_is_probed_again_at_onc
     prober.done("other")
     assert other.stats.expected_latency(13.9, load_sensitive=False) < 0.5
     assert prober.due(ranked, 14.0) == []
+
+
+def test_a_backend_answering_after_failing_is_probed_again_at_once_until_the_run_proves_it(
+    make: MakeCandidate, observe: Observe
+) -> None:
+    primary, other = make("primary"), make("other")
+    ranked = [primary, other]
+    for i in range(10):  # failing every second request: it reads 50%, so 4 answers in a row prove it
+        other.stats.finish(other.stats.start(i * 0.2), i * 0.2 + 0.01, FailureKind.SERVER_ERROR)
+        observe(other, 0.3, i * 0.2 + 0.1)
+    other.stats.finish(other.stats.start(2.0), 2.01, FailureKind.SERVER_ERROR)
+    prober = ShadowProber()
+    assert names(prober.due(ranked, 4.5)) == ["other"]  # stale: the usual probe
+    for now in (4.8, 5.1, 5.4):
+        observe(other, 0.3, now)
+        prober.done("other")
+        assert names(prober.due(ranked, now)) == ["other"]  # answered after failing: again, at once
+    observe(other, 0.3, 5.7)  # the fourth answer in a row clears it: back to the usual pace
+    prober.done("other")
+    assert other.stats.failures.value(5.7) == 0.0
+    assert prober.due(ranked, 5.8) == []
+
+
+def test_a_lone_failure_on_a_busy_backend_does_not_bring_probes_at_once(make: MakeCandidate, observe: Observe) -> None:
+    primary, other = make("primary"), make("other")
+    now = observe(other, 0.3, 0.1, times=100)
+    other.stats.finish(other.stats.start(now), now + 0.01, FailureKind.SERVER_ERROR)
+    prober = ShadowProber()
+    assert names(prober.due([primary, other], now + 3.0)) == ["other"]
+    observe(other, 0.3, now + 3.3)
+    prober.done("other")
+    assert prober.due([primary, other], now + 3.3) == []  # 1% failing: time, not a probe storm, forgives it
