@@ -22,6 +22,10 @@ RETRY_SOON_S = 1.0
 within about a second."""
 
 
+MAX_SCALE = 10.0
+"""The most a quota scales its estimates by (Quota.scale), so one odd answer cannot freeze a sidecar."""
+
+
 class ReservationSettled(RuntimeError):
     """A second settlement of one reservation: a bug in the caller, never a runtime condition."""
 
@@ -38,6 +42,7 @@ class Quota:
         "quantity",
         "rejected",
         "reserved",
+        "scale",
         "used",
         "window",
         "window_end",
@@ -55,6 +60,9 @@ class Quota:
         self.window_end = window.end(now)
         self.used = 0.0
         self.reserved = 0.0
+        self.scale = 1.0
+        """How much more than their estimate requests have been using lately (at least 1): estimates are
+        scaled by it, so a prompt the estimate undercounts does not let a sidecar overrun its grant."""
         self.demand = 0.0
         """Asked for since the last load report, admitted or not."""
         self.rejected = 0
@@ -87,6 +95,7 @@ class Quota:
     def ask(self, amount: float, now: float) -> bool:
         """Whether `amount` fits now; counts it as demand either way, and tells the ledger when it does not
         fit with no grant to blame but this sidecar's share (so the operator hears of the demand at once)."""
+        amount *= self.scale
         self.demand += amount
         if now >= self.window_end:
             self.roll(now)
@@ -108,6 +117,9 @@ class Quota:
             self.roll(now)
         self.reserved = max(self.reserved - reserved, 0.0)
         self.used += used
+        if reserved > 0.0:  # learn from the estimate (reserved / scale) what requests really use
+            ratio = used * self.scale / reserved
+            self.scale = min(max(1.0, 0.7 * self.scale + 0.3 * ratio), MAX_SCALE)
 
 
 class QuotaLedger:
@@ -184,6 +196,7 @@ class Reservation:
         self._clock = clock
         self.closed = False
         self._handed_over = False
+        self._claims = claims = tuple((quota, amount * quota.scale) for quota, amount in claims)
         for quota, amount in claims:
             quota.reserved += amount
 

@@ -134,3 +134,20 @@ def test_an_observe_budget_under_the_operator_needs_no_grant() -> None:
     quota.enforced = False  # the operator grants Observe budgets nothing: it only counts the fleet's spend
     assert quota.ask(5.0, clock()) and not unmet
     assert quota.demand == 5.0
+
+
+def test_estimates_that_undercount_are_scaled_up_by_what_requests_really_used() -> None:
+    """A prompt estimate that is half what the provider bills (its per-message overhead) must not let a
+    sidecar hold twice its grant in flight: the quota learns the ratio and reserves that much more."""
+    clock = Clock(T0)
+    quota = QuotaLedger(local=True, clock=clock).track(KEY, HOUR, 10.0)
+    for _ in range(8):
+        Reservation(((quota, 0.5),), clock).settle(1.0, tokens=10)  # each used twice its estimate
+    assert 1.9 < quota.scale <= 2.0
+    held = Reservation(((quota, 0.5),), clock)
+    assert quota.reserved == pytest.approx(0.5 * quota.scale)  # about what the request will really use
+    assert not quota.ask(1.0, clock())  # 8 used + ~1 reserved + ~2 asked > 10
+    held.settle(0.25, tokens=1)
+    for _ in range(20):  # requests that use less than their estimate bring it back to the estimate itself
+        Reservation(((quota, 0.01),), clock).settle(0.001, tokens=1)
+    assert quota.scale == 1.0
