@@ -1,11 +1,12 @@
 """Quotas across operator replicas: the leader allocates for every replica's sidecars from the reports the
 others relay, and the others push its grants. The relay is called as FleetView's poll calls it (handover,
-apply, export, imported); sidecars play their side of the load protocol with real LoadReport and
+apply, export, imported, through JSON); sidecars play their side of the load protocol with real LoadReport and
 LoadDirective messages. After every step the test checks the fleet-wide invariant: the grants the sidecars
 apply and what they used never add up to more than the limit."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from llmroute.model.policy import Budget, Policy, QuotaKey, Window
@@ -81,8 +82,8 @@ def run(leader: Replica, other: Replica, now: list[float], seconds: float, *, po
                 r.service.report(f"shop/{sidecar.name}", sidecar.report())
             r.service.allocate()
         if polls and step % 2:
-            other.service.apply(leader.service.handover())  # the POST body, applied by the other replica
-            leader.service.imported("replica-b", other.service.export())  # its answer
+            other.service.apply(json.loads(json.dumps(leader.service.handover())))  # the POST body
+            leader.service.imported("replica-b", json.loads(json.dumps(other.service.export())))  # its answer
         held = sum(max(s.granted, s.used) for s in everyone)
         assert held <= LIMIT + 1e-6, f"the fleet holds {held} of {LIMIT}: {everyone}"
 
