@@ -128,14 +128,18 @@ class FleetView:
         interval: float = POLL_INTERVAL_S,
         timeout: float = 1.0,
         grace: float = 15.0,
+        holder: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """`grace`: how long a new leader waits for a replica that never answers before granting without it."""
+        """`grace`: how long a new leader waits for a replica that never answers before granting without it.
+        `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes."""
         self.plane = plane
         self.identity = identity
         self.peers = peers
         self.interval = interval
         self.timeout = timeout
         self.grace = grace
+        self.holder = holder
+        self._leading: Callable[[], bool] = lambda: False
         self.on_change: Callable[[str], None] | None = None
         self._shares: dict[str, Share] = {}  # replica identity -> its latest answer (never this replica)
         self._leading_since: float | None = None  # monotonic; None while not leading
@@ -143,19 +147,20 @@ class FleetView:
         self._granting = False
 
     def share(self, body: bytes = b"") -> bytes:
-        """This replica's share as served at /fleet. A POST from another replica (the leader) carries the
-        grants for this replica's sidecars; the answer then carries their quota reports since the last one."""
+        """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
+        carries the grants for this replica's sidecars; the answer then carries their quota reports since the
+        last one. A POST from anyone else (a deposed leader still polling) is answered like a GET."""
         share = local_share(self.plane, self.identity)
         if body:
             asked = json.loads(body)
-            if asked["leader"] != self.identity:
+            if asked["leader"] != self.identity and asked["leader"] == self.holder():
                 self.plane.quotas.apply(asked["grants"])
                 share["quotaReports"] = self.plane.quotas.export()
         return json.dumps(share).encode()
 
     def granting(self) -> bool:
         """Whether this replica allocates for the fleet: it leads and has heard every replica once."""
-        return self._granting
+        return self._granting and self._leading()
 
     def _routes(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
         return [
@@ -231,6 +236,7 @@ class FleetView:
 
     async def run(self, leading: Callable[[], bool]) -> None:
         """Poll every peer (there may be none) while this replica leads; forget their shares when it does not."""
+        self._leading = leading
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             while True:
                 if leading():

@@ -156,6 +156,7 @@ class Operator:
             options.peers,
             interval=options.fleet_interval,
             grace=options.lease_duration,
+            holder=lambda: self.leader.holder,
         )
         self.control_plane.quotas.granting = self.fleet.granting
         self.policies = PolicyController(
