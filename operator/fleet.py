@@ -12,8 +12,8 @@ moved. Shares are keyed by replica identity, so the leader never adds its own sh
 LLMPolicy quotas ride on the same poll: the leader POSTs /fleet with the grants it has for every other
 replica's sidecars (each replica pushes the ones of its own sidecars), and the answer carries that
 replica's sidecars' quota reports since the last poll, which feed the leader's allocator. A new leader
-grants nothing until every replica has answered once (or, for one that never answers, `grace` seconds
-have passed), so it knows every grant in force first.
+grants nothing until every replica has answered once with its reports (or, for one that never does,
+`grace` seconds have passed), so it knows every grant in force first.
 """
 
 from __future__ import annotations
@@ -258,11 +258,14 @@ class FleetView:
         for endpoint, share in zip(endpoints, answers, strict=True):
             if share is None:
                 continue
-            self._heard.add(endpoint.target)
-            if share["replica"] != self.identity:
-                shares[share["replica"]] = share
-                if "quotaReports" in share:  # not from a replica of a version before quotas rode the poll
-                    self.plane.quotas.imported(share["replica"], share["quotaReports"])
+            if share["replica"] == self.identity:
+                self._heard.add(endpoint.target)
+                continue
+            shares[share["replica"]] = share
+            # Without reports: the replica does not see this one as the Lease holder yet, or predates the relay.
+            if "quotaReports" in share:
+                self._heard.add(endpoint.target)
+                self.plane.quotas.imported(share["replica"], share["quotaReports"])
         for replica in set(self._shares) - set(shares):
             self.plane.quotas.silent(replica)
         self._update(shares)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast, get_args
 
 from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
@@ -117,12 +117,8 @@ class _Stream:
     """The grants_version last sent on the stream."""
 
 
-@dataclass(slots=True)
-class _Relayed:
-    """One local sidecar's reports since the leader last collected them."""
-
-    reports: list[tuple[float, int, list[Usage]]] = field(default_factory=list)
-    """(interval, echoed grants_version, usages) per report, oldest first."""
+Relayed = list[tuple[float, int, list[Usage]]]
+"""A sidecar's reports since the leader last collected them: (interval, echoed grants_version, usages)."""
 
 
 class QuotaService:
@@ -149,7 +145,7 @@ class QuotaService:
         self._streams: dict[str, _Stream] = {}
         self._version = 0
         self._figures: dict[QuotaKey, QuotaFigures] = {}
-        self._relayed: dict[str, _Relayed] = {}  # local sidecar -> reports the leader has not collected yet
+        self._relayed: dict[str, Relayed] = {}  # local sidecar -> reports the leader has not collected yet
         self._gone: set[str] = set()  # local sidecars whose stream closed since the leader last collected
         self._remote: dict[str, str] = {}  # sidecar of another replica -> that replica (while granting)
         self._handover: dict[str, tuple[tuple[object, ...], list[Any]]] = {}  # remote sidecar -> fingerprint, grants
@@ -190,7 +186,7 @@ class QuotaService:
             found = usages(report)
             self._version = max(self._version, report.grants_version)
             self.allocator.report(sidecar, report.interval_seconds, found, report.grants_version, self.clock())
-            kept = self._relayed.setdefault(sidecar, _Relayed()).reports
+            kept = self._relayed.setdefault(sidecar, [])
             kept.append((report.interval_seconds, report.grants_version, found))
             del kept[:-REPORTS_KEPT]
 
@@ -267,7 +263,7 @@ class QuotaService:
                     echoed,
                     [_usage_json(u, in_force.get((u.key, u.window_start), u.granted)) for u in found],
                 ]
-                for interval, echoed, found in relayed.reports
+                for interval, echoed, found in relayed
             ]
         out = {"sidecars": sidecars, "gone": sorted(self._gone)}
         self._relayed.clear()
