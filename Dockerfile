@@ -2,7 +2,8 @@
 # Build:  docker build -t ghcr.io/llmroute/llmroute:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Stage 1: build a wheel of the project and install it with its dependencies into a virtualenv.
+# Stage 1: build a wheel of the project and install it with its dependencies into a virtualenv (with the
+# `otel` extra, which the sidecar imports only when an OTLP endpoint is set).
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -13,7 +14,7 @@ COPY sidecar/ sidecar/
 COPY protos/ protos/
 RUN python -m venv /opt/llmroute \
  && /opt/llmroute/bin/pip install --upgrade pip \
- && /opt/llmroute/bin/pip install . \
+ && /opt/llmroute/bin/pip install ".[otel]" \
  && /opt/llmroute/bin/llmroute --help >/dev/null
 
 # Stage 2: the runtime: the virtualenv only, no compilers, no pip cache, no sources, non-root.

@@ -73,6 +73,8 @@ class InjectionConfig:
     """The sidecar's --passthrough (the chart's injection.sidecar.passthrough); empty: the sidecar's default."""
     egress: EgressConfig = dataclasses.field(default_factory=EgressConfig)
     """Proxy and extra CAs of the sidecar's backend calls (the chart's injection.sidecar.egress)."""
+    otel: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """OTEL_* variables of the sidecar (the chart's injection.sidecar.otel): an endpoint turns tracing on."""
 
     @classmethod
     def from_file(cls, path: Path) -> InjectionConfig:
@@ -90,6 +92,7 @@ class InjectionConfig:
             extra_args=tuple(data.get("extraArgs", ())),
             passthrough=data.get("passthrough", ""),
             egress=EgressConfig.from_json(data.get("egress") or {}),
+            otel=data.get("otel") or {},
         )
 
 
@@ -173,6 +176,7 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP"),
             *config.egress.env(config.control_plane),
+            *_otel_env(config.otel),
         ],
         "ports": [{"name": "llmroute-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "startupProbe": probe("/healthz", failureThreshold=60, periodSeconds=1),
@@ -190,6 +194,16 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
         },
         "volumeMounts": mounts,
     }
+
+
+def _otel_env(otel: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The configured OTEL_* variables; spans then name the pod and namespace unless they set resource
+    attributes themselves (the variables above are expanded by the kubelet)."""
+    env = [{"name": name, "value": value} for name, value in sorted(otel.items())]
+    if otel and "OTEL_RESOURCE_ATTRIBUTES" not in otel:
+        pod = "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+        env.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": pod})
+    return env
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class AccessLog:
         cost: float | None = None,
         error: str | None = None,
         upstream_headers: list[tuple[str, str]] | None = None,
+        policy: str | None = None,
     ) -> None:
         """Log one request that has ended (`received`: its time.monotonic() on arrival). docs/observability.md
         describes every field. The line is written from a template rather than by json.dumps of a dict (which
@@ -131,7 +132,8 @@ class AccessLog:
             f'"tokens_in":{"null" if tokens_in is None else tokens_in},'
             f'"tokens_out":{"null" if tokens_out is None else tokens_out},'
             f'"cost_usd":{"null" if cost is None else repr(cost)},'
-            f'"upstream_request_id":{"null" if upstream_id is None else esc(upstream_id)},"policy":null}}'
+            f'"upstream_request_id":{"null" if upstream_id is None else esc(upstream_id)},'
+            f'"policy":{"null" if policy is None else policy}}}'
         )
         if len(self._lines) >= self._capacity:
             self._dropped(1)
@@ -160,6 +162,19 @@ class AccessLog:
                 return
 
 
+def policy_field(refused_by: str = "", downgraded_by: str = "", observed: tuple[str, ...] = ()) -> str | None:
+    """The `policy` field: which LLMPolicy refused the request, narrowed it to cheaper backends, or saw it go over
+    an Observe limit (JSON text; None when no policy did anything)."""
+    parts = []
+    if refused_by:
+        parts.append(f'"refused_by":{_escape(refused_by)}')
+    if downgraded_by:
+        parts.append(f'"downgraded_by":{_escape(downgraded_by)}')
+    if observed:
+        parts.append(f'"observed":[{",".join(_escape(name) for name in observed)}]')
+    return "{" + ",".join(parts) + "}" if parts else None
+
+
 def log_call(
     access: AccessLog,
     request: Request,
@@ -181,6 +196,7 @@ def log_call(
         tokens_in, tokens_out, cost = usage.prompt_tokens, usage.completion_tokens, answer.cost
         upstream_headers = source.headers
     model = call.body.get("model")
+    decision = call.policy
     access.write(
         request,
         received,
@@ -199,6 +215,7 @@ def log_call(
         cost=cost,
         error=error,
         upstream_headers=upstream_headers,
+        policy=None if decision is None else policy_field("", decision.downgraded_by, decision.observed),
     )
 
 

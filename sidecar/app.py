@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
-from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call
+from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call, policy_field
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
 from llmroute.sidecar.count_tokens import count_tokens
@@ -23,6 +23,8 @@ from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.policy.admission import Admission
 from llmroute.sidecar.runtime import Router, RouteRuntime
+from llmroute.sidecar.tracing import TRACEPARENT, Tracer
+from llmroute.sidecar.tracing import start as start_trace
 from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
 
@@ -32,7 +34,8 @@ _JSON = "application/json"
 
 class SidecarApp:
     """HTTP handler for the inbound APIs (llmroute.sidecar.inbound) and /v1/models; with `passthrough`, the
-    requests no route names go to the app's own upstream (llmroute.sidecar.passthrough) instead of a 404."""
+    requests no route names go to the app's own upstream (llmroute.sidecar.passthrough) instead of a 404; with
+    `tracer`, routed requests are traced (llmroute.sidecar.tracing)."""
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class SidecarApp:
         passthrough: Passthrough | None = None,
         access: AccessLog | None = None,
         admission: Admission | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -51,6 +55,8 @@ class SidecarApp:
         """The access log (None: --access-log off); passthrough requests are logged by the passthrough."""
         self.admission = admission
         """The LLMPolicies' admission filter (llmroute.sidecar.policy); inactive while no policy applies."""
+        self.tracer = tracer
+        """Exports spans when tracing is on (None: off; an app's traceparent is continued either way)."""
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         received = time.monotonic()
@@ -91,7 +97,16 @@ class SidecarApp:
         list, a token count)."""
         if self.access is not None:
             outcome = "success" if response.status < 400 else "client_error" if response.status < 500 else "error"
-            self.access.write(request, received, status=response.status, outcome=outcome, api=api, error=error)
+            refused_by = next((v for k, v in response.headers if k == "x-llmroute-policy"), "")  # an LLMPolicy 429
+            self.access.write(
+                request,
+                received,
+                status=response.status,
+                outcome=outcome,
+                api=api,
+                error=error,
+                policy=policy_field(refused_by),
+            )
         return response
 
     def models(self, *, anthropic: bool) -> Response:
@@ -190,6 +205,8 @@ class SidecarApp:
         )
         if self.admission is not None and self.admission.active:
             self.admission.admit(call)  # a 429 when a limit refuses; else a reservation settled by _settle
+        if self.tracer is not None or TRACEPARENT in request.headers:
+            call.trace = start_trace(self.tracer, request.headers, call)
         gate = runtime.gates.get(priority)
         if gate is not None:  # the priority's maxConcurrency: wait for a slot, within the deadline
             try:
@@ -358,6 +375,8 @@ class SidecarApp:
         ).observe(now - received)
         if self.access is not None:
             log_call(self.access, request, call, answer, outcome, received, status, error, upstream_headers, ttft)
+        if call.trace is not None:
+            call.trace.end(call, answer, outcome)
 
     def _headers(self, call: Call, answer: Answer | None, received: float) -> list[tuple[str, str]]:
         waited = call.upstream_done - call.upstream_started

@@ -6,7 +6,8 @@ in-flight count in the load report, and the metrics of its outcome. `succeed`, `
 release all four; the first verdict closes the handle and a second one raises, so no path can finish an
 attempt twice or forget part of it. Used as a context manager, a handle still open when the block ends
 is abandoned, unless it was handed over (`hand_over`) to a stream, which then closes it when it ends.
-Continuation, hedging, admission and tracing hook in here: the one place an attempt begins and ends.
+Continuation, hedging, admission and tracing hook in here: the one place an attempt begins and ends. The
+GenAI client metrics are observed here, and a traced request's attempt span (`trace`) starts and ends here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
+from llmroute.model import Api
 from llmroute.sidecar.balancer.candidates import Candidate
 from llmroute.sidecar.balancer.outcome import FailureKind
+from llmroute.sidecar.genai import OPERATION_NAMES, PROVIDER_NAMES
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
+from llmroute.sidecar.tracing import AttemptTrace, RequestTrace
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -31,6 +35,7 @@ class Attempt:
     """One call on one backend, from `start` to its verdict."""
 
     __slots__ = (
+        "_genai",
         "_handed_over",
         "_last_chunk",
         "_load",
@@ -41,6 +46,7 @@ class Attempt:
         "candidate",
         "closed",
         "runtime",
+        "span",
         "started",
         "ttft",
     )
@@ -53,6 +59,8 @@ class Attempt:
         load: LoadRecorder | None,
         *,
         stream: bool = False,
+        api: Api = "chat",
+        trace: RequestTrace | None = None,
     ) -> None:
         self.runtime = runtime
         self.candidate = candidate
@@ -71,18 +79,30 @@ class Attempt:
         if load is not None:
             load.start(runtime.route.name, candidate.name)
         self._token = candidate.stats.start(self.started, stream=stream)
+        spec = candidate.spec
+        self._genai = metrics.genai(OPERATION_NAMES[api], PROVIDER_NAMES[spec.provider], spec.model)
+        self.span: AttemptTrace | None = trace.attempt(candidate) if trace is not None else None
+        """This attempt's part of the request's trace; its `headers` go with the backend call."""
+
+    @property
+    def trace_headers(self) -> dict[str, str] | None:
+        """`traceparent` (and `tracestate`) for the backend call, when the request is traced."""
+        return self.span.headers if self.span is not None else None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"Attempt({self.runtime.route.name}/{self.candidate.name}, {state})"
 
-    def first_byte(self) -> float:
-        """The first chunk of a stream arrived: its time to first token, fed to the estimator."""
+    def first_byte(self, head: bytes = b"") -> float:
+        """The first chunk (`head`) of a stream arrived: its time to first token, fed to the estimator."""
         now = time.monotonic()
         self.candidate.stats.first_byte(self._token, now)
-        self.ttft = now - self.started
+        self.ttft = ttft = now - self.started
         self._last_chunk = now
-        return self.ttft
+        self._genai.ttfc.observe(ttft)
+        if self.span is not None:
+            self.span.first_chunk(ttft, head)
+        return ttft
 
     def chunk(self) -> None:
         """More of a stream arrived: its longest silence so far is kept, to learn the backend's normal gaps."""
@@ -92,8 +112,9 @@ class Attempt:
             self._longest_gap = gap
         self._last_chunk = now
 
-    def succeed(self, usage: Usage, outcome: str = "success") -> float:
-        """It answered (a stream: to its end): feed the policies, count tokens and spend; returns USD."""
+    def succeed(self, usage: Usage, outcome: str = "success", body: bytes = b"") -> float:
+        """It answered (a stream: to its end): feed the policies, count tokens and spend; returns USD. `body`
+        is a JSON answer's, for its span."""
         now = self._close()
         runtime, candidate = self.runtime, self.candidate
         candidate.stats.finish(self._token, now)
@@ -111,6 +132,9 @@ class Attempt:
             m.child(m.tokens, route, name, "cached_input").inc(usage.cached_tokens)
         if cost:
             m.child(m.cost, route, name).inc(cost)
+        self._genai.answered(now - self.started, usage.prompt_tokens, usage.completion_tokens)
+        if self.span is not None:
+            self.span.succeed(usage, cost, body)
         if self._load is not None:
             self._load.finish(
                 route,
@@ -137,6 +161,9 @@ class Attempt:
             ejected = runtime.detector.record_failure(name, kind, now)
         if ejected:
             m.child(m.ejections, runtime.route.name, name, kind.value).inc()
+        self._genai.failed(now - self.started, kind.value)
+        if self.span is not None:
+            self.span.fail(error)
         if self._load is not None:
             self._load.finish(
                 runtime.route.name,
@@ -158,6 +185,8 @@ class Attempt:
             self.runtime.detector.trial_abandoned(self.candidate.name)
         if self._load is not None:
             self._load.cancel(self.runtime.route.name, self.candidate.name)
+        if self.span is not None:
+            self.span.abandon()
 
     def hand_over(self) -> Attempt:
         """Keep it open past the block it was started in: a stream now owns it and must close it."""

@@ -274,6 +274,7 @@ class Continuation:
                 tokens_in=call.tokens_in + len(text) // CHARS_PER_TOKEN,
                 tokens_out=call.tokens_out,
                 headers=call.headers,
+                trace=call.trace,  # the continuation is one more attempt of the app's request
             )
             try:
                 answer = await self._dispatcher.attempt(resumed, candidate)

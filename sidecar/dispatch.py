@@ -26,6 +26,7 @@ from llmroute.sidecar.inbound import BY_API, Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
+from llmroute.sidecar.tracing import RequestTrace
 from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
@@ -86,6 +87,8 @@ class Call:
     errors: list[tuple[str, UpstreamError]] = field(default_factory=list)
     policy: Decision | None = None
     """What the LLMPolicies decided (None when none applies): its reservation, backends it left out."""
+    trace: RequestTrace | None = None
+    """The request's trace (llmroute.sidecar.tracing): None unless the app sent one or tracing is on."""
 
 
 @dataclass(slots=True)
@@ -373,13 +376,19 @@ class Dispatcher:
     async def attempt(self, call: Call, candidate: Candidate) -> Answer:
         """Call one backend; the attempt's handle records every outcome (a cancel abandons it)."""
         upstream = call.runtime.upstreams[candidate.name]
-        with Attempt(call.runtime, candidate, self.metrics, self.load, stream=call.stream) as attempt:
+        with Attempt(
+            call.runtime, candidate, self.metrics, self.load, stream=call.stream, api=call.api.api, trace=call.trace
+        ) as attempt:
             try:
                 if call.stream:
                     return await self._first_chunk(call, upstream, attempt)
                 # complete() bounds the whole call by its timeout itself: no second timer on the hot path.
                 completion = await upstream.complete(
-                    call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
+                    call.body,
+                    timeout=call.deadline - attempt.started,
+                    api=call.api.api,
+                    headers=call.headers,
+                    trace=attempt.trace_headers,
                 )
             except TimeoutError:
                 waited = 1000 * (time.monotonic() - attempt.started)
@@ -394,7 +403,7 @@ class Dispatcher:
                 attempt.fail(error)
                 raise
             answer = Answer(candidate, attempt, completion=completion)
-            answer.cost = attempt.succeed(completion.usage)
+            answer.cost = attempt.succeed(completion.usage, body=completion.body)
             return answer
 
     @staticmethod
@@ -403,14 +412,18 @@ class Dispatcher:
         open stream and its attempt then belong to the caller, who closes both when the app has read it."""
         async with asyncio.timeout_at(_loop_deadline(call.deadline)):
             stream = await upstream.stream(
-                call.body, timeout=call.deadline - attempt.started, api=call.api.api, headers=call.headers
+                call.body,
+                timeout=call.deadline - attempt.started,
+                api=call.api.api,
+                headers=call.headers,
+                trace=attempt.trace_headers,
             )
             try:
                 first = await anext(stream)
             except BaseException:
                 await stream.aclose()
                 raise
-        attempt.first_byte()
+        attempt.first_byte(first)
         # From here, silence is judged by this backend's normal gaps between chunks, not by the deadline.
         policy = call.runtime.route.priorities[call.priority]
         floor = STREAM_IDLE_FLOOR_S if policy.stream_idle_min is None else policy.stream_idle_min
@@ -432,7 +445,7 @@ class Dispatcher:
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
         try:
-            with Attempt(runtime, candidate, self.metrics, self.load) as attempt:
+            with Attempt(runtime, candidate, self.metrics, self.load, api=api) as attempt:
                 try:
                     completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
                 except UpstreamError as error:

@@ -18,6 +18,7 @@ from llmroute.http import HTTPServer
 from llmroute.http.loop import run
 from llmroute.model import RoutingTable
 from llmroute.model.policy import Policy
+from llmroute.sidecar import tracing
 from llmroute.sidecar.accesslog import CAPACITY, AccessLog
 from llmroute.sidecar.admin import AdminApp
 from llmroute.sidecar.app import SidecarApp
@@ -256,6 +257,7 @@ class Sidecar:
         self.router = Router(self.egress)
         self.load = LoadRecorder() if args.control_plane else None
         self.dispatcher = Dispatcher(self.metrics, self.load)
+        self.tracer = tracing.from_environment()
         self.draining = False
         self.files: FileRouteSource | None = None
         self.control_plane: ControlPlaneClient | None = None
@@ -294,7 +296,9 @@ class Sidecar:
             Passthrough(args.passthrough, self.metrics, self.egress, self.access) if args.passthrough else None
         )
         self.app_server = HTTPServer(
-            SidecarApp(self.router, self.dispatcher, self.metrics, self.passthrough, self.access, self.admission),
+            SidecarApp(
+                self.router, self.dispatcher, self.metrics, self.passthrough, self.access, self.admission, self.tracer
+            ),
             max_body_bytes=args.max_body_bytes,
             error_body=server_error_body,
             read_timeout=args.read_timeout,
@@ -381,6 +385,8 @@ class Sidecar:
         if self.access is not None:
             await asyncio.to_thread(self.access.stop)
         await self.admin_server.shutdown(1.0)
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports the spans still buffered
 
 
 async def serve(args: argparse.Namespace, egress: Egress | None = None) -> int:
@@ -419,5 +425,8 @@ def run_sidecar(argv: Sequence[str]) -> int:
         parser.error(str(exc))
     log.info("%s", egress.describe())
     with contextlib.suppress(KeyboardInterrupt):
-        return run(serve(args, egress))
+        try:
+            return run(serve(args, egress))
+        except tracing.TracingUnavailable as exc:
+            parser.exit(2, f"llmroute sidecar: {exc}\n")
     return 0

@@ -3,12 +3,15 @@ by valgrind's callgrind: chat (JSON from a 0 ms and a 50 ms backend, and streame
 Messages, each against the nginx backends of bench/overhead.
 
 Instruction counts do not depend on what else the machine is doing, so two builds (this one and, say, an
-earlier commit's virtualenv) compare exactly where timings on a shared 2-core machine cannot.
+earlier commit's virtualenv) compare exactly where timings on a shared 2-core machine cannot. With `--otlp`
+the sidecars trace every request to an OTLP collector in this process (spans exported every 100 ms, so the
+exporter's work falls inside the counted requests).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -23,6 +26,7 @@ from typing import Any
 
 from bench.common import nginx, procs
 from bench.overhead.__main__ import POLICY, ROUTES
+from llmroute.sim.otlp import collector_thread
 
 WARMUP = 200
 MEASURED = 1000
@@ -65,7 +69,9 @@ WORKLOADS = {
 }
 
 
-def count(llmroute: Path, name: str, routes: Path, workdir: Path, tag: str, flags: list[str]) -> float:
+def count(
+    llmroute: Path, name: str, routes: Path, workdir: Path, tag: str, flags: list[str], measured: int = MEASURED
+) -> float:
     """Instructions per request of `llmroute sidecar` (run under callgrind) serving workload `name` one at a
     time; the callgrind output is `workdir/callgrind-TAG-NAME.out*` (callgrind_annotate shows where they go)."""
     workload = WORKLOADS[name]
@@ -93,7 +99,7 @@ def count(llmroute: Path, name: str, routes: Path, workdir: Path, tag: str, flag
             one()
         control = ["callgrind_control", "-i"]
         subprocess.run([*control, "on", str(sidecar.pid)], check=True, capture_output=True)
-        for _ in range(MEASURED):
+        for _ in range(measured):
             one()
         subprocess.run([*control, "off", str(sidecar.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(sidecar.pid)], check=True, capture_output=True)
@@ -106,7 +112,7 @@ def count(llmroute: Path, name: str, routes: Path, workdir: Path, tag: str, flag
         for line in dump.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
     ]
-    return max(totals, default=0) / MEASURED
+    return max(totals, default=0) / measured
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,9 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policy", action="store_true", help="count each build also with an LLMPolicy loaded (admission's cost)"
     )
+    parser.add_argument("--otlp", action="store_true", help="tracing on: export spans to a collector here")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=MEASURED,
+        help="requests counted per build and workload (more average out the garbage collector's passes)",
+    )
     args = parser.parse_args(argv)
     procs.require("valgrind", "callgrind_control", "nginx")
-    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        if args.otlp:
+            collector = stack.enter_context(collector_thread())
+            os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100")
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         port, stream_port = procs.free_port(), procs.free_port()
@@ -155,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                     path.write_text(STREAM_ROUTE.format(port=stream_port) if route < 0 else routes[route])
                     for suffix, extra in variants:
                         flags = [*shlex.split(args.sidecar_flags), *extra]
-                        per_request = count(build, name, path, workdir, f"{index}{suffix}", flags)
+                        per_request = count(build, name, path, workdir, f"{index}{suffix}", flags, args.requests)
                         print(f"{build}  {name + suffix:<18} {per_request:,.0f} instructions per request", flush=True)
         finally:
             backend.stop()
+        if args.otlp:
+            print(f"the collector received {len(collector.spans):,} spans", flush=True)
     return 0
 
 

@@ -88,9 +88,16 @@ class Upstream:
         return f"Upstream({self.backend.name!r}, provider={self.backend.provider!r}, url={self.backend.url!r})"
 
     def _wire(
-        self, api: Api, request: dict[str, Any], headers: dict[str, str] | None, *, stream: bool
+        self,
+        api: Api,
+        request: dict[str, Any],
+        headers: dict[str, str] | None,
+        *,
+        stream: bool,
+        trace: dict[str, str] | None = None,
     ) -> tuple[Codec, str, dict[str, str], bytes]:
-        """The codec, URL, headers and body of one call; the app's protocol headers only go to a native API."""
+        """The codec, URL, headers and body of one call; the app's protocol headers only go to a native API,
+        the trace context (`traceparent`, `tracestate`) to any."""
         codec = self.codecs.get(api)
         if codec is None:
             raise UpstreamError(FailureKind.CLIENT_ERROR, f"backend {self.backend.name} cannot serve the {api} API")
@@ -98,6 +105,8 @@ class Upstream:
         wire_headers = self._provider.headers
         if headers and codec.upstream == api:
             wire_headers = {**wire_headers, **headers}
+        if trace:
+            wire_headers = {**wire_headers, **trace}
         return codec, self._urls[api], wire_headers, body
 
     async def complete(
@@ -107,10 +116,12 @@ class Upstream:
         timeout: float,  # noqa: ASYNC109
         api: Api = "chat",
         headers: dict[str, str] | None = None,
+        trace: dict[str, str] | None = None,
     ) -> Completion:
         """A non-streamed answer to `request` (of inbound `api`) within `timeout` seconds; UpstreamError on any
-        failure. `headers` are the app's protocol headers for a native call (anthropic-beta and the like)."""
-        codec, url, wire_headers, body = self._wire(api, request, headers, stream=False)
+        failure. `headers` are the app's protocol headers for a native call (anthropic-beta and the like),
+        `trace` the attempt's trace context."""
+        codec, url, wire_headers, body = self._wire(api, request, headers, stream=False, trace=trace)
         response, answer = await self._post(url, wire_headers, body, timeout)
         try:
             completion = codec.decode(response.status, answer, self.backend.model, request)
@@ -170,12 +181,13 @@ class Upstream:
         timeout: float,  # noqa: ASYNC109
         api: Api = "chat",
         headers: dict[str, str] | None = None,
+        trace: dict[str, str] | None = None,
     ) -> CompletionStream:
         """Start a streamed answer: returns once upstream answered 2xx with headers within `timeout`.
 
         After that, each read may wait up to max(timeout, MIN_IDLE_TIMEOUT) for the next chunk.
         """
-        codec, url, wire_headers, body = self._wire(api, request, headers, stream=True)
+        codec, url, wire_headers, body = self._wire(api, request, headers, stream=True, trace=trace)
         idle = max(timeout, MIN_IDLE_TIMEOUT)
         try:
             async with asyncio.timeout(timeout):

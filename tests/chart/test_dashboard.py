@@ -19,14 +19,15 @@ def _base(name: str) -> str:
 def dashboard_series() -> set[str]:
     """Metric families the dashboard queries."""
     exprs = [t["expr"] for panel in DASHBOARD["panels"] for t in panel["targets"]]
-    names = {name for expr in exprs for name in re.findall(r"\bllmroute_[a-z0-9_]+", expr)}
+    names = {name for expr in exprs for name in re.findall(r"\b(?:llmroute|gen_ai_client)_[a-z0-9_]+", expr)}
     return {_base(name) for name in names}
 
 
 def exported_series() -> set[str]:
     """Metric families named in the sidecar's and operator's code."""
     sources = [*(REPO / "sidecar").rglob("*.py"), *(REPO / "operator").rglob("*.py")]
-    return {_base(name) for path in sources for name in re.findall(r'"(llmroute_[a-z0-9_]+)"', path.read_text())}
+    pattern = r'"((?:llmroute|gen_ai_client)_[a-z0-9_]+)"'
+    return {_base(name) for path in sources for name in re.findall(pattern, path.read_text())}
 
 
 def test_every_charted_series_is_exported() -> None:
@@ -51,6 +52,9 @@ def test_dashboard_covers_sidecar_and_control_plane() -> None:
             "llmroute_pushes_total",
             "llmroute_nacks_total",
             "llmroute_reconcile_errors_total",
+            "gen_ai_client_operation_duration_seconds",
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "gen_ai_client_token_usage",
         )
     }
     assert expected <= dashboard_series()

@@ -95,6 +95,7 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
             "openai:https://api.openai.com/v1",
             "'/injection/sidecar/passthrough': 'openai:https://api.openai.com/v1' does not match pattern",
         ),
+        ("injection.sidecar.otel", {"OTEL_EXPORTER_OTLP_ENDPOINT": 4318}, "got number, want string"),
     ],
 )
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
@@ -385,3 +386,26 @@ def test_cert_manager_mode_injects_the_ca_and_skips_the_helm_secret(render: Rend
         "kind": "ClusterIssuer",
         "group": "cert-manager.io",
     }
+
+
+def test_injected_sidecar_gets_the_otel_variables(render: Render, tmp_path: Path) -> None:
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    config_map = next(
+        o
+        for o in render({"injection.sidecar.otel": otel})
+        if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap"
+    )
+    (tmp_path / "config.json").write_text(config_map["data"]["config.json"])
+    env = sidecar_container(InjectionConfig.from_file(tmp_path / "config.json"))["env"]
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert values["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert values["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+    # The kubelet expands $(POD_NAME) only from variables defined before it.
+    names = [e["name"] for e in env]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+
+    default = next(o for o in render({}) if o["metadata"]["name"].endswith("-injection") and o["kind"] == "ConfigMap")
+    (tmp_path / "config.json").write_text(default["data"]["config.json"])
+    env = sidecar_container(InjectionConfig.from_file(tmp_path / "config.json"))["env"]
+    assert not [e for e in env if e["name"].startswith("OTEL_")]  # tracing stays off by default

@@ -201,6 +201,7 @@ async def test_downgrade_answers_only_from_the_cheaper_backends_once_the_budget_
     sidecars = await start(cluster, replicas, sim, policy, backends=[dear, cheap], strategy="ordered")
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
     served: list[tuple[str, str | None]] = []
+    dear_spend = 0.0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for i in range(60):
             url = f"http://127.0.0.1:{sidecars[i % len(sidecars)].app}/v1/chat/completions"
@@ -208,8 +209,13 @@ async def test_downgrade_answers_only_from_the_cheaper_backends_once_the_budget_
                 await response.read()
                 assert response.status == 200
                 served.append((response.headers["x-llmroute-backend"], response.headers.get("x-llmroute-downgraded")))
+                if served[-1][1] is None:
+                    dear_spend += float(response.headers["x-llmroute-cost-usd"])
     # The route's first choice while a sidecar's share of the budget lasts (a sidecar's very first
     # request, before its first grant, is downgraded too), only the cheap backend once it is spent.
     assert {backend for backend, by in served if by is None} == {"dear"}
     assert {(backend, by) for backend, by in served if by is not None} == {("cheap", "limits")}
-    assert all(by == "limits" for _, by in served[-10:]), served
+    # Full price is paid only within the budget (a sidecar may still hold room for one more request when
+    # another has spent the rest, so the order of the last answers depends on timing; the spend does not).
+    assert dear_spend <= 0.5 * 1.05, (dear_spend, served)
+    assert sum(by is not None for _, by in served[-10:]) >= 8, served

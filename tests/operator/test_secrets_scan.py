@@ -2,7 +2,8 @@
 real `llmroute sidecar` processes get them over gRPC and use them (a backend that echoes the key back in its
 error bodies among them, and a passthrough call with the app's own key), and then everything an operator
 could read is scanned for every key: each process's log, the access logs, /metrics and the debug and admin
-endpoints, the answers the app got, and every object the operator wrote (status, Events). Names that every
+endpoints, the answers the app got, the trace spans they exported over OTLP, and every object the operator
+wrote (status, Events). Names that every
 source shows by design (the routes', the echoing backend's) are scanned for as decoy keys: each source must
 show one, which proves that it was captured and searched."""
 
@@ -22,6 +23,7 @@ import pytest
 
 from llmroute.http import HTTPServer, Request, Response, StreamingResponse
 from llmroute.sim import Behavior, Latency, SimProvider
+from llmroute.sim.otlp import Collector
 from tests.sidecar.harness import sidecar_process
 
 if TYPE_CHECKING:
@@ -149,7 +151,8 @@ async def _app_calls(port: int) -> list[str]:
 
 
 async def _emulator_objects(bench: Bench) -> dict[str, str]:
-    """Every object the emulator holds, but the Secrets (whose data is the keys, by design), by kind."""
+    """Every object the emulator holds, but the Secrets (whose data is the keys, by design), by kind (kinds with
+    no object, such as LLMPolicy in this test, have nothing to scan)."""
     objects: dict[str, list[Any]] = {}
     for resource, info in bench.cluster.resources.items():
         if info.kind == "Secret" or "list" not in (info.verbs or ()):
@@ -160,13 +163,17 @@ async def _emulator_objects(bench: Bench) -> dict[str, str]:
             paths = [f"{base}/{resource.plural}"]
         for path in paths:
             objects.setdefault(info.kind, []).extend((await bench.kube.call("GET", path))["items"])
-    return {f"emulator {kind}": json.dumps(items) for kind, items in objects.items()}
+    return {f"emulator {kind}": json.dumps(items) for kind, items in objects.items() if items}  # none: no leak
 
 
 async def test_no_key_in_any_log_metric_endpoint_event_or_status(
-    bench: Bench, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bench: Bench, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the operator runs in this process: its log (kopf's too) at debug
+    collector = Collector()  # the sidecars trace every request and export the spans here
+    await collector.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     assert bench.operator is not None
     echo, backup = EchoBackend(), SimProvider("backup", "openai", Behavior(latency=Latency.fixed(0.01)), seed=1)
     upstream = SimProvider("upstream", "openai", Behavior(latency=Latency.fixed(0.01)), seed=2)
@@ -218,7 +225,11 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
         records = [r for r in caplog.records if r.name.startswith(("llmroute", "kopf"))]  # not the test's own
         sources["operator log"] = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in records)
         sources |= await _emulator_objects(bench)
+        assert collector.spans, "the sidecars exported no span"
+        spans = [span.to_json() | {"resource": span.resource} for span in collector.spans]
+        sources["exported spans"] = json.dumps(spans) + "".join(b.decode("latin-1") for b in collector.bodies)
     finally:
+        await collector.stop()
         await echo.server.shutdown(1)
         await backup.stop()
         await upstream.stop()

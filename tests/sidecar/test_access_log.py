@@ -162,3 +162,43 @@ def test_only_a_valid_traceparent_gives_a_trace_id() -> None:
     for bad in (None, "", f"ff-{TRACE}-00f067aa0ba902b7-01", f"00-{'0' * 32}-00f067aa0ba902b7-01",
                 f"00-{TRACE.upper()}-00f067aa0ba902b7-01", f"00-{TRACE}00f067aa0ba902b7-01x"):  # fmt: skip
         assert trace_id(bad) is None, bad
+
+
+async def test_a_policy_refusal_and_an_observed_limit_are_in_the_policy_field(tmp_path: Path) -> None:
+    primary = SimProvider("primary", "openai", Behavior(latency=Latency.fixed(0.01), api_key=KEY), seed=1)
+    await primary.start()
+    policy = {
+        "apiVersion": "llmroute.io/v1alpha1",
+        "kind": "LLMPolicy",
+        "metadata": {"name": "shop-limits", "namespace": "default"},
+        "spec": {
+            "budgets": [{"name": "watch", "window": "1h", "limitUSD": 0.000001, "action": "Observe"}],
+            "rateLimits": [{"name": "one-a-minute", "requestsPerMinute": 1}],
+        },
+    }
+    policies = tmp_path / "policy.yaml"
+    policies.write_text(yaml.safe_dump(policy))
+    out = tmp_path / "stdout"
+    route = _route(tmp_path, primary)
+    doc = yaml.safe_load(route.read_text())
+    doc["spec"]["backends"][0]["price"] = {"inputPerMTok": 1.0, "outputPerMTok": 2.0}  # over the Observe budget
+    route.write_text(yaml.safe_dump(doc))
+    argv = ["--routes", str(route), "--secrets-dir", str(tmp_path / "secrets"), "--policies", str(policies)]
+    try:
+        with out.open("wb") as stdout:
+            async with sidecar_process(*argv, stdout=stdout) as (process, port, _admin, _log):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as http:
+                    assert (await http.post("/chat/completions", json=_ask())).status_code == 200
+                    refused = await http.post("/chat/completions", json=_ask())
+                    assert refused.status_code == 429 and refused.headers["x-llmroute-policy"] == "shop-limits"
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        await primary.stop()
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert (first["status"], first["policy"]) == (200, {"observed": ["shop-limits"]})
+    assert (second["status"], second["error"], second["policy"]) == (
+        429,
+        "rate_limit_exceeded",
+        {"refused_by": "shop-limits"},
+    )
