@@ -1,5 +1,6 @@
 """The operator's admin port: /metrics (Prometheus), /healthz (the process serves), /readyz, and /fleet
-(this replica's share of the fleet, which the leader merges: counts and load summaries, never keys)."""
+(this replica's share of the fleet, which the leader merges: counts, load summaries and quota figures,
+never keys; the leader POSTs it with the grants for this replica's sidecars)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class AdminServer:
     """Serves the admin endpoints; `ready()` decides /readyz (kopf watching and gRPC listening)."""
 
     def __init__(
-        self, registry: CollectorRegistry, ready: Callable[[], bool], fleet: Callable[[], bytes] | None = None
+        self, registry: CollectorRegistry, ready: Callable[[], bool], fleet: Callable[[bytes], bytes] | None = None
     ) -> None:
         self._registry = registry
         self._ready = ready
@@ -36,12 +37,15 @@ class AdminServer:
         await self._server.shutdown(1.0)
 
     async def _handle(self, request: Request) -> Response:
+        if request.path == "/fleet" and self._fleet is not None and request.method in ("GET", "POST"):
+            try:
+                return Response(200, self._fleet(request.body), content_type="application/json")
+            except (ValueError, KeyError, TypeError):
+                return Response(400, b"bad fleet request\n", content_type="text/plain")
         if request.method != "GET":
             return Response(405, b"method not allowed\n", content_type="text/plain")
         if request.path == "/metrics":
             return Response(200, generate_latest(self._registry), content_type=CONTENT_TYPE_LATEST)
-        if request.path == "/fleet" and self._fleet is not None:
-            return Response(200, self._fleet(), content_type="application/json")
         if request.path == "/healthz":
             return Response(200, b"ok\n", content_type="text/plain")
         if request.path == "/readyz":

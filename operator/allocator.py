@@ -233,7 +233,7 @@ class Allocator:
                 end = limit.window.end(start)
                 for sid, grant in self._split(limit, int(start), now):
                     out[sid].append(Grant(limit.key, int(start), int(end), grant))
-        self._forget(now)
+        self.forget(now)
         return out
 
     def _wanted(self, sidecar: Sidecar, key: QuotaKey, now: float) -> float:
@@ -264,10 +264,12 @@ class Allocator:
         """The grants went to the sidecar with this grants_version: they count from now."""
         sidecar = self.sidecars[sidecar_id]
         given = {(g.key, g.window_start): g.granted for g in grants}
+        for window_key in given:  # a replica relaying the leader's grants may not have seen the window yet
+            sidecar.holdings.setdefault(window_key, Holding())
         for window_key, holding in sidecar.holdings.items():
             holding.sent.append((version, given.get(window_key, 0.0)))
 
-    def _forget(self, now: float) -> None:
+    def forget(self, now: float) -> None:
         """Drop windows that have ended, and disconnected sidecars that hold nothing any more."""
         for sid in list(self.sidecars):
             sidecar = self.sidecars[sid]

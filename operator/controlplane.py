@@ -91,7 +91,6 @@ class ControlPlane:
         max_delay: float = 10.0,
         reconnect_grace: float = RECONNECT_GRACE_S,
         registry: CollectorRegistry | None = None,
-        quota_replicas: int = 1,
         supervisor: Supervisor | None = None,
     ) -> None:
         """`supervisor` runs the push loop (the operator's reports its crashes); without one it gets its own."""
@@ -106,7 +105,7 @@ class ControlPlane:
         self.streams = StreamServer(self.cache, authenticator, PlaneMetrics(registry))
         self.streams.on_change = self._changed
         self._load = LoadStore()
-        self.quotas = QuotaService(report_interval=report_interval, replicas=quota_replicas)
+        self.quotas = QuotaService(report_interval=report_interval)
         """Grants on the load streams; the operator runs `quotas.run` as a supervised loop."""
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

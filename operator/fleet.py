@@ -8,6 +8,12 @@ replica's share with its latest answer and drops a replica that does not answer,
 live counts. So each sidecar is counted once, by the replica it is connected to; a new leader
 builds the same sum from the same shares, and a dead replica's sidecars count again once they have
 moved. Shares are keyed by replica identity, so the leader never adds its own share twice.
+
+LLMPolicy quotas ride on the same poll: the leader POSTs /fleet with the grants it has for every other
+replica's sidecars (each replica pushes the ones of its own sidecars), and the answer carries that
+replica's sidecars' quota reports since the last poll, which feed the leader's allocator. A new leader
+grants nothing until every replica has answered once with its reports (or, for one that never does,
+`grace` seconds have passed), so it knows every grant in force first.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -120,18 +127,40 @@ class FleetView:
         *,
         interval: float = POLL_INTERVAL_S,
         timeout: float = 1.0,
+        grace: float = 15.0,
+        holder: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`grace`: how long a new leader waits for a replica that never answers before granting without it.
+        `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes."""
         self.plane = plane
         self.identity = identity
         self.peers = peers
         self.interval = interval
         self.timeout = timeout
+        self.grace = grace
+        self.holder = holder
+        self._leading: Callable[[], bool] = lambda: False
         self.on_change: Callable[[str], None] | None = None
         self._shares: dict[str, Share] = {}  # replica identity -> its latest answer (never this replica)
+        self._leading_since: float | None = None  # monotonic; None while not leading
+        self._heard: set[str] = set()  # peer targets that answered since this replica leads
+        self._granting = False
 
-    def share(self) -> bytes:
-        """This replica's share as served at GET /fleet."""
-        return json.dumps(local_share(self.plane, self.identity)).encode()
+    def share(self, body: bytes = b"") -> bytes:
+        """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
+        carries the grants for this replica's sidecars; the answer then carries their quota reports since the
+        last one. A POST from anyone else (a deposed leader still polling) is answered like a GET."""
+        share = local_share(self.plane, self.identity)
+        if body:
+            asked = json.loads(body)
+            if asked["leader"] != self.identity and asked["leader"] == self.holder():
+                self.plane.quotas.apply(asked["grants"])
+                share["quotaReports"] = self.plane.quotas.export()
+        return json.dumps(share).encode()
+
+    def granting(self) -> bool:
+        """Whether this replica allocates for the fleet: it leads and has heard every replica once."""
+        return self._granting and self._leading()
 
     def _routes(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
         return [
@@ -207,24 +236,48 @@ class FleetView:
 
     async def run(self, leading: Callable[[], bool]) -> None:
         """Poll every peer (there may be none) while this replica leads; forget their shares when it does not."""
+        self._leading = leading
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             while True:
                 if leading():
+                    if self._leading_since is None:
+                        self._leading_since = time.monotonic()
                     await self._poll(session)
-                elif self._shares:
+                elif self._leading_since is not None or self._shares:
+                    self._granting, self._leading_since = False, None
+                    self._heard.clear()
+                    self.plane.quotas.relinquish()
                     self._update({})
                 await asyncio.sleep(self.interval)
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         endpoints = await resolve(self.peers)
-        answers = await asyncio.gather(*(self._fetch(session, e.target) for e in endpoints))
-        self._update({s["replica"]: s for s in answers if s is not None and s["replica"] != self.identity})
-        # LLMPolicy: each replica grants its own sidecars 1/--quota-replicas of each limit; the leader only
-        # merges the replicas' quota figures here (policy_sidecars, quota_figures) for the status.
+        body = json.dumps({"leader": self.identity, "grants": self.plane.quotas.handover()}).encode()
+        answers = await asyncio.gather(*(self._fetch(session, e.target, body) for e in endpoints))
+        shares = {}
+        for endpoint, share in zip(endpoints, answers, strict=True):
+            if share is None:
+                continue
+            if share["replica"] == self.identity:
+                self._heard.add(endpoint.target)
+                continue
+            shares[share["replica"]] = share
+            # Without reports: the replica does not see this one as the Lease holder yet, or predates the relay.
+            if "quotaReports" in share:
+                self._heard.add(endpoint.target)
+                self.plane.quotas.imported(share["replica"], share["quotaReports"])
+        for replica in set(self._shares) - set(shares):
+            self.plane.quotas.silent(replica)
+        self._update(shares)
+        assert self._leading_since is not None
+        waited = time.monotonic() - self._leading_since >= self.grace
+        if not self._granting and (waited or all(e.target in self._heard for e in endpoints)):
+            log.info("granting LLMPolicy quotas for the fleet (%d replicas answered)", len(self._heard))
+            self._granting = True
 
-    async def _fetch(self, session: aiohttp.ClientSession, target: str) -> Share | None:
+    async def _fetch(self, session: aiohttp.ClientSession, target: str, body: bytes) -> Share | None:
         try:
-            async with session.get(f"http://{target}{FLEET_PATH}") as response:
+            async with session.post(f"http://{target}{FLEET_PATH}", data=body) as response:
                 response.raise_for_status()
                 share: Share = await response.json()
                 return share

@@ -71,6 +71,13 @@ class LeaderElection:
         """True while this replica's last renewal is younger than the renew deadline."""
         return self._clock() < self._held_until
 
+    @property
+    def holder(self) -> str | None:
+        """The holder in the Lease as last read, while it renewed within a Lease duration (else None)."""
+        if self._observed is None or self._clock() >= self._observed_at + self.lease_duration:
+            return None
+        return self._observed[0] or None
+
     async def run(self) -> None:
         """Acquire and renew until cancelled; never raises for API trouble (it is logged and retried)."""
         try:

@@ -76,8 +76,6 @@ class OperatorOptions:
     fleet_interval: float = POLL_INTERVAL_S
     policy_namespace: str = ""
     """Whose LLMPolicies apply to every namespace (empty: the Lease's namespace, the operator's own)."""
-    quota_replicas: int = 1
-    """Operator replicas serving sidecars: each grants its own sidecars this share of every LLMPolicy limit."""
     injection: InjectionConfig | None = None
     """Sidecar injection: the Pod webhook is served when set (with webhook_listen/cert/key)."""
     webhook_listen: str = "0.0.0.0:9443"
@@ -142,7 +140,6 @@ class Operator:
             reconnect_grace=options.reconnect_grace,
             registry=self.metrics,
             supervisor=self.supervisor,
-            quota_replicas=options.quota_replicas,
         )
         self.leader = LeaderElection(
             self.api,
@@ -153,7 +150,15 @@ class Operator:
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
         )
-        self.fleet = FleetView(self.control_plane, options.identity, options.peers, interval=options.fleet_interval)
+        self.fleet = FleetView(
+            self.control_plane,
+            options.identity,
+            options.peers,
+            interval=options.fleet_interval,
+            grace=options.lease_duration,
+            holder=lambda: self.leader.holder,
+        )
+        self.control_plane.quotas.granting = self.fleet.granting
         self.policies = PolicyController(
             self.api,
             self.fleet,
@@ -357,13 +362,6 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         metavar="NS",
         help="namespace whose LLMPolicies apply to every namespace (default: the --lease-namespace)",
     )
-    policy.add_argument(
-        "--quota-replicas",
-        type=int,
-        default=1,
-        metavar="N",
-        help="operator replicas serving sidecars: each grants its own sidecars 1/N of every policy limit",
-    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", default="text", choices=FORMATS, help="json: one JSON object a line")
     return parser
@@ -404,7 +402,6 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
         peers=args.peers,
         policy_namespace=args.policy_namespace,
-        quota_replicas=max(1, args.quota_replicas),
     )
 
 

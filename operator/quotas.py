@@ -3,6 +3,12 @@
 Each load stream's reports feed the allocator; a supervised loop re-allocates every `tick` seconds and
 sends a sidecar a LoadDirective (its complete grants, a new grants_version) only when its grants or
 its report interval changed. Sidecars of namespaces with quotas report every `policy_interval`.
+
+With several operator replicas only the one `granting` (the leader, once it has heard every replica)
+allocates, for the whole fleet: the others keep their sidecars' reports for the leader (`export`),
+and push the grants the leader hands them (`apply`); the leader feeds the reports it collects into its
+allocator (`imported`) and hands out the remote sidecars' grants (`handover`). A replica that is not
+granting never grants on its own: its sidecars keep what they hold.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast, get_args
 
-from llmroute.model.policy import Policy, QuotaKey, Window
+from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message, key_of
 
@@ -22,23 +29,26 @@ from .allocator import Allocator, Grant, Limit, Usage
 log = logging.getLogger(__name__)
 
 MINUTE = Window(60)
+QUANTITIES = get_args(Quantity)
 
 
-def policy_limits(policy: Policy, replicas: int = 1) -> list[Limit]:
-    """The quotas of a policy: budgets (Observe ones counted, never granted) and both sides of rate limits.
+REPORTS_KEPT = 16
+"""Reports per sidecar a replica keeps for the leader between polls (the oldest go first)."""
 
-    With several operator replicas each grants its own sidecars at most 1/replicas of each limit."""
+
+def policy_limits(policy: Policy) -> list[Limit]:
+    """The quotas of a policy: budgets (Observe ones counted, never granted) and both sides of rate limits."""
     out = []
     for budget in policy.budgets:
         key = QuotaKey(policy.namespace, policy.name, budget.name, "usd")
-        out.append(Limit(key, budget.limit_usd / replicas, budget.window, enforced=budget.action != "Observe"))
+        out.append(Limit(key, budget.limit_usd, budget.window, enforced=budget.action != "Observe"))
     for rate in policy.rate_limits:
         if rate.requests_per_minute is not None:
             key = QuotaKey(policy.namespace, policy.name, rate.name, "requests")
-            out.append(Limit(key, rate.requests_per_minute / replicas, MINUTE))
+            out.append(Limit(key, rate.requests_per_minute, MINUTE))
         if rate.tokens_per_minute is not None:
             key = QuotaKey(policy.namespace, policy.name, rate.name, "tokens")
-            out.append(Limit(key, rate.tokens_per_minute / replicas, MINUTE))
+            out.append(Limit(key, rate.tokens_per_minute, MINUTE))
     return out
 
 
@@ -50,6 +60,38 @@ def usages(report: load_pb2.LoadReport) -> list[Usage]:
         if key is not None:
             out.append(Usage(key, q.window_start, q.used, q.reserved, q.demand, q.rejected, q.granted))
     return out
+
+
+def _key_json(key: QuotaKey) -> list[str]:
+    return [key.namespace, key.policy, key.limit, key.quantity]
+
+
+def _key(raw: Sequence[Any]) -> QuotaKey:
+    namespace, policy, limit, quantity = (str(v) for v in raw)
+    if quantity not in QUANTITIES:
+        raise ValueError(f"unknown quantity {quantity!r}")
+    return QuotaKey(namespace, policy, limit, cast("Quantity", quantity))
+
+
+def _usage_json(usage: Usage, granted: float) -> list[Any]:
+    u = usage
+    return [_key_json(u.key), u.window_start, u.used, u.reserved, u.demand, u.rejected, granted]
+
+
+def _usage(raw: Sequence[Any]) -> Usage:
+    key, start, used, reserved, demand, rejected, granted = raw
+    return Usage(_key(key), int(start), float(used), float(reserved), float(demand), int(rejected), float(granted))
+
+
+def grants_json(version: int, grants: Iterable[Grant]) -> list[Any]:
+    """A sidecar's grants as the leader hands them to a replica: [version, [[key, start, end, granted], ...]]."""
+    return [version, [[_key_json(g.key), g.window_start, g.window_end, g.granted] for g in grants]]
+
+
+def grants_of(raw: Sequence[Any]) -> tuple[int, list[Grant]]:
+    """The inverse of `grants_json`."""
+    version, grants = raw
+    return int(version), [Grant(_key(k), int(start), int(end), float(granted)) for k, start, end, granted in grants]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +113,17 @@ class _Stream:
     send: Callable[[load_pb2.LoadDirective], None]
     last: tuple[object, ...] = ()
     interval: float = 0.0
+    version: int = 0
+    """The grants_version last sent on the stream."""
+
+
+Relayed = list[tuple[float, int, list[Usage]]]
+"""A sidecar's reports since the leader last collected them: (interval, echoed grants_version, usages)."""
 
 
 class QuotaService:
-    """Grants for the sidecars connected to this replica, from their load reports and the policies in force."""
+    """Grants for the sidecars connected to this replica (and, while it grants for the fleet, to the others),
+    from their load reports and the policies in force."""
 
     def __init__(
         self,
@@ -82,20 +131,24 @@ class QuotaService:
         report_interval: float,
         policy_interval: float = 0.5,
         tick: float = 0.1,
-        replicas: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.report_interval = report_interval
         self.policy_interval = policy_interval
         self.tick = tick
-        self.replicas = max(1, replicas)
         self.allocator = Allocator(horizon=max(2.0, 4 * policy_interval))
         self.clock = clock
         """Unix time; a bench shifts it to a window start."""
+        self.granting: Callable[[], bool] = lambda: True
+        """Whether this replica allocates for the fleet now (the operator: the leader, once it heard everyone)."""
         self._policies: dict[str, tuple[Policy, ...]] = {}
         self._streams: dict[str, _Stream] = {}
         self._version = 0
         self._figures: dict[QuotaKey, QuotaFigures] = {}
+        self._relayed: dict[str, Relayed] = {}  # local sidecar -> reports the leader has not collected yet
+        self._gone: set[str] = set()  # local sidecars whose stream closed since the leader last collected
+        self._remote: dict[str, str] = {}  # sidecar of another replica -> that replica (while granting)
+        self._handover: dict[str, tuple[tuple[object, ...], list[Any]]] = {}  # remote sidecar -> fingerprint, grants
 
     def set_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
         """The policies that apply to the namespace's sidecars."""
@@ -103,7 +156,7 @@ class QuotaService:
             return
         self._policies[namespace] = tuple(policies)
         unique = {(p.namespace, p.name): p for ps in self._policies.values() for p in ps}
-        self.allocator.set_limits(limit for p in unique.values() for limit in policy_limits(p, self.replicas))
+        self.allocator.set_limits(limit for p in unique.values() for limit in policy_limits(p))
 
     def interval(self, namespace: str) -> float:
         """The report interval of the namespace's sidecars: short where quotas apply."""
@@ -113,6 +166,9 @@ class QuotaService:
     def opened(self, sidecar: str, namespace: str, send: Callable[[load_pb2.LoadDirective], None]) -> object:
         """A load stream opened: it gets its directives through `send` (the first at once). Returns its handle."""
         stream = self._streams[sidecar] = _Stream(namespace, send, interval=self.interval(namespace))
+        self._remote.pop(sidecar, None)
+        self._handover.pop(sidecar, None)
+        self._gone.discard(sidecar)
         send(load_pb2.LoadDirective(report_interval_seconds=stream.interval))
         return stream
 
@@ -121,11 +177,18 @@ class QuotaService:
         if self._streams.get(sidecar) is handle:
             del self._streams[sidecar]
             self.allocator.disconnected(sidecar)
+            self._relayed.pop(sidecar, None)
+            self._gone.add(sidecar)
 
     def report(self, sidecar: str, report: load_pb2.LoadReport) -> None:
         """One load report's quota figures."""
         if report.quotas or sidecar in self.allocator.sidecars:
-            self.allocator.report(sidecar, report.interval_seconds, usages(report), report.grants_version, self.clock())
+            found = usages(report)
+            self._version = max(self._version, report.grants_version)
+            self.allocator.report(sidecar, report.interval_seconds, found, report.grants_version, self.clock())
+            kept = self._relayed.setdefault(sidecar, [])
+            kept.append((report.interval_seconds, report.grants_version, found))
+            del kept[:-REPORTS_KEPT]
 
     async def run(self) -> None:
         """Re-allocate and send changed grants every tick, until cancelled."""
@@ -134,26 +197,130 @@ class QuotaService:
             await asyncio.sleep(self.tick)
 
     def allocate(self) -> None:
-        """One round: grants for every sidecar, directives to those whose grants or interval changed."""
+        """One round: grants for every sidecar, directives to those whose grants or interval changed. A replica
+        not granting only tells its sidecars a changed report interval (a directive with no grants_version)."""
         now = self.clock()
         self._record(now)
+        if not self.granting():
+            self.allocator.forget(now)
+            for stream in self._streams.values():
+                interval = self.interval(stream.namespace)
+                if interval != stream.interval:
+                    stream.interval = interval
+                    stream.send(load_pb2.LoadDirective(report_interval_seconds=interval))
+            return
+        self._relayed.clear()  # this replica's reports reached its own allocator
+        self._gone.clear()
         grants = self.allocator.allocate(now) if self.allocator.limits else {}
         for sidecar, stream in self._streams.items():
             given = grants.get(sidecar, [])
             interval = self.interval(stream.namespace)
-            fingerprint = tuple((g.key, g.window_start, round(g.granted, 9)) for g in given)
+            fingerprint = _fingerprint(given)
             if fingerprint == stream.last and interval == stream.interval:
                 continue
-            self._version = max(self._version + 1, time.time_ns() // 1000)
             stream.last, stream.interval = fingerprint, interval
-            if sidecar in self.allocator.sidecars:
-                self.allocator.sent(sidecar, self._version, given)
-            stream.send(self._directive(interval, given))
+            self._push(sidecar, stream, self._next_version(), given)
+        self._hand_over(grants)
 
-    def _directive(self, interval: float, grants: Iterable[Grant]) -> load_pb2.LoadDirective:
+    def _hand_over(self, grants: dict[str, list[Grant]]) -> None:
+        """Keep the other replicas' sidecars' changed grants for the next poll (they count from now)."""
+        for sidecar in self._remote:
+            if sidecar not in grants:  # disconnected: nothing reaches it
+                self._handover.pop(sidecar, None)
+                continue
+            fingerprint = _fingerprint(grants[sidecar])
+            if self._handover.get(sidecar, ((), None))[0] == fingerprint:
+                continue
+            version = self._next_version()
+            self.allocator.sent(sidecar, version, grants[sidecar])
+            self._handover[sidecar] = (fingerprint, grants_json(version, grants[sidecar]))
+
+    def _next_version(self) -> int:
+        self._version = max(self._version + 1, time.time_ns() // 1000)
+        return self._version
+
+    def _push(self, sidecar: str, stream: _Stream, version: int, grants: list[Grant]) -> None:
+        stream.version = version
+        if sidecar in self.allocator.sidecars:
+            self.allocator.sent(sidecar, version, grants)
+        stream.send(self._directive(stream.interval, version, grants))
+
+    # -- across replicas -----------------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """This replica's sidecars' reports since the last export, for the leader (and forgets them). Each
+        report's `granted` is what this replica knows the sidecar may apply (grants it pushed and the sidecar
+        has not echoed yet count), so a new leader learns every grant in force."""
+        sidecars: dict[str, Any] = {}
+        for sidecar, relayed in self._relayed.items():
+            known = self.allocator.sidecars.get(sidecar)
+            if known is None:
+                continue
+            in_force = {k: h.in_force(known.echoed) for k, h in known.holdings.items()}
+            sidecars[sidecar] = [
+                [
+                    interval,
+                    echoed,
+                    [_usage_json(u, in_force.get((u.key, u.window_start), u.granted)) for u in found],
+                ]
+                for interval, echoed, found in relayed
+            ]
+        out = {"sidecars": sidecars, "gone": sorted(self._gone)}
+        self._relayed.clear()
+        self._gone.clear()
+        return out
+
+    def imported(self, replica: str, share: dict[str, Any]) -> None:
+        """A replica's `export`, on the leader: its sidecars' reports go into the allocator."""
+        now = self.clock()
+        for sidecar, reports in share["sidecars"].items():
+            if sidecar in self._streams:
+                continue  # it has moved to this replica since
+            self._remote[sidecar] = replica
+            for interval, echoed, found in reports:
+                use = [
+                    Usage(_key(k), int(ws), float(u), float(r), float(d), int(rj), float(g))
+                    for k, ws, u, r, d, rj, g in found
+                ]
+                self._version = max(self._version, int(echoed))
+                self.allocator.report(sidecar, float(interval), use, int(echoed), now)
+        for sidecar in share["gone"]:
+            if self._remote.get(sidecar) == replica:
+                self.allocator.disconnected(sidecar)
+
+    def silent(self, replica: str) -> None:
+        """A replica did not answer the leader: its sidecars keep what they hold and are granted nothing more."""
+        for sidecar, where in self._remote.items():
+            if where == replica:
+                self.allocator.disconnected(sidecar)
+
+    def handover(self) -> dict[str, Any]:
+        """The grants of every other replica's sidecars, by sidecar: [grants_version, grants] (`grants_json`)."""
+        return {sidecar: grants for sidecar, (_, grants) in self._handover.items() if sidecar in self._remote}
+
+    def apply(self, handed: dict[str, Any]) -> None:
+        """Push the leader's grants to the sidecars connected here (a version already sent is not sent again)."""
+        for sidecar, raw in handed.items():
+            stream = self._streams.get(sidecar)
+            if stream is None:
+                continue
+            version, grants = grants_of(raw)
+            if version > stream.version:
+                self._push(sidecar, stream, version, grants)
+
+    def relinquish(self) -> None:
+        """This replica stopped granting for the fleet: forget the other replicas' sidecars."""
+        for sidecar in self._remote:
+            self.allocator.sidecars.pop(sidecar, None)
+        self._remote.clear()
+        self._handover.clear()
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _directive(self, interval: float, version: int, grants: Iterable[Grant]) -> load_pb2.LoadDirective:
         return load_pb2.LoadDirective(
             report_interval_seconds=interval,
-            grants_version=self._version,
+            grants_version=version,
             grants=[
                 load_pb2.QuotaGrant(
                     key=key_message(g.key), window_start=g.window_start, window_end=g.window_end, granted=g.granted
@@ -163,14 +330,14 @@ class QuotaService:
         )
 
     def _record(self, now: float) -> None:
-        """Sum each quota's current window over the sidecars; keep the last completed window's total."""
+        """Sum each quota's current window over this replica's sidecars; keep the last completed window's total."""
         for key, limit in self.allocator.limits.items():
             start = limit.window.start(now)
             used = reserved = 0.0
             rejected = 0
-            for sidecar in self.allocator.sidecars.values():
+            for sid, sidecar in self.allocator.sidecars.items():
                 holding = sidecar.holdings.get((key, int(start)))
-                if holding is not None:
+                if holding is not None and sid not in self._remote:
                     used += holding.used
                     reserved += holding.reserved
                     rejected += holding.rejected
@@ -183,3 +350,7 @@ class QuotaService:
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with the quota in its current window (None: not known yet)."""
         return self._figures.get(key)
+
+
+def _fingerprint(grants: Iterable[Grant]) -> tuple[object, ...]:
+    return tuple((g.key, g.window_start, round(g.granted, 9)) for g in grants)

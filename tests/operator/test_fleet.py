@@ -99,3 +99,39 @@ async def test_the_leader_counts_every_replicas_sidecars_and_reports_once(member
 async def _connected(fleet: FleetView, expected: int) -> object:
     counts = fleet.route_sidecars("shop", "chat")
     return counts if counts.connected == expected else None
+
+
+async def test_a_new_leader_grants_only_once_every_replica_answered_it_with_its_reports(members: list[Member]) -> None:
+    leader, other = members
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    holder = ["replica-gone"]  # the other replica has not read the new holder in the Lease yet
+    other.fleet.holder = lambda: holder[0]
+    on_other = StubSidecar(other.plane.port, "shop", "pod-1", "t")
+    await on_other.start()
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _connected(leader.fleet, 1), what="the other replica's share merged")
+        assert not leader.fleet.granting()  # it answered, but without the reports that say what it holds
+        holder[0] = "replica-a"
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await on_other.stop()
+
+
+async def test_a_replica_that_never_answers_is_waited_for_only_the_grace(members: list[Member]) -> None:
+    leader, other = members
+    await other.admin.stop()
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    leader.fleet.grace = 0.5
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting after the grace")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+
+
+async def _async(value: bool) -> bool | None:
+    return value or None

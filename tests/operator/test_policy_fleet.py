@@ -1,7 +1,8 @@
 """LLMPolicy end to end: the real operator and several real sidecar processes in one namespace, with skewed
 load through the sidecars to a simulated provider. The fleet's spend stays within its budget while most
 of it stays usable, refusals carry the 429 shape, a requests-per-minute limit holds across sidecars, and
-an operator killed mid-window does not let the fleet overspend."""
+an operator killed mid-window does not let the fleet overspend. With two operator replicas, the leader
+shares each limit over both replicas' sidecars by demand."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import aiohttp
 from llmroute.sim import SimProvider
 
 from .replicas import Fleet, Sidecar
+from .test_replicas import _is, leader, token
 
 if TYPE_CHECKING:
     from conftest import Bench
@@ -34,8 +36,14 @@ class Outcome:
     other: list[int] = field(default_factory=list)
 
 
-async def drive(sidecars: list[Sidecar], seconds: float, outcome: Outcome, stop: asyncio.Event | None = None) -> None:
-    """Chat requests through every sidecar, LOOPS[i] at a time through sidecar i, for `seconds`."""
+async def drive(
+    sidecars: list[Sidecar],
+    seconds: float,
+    outcome: Outcome,
+    stop: asyncio.Event | None = None,
+    loops: tuple[int, ...] = LOOPS,
+) -> None:
+    """Chat requests through every sidecar, loops[i] at a time through sidecar i, for `seconds`."""
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
     deadline = time.monotonic() + seconds
 
@@ -55,24 +63,27 @@ async def drive(sidecars: list[Sidecar], seconds: float, outcome: Outcome, stop:
                     outcome.other.append(response.status)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        await asyncio.gather(*(loop(session, s) for s, n in zip(sidecars, LOOPS, strict=True) for _ in range(n)))
+        await asyncio.gather(*(loop(session, s) for s, n in zip(sidecars, loops, strict=True) for _ in range(n)))
+
+
+async def publish(cluster: Bench, sim: SimProvider, policy: dict[str, Any], **route: Any) -> None:
+    """The route (one priced backend unless `route` says otherwise) and the policy in namespace shop."""
+    backend = {"name": "sim", "provider": "openai", "url": sim.url, "model": "m", "price": PRICE}
+    await cluster.kube.apply_route("shop", "chat", {"models": ["chat"], "backends": [backend], **route})
+    await cluster.kube.apply_policy("shop", "limits", policy)
 
 
 async def start(
     cluster: Bench, replicas: Fleet, sim: SimProvider, policy: dict[str, Any], **route: Any
 ) -> list[Sidecar]:
-    """One operator process, the route (one priced backend unless `route` says otherwise) and the policy,
-    three sidecars of namespace shop."""
-    backend = {"name": "sim", "provider": "openai", "url": sim.url, "model": "m", "price": PRICE}
-    await cluster.kube.apply_route("shop", "chat", {"models": ["chat"], "backends": [backend], **route})
-    await cluster.kube.apply_policy("shop", "limits", policy)
+    """One operator process, the route and the policy, three sidecars of namespace shop."""
+    await publish(cluster, sim, policy, **route)
     [replica] = replicas.add_replicas(1)
     await replicas.start(replica)
     sidecars = []
     for i in range(len(LOOPS)):
-        value = f"token-shop-app-{i}"
-        cluster.cluster.tokens[value] = "system:serviceaccount:shop:default"
-        sidecars.append(await replicas.sidecar(f"app-{i}", value))
+        pod = f"app-{i}"
+        sidecars.append(await replicas.sidecar(pod, token(cluster, pod)))
     await replicas.until(lambda: policy_programmed(cluster, len(sidecars)), "every sidecar enforcing the policy")
     return sidecars
 
@@ -104,6 +115,35 @@ async def test_a_budget_holds_across_sidecars_with_skewed_load(
     assert int(headers["Retry-After"]) >= 1
     status = await replicas.until(lambda: spend_shown(cluster, spent), "the spend in the policy status")
     assert status["budgets"][0]["state"] == "Exhausted" or status["budgets"][0]["spentUSD"] >= limit * 0.85
+
+
+async def test_with_two_replicas_a_busy_sidecar_on_the_follower_gets_the_share_it_needs(
+    cluster: Bench, replicas: Fleet, sim: SimProvider
+) -> None:
+    limit = 2.0
+    await publish(cluster, sim, budget(limit))
+    first, second = replicas.add_replicas(2)
+    await replicas.start(first)
+    await replicas.until(lambda: _is(leader(cluster, replicas), first), "the first replica leading")
+    await replicas.start(second)
+    # Uneven: the one busy sidecar alone on the follower, two idle ones on the leader.
+    pods = replicas.pods_for(second, 1, "busy") + replicas.pods_for(first, 2, "idle")
+    sidecars = [await replicas.sidecar(pod, token(cluster, pod)) for pod in pods]
+    await replicas.until(lambda: policy_programmed(cluster, len(sidecars)), "every sidecar enforcing the policy")
+    assert await replicas.connected(second, "chat") == 1
+    busy, late = Outcome(), Outcome()
+    traffic = asyncio.create_task(drive(sidecars[:1], 12.0, busy, loops=(4,)))
+    # Each replica granting its own sidecars half of the limit would hold the busy one to half of it.
+    await replicas.until(lambda: _spent(busy, limit * 0.6), "the busy sidecar spending most of the limit", within=12)
+    # Then a sidecar on the leader asks too: only what is left is its to spend (no replica grants alone).
+    await drive(sidecars[1:], 4.0, late, loops=(1, 0))
+    await traffic
+    spent = sum(busy.costs) + sum(late.costs)
+    assert busy.other == late.other == []
+    assert spent <= limit * 1.05, f"the fleet spent {spent:.4f} of a {limit} USD budget"
+    assert spent >= limit * 0.85, f"only {spent:.4f} of {limit} USD was usable"
+    assert late.refusals[-1][1]["error"]["code"] == "budget_exceeded"
+    await replicas.until(lambda: spend_shown(cluster, spent), "the fleet's spend in the policy status")
 
 
 async def spend_shown(cluster: Bench, spent: float) -> dict[str, Any] | None:

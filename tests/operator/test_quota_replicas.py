@@ -1,0 +1,126 @@
+"""Quotas across operator replicas: the leader allocates for every replica's sidecars from the reports the
+others relay, and the others push its grants. The relay is called as FleetView's poll calls it (handover,
+apply, export, imported, through JSON); sidecars play their side of the load protocol with real LoadReport and
+LoadDirective messages. After every step the test checks the fleet-wide invariant: the grants the sidecars
+apply and what they used never add up to more than the limit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from llmroute.model.policy import Budget, Policy, QuotaKey, Window
+from llmroute.operator.quotas import QuotaService
+from llmroute.v1 import load_pb2
+from llmroute.v1.quota_keys import key_message
+
+KEY = QuotaKey("shop", "limits", "hourly", "usd")
+LIMIT = 20.0
+POLICY = Policy("shop", "limits", budgets=(Budget("hourly", Window(3600), LIMIT),))
+STEP = 0.5  # the report interval where policies apply
+START = 500_000 * 3600.0 + 60  # a minute into an hour window: no turn during the test
+
+
+@dataclass
+class SimSidecar:
+    """One sidecar as the protocol has it: applies each complete grant set, echoes its version, admits within it."""
+
+    name: str
+    rate: float  # USD asked for per second, in requests of 1 USD
+    granted: float = 0.0
+    version: int = 0
+    used: float = 0.0
+    demand: float = 0.0
+    directives: list[load_pb2.LoadDirective] = field(default_factory=list)
+
+    def receive(self, directive: load_pb2.LoadDirective) -> None:
+        self.directives.append(directive)
+        if directive.grants_version:
+            self.version = directive.grants_version
+            self.granted = sum(g.granted for g in directive.grants if g.window_start == int(START - 60))
+
+    def work(self) -> None:
+        asked = self.rate * STEP
+        self.demand += asked
+        while asked > 1e-9:
+            cost = min(1.0, asked)
+            asked -= cost
+            if self.used + cost <= self.granted + 1e-9:
+                self.used += cost
+
+    def report(self) -> load_pb2.LoadReport:
+        usage = load_pb2.QuotaUsage(
+            key=key_message(KEY), window_start=int(START - 60), used=self.used, demand=self.demand, granted=self.granted
+        )
+        self.demand = 0.0
+        return load_pb2.LoadReport(interval_seconds=STEP, quotas=[usage], grants_version=self.version)
+
+
+@dataclass
+class Replica:
+    service: QuotaService
+    sidecars: list[SimSidecar]
+
+
+def replica(now: list[float], granting: bool, sidecars: list[SimSidecar]) -> Replica:
+    service = QuotaService(report_interval=5.0, policy_interval=STEP, clock=lambda: now[0])
+    service.granting = lambda: granting
+    service.set_policies("shop", [POLICY])
+    for sidecar in sidecars:
+        service.opened(f"shop/{sidecar.name}", "shop", sidecar.receive)
+    return Replica(service, sidecars)
+
+
+def run(leader: Replica, other: Replica, now: list[float], seconds: float, *, polls: bool = True) -> None:
+    """Sidecars report every STEP; both replicas allocate; the leader polls the other every second."""
+    everyone = leader.sidecars + other.sidecars
+    for step in range(int(seconds / STEP)):
+        now[0] += STEP
+        for r in (leader, other):
+            for sidecar in r.sidecars:
+                sidecar.work()
+                r.service.report(f"shop/{sidecar.name}", sidecar.report())
+            r.service.allocate()
+        if polls and step % 2:
+            other.service.apply(json.loads(json.dumps(leader.service.handover())))  # the POST body
+            leader.service.imported("replica-b", json.loads(json.dumps(other.service.export())))  # its answer
+        held = sum(max(s.granted, s.used) for s in everyone)
+        assert held <= LIMIT + 1e-6, f"the fleet holds {held} of {LIMIT}: {everyone}"
+
+
+def test_the_leader_gives_a_busy_sidecar_of_another_replica_the_share_it_needs() -> None:
+    now = [START]
+    idle = [SimSidecar(f"a-{i}", rate=0.05) for i in range(3)]  # three quiet sidecars on the leader
+    busy = SimSidecar("b-0", rate=4.0)  # one busy sidecar on the other replica
+    leader, other = replica(now, True, idle), replica(now, False, [busy])
+    run(leader, other, now, 20.0)
+    spent = busy.used + sum(s.used for s in idle)
+    assert busy.used > LIMIT * 0.75, f"the busy sidecar got {busy.used} of {LIMIT}"  # far beyond half the limit
+    assert spent >= LIMIT * 0.9, f"only {spent} of {LIMIT} was usable"
+    assert all(s.used > 0 for s in idle)  # the quiet ones were not starved
+
+
+def test_a_replica_without_a_leader_keeps_its_sidecars_grants_and_grants_nothing_itself() -> None:
+    now = [START]
+    busy = SimSidecar("b-0", rate=4.0)
+    leader, other = replica(now, True, [SimSidecar("a-0", rate=0.0)]), replica(now, False, [busy])
+    run(leader, other, now, 4.0)
+    granted, version, sent = busy.granted, busy.version, len(busy.directives)
+    assert granted > 0
+    run(leader, other, now, 10.0, polls=False)  # the leader is gone
+    assert (busy.granted, busy.version) == (granted, version)
+    assert all(d.grants_version == 0 for d in busy.directives[sent:])
+    assert busy.used <= granted
+
+
+def test_a_single_replica_grants_its_own_sidecars_the_whole_limit() -> None:
+    now = [START]
+    busy = SimSidecar("a-0", rate=4.0)
+    alone = replica(now, True, [busy])
+    for _ in range(int(20.0 / STEP)):
+        now[0] += STEP
+        busy.work()
+        alone.service.report("shop/a-0", busy.report())
+        alone.service.allocate()
+        assert max(busy.granted, busy.used) <= LIMIT + 1e-6
+    assert busy.used >= LIMIT * 0.9
