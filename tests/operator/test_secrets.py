@@ -139,6 +139,8 @@ async def test_a_backend_ca_secret_reaches_the_sidecar_and_its_tls(
         server.close()
     assert json.loads(completion.body)["choices"][0]["message"]["content"] == "signed by a private CA"
 
+    # The status has caught up (it is written in batches): the next False is about the new Secret.
+    await bench.eventually(lambda: _refs(bench, status="True"), what="ResolvedRefs=True")
     # A Secret that holds no certificate: the route says so, and the last good CA keeps serving.
     await bench.kube.put_secret("shop", "corp-ca", {"ca.crt": "not a certificate"})
     route = await bench.eventually(lambda: _refs(bench, status="False"), what="ResolvedRefs=False")
