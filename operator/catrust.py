@@ -7,6 +7,9 @@ recreated. The CA comes from a file (the chart mounts the serving Secret's ca.cr
 POLL_S; after a change the bundle holds the new CA and the one it replaces for OVERLAP_S, so a sidecar
 that already has the new bundle still trusts a replica that serves the old certificate a little longer.
 Only the leader writes; eligible namespaces are those labelled for injection (or the watched ones).
+A ConfigMap of that name the operator did not create is left alone: it is reported (a Warning Event on it,
+a metric) instead of overwritten. A failed write is retried, counted, and posted as a Warning Event on
+the operator's Pod once per run of failures, so `kubectl describe pod` shows why sidecars lack the CA.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 
 from llmroute.waits import wait_event
 
+from .crashes import PodRef
+from .events import post_event_about
 from .injection import NAMESPACE_LABEL
 from .kubeapi import KubeAPI, KubeError
 
@@ -34,6 +40,9 @@ OVERLAP_S = 3600.0
 """How long a replaced CA stays trusted next to the new one: far longer than the kubelet's refresh of
 mounted files (about a minute), and short enough that a CA retired for cause is not trusted for long."""
 RETRY_S = 5.0
+CONFLICT_RETRY_S = 15.0
+"""How often a namespace whose ConfigMap belongs to someone else is looked at again (it may be deleted)."""
+MANAGED_BY = {"app.kubernetes.io/managed-by": "llmroute"}
 RESYNC_S = 300.0
 """Every namespace is rewritten this often, so a ConfigMap someone deleted or edited comes back."""
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
@@ -84,6 +93,11 @@ class CABundle:
         return "\n".join([*self._current, *self._previous]) + "\n"
 
 
+def _managed(config_map: Mapping[str, Any]) -> bool:
+    labels: Mapping[str, str] = config_map.get("metadata", {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in MANAGED_BY.items())
+
+
 def wants_ca(labels: Mapping[str, str]) -> bool:
     """Whether a namespace with these labels may get injected pods (the webhook's namespace selector)."""
     return labels.get(NAMESPACE_LABEL) == "enabled"
@@ -98,6 +112,8 @@ class CAPublisher:
         bundle: CABundle,
         name: str,
         *,
+        failures: Counter,
+        pod: PodRef | None = None,
         may_write: Callable[[], bool] = lambda: True,
         poll: float = POLL_S,
         resync: float = RESYNC_S,
@@ -105,12 +121,15 @@ class CAPublisher:
         self.name = name
         self._api = api
         self._bundle = bundle
+        self._failures = failures
+        self._pod = pod
         self._may_write = may_write
         self._poll = poll
         self._resync = resync
         self._namespaces: set[str] = set()
         self._dirty: set[str] = set()
         self._written: dict[str, str] = {}  # namespace -> the bundle last written there
+        self._reported: set[str] = set()  # namespaces whose current run of failures has its Event
         self._wake = asyncio.Event()
 
     def namespace(self, namespace: str, labels: Mapping[str, str] | None) -> None:
@@ -120,6 +139,7 @@ class CAPublisher:
         else:
             self._namespaces.discard(namespace)
             self._written.pop(namespace, None)
+            self._reported.discard(namespace)
 
     def add(self, namespace: str) -> None:
         """Keep the CA in this namespace."""
@@ -158,20 +178,72 @@ class CAPublisher:
         pem = self._bundle.pem()
         if self._written.get(namespace) == pem:
             return
-        path = f"/api/v1/namespaces/{namespace}/configmaps"
+        collection = f"/api/v1/namespaces/{namespace}/configmaps"
         try:
-            await self._api.patch_or_create(path, self.name, {"data": {CA_KEY: pem}}, self._config_map(pem))
-        except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("CA ConfigMap %s/%s not written (%s); retrying", namespace, self.name, exc)
-            asyncio.get_running_loop().call_later(RETRY_S, self._mark, namespace)
+            existing = await self._get(f"{collection}/{self.name}")
+            if existing is None:
+                await self._api.request("POST", collection, self._config_map(pem))
+            elif not _managed(existing):
+                await self._conflict(namespace)
+                return
+            else:
+                patch = {"data": {CA_KEY: pem}}
+                await self._api.request(
+                    "PATCH", f"{collection}/{self.name}", patch, content_type="application/merge-patch+json"
+                )
+        except (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # ValueError: not JSON
+            await self._failed(namespace, exc)
             return
         self._written[namespace] = pem
+        self._reported.discard(namespace)
         log.info("CA ConfigMap %s/%s written", namespace, self.name)
+
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._api.request("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    async def _conflict(self, namespace: str) -> None:
+        """Someone else's ConfigMap holds the name: leave it, say so once, look again later."""
+        self._failures.labels("conflict").inc()
+        self._retry(namespace, CONFLICT_RETRY_S)
+        if namespace in self._reported:
+            return
+        self._reported.add(namespace)
+        message = (
+            f"ConfigMap {self.name} was not created by llmroute (no label app.kubernetes.io/managed-by=llmroute), so"
+            " the operator does not overwrite it; sidecars in this namespace cannot verify the control plane until"
+            " it is deleted or renamed"
+        )
+        log.warning("CA ConfigMap %s/%s belongs to someone else; not overwritten", namespace, self.name)
+        involved = {"apiVersion": "v1", "kind": "ConfigMap", "name": self.name, "namespace": namespace}
+        await post_event_about(self._api, involved, "CAConfigMapConflict", message)
+
+    async def _failed(self, namespace: str, exc: Exception) -> None:
+        """A write failed: count it, retry soon, and post one Event on the operator's Pod per run of failures."""
+        self._failures.labels("error").inc()
+        self._retry(namespace, RETRY_S)
+        log.warning("CA ConfigMap %s/%s not written (%s); retrying", namespace, self.name, exc)
+        if namespace in self._reported or self._pod is None:
+            return
+        self._reported.add(namespace)
+        involved = {"apiVersion": "v1", "kind": "Pod", "name": self._pod.name, "namespace": self._pod.namespace}
+        if self._pod.uid:
+            involved["uid"] = self._pod.uid
+        message = f"CA ConfigMap {namespace}/{self.name} not written ({exc}); retrying every {RETRY_S:.0f} s"
+        await post_event_about(self._api, involved, "CAPublishFailed", message)
+
+    def _retry(self, namespace: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self._mark, namespace)
 
     def _config_map(self, pem: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "llmroute"}},
+            "metadata": {"name": self.name, "labels": dict(MANAGED_BY)},
             "data": {CA_KEY: pem},
         }

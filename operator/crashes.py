@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from llmroute.supervise import Crash, log_failure
 
-from .events import post_warning
+from .events import post_event_about
 from .kubeapi import KubeAPI
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class CrashReporter:
         if self._pod.uid:
             involved["uid"] = self._pod.uid
         task = asyncio.get_running_loop().create_task(
-            post_warning(self._api, involved, REASON, message), name=f"event {REASON} {crash.task}"
+            post_event_about(self._api, involved, REASON, message), name=f"event {REASON} {crash.task}"
         )
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)

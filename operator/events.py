@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "llmroute-operator"
 
 
-async def post_warning(
+async def post_event_about(
     api: KubeAPI, involved: dict[str, str], reason: str, message: str, event_type: str = "Warning"
 ) -> None:
     """Post one Event (a Warning unless `event_type` says otherwise) about `involved` (apiVersion, kind, name,
@@ -50,4 +50,4 @@ async def post_event(
 ) -> None:
     """Post one Event about an LLMRoute or LLMPolicy (`kind`) of the operator's API group."""
     involved = {"apiVersion": "llmroute.io/v1alpha1", "kind": kind, "name": obj.name}
-    await post_warning(api, {**involved, "namespace": obj.namespace, "uid": obj.uid}, reason, message, event_type)
+    await post_event_about(api, {**involved, "namespace": obj.namespace, "uid": obj.uid}, reason, message, event_type)

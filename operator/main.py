@@ -182,7 +182,14 @@ class Operator:
         if options.ca_config_map is not None:
             assert options.ca_file is not None
             bundle = CABundle(options.ca_file)
-            self.ca = CAPublisher(self.api, bundle, options.ca_config_map, may_write=lambda: self.leader.leading)
+            self.ca = CAPublisher(
+                self.api,
+                bundle,
+                options.ca_config_map,
+                failures=metrics.ca_publish_failures,
+                pod=options.pod,
+                may_write=lambda: self.leader.leading,
+            )
             for namespace in options.namespaces:  # one-namespace mode: the watched namespaces, labelled or not
                 self.ca.add(namespace)
         self.leader.on_change = self._leadership_changed

@@ -37,3 +37,10 @@ class OperatorMetrics:
             ["task"],
             registry=registry,
         )
+        self.ca_publish_failures = Counter(
+            "llmroute_ca_publish_failures_total",
+            "CA ConfigMap writes that did not happen, by reason: error (the API refused or failed; retried) or"
+            " conflict (a ConfigMap of that name not created by llmroute; left alone).",
+            ["reason"],
+            registry=registry,
+        )

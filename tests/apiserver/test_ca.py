@@ -42,6 +42,30 @@ def test_a_namespace_labelled_for_injection_gets_the_ca_and_others_do_not(apiser
     assert eventually(lambda: published(apiserver, plain), what="the CA after labelling") == chart_ca(apiserver)
 
 
+def test_a_config_map_of_that_name_the_operator_did_not_create_is_left_alone_and_reported(
+    apiserver: ApiServer,
+) -> None:
+    namespace = apiserver.create_namespace(unique("taken"))
+    theirs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP, "namespace": namespace}}
+    apiserver.apply({**theirs, "data": {"ca.crt": "their own bundle"}})
+    apiserver.kubectl("label", "namespace", namespace, "llmroute.io/injection=enabled")
+
+    def conflict() -> list[str]:
+        events = apiserver.get("events", "-n", namespace)["items"]
+        return [
+            e["message"]
+            for e in events
+            if e["reason"] == "CAConfigMapConflict" and e["type"] == "Warning"
+            and e["involvedObject"]["kind"] == "ConfigMap" and e["involvedObject"]["name"] == CONFIG_MAP
+        ]  # fmt: skip
+
+    assert "not created by llmroute" in eventually(conflict, what="a CAConfigMapConflict Event")[0]
+    assert apiserver.get("configmap", "-n", namespace, CONFIG_MAP)["data"] == {"ca.crt": "their own bundle"}
+    # Once theirs is gone, the CA arrives (a conflict is looked at again every 15 s).
+    apiserver.kubectl("delete", "configmap", "-n", namespace, CONFIG_MAP)
+    assert eventually(lambda: published(apiserver, namespace), within=60, what="the CA") == chart_ca(apiserver)
+
+
 def test_a_new_ca_replaces_the_published_one_and_keeps_the_old_beside_it(
     apiserver: ApiServer, operator: OperatorProcess, helm_bin: Path
 ) -> None:

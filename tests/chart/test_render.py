@@ -125,7 +125,7 @@ def test_rbac_is_least_privilege_without_wildcards(render: Render) -> None:
     # Secrets: read the referenced ones; create and patch only the bootstrap table. ConfigMaps: only the CA.
     assert named == {
         ("", "secrets"): (["llmroute-bootstrap"], ["patch"]),
-        ("", "configmaps"): (["llmroute-ca"], ["patch"]),
+        ("", "configmaps"): (["llmroute-ca"], ["get", "patch"]),
     }
     assert rules == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],

@@ -75,14 +75,14 @@ def test_default_values_encrypt_the_control_plane_with_nothing_to_create_first(
     [ca] = [v for v in volumes if v["name"] == "llmroute-ca"]
     assert ca["configMap"] == {"name": options.ca_config_map, "optional": True}
     assert {"name": "llmroute-ca", "mountPath": "/etc/llmroute/ca", "readOnly": True} in sidecar["volumeMounts"]
-    # The operator may write exactly that ConfigMap.
+    # The operator may read and write exactly that ConfigMap (it reads it to leave someone else's alone).
     rules = [r for role in by_kind(objects, "ClusterRole") for r in role["rules"] if r["resources"] == ["configmaps"]]
     assert {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]} in rules
     assert {
         "apiGroups": [""],
         "resources": ["configmaps"],
         "resourceNames": ["llmroute-ca"],
-        "verbs": ["patch"],
+        "verbs": ["get", "patch"],
     } in rules
 
 
@@ -108,7 +108,7 @@ def test_the_ca_config_map_name_is_one_value(render: Render, tmp_path: Path) -> 
         "apiGroups": [""],
         "resources": ["configmaps"],
         "resourceNames": ["corp-llmroute-ca"],
-        "verbs": ["patch"],
+        "verbs": ["get", "patch"],
     } in named
     config = json.loads(
         next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-injection"))["data"][

@@ -77,6 +77,7 @@ class Cluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.resources["v1/namespaces"] = info(kind="Namespace", singular="namespace", namespaced=False, verbs=verbs)
         self.resources["v1/events"] = info(kind="Event", singular="event", namespaced=True, verbs=verbs)
         self.resources["v1/secrets"] = info(kind="Secret", singular="secret", namespaced=True, verbs=verbs)
+        self.resources["v1/configmaps"] = info(kind="ConfigMap", singular="configmap", namespaced=True, verbs=verbs)
         self.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
             kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs=verbs
         )
