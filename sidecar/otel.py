@@ -3,8 +3,10 @@ extra; imported by llmroute.sidecar.tracing only when tracing is on).
 
 A request is a SERVER span named `{gen_ai.operation.name} {model the app asked for}`; each backend attempt
 is a CLIENT child of it named `{gen_ai.operation.name} {backend model}` with the GenAI attributes, so
-retries, hedges and fallbacks appear as siblings. Attributes hold names, models, counts and cost: never a
-header, a key, a prompt or an answer.
+retries, hedges and fallbacks appear as siblings. A passthrough request is a SERVER span and a CLIENT child
+for its upstream call, both named by the HTTP method (the HTTP conventions' name where no route template
+exists). Attributes hold names, models, paths, counts and cost: never a header, a key, a query string, a
+prompt or an answer.
 """
 
 from __future__ import annotations
@@ -51,17 +53,10 @@ class OtelTracer:
         return cls(provider)
 
     def start(self, parent: TraceParent | None, call: Call) -> RequestSpan:
-        context = None
-        if parent is not None:
-            remote = trace.SpanContext(
-                int(parent.trace_id, 16),
-                int(parent.span_id, 16),
-                is_remote=True,
-                trace_flags=trace.TraceFlags(int(parent.flags, 16)),
-                trace_state=trace.TraceState.from_header([parent.state]) if parent.state else None,
-            )
-            context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-        return RequestSpan(self._tracer, context, call)
+        return RequestSpan(self._tracer, _context(parent), call)
+
+    def passthrough(self, parent: TraceParent | None, method: str, path: str, api: str) -> PassthroughSpan:
+        return PassthroughSpan(self._tracer, _context(parent), method, path, api)
 
     def shutdown(self) -> None:
         self._provider.shutdown()
@@ -152,14 +147,7 @@ class AttemptSpan:
         )
         self.result: dict[str, Any] = {"gen_ai.provider.name": provider}
         """What the request span takes over from the attempt that answered."""
-        context = self._span.get_span_context()
-        parent = TraceParent(
-            f"{context.trace_id:032x}",
-            f"{context.span_id:016x}",
-            f"{context.trace_flags:02x}",
-            context.trace_state.to_header() or None,
-        )
-        self.headers = parent.child(parent.span_id)
+        self.headers = _carrying(self._span)
 
     def first_chunk(self, ttft: float, head: bytes) -> None:
         self.result["gen_ai.response.time_to_first_chunk"] = ttft
@@ -198,6 +186,71 @@ class AttemptSpan:
     def _response_model(self, head: bytes) -> None:
         if "gen_ai.response.model" not in self.result and (model := response_model(head)) is not None:
             self.result["gen_ai.response.model"] = model
+
+
+class PassthroughSpan:
+    """The spans of one passthrough request: SERVER for the app's request, CLIENT for the upstream call."""
+
+    __slots__ = ("_client", "_method", "_server", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer, context: Any, method: str, path: str, api: str) -> None:
+        attributes = {
+            "http.request.method": method,
+            "url.path": path,
+            "llmroute.route": "passthrough",
+            "llmroute.api": api,
+        }
+        self._server = tracer.start_span(method, context=context, kind=SpanKind.SERVER, attributes=attributes)
+        self._client: trace.Span | None = None
+        self._tracer = tracer
+        self._method = method
+
+    def call(self, url: str) -> dict[str, str]:
+        attributes = {"http.request.method": self._method, "url.full": url, **_server(url)}
+        context = trace.set_span_in_context(self._server)
+        self._client = self._tracer.start_span(
+            self._method, context=context, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        return _carrying(self._client)
+
+    def end(self, status: int | None, outcome: str) -> None:
+        for span in (self._client, self._server):
+            if span is None:
+                continue
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            span.set_attribute("llmroute.outcome", outcome)
+            if outcome == "error" or (status is not None and status >= 500):
+                kind = str(status) if status is not None else outcome
+                span.set_attribute("error.type", kind)
+                span.set_status(Status(StatusCode.ERROR, kind))
+            span.end()
+
+
+def _context(parent: TraceParent | None) -> Any:
+    """The OpenTelemetry context of an app's trace (None: a new trace)."""
+    if parent is None:
+        return None
+    remote = trace.SpanContext(
+        int(parent.trace_id, 16),
+        int(parent.span_id, 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(int(parent.flags, 16)),
+        trace_state=trace.TraceState.from_header([parent.state]) if parent.state else None,
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+
+
+def _carrying(span: trace.Span) -> dict[str, str]:
+    """The headers that make a call the child of `span`."""
+    context = span.get_span_context()
+    parent = TraceParent(
+        f"{context.trace_id:032x}",
+        f"{context.span_id:016x}",
+        f"{context.trace_flags:02x}",
+        context.trace_state.to_header() or None,
+    )
+    return parent.child(parent.span_id)
 
 
 @functools.lru_cache(maxsize=1024)

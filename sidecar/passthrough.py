@@ -12,13 +12,14 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from llmroute.http import BodyError, Request, Response, StreamingResponse
 from llmroute.sidecar.accesslog import ABANDONED, AccessLog
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.tracing import PassthroughTrace, Tracer, start_passthrough
 from llmroute.sidecar.upstream.egress import Egress
 from llmroute.sidecar.upstream.errors import Family
 from llmroute.sidecar.upstream.neterrors import (
@@ -131,11 +132,14 @@ class Passthrough:
         metrics: SidecarMetrics,
         egress: Egress | None = None,
         access: AccessLog | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._bases: dict[Family, Target] = {family: parse_target(url) for family, url in upstreams.items()}
+        self._schemes = {family: urlsplit(url).scheme for family, url in upstreams.items()}
         self._pool = make_transport(egress if egress is not None else Egress())
         self._metrics = metrics
         self._access = access
+        self._tracer = tracer
         self.policy = PassthroughPolicy()
 
     @staticmethod
@@ -164,7 +168,8 @@ class Passthrough:
         body, SSE or not, errors included). Failures of our own are in the family's error shape. `api`
         labels the metrics: the inbound API of a listed path, else OTHER."""
         received = time.monotonic()
-        count = functools.partial(self._count, request, family, api, received)
+        spans = start_passthrough(self._tracer, request.headers, request.method, request.path, api)
+        count = functools.partial(self._count, request, family, api, received, spans)
         if request.method in _NOT_RELAYED:
             count("405", "client_error")
             refused = f"passthrough does not relay {request.method} requests"
@@ -175,6 +180,10 @@ class Passthrough:
             return ProxyError(403, denied, "passthrough_denied").response(family)
         target = self.target(family, request.raw_path or request.path, request.query)
         host = target.host.decode("latin-1")
+        headers = request_headers(request.headers)
+        if spans is not None:  # the upstream call is the child of the sidecar's span, not of the app's
+            url = f"{self._schemes[family]}://{host}{target.path.partition(b'?')[0].decode('latin-1')}"
+            headers.update(spans.call(url))
         in_flight = self._metrics.child(self._metrics.in_flight, ROUTE)
         in_flight.inc()
         relay = None  # once the answer is handed to a relay, the relay ends the request's accounting
@@ -183,7 +192,7 @@ class Passthrough:
                 upstream = await self._pool.send(
                     request.method,
                     target,
-                    request_headers(request.headers),
+                    headers,
                     request.body if request.body_stream is None else request.body_stream,
                     fixed=b"",
                     connect_timeout=CONNECT_TIMEOUT,
@@ -198,19 +207,19 @@ class Passthrough:
             except TransportError as exc:
                 log.warning("passthrough to %s failed: %s", host, exc)
                 raise ProxyError(502, f"passthrough upstream {host} failed: {exc}", "upstream_unavailable") from None
-            headers = response_headers(upstream.raw_headers)
+            answer_headers = response_headers(upstream.raw_headers)
             status = upstream.status
             if upstream.arrived:  # the whole answer is here (most JSON answers): send it with its length
                 body = await upstream.read()
                 count(str(status), _outcome(status))
-                return Response(status, body, headers, content_type="")
+                return Response(status, body, answer_headers, content_type="")
 
             def ended(outcome: str) -> None:
                 in_flight.dec()
                 count(str(status), outcome)
 
             relay = _Relay(request, upstream, host, ended)
-            return StreamingResponse(status, relay, headers, content_type="")
+            return StreamingResponse(status, relay, answer_headers, content_type="")
         except ProxyError as error:
             count(str(error.status), "error" if error.status >= 500 else "client_error")
             return error.response(family)
@@ -221,9 +230,20 @@ class Passthrough:
             if relay is None:
                 in_flight.dec()
 
-    def _count(self, request: Request, family: Family, api: str, received: float, status: str, outcome: str) -> None:
-        """A passthrough request has ended: its metrics and its access-log line (the upstream's family as the
-        backend; an unlisted path's api is `passthrough`)."""
+    def _count(
+        self,
+        request: Request,
+        family: Family,
+        api: str,
+        received: float,
+        spans: PassthroughTrace | None,
+        status: str,
+        outcome: str,
+    ) -> None:
+        """A passthrough request has ended: its metrics, its spans and its access-log line (the upstream's family
+        as the backend; an unlisted path's api is `passthrough`)."""
+        if spans is not None:
+            spans.end(int(status) if status.isdigit() else None, outcome)
         metrics = self._metrics
         metrics.child(metrics.passthrough, family, status).inc()
         duration = metrics.child(metrics.request_duration, ROUTE, family, "none", outcome, api)

@@ -1,5 +1,7 @@
 """W3C trace context for routed requests: an app's `traceparent` is continued to every backend attempt, and
 spans are recorded when tracing is on (the OpenTelemetry SDK of the `otel` extra, imported only then).
+Passthrough requests get spans too when tracing is on; off, their `traceparent` travels with the app's other
+headers unchanged.
 
 Tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, unless
 OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Off, a request without `traceparent` costs one header
@@ -96,11 +98,24 @@ class RequestTrace(Protocol):
         """The request is over for the app (`outcome` as in llmroute_request_duration_seconds)."""
 
 
+class PassthroughTrace(Protocol):
+    """The spans of one passthrough request: the app's request, and the upstream call once it is made."""
+
+    def call(self, url: str) -> dict[str, str]:
+        """Start the span of the upstream call to `url` (no query string); the headers that carry the trace there."""
+
+    def end(self, status: int | None, outcome: str) -> None:
+        """The request ended with this status (None: no answer) and outcome; called once."""
+
+
 class Tracer(Protocol):
     """What records spans (llmroute.sidecar.otel.OtelTracer when tracing is on)."""
 
     def start(self, parent: TraceParent | None, call: Call) -> RequestTrace:
         """A request span, the child of `parent` or the root of a new trace."""
+
+    def passthrough(self, parent: TraceParent | None, method: str, path: str, api: str) -> PassthroughTrace:
+        """The spans of a request relayed unchanged to its family's upstream."""
 
     def shutdown(self) -> None:
         """Export what is still buffered, then stop (blocking: run it off the event loop)."""
@@ -148,6 +163,16 @@ def start(tracer: Tracer | None, headers: Mapping[str, str], call: Call) -> Requ
     if tracer is not None:
         return tracer.start(parent, call)
     return Continued(parent) if parent is not None else None
+
+
+def start_passthrough(
+    tracer: Tracer | None, headers: Mapping[str, str], method: str, path: str, api: str
+) -> PassthroughTrace | None:
+    """A passthrough request's spans when tracing is on, else None (the app's headers carry its trace on)."""
+    if tracer is None:
+        return None
+    parent = parse_traceparent(headers) if TRACEPARENT in headers else None
+    return tracer.passthrough(parent, method, path, api)
 
 
 class TracingUnavailable(RuntimeError):

@@ -18,6 +18,8 @@ from llmroute.sim import Behavior, Latency
 from llmroute.sim.otlp import Collector, Span
 
 from .harness import chat_body, running
+from .test_passthrough import APP_KEY
+from .test_passthrough import setup as passthrough_setup
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 APP_SPAN = "00f067aa0ba902b7"
@@ -244,6 +246,33 @@ async def test_metrics_carry_the_genai_names_and_labels(tmp_path: Path) -> None:
     le = {dict(labels)["le"] for (name, labels) in samples if name == "gen_ai_client_operation_duration_seconds_bucket"}
     assert {"0.01", "81.92", "+Inf"} <= le  # the conventions' bucket boundaries
     assert any(dict(labels).get("le") == "6.7108864e+07" for (name, labels) in samples if "token_usage_bucket" in name)
+
+
+async def test_a_passthrough_request_is_traced_with_the_upstream_call_as_its_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with collecting(monkeypatch) as collector:
+        async with passthrough_setup(tmp_path) as s, s.openai() as client:
+            await client.moderations.create(
+                input="x", extra_headers={"traceparent": TRACEPARENT}, extra_query={"token": "q-secret-77"}
+            )
+            [got] = s.upstream.received
+            port = s.upstream.port
+        spans = [span for span in collector.spans if span.trace_id == TRACE_ID]
+    server, client_span = _one(spans, kind="SERVER"), _one(spans, kind="CLIENT")
+    assert len(spans) == 2
+    assert server.parent_span_id == APP_SPAN and client_span.parent_span_id == server.span_id
+    assert got.headers["traceparent"] == f"00-{TRACE_ID}-{client_span.span_id}-01"  # the upstream's parent
+    assert server.name == client_span.name == "POST"
+    assert {k: server.attributes.get(k) for k in ("url.path", "llmroute.route", "http.response.status_code")} == {
+        "url.path": "/v1/moderations",
+        "llmroute.route": "passthrough",
+        "http.response.status_code": 200,
+    }
+    assert client_span.attributes["url.full"] == f"http://127.0.0.1:{port}/v1/moderations"  # no query string
+    assert client_span.attributes["server.port"] == port and client_span.status == "UNSET"
+    # The app's own key and its query string stay out of every span.
+    assert all(secret not in json.dumps(span.to_json()) for span in spans for secret in (APP_KEY, "q-secret-77"))
 
 
 def _one(spans: list[Span], *, kind: str) -> Span:
