@@ -19,14 +19,14 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmroute import __version__
 from llmroute.sidecar.balancer.candidates import Candidate
 from llmroute.sidecar.dispatch import Answer, Call
 from llmroute.sidecar.genai import OPERATION_NAMES, PROVIDER_NAMES, response_model
-from llmroute.sidecar.tracing import TraceParent
+from llmroute.sidecar.tracing import GRPC, HTTP_PROTOBUF, TraceParent
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Usage
 
@@ -42,14 +42,14 @@ class OtelTracer:
         self._tracer = provider.get_tracer("llmroute.sidecar", __version__)
 
     @classmethod
-    def from_environment(cls, processor: SpanProcessor | None = None) -> OtelTracer:
-        """A provider configured by the OTEL_* variables, exporting in batches over OTLP HTTP/protobuf
-        (or to `processor`, for tests and benches)."""
+    def from_environment(cls, processor: SpanProcessor | None = None, protocol: str = HTTP_PROTOBUF) -> OtelTracer:
+        """A provider configured by the OTEL_* variables, exporting in batches over OTLP `protocol`
+        (http/protobuf or grpc), or to `processor` (for tests and benches)."""
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
         provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER(_ARG)
-        provider.add_span_processor(processor or BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(processor or BatchSpanProcessor(_exporter(protocol)))
         return cls(provider)
 
     def start(self, parent: TraceParent | None, call: Call) -> RequestSpan:
@@ -225,6 +225,15 @@ class PassthroughSpan:
                 span.set_attribute("error.type", kind)
                 span.set_status(Status(StatusCode.ERROR, kind))
             span.end()
+
+
+def _exporter(protocol: str) -> SpanExporter:
+    """The OTLP exporter for `protocol`; each reads its endpoint, headers, TLS and timeout from OTEL_*."""
+    if protocol == GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    return OTLPSpanExporter()
 
 
 def _context(parent: TraceParent | None) -> Any:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from llmroute.sidecar.balancer.candidates import Candidate
     from llmroute.sidecar.dispatch import Answer, Call
 
+HTTP_PROTOBUF = "http/protobuf"
+"""The OTLP protocol when none is set (the OpenTelemetry specification's default)."""
+GRPC = "grpc"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -189,8 +192,10 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Tracer | None:
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return None
     protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    if protocol and protocol != "http/protobuf":
+    protocol = (protocol or HTTP_PROTOBUF).strip().lower()
+    if protocol not in (HTTP_PROTOBUF, GRPC):
         log.warning("OTLP protocol %r is not supported: traces are exported over http/protobuf", protocol)
+        protocol = HTTP_PROTOBUF
     try:
         from llmroute.sidecar.otel import OtelTracer  # the optional extra: imported only when tracing is on
     except ImportError as exc:
@@ -198,4 +203,4 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Tracer | None:
             f"an OTLP endpoint is set but the OpenTelemetry SDK cannot be imported ({exc}): "
             "pip install 'llmroute[otel]'"
         ) from None
-    return OtelTracer.from_environment()
+    return OtelTracer.from_environment(protocol=protocol)

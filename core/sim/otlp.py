@@ -1,5 +1,5 @@
-"""A simulated OTLP trace collector (HTTP/protobuf on a real socket) that keeps what it receives, for tests
-and for the sample trace in docs/observability.md. Needs the `otel` extra (opentelemetry-proto)."""
+"""A simulated OTLP trace collector (HTTP/protobuf or gRPC on a real socket) that keeps what it receives, for
+tests and for the sample trace in docs/observability.md. Needs the `otel` extra (opentelemetry-proto)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+import grpc.aio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -60,31 +66,50 @@ def _value(value: AnyValue) -> Any:
 
 @dataclass
 class Collector:
-    """Serves POST /v1/traces; `spans` holds every span received, `bodies` every raw request body."""
+    """Serves OTLP traces: POST /v1/traces (`protocol` http/protobuf) or the TraceService (grpc); `spans` holds
+    every span received, `bodies` every raw export request."""
 
+    protocol: str = "http/protobuf"
     spans: list[Span] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     _server: HTTPServer | None = None
+    _grpc: grpc.aio.Server | None = None
+    _port: int = 0
 
     async def start(self, host: str = "127.0.0.1") -> None:
+        if self.protocol == "grpc":
+            self._grpc = grpc.aio.server()
+            add_TraceServiceServicer_to_server(_Service(self), self._grpc)  # type: ignore[no-untyped-call]
+            self._port = self._grpc.add_insecure_port(f"{host}:0")
+            await self._grpc.start()
+            return
         self._server = HTTPServer(self._handle)
         await self._server.start(host, 0)
+        self._port = self._server.port
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.shutdown(0.0)
+        if self._grpc is not None:
+            await self._grpc.stop(0)
 
     @property
     def endpoint(self) -> str:
-        """The value for OTEL_EXPORTER_OTLP_ENDPOINT (the exporter adds /v1/traces)."""
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.port}"
+        """The value for OTEL_EXPORTER_OTLP_ENDPOINT (the HTTP exporter adds /v1/traces)."""
+        assert self._port, "not started"
+        return f"http://127.0.0.1:{self._port}"
 
     async def _handle(self, request: Request) -> Response:
         if request.method != "POST" or request.path != "/v1/traces":
             return Response(404, b"")
-        self.bodies.append(request.body)
-        export = ExportTraceServiceRequest.FromString(request.body)
+        self.record(request.body)
+        body = ExportTraceServiceResponse().SerializeToString()
+        return Response(200, body, content_type="application/x-protobuf")
+
+    def record(self, body: bytes) -> None:
+        """Keep one export request's body and its spans."""
+        self.bodies.append(body)
+        export = ExportTraceServiceRequest.FromString(body)
         for resource_spans in export.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -103,8 +128,19 @@ class Collector:
                             resource=resource,
                         )
                     )
-        body = ExportTraceServiceResponse().SerializeToString()
-        return Response(200, body, content_type="application/x-protobuf")
+
+
+class _Service(TraceServiceServicer):
+    """The OTLP/gRPC TraceService, recording into a Collector."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    async def Export(  # capitalised: the gRPC service's method name
+        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ExportTraceServiceResponse:
+        self._collector.record(request.SerializeToString())
+        return ExportTraceServiceResponse()
 
 
 @contextlib.contextmanager

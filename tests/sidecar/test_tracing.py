@@ -70,10 +70,11 @@ async def test_an_apps_traceparent_is_continued_to_the_backend_with_tracing_off(
 
 
 @contextlib.asynccontextmanager
-async def collecting(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Collector]:
+async def collecting(monkeypatch: pytest.MonkeyPatch, protocol: str = "http/protobuf") -> AsyncIterator[Collector]:
     """A collector on a free port, and the OTEL_* variables that send the sidecar's spans to it."""
-    collector = Collector()
+    collector = Collector(protocol)
     await collector.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
     monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
@@ -201,6 +202,17 @@ async def test_with_tracing_on_a_request_without_traceparent_starts_a_trace_and_
     assert attempt.attributes["gen_ai.response.model"] == "only-model"
     assert attempt.attributes["gen_ai.usage.output_tokens"] > 0
     assert request.end_ns >= attempt.end_ns  # the request ends when the app has read the stream
+
+
+async def test_spans_can_be_exported_over_otlp_grpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with collecting(monkeypatch, "grpc") as collector:
+        async with running(tmp_path, {"only": FAST}) as h, h.http() as http:
+            answer = await http.post("/chat/completions", json=chat_body(), headers={"traceparent": TRACEPARENT})
+            assert answer.status_code == 200
+        spans = [span for span in collector.spans if span.trace_id == TRACE_ID]
+    request, attempt = _one(spans, kind="SERVER"), _one(spans, kind="CLIENT")
+    assert request.parent_span_id == APP_SPAN and attempt.parent_span_id == request.span_id
+    assert attempt.attributes["gen_ai.request.model"] == "only-model"
 
 
 async def test_the_sampler_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
