@@ -1,5 +1,5 @@
 """How backend and passthrough calls leave the pod: which proxy (HTTPS_PROXY / HTTP_PROXY / NO_PROXY), which
-CAs are trusted (public roots plus SSL_CERT_FILE, --ca-bundle and a backend's own CA), and the caps (open
+CAs are trusted (public roots plus SSL_CERT_FILE, SSL_CERT_DIR, --ca-bundle and a backend's own CA), and the caps (open
 connections per backend, bytes of a whole JSON answer). Read once at start; the transport asks it per origin."""
 
 from __future__ import annotations
@@ -109,13 +109,17 @@ def _split_port(entry: str) -> tuple[str, int | None]:
     return entry, None
 
 
-def _context(ca_files: tuple[Path, ...]) -> ssl.SSLContext:
+def _context(ca_files: tuple[Path, ...], ca_dirs: tuple[Path, ...] = ()) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=certifi.where())
     for path in ca_files:
         try:
             context.load_verify_locations(cafile=str(path))
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"CA bundle {path}: {exc}") from None
+    for directory in ca_dirs:  # OpenSSL reads a directory's certificates when it verifies, by their hashed names
+        if not directory.is_dir():
+            raise ValueError(f"CA directory {directory} (SSL_CERT_DIR): not a directory")
+        context.load_verify_locations(capath=str(directory))
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -138,6 +142,9 @@ class Egress:
     no_proxy: NoProxy = field(default_factory=NoProxy)
     ca_files: tuple[Path, ...] = ()
     """Extra trusted CA bundles (SSL_CERT_FILE, then --ca-bundle), added to the public roots."""
+    ca_dirs: tuple[Path, ...] = ()
+    """Extra trusted CA directories in OpenSSL's hashed layout (`c_rehash`, `openssl rehash`): SSL_CERT_DIR,
+    colon-separated as OpenSSL reads it."""
     max_connections: int = MAX_CONNECTIONS
     max_answer_bytes: int = MAX_ANSWER_BYTES
 
@@ -150,17 +157,19 @@ class Egress:
         max_connections: int = MAX_CONNECTIONS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> Egress:
-        """Settings from the proxy variables and SSL_CERT_FILE; ValueError naming the variable or file at fault
-        (a CA file that does not load is refused here, at start, rather than on the first call)."""
+        """Settings from the proxy variables, SSL_CERT_FILE and SSL_CERT_DIR; ValueError naming the variable or
+        file at fault (a CA file that does not load is refused here, at start, rather than on the first call)."""
         environ = os.environ if environ is None else environ
         https, http = _env(environ, "https_proxy"), _env(environ, "http_proxy")
         cert_file = environ.get("SSL_CERT_FILE", "")
         files = tuple(Path(p) for p in (cert_file, ca_bundle) if p)
+        dirs = tuple(Path(p) for p in environ.get("SSL_CERT_DIR", "").split(os.pathsep) if p)
         egress = cls(
             https_proxy=parse_proxy(https, "HTTPS_PROXY") if https else None,
             http_proxy=parse_proxy(http, "HTTP_PROXY") if http else None,
             no_proxy=NoProxy(_env(environ, "no_proxy")),
             ca_files=files,
+            ca_dirs=dirs,
             max_connections=max_connections,
             max_answer_bytes=max_answer_bytes,
         )
@@ -179,8 +188,8 @@ class Egress:
         (a backend's own CA bundle); ValueError naming a file or bundle that holds no usable certificate.
         Without `ca_pem` it is one context shared by every pool (the roots are loaded once)."""
         if ca_pem is None:
-            return _shared_context(self.ca_files)
-        context = _context(self.ca_files)
+            return _shared_context(self.ca_files, self.ca_dirs)
+        context = _context(self.ca_files, self.ca_dirs)
         try:
             context.load_verify_locations(cadata=ca_pem)
         except (ssl.SSLError, ValueError):
@@ -190,7 +199,7 @@ class Egress:
     def describe(self) -> str:
         """One line for the start-up log: proxies (no credentials), NO_PROXY in use, CA files, caps."""
         via = ", ".join(f"{s} via {p}" for s, p in (("https", self.https_proxy), ("http", self.http_proxy)) if p)
-        cas = ", ".join(str(p) for p in self.ca_files) or "public roots only"
+        cas = ", ".join(str(p) for p in (*self.ca_files, *self.ca_dirs)) or "public roots only"
         return (
             f"egress: {via or 'direct'}; CAs: {cas}; at most {self.max_connections} connections per backend,"
             f" {self.max_answer_bytes} bytes per answer"

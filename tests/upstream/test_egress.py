@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -35,7 +37,10 @@ ANSWER = {
 }
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 CA_REF = {"caSecretRef": {"name": "private-ca", "key": "ca.crt"}}
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE")
+PROXY_VARIABLES = (
+    *("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +120,32 @@ async def test_ssl_cert_file_adds_to_the_public_roots(
         answer = await ask(sidecar)
         assert answer.status_code == 200, answer.text
         assert len(sidecar.egress.ssl_context().get_ca_certs()) > 100  # the public roots are still trusted
+
+
+@pytest.fixture
+def hashed_ca_dir(tmp_path: Path, pki: PrivateCA) -> Path:
+    """A directory holding the private CA under OpenSSL's hashed lookup name, as `openssl rehash` makes it."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(pki.ca, certs / "private-ca.pem")
+    subprocess.run(["openssl", "rehash", str(certs)], check=True, capture_output=True)
+    return certs
+
+
+async def test_ssl_cert_dir_adds_a_hashed_directory_to_the_public_roots(
+    tmp_path: Path, hashed_ca_dir: Path, https_backend: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = hashed_ca_dir
+    spec = route(f"https://localhost:{https_backend.port}/v1")
+    monkeypatch.setenv("SSL_CERT_DIR", f"{tmp_path / 'empty-but-listed'}")
+    with pytest.raises(ValueError, match="SSL_CERT_DIR"):
+        Egress.from_environment()  # a directory that is not there stops the sidecar at start
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("SSL_CERT_DIR", f"{tmp_path / 'other'}{os.pathsep}{certs}")  # a list, as OpenSSL reads it
+    async with sidecar_for(tmp_path, spec) as sidecar:
+        answer = await ask(sidecar)
+        assert answer.status_code == 200, answer.text
+        assert str(certs) in sidecar.egress.describe()
 
 
 @pytest.mark.parametrize("no_proxy", ["localhost", ".localhost", "example.com, localhost:{port}", "*"])
