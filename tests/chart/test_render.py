@@ -96,6 +96,11 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
             "'/injection/sidecar/passthrough': 'openai:https://api.openai.com/v1' does not match pattern",
         ),
         ("injection.sidecar.otel", {"OTEL_EXPORTER_OTLP_ENDPOINT": 4318}, "got number, want string"),
+        (
+            "injection.sidecar.egress",
+            {"httpsProxy": "http://proxy:3128", "httpsProxySecretRef": {"name": "corp-proxy"}},
+            "set httpsProxy or httpsProxySecretRef, not both",
+        ),
     ],
 )
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
@@ -286,6 +291,14 @@ def test_injected_sidecar_gets_the_egress_proxy_and_ca(render: Render, tmp_path:
     assert settings.proxy_for("https", "api.openai.com", 443) is not None
     assert settings.proxy_for("https", "llm.corp", 443) is None
     assert settings.proxy_for("http", control_host, 9000) is None
+
+    # Credentials in a Secret of the app's namespace stay out of the pod spec.
+    secret = {"httpsProxySecretRef": {"name": "corp-proxy", "key": "https"}, "noProxy": ".corp"}
+    hidden = InjectionConfig.from_file(_injection_config(render({"injection.sidecar.egress": secret}), tmp_path))
+    env = sidecar_container(hidden)["env"]
+    [https_proxy] = [e for e in env if e["name"] == "HTTPS_PROXY"]
+    assert https_proxy == {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {"name": "corp-proxy", "key": "https"}}}
+    assert {"name": "NO_PROXY", "value": f".corp,{control_host}"} in env and "HTTP_PROXY" not in str(env)
 
     defaults = InjectionConfig.from_file(_injection_config(render({}), tmp_path))
     plain = sidecar_container(defaults)
