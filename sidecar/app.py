@@ -298,7 +298,10 @@ class SidecarApp:
                                 outcome = "error"
                                 message = f"backend {candidate.name} failed mid-stream: {error}"
                                 interrupted = ProxyError(502, message, "stream_interrupted")
-                                yield call.api.error_event(interrupted, stream.sequence)
+                                sequence = stream.sequence  # a spliced stream is numbered on by its splice
+                                if continuation is not None:
+                                    sequence = continuation.sequence(sequence)
+                                yield call.api.error_event(interrupted, sequence)
                                 return
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()
@@ -307,7 +310,7 @@ class SidecarApp:
                             continue
                         outcome = "success"
                         cost = answer.cost = spent + attempt.succeed(stream.usage)
-                        end = data if continuation is None else continuation.relay(data)
+                        end = data if continuation is None else continuation.relay(data, last=True)
                         yield end + call.api.stream_end(cost)
                         return
                 finally:
