@@ -266,7 +266,7 @@ class SidecarApp:
         self, request: Request, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
-        A chat or Messages stream that breaks off is continued on a backend that can (see continuation.py), so
+        A chat, Messages or Responses stream that breaks off is continued on a backend that can (continuation.py), so
         the app gets one whole answer; otherwise it ends with the API's SSE error naming the interruption. Each stream's
         attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
         ttft = time.monotonic() - received
