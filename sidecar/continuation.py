@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmroute.model import Backend
 from llmroute.sidecar.balancer.candidates import Candidate
 from llmroute.sidecar.dispatch import Answer, Call, Dispatcher
 from llmroute.sidecar.inbound.base import CHARS_PER_TOKEN, Inbound
@@ -58,7 +59,15 @@ def can_continue(call: Call) -> bool:
     )
 
 
-class _Translated:
+def chat_continuation(api: str, body: dict[str, Any], text: str, backend: Backend) -> dict[str, Any]:
+    """The streamed chat request asking `backend` to continue `text` for a request of `api` (messages or
+    responses) that the translation to chat carries: the translated request, the text as the prefill."""
+    chat = _TO_CHAT[api](body, backend.model)
+    chat["stream"], chat["stream_options"] = True, {"include_usage": True}
+    return chat_prefill(chat, text, backend)
+
+
+class Translated:
     """A continuation that came back as chat chunks: turned into the app's API by the translation's own
     stream translator before it is spliced."""
 
@@ -85,7 +94,7 @@ class Continuation:
         self._dispatcher = dispatcher
         self._call = call
         self._splice = _SPLICES[call.api.api]()
-        self._translated: _Translated | None = None
+        self._translated: Translated | None = None
         self._prompt = call.tokens_in  # the current attempt's prompt, estimated
         self._mark = 0  # characters of text the app had when the current attempt began
         self._billed = (0, 0)  # the last interrupted attempt's (input, output) tokens
@@ -143,9 +152,7 @@ class Continuation:
             if codec.translates and codec.upstream == "chat" and api in _TO_CHAT:
                 if codec.lacks(call.body) is not None:
                     continue  # the app's request itself does not go through this translation
-                chat = _TO_CHAT[api](call.body, c.spec.model)
-                chat["stream"], chat["stream_options"] = True, {"include_usage": True}
-                plans.append((c, CHAT, chat_prefill(chat, text, c.spec), codec.translator))
+                plans.append((c, CHAT, chat_continuation(api, call.body, text, c.spec), codec.translator))
                 continue
             body = self._splice.body(call.body, text, c.spec)
             if body is None or (codec.translates and codec.lacks(body) is not None):
@@ -192,6 +199,6 @@ class Continuation:
             splice.reported_in = None
             splice.trim = candidate.spec.provider == "anthropic" and text != text.rstrip()
             self._prompt = prompt
-            self._translated = None if translator is None else _Translated(translator(call.body, candidate.spec.model))
+            self._translated = None if translator is None else Translated(translator(call.body, candidate.spec.model))
             return answer
         return None
