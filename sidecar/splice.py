@@ -126,7 +126,39 @@ class ChatSplice(Splice):
         return b"".join(out)
 
 
-class MessagesSplice(Splice):
+class _Named(Splice):
+    """A splice of an API with named SSE events (Messages, Responses): before a resume each event is noted and
+    goes out as it came; after it, each is rewritten into the original stream, or dropped."""
+
+    once = True
+
+    def relay(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        out: list[bytes] = []
+        for event in data.split(b"\n\n"):
+            if not event:
+                continue
+            kind, doc = named_event(event)
+            if doc is None:
+                out.append(event + b"\n\n")
+            elif not self.resumed:
+                self._note(kind, doc)
+                out.append(event + b"\n\n")
+            elif self._rewrite(kind, doc):
+                out.append(_event(kind, doc))
+        return b"".join(out)
+
+    def _note(self, kind: str, doc: dict[str, Any]) -> None:
+        """Before a resume: record what the event tells the app."""
+        raise NotImplementedError
+
+    def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
+        """After a resume: rewrite the continuation's event (in place) as the original stream's; False drops it."""
+        raise NotImplementedError
+
+
+class MessagesSplice(_Named):
     """Anthropic Messages events. After a resume the continuation's message_start is dropped (the app has
     one), its first text block becomes the block that broke off (its start dropped, its index mapped), its
     later blocks are numbered on, and its message_delta reports the whole answer's tokens."""
@@ -136,8 +168,6 @@ class MessagesSplice(Splice):
         self._open: int | None = None  # the index of the block the app has seen start but not stop
         self._next = 0  # the index the next new block gets in the app's stream
         self._offset = 0  # continuation block i is the app's block i + offset
-
-    once = True
 
     def body(self, body: dict[str, Any], text: str, backend: Backend) -> dict[str, Any] | None:
         """The Messages request with `text` as the final assistant turn (after the app's own prefill, if any),
@@ -152,25 +182,7 @@ class MessagesSplice(Splice):
             text = prefill + text
         return {**body, "messages": [*messages, {"role": "assistant", "content": text.rstrip()}]}
 
-    def relay(self, data: bytes) -> bytes:
-        if not data:
-            return data
-        out: list[bytes] = []
-        for event in data.split(b"\n\n"):
-            if not event:
-                continue
-            kind, doc = named_event(event)
-            if doc is None:
-                out.append(event + b"\n\n")
-                continue
-            keep = self._note(kind, doc) if not self.resumed else self._rewrite(kind, doc)
-            if keep is None:
-                continue
-            out.append(event + b"\n\n" if keep else _event(kind, doc))
-        return b"".join(out)
-
-    def _note(self, kind: str, doc: dict[str, Any]) -> bool:
-        """Before a resume: record the event, which goes out unchanged."""
+    def _note(self, kind: str, doc: dict[str, Any]) -> None:
         index = doc.get("index")
         if kind == "message_start":
             self.reported_in = _input_tokens(doc.get("message"))
@@ -186,35 +198,32 @@ class MessagesSplice(Splice):
                 self.text.append(delta["text"])
             else:
                 self.stuck = True
-        return True
 
-    def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool | None:
-        """After a resume: the continuation's event as the original stream's (False: rewritten, None: dropped)."""
+    def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
         if kind == "message_start":
             self._offset = self._open if self._open is not None else self._next
             self.reported_in = _input_tokens(doc.get("message"))
-            return None
+            return False
         index = doc.get("index")
         if isinstance(index, int):
             if kind == "content_block_start" and index == 0 and self._open is not None:
-                return None  # it goes on in the block that broke off
+                return False  # it goes on in the block that broke off
             doc["index"] = index + self._offset
             delta = doc.get("delta") or {}
             if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                 delta["text"] = self._lstrip(delta["text"])
                 self.text.append(delta["text"])
-            return False
+            return True
         usage = doc.get("usage")
         if kind == "message_delta" and isinstance(usage, dict):
             if isinstance(usage.get("output_tokens"), int):
                 usage["output_tokens"] += self.before
             own = usage.get("input_tokens") or self.reported_in or 0  # a translated message_start says 0
             usage["input_tokens"] = own + self.prompts
-            return False
         return True
 
 
-class ResponsesSplice(Splice):
+class ResponsesSplice(_Named):
     """Responses API events. The API cannot ask a backend to continue a partial answer, so `body` has none:
     a continuation goes through the chat translation, whose events arrive here in the Responses shape. After
     a resume its response.created and .in_progress are dropped, its message item continues the app's open
@@ -231,8 +240,6 @@ class ResponsesSplice(Splice):
         self._map: dict[str, Any] | None = None  # the continuation's item that continues the open one
         self._added = 0  # continuation items added besides the one continuing the open item
 
-    once = True
-
     @property
     def sequence(self) -> int:
         return self._sequence
@@ -241,29 +248,15 @@ class ResponsesSplice(Splice):
         """None: the Responses API has no way to ask for a continuation (the chat translation does)."""
         return None
 
-    def relay(self, data: bytes) -> bytes:
-        if not data:
-            return data
-        out: list[bytes] = []
-        for event in data.split(b"\n\n"):
-            if not event:
-                continue
-            kind, doc = named_event(event)
-            if doc is None:
-                out.append(event + b"\n\n")
-                continue
-            if not self.resumed:
-                self._note(kind, doc)
-                out.append(event + b"\n\n")
-                continue
-            if self._rewrite(kind, doc):
-                doc["sequence_number"] = self._sequence
-                self._sequence += 1
-                out.append(_event(kind, doc))
-        return b"".join(out)
+    def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
+        """After a resume: the continuation's event as the original stream's, numbered on (False: dropped)."""
+        if not self._map_event(kind, doc):
+            return False
+        doc["sequence_number"] = self._sequence
+        self._sequence += 1
+        return True
 
     def _note(self, kind: str, doc: dict[str, Any]) -> None:
-        """Before a resume: what the app has (events go out unchanged)."""
         if isinstance(doc.get("sequence_number"), int):
             self._sequence = doc["sequence_number"] + 1
         if kind == "response.created" and isinstance(doc.get("response"), dict):
@@ -290,8 +283,9 @@ class ResponsesSplice(Splice):
         elif kind.endswith(".delta") or kind.startswith("response.reasoning"):
             self.stuck = True  # refusals, function call arguments, reasoning: not text a prefill carries
 
-    def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
-        """After a resume: the continuation's event rewritten as the original stream's (False: dropped)."""
+    def _map_event(self, kind: str, doc: dict[str, Any]) -> bool:
+        """The continuation's event in the original stream's ids and indexes, with the whole text (False:
+        dropped)."""
         if kind in ("response.created", "response.in_progress"):
             return False
         opened = self._open
