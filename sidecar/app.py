@@ -266,7 +266,7 @@ class SidecarApp:
         self, request: Request, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
-        A chat or Messages stream that breaks off is continued on a backend that can (see continuation.py), so
+        A chat, Messages or Responses stream that breaks off is continued on a backend that can (continuation.py), so
         the app gets one whole answer; otherwise it ends with the API's SSE error naming the interruption. Each stream's
         attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
         ttft = time.monotonic() - received
@@ -298,7 +298,10 @@ class SidecarApp:
                                 outcome = "error"
                                 message = f"backend {candidate.name} failed mid-stream: {error}"
                                 interrupted = ProxyError(502, message, "stream_interrupted")
-                                yield call.api.error_event(interrupted, stream.sequence)
+                                sequence = stream.sequence  # a spliced stream is numbered on by its splice
+                                if continuation is not None:
+                                    sequence = continuation.sequence(sequence)
+                                yield call.api.error_event(interrupted, sequence)
                                 return
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()
@@ -307,7 +310,7 @@ class SidecarApp:
                             continue
                         outcome = "success"
                         cost = answer.cost = spent + attempt.succeed(stream.usage)
-                        end = data if continuation is None else continuation.relay(data)
+                        end = data if continuation is None else continuation.relay(data, last=True)
                         yield end + call.api.stream_end(cost)
                         return
                 finally:

@@ -20,7 +20,7 @@ from bench.common import litellm, machine, report
 from bench.faults import arms, chart, document
 from bench.faults.catalogue import CATALOGUE
 from bench.faults.provider import FaultProvider
-from bench.faults.run import Cell, run_row
+from bench.faults.run import Cell, attach_attempts, attempts_by_trace, run_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +66,10 @@ async def bench(chosen: list[str], keys: list[str], workdir: Path) -> tuple[list
         finally:
             for process in processes:
                 process.stop()
+            for process in processes:
+                if process.name == arms.LLMROUTE_PROCESS:  # its access log says how many attempts each request took
+                    ours = [c for c in cells if c.arm == "llmroute"]
+                    attach_attempts(ours, attempts_by_trace(process.log.read_text(errors="replace")))
     finally:
         for provider in providers:
             await provider.stop()

@@ -4,6 +4,8 @@ what it received (text, error, model, usage), as an app reading the SDK's result
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
 import time
 
 import openai
@@ -19,7 +21,15 @@ PROMPT: list[ChatCompletionMessageParam] = [
 
 async def ask(client: openai.AsyncOpenAI, model: str, stream: bool) -> Received:
     """Send one request and wait at most DEADLINE_S for its whole outcome. A stream counts as complete when
-    the SDK's iterator ends without raising, as an app that reads it to the end would take it."""
+    the SDK's iterator ends without raising, as an app that reads it to the end would take it. Each request
+    carries its own `traceparent`, so a proxy's log can say what it did for it."""
+    trace = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"}
+    got = await _ask(client, model, stream, headers)
+    return dataclasses.replace(got, trace_id=trace)
+
+
+async def _ask(client: openai.AsyncOpenAI, model: str, stream: bool, headers: dict[str, str]) -> Received:
     start = time.monotonic()
     text: list[str] = []
     answer_model = ""
@@ -28,7 +38,11 @@ async def ask(client: openai.AsyncOpenAI, model: str, stream: bool) -> Received:
         async with asyncio.timeout(DEADLINE_S):
             if stream:
                 events = await client.chat.completions.create(
-                    model=model, messages=PROMPT, stream=True, stream_options={"include_usage": True}
+                    model=model,
+                    messages=PROMPT,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_headers=headers,
                 )
                 async for chunk in events:
                     answer_model = chunk.model or answer_model
@@ -36,7 +50,7 @@ async def ask(client: openai.AsyncOpenAI, model: str, stream: bool) -> Received:
                     if chunk.usage is not None:
                         usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
             else:
-                answer = await client.chat.completions.create(model=model, messages=PROMPT)
+                answer = await client.chat.completions.create(model=model, messages=PROMPT, extra_headers=headers)
                 answer_model = answer.model
                 text.append(answer.choices[0].message.content or "")
                 if answer.usage is not None:

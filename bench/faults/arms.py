@@ -16,6 +16,8 @@ ARMS = ("llmroute", "litellm", "openai-sdk")
 NAMES = {"llmroute": "llmroute sidecar", "litellm": "LiteLLM proxy", "openai-sdk": "openai SDK, direct"}
 PRIMARY_MODEL = "gpt-primary"
 FALLBACK_MODEL = "gpt-fallback"
+LLMROUTE_PROCESS = "sidecar"
+"""The llmroute arm's process name (its log, with the access log, is `sidecar.log` in the run's directory)."""
 RETRIES = 2
 """Retries after the first attempt: the SDK's default, LiteLLM's `num_retries`, the route's `attempts`."""
 
@@ -71,7 +73,7 @@ def start_proxies(
             docs = [route(f, *urls[f.key]) for f in faults]
             configs["llmroute"] = yaml.safe_dump_all(docs, sort_keys=False)
             (workdir / "routes.yaml").write_text(configs["llmroute"])
-            car = sidecar.start("sidecar", workdir / "routes.yaml", workdir)
+            car = sidecar.start(LLMROUTE_PROCESS, workdir / "routes.yaml", workdir)
             running.append(car.process)
             bases["llmroute"] = car.base_url
         if "litellm" in arms:

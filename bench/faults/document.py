@@ -88,8 +88,12 @@ def detail(cells: list[Cell]) -> str:
         ]
         seen += f" ({', '.join(extras)})" if extras else ""
         note = f" (warm-up: {cell.warmup_failures} of {cell.fault.warmup} failed)" if cell.warmup_failures else ""
-        rows.append([cell.fault.key, NAMES[cell.arm], cell.verdict.score, cell.verdict.why + note, seen, f"{done:.2f}"])
-    headers = ["fault", "arm", "score", "why", "requests seen by primary / fallback", "app done after s"]
+        counted = [r.attempts for r in cell.received if r.attempts is not None]
+        attempts = ", ".join(map(str, counted)) if counted else "-"
+        row = [cell.fault.key, NAMES[cell.arm], cell.verdict.score, cell.verdict.why + note, seen, attempts]
+        rows.append([*row, f"{done:.2f}"])
+    headers = ["fault", "arm", "score", "why", "requests seen by primary / fallback", "attempts (proxy's log)"]
+    headers.append("app done after s")
     return report.table(headers, rows)
 
 
@@ -200,6 +204,10 @@ the partial answer as an assistant prefill.
   and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
   so times in the detail table are indicative; the scores depend on what arrived, not on how fast,
   except where a deadline was missed.
+- "attempts (proxy's log)": for llmroute, the `attempts` of its access-log line for each of the fault's
+  requests (found by the `traceparent` the app sent with it), continuations included: its
+  `x-llmroute-attempts` header goes out with a stream's first chunk, before any continuation. LiteLLM's
+  proxy and the SDK report none (`-`).
 - Raw records: `bench/results/faults.json` (not committed).
 
 {config_blocks}

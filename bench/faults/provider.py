@@ -75,6 +75,8 @@ class FaultProvider:
         self.prefill = prefill
         self.armed_at: float | None = None
         self.seen: list[Seen] = []
+        self.requests: list[dict[str, Any]] = []
+        """Every chat request body it received, armed or not (what a router sent, in its exact shape)."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = asyncio.Event()
@@ -133,6 +135,7 @@ class FaultProvider:
 
     async def _chat(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         now = time.monotonic()
+        self.requests.append(request)
         messages = request.get("messages") or []
         prefix = messages[-1].get("content") if messages and messages[-1].get("role") == "assistant" else None
         if self.armed_at is None:

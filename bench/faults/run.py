@@ -4,6 +4,8 @@ and score what the app received and what the providers saw."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -78,3 +80,28 @@ async def run(cell: Cell) -> None:
 async def run_row(cells: list[Cell]) -> None:
     """The arms of one fault at the same time (each on its own providers)."""
     await asyncio.gather(*(run(c) for c in cells))
+
+
+def attempts_by_trace(log: str) -> dict[str, int]:
+    """Backend attempts per trace id, from llmroute's access log (one JSON line per request on its stdout,
+    among its other log lines): the count it made for the request, continuations included."""
+    found: dict[str, int] = {}
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        trace, attempts = entry.get("trace_id"), entry.get("attempts")
+        if isinstance(trace, str) and isinstance(attempts, int):
+            found[trace] = attempts
+    return found
+
+
+def attach_attempts(cells: list[Cell], attempts: dict[str, int]) -> None:
+    """Give each of these cells' requests the attempts the proxy's log reports for it."""
+    for cell in cells:
+        cell.received = [dataclasses.replace(r, attempts=attempts.get(r.trace_id)) for r in cell.received]

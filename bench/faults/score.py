@@ -36,6 +36,11 @@ class Received:
     model: str = ""
     usage: tuple[int, int] | None = None
     """(prompt_tokens, completion_tokens) as the answer reported them."""
+    trace_id: str = ""
+    """The W3C trace id the app sent in its `traceparent`: what the proxy's own log names the request by."""
+    attempts: int | None = None
+    """Backend attempts the proxy made for it, by its own account (llmroute's access log; None where an arm
+    reports none)."""
 
 
 @dataclass(frozen=True)

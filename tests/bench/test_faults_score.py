@@ -3,7 +3,9 @@ fail exactly as docs/performance.md defines them."""
 
 from __future__ import annotations
 
-from bench.faults.provider import ANSWER, Seen
+from bench.faults.catalogue import CATALOGUE
+from bench.faults.provider import ANSWER, FaultProvider, Seen
+from bench.faults.run import Cell, attach_attempts, attempts_by_trace
 from bench.faults.score import Received, score_row
 
 REASON = "filtered by the content management policy"
@@ -71,3 +73,23 @@ def test_accounting_checks_the_model_and_usage_of_the_backend_that_answered() ->
     wrong = Received(0.1, ANSWER, model="gpt-primary", usage=(15, 37))
     assert score_row([right], seen(0.0), budget=1, answered_by=fallback).score == "pass"
     assert score_row([wrong], seen(0.0), budget=1, answered_by=fallback).score == "partial"
+
+
+def test_attempts_are_read_from_the_access_log_by_trace_id() -> None:
+    # The sidecar's stdout mixes its own log lines with the access log's JSON lines; each request is found by
+    # the trace id the app sent, and one the log does not name has no count (not a made-up 1).
+    log = "\n".join(
+        [
+            "2026-12-01 19:40:00 INFO llmroute.sidecar: listening",
+            '{"trace_id":"aa","attempts":2,"status":200}',
+            '{"trace_id":null,"attempts":1}',
+            '{"broken',
+            '{"trace_id":"bb","attempts":1,"status":200}',
+        ]
+    )
+    attempts = attempts_by_trace(log)
+    assert attempts == {"aa": 2, "bb": 1}
+    cell = Cell(CATALOGUE[0], "llmroute", FaultProvider("p"), None)
+    cell.received = [Received(0.1, ANSWER, trace_id="aa"), Received(0.1, ANSWER, trace_id="cc")]
+    attach_attempts([cell], attempts)
+    assert [r.attempts for r in cell.received] == [2, None]

@@ -1,7 +1,8 @@
 """Messages and Responses streams that break off mid-answer, read with the official SDKs over real sockets.
 
-A Messages stream is continued on a `prefill` backend that serves Messages natively and reaches the app as
-one message; a Responses stream cannot be continued honestly and ends with the Responses `error` event.
+A Messages stream is continued on a `prefill` backend (natively, or through the chat translation) and reaches
+the app as one message; a Responses stream is continued through the chat translation, and one that only a
+native Responses backend can carry ends with the Responses `error` event.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import anthropic
 import openai
 import pytest
 
-from llmroute.sidecar.continuation import _MessagesSplice
+from llmroute.sidecar.inbound.messages import MESSAGES
+from llmroute.sidecar.splice import MessagesSplice
 from llmroute.sim import Behavior, Latency
 
 from .harness import running
@@ -66,12 +68,15 @@ async def test_a_messages_stream_that_breaks_off_is_continued_as_one_message(tmp
         prompt = h.sims["rescuer"].stats.last_json
         assert prompt["messages"] == [*ASK, {"role": "assistant", "content": "token"}]
         assert h.sims["rescuer"].stats.last_headers["anthropic-version"]  # the app's protocol version, kept
-        # The prompt's tokens stay the app's prompt's, not the continuation's (which counted the prefill too);
-        # a stream translated from chat reports none in message_start: then the continuation's count stands.
+        # Both attempts were billed their prompt: the broken one's as its message_start reported it (a stream
+        # translated from chat reports none there: then the sidecar's estimate), plus the continuation's.
+        continued = len(h.sims["rescuer"].stats.last_body or b"") // 4  # the sim's own count
         if broken_kind == "anthropic":
-            assert final.usage.input_tokens == prompt_tokens > 0
+            assert prompt_tokens > 0
         else:
-            assert prompt_tokens == 0 and final.usage.input_tokens > 0
+            assert prompt_tokens == 0
+            prompt_tokens = MESSAGES.parse({"model": "chat", "max_tokens": 100, "messages": ASK}).tokens_in
+        assert final.usage.input_tokens == prompt_tokens + continued
         async with h.http() as http:
             metrics = (await http.get(f"{h.admin_url}/metrics")).text
         assert 'llmroute_stream_continuations_total{route="chat"} 1.0' in metrics
@@ -87,15 +92,17 @@ async def test_a_continuation_appends_to_the_apps_own_prefill_without_trailing_w
         assert sent == [*ASK, {"role": "assistant", "content": "Once upon a time, token"}]
 
 
-async def test_a_messages_stream_with_no_backend_that_can_continue_it_ends_with_the_error_event(
-    tmp_path: Path,
-) -> None:
-    # The only prefill backend speaks chat: Messages would reach it through the chat translation, which
-    # carries no prefill. It is not asked, and the app's SDK raises the error naming the interruption.
+async def test_a_messages_stream_the_chat_translation_cannot_carry_ends_with_the_error_event(tmp_path: Path) -> None:
+    # The only prefill backend speaks chat, and the request has `top_k`, which the translation to chat does not
+    # carry: it is not asked, and the app's SDK raises the error naming the interruption.
     backends = {"broken": ("anthropic", BROKEN), "compat": ("openai", RESCUER)}
     async with running(tmp_path, backends, spec=ORDERED, backend_extra={"compat": PREFILL}) as h:
         with pytest.raises(anthropic.APIStatusError) as caught:
-            await _read_messages(h.anthropic())
+            async with h.anthropic().messages.stream(
+                model="chat", max_tokens=100, messages=ASK, extra_body={"top_k": 5}
+            ) as stream:
+                async for _ in stream:
+                    pass
         assert "backend broken failed mid-stream" in str(caught.value)
         assert caught.value.body["error"]["type"] == "api_error"
         assert "Tell me a story" not in (h.sims["compat"].stats.last_body or b"").decode()  # a shadow probe at most
@@ -104,21 +111,44 @@ async def test_a_messages_stream_with_no_backend_that_can_continue_it_ends_with_
         assert "llmroute_stream_continuations_total{" not in metrics
 
 
-async def test_a_responses_stream_is_never_continued_and_ends_with_the_responses_error_event(
-    tmp_path: Path,
-) -> None:
-    # A prefill backend is there, but the Responses API has no way to continue a partial answer: the stream
-    # ends with its own `error` event, which the openai SDK raises, and no continuation is attempted.
+async def test_a_native_responses_stream_is_continued_through_the_chat_translation(tmp_path: Path) -> None:
+    # The stream the app started on comes from a backend that serves the Responses API natively; the API
+    # cannot ask it for a continuation, but the chat prefill backend can carry this stateless request: its
+    # chunks come back as the app's Responses events, under the app's response and message ids.
     backends = {"broken": BROKEN, "rescuer": RESCUER}
     extra = {"broken": {"apis": ["responses"]}, "rescuer": PREFILL}
     async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
-        seen: list[str] = []
+        kinds: list[str] = []
+        async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+            async for event in stream:
+                kinds.append(event.type)
+            final = await stream.get_final_response()
+        assert final.output_text == "token" + "token token token token"
+        assert kinds.count("response.created") == kinds.count("response.output_item.added") == 1
+        assert kinds[-1] == "response.completed" and "broken" in final.id
+        sent = h.sims["rescuer"].stats.last_json
+        assert sent["messages"] == [
+            {"role": "user", "content": "Tell me a story"},
+            {"role": "assistant", "content": "token", "prefix": True},
+        ]
+
+
+async def test_a_responses_stream_only_a_native_backend_can_carry_ends_with_the_responses_error_event(
+    tmp_path: Path,
+) -> None:
+    # `store: true` needs a backend that keeps responses, and the Responses API cannot continue a partial
+    # answer: the chat prefill backend cannot carry the request, so the stream ends with the API's own
+    # `error` event, which the openai SDK raises, and no continuation is attempted.
+    backends = {"broken": BROKEN, "rescuer": RESCUER}
+    extra = {"broken": {"apis": ["responses"]}, "rescuer": PREFILL}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        seen: list[Any] = []
         with pytest.raises(openai.APIError) as caught:
-            async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+            async with h.client().responses.stream(model="chat", input="Tell me a story", store=True) as stream:
                 async for event in stream:
-                    seen.append(event.type)
+                    seen.append(event)
         assert "backend broken failed mid-stream" in caught.value.message
-        assert seen[-1] == "response.output_text.delta" and "response.completed" not in seen
+        assert seen[-1].type == "response.output_text.delta" and "response.completed" not in [e.type for e in seen]
         assert "Tell me a story" not in (h.sims["rescuer"].stats.last_body or b"").decode()  # a shadow probe at most
 
 
@@ -142,9 +172,9 @@ def _text_block(index: int, text: str, *, stop: bool) -> list[dict[str, Any]]:
 
 
 def test_a_messages_continuation_after_a_closed_block_numbers_its_blocks_on() -> None:
-    splice = _MessagesSplice()
+    splice = MessagesSplice()
     assert splice.relay(_events(START, *_text_block(0, "Hello.", stop=True))).count(b"event: ") == 4
-    splice.resumed, splice.before = True, 2
+    splice.resumed, splice.before, splice.prompts = True, 2, 30  # what the broken attempt was billed
     continued = _docs(
         splice.relay(
             _events(
@@ -163,11 +193,11 @@ def test_a_messages_continuation_after_a_closed_block_numbers_its_blocks_on() ->
         "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"
     ]  # fmt: skip
     assert {d["index"] for d in continued if "index" in d} == {1}  # a new block after the app's block 0
-    assert continued[3]["usage"] == {"input_tokens": 30, "output_tokens": 5}
+    assert continued[3]["usage"] == {"input_tokens": 33 + 30, "output_tokens": 3 + 2}  # both attempts' tokens
 
 
 @pytest.mark.parametrize("block", [{"type": "thinking", "thinking": ""}, {"type": "tool_use", "id": "t", "name": "f"}])
 def test_a_messages_stream_that_sent_more_than_text_cannot_be_continued(block: dict[str, Any]) -> None:
-    splice = _MessagesSplice()
+    splice = MessagesSplice()
     splice.relay(_events(START, {"type": "content_block_start", "index": 0, "content_block": block}))
     assert splice.stuck
