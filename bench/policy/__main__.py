@@ -312,39 +312,63 @@ async def _report(channel: grpc.aio.Channel, sim: SimSidecar, stop: asyncio.Even
         reader.cancel()
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the first two columns left as they are, the figures right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---:|---|" + "---:|" * (len(header) - 2)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def table(runs: list[Run]) -> str:
-    lines = [
-        "| sidecars | operator | budget: asked | overshoot | used | rpm: asked | overshoot | used"
-        " | idle sidecar admitted after | requests sent late, p99 |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["sidecars", "operator", "budget: asked", "overshoot", "used", "rpm: asked", "overshoot", "used"]
+    header += ["idle sidecar admitted after", "requests sent late, p99"]
+    rows = []
     for run in runs:
         r = run.row()
         wait = "never" if r["idle_wait_s"] is None else f"{r['idle_wait_s']:.2f} s"
-        lines.append(
-            f"| {r['sidecars']} | {r['operator']} | {r['budget_demand']:.2f}x | {r['budget_overshoot_pct']:.2f}% |"
-            f" {r['budget_used_pct']:.1f}% | {r['requests_demand']:.2f}x | {r['rpm_overshoot_pct']:.2f}% |"
-            f" {r['rpm_used_pct']:.1f}% | {wait} | {r['late_p99_s'] * 1000:.0f} ms |"
+        rows.append(
+            [
+                str(r["sidecars"]),
+                r["operator"],
+                f"{r['budget_demand']:.2f}x",
+                f"{r['budget_overshoot_pct']:.2f}%",
+                f"{r['budget_used_pct']:.1f}%",
+                f"{r['requests_demand']:.2f}x",
+                f"{r['rpm_overshoot_pct']:.2f}%",
+                f"{r['rpm_used_pct']:.1f}%",
+                wait,
+                f"{r['late_p99_s'] * 1000:.0f} ms",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def rest_table(runs: list[Run]) -> str:
     """Where the budget not spent is at the end of each run, and when 95% of it was spent."""
-    lines = [
-        "| sidecars | operator | budget used | 95% used after | unused at the end: held by sidecars as room for"
-        " a request | as remainders smaller than one | held by no sidecar |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+    header = [
+        "sidecars",
+        "operator",
+        "budget used",
+        "95% used after",
+        "unused at the end: held by sidecars as room for a request",
+        "as remainders smaller than one",
+        "held by no sidecar",
     ]
+    rows = []
     for run in runs:
         r = run.row()
         reached = "never" if r["budget_95_s"] is None else f"{r['budget_95_s']:.1f} s"
-        lines.append(
-            f"| {r['sidecars']} | {r['operator']} | {r['budget_used_pct']:.1f}% | {reached} |"
-            f" {r['budget_held_end_pct']:.2f}% | {r['budget_remainders_end_pct']:.2f}% |"
-            f" {r['budget_pool_end_pct']:.2f}% |"
+        rows.append(
+            [
+                str(r["sidecars"]),
+                r["operator"],
+                f"{r['budget_used_pct']:.1f}%",
+                reached,
+                f"{r['budget_held_end_pct']:.2f}%",
+                f"{r['budget_remainders_end_pct']:.2f}%",
+                f"{r['budget_pool_end_pct']:.2f}%",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def plot(runs: list[Run], path: Path) -> None:
