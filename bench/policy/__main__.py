@@ -37,6 +37,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,19 +116,30 @@ class Sample:
     """Held by sidecars in pieces smaller than one request."""
     pool: float
     """Granted to no sidecar."""
+    unechoed: float | None
+    """Of the pool, what the operator still counts as granted: grants it lowered that the sidecars have
+    not echoed yet (None once the control plane is stopped)."""
+
+    def line(self, limit: float) -> str:
+        """The sample in % of the limit, for the log."""
+        unechoed = self.unechoed or 0.0
+        shares = (self.used, self.reserved, self.room, self.remainders, unechoed, self.pool - unechoed)
+        return f"{self.t:5.1f} s " + " ".join(f"{x / limit * 100:5.1f}" for x in shares)
 
     @classmethod
-    def of(cls, t: float, limit: float, quotas: list[Quota]) -> Sample:
-        room = remainders = granted = 0.0
+    def of(cls, t: float, limit: float, quotas: list[Quota], counted: float | None) -> Sample:
+        """`counted`: the sum of the grants in force as the operator counts them (None: it is stopped)."""
+        room = remainders = held = 0.0
         for quota in quotas:
-            granted += quota.granted
+            held += max(quota.granted, quota.used + quota.reserved)
             left = quota.granted - quota.used - quota.reserved
             if quota.used + quota.reserved + COST_USD * quota.scale <= quota.granted * FIT:
                 room += left
             elif left > 0:
                 remainders += left
         used, reserved = sum(q.used for q in quotas), sum(q.reserved for q in quotas)
-        return cls(t, used, reserved, room, remainders, limit - max(granted, used + reserved))
+        unechoed = None if counted is None else max(0.0, counted - held)
+        return cls(t, used, reserved, room, remainders, limit - held, unechoed)
 
 
 @dataclass
@@ -223,9 +235,16 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
         for i, s in enumerate(sims)
     ]
     series: list[Sample] = []
-    tasks.append(asyncio.create_task(_sample(series, clock, start, budget, [s.quotas[0] for s in sims])))
+    stopped = asyncio.Event()
+
+    def sample() -> Sample:
+        counted = None if stopped.is_set() else _counted(plane, hourly, clock())
+        return Sample.of(clock() - start, budget, [s.quotas[0] for s in sims], counted)
+
+    tasks.append(asyncio.create_task(_sample(series, sample)))
     if killed:
         await asyncio.sleep(seconds / 4)
+        stopped.set()
         allocator.cancel()
         await plane.stop(0)
         log(f"  N={n}: control plane stopped at {seconds / 4:.0f} s")
@@ -234,7 +253,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    series.append(Sample.of(clock() - start, budget, [s.quotas[0] for s in sims]))
+    series.append(sample())
     allocator.cancel()
     await channel.close(None)
     if not killed:
@@ -251,11 +270,23 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, *asked, series, late_p99)
 
 
-async def _sample(series: list[Sample], clock: Any, start: float, budget: float, quotas: list[Quota]) -> None:
+async def _sample(series: list[Sample], sample: Callable[[], Sample]) -> None:
     """Where the budget is, every 0.25 s, until cancelled."""
     while True:
-        series.append(Sample.of(clock() - start, budget, quotas))
+        series.append(sample())
         await asyncio.sleep(0.25)
+
+
+def _counted(plane: ControlPlane, key: QuotaKey, now: float) -> float:
+    """The grants in force on `key` as the operator counts them: a lowered grant until its sidecar echoes it."""
+    allocator = plane.quotas.allocator
+    start = int(allocator.limits[key].window.start(now))
+    total = 0.0
+    for sidecar in allocator.sidecars.values():
+        holding = sidecar.holdings.get((key, start))
+        if holding is not None:
+            total += max(holding.in_force(sidecar.echoed), holding.floor)
+    return total
 
 
 async def _traffic(
@@ -395,12 +426,17 @@ def plot(runs: list[Run], path: Path) -> None:
         t = [s.t for s in run.series]
         used = [s.used / run.budget_usd * 100 for s in run.series]
         held = [(s.used + s.reserved + s.room + s.remainders) / run.budget_usd * 100 for s in run.series]
+        counted = [100 - ((s.pool - (s.unechoed or 0.0)) / run.budget_usd * 100) for s in run.series]
         (line,) = over.plot(t, used, label=f"N={run.sidecars}: spent")
-        over.plot(t, held, linestyle=":", color=line.get_color(), label=f"N={run.sidecars}: granted to sidecars")
+        color = line.get_color()
+        over.plot(t, held, linestyle=":", color=color, label=f"N={run.sidecars}: granted, as the sidecars apply it")
+        over.plot(
+            t, counted, linestyle="--", color=color, label=f"N={run.sidecars}: granted, as the operator counts it"
+        )
     over.axhline(100, color="black", linewidth=0.8)
     over.set_xlabel("seconds into the window (operator up)")
     over.set_ylabel("% of the budget")
-    over.set_title("The budget over the run: spent, and granted to sidecars")
+    over.set_title("The budget over the run: spent and granted")
     over.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -434,6 +470,9 @@ async def main(args: argparse.Namespace) -> None:
             log(f"N={n}, operator {'killed mid-run' if killed else 'up'} ...")
             run = await run_once(n, args.seconds, args.tail, killed, seed=n)
             log(f"  {run.row()}")
+            log("  the budget over the run (% of it): t, spent, reserved, room, remainders, unechoed, free")
+            for sample in run.series[::4]:
+                log("    " + sample.line(run.budget_usd))
             runs.append(run)
             loads.append(load_average())
     load = f"{min(loads, key=float)}-{max(loads, key=float)} on {os.cpu_count()} cores"
