@@ -18,6 +18,13 @@ Measured per run: the overshoot of each limit (settled use above the limit, in %
 each limit used, and the time an idle sidecar that starts sending at a quarter of the run waits for
 its first admitted request (at 2 requests/s). The same again with the control plane stopped at a quarter
 of the run (sidecars keep what they hold): the overshoot must stay at 0.
+
+Where the rest of the budget is: every 0.25 s the bench reads every ledger, so at the end (and over time,
+in the plot) the part of the budget not spent splits into what sidecars hold unused (room for at least
+one more request, or a remainder smaller than one) and what no sidecar holds (the operator's pool, and
+lowered grants not yet echoed). Requests are sent on a fixed schedule (a late one is sent at once, not
+dropped), and how late they went out is reported: on a loaded machine a lagging event loop delays the
+simulated sidecars' requests and reports, which is the bench's artefact, not the allocator's.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +51,7 @@ from llmroute.model.policy_parse import parse_policy_spec
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
 from llmroute.sidecar.policy.admission import MINUTE
-from llmroute.sidecar.policy.ledger import Quota, QuotaLedger, Reservation
+from llmroute.sidecar.policy.ledger import FIT, Quota, QuotaLedger, Reservation
 from llmroute.sidecar.policy.wire import apply_directive, usage_report
 from llmroute.v1 import load_pb2, routes_pb2, rpc
 
@@ -73,6 +82,8 @@ class SimSidecar:
     first_admit: float | None = None
     early: asyncio.Event = field(default_factory=asyncio.Event)
     interval: float = 5.0
+    late: list[float] = field(default_factory=list)
+    """How late each request went out after its scheduled time (the event loop's lag), in seconds."""
 
     def try_request(self, now: float) -> Reservation | None:
         """Every other request counts against the budget, the others against the rate limit, so each limit
@@ -92,6 +103,45 @@ class SimSidecar:
         return Reservation(((quota, amount),), clock=self.ledger.clock)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """Where the budget is at one moment, in USD: spent, in flight, held unused by sidecars, held by nobody."""
+
+    t: float
+    used: float
+    reserved: float
+    room: float
+    """Held by sidecars with room for at least one more request."""
+    remainders: float
+    """Held by sidecars in pieces smaller than one request."""
+    pool: float
+    """Granted to no sidecar."""
+    unechoed: float | None
+    """Of the pool, what the operator still counts as granted: grants it lowered that the sidecars have
+    not echoed yet (None once the control plane is stopped)."""
+
+    def line(self, limit: float) -> str:
+        """The sample in % of the limit, for the log."""
+        unechoed = self.unechoed or 0.0
+        shares = (self.used, self.reserved, self.room, self.remainders, unechoed, self.pool - unechoed)
+        return f"{self.t:5.1f} s " + " ".join(f"{x / limit * 100:5.1f}" for x in shares)
+
+    @classmethod
+    def of(cls, t: float, limit: float, quotas: list[Quota], counted: float | None) -> Sample:
+        """`counted`: the sum of the grants in force as the operator counts them (None: it is stopped)."""
+        room = remainders = held = 0.0
+        for quota in quotas:
+            held += max(quota.granted, quota.used + quota.reserved)
+            left = quota.granted - quota.used - quota.reserved
+            if quota.used + quota.reserved + COST_USD * quota.scale <= quota.granted * FIT:
+                room += left
+            elif left > 0:
+                remainders += left
+        used, reserved = sum(q.used for q in quotas), sum(q.reserved for q in quotas)
+        unechoed = None if counted is None else max(0.0, counted - held)
+        return cls(t, used, reserved, room, remainders, limit - held, unechoed)
+
+
 @dataclass
 class Run:
     sidecars: int
@@ -105,6 +155,10 @@ class Run:
     budget_demand: float
     """What the fleet asked of the budget, in settled USD (65% of the estimates), as a multiple of the limit."""
     requests_demand: float
+    series: list[Sample]
+    """Where the budget was, every 0.25 s."""
+    late_p99_s: float
+    """The 99th percentile of how late the simulated sidecars' requests went out."""
 
     def overshoot(self, used: float, limit: float) -> float:
         return max(0.0, used - limit) / limit * 100
@@ -120,7 +174,19 @@ class Run:
             "idle_wait_s": self.idle_wait_s,
             "budget_demand": self.budget_demand,
             "requests_demand": self.requests_demand,
+            "budget_held_end_pct": self.end().room / self.budget_usd * 100,
+            "budget_remainders_end_pct": self.end().remainders / self.budget_usd * 100,
+            "budget_pool_end_pct": self.end().pool / self.budget_usd * 100,
+            "budget_95_s": self.reached(0.95),
+            "late_p99_s": self.late_p99_s,
         }
+
+    def end(self) -> Sample:
+        return self.series[-1]
+
+    def reached(self, share: float) -> float | None:
+        """When the fleet had first spent `share` of the budget (None: never)."""
+        return next((s.t for s in self.series if s.used >= share * self.budget_usd), None)
 
 
 async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int) -> Run:
@@ -168,8 +234,17 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
         asyncio.create_task(_traffic(s, clock, start, seconds, seconds + tail, rng.random(), idle=i == n))
         for i, s in enumerate(sims)
     ]
+    series: list[Sample] = []
+    stopped = asyncio.Event()
+
+    def sample() -> Sample:
+        counted = None if stopped.is_set() else _counted(plane, hourly, clock())
+        return Sample.of(clock() - start, budget, [s.quotas[0] for s in sims], counted)
+
+    tasks.append(asyncio.create_task(_sample(series, sample)))
     if killed:
         await asyncio.sleep(seconds / 4)
+        stopped.set()
         allocator.cancel()
         await plane.stop(0)
         log(f"  N={n}: control plane stopped at {seconds / 4:.0f} s")
@@ -178,6 +253,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    series.append(sample())
     allocator.cancel()
     await channel.close(None)
     if not killed:
@@ -188,23 +264,47 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     wait = None if idle.first_admit is None or idle.first_ask is None else idle.first_admit - idle.first_ask
     budget_asked = sum(s.asked_by_quota[0] for s in sims) * COST_USD * 0.65 / budget
     requests_asked = sum(s.asked_by_quota[1] for s in sims) / requests_limit
-    return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, budget_asked, requests_asked)
+    late = sorted(x for s in sims for x in s.late)
+    late_p99 = late[int(0.99 * (len(late) - 1))] if late else 0.0
+    asked = (budget_asked, requests_asked)
+    return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, *asked, series, late_p99)
+
+
+async def _sample(series: list[Sample], sample: Callable[[], Sample]) -> None:
+    """Where the budget is, every 0.25 s, until cancelled."""
+    while True:
+        series.append(sample())
+        await asyncio.sleep(0.25)
+
+
+def _counted(plane: ControlPlane, key: QuotaKey, now: float) -> float:
+    """The grants in force on `key` as the operator counts them: a lowered grant until its sidecar echoes it."""
+    allocator = plane.quotas.allocator
+    start = int(allocator.limits[key].window.start(now))
+    total = 0.0
+    for sidecar in allocator.sidecars.values():
+        holding = sidecar.holdings.get((key, start))
+        if holding is not None:
+            total += max(holding.in_force(sidecar.echoed), holding.floor)
+    return total
 
 
 async def _traffic(
     sim: SimSidecar, clock: Any, start: float, seconds: float, until: float, phase: float, *, idle: bool
 ) -> None:
     """The sidecar's requests, evenly spaced at its rate, until `until`; each admitted one settles after
-    LATENCY_S. The idle one starts at a quarter of `seconds`."""
-    if idle:
-        await asyncio.sleep(seconds / 4)
+    LATENCY_S. The idle one starts at a quarter of `seconds`. The schedule is fixed: a request the event
+    loop wakes late for is sent at once (and its lateness kept), so a lagging loop does not thin the demand."""
     gap = 1 / sim.rate
-    await asyncio.sleep(gap * phase)
-    while clock() - start < until:
-        reservation = sim.try_request(clock())
+    due = start + (seconds / 4 if idle else 0.0) + gap * phase
+    while due - start < until:
+        await asyncio.sleep(max(0.0, due - clock()))
+        now = clock()
+        sim.late.append(now - due)
+        reservation = sim.try_request(now)
         if reservation is not None:
             asyncio.get_running_loop().call_later(LATENCY_S, _settle, reservation)
-        await asyncio.sleep(gap)
+        due += gap
 
 
 def _settle(reservation: Reservation) -> None:
@@ -243,21 +343,63 @@ async def _report(channel: grpc.aio.Channel, sim: SimSidecar, stop: asyncio.Even
         reader.cancel()
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the first two columns left as they are, the figures right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---:|---|" + "---:|" * (len(header) - 2)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def table(runs: list[Run]) -> str:
-    lines = [
-        "| sidecars | operator | budget: asked | overshoot | used | rpm: asked | overshoot | used"
-        " | idle sidecar admitted after |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["sidecars", "operator", "budget: asked", "overshoot", "used", "rpm: asked", "overshoot", "used"]
+    header += ["idle sidecar admitted after", "requests sent late, p99"]
+    rows = []
     for run in runs:
         r = run.row()
         wait = "never" if r["idle_wait_s"] is None else f"{r['idle_wait_s']:.2f} s"
-        lines.append(
-            f"| {r['sidecars']} | {r['operator']} | {r['budget_demand']:.2f}x | {r['budget_overshoot_pct']:.2f}% |"
-            f" {r['budget_used_pct']:.1f}% | {r['requests_demand']:.2f}x | {r['rpm_overshoot_pct']:.2f}% |"
-            f" {r['rpm_used_pct']:.1f}% | {wait} |"
+        rows.append(
+            [
+                str(r["sidecars"]),
+                r["operator"],
+                f"{r['budget_demand']:.2f}x",
+                f"{r['budget_overshoot_pct']:.2f}%",
+                f"{r['budget_used_pct']:.1f}%",
+                f"{r['requests_demand']:.2f}x",
+                f"{r['rpm_overshoot_pct']:.2f}%",
+                f"{r['rpm_used_pct']:.1f}%",
+                wait,
+                f"{r['late_p99_s'] * 1000:.0f} ms",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown(header, rows)
+
+
+def rest_table(runs: list[Run]) -> str:
+    """Where the budget not spent is at the end of each run, and when 95% of it was spent."""
+    header = [
+        "sidecars",
+        "operator",
+        "budget used",
+        "95% used after",
+        "unused at the end: held by sidecars as room for a request",
+        "as remainders smaller than one",
+        "held by no sidecar",
+    ]
+    rows = []
+    for run in runs:
+        r = run.row()
+        reached = "never" if r["budget_95_s"] is None else f"{r['budget_95_s']:.1f} s"
+        rows.append(
+            [
+                str(r["sidecars"]),
+                r["operator"],
+                f"{r['budget_used_pct']:.1f}%",
+                reached,
+                f"{r['budget_held_end_pct']:.2f}%",
+                f"{r['budget_remainders_end_pct']:.2f}%",
+                f"{r['budget_pool_end_pct']:.2f}%",
+            ]
+        )
+    return _markdown(header, rows)
 
 
 def plot(runs: list[Run], path: Path) -> None:
@@ -270,23 +412,42 @@ def plot(runs: list[Run], path: Path) -> None:
     budget = [r.row()["budget_used_pct"] for r in runs]
     rpm = [r.row()["rpm_used_pct"] for r in runs]
     x = range(len(runs))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, over) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.3]})
     ax.bar([i - 0.2 for i in x], budget, 0.4, label="budget (USD)")
     ax.bar([i + 0.2 for i in x], rpm, 0.4, label="requests per minute")
     ax.axhline(100, color="black", linewidth=0.8)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("% of the limit used")
-    ax.set_title("LLMPolicy shares under Zipf-skewed demand (100% = the limit)")
+    ax.set_title("Share of each limit used (100% = the limit)")
     ax.legend(loc="lower right")
+    for run in runs:
+        if run.killed:
+            continue
+        t = [s.t for s in run.series]
+        used = [s.used / run.budget_usd * 100 for s in run.series]
+        held = [(s.used + s.reserved + s.room + s.remainders) / run.budget_usd * 100 for s in run.series]
+        counted = [100 - ((s.pool - (s.unechoed or 0.0)) / run.budget_usd * 100) for s in run.series]
+        (line,) = over.plot(t, used, label=f"N={run.sidecars}: spent")
+        color = line.get_color()
+        over.plot(t, held, linestyle=":", color=color, label=f"N={run.sidecars}: granted, as the sidecars apply it")
+        over.plot(
+            t, counted, linestyle="--", color=color, label=f"N={run.sidecars}: granted, as the operator counts it"
+        )
+    over.axhline(100, color="black", linewidth=0.8)
+    over.set_xlabel("seconds into the window (operator up)")
+    over.set_ylabel("% of the budget")
+    over.set_title("The budget over the run: spent and granted")
+    over.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def write(doc: Path, runs: list[Run], seconds: float, command: str) -> None:
+def write(doc: Path, runs: list[Run], seconds: float, command: str, load: str) -> None:
     text = doc.read_text()
     block = (
         f"{BEGIN}\n`{command}` ({platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
-        f" limits sized for {seconds:.0f} s of demand):\n\n{table(runs)}\n{END}"
+        f" limits sized for {seconds:.0f} s of demand, load average {load}):\n\n{table(runs)}\n\n"
+        f"Where the budget is at the end of each run:\n\n{rest_table(runs)}\n{END}"
     )
     if BEGIN in text:
         head, rest = text.split(BEGIN, 1)
@@ -296,18 +457,31 @@ def write(doc: Path, runs: list[Run], seconds: float, command: str) -> None:
     doc.write_text(text)
 
 
+def load_average() -> str:
+    """The 1-minute load average now: the machine is shared, and the bench's figures are read against it."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 async def main(args: argparse.Namespace) -> None:
     runs = []
+    loads = [load_average()]
     for n in args.sidecars:
         for killed in (False, True):
             log(f"N={n}, operator {'killed mid-run' if killed else 'up'} ...")
             run = await run_once(n, args.seconds, args.tail, killed, seed=n)
             log(f"  {run.row()}")
+            log("  the budget over the run (% of it): t, spent, reserved, room, remainders, unechoed, free")
+            for sample in run.series[::4]:
+                log("    " + sample.line(run.budget_usd))
             runs.append(run)
+            loads.append(load_average())
+    load = f"{min(loads, key=float)}-{max(loads, key=float)} on {os.cpu_count()} cores"
     print(table(runs))
+    print(rest_table(runs))
+    print(f"load average {load}")
     command = "python -m bench.policy " + " ".join(sys.argv[1:])
     if args.write:
-        write(args.write, runs, args.seconds, command)
+        write(args.write, runs, args.seconds, command, load)
     if args.plot:
         plot(runs, args.plot)
 

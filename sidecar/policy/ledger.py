@@ -22,6 +22,12 @@ RETRY_SOON_S = 1.0
 within about a second."""
 
 
+FIT = 1.0 + 1e-9
+"""A request fits when used + reserved + estimate <= grant x FIT: the operator grants a sparse sender room for
+exactly one more request, and that sum, computed in another order, can come out a few ulps short of it (the
+sidecar was then refused on every request while holding room for one). It lets a sidecar past its grant by
+at most a billionth of it."""
+
 MAX_SCALE = 10.0
 """The most a quota scales its estimates by (Quota.scale), so one odd answer cannot freeze a sidecar."""
 
@@ -99,7 +105,7 @@ class Quota:
         self.demand += amount
         if now >= self.window_end:
             self.roll(now)
-        if amount <= self.granted - self.used - self.reserved or not (self.enforced or self._ledger.local):
+        if self.used + self.reserved + amount <= self.granted * FIT or not (self.enforced or self._ledger.local):
             return True
         self._ledger.unmet()
         return False
