@@ -84,11 +84,13 @@ class PeakEWMA:
         self._stamp = now
 
     def observe_at_least(self, bound: float, now: float) -> None:
-        """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower."""
+        """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower.
+        It also ends a run of fast answers: a backend that fails right after one fast answer has not shown a
+        recovery, and would otherwise stay `recovering`, probed after every request, through its failures."""
+        self._low_count = 0
         if self.value is None or bound > self.value:
             self.value = bound
             self._stamp = now
-            self._low_count = 0
 
 
 IMPROBABLE_RUN = 0.1
@@ -230,6 +232,7 @@ class BackendStats:
         "_penalty",
         "_started",
         "_streams",
+        "failed_in_row",
         "failures",
         "gaps",
         "last_observed",
@@ -249,6 +252,8 @@ class BackendStats:
         self.gaps = RecentWindow(window)
         """The longest silence between two chunks of each recent complete stream."""
         self.failures = FailureRate(decay)
+        self.failed_in_row = 0
+        """Outcomes blamed on the backend that failed since its latest success (probes' backoff)."""
         self.last_observed: float | None = None
         """When an outcome last told us about this backend (success or its fault); None if never."""
         self._penalty = failure_penalty
@@ -296,6 +301,7 @@ class BackendStats:
         if started is None or (failure is not None and not failure.blames_backend):
             return
         elapsed = now - started
+        self.failed_in_row = 0 if failure is None else self.failed_in_row + 1
         if failure is None:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)

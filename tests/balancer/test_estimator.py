@@ -182,6 +182,23 @@ def test_a_recovery_is_believed_after_a_few_fast_answers_in_a_row() -> None:
     assert ewma.value is not None and ewma.value > 5  # a new peak in between restarts the count
 
 
+def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() -> None:
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)
+    served(stats, 0.3, 11.0)  # under half the estimate: perhaps a recovery, worth confirming at once
+    assert stats.recovering
+    served(stats, 0.01, 11.5, FailureKind.SERVER_ERROR)  # an immediate 5xx: it has not recovered
+    assert not stats.recovering
+    assert stats.failed_in_row == 1
+    served(stats, 0.01, 12.0, FailureKind.SERVER_ERROR)
+    assert stats.failed_in_row == 2
+    served(stats, 0.3, 13.0)
+    assert stats.failed_in_row == 0
+    served(stats, 0.3, 14.0)
+    served(stats, 0.3, 15.0)
+    assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
+
+
 def test_a_slow_answer_to_a_request_sent_before_a_recovery_neither_hides_nor_undoes_it() -> None:
     stats = BackendStats()
     served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s
