@@ -16,9 +16,11 @@ FAILED_BACKOFF_MAX_S = 8.0
 """A backend whose latest outcomes failed is probed again after STALE_AFTER_S, doubled per failure in a row
 after the first, up to this: a half-open trial that fails closes the way again, longer each time, so a
 failing backend is never probed at the pace of the app's requests."""
-PATIENCE_S = 2.0
+PATIENCE_S = MIN_INTERVAL_S
 """A shadow probe still running after this does not hold back the next one: the backend it measures may
-have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s)."""
+have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s). So a
+degraded backend gets one probe a second, the most any backend gets, and a recovery is seen within about a
+second plus one of its answers (it was 2 s: traffic came back 1.2-5.9 s after a recovery on drawn schedules)."""
 
 
 class ShadowProber:
