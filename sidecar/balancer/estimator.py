@@ -297,6 +297,7 @@ class BackendStats:
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
         rate and is only a lower bound on latency, so a fast 429/5xx never makes the backend look fast."""
+        first_token_due = token in self._awaiting and token in self._streams
         started = self._release(token)
         if started is None or (failure is not None and not failure.blames_backend):
             return
@@ -308,6 +309,8 @@ class BackendStats:
             self._answered_since = max(self._answered_since, started)
         else:
             self.latency.observe_at_least(elapsed, now)
+            if first_token_due:
+                self.ttft.observe_at_least(elapsed, now)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
 
@@ -318,6 +321,8 @@ class BackendStats:
         if started is None:
             return
         self.latency.observe_at_least(now - started, now)
+        if waiting and stream:  # no first token in all that time: streams must not rank it by an older TTFT
+            self.ttft.observe_at_least(now - started, now)
         if waiting:
             overdue = self.quantile(0.95, stream=stream)
             if overdue is not None and now - started > overdue:
@@ -331,11 +336,16 @@ class BackendStats:
     def expected_latency(self, now: float, *, load_sensitive: bool, stream: bool = False) -> float:
         """Seconds a new request is expected to take (to first byte when `stream`), for ranking.
 
-        Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
-        stopped answering looks slow at once, not after its first slow answer), times (in_flight + 1) only
-        when `load_sensitive` (self-hosted or concurrency-limited), plus failure rate * penalty.
+        Peak-EWMA (for streams the TTFT's, capped by the answer's), raised to the age of the oldest request
+        still waiting for its first byte (a backend that stopped answering looks slow at once, not after its
+        first slow answer), times (in_flight + 1) only when `load_sensitive` (self-hosted or
+        concurrency-limited), plus failure rate * penalty.
         """
-        estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
+        # A first token comes no later than the whole answer: answers (shadow probes are JSON) that prove a
+        # recovery bring streams back too, though no stream has measured a first token since the slowdown.
+        estimate = self.latency.value
+        if stream and self.ttft.value is not None:
+            estimate = self.ttft.value if estimate is None else min(self.ttft.value, estimate)
         if estimate is None:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since

@@ -199,6 +199,31 @@ def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() ->
     assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
 
 
+def test_streams_avoid_a_backend_whose_first_tokens_stopped_coming_and_return_with_its_answers() -> None:
+    stats = BackendStats()
+    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
+        token = stats.start(i * 0.5, stream=True)
+        stats.first_byte(token, i * 0.5 + 0.15)
+        stats.finish(token, i * 0.5 + 0.3)
+    served(stats, 5.1, 12.0)  # it slows down: a (JSON) shadow probe takes 5.1 s
+    stream = stats.start(12.0, stream=True)
+    stats.cancel(stream, 14.0)  # a stream waited 2 s for its first token; a hedge answered it elsewhere
+    # Nothing in flight: streams are ranked by the estimates alone, and the 0.15 s from before the slowdown
+    # must not bring the next ones back to it.
+    assert stats.in_flight == 0
+    assert stats.expected_latency(14.0, load_sensitive=False, stream=True) >= 2.0
+    failed = stats.start(15.0, stream=True)
+    stats.finish(failed, 17.5, FailureKind.TIMEOUT)  # no first token before the deadline either
+    assert stats.expected_latency(17.5, load_sensitive=False, stream=True) >= 2.5
+    for end in (20.3, 20.6, 20.9):  # it recovers: three probe answers in a row prove it
+        served(stats, 0.3, end)
+    # Streams are back with the answers (both carry the penalty of the timed-out stream's failure).
+    assert stats.expected_latency(20.9, load_sensitive=False, stream=True) == pytest.approx(
+        stats.expected_latency(20.9, load_sensitive=False)
+    )
+    assert stats.expected_latency(20.9, load_sensitive=False, stream=True) < 1.0
+
+
 def test_a_slow_answer_to_a_request_sent_before_a_recovery_neither_hides_nor_undoes_it() -> None:
     stats = BackendStats()
     served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s
