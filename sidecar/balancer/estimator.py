@@ -227,6 +227,7 @@ class BackendStats:
     __slots__ = (
         "_answered_since",
         "_awaiting",
+        "_first_token_wait",
         "_given_up",
         "_next_token",
         "_penalty",
@@ -264,6 +265,10 @@ class BackendStats:
         # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
         # after the hedges that replaced them have answered.
         self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
+        # How long the latest stream given up (or failed) without a first token had waited, until an answer
+        # comes sooner than that: streams rank the backend no better, though their TTFT estimate (first tokens
+        # seen) is from before it slowed down and nothing of it is in flight now.
+        self._first_token_wait = 0.0
         self._next_token = 0
 
     @property
@@ -293,11 +298,17 @@ class BackendStats:
         if started is not None:
             self.ttft.observe(now - started, now)
             self.ttfts.add(now - started)
+            self._answered_within(now - started)
+
+    def _answered_within(self, seconds: float) -> None:
+        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history."""
+        if seconds < self._first_token_wait:
+            self._first_token_wait = 0.0
 
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
         rate and is only a lower bound on latency, so a fast 429/5xx never makes the backend look fast."""
-        first_token_due = token in self._awaiting and token in self._streams
+        no_first_token = token in self._awaiting and token in self._streams
         started = self._release(token)
         if started is None or (failure is not None and not failure.blames_backend):
             return
@@ -307,10 +318,11 @@ class BackendStats:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)
             self._answered_since = max(self._answered_since, started)
+            self._answered_within(elapsed)
         else:
             self.latency.observe_at_least(elapsed, now)
-            if first_token_due:
-                self.ttft.observe_at_least(elapsed, now)
+            if no_first_token:
+                self._first_token_wait = max(self._first_token_wait, elapsed)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
 
@@ -321,8 +333,8 @@ class BackendStats:
         if started is None:
             return
         self.latency.observe_at_least(now - started, now)
-        if waiting and stream:  # no first token in all that time: streams must not rank it by an older TTFT
-            self.ttft.observe_at_least(now - started, now)
+        if waiting and stream:
+            self._first_token_wait = max(self._first_token_wait, now - started)
         if waiting:
             overdue = self.quantile(0.95, stream=stream)
             if overdue is not None and now - started > overdue:
@@ -336,16 +348,14 @@ class BackendStats:
     def expected_latency(self, now: float, *, load_sensitive: bool, stream: bool = False) -> float:
         """Seconds a new request is expected to take (to first byte when `stream`), for ranking.
 
-        Peak-EWMA (for streams the TTFT's, capped by the answer's), raised to the age of the oldest request
-        still waiting for its first byte (a backend that stopped answering looks slow at once, not after its
-        first slow answer), times (in_flight + 1) only when `load_sensitive` (self-hosted or
-        concurrency-limited), plus failure rate * penalty.
+        Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
+        stopped answering looks slow at once, not after its first slow answer) and for streams to the wait of
+        the latest stream given up without a first token, times (in_flight + 1) only when `load_sensitive`
+        (self-hosted or concurrency-limited), plus failure rate * penalty.
         """
-        # A first token comes no later than the whole answer: answers (shadow probes are JSON) that prove a
-        # recovery bring streams back too, though no stream has measured a first token since the slowdown.
-        estimate = self.latency.value
-        if stream and self.ttft.value is not None:
-            estimate = self.ttft.value if estimate is None else min(self.ttft.value, estimate)
+        estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
+        if stream and estimate is not None:
+            estimate = max(estimate, self._first_token_wait)
         if estimate is None:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since
