@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="redraw the report from --results, run nothing")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--no-docs", action="store_true", help="only print the table")
+    parser.add_argument("--chart", type=Path, help="also draw the chart to this PNG (with --no-docs too)")
     args = parser.parse_args(argv)
     if args.report_only:
         doc = json.loads(args.results.read_text())
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps({"meta": meta, "seeds": seeds}))
         progress(f"records saved to {args.results}")
     print(seeds_report.table(results))
+    if args.chart is not None:
+        seeds_report.draw_chart(results, args.chart)
+        progress(f"chart drawn to {args.chart}")
     if not args.no_docs:
         image = args.docs.parent / "img" / "incident-seeds.png"
         seeds_report.draw_chart(results, image)

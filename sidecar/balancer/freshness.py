@@ -12,10 +12,13 @@ STALE_AFTER_S = 2.0
 """A backend with no outcome for this long is due for a shadow probe."""
 MIN_INTERVAL_S = 1.0
 """At most one shadow probe per backend per this interval."""
+BACKOFF_AFTER = 3
 FAILED_BACKOFF_MAX_S = 8.0
-"""A backend whose latest outcomes failed is probed again after STALE_AFTER_S, doubled per failure in a row
-after the first, up to this: a half-open trial that fails closes the way again, longer each time, so a
-failing backend is never probed at the pace of the app's requests."""
+"""A backend whose latest outcome failed is probed at the usual pace (after STALE_AFTER_S without news), not
+as soon as the probe is back: a half-open trial that fails closes the way again. Past BACKOFF_AFTER failures
+in a row (after 1 in 16 probes of a backend failing half its requests, every probe of one that is down) the wait
+doubles per failure, up to this; so a backend that fails half its requests is still seen within seconds
+once it recovers, and one that is down is never probed at the pace of the app's requests."""
 PATIENCE_S = MIN_INTERVAL_S
 """A shadow probe still running after this does not hold back the next one: the backend it measures may
 have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s). So a
@@ -65,9 +68,9 @@ class ShadowProber:
 
     def _quiet(self, failed_in_row: int) -> float:
         """Seconds without news after which a backend is probed: longer while its latest outcomes failed."""
-        if failed_in_row <= 1:
+        if failed_in_row <= BACKOFF_AFTER:
             return self._stale_after
-        backoff = self._stale_after * 2.0 ** min(failed_in_row - 1, 16)
+        backoff = self._stale_after * 2.0 ** min(failed_in_row - BACKOFF_AFTER, 16)
         return min(backoff, max(FAILED_BACKOFF_MAX_S, self._stale_after))
 
     def done(self, name: str) -> None:

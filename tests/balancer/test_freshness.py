@@ -123,11 +123,12 @@ def test_a_failed_trial_backs_the_probes_off_instead_of_following_every_request(
             probe.stats.finish(probe.stats.start(now), now + 0.01, FailureKind.SERVER_ERROR)
             prober.done(probe.name)
         now += 0.1
-    # The first at once (the trial), then 2 s after each failure, doubled per failure in a row up to 8 s.
+    # The first at once (the trial), then 2 s after each failure (the usual pace) and, from the fourth
+    # failure in a row, twice as long per failure up to 8 s.
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(sent)]
     assert sent[0] == 11.0
-    assert gaps[:3] == [2.1, 4.1, 8.1]
-    assert set(gaps[3:]) == {8.1}
+    assert gaps[:5] == [2.1, 2.1, 2.1, 4.1, 8.1]
+    assert set(gaps[5:]) == {8.1}
     # A trial that succeeds is confirmed at once, as after any failures (the run that clears them).
     observe(other, 0.3, 42.0)
     assert names(prober.due(ranked, 42.0)) == ["other"]
