@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from bench.incident.drawn import Draw
 from bench.incident.seeds_report import JUDGED
 from bench.incident.summary import PolicyRun, quantile
 from llmroute.sim import Behavior
+from llmroute.sim.provider import keyed_draws
 
 KEY = re.compile(r"\[sim-draw ([^\]]+)\]")
 
@@ -32,8 +32,8 @@ def latency(behavior: Behavior, key: str, stream: bool) -> float:
     """What the provider does for a keyed request (llmroute.sim.provider): the keyed latency draw, plus a
     stream's tokens after the first."""
     if not stream:
-        return behavior.latency.sample(random.Random(key))
-    first = (behavior.ttft or behavior.latency).sample(random.Random(key))
+        return behavior.latency.sample(keyed_draws(key))
+    first = (behavior.ttft or behavior.latency).sample(keyed_draws(key))
     return first + (behavior.output_tokens - 1) * behavior.token_delay
 
 

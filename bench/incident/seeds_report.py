@@ -126,9 +126,9 @@ of those the schedule keeps healthy at that moment. Both arms run at the same ti
 providers following the drawn schedule from one shared start, so both meet the same machine load. Each
 app's n-th request is the same in both arms (stream or not, prompt) and carries a key from which the
 providers draw its latency (the same quantile on every backend), so the arms differ in where they send a
-request, not in the luck of the draw. A phase's p99 covers every request sent in it, failed ones at the time they took; the ratio is llmroute's
-p99 over the oracle's. The target is judged on the phases after a transition (the healthy phase starts
-with no history and is shown for reference).
+request, not in the luck of the draw. A phase's p99 covers every request sent in it, failed ones at the
+time they took; the ratio is llmroute's p99 over the oracle's. The target is judged on the phases after a
+transition (the healthy phase starts with no history and is shown for reference).
 
 {incidents(results)}
 

@@ -39,10 +39,15 @@ def _prompt_tokens(request: Request) -> int:
     return max(1, len(request.body) // 4)
 
 
+def keyed_draws(key: str) -> random.Random:
+    """The draws of a request keyed `key` (see `DRAW_KEY`)."""
+    return random.Random(key)
+
+
 def latency_draws(body: bytes, own: random.Random) -> random.Random:
     """The draws for the latency of a request with this body: its own from its `DRAW_KEY`, else `own`."""
     key = DRAW_KEY.search(body)
-    return own if key is None else random.Random(key[1].decode())
+    return own if key is None else keyed_draws(key[1].decode())
 
 
 async def _sleep(seconds: float) -> None:
