@@ -199,6 +199,25 @@ def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() ->
     assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
 
 
+def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_its_proof() -> None:
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s
+    caught = [stats.start(10.2 + 0.1 * i) for i in range(3)]  # app requests sent to it before it recovered
+    served(stats, 0.3, 11.4)  # it recovers: a probe answered fast
+    stats.cancel(caught[0], 11.5)  # the caught ones are given up one by one, at their deadlines
+    served(stats, 0.3, 11.8)
+    stats.cancel(caught[1], 11.9)
+    stats.finish(caught[2], 12.0, FailureKind.TIMEOUT)
+    served(stats, 0.3, 12.2)  # the third fast answer in a row (sent after the first) proves the recovery
+    assert stats.latency.value == pytest.approx(0.3)
+    # A request sent after the run began and failing does end it (the probe storm's fix).
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)
+    served(stats, 0.3, 11.4)
+    served(stats, 0.01, 11.5, FailureKind.SERVER_ERROR)
+    assert not stats.recovering
+
+
 def test_streams_avoid_a_backend_whose_first_tokens_stopped_coming_and_return_with_its_answers() -> None:
     stats = BackendStats()
     for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
