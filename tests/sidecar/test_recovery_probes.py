@@ -1,5 +1,5 @@
-"""Recovery probing against a real sidecar and scripted simulated providers: a backend that looks like it is
-recovering gets its few confirming probes at once, and one whose trial fails is left alone for a while."""
+"""Recovery probing against a real sidecar and a scripted simulated provider: a backend whose answer looked
+like a recovery and whose next trial failed is probed at the usual pace, not after every app request."""
 
 from __future__ import annotations
 
