@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import openai
 import pytest
 
 from llmroute.sim import Behavior, Latency, Schedule, SimConfigError, SimProvider, load_config
+from llmroute.sim.provider import latency_draws
 
 from .specs import spec_errors
 
@@ -290,3 +292,17 @@ async def test_openai_sim_calls_tools(start_sim: StartSim) -> None:
             assert delta_call.function is not None
             arguments += delta_call.function.arguments or ""
     assert json.loads(arguments) == {"city": "sim", "days": 1}
+
+
+def test_a_keyed_request_draws_the_same_latency_on_every_provider() -> None:
+    # Two arms of a benchmark send the same keyed requests; whatever else each provider answered before, a
+    # key is as slow on one as on the other, so the arms differ only in where they sent it.
+    latency = Latency.lognormal(0.3, 0.9)
+    body = b'{"messages": [{"role": "user", "content": "Where is my order? [sim-draw 4:2:17]"}]}'
+    one, other = random.Random(1), random.Random(2)
+    other.random()
+    assert latency.sample(latency_draws(body, one)) == latency.sample(latency_draws(body, other))
+    another = body.replace(b"4:2:17", b"4:2:18")
+    assert latency.sample(latency_draws(body, one)) != latency.sample(latency_draws(another, one))
+    own = random.Random(3)
+    assert latency_draws(b'{"messages": []}', own) is own  # unkeyed requests (probes) use the provider's

@@ -59,19 +59,24 @@ async def replay(router: Router, arrivals: list[Arrival], epoch: float) -> list[
 
 
 async def closed_loop(
-    router: Router, clients: int, duration: float, epoch: float, next_arrival: Callable[[float], Arrival]
+    router: Router,
+    clients: int,
+    duration: float,
+    epoch: float,
+    next_arrival: Callable[[int, int, float], Arrival],
 ) -> list[Record]:
     """`clients` apps that each send a request as soon as their previous one is answered, from epoch until
-    `duration` seconds after it; `next_arrival(t)` makes the request sent at `t`. The records by send time."""
+    `duration` seconds after it; `next_arrival(app, n, t)` makes app number `app`'s n-th request (from 0),
+    sent at `t`. The records by send time."""
 
-    async def app() -> list[Record]:
-        records = []
+    async def app(number: int) -> list[Record]:
+        records: list[Record] = []
         while (t := time.time() - epoch) < duration:
-            records.append(await _one(router, next_arrival(max(t, 0.0)), epoch))
+            records.append(await _one(router, next_arrival(number, len(records), max(t, 0.0)), epoch))
         return records
 
     delay = epoch - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
-    runs = await asyncio.gather(*(app() for _ in range(clients)))
+    runs = await asyncio.gather(*(app(number) for number in range(clients)))
     return sorted((r for run in runs for r in run), key=lambda r: r.sent)

@@ -18,6 +18,7 @@ import shlex
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from bench.common import machine, report
@@ -38,6 +39,17 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def arrival(incident: Draw, app: int, number: int, t: float) -> Arrival:
+    """App `app`'s `number`-th request, the same in both arms: stream or not and prompt drawn from its key, which
+    the prompt carries (`[sim-draw KEY]`) so that the providers draw its latency from the key too. The arms then
+    compare routing on the same requests, not two independent draws of a lognormal tail: a phase's p99 is
+    one of its few slowest requests."""
+    key = f"{incident.seed}:{app}:{number}"
+    rng = random.Random(key)
+    stream = rng.random() < incident.stream_share
+    return Arrival(t, "normal", stream, f"{rng.choice(PROMPTS)} [sim-draw {key}]")
+
+
 def run_seed(incident: Draw, workdir: Path) -> list[PolicyRun]:
     """Both arms at the same time, each on its own fresh providers following `incident` from one epoch, so
     they share whatever else the machine is doing; clients closed-loop at normal priority."""
@@ -51,19 +63,16 @@ def run_seed(incident: Draw, workdir: Path) -> list[PolicyRun]:
         if time.time() > epoch:
             progress(f"seed {incident.seed}: started {time.time() - epoch:.1f} s into the script (a busy machine)")
 
-        async def go(world: arms.World, seed: int) -> list[Record]:
-            rng = random.Random(seed)
-
-            def arrival(t: float) -> Arrival:
-                return Arrival(t, "normal", rng.random() < incident.stream_share, rng.choice(PROMPTS))
-
+        async def go(world: arms.World) -> list[Record]:
             try:
-                return await closed_loop(world.router, incident.clients, incident.duration, world.epoch, arrival)
+                return await closed_loop(
+                    world.router, incident.clients, incident.duration, world.epoch, partial(arrival, incident)
+                )
             finally:
                 await world.router.aclose()
 
         async def both() -> list[list[Record]]:
-            return list(await asyncio.gather(*(go(w, incident.seed) for w in worlds)))
+            return list(await asyncio.gather(*(go(w) for w in worlds)))
 
         records = asyncio.run(both())
         stats = [w.sim_stats() for w in worlds]
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="redraw the report from --results, run nothing")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--no-docs", action="store_true", help="only print the table")
+    parser.add_argument("--chart", type=Path, help="also draw the chart to this PNG (with --no-docs too)")
     args = parser.parse_args(argv)
     if args.report_only:
         doc = json.loads(args.results.read_text())
@@ -115,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps({"meta": meta, "seeds": seeds}))
         progress(f"records saved to {args.results}")
     print(seeds_report.table(results))
+    if args.chart is not None:
+        seeds_report.draw_chart(results, args.chart)
+        progress(f"chart drawn to {args.chart}")
     if not args.no_docs:
         image = args.docs.parent / "img" / "incident-seeds.png"
         seeds_report.draw_chart(results, image)

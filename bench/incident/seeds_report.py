@@ -123,10 +123,12 @@ request when its answer came) at normal priority; and their share of streams (0-
 `llmroute sidecar` with the incident bench's route (strategy `latency`, normal timeout 3 s, 2 retry
 attempts, outlier detection); the oracle is a client that always calls the backend with the lowest median
 of those the schedule keeps healthy at that moment. Both arms run at the same time, each on its own
-providers following the drawn schedule from one shared start, so both meet the same machine load.
-A phase's p99 covers every request sent in it, failed ones at the time they took; the ratio is llmroute's
-p99 over the oracle's. The target is judged on the phases after a transition (the healthy phase starts
-with no history and is shown for reference).
+providers following the drawn schedule from one shared start, so both meet the same machine load. Each
+app's n-th request is the same in both arms (stream or not, prompt) and carries a key from which the
+providers draw its latency (the same quantile on every backend), so the arms differ in where they send a
+request, not in the luck of the draw. A phase's p99 covers every request sent in it, failed ones at the
+time they took; the ratio is llmroute's p99 over the oracle's. The target is judged on the phases after a
+transition (the healthy phase starts with no history and is shown for reference).
 
 {incidents(results)}
 

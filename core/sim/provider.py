@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
@@ -21,6 +22,11 @@ from llmroute.sim.stats import SimStats
 
 Kind = Literal["openai", "anthropic", "azure-openai"]
 _ID_MARK = "@sim-id@"  # stands in for the id (wherever it appears) in a cached body
+DRAW_KEY = re.compile(rb"\[sim-draw ([\w.:-]{1,80})\]")
+"""A request whose body carries `[sim-draw KEY]` (in a prompt, which every proxy forwards) draws its latency
+from KEY alone: two arms of a benchmark that send the same keys see the same latencies, whatever else each
+arm sent, and a key is as slow (the same quantile) on every backend. Outcomes (errors) still come from the
+provider's own draws."""
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
     "anthropic": AnthropicDialect,
@@ -31,6 +37,17 @@ _DIALECTS: dict[str, type[Dialect]] = {
 def _prompt_tokens(request: Request) -> int:
     """The prompt's size as the simulator counts it: roughly 4 bytes of request body per token."""
     return max(1, len(request.body) // 4)
+
+
+def keyed_draws(key: str) -> random.Random:
+    """The draws of a request keyed `key` (see `DRAW_KEY`)."""
+    return random.Random(key)
+
+
+def latency_draws(body: bytes, own: random.Random) -> random.Random:
+    """The draws for the latency of a request with this body: its own from its `DRAW_KEY`, else `own`."""
+    key = DRAW_KEY.search(body)
+    return own if key is None else keyed_draws(key[1].decode())
 
 
 async def _sleep(seconds: float) -> None:
@@ -150,11 +167,11 @@ class SimProvider:
             broken = self._rng.random() < behavior.midstream_failure_rate
             stall = 0.0 if broken or self._rng.random() >= behavior.midstream_stall_rate else behavior.stall
             self.stats.by_outcome["midstream_failure" if broken else "midstream_stall" if stall else "ok"] += 1
-            await _sleep((behavior.ttft or behavior.latency).sample(self._rng))
+            await _sleep((behavior.ttft or behavior.latency).sample(latency_draws(request.body, self._rng)))
             chunks = self._stream(fmt, request, chat, completion, behavior, broken, stall)
             return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
         self.stats.by_outcome["ok"] += 1
-        await _sleep(behavior.latency.sample(self._rng))
+        await _sleep(behavior.latency.sample(latency_draws(request.body, self._rng)))
         return Response(200, self._completion_body(fmt, completion), self._headers)
 
     def _completion_body(self, fmt: Format, completion: Completion) -> bytes:

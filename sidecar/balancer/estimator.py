@@ -84,11 +84,18 @@ class PeakEWMA:
         self._stamp = now
 
     def observe_at_least(self, bound: float, now: float) -> None:
-        """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower."""
+        """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower.
+        It also ends a run of fast answers: a backend that fails right after one fast answer has not shown a
+        recovery, and would otherwise stay `recovering`, probed after every request, through its failures.
+        Like an answer, it is old news (changes nothing) when its request was sent before that run began:
+        requests caught before a recovery and given up after it would otherwise restart the proof again and
+        again (traffic came back 8.6-10.6 s after the recovery instead of 0.8-1.4 s)."""
+        if now - bound < self._fast_since:
+            return
+        self._low_count = 0
         if self.value is None or bound > self.value:
             self.value = bound
             self._stamp = now
-            self._low_count = 0
 
 
 IMPROBABLE_RUN = 0.1
@@ -225,11 +232,13 @@ class BackendStats:
     __slots__ = (
         "_answered_since",
         "_awaiting",
+        "_first_token_wait",
         "_given_up",
         "_next_token",
         "_penalty",
         "_started",
         "_streams",
+        "failed_in_row",
         "failures",
         "gaps",
         "last_observed",
@@ -249,6 +258,8 @@ class BackendStats:
         self.gaps = RecentWindow(window)
         """The longest silence between two chunks of each recent complete stream."""
         self.failures = FailureRate(decay)
+        self.failed_in_row = 0
+        """Outcomes blamed on the backend that failed since its latest success (probes' backoff)."""
         self.last_observed: float | None = None
         """When an outcome last told us about this backend (success or its fault); None if never."""
         self._penalty = failure_penalty
@@ -259,6 +270,10 @@ class BackendStats:
         # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
         # after the hedges that replaced them have answered.
         self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
+        # How long the latest stream given up (or failed) without a first token had waited, until an answer
+        # comes sooner than that: streams rank the backend no better, though their TTFT estimate (first tokens
+        # seen) is from before it slowed down and nothing of it is in flight now.
+        self._first_token_wait = 0.0
         self._next_token = 0
 
     @property
@@ -288,20 +303,31 @@ class BackendStats:
         if started is not None:
             self.ttft.observe(now - started, now)
             self.ttfts.add(now - started)
+            self._answered_within(now - started)
+
+    def _answered_within(self, seconds: float) -> None:
+        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history."""
+        if seconds < self._first_token_wait:
+            self._first_token_wait = 0.0
 
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
         rate and is only a lower bound on latency, so a fast 429/5xx never makes the backend look fast."""
+        no_first_token = token in self._awaiting and token in self._streams
         started = self._release(token)
         if started is None or (failure is not None and not failure.blames_backend):
             return
         elapsed = now - started
+        self.failed_in_row = 0 if failure is None else self.failed_in_row + 1
         if failure is None:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)
             self._answered_since = max(self._answered_since, started)
+            self._answered_within(elapsed)
         else:
             self.latency.observe_at_least(elapsed, now)
+            if no_first_token:
+                self._first_token_wait = max(self._first_token_wait, elapsed)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
 
@@ -312,6 +338,8 @@ class BackendStats:
         if started is None:
             return
         self.latency.observe_at_least(now - started, now)
+        if waiting and stream:
+            self._first_token_wait = max(self._first_token_wait, now - started)
         if waiting:
             overdue = self.quantile(0.95, stream=stream)
             if overdue is not None and now - started > overdue:
@@ -326,10 +354,13 @@ class BackendStats:
         """Seconds a new request is expected to take (to first byte when `stream`), for ranking.
 
         Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
-        stopped answering looks slow at once, not after its first slow answer), times (in_flight + 1) only
-        when `load_sensitive` (self-hosted or concurrency-limited), plus failure rate * penalty.
+        stopped answering looks slow at once, not after its first slow answer) and for streams to the wait of
+        the latest stream given up without a first token, times (in_flight + 1) only when `load_sensitive`
+        (self-hosted or concurrency-limited), plus failure rate * penalty.
         """
         estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
+        if stream and estimate is not None:
+            estimate = max(estimate, self._first_token_wait)
         if estimate is None:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since

@@ -12,9 +12,18 @@ STALE_AFTER_S = 2.0
 """A backend with no outcome for this long is due for a shadow probe."""
 MIN_INTERVAL_S = 1.0
 """At most one shadow probe per backend per this interval."""
-PATIENCE_S = 2.0
+BACKOFF_AFTER = 3
+FAILED_BACKOFF_MAX_S = 8.0
+"""A backend whose latest outcome failed is probed at the usual pace (after STALE_AFTER_S without news), not
+as soon as the probe is back: a half-open trial that fails closes the way again. Past BACKOFF_AFTER failures
+in a row (after 1 in 16 probes of a backend failing half its requests, every probe of one that is down) the wait
+doubles per failure, up to this; so a backend that fails half its requests is still seen within seconds
+once it recovers, and one that is down is never probed at the pace of the app's requests."""
+PATIENCE_S = MIN_INTERVAL_S
 """A shadow probe still running after this does not hold back the next one: the backend it measures may
-have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s)."""
+have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s). So a
+degraded backend gets one probe a second, the most any backend gets, and a recovery is seen within about a
+second plus one of its answers (it was 2 s: traffic came back 1.2-5.9 s after a recovery on drawn schedules)."""
 
 
 class ShadowProber:
@@ -38,9 +47,12 @@ class ShadowProber:
             # A backend whose latest answer came in under half its estimate, or that answered after failing,
             # may be recovering: it is probed again as soon as that probe is back, so the few answers that
             # prove it come within a second or two.
-            recovering = candidate.stats.recovering
-            seen = candidate.stats.last_observed
-            if not recovering and seen is not None and now - seen <= self._stale_after:
+            # A failure ends that (`PeakEWMA.observe_at_least`): the trial failed, and each failure in a row
+            # then doubles the wait for the next (`FAILED_BACKOFF_MAX_S`).
+            stats = candidate.stats
+            recovering = stats.recovering
+            seen = stats.last_observed
+            if not recovering and seen is not None and now - seen <= self._quiet(stats.failed_in_row):
                 continue
             name = candidate.name
             sent = self._sent.get(name)
@@ -53,6 +65,13 @@ class ShadowProber:
             self._in_flight.add(name)
             due.append(candidate)
         return due
+
+    def _quiet(self, failed_in_row: int) -> float:
+        """Seconds without news after which a backend is probed: longer while its latest outcomes failed."""
+        if failed_in_row <= BACKOFF_AFTER:
+            return self._stale_after
+        backoff = self._stale_after * 2.0 ** min(failed_in_row - BACKOFF_AFTER, 16)
+        return min(backoff, max(FAILED_BACKOFF_MAX_S, self._stale_after))
 
     def done(self, name: str) -> None:
         """The shadow probe to `name` finished (whatever its outcome)."""

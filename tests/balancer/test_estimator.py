@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from llmroute.sidecar.balancer import BackendStats, FailureKind
-from llmroute.sidecar.balancer.estimator import PeakEWMA, RecentWindow
+from llmroute.sidecar.balancer.estimator import FAILURE_PENALTY_S, PeakEWMA, RecentWindow
 
 
 def served(stats: BackendStats, latency: float, end: float, failure: FailureKind | None = None) -> None:
@@ -180,6 +180,67 @@ def test_a_recovery_is_believed_after_a_few_fast_answers_in_a_row() -> None:
     ewma.observe(0.3, 15.0)
     ewma.observe(0.3, 16.0)
     assert ewma.value is not None and ewma.value > 5  # a new peak in between restarts the count
+
+
+def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() -> None:
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)
+    served(stats, 0.3, 11.0)  # under half the estimate: perhaps a recovery, worth confirming at once
+    assert stats.recovering
+    served(stats, 0.01, 11.5, FailureKind.SERVER_ERROR)  # an immediate 5xx: it has not recovered
+    assert not stats.recovering
+    assert stats.failed_in_row == 1
+    served(stats, 0.01, 12.0, FailureKind.SERVER_ERROR)
+    assert stats.failed_in_row == 2
+    served(stats, 0.3, 13.0)
+    assert stats.failed_in_row == 0
+    served(stats, 0.3, 14.0)
+    served(stats, 0.3, 15.0)
+    assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
+
+
+def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_its_proof() -> None:
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s
+    caught = [stats.start(10.2 + 0.1 * i) for i in range(3)]  # app requests sent to it before it recovered
+    served(stats, 0.3, 11.4)  # it recovers: a probe answered fast
+    stats.cancel(caught[0], 11.5)  # the caught ones are given up one by one, at their deadlines
+    served(stats, 0.3, 11.8)
+    stats.cancel(caught[1], 11.9)
+    stats.finish(caught[2], 12.0, FailureKind.TIMEOUT)
+    served(stats, 0.3, 12.2)  # the third fast answer in a row (sent after the first) proves the recovery
+    assert stats.latency.value == pytest.approx(0.3)
+    # A request sent after the run began and failing does end it (the probe storm's fix).
+    stats = BackendStats()
+    served(stats, 8.5, 10.0)
+    served(stats, 0.3, 11.4)
+    served(stats, 0.01, 11.5, FailureKind.SERVER_ERROR)
+    assert not stats.recovering
+
+
+def test_streams_avoid_a_backend_whose_first_tokens_stopped_coming_and_return_with_its_answers() -> None:
+    stats = BackendStats()
+    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
+        token = stats.start(i * 0.5, stream=True)
+        stats.first_byte(token, i * 0.5 + 0.15)
+        stats.finish(token, i * 0.5 + 0.3)
+    served(stats, 5.1, 12.0)  # it slows down: a (JSON) shadow probe takes 5.1 s
+    stream = stats.start(12.0, stream=True)
+    stats.cancel(stream, 14.0)  # a stream waited 2 s for its first token; a hedge answered it elsewhere
+    # Nothing in flight: streams are ranked by the estimates alone, and the 0.15 s from before the slowdown
+    # must not bring the next ones back to it.
+    assert stats.in_flight == 0
+    assert stats.expected_latency(14.0, load_sensitive=False, stream=True) >= 2.0
+    served(stats, 5.1, 19.5)  # a slow answer says nothing against it
+    assert stats.expected_latency(19.5, load_sensitive=False, stream=True) >= 2.0
+    failed = stats.start(20.0, stream=True)
+    stats.finish(failed, 22.5, FailureKind.TIMEOUT)  # no first token before the deadline either
+    assert stats.expected_latency(22.5, load_sensitive=False, stream=True) >= 2.5
+    # It recovers: a (JSON) probe answered in 0.3 s shows first tokens come sooner than 2.5 s again, and
+    # streams are ranked by the first tokens they measured (plus the timed-out stream's failure penalty).
+    served(stats, 0.3, 25.3)
+    back = stats.expected_latency(25.3, load_sensitive=False, stream=True)
+    assert back == pytest.approx(0.15 + stats.failures.value(25.3) * FAILURE_PENALTY_S)
 
 
 def test_a_slow_answer_to_a_request_sent_before_a_recovery_neither_hides_nor_undoes_it() -> None:

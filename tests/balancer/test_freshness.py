@@ -1,5 +1,6 @@
 """Shadow probes keep the estimates of backends not currently chosen fresh, at a bounded rate."""
 
+import itertools
 from collections.abc import Callable
 
 from llmroute.sidecar.balancer import Candidate, FailureKind, ShadowProber
@@ -25,7 +26,7 @@ def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCa
     prober = ShadowProber()
     ranked = [primary, other]
     assert names(prober.due(ranked, 10.0)) == ["other"]
-    assert prober.due(ranked, 11.5) == []  # still in flight
+    assert prober.due(ranked, 10.9) == []  # still in flight
     prober.done("other")
     assert names(prober.due(ranked, 12.0)) == ["other"]
     prober.done("other")
@@ -33,12 +34,12 @@ def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCa
     assert names(prober.due(ranked, 13.0)) == ["other"]
 
 
-def test_a_slow_probe_holds_back_the_next_for_a_few_seconds_only(make: MakeCandidate) -> None:
+def test_a_slow_probe_holds_back_the_next_for_a_second_only(make: MakeCandidate) -> None:
     ranked = [make("primary"), make("other")]
     prober = ShadowProber()
     prober.due(ranked, 0.0)
-    assert prober.due(ranked, 1.9) == []
-    assert names(prober.due(ranked, 2.0)) == ["other"]  # it may have recovered since the first was sent
+    assert prober.due(ranked, 0.9) == []
+    assert names(prober.due(ranked, 1.0)) == ["other"]  # it may have recovered since the first was sent
 
 
 def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
@@ -104,3 +105,30 @@ def test_a_lone_failure_on_a_busy_backend_does_not_bring_probes_at_once(make: Ma
     observe(other, 0.3, now + 3.3)
     prober.done("other")
     assert prober.due([primary, other], now + 3.3) == []  # 1% failing: time, not a probe storm, forgives it
+
+
+def test_a_failed_trial_backs_the_probes_off_instead_of_following_every_request(
+    make: MakeCandidate, observe: Observe
+) -> None:
+    primary, other = make("primary"), make("other")
+    ranked = [primary, other]
+    observe(other, 8.5, 10.0)
+    observe(other, 0.3, 11.0)  # fast after slow: probed again as soon as this probe is back
+    prober = ShadowProber()
+    sent = []
+    now = 11.0
+    while now < 41.0:  # an app request every 100 ms for 30 s; every probe fails at once with a 503
+        for probe in prober.due(ranked, now):
+            sent.append(round(now, 1))
+            probe.stats.finish(probe.stats.start(now), now + 0.01, FailureKind.SERVER_ERROR)
+            prober.done(probe.name)
+        now += 0.1
+    # The first at once (the trial), then 2 s after each failure (the usual pace) and, from the fourth
+    # failure in a row, twice as long per failure up to 8 s.
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(sent)]
+    assert sent[0] == 11.0
+    assert gaps[:5] == [2.1, 2.1, 2.1, 4.1, 8.1]
+    assert set(gaps[5:]) == {8.1}
+    # A trial that succeeds is confirmed at once, as after any failures (the run that clears them).
+    observe(other, 0.3, 42.0)
+    assert names(prober.due(ranked, 42.0)) == ["other"]
