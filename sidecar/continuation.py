@@ -161,6 +161,12 @@ class Continuation:
         plans.sort(key=lambda plan: plan[0] is failed)
         return plans
 
+    def tokens_so_far(self) -> int:
+        """The tokens the interrupted attempt was billed, estimated like `cost_so_far`: its prompt and the text
+        delivered (a continuation's prompt carries the text delivered before it, so after any number of
+        resumes this is the prompt plus all the text delivered)."""
+        return self._call.tokens_in + len(self.text) // CHARS_PER_TOKEN
+
     async def resume(self, failed: Candidate) -> Answer | None:
         """Ask a prefill backend (another than `failed` first) to continue; its Answer with the first chunk
         of the continuation, or None when none can (not only text was sent, no backend, no budget)."""
