@@ -155,9 +155,12 @@ class Admission:
         amounts = (usd, float(call.tokens_in + call.tokens_out), 1.0)  # by Quota.slot
         downgrade: Limit | None = None
         observed: list[str] | None = None
+        claims = []
         for limit in plan.limits:
             quota = limit.quota
-            if quota.ask(amounts[quota.slot], now):
+            amount = amounts[quota.slot]
+            claims.append((quota, amount))
+            if quota.ask(amount, now):
                 continue
             if limit.action == "Observe":
                 if observed is None:
@@ -167,13 +170,13 @@ class Admission:
             elif limit.action == "Downgrade" and limit.max_price is not None:
                 downgrade = downgrade or limit
             else:
-                needs = f"this request needs about {amounts[quota.slot]:g}"
+                needs = f"this request needs about {amount:g}"
                 self._refuse(decision, limit, now, f"{limit.describe()}; {needs}")
         if downgrade is not None:
             amounts = (self._downgrade(call, decision, downgrade, now), amounts[1], 1.0)
+            claims = [(quota, amounts[quota.slot]) for quota, _ in claims]
         if observed:
             decision.observed = tuple(observed)
-        claims = [(limit.quota, amounts[limit.quota.slot]) for limit in plan.limits]
         decision.reservation = Reservation(claims, self.ledger.clock)
 
     def _plan(self, route: Route, priority: Priority) -> _Plan:
