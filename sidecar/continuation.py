@@ -121,6 +121,11 @@ class Continuation:
         it delivered, at its backend's prices."""
         return candidate.spec.price.cost(*self._billed)
 
+    def tokens_so_far(self) -> int:
+        """The tokens the attempt `resume` went on from was billed, as `cost_so_far` prices them: its prompt
+        and the text it delivered (for the LLMPolicy tokens quotas)."""
+        return sum(self._billed)
+
     def _bill(self) -> None:
         """The attempt that broke off: its prompt (as its stream reported it, or estimated) and the text it
         delivered count in the final usage and cost."""
@@ -160,12 +165,6 @@ class Continuation:
             plans.append((c, call.api, body, None))
         plans.sort(key=lambda plan: plan[0] is failed)
         return plans
-
-    def tokens_so_far(self) -> int:
-        """The tokens the interrupted attempt was billed, estimated like `cost_so_far`: its prompt and the text
-        delivered (a continuation's prompt carries the text delivered before it, so after any number of
-        resumes this is the prompt plus all the text delivered)."""
-        return self._call.tokens_in + len(self.text) // CHARS_PER_TOKEN
 
     async def resume(self, failed: Candidate) -> Answer | None:
         """Ask a prefill backend (another than `failed` first) to continue; its Answer with the first chunk
