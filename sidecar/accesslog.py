@@ -165,6 +165,8 @@ class AccessLog:
 def policy_field(refused_by: str = "", downgraded_by: str = "", observed: tuple[str, ...] = ()) -> str | None:
     """The `policy` field: which LLMPolicy refused the request, narrowed it to cheaper backends, or saw it go over
     an Observe limit (JSON text; None when no policy did anything)."""
+    if not (refused_by or downgraded_by or observed):
+        return None  # the common case: every request admitted under a policy goes through here
     parts = []
     if refused_by:
         parts.append(f'"refused_by":{_escape(refused_by)}')

@@ -306,6 +306,7 @@ class SidecarApp:
                             assert continuation is not None
                             self.metrics.child(self.metrics.continuations, call.runtime.route.name).inc()
                             spent += continuation.cost_so_far(candidate)
+                            _bill_interrupted(call, continuation.tokens_so_far())
                             answer = resumed
                             continue
                         outcome = "success"
@@ -439,6 +440,13 @@ def _add_locale_prompt(
     prompt = prompts.get(locale) or prompts.get(locale.partition("-")[0])
     if prompt is not None and api.add_system(body, prompt):
         parsed.tokens_in += estimate_tokens(prompt)
+
+
+def _bill_interrupted(call: Call, tokens: int) -> None:
+    """Note on the request's policy reservation the tokens of an attempt that broke off and was continued."""
+    reservation = call.policy.reservation if call.policy is not None else None
+    if reservation is not None:
+        reservation.interrupted(tokens)
 
 
 def _settle(call: Call, answer: Answer | None, *, unknown: bool = False) -> None:

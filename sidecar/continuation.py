@@ -121,6 +121,11 @@ class Continuation:
         it delivered, at its backend's prices."""
         return candidate.spec.price.cost(*self._billed)
 
+    def tokens_so_far(self) -> int:
+        """The tokens the attempt `resume` went on from was billed, as `cost_so_far` prices them: its prompt
+        and the text it delivered (for the LLMPolicy tokens quotas)."""
+        return sum(self._billed)
+
     def _bill(self) -> None:
         """The attempt that broke off: its prompt (as its stream reported it, or estimated) and the text it
         delivered count in the final usage and cost."""

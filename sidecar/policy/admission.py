@@ -2,8 +2,9 @@
 LLMPolicy that applies to it, all or nothing, and refuse (Reject), narrow the backends (Downgrade) or only
 count (Observe) when one does not fit.
 
-Which limits apply to a request depends only on its route and priority (the pod's labels are fixed), so
-that list is built once per (route, priority) and the request path only adds numbers.
+Which limits apply to a request, which backends `allowed` leaves out and the prices its USD estimate is
+taken at depend only on its route and priority (the pod's labels are fixed), so they are compiled once per
+route table and priority (a `_Plan`) and the request path only adds numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from llmroute.model import Backend, Priority
+from llmroute.model import Backend, Price, Priority, Route
 from llmroute.model.policy import Action, Policy, Quantity, QuotaKey, Window, mean_price
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
@@ -21,7 +22,6 @@ from llmroute.sidecar.policy.ledger import Quota, QuotaLedger, Reservation
 
 if TYPE_CHECKING:
     from llmroute.sidecar.dispatch import Call
-    from llmroute.sidecar.runtime import RouteRuntime
 
 MINUTE = Window(60)
 """Rate limits count per UTC minute."""
@@ -55,6 +55,20 @@ class Limit:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Admission compiled for one route (as one routing table has it) at one priority."""
+
+    route: Route
+    limits: tuple[Limit, ...]
+    excluded: dict[str, str]
+    """The route's backends some policy's `allowed` refuses, and why (shared by every request: read only)."""
+    refused: str
+    """Not empty when `allowed` leaves no backend of the route: the 403's message."""
+    prices: tuple[Price, ...]
+    """The prices of the backends left, when a USD budget applies (the estimate is taken at the dearest)."""
+
+
 @dataclass(slots=True)
 class Decision:
     """What the policies decided for one request: the record the access log and the response headers read."""
@@ -81,13 +95,9 @@ class Admission:
         self.metrics = metrics
         self.policies: tuple[Policy, ...] = ()
         self.limits: tuple[Limit, ...] = ()
-        self._by_call: dict[tuple[str, Priority], tuple[Limit, ...]] = {}
-        self._allowed: dict[str, tuple[object, dict[str, str]]] = {}
-
-    @property
-    def active(self) -> bool:
+        self.active = False
         """Whether any policy applies (without one, admission costs the request path nothing)."""
-        return bool(self.policies)
+        self._plans: dict[tuple[str, Priority], _Plan] = {}
 
     def apply(self, policies: Sequence[Policy]) -> None:
         """Enforce `policies` from now on; quotas that stay keep their usage and grants."""
@@ -123,46 +133,63 @@ class Admission:
                         limits.append(Limit(policy, quota, "Reject", "rate_limit_exceeded", priorities=rate.priorities))
         self.ledger.keep_only(limit.quota.key for limit in limits)
         self.policies, self.limits = tuple(policies), tuple(limits)
-        self._by_call.clear()
-        self._allowed.clear()
+        self.active = bool(self.policies)
+        self._plans.clear()
 
     def admit(self, call: Call) -> None:
         """Reserve `call`'s estimate on every limit that applies (its Decision goes on `call.policy`), or raise
         the 429 of the first Reject limit it does not fit."""
-        runtime = call.runtime
-        route = runtime.route.name
-        limits = self._by_call.get((route, call.priority))
-        if limits is None:
-            limits = self._by_call[(route, call.priority)] = tuple(
-                limit for limit in self.limits if limit.applies(route, call.priority)
-            )
-        excluded = self._outside_allowed(runtime)
-        if excluded and len(excluded) == len(runtime.candidates):
-            why = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
-            raise ProxyError(403, f"no backend of route {route} is allowed here: {why}", "policy_violation")
-        decision = call.policy = Decision(excluded=excluded)
+        route = call.runtime.route
+        plan = self._plans.get((route.key, call.priority))
+        if plan is None or plan.route is not route:  # first request, or a new routing table
+            plan = self._plans[(route.key, call.priority)] = self._plan(route, call.priority)
+        if plan.refused:
+            raise ProxyError(403, plan.refused, "policy_violation")
+        decision = call.policy = Decision(excluded=plan.excluded)
         now = self.ledger.clock()
-        amounts = {"usd": self._estimate(call, excluded), "tokens": float(call.tokens_in + call.tokens_out)}
+        usd = 0.0  # at the dearest backend the request may use
+        for price in plan.prices:
+            cost = price.cost(call.tokens_in, call.tokens_out)
+            if cost > usd:
+                usd = cost
+        amounts = (usd, float(call.tokens_in + call.tokens_out), 1.0)  # by Quota.slot
         downgrade: Limit | None = None
-        observed: list[str] = []
-        for limit in limits:
+        observed: list[str] | None = None
+        claims = []
+        for limit in plan.limits:
             quota = limit.quota
-            if quota.ask(amounts.get(quota.quantity, 1.0), now):
+            amount = amounts[quota.slot]
+            claims.append((quota, amount))
+            if quota.ask(amount, now):
                 continue
             if limit.action == "Observe":
+                if observed is None:
+                    observed = []
                 observed.append(limit.policy.name)
                 self._count(limit, "observed")
             elif limit.action == "Downgrade" and limit.max_price is not None:
                 downgrade = downgrade or limit
             else:
-                needs = f"this request needs about {amounts.get(quota.quantity, 1.0):g}"
+                needs = f"this request needs about {amount:g}"
                 self._refuse(decision, limit, now, f"{limit.describe()}; {needs}")
         if downgrade is not None:
-            amounts["usd"] = self._downgrade(call, decision, downgrade, now)
+            amounts = (self._downgrade(call, decision, downgrade, now), amounts[1], 1.0)
+            claims = [(quota, amounts[quota.slot]) for quota, _ in claims]
         if observed:
             decision.observed = tuple(observed)
-        claims = tuple((limit.quota, amounts.get(limit.quota.quantity, 1.0)) for limit in limits)
         decision.reservation = Reservation(claims, self.ledger.clock)
+
+    def _plan(self, route: Route, priority: Priority) -> _Plan:
+        """Compile admission for `route` at `priority`: the limits that apply, the backends left, their prices."""
+        limits = tuple(limit for limit in self.limits if limit.applies(route.name, priority))
+        excluded = self._outside_allowed(route)
+        refused = ""
+        if excluded and len(excluded) == len(route.backends):
+            why = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
+            refused = f"no backend of route {route.name} is allowed here: {why}"
+        usd = any(limit.quota.quantity == "usd" for limit in limits)
+        prices = tuple(b.price for b in route.backends if b.name not in excluded) if usd else ()
+        return _Plan(route, limits, excluded, refused, prices)
 
     def _downgrade(self, call: Call, decision: Decision, limit: Limit, now: float) -> float:
         """Leave out the backends above `limit`'s downgrade price; the new estimate, or the 429 when none is left."""
@@ -203,18 +230,14 @@ class Admission:
                     usd = cost
         return usd
 
-    def _outside_allowed(self, runtime: RouteRuntime) -> dict[str, str]:
-        """The route's backends that some policy's `allowed` refuses, and why (kept per route table)."""
-        cached = self._allowed.get(runtime.route.key)
-        if cached is not None and cached[0] is runtime.route:
-            return cached[1]
+    def _outside_allowed(self, route: Route) -> dict[str, str]:
+        """The route's backends that some policy's `allowed` refuses, and why."""
         refused: dict[str, str] = {}
-        for backend in runtime.route.backends:
+        for backend in route.backends:
             for policy in self.policies:
                 why = policy.allowed.refuses(backend, _host(backend))
                 if why is not None:
                     refused.setdefault(backend.name, f"outside LLMPolicy {policy.name}'s allowed: {why}")
-        self._allowed[runtime.route.key] = (runtime.route, refused)
         return refused
 
 

@@ -31,6 +31,10 @@ at most a billionth of it."""
 MAX_SCALE = 10.0
 """The most a quota scales its estimates by (Quota.scale), so one odd answer cannot freeze a sidecar."""
 
+SLOTS = {"usd": 0, "tokens": 1, "requests": 2}
+"""Each quantity's position in the (USD, tokens, requests) triples admission and settlement index by
+`Quota.slot`: a tuple index instead of comparing the quantity's name per quota per request."""
+
 
 class ReservationSettled(RuntimeError):
     """A second settlement of one reservation: a bug in the caller, never a runtime condition."""
@@ -43,12 +47,14 @@ class Quota:
         "_ledger",
         "demand",
         "enforced",
+        "granted",
         "key",
         "limit",
         "quantity",
         "rejected",
         "reserved",
         "scale",
+        "slot",
         "used",
         "window",
         "window_end",
@@ -58,12 +64,17 @@ class Quota:
     def __init__(self, key: QuotaKey, window: Window, limit: float, ledger: QuotaLedger, now: float) -> None:
         self.key = key
         self.quantity = key.quantity
+        self.slot = SLOTS[key.quantity]
         self.window = window
         self.limit = limit
         """The policy's whole limit (every sidecar's shares together)."""
         self._ledger = ledger
         self.window_start = window.start(now)
         self.window_end = window.end(now)
+        self.granted = 0.0
+        """What this sidecar may use in the current window, in all (0 without a grant for it); kept current
+        by `regrant` whenever the limit, the window or the grants change, so requests only read it."""
+        self.regrant()
         self.used = 0.0
         self.reserved = 0.0
         self.scale = 1.0
@@ -86,12 +97,12 @@ class Quota:
             self.window_start = self.window.start(now)
             self.window_end = self.window.end(now)
             self.used = 0.0
+            self.regrant()
 
-    @property
-    def granted(self) -> float:
-        """What this sidecar may use in the current window, in all (0 without a grant for it)."""
+    def regrant(self) -> None:
+        """Read the grant in force for the current window again (the limit, alone)."""
         ledger = self._ledger
-        return self.limit if ledger.local else ledger.granted(self.key, self.window_start, self.limit)
+        self.granted = self.limit if ledger.local else ledger.granted(self.key, self.window_start, self.limit)
 
     def room(self, now: float) -> float:
         """What a new request may still reserve now."""
@@ -121,11 +132,12 @@ class Quota:
         """A request that reserved `reserved` ended having used `used`."""
         if now >= self.window_end:
             self.roll(now)
-        self.reserved = max(self.reserved - reserved, 0.0)
+        left = self.reserved - reserved
+        self.reserved = left if left > 0.0 else 0.0
         self.used += used
         if reserved > 0.0:  # learn from the estimate (reserved / scale) what requests really use
-            ratio = used * self.scale / reserved
-            self.scale = min(max(1.0, 0.7 * self.scale + 0.3 * ratio), MAX_SCALE)
+            scale = 0.7 * self.scale + 0.3 * (used * self.scale / reserved)
+            self.scale = 1.0 if scale < 1.0 else MAX_SCALE if scale > MAX_SCALE else scale
 
 
 class QuotaLedger:
@@ -149,6 +161,7 @@ class QuotaLedger:
         if quota is None or quota.window != window:
             quota = self.quotas[key] = Quota(key, window, limit, self, self.clock())
         quota.limit = limit
+        quota.regrant()
         return quota
 
     def keep_only(self, keys: Iterable[QuotaKey]) -> None:
@@ -164,6 +177,8 @@ class QuotaLedger:
             fresh.setdefault(key, {})[window_start] = granted
         self._grants = fresh
         self.grants_version = version
+        for quota in self.quotas.values():
+            quota.regrant()
 
     def granted(self, key: QuotaKey, window_start: float, limit: float) -> float:
         """The grant in force for `key` in the window starting at `window_start`."""
@@ -193,37 +208,52 @@ class Reservation:
 
     As a context manager, a reservation still open when the block ends is charged what it reserved: the
     request went out and its real usage is unknown (the app went away, the stream broke off), and the
-    estimate bounds it. `hand_over` keeps it open past the block for a stream, which then settles it."""
+    estimate bounds it. `hand_over` keeps it open past the block for a stream, which then settles it.
 
-    __slots__ = ("_claims", "_clock", "_handed_over", "closed")
+    A stream that broke off and was continued on another backend was billed by two providers: `interrupted`
+    adds the tokens of the attempt that broke off, so the tokens quotas count every attempt, not the last."""
 
-    def __init__(self, claims: tuple[tuple[Quota, float], ...], clock: Callable[[], float] = time.time) -> None:
-        self._claims = claims
+    __slots__ = ("_claims", "_clock", "_handed_over", "_interrupted", "closed")
+
+    def __init__(self, claims: Iterable[tuple[Quota, float]], clock: Callable[[], float] = time.time) -> None:
+        """Reserve each claim's estimate, scaled by what its quota's requests have been really using."""
         self._clock = clock
         self.closed = False
         self._handed_over = False
-        self._claims = claims = tuple((quota, amount * quota.scale) for quota, amount in claims)
+        self._interrupted = 0
+        held = []
         for quota, amount in claims:
+            amount *= quota.scale
             quota.reserved += amount
+            held.append((quota, amount))
+        self._claims = held
 
     def __repr__(self) -> str:
         state = "settled" if self.closed else "open"
         return f"Reservation({', '.join(q.key.limit for q, _ in self._claims)}, {state})"
 
+    def interrupted(self, tokens: int) -> None:
+        """An attempt broke off mid-stream and the request went on on another backend: its provider billed
+        about `tokens` (estimated: its usage never came), charged to the tokens quotas at settlement. Its USD
+        needs no such note: the answer's cost, which settles the USD quotas, already sums every attempt's."""
+        self._interrupted += tokens
+
     def settle(self, cost_usd: float, tokens: int) -> None:
-        """The request ended: charge its real cost and tokens, and one request."""
+        """The request ended: charge its real cost (every attempt's), the tokens of its last attempt and of
+        those that broke off before it, and one request."""
         self._close()
         now = self._clock()
+        measures = (cost_usd, tokens + self._interrupted, 1.0)  # by Quota.slot
         for quota, amount in self._claims:
-            quantity = quota.quantity
-            quota.settle(amount, cost_usd if quantity == "usd" else tokens if quantity == "tokens" else 1.0, now)
+            quota.settle(amount, measures[quota.slot], now)
 
     def settle_reserved(self) -> None:
-        """The request ended with its real usage unknown: charge what it reserved."""
+        """The request ended with its real usage unknown: charge what it reserved (and on the tokens quotas,
+        the tokens of attempts that broke off before the last, which the estimate did not cover)."""
         self._close()
         now = self._clock()
         for quota, amount in self._claims:
-            quota.settle(amount, amount, now)
+            quota.settle(amount, amount + self._interrupted if quota.slot == SLOTS["tokens"] else amount, now)
 
     def hand_over(self) -> Reservation:
         """Keep it open past the block it was taken in: a stream now owns it and must settle it."""

@@ -233,6 +233,37 @@ async def test_a_stream_settles_at_its_real_cost_and_one_the_app_leaves_at_its_e
         assert used(h, "monthly") == pytest.approx((4.0 + 8.0, 0.0))  # charged the whole reservation
 
 
+async def test_a_continued_stream_counts_the_tokens_of_every_attempt_the_providers_billed(tmp_path: Path) -> None:
+    # The first backend sends "token" and drops the connection; the prefill backend continues from it. Both
+    # providers bill: the first the prompt and the text it delivered, the second its own usage (whose prompt
+    # carries that text). The tokens quota counts both; the requests quota one request.
+    broken = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0, output_tokens=6)
+    backends = {"broken": broken, "rescuer": FAST}
+    extra = {"rescuer": {"capabilities": ["prefill"]}}
+    async with running(tmp_path, backends, spec={"strategy": "ordered"}, backend_extra=extra) as h:
+        limits = RateLimit("tpm", requests_per_minute=100, tokens_per_minute=100_000)
+        enforce(h, Policy("default", "shop-limits", tier="growth", rate_limits=(limits,)))
+        ask = [{"role": "user", "content": "Tell me a story"}]  # 15 characters: 3 tokens as the sidecar estimates
+        stream = await h.client().chat.completions.create(
+            model="chat", messages=ask, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "token" + "token token token token"  # one answer from two attempts
+        usage = chunks[-1].usage
+        assert usage is not None and usage.completion_tokens == 4 + 1  # the continuation's 4 + the 1 delivered
+        # The app is told every attempt's tokens: the rescuer's prompt (with the prefill) and its 4, and the
+        # broken backend's prompt (3, estimated) and the token it delivered. The quota counts the same.
+        billed = usage.prompt_tokens + usage.completion_tokens
+        assert billed > 3 + 1 + 4
+        assert used(h, "tpm", "tokens") == (billed, 0.0)
+        assert used(h, "tpm", "requests") == (1.0, 0.0)
+        async with h.http() as http:
+            metrics = (await http.get(f"{h.admin_url}/metrics")).text
+        labels = 'limit="tpm",policy="default/shop-limits",quantity="tokens",tier="growth"'
+        assert f"llmroute_policy_used{{{labels}}} {float(billed)}" in metrics
+
+
 async def test_backends_outside_allowed_are_left_out_and_a_route_with_none_left_is_refused(tmp_path: Path) -> None:
     backends = {"dear": FAST, "cheap": FAST}
     extra = {"dear": DEAR, "cheap": CHEAP}
