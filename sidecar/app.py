@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from llmroute.http import Request, Response, StreamingResponse
 from llmroute.model import Priority
+from llmroute.model.schema import PRIORITIES
 from llmroute.sidecar.accesslog import ABANDONED, AccessLog, log_call, policy_field
 from llmroute.sidecar.balancer.concurrency import ConcurrencyGate
 from llmroute.sidecar.continuation import Continuation, can_continue
@@ -28,7 +29,6 @@ from llmroute.sidecar.tracing import start as start_trace
 from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
 
-PRIORITIES = ("critical", "normal", "batch")
 _JSON = "application/json"
 
 

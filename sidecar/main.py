@@ -293,7 +293,7 @@ class Sidecar:
         if args.access_log == "json":
             self.access = AccessLog(sys.stdout.fileno(), self.metrics.access_log_dropped.inc, args.access_log_buffer)
         self.passthrough = (
-            Passthrough(args.passthrough, self.metrics, self.egress, self.access, self.tracer)
+            Passthrough(args.passthrough, self.metrics, self.egress, self.access, self.tracer, self.admission)
             if args.passthrough
             else None
         )

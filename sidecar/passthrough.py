@@ -11,14 +11,18 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from llmroute.http import BodyError, Request, Response, StreamingResponse
+from llmroute.model import Priority
+from llmroute.model.schema import PRIORITIES
 from llmroute.sidecar.accesslog import ABANDONED, AccessLog
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import BY_PATH
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.policy.admission import Admission
+from llmroute.sidecar.policy.ledger import Reservation
 from llmroute.sidecar.tracing import PassthroughTrace, Tracer, start_passthrough
 from llmroute.sidecar.upstream.egress import Egress
 from llmroute.sidecar.upstream.errors import Family
@@ -133,6 +137,7 @@ class Passthrough:
         egress: Egress | None = None,
         access: AccessLog | None = None,
         tracer: Tracer | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._bases: dict[Family, Target] = {family: parse_target(url) for family, url in upstreams.items()}
         self._schemes = {family: urlsplit(url).scheme for family, url in upstreams.items()}
@@ -140,6 +145,8 @@ class Passthrough:
         self._metrics = metrics
         self._access = access
         self._tracer = tracer
+        self._admission = admission
+        """The LLMPolicies' rate limits count passthrough requests too (llmroute.sidecar.policy)."""
         self.policy = PassthroughPolicy()
 
     @staticmethod
@@ -169,15 +176,20 @@ class Passthrough:
         labels the metrics: the inbound API of a listed path, else OTHER."""
         received = time.monotonic()
         spans = start_passthrough(self._tracer, request.headers, request.method, request.path, api)
-        count = functools.partial(self._count, request, family, api, received, spans)
         if request.method in _NOT_RELAYED:
-            count("405", "client_error")
+            self._count(request, family, api, received, spans, None, "405", "client_error")
             refused = f"passthrough does not relay {request.method} requests"
             return ProxyError(405, refused, "method_not_allowed").response(family)
         if not self.policy.allow:
-            count("403", "client_error")
+            self._count(request, family, api, received, spans, None, "403", "client_error")
             denied = f"passthrough of {request.method} {request.path} is denied by {self.policy.source or 'policy'}"
             return ProxyError(403, denied, "passthrough_denied").response(family)
+        try:
+            reservation = self._admit(request)
+        except ProxyError as error:
+            self._count(request, family, api, received, spans, None, str(error.status), "client_error")
+            return error.response(family)
+        count = functools.partial(self._count, request, family, api, received, spans, reservation)
         target = self.target(family, request.raw_path or request.path, request.query)
         host = target.host.decode("latin-1")
         headers = request_headers(request.headers)
@@ -237,11 +249,14 @@ class Passthrough:
         api: str,
         received: float,
         spans: PassthroughTrace | None,
+        reservation: Reservation | None,
         status: str,
         outcome: str,
     ) -> None:
-        """A passthrough request has ended: its metrics, its spans and its access-log line (the upstream's family
-        as the backend; an unlisted path's api is `passthrough`)."""
+        """A passthrough request has ended: one request on the rate limits, its metrics, its spans and its
+        access-log line (the upstream's family as the backend; an unlisted path's api is `passthrough`)."""
+        if reservation is not None:
+            reservation.settle(0.0, 0)
         if spans is not None:
             spans.end(int(status) if status.isdigit() else None, outcome)
         metrics = self._metrics
@@ -254,6 +269,18 @@ class Passthrough:
             self._access.write(
                 request, received, status=code, outcome=outcome, api=logged_api, route=ROUTE, backend=family
             )
+
+    def _admit(self, request: Request) -> Reservation | None:
+        """One request on the LLMPolicies' requests-per-minute limits (None while no policy applies); the 429,
+        or a 400 for a priority header that is not one, as ProxyError."""
+        admission = self._admission
+        if admission is None or not admission.active:
+            return None
+        priority = request.headers.get("x-llmroute-priority", "normal")
+        if priority not in PRIORITIES:
+            raise ProxyError(400, f"x-llmroute-priority must be one of {', '.join(PRIORITIES)}, not {priority!r}",
+                             "invalid_priority")  # fmt: skip
+        return admission.admit_unrouted(cast(Priority, priority))
 
     async def aclose(self) -> None:
         """Close the idle upstream connections."""

@@ -18,7 +18,7 @@ from llmroute.model import Backend, Price, Priority, Route
 from llmroute.model.policy import Action, Policy, Quantity, QuotaKey, Window, mean_price
 from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.metrics import SidecarMetrics
-from llmroute.sidecar.policy.ledger import Quota, QuotaLedger, Reservation
+from llmroute.sidecar.policy.ledger import SLOTS, Quota, QuotaLedger, Reservation
 
 if TYPE_CHECKING:
     from llmroute.sidecar.dispatch import Call
@@ -98,6 +98,7 @@ class Admission:
         self.active = False
         """Whether any policy applies (without one, admission costs the request path nothing)."""
         self._plans: dict[tuple[str, Priority], _Plan] = {}
+        self._unrouted: dict[Priority, tuple[Limit, ...]] = {}
 
     def apply(self, policies: Sequence[Policy]) -> None:
         """Enforce `policies` from now on; quotas that stay keep their usage and grants."""
@@ -135,6 +136,7 @@ class Admission:
         self.policies, self.limits = tuple(policies), tuple(limits)
         self.active = bool(self.policies)
         self._plans.clear()
+        self._unrouted.clear()
 
     def admit(self, call: Call) -> None:
         """Reserve `call`'s estimate on every limit that applies (its Decision goes on `call.policy`), or raise
@@ -178,6 +180,23 @@ class Admission:
         if observed:
             decision.observed = tuple(observed)
         decision.reservation = Reservation(claims, self.ledger.clock)
+
+    def admit_unrouted(self, priority: Priority) -> Reservation:
+        """Reserve one request on every requests-per-minute limit that applies to a request no route serves (a
+        passthrough request), or raise the 429 of the first it does not fit. Its model has no price and its
+        tokens are not read, so budgets and tokens-per-minute limits do not count it."""
+        limits = self._unrouted.get(priority)
+        if limits is None:
+            limits = self._unrouted[priority] = tuple(
+                limit
+                for limit in self.limits
+                if limit.quota.slot == SLOTS["requests"] and (not limit.priorities or priority in limit.priorities)
+            )
+        now = self.ledger.clock()
+        for limit in limits:
+            if not limit.quota.ask(1.0, now):
+                self._refuse(Decision(), limit, now, f"{limit.describe()} (passthrough requests count too)")
+        return Reservation([(limit.quota, 1.0) for limit in limits], self.ledger.clock)
 
     def _plan(self, route: Route, priority: Priority) -> _Plan:
         """Compile admission for `route` at `priority`: the limits that apply, the backends left, their prices."""

@@ -532,3 +532,29 @@ def test_azure_sdk_paths_keep_their_own_prefix() -> None:
     target = relay.target("openai", "/openai/deployments/gpt/chat/completions", "api-version=2024-10-21")
     assert target.path == b"/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
     assert target.origin == ("https", "res.openai.azure.com", 443) and not relay.serves("anthropic")
+
+
+async def test_passthrough_requests_count_against_the_requests_per_minute_limits(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    rate_limits = [
+        {"name": "rpm", "requestsPerMinute": 3},
+        {"name": "batch-rpm", "requestsPerMinute": 1, "priorities": ["batch"]},  # not this traffic's priority
+    ]
+    policy = {"apiVersion": "llmroute.io/v1alpha1", "kind": "LLMPolicy", "metadata": {"name": "shop-limits"},
+              "spec": {"rateLimits": rate_limits}}  # fmt: skip
+    (policies / "shop.yaml").write_text(json.dumps(policy))
+    async with setup(tmp_path, extra=("--policies", str(policies))) as s, s.openai() as client:
+        for _ in range(2):
+            await client.moderations.create(input="fine?")  # passthrough
+        await client.chat.completions.create(model="chat", messages=USER)  # routed: the same limit
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.moderations.create(input="fine?")
+        assert refused.value.code == "rate_limit_exceeded"
+        assert refused.value.response.headers["x-llmroute-policy"] == "shop-limits"
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert "passthrough requests count too" in refused.value.message
+        assert len(s.upstream.received) == 2  # the refused one never left the sidecar
+        async with httpx.AsyncClient(base_url=s.base_url) as http:
+            bad = await http.post("/v1/moderations", json={"input": "x"}, headers={"x-llmroute-priority": "urgent"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_priority"
