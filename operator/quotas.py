@@ -24,7 +24,7 @@ from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message, key_of
 
-from .allocator import Allocator, Grant, Limit, Usage
+from .allocator import Allocator, Grant, Holding, Limit, Sidecar, Usage
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,33 @@ class QuotaService:
             version, grants = grants_of(raw)
             if version > stream.version:
                 self._push(sidecar, stream, version, grants)
+
+    def ledger(self) -> dict[str, list[Any]]:
+        """What every sidecar this replica knows may hold, by sidecar: [[key, window_start, held], ...] (held: the
+        grant it may apply, or more if it used and reserved more). The leader hands it to every replica."""
+        out: dict[str, list[Any]] = {}
+        for sid, sidecar in self.allocator.sidecars.items():
+            held = [
+                [_key_json(key), start, max(h.in_force(sidecar.echoed), h.floor)]
+                for (key, start), h in sidecar.holdings.items()
+            ]
+            if held:
+                out[sid] = held
+        return out
+
+    def inherit(self, ledger: dict[str, list[Any]]) -> None:
+        """The last leader's ledger, on taking over: a sidecar not connected to this replica counts what it held
+        there (it may still spend it) until it reports again or the window ends; it is granted nothing meanwhile."""
+        for sid, held in ledger.items():
+            sidecar = self.allocator.sidecars.get(sid)
+            if sidecar is not None and sidecar.connected:
+                continue  # it reports to this replica: its own figures are newer
+            sidecar = self.allocator.sidecars.setdefault(sid, Sidecar(connected=False))
+            for key, start, amount in held:
+                quota = _key(key)
+                if quota in self.allocator.limits:
+                    holding = sidecar.holdings.setdefault((quota, int(start)), Holding())
+                    holding.reported_grant = max(holding.reported_grant, float(amount))
 
     def relinquish(self) -> None:
         """This replica stopped granting for the fleet: forget the other replicas' sidecars."""

@@ -1,9 +1,10 @@
-"""The leader's picture of the fleet: two real control planes, each serving its share at /fleet over real
-HTTP, stub sidecars over real gRPC on each; the leader's merge counts every sidecar and report once."""
+"""The leader's picture of the fleet: two real control planes, each serving its share at /fleet on its peer port
+over real HTTP, stub sidecars over real gRPC on each; the leader's merge counts every sidecar and report once."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -11,11 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from llmroute.model import parse_document
-from llmroute.operator.admin import AdminServer
+from llmroute.model.policy import Budget, Policy, QuotaKey, Window
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
 from llmroute.operator.fleet import FleetView
+from llmroute.operator.peerport import PeerServer
 from llmroute.v1 import load_pb2, rpc
+from llmroute.v1.quota_keys import key_message
 
 from .conftest import StubSidecar, eventually
 
@@ -26,14 +29,17 @@ ROUTE = {
     "spec": {"models": ["chat"], "backends": [{"name": "b", "provider": "openai", "url": "http://x/v1", "model": "m"}]},
 }
 
+KEY = QuotaKey("shop", "limits", "hourly", "usd")
+POLICY = Policy("shop", "limits", budgets=(Budget("hourly", Window(3600), 20.0),))
+
 
 @dataclass
 class Member:
-    """One replica: its control plane, its fleet view and the admin server that serves its share."""
+    """One replica: its control plane, its fleet view and the peer port that serves its share (plaintext)."""
 
     plane: ControlPlane
     fleet: FleetView
-    admin: AdminServer
+    admin: PeerServer
 
 
 @pytest.fixture
@@ -44,7 +50,7 @@ async def members() -> AsyncIterator[list[Member]]:
         await plane.start("127.0.0.1:0")
         plane.publish("shop", [parse_document(ROUTE)])
         fleet = FleetView(plane, f"replica-{name}", interval=0.05)
-        admin = AdminServer(CollectorRegistry(), lambda: True, fleet.share)
+        admin = PeerServer(fleet.share, {"127.0.0.1"}, CollectorRegistry())
         await admin.start("127.0.0.1", 0)
         made.append(Member(plane, fleet, admin))
     yield made
@@ -135,3 +141,31 @@ async def test_a_replica_that_never_answers_is_waited_for_only_the_grace(members
 
 async def _async(value: bool) -> bool | None:
     return value or None
+
+
+async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(members: list[Member]) -> None:
+    leader, other = members
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    other.fleet.holder = lambda: "replica-a"
+    for member in members:
+        member.plane.quotas.set_policies("shop", [POLICY])
+    # A sidecar of the leader's that holds 5 USD of the budget and has used 3.
+    window = int(Window(3600).start(time.time()))
+    usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, used=3.0, granted=5.0)
+    leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader's POST taken")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+    assert other.plane.quotas.ledger() == {}  # a follower only keeps it
+    # The leader is gone; the other replica leads: the sidecar, not connected to it, counts what it held.
+    taking_over = asyncio.create_task(other.fleet.run(lambda: True))
+    try:
+        held = await eventually(lambda: _async(other.plane.quotas.ledger()), what="the ledger inherited")
+    finally:
+        taking_over.cancel()
+        await asyncio.gather(taking_over, return_exceptions=True)
+    assert held == {"shop/pod-0": [[["shop", "limits", "hourly", "usd"], window, 5.0]]}
