@@ -154,6 +154,7 @@ class FleetView:
         self._heard: set[str] = set()  # peer targets that answered since this replica leads
         self._granting = False
         self._ledger: dict[str, Any] = {}  # the Lease holder's ledger from its latest POST
+        self._refused_by: set[str] = set()  # peers that refused this replica's certificate (logged once each)
 
     def share(self, body: bytes = b"") -> bytes:
         """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
@@ -300,8 +301,12 @@ class FleetView:
                 post = session.post(url, data=body, ssl=self.tls.client, server_hostname=endpoint.name)
             async with post as response:
                 if response.status in (401, 403):  # that replica does not take this one's certificate
-                    log.warning("replica %s refused %s: %s", endpoint.target, FLEET_PATH, (await response.text())[:200])
+                    if endpoint.target not in self._refused_by:
+                        self._refused_by.add(endpoint.target)
+                        answer = (await response.text())[:200]
+                        log.warning("replica %s refused %s: %s", endpoint.target, FLEET_PATH, answer)
                     return None
+                self._refused_by.discard(endpoint.target)
                 response.raise_for_status()
                 share: Share = await response.json()
                 return share

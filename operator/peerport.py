@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter
 log = logging.getLogger(__name__)
 
 REFUSALS = ("no_certificate", "wrong_identity")
+LOG_EVERY_S = 60.0
+"""Refusals are logged at most this often per reason (each is counted): a scanner cannot flood the log."""
 
 
 class PeerTLS:
@@ -86,6 +89,7 @@ class PeerServer:
         )
         for reason in REFUSALS:
             self.refused.labels(reason)
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (monotonic time of its last log line, since)
         app = web.Application()
         app.router.add_route("*", "/fleet", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -146,4 +150,11 @@ class PeerServer:
 
     def _refuse(self, reason: str, request: web.Request, what: str) -> None:
         self.refused.labels(reason).inc()
-        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, what)
+        now = time.monotonic()
+        last, unlogged = self._logged.get(reason, (float("-inf"), 0))
+        if now - last < LOG_EVERY_S:
+            self._logged[reason] = (last, unlogged + 1)
+            return
+        self._logged[reason] = (now, 0)
+        more = f" ({unlogged} more since the last such line)" if unlogged else ""
+        log.warning("refused %s %s from %s: %s%s", request.method, request.path, request.remote, what, more)
