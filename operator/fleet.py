@@ -18,11 +18,16 @@ ledger (what every sidecar it knows may hold), which each replica keeps: a repli
 what it inherits for a sidecar that has not reported to it yet (its replica died with the leader, its
 stream not broken yet) until the sidecar reports again or the window ends, so the fleet never holds more
 than the limit. The POST goes to the replicas' peer port, over mTLS (peerport.py).
+
+A replica of the previous release (before the leader allocated for the fleet) has no peer port, or answers
+the POST 405: it grants its own sidecars a static share of every limit (1/--quota-replicas). The leader
+keeps that share out of what it hands out while such a replica is there, and does not wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -135,12 +140,15 @@ class FleetView:
         grace: float = 15.0,
         holder: Callable[[], str | None] = lambda: None,
         tls: PeerTLS | None = None,
+        previous_share: float = 1.0,
     ) -> None:
         """`grace`: how long a new leader waits for a replica that never answers before granting without it.
         `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes.
-        `tls`: the operator's certificate, presented to the peers (None: --plaintext, plain HTTP)."""
+        `tls`: the operator's certificate, presented to the peers (None: --plaintext, plain HTTP).
+        `previous_share`: the share of every limit a replica of the previous release grants its own sidecars."""
         self.plane = plane
         self.tls = tls
+        self.previous_share = previous_share
         self.identity = identity
         self.peers = peers
         self.interval = interval
@@ -155,6 +163,7 @@ class FleetView:
         self._granting = False
         self._ledger: dict[str, Any] = {}  # the Lease holder's ledger from its latest POST
         self._refused_by: set[str] = set()  # peers that refused this replica's certificate (logged once each)
+        self._previous: set[str] = set()  # peers of the previous release, as last polled (no peer port, or 405)
 
     def share(self, body: bytes = b"") -> bytes:
         """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
@@ -269,7 +278,17 @@ class FleetView:
         endpoints = await resolve(self.peers)
         quotas = self.plane.quotas
         body = json.dumps({"leader": self.identity, "grants": quotas.handover(), "ledger": quotas.ledger()}).encode()
+        previous, self._previous = self._previous, set()
         answers = await asyncio.gather(*(self._fetch(session, e, body) for e in endpoints))
+        for target in self._previous - previous:
+            log.warning(
+                "replica %s has no peer port (a replica of the previous release): %.3g of every LLMPolicy limit is"
+                " left to it while it runs",
+                target,
+                self.previous_share,
+            )
+        quotas.set_aside(self._previous, self.previous_share)
+        self._heard |= self._previous  # it never takes part: nothing to wait for
         shares = {}
         for endpoint, share in zip(endpoints, answers, strict=True):
             if share is None:
@@ -307,9 +326,17 @@ class FleetView:
                         log.warning("replica %s refused %s: %s", endpoint.target, FLEET_PATH, answer)
                     return None
                 self._refused_by.discard(endpoint.target)
+                if response.status == 405:  # the previous release's admin port: GET /fleet only
+                    self._previous.add(endpoint.target)
+                    return None
                 response.raise_for_status()
                 share: Share = await response.json()
                 return share
+        except aiohttp.ClientConnectorError as exc:
+            if exc.os_error.errno == errno.ECONNREFUSED:  # ready (it resolves) but no peer port: the previous release
+                self._previous.add(endpoint.target)
+            log.debug("replica %s did not answer %s: %s", endpoint.target, FLEET_PATH, exc)
+            return None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             log.debug("replica %s did not answer %s: %s", endpoint.target, FLEET_PATH, exc)
             return None

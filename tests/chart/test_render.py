@@ -193,6 +193,10 @@ def test_the_control_plane_is_highly_available_by_default(render: Render) -> Non
         headless["spec"]["ports"]
     )
     assert {"name": "peers", "containerPort": 15021, "protocol": "TCP"} in pod["containers"][0]["ports"]
+    # A replica of the previous release (rolling update) grants 1/replicas of every limit: the leader leaves it that.
+    assert "--previous-quota-replicas=2" in pod["containers"][0]["args"]
+    args = one(render({"operator.replicas": 3}), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--previous-quota-replicas=3" in args
 
 
 def test_one_watched_namespace_binds_route_access_in_that_namespace_only(render: Render) -> None:

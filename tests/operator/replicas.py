@@ -122,15 +122,25 @@ class Fleet:
     def control_plane(self) -> str:
         return ",".join(r.target for r in self.replicas)
 
-    async def start(self, replica: Replica) -> None:
+    async def start(self, replica: Replica, *extra: str) -> None:
         peers = ",".join(f"127.0.0.1:{r.peer}" for r in self.replicas)
+        await self._start(replica, "--peers", peers, "--peer-listen", f"127.0.0.1:{replica.peer}", *extra)
+
+    async def start_previous(self, replica: Replica, package: Path, quota_replicas: int) -> None:
+        """Start `replica` from the previous release's `package`, as its chart ran it: --peers named the admin
+        ports, and each replica granted its own sidecars 1/--quota-replicas of every limit. It has no peer port."""
+        peers = ",".join(f"127.0.0.1:{r.admin}" for r in self.replicas)
+        await self._start(replica, "--peers", peers, "--quota-replicas", str(quota_replicas), pythonpath=package)
+
+    async def _start(self, replica: Replica, *extra: str, pythonpath: Path | None = None) -> None:
         args = [
             "operator", "--grpc-listen", replica.target, "--admin-listen", f"127.0.0.1:{replica.admin}",
             "--namespace", "shop", "--namespace", "blog", "--lease-namespace", "default",
-            "--lease-duration", str(LEASE_DURATION_S), "--peers", peers, "--peer-listen", f"127.0.0.1:{replica.peer}",
-            *self.tls_args(),
+            "--lease-duration", str(LEASE_DURATION_S), *self.tls_args(), *extra,
         ]  # fmt: skip
         env = {**self.env, "POD_NAME": replica.name}
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
         replica.process = await spawn(replica.name, args, self.tmp / f"{replica.name}.log", env)
         await self.until(lambda: self._ok(f"http://127.0.0.1:{replica.admin}/readyz"), f"{replica.name} ready")
 
@@ -145,13 +155,17 @@ class Fleet:
         names = (f"{prefix}-{i}" for i in range(10_000))
         return [n for n in names if self.first_choice(n) is replica][:count]
 
-    async def sidecar(self, pod: str, token: str, extra: tuple[str, ...] = ()) -> Sidecar:
-        """Start a real sidecar for pod `pod` in namespace shop (label app=shop) and wait for its first table."""
+    async def sidecar(
+        self, pod: str, token: str, extra: tuple[str, ...] = (), dial: list[Replica] | None = None
+    ) -> Sidecar:
+        """Start a real sidecar for pod `pod` in namespace shop (label app=shop) and wait for its first table;
+        it dials the replicas in `dial` only when given (else every replica)."""
         token_file = self.tmp / f"{pod}.token"
         token_file.write_text(token)
         app, admin = free_port(), free_port()
         args = [
-            "sidecar", "--control-plane", self.control_plane, "--namespace", "shop", "--pod-name", pod,
+            "sidecar", "--control-plane", ",".join(r.target for r in dial) if dial else self.control_plane,
+            "--namespace", "shop", "--pod-name", pod,
             "--labels", "app=shop", "--token-file", str(token_file), "--listen", f"127.0.0.1:{app}",
             "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(self.tmp / f"{pod}-state"),
             "--drain-timeout", "1", *self.tls_args(sidecar=True), *extra,

@@ -4,6 +4,7 @@ over real HTTP, stub sidecars over real gRPC on each; the leader's merge counts 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from llmroute.model import parse_document
 from llmroute.model.policy import Budget, Policy, QuotaKey, Window
+from llmroute.operator.admin import AdminServer
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
 from llmroute.operator.fleet import FleetView
@@ -169,3 +171,39 @@ async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(member
         taking_over.cancel()
         await asyncio.gather(taking_over, return_exceptions=True)
     assert held == {"shop/pod-0": [[["shop", "limits", "hourly", "usd"], window, 5.0]]}
+
+
+@pytest.mark.parametrize("previous", ["no peer port", "405"])
+async def test_a_replica_of_the_previous_release_keeps_its_static_share_out_of_the_grants(
+    members: list[Member], previous: str
+) -> None:
+    leader, other = members
+    # The previous release's replica: nothing on the peer port (its address still resolves), or, where --peers
+    # names its admin port, an answer 405 to the POST (this release's admin port answers a POST just so).
+    if previous == "405":
+        old = AdminServer(CollectorRegistry(), lambda: True, other.fleet.share)
+        await old.start("127.0.0.1", 0)
+        old_port = old.port
+    else:
+        await other.admin.stop()
+        old_port = other.admin.port
+    leader.fleet.peers = (("127.0.0.1", leader.admin.port), ("127.0.0.1", old_port))
+    leader.fleet.grace = 3600.0  # it is not waited for: it never takes part
+    leader.fleet.previous_share = 1 / 2  # it grants its own sidecars half of every limit
+    leader.plane.quotas.set_policies("shop", [POLICY])
+    # A sidecar of the leader's that asks for more than the whole limit (16 USD/s, in requests of 8 USD).
+    window = int(Window(3600).start(time.time()))
+    usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, demand=8.0)
+    leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting")
+        grants = leader.plane.quotas.allocator.allocate(time.time())
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        if previous == "405":
+            await old.stop()
+    [granted] = [g.granted for g in grants["shop/pod-0"] if g.window_start == window]
+    assert granted == pytest.approx(10.0)  # the other half of 20 is the old replica's to grant
+    assert "previous-release" not in json.dumps(leader.plane.quotas.ledger())  # never handed on as a sidecar
