@@ -129,16 +129,25 @@ async def test_a_new_leader_grants_only_once_every_replica_answered_it_with_its_
 
 
 async def test_a_replica_that_never_answers_is_waited_for_only_the_grace(members: list[Member]) -> None:
-    leader, other = members
-    await other.admin.stop()
-    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
-    leader.fleet.grace = 0.5
+    leader, _ = members
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the connection, never answers (a replica stuck, or cut off mid-way)
+        writer.close()
+
+    stuck = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = stuck.sockets[0].getsockname()[1]
+    leader.fleet.peers = (("127.0.0.1", leader.admin.port), ("127.0.0.1", port))
+    leader.fleet.timeout, leader.fleet.grace = 0.2, 1.5
     polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    started = time.monotonic()
     try:
         await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting after the grace")
+        assert time.monotonic() - started >= 1.5  # it was waited for, unlike a replica of the previous release
     finally:
         polling.cancel()
         await asyncio.gather(polling, return_exceptions=True)
+        stuck.close()
 
 
 async def _async(value: bool) -> bool | None:
