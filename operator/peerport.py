@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -42,29 +43,31 @@ class PeerTLS:
         self.refresh()
 
     def refresh(self) -> None:
-        """Load the files again when they changed; new connections use them (the old CA stays trusted)."""
+        """Load the files again when they changed; new connections use them (the old CA stays trusted). A pair
+        that does not load (a first one is a configuration error, and raises) is tried again at the next change."""
+        first = not self._signature
         try:
             signature = tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self.files))
             if signature == self._signature:
                 return
+            self._signature = signature
             cert, key, ca = self.files
             for context in (self.server, self.client):
                 context.load_cert_chain(cert, key)
                 context.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
-            if not self._signature:
-                raise  # the first load: a configuration error
+            if first:
+                raise
             log.warning("peer certificate %s not reloaded (%s); keeping the previous one", self.files[0], exc)
             return
-        if self._signature:
+        if not first:
             log.info("peer certificate %s changed: new replica connections use it", self.files[0])
-        self._signature = signature
 
 
-def names_in(certificate: dict[str, object]) -> set[str]:
+def names_in(certificate: dict[str, Any]) -> set[str]:
     """The DNS names and IP addresses a verified certificate (ssl's `getpeercert()` form) is issued for."""
     entries = certificate.get("subjectAltName") or ()
-    return {str(value) for kind, value in entries if kind in ("DNS", "IP Address")}  # type: ignore[attr-defined]
+    return {str(value) for kind, value in entries if kind in ("DNS", "IP Address")}
 
 
 class PeerServer:
