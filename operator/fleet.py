@@ -20,8 +20,9 @@ stream not broken yet) until the sidecar reports again or the window ends, so th
 than the limit. The POST goes to the replicas' peer port, over mTLS (peerport.py).
 
 A replica of the previous release (before the leader allocated for the fleet) has no peer port, or answers
-the POST 405: it grants its own sidecars a static share of every limit (1/--quota-replicas). The leader
-keeps that share out of what it hands out while such a replica is there, and does not wait for it.
+the POST 405: it grants its own sidecars a static share of every limit (1/--quota-replicas). Told that share
+(`previous_share`, for a rolling update), the leader keeps it out of what it hands out while such a replica
+is there, and does not wait for it; untold, such a replica is one that does not answer.
 """
 
 from __future__ import annotations
@@ -140,12 +141,13 @@ class FleetView:
         grace: float = 15.0,
         holder: Callable[[], str | None] = lambda: None,
         tls: PeerTLS | None = None,
-        previous_share: float = 1.0,
+        previous_share: float = 0.0,
     ) -> None:
         """`grace`: how long a new leader waits for a replica that never answers before granting without it.
         `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes.
         `tls`: the operator's certificate, presented to the peers (None: --plaintext, plain HTTP).
-        `previous_share`: the share of every limit a replica of the previous release grants its own sidecars."""
+        `previous_share`: the share of every limit a replica of the previous release grants its own sidecars
+        (0: none is expected, and a peer without a peer port is one that does not answer)."""
         self.plane = plane
         self.tls = tls
         self.previous_share = previous_share
@@ -280,6 +282,8 @@ class FleetView:
         body = json.dumps({"leader": self.identity, "grants": quotas.handover(), "ledger": quotas.ledger()}).encode()
         previous, self._previous = self._previous, set()
         answers = await asyncio.gather(*(self._fetch(session, e, body) for e in endpoints))
+        if not self.previous_share:
+            self._previous.clear()
         for target in self._previous - previous:
             log.warning(
                 "replica %s has no peer port (a replica of the previous release): %.3g of every LLMPolicy limit is"

@@ -76,8 +76,9 @@ class OperatorOptions:
     """Every replica's peer address (a headless Service name resolves to all): the leader POSTs their /fleet."""
     peer_listen: str = "0.0.0.0:15021"
     """With peers: where this replica serves /fleet to the others (mTLS with tls_cert and ca_file)."""
-    previous_quota_replicas: int = 1
-    """The previous release's --quota-replicas: a replica of it grants its own sidecars 1/N of every limit."""
+    previous_quota_replicas: int = 0
+    """The previous release's --quota-replicas: a replica of it grants its own sidecars 1/N of every limit (0: none
+    expected)."""
     fleet_interval: float = POLL_INTERVAL_S
     policy_namespace: str = ""
     """Whose LLMPolicies apply to every namespace (empty: the Lease's namespace, the operator's own)."""
@@ -169,7 +170,7 @@ class Operator:
             grace=options.lease_duration,
             holder=lambda: self.leader.holder,
             tls=peer_tls,
-            previous_share=1 / options.previous_quota_replicas,
+            previous_share=1 / options.previous_quota_replicas if options.previous_quota_replicas else 0.0,
         )
         self.peer_server: PeerServer | None = None
         """Serves /fleet to the other replicas (only with peers: a lone replica has none)."""
@@ -388,10 +389,10 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
     peers.add_argument(
         "--previous-quota-replicas",
         type=int,
-        default=1,
+        default=0,
         metavar="N",
-        help="during a rolling update from the release before the leader granted for the fleet: its --quota-replicas"
-        " (a replica of it grants its own sidecars 1/N of every limit, which the leader leaves to it)",
+        help="for a rolling update from the release before the leader granted for the fleet: its --quota-replicas"
+        " (a replica of it grants its own sidecars 1/N of every limit, which the leader leaves to it); 0: none",
     )
     policy = parser.add_argument_group("LLMPolicy")
     policy.add_argument(
@@ -442,7 +443,7 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
         peers=args.peers,
         peer_listen=args.peer_listen,
-        previous_quota_replicas=max(1, args.previous_quota_replicas),
+        previous_quota_replicas=max(0, args.previous_quota_replicas),
         policy_namespace=args.policy_namespace,
     )
 

@@ -327,6 +327,7 @@ class QuotaService:
     def inherit(self, ledger: dict[str, list[Any]]) -> None:
         """The last leader's ledger, on taking over: a sidecar not connected to this replica counts what it held
         there (it may still spend it) until it reports again or the window ends; it is granted nothing meanwhile."""
+        log.info("taking over the last leader's ledger: %d sidecars", len(ledger))
         for sid, held in ledger.items():
             sidecar = self.allocator.sidecars.get(sid)
             if sidecar is not None and sidecar.connected:
