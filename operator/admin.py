@@ -1,6 +1,7 @@
-"""The operator's admin port: /metrics (Prometheus), /healthz (the process serves), /readyz, and /fleet
-(this replica's share of the fleet, which the leader merges: counts, load summaries and quota figures,
-never keys; the leader POSTs it with the grants for this replica's sidecars)."""
+"""The operator's admin port, read-only and unauthenticated like any scrape target: /metrics (Prometheus),
+/healthz (the process serves), /readyz, and GET /fleet (this replica's share of the fleet: counts, load
+summaries and quota figures, never keys). The leader's POST /fleet, which hands out grants, goes to the
+replicas' authenticated peer port instead (peerport.py); here every method but GET gets 405."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class AdminServer:
     """Serves the admin endpoints; `ready()` decides /readyz (kopf watching and gRPC listening)."""
 
     def __init__(
-        self, registry: CollectorRegistry, ready: Callable[[], bool], fleet: Callable[[bytes], bytes] | None = None
+        self, registry: CollectorRegistry, ready: Callable[[], bool], fleet: Callable[[], bytes] | None = None
     ) -> None:
         self._registry = registry
         self._ready = ready
@@ -37,13 +38,10 @@ class AdminServer:
         await self._server.shutdown(1.0)
 
     async def _handle(self, request: Request) -> Response:
-        if request.path == "/fleet" and self._fleet is not None and request.method in ("GET", "POST"):
-            try:
-                return Response(200, self._fleet(request.body), content_type="application/json")
-            except (ValueError, KeyError, TypeError):
-                return Response(400, b"bad fleet request\n", content_type="text/plain")
         if request.method != "GET":
             return Response(405, b"method not allowed\n", content_type="text/plain")
+        if request.path == "/fleet" and self._fleet is not None:
+            return Response(200, self._fleet(), content_type="application/json")
         if request.path == "/metrics":
             return Response(200, generate_latest(self._registry), content_type=CONTENT_TYPE_LATEST)
         if request.path == "/healthz":

@@ -13,12 +13,22 @@ LLMPolicy quotas ride on the same poll: the leader POSTs /fleet with the grants 
 replica's sidecars (each replica pushes the ones of its own sidecars), and the answer carries that
 replica's sidecars' quota reports since the last poll, which feed the leader's allocator. A new leader
 grants nothing until every replica has answered once with its reports (or, for one that never does,
-`grace` seconds have passed), so it knows every grant in force first.
+`grace` seconds have passed), so it knows every grant in force first. The POST also carries the leader's
+ledger (what every sidecar it knows may hold), which each replica keeps: a replica that takes over counts
+what it inherits for a sidecar that has not reported to it yet (its replica died with the leader, its
+stream not broken yet) until the sidecar reports again or the window ends, so the fleet never holds more
+than the limit. The POST goes to the replicas' peer port, over mTLS (peerport.py).
+
+A replica of the previous release (before the leader allocated for the fleet) has no peer port, or answers
+the POST 405: it grants its own sidecars a static share of every limit (1/--quota-replicas). Told that share
+(`previous_share`, for a rolling update), the leader keeps it out of what it hands out while such a replica
+is there, and does not wait for it; untold, such a replica is one that does not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -28,11 +38,12 @@ from typing import Any
 
 import aiohttp
 
-from llmroute.endpoints import resolve
+from llmroute.endpoints import Endpoint, resolve
 from llmroute.model.policy import QuotaKey
 
 from .controlplane import BackendHealth, ControlPlane, NackMessage, SidecarCounts
 from .loadstore import LoadTotals
+from .peerport import PeerTLS
 from .quotas import QuotaFigures
 
 log = logging.getLogger(__name__)
@@ -129,10 +140,17 @@ class FleetView:
         timeout: float = 1.0,
         grace: float = 15.0,
         holder: Callable[[], str | None] = lambda: None,
+        tls: PeerTLS | None = None,
+        previous_share: float = 0.0,
     ) -> None:
         """`grace`: how long a new leader waits for a replica that never answers before granting without it.
-        `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes."""
+        `holder`: the Lease holder as this replica last saw it: only its POSTs carry grants this replica takes.
+        `tls`: the operator's certificate, presented to the peers (None: --plaintext, plain HTTP).
+        `previous_share`: the share of every limit a replica of the previous release grants its own sidecars
+        (0: none is expected, and a peer without a peer port is one that does not answer)."""
         self.plane = plane
+        self.tls = tls
+        self.previous_share = previous_share
         self.identity = identity
         self.peers = peers
         self.interval = interval
@@ -145,16 +163,21 @@ class FleetView:
         self._leading_since: float | None = None  # monotonic; None while not leading
         self._heard: set[str] = set()  # peer targets that answered since this replica leads
         self._granting = False
+        self._ledger: dict[str, Any] = {}  # the Lease holder's ledger from its latest POST
+        self._refused_by: set[str] = set()  # peers that refused this replica's certificate (logged once each)
+        self._previous: set[str] = set()  # peers of the previous release, as last polled (no peer port, or 405)
 
     def share(self, body: bytes = b"") -> bytes:
         """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
         carries the grants for this replica's sidecars; the answer then carries their quota reports since the
-        last one. A POST from anyone else (a deposed leader still polling) is answered like a GET."""
+        last one, and its ledger is kept for a take-over. A POST from anyone else (a deposed leader still
+        polling) is answered like a GET."""
         share = local_share(self.plane, self.identity)
         if body:
             asked = json.loads(body)
             if asked["leader"] != self.identity and asked["leader"] == self.holder():
                 self.plane.quotas.apply(asked["grants"])
+                self._ledger = asked.get("ledger", {})
                 share["quotaReports"] = self.plane.quotas.export()
         return json.dumps(share).encode()
 
@@ -239,9 +262,12 @@ class FleetView:
         self._leading = leading
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
             while True:
+                if self.tls is not None:
+                    self.tls.refresh()
                 if leading():
                     if self._leading_since is None:
                         self._leading_since = time.monotonic()
+                        self.plane.quotas.inherit(self._ledger)
                     await self._poll(session)
                 elif self._leading_since is not None or self._shares:
                     self._granting, self._leading_since = False, None
@@ -252,8 +278,21 @@ class FleetView:
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         endpoints = await resolve(self.peers)
-        body = json.dumps({"leader": self.identity, "grants": self.plane.quotas.handover()}).encode()
-        answers = await asyncio.gather(*(self._fetch(session, e.target, body) for e in endpoints))
+        quotas = self.plane.quotas
+        body = json.dumps({"leader": self.identity, "grants": quotas.handover(), "ledger": quotas.ledger()}).encode()
+        previous, self._previous = self._previous, set()
+        answers = await asyncio.gather(*(self._fetch(session, e, body) for e in endpoints))
+        if not self.previous_share:
+            self._previous.clear()
+        for target in self._previous - previous:
+            log.warning(
+                "replica %s has no peer port (a replica of the previous release): %.3g of every LLMPolicy limit is"
+                " left to it while it runs",
+                target,
+                self.previous_share,
+            )
+        quotas.set_aside(self._previous, self.previous_share)
+        self._heard |= self._previous  # it never takes part: nothing to wait for
         shares = {}
         for endpoint, share in zip(endpoints, answers, strict=True):
             if share is None:
@@ -275,14 +314,35 @@ class FleetView:
             log.info("granting LLMPolicy quotas for the fleet (%d replicas answered)", len(self._heard))
             self._granting = True
 
-    async def _fetch(self, session: aiohttp.ClientSession, target: str, body: bytes) -> Share | None:
+    async def _fetch(self, session: aiohttp.ClientSession, endpoint: Endpoint, body: bytes) -> Share | None:
+        """POST /fleet to one replica: over mTLS, checking that its certificate names the address's host."""
         try:
-            async with session.post(f"http://{target}{FLEET_PATH}", data=body) as response:
+            if self.tls is None:
+                post = session.post(f"http://{endpoint.target}{FLEET_PATH}", data=body)
+            else:
+                url = f"https://{endpoint.target}{FLEET_PATH}"
+                post = session.post(url, data=body, ssl=self.tls.client, server_hostname=endpoint.name)
+            async with post as response:
+                if response.status in (401, 403):  # that replica does not take this one's certificate
+                    if endpoint.target not in self._refused_by:
+                        self._refused_by.add(endpoint.target)
+                        answer = (await response.text())[:200]
+                        log.warning("replica %s refused %s: %s", endpoint.target, FLEET_PATH, answer)
+                    return None
+                self._refused_by.discard(endpoint.target)
+                if response.status == 405:  # the previous release's admin port: GET /fleet only
+                    self._previous.add(endpoint.target)
+                    return None
                 response.raise_for_status()
                 share: Share = await response.json()
                 return share
+        except aiohttp.ClientConnectorError as exc:
+            if exc.os_error.errno == errno.ECONNREFUSED:  # ready (it resolves) but no peer port: the previous release
+                self._previous.add(endpoint.target)
+            log.debug("replica %s did not answer %s: %s", endpoint.target, FLEET_PATH, exc)
+            return None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            log.debug("replica %s did not answer %s: %s", target, FLEET_PATH, exc)
+            log.debug("replica %s did not answer %s: %s", endpoint.target, FLEET_PATH, exc)
             return None
 
     def _update(self, shares: dict[str, Share]) -> None:

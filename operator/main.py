@@ -38,6 +38,7 @@ from .kubeapi import KubeAPI
 from .lease import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S, LeaderElection
 from .logformat import FORMATS, configure_logging
 from .metrics import OperatorMetrics
+from .peerport import PeerServer, PeerTLS
 from .policies import PolicyController
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,12 @@ class OperatorOptions:
     renew_deadline: float = RENEW_DEADLINE_S
     retry_period: float = RETRY_PERIOD_S
     peers: tuple[tuple[str, int], ...] = ()
-    """Every replica's admin address (a headless Service name resolves to all): the leader merges their /fleet."""
+    """Every replica's peer address (a headless Service name resolves to all): the leader POSTs their /fleet."""
+    peer_listen: str = "0.0.0.0:15021"
+    """With peers: where this replica serves /fleet to the others (mTLS with tls_cert and ca_file)."""
+    previous_quota_replicas: int = 0
+    """The previous release's --quota-replicas: a replica of it grants its own sidecars 1/N of every limit (0: none
+    expected)."""
     fleet_interval: float = POLL_INTERVAL_S
     policy_namespace: str = ""
     """Whose LLMPolicies apply to every namespace (empty: the Lease's namespace, the operator's own)."""
@@ -124,6 +130,8 @@ class Operator:
     def __init__(self, options: OperatorOptions) -> None:
         if (options.tls_cert is None) != options.plaintext:
             raise ValueError("serve the control plane over TLS (tls_cert and tls_key) or say plaintext, not both")
+        if options.peers and not options.plaintext and options.ca_file is None:
+            raise ValueError("replicas (peers) check each other's certificate: give its CA (ca_file) or say plaintext")
         self.options = options
         self.api = KubeAPI()
         authenticator: Authenticator = (
@@ -150,6 +158,10 @@ class Operator:
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
         )
+        peer_tls = None
+        if options.peers and not options.plaintext:
+            assert options.tls_cert is not None and options.tls_key is not None and options.ca_file is not None
+            peer_tls = PeerTLS(options.tls_cert, options.tls_key, options.ca_file)
         self.fleet = FleetView(
             self.control_plane,
             options.identity,
@@ -157,7 +169,14 @@ class Operator:
             interval=options.fleet_interval,
             grace=options.lease_duration,
             holder=lambda: self.leader.holder,
+            tls=peer_tls,
+            previous_share=1 / options.previous_quota_replicas if options.previous_quota_replicas else 0.0,
         )
+        self.peer_server: PeerServer | None = None
+        """Serves /fleet to the other replicas (only with peers: a lone replica has none)."""
+        if options.peers:
+            names = {host for host, _ in options.peers}
+            self.peer_server = PeerServer(self.fleet.share, names, self.metrics, peer_tls)
         self.control_plane.quotas.granting = self.fleet.granting
         self.policies = PolicyController(
             self.api,
@@ -234,6 +253,9 @@ class Operator:
         )
         await self.admin.start(*_host_port(self.options.admin_listen))
         log.info("admin endpoints on port %d", self.admin.port)
+        if self.peer_server is not None:
+            await self.peer_server.start(*_host_port(self.options.peer_listen))
+            log.info("replica peer endpoint /fleet on port %d", self.peer_server.port)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `stop` is set), then shut down in order.
@@ -282,6 +304,8 @@ class Operator:
         await self.leader.release()
         await self.control_plane.stop(self.options.stop_grace)
         await self.admin.stop()
+        if self.peer_server is not None:
+            await self.peer_server.stop()
         kopf_stop.set()
         try:
             await kopf_task
@@ -355,12 +379,27 @@ def build_operator_parser(parser: argparse.ArgumentParser | None = None) -> argp
         metavar="SECONDS",
         help="a leader that stops renewing is replaced after this long; it stops writing after 2/3 of it",
     )
-    election.add_argument(
+    peers = parser.add_argument_group("replica peers (the leader's POST /fleet: grants out, usage back)")
+    peers.add_argument(
         "--peers",
         type=_peers,
         default=(),
         metavar="HOST:PORT[,...]",
-        help=f"every replica's admin address (a headless Service name): the leader merges their {FLEET_PATH}",
+        help=f"every replica's --peer-listen address (a headless Service name): the leader POSTs their {FLEET_PATH};"
+        " over TLS each replica presents --tls-cert, which must chain to --tls-ca and name HOST",
+    )
+    peers.add_argument(
+        "--peer-listen",
+        default="0.0.0.0:15021",
+        help=f"with --peers: serve {FLEET_PATH} to the other replicas here (host:port; mTLS unless --plaintext)",
+    )
+    peers.add_argument(
+        "--previous-quota-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for a rolling update from the release before the leader granted for the fleet: its --quota-replicas"
+        " (a replica of it grants its own sidecars 1/N of every limit, which the leader leaves to it); 0: none",
     )
     policy = parser.add_argument_group("LLMPolicy")
     policy.add_argument(
@@ -388,6 +427,8 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
     webhook = (args.injection_config, args.webhook_cert, args.webhook_key)
     if any(w is not None for w in webhook) and not all(w is not None for w in webhook):
         raise SystemExit("llmroute operator: --injection-config, --webhook-cert and --webhook-key go together")
+    if args.peers and not args.plaintext and args.tls_ca is None:
+        raise SystemExit("llmroute operator: --peers over TLS needs --tls-ca (replicas check each other's certificate)")
     return OperatorOptions(
         injection=InjectionConfig.from_file(args.injection_config) if args.injection_config else None,
         webhook_listen=args.webhook_listen,
@@ -408,6 +449,8 @@ def options_from_args(args: argparse.Namespace) -> OperatorOptions:
         renew_deadline=args.lease_duration * RENEW_DEADLINE_S / LEASE_DURATION_S,
         retry_period=args.lease_duration * RETRY_PERIOD_S / LEASE_DURATION_S,
         peers=args.peers,
+        peer_listen=args.peer_listen,
+        previous_quota_replicas=max(0, args.previous_quota_replicas),
         policy_namespace=args.policy_namespace,
     )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
@@ -24,7 +24,7 @@ from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message, key_of
 
-from .allocator import Allocator, Grant, Limit, Usage
+from .allocator import Allocator, Grant, Holding, Limit, Sidecar, Usage
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ class QuotaService:
         self._gone: set[str] = set()  # local sidecars whose stream closed since the leader last collected
         self._remote: dict[str, str] = {}  # sidecar of another replica -> that replica (while granting)
         self._handover: dict[str, tuple[tuple[object, ...], list[Any]]] = {}  # remote sidecar -> fingerprint, grants
+        self._set_aside: set[str] = set()  # allocator entries standing for replicas of the previous release
 
     def set_policies(self, namespace: str, policies: Sequence[Policy]) -> None:
         """The policies that apply to the namespace's sidecars."""
@@ -308,12 +309,58 @@ class QuotaService:
             if version > stream.version:
                 self._push(sidecar, stream, version, grants)
 
+    def ledger(self) -> dict[str, list[Any]]:
+        """What every sidecar this replica knows may hold, by sidecar: [[key, window_start, held], ...] (held: the
+        grant it may apply, or more if it used and reserved more). The leader hands it to every replica."""
+        out: dict[str, list[Any]] = {}
+        for sid, sidecar in self.allocator.sidecars.items():
+            if sid in self._set_aside:
+                continue
+            held = [
+                [_key_json(key), start, max(h.in_force(sidecar.echoed), h.floor)]
+                for (key, start), h in sidecar.holdings.items()
+            ]
+            if held:
+                out[sid] = held
+        return out
+
+    def inherit(self, ledger: dict[str, list[Any]]) -> None:
+        """The last leader's ledger, on taking over: a sidecar not connected to this replica counts what it held
+        there (it may still spend it) until it reports again or the window ends; it is granted nothing meanwhile."""
+        log.info("taking over the last leader's ledger: %d sidecars", len(ledger))
+        for sid, held in ledger.items():
+            sidecar = self.allocator.sidecars.get(sid)
+            if sidecar is not None and sidecar.connected:
+                continue  # it reports to this replica: its own figures are newer
+            sidecar = self.allocator.sidecars.setdefault(sid, Sidecar(connected=False))
+            for key, start, amount in held:
+                quota = _key(key)
+                if quota in self.allocator.limits:
+                    holding = sidecar.holdings.setdefault((quota, int(start)), Holding())
+                    holding.reported_grant = max(holding.reported_grant, float(amount))
+
+    def set_aside(self, replicas: Collection[str], share: float) -> None:
+        """Replicas of the previous release, which grant their own sidecars `share` of every limit themselves: each
+        is counted as holding that much of every enforced limit's current and next window, and granted nothing."""
+        now = self.clock()
+        standing = {f"previous-release replica {replica}" for replica in replicas}
+        for gone in self._set_aside - standing:
+            self.allocator.sidecars.pop(gone, None)
+        self._set_aside = standing
+        for sid in standing:
+            entry = self.allocator.sidecars.setdefault(sid, Sidecar(connected=False))
+            for limit in self.allocator.limits.values():
+                for start in (limit.window.start(now), limit.window.end(now)):
+                    holding = entry.holdings.setdefault((limit.key, int(start)), Holding())
+                    holding.reported_grant = limit.limit * share if limit.enforced else 0.0
+
     def relinquish(self) -> None:
-        """This replica stopped granting for the fleet: forget the other replicas' sidecars."""
-        for sidecar in self._remote:
+        """This replica stopped granting for the fleet: forget the other replicas' sidecars (and those set aside)."""
+        for sidecar in self._remote.keys() | self._set_aside:
             self.allocator.sidecars.pop(sidecar, None)
         self._remote.clear()
         self._handover.clear()
+        self._set_aside.clear()
 
     # ------------------------------------------------------------------------------------------------
 

@@ -21,37 +21,45 @@ class PrivateCA:
     ca: Path
     cert: Path
     key: Path
+    ca_key: Path
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert, self.key)
         return context
 
+    def issue(self, where: Path, name: str, san: str) -> tuple[Path, Path]:
+        """Another certificate (and its key) this CA signs, for `san` (e.g. "DNS:x,IP:127.0.0.1"), in `where`."""
+        where.mkdir(parents=True, exist_ok=True)
+        cert, key, csr, ext = (where / f"{name}.{suffix}" for suffix in ("pem", "key", "csr", "ext"))
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+        ext.write_text(f"basicConstraints=CA:FALSE\nsubjectAltName={san}\n")
+        _openssl(
+            *("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(self.ca_key), "-CAcreateserial"),
+            *("-days", "1", "-extfile", str(ext), "-out", str(cert)),
+        )
+        return cert, key
 
-def private_ca(where: Path) -> PrivateCA:
-    """A fresh private CA in `where` (skipped only where no openssl binary exists)."""
+
+def _openssl(*args: str) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("no openssl binary to make a test CA")
+    subprocess.run([openssl, *args], check=True, capture_output=True)
+
+
+def private_ca(where: Path) -> PrivateCA:
+    """A fresh private CA in `where` (skipped only where no openssl binary exists)."""
     where.mkdir(parents=True, exist_ok=True)
     ca, ca_key = where / "ca.pem", where / "ca.key"
-    cert, key, csr, ext = where / "server.pem", where / "server.key", where / "server.csr", where / "server.ext"
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True)
-
-    run(
+    _openssl(
         *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=llmroute test private CA"),
         *("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"),
         *("-keyout", str(ca_key), "-out", str(ca)),
     )
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(csr))
-    ext.write_text("basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run(
-        *("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial"),
-        *("-days", "1", "-extfile", str(ext), "-out", str(cert)),
-    )
-    return PrivateCA(ca, cert, key)
+    bare = PrivateCA(ca, ca, ca_key, ca_key)
+    cert, key = bare.issue(where, "server", "DNS:localhost,IP:127.0.0.1")
+    return PrivateCA(ca, cert, key, ca_key)
 
 
 @dataclass

@@ -193,7 +193,15 @@ def test_the_control_plane_is_highly_available_by_default(render: Render) -> Non
     # Sidecars and the leader reach every replica through the headless Service.
     [headless] = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
     assert headless["metadata"]["name"] == "llmroute-replicas"
-    assert "--peers=llmroute-replicas.llmroute-system.svc:15020" in pod["containers"][0]["args"]
+    assert "--peers=llmroute-replicas.llmroute-system.svc:15021" in pod["containers"][0]["args"]
+    assert {"name": "peers", "port": 15021, "targetPort": "peers", "protocol": "TCP", "appProtocol": "https"} in (
+        headless["spec"]["ports"]
+    )
+    assert {"name": "peers", "containerPort": 15021, "protocol": "TCP"} in pod["containers"][0]["ports"]
+    # A replica of the previous release (rolling update) grants 1/replicas of every limit: the leader leaves it that.
+    assert "--previous-quota-replicas=2" in pod["containers"][0]["args"]
+    args = one(render({"operator.replicas": 3}), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--previous-quota-replicas=3" in args
 
 
 def test_one_watched_namespace_binds_route_access_in_that_namespace_only(render: Render) -> None:

@@ -116,3 +116,31 @@ def test_the_ca_config_map_name_is_one_value(render: Render, tmp_path: Path) -> 
         ]
     )
     assert config["caConfigMap"] == "corp-llmroute-ca"
+
+
+@pytest.mark.parametrize("values", ["defaults", "cert-manager-self-signed", "cert-manager-cluster-issuer"])
+def test_replicas_authenticate_each_other_with_the_certificate_that_names_their_service(
+    render: Render, values: str
+) -> None:
+    objects = render(VALUE_SETS[values])
+    options = options_from_args(operator_args(operator_container(objects)))  # accepted: --tls-ca comes with it
+    [(host, port)] = options.peers
+    assert not options.plaintext and options.ca_file is not None
+    assert options.peer_listen == f"0.0.0.0:{port}"
+    [headless] = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert host == f"{headless['metadata']['name']}.llmroute-system.svc"
+    assert port in [p["port"] for p in headless["spec"]["ports"]]
+    # The certificate each replica presents names that host, and may be used by a client (cert-manager's usages;
+    # the Helm-generated one is tested as both ends of a real handshake in tests/operator/test_peer_auth.py).
+    for certificate in by_kind(objects, "Certificate"):
+        if not certificate["spec"].get("isCA"):
+            assert host in certificate["spec"]["dnsNames"]
+            assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
+
+
+def test_a_plaintext_control_plane_leaves_the_peer_port_plaintext_too(render: Render) -> None:
+    objects = render({"controlPlane.tls.enabled": False})
+    options = options_from_args(operator_args(operator_container(objects)))
+    assert options.plaintext and options.peers
+    [headless] = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert {p["name"]: p.get("appProtocol") for p in headless["spec"]["ports"]}["peers"] == "http"

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from llmroute.endpoints import Endpoint, ranked
+from tests.egress import PrivateCA
 
 from .conftest import eventually
 
@@ -70,6 +71,7 @@ class Replica:
     name: str
     grpc: int
     admin: int
+    peer: int
     process: Process | None = None
 
     @property
@@ -96,10 +98,23 @@ class Fleet:
     replicas: list[Replica] = field(default_factory=list)
     sidecars: list[Sidecar] = field(default_factory=list)
     session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
+    tls: PrivateCA | None = None
+    """Set before starting anything: replicas serve, and sidecars dial, TLS with its certificate (for 127.0.0.1),
+    and replicas authenticate each other with it; None: everything --plaintext."""
+
+    def tls_args(self, sidecar: bool = False) -> list[str]:
+        """The TLS flags of a replica (or of a sidecar) in this fleet."""
+        if self.tls is None:
+            return ["--plaintext"]
+        if sidecar:
+            return ["--tls-ca", str(self.tls.ca)]
+        files = ("--tls-cert", self.tls.cert, "--tls-key", self.tls.key, "--tls-ca", self.tls.ca)
+        return [str(f) for f in files] + ["--ca-config-map", "llmroute-ca"]
 
     def add_replicas(self, count: int) -> list[Replica]:
         """Reserve ports for `count` replicas (all know each other as peers); start them with start()."""
-        new = [Replica(f"replica-{len(self.replicas) + i}", free_port(), free_port()) for i in range(count)]
+        first = len(self.replicas)
+        new = [Replica(f"replica-{first + i}", free_port(), free_port(), free_port()) for i in range(count)]
         self.replicas.extend(new)
         return new
 
@@ -107,14 +122,25 @@ class Fleet:
     def control_plane(self) -> str:
         return ",".join(r.target for r in self.replicas)
 
-    async def start(self, replica: Replica) -> None:
+    async def start(self, replica: Replica, *extra: str) -> None:
+        peers = ",".join(f"127.0.0.1:{r.peer}" for r in self.replicas)
+        await self._start(replica, "--peers", peers, "--peer-listen", f"127.0.0.1:{replica.peer}", *extra)
+
+    async def start_previous(self, replica: Replica, package: Path, quota_replicas: int) -> None:
+        """Start `replica` from the previous release's `package`, as its chart ran it: --peers named the admin
+        ports, and each replica granted its own sidecars 1/--quota-replicas of every limit. It has no peer port."""
         peers = ",".join(f"127.0.0.1:{r.admin}" for r in self.replicas)
+        await self._start(replica, "--peers", peers, "--quota-replicas", str(quota_replicas), pythonpath=package)
+
+    async def _start(self, replica: Replica, *extra: str, pythonpath: Path | None = None) -> None:
         args = [
             "operator", "--grpc-listen", replica.target, "--admin-listen", f"127.0.0.1:{replica.admin}",
             "--namespace", "shop", "--namespace", "blog", "--lease-namespace", "default",
-            "--lease-duration", str(LEASE_DURATION_S), "--peers", peers, "--plaintext",
+            "--lease-duration", str(LEASE_DURATION_S), *self.tls_args(), *extra,
         ]  # fmt: skip
         env = {**self.env, "POD_NAME": replica.name}
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
         replica.process = await spawn(replica.name, args, self.tmp / f"{replica.name}.log", env)
         await self.until(lambda: self._ok(f"http://127.0.0.1:{replica.admin}/readyz"), f"{replica.name} ready")
 
@@ -129,16 +155,20 @@ class Fleet:
         names = (f"{prefix}-{i}" for i in range(10_000))
         return [n for n in names if self.first_choice(n) is replica][:count]
 
-    async def sidecar(self, pod: str, token: str, extra: tuple[str, ...] = ()) -> Sidecar:
-        """Start a real sidecar for pod `pod` in namespace shop (label app=shop) and wait for its first table."""
+    async def sidecar(
+        self, pod: str, token: str, extra: tuple[str, ...] = (), dial: list[Replica] | None = None
+    ) -> Sidecar:
+        """Start a real sidecar for pod `pod` in namespace shop (label app=shop) and wait for its first table;
+        it dials the replicas in `dial` only when given (else every replica)."""
         token_file = self.tmp / f"{pod}.token"
         token_file.write_text(token)
         app, admin = free_port(), free_port()
         args = [
-            "sidecar", "--control-plane", self.control_plane, "--namespace", "shop", "--pod-name", pod,
+            "sidecar", "--control-plane", ",".join(r.target for r in dial) if dial else self.control_plane,
+            "--namespace", "shop", "--pod-name", pod,
             "--labels", "app=shop", "--token-file", str(token_file), "--listen", f"127.0.0.1:{app}",
             "--admin-listen", f"127.0.0.1:{admin}", "--state-dir", str(self.tmp / f"{pod}-state"),
-            "--drain-timeout", "1", "--plaintext", *extra,
+            "--drain-timeout", "1", *self.tls_args(sidecar=True), *extra,
         ]  # fmt: skip
         sidecar = Sidecar(pod, app, admin, await spawn(pod, args, self.tmp / f"{pod}.log", self.env))
         self.sidecars.append(sidecar)

@@ -1,9 +1,11 @@
-"""The leader's picture of the fleet: two real control planes, each serving its share at /fleet over real
-HTTP, stub sidecars over real gRPC on each; the leader's merge counts every sidecar and report once."""
+"""The leader's picture of the fleet: two real control planes, each serving its share at /fleet on its peer port
+over real HTTP, stub sidecars over real gRPC on each; the leader's merge counts every sidecar and report once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -11,11 +13,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from llmroute.model import parse_document
+from llmroute.model.policy import Budget, Policy, QuotaKey, Window
 from llmroute.operator.admin import AdminServer
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
 from llmroute.operator.fleet import FleetView
+from llmroute.operator.peerport import PeerServer
 from llmroute.v1 import load_pb2, rpc
+from llmroute.v1.quota_keys import key_message
 
 from .conftest import StubSidecar, eventually
 
@@ -26,14 +31,17 @@ ROUTE = {
     "spec": {"models": ["chat"], "backends": [{"name": "b", "provider": "openai", "url": "http://x/v1", "model": "m"}]},
 }
 
+KEY = QuotaKey("shop", "limits", "hourly", "usd")
+POLICY = Policy("shop", "limits", budgets=(Budget("hourly", Window(3600), 20.0),))
+
 
 @dataclass
 class Member:
-    """One replica: its control plane, its fleet view and the admin server that serves its share."""
+    """One replica: its control plane, its fleet view and the peer port that serves its share (plaintext)."""
 
     plane: ControlPlane
     fleet: FleetView
-    admin: AdminServer
+    admin: PeerServer
 
 
 @pytest.fixture
@@ -44,7 +52,7 @@ async def members() -> AsyncIterator[list[Member]]:
         await plane.start("127.0.0.1:0")
         plane.publish("shop", [parse_document(ROUTE)])
         fleet = FleetView(plane, f"replica-{name}", interval=0.05)
-        admin = AdminServer(CollectorRegistry(), lambda: True, fleet.share)
+        admin = PeerServer(fleet.share, {"127.0.0.1"}, CollectorRegistry())
         await admin.start("127.0.0.1", 0)
         made.append(Member(plane, fleet, admin))
     yield made
@@ -121,17 +129,90 @@ async def test_a_new_leader_grants_only_once_every_replica_answered_it_with_its_
 
 
 async def test_a_replica_that_never_answers_is_waited_for_only_the_grace(members: list[Member]) -> None:
-    leader, other = members
-    await other.admin.stop()
-    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
-    leader.fleet.grace = 0.5
+    leader, _ = members
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the connection, never answers (a replica stuck, or cut off mid-way)
+        writer.close()
+
+    stuck = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = stuck.sockets[0].getsockname()[1]
+    leader.fleet.peers = (("127.0.0.1", leader.admin.port), ("127.0.0.1", port))
+    leader.fleet.timeout, leader.fleet.grace = 0.2, 1.5
     polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    started = time.monotonic()
     try:
         await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting after the grace")
+        assert time.monotonic() - started >= 1.5  # it was waited for, unlike a replica of the previous release
     finally:
         polling.cancel()
         await asyncio.gather(polling, return_exceptions=True)
+        stuck.close()
 
 
 async def _async(value: bool) -> bool | None:
     return value or None
+
+
+async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(members: list[Member]) -> None:
+    leader, other = members
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    other.fleet.holder = lambda: "replica-a"
+    for member in members:
+        member.plane.quotas.set_policies("shop", [POLICY])
+    # A sidecar of the leader's that holds 5 USD of the budget and has used 3.
+    window = int(Window(3600).start(time.time()))
+    usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, used=3.0, granted=5.0)
+    leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader's POST taken")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+    assert other.plane.quotas.ledger() == {}  # a follower only keeps it
+    # The leader is gone; the other replica leads: the sidecar, not connected to it, counts what it held.
+    taking_over = asyncio.create_task(other.fleet.run(lambda: True))
+    try:
+        held = await eventually(lambda: _async(other.plane.quotas.ledger()), what="the ledger inherited")
+    finally:
+        taking_over.cancel()
+        await asyncio.gather(taking_over, return_exceptions=True)
+    assert held == {"shop/pod-0": [[["shop", "limits", "hourly", "usd"], window, 5.0]]}
+
+
+@pytest.mark.parametrize("previous", ["no peer port", "405"])
+async def test_a_replica_of_the_previous_release_keeps_its_static_share_out_of_the_grants(
+    members: list[Member], previous: str
+) -> None:
+    leader, other = members
+    # The previous release's replica: nothing on the peer port (its address still resolves), or, where --peers
+    # names its admin port, an answer 405 to the POST (this release's admin port answers a POST just so).
+    if previous == "405":
+        old = AdminServer(CollectorRegistry(), lambda: True, other.fleet.share)
+        await old.start("127.0.0.1", 0)
+        old_port = old.port
+    else:
+        await other.admin.stop()
+        old_port = other.admin.port
+    leader.fleet.peers = (("127.0.0.1", leader.admin.port), ("127.0.0.1", old_port))
+    leader.fleet.grace = 3600.0  # it is not waited for: it never takes part
+    leader.fleet.previous_share = 1 / 2  # it grants its own sidecars half of every limit
+    leader.plane.quotas.set_policies("shop", [POLICY])
+    # A sidecar of the leader's that asks for more than the whole limit (16 USD/s, in requests of 8 USD).
+    window = int(Window(3600).start(time.time()))
+    usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, demand=8.0)
+    leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting")
+        grants = leader.plane.quotas.allocator.allocate(time.time())
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        if previous == "405":
+            await old.stop()
+    [granted] = [g.granted for g in grants["shop/pod-0"] if g.window_start == window]
+    assert granted == pytest.approx(10.0)  # the other half of 20 is the old replica's to grant
+    assert "previous-release" not in json.dumps(leader.plane.quotas.ledger())  # never handed on as a sidecar

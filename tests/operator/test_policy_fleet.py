@@ -1,19 +1,22 @@
 """LLMPolicy end to end: the real operator and several real sidecar processes in one namespace, with skewed
 load through the sidecars to a simulated provider. The fleet's spend stays within its budget while most
 of it stays usable, refusals carry the 429 shape, a requests-per-minute limit holds across sidecars, and
-an operator killed mid-window does not let the fleet overspend. With two operator replicas, the leader
-shares each limit over both replicas' sidecars by demand."""
+an operator killed mid-window does not let the fleet overspend. With two operator replicas, which talk over
+mTLS with a CA's certificates as the chart sets them up, the leader shares each limit over both replicas'
+sidecars by demand."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from llmroute.sim import SimProvider
+from tests.egress import private_ca
 
 from .replicas import Fleet, Sidecar
 from .test_replicas import _is, leader, token
@@ -118,9 +121,10 @@ async def test_a_budget_holds_across_sidecars_with_skewed_load(
 
 
 async def test_with_two_replicas_a_busy_sidecar_on_the_follower_gets_the_share_it_needs(
-    cluster: Bench, replicas: Fleet, sim: SimProvider
+    cluster: Bench, replicas: Fleet, sim: SimProvider, tmp_path: Path
 ) -> None:
     limit = 2.0
+    replicas.tls = private_ca(tmp_path / "pki")  # the grants go over mTLS: each replica presents the certificate
     await publish(cluster, sim, budget(limit))
     first, second = replicas.add_replicas(2)
     await replicas.start(first)

@@ -124,3 +124,42 @@ def test_a_single_replica_grants_its_own_sidecars_the_whole_limit() -> None:
         alone.service.allocate()
         assert max(busy.granted, busy.used) <= LIMIT + 1e-6
     assert busy.used >= LIMIT * 0.9
+
+
+def test_a_new_leader_counts_what_the_old_leaders_unreconnected_sidecars_hold_until_they_report() -> None:
+    now = [START]
+    stray = SimSidecar("a-0", rate=1.0)  # on the leader; when it dies, this one reaches no other replica
+    busy = SimSidecar("b-0", rate=1.0)
+    leader, other = replica(now, True, [stray]), replica(now, False, [busy])
+    run(leader, other, now, 4.0)
+    ledger = json.loads(json.dumps(leader.service.ledger()))  # in the leader's last POST, kept by the other
+    held = stray.granted
+    assert held > stray.used + 1  # it holds room it has not spent yet
+    # The leader dies. The other replica takes over (a Lease duration later) and inherits the ledger, while the
+    # busy sidecar asks for more than the whole limit and the stray one spends part of what it holds.
+    busy.rate, stray.rate = 8.0, 0.1
+    other.service.granting = lambda: True
+    other.service.inherit(ledger)
+
+    def step(reporting: list[SimSidecar]) -> None:
+        now[0] += STEP
+        for sidecar in (stray, busy):
+            sidecar.work()
+            if sidecar in reporting:
+                other.service.report(f"shop/{sidecar.name}", sidecar.report())
+        other.service.allocate()
+        fleet = max(stray.granted, stray.used) + max(busy.granted, busy.used)
+        assert fleet <= LIMIT + 1e-6, f"the fleet holds {fleet} of {LIMIT}: {stray}, {busy}"
+
+    for _ in range(int(6.0 / STEP)):
+        step([busy])  # the stray one reports to nobody
+    assert busy.used >= LIMIT - held - 1.0  # all but what the stray one holds went to the busy one
+    assert stray.granted == held and stray.used < held
+    # The stray sidecar reconnects to the new leader and goes quiet: its own report replaces what was inherited,
+    # and what it holds beyond what it used goes back to the pool.
+    other.service.opened("shop/a-0", "shop", stray.receive)
+    stray.rate = 0.0
+    for _ in range(int(6.0 / STEP)):
+        step([stray, busy])
+    assert stray.granted < held
+    assert busy.used + stray.used >= LIMIT - 1.0
