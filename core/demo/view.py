@@ -107,7 +107,7 @@ class LiveView:
         self._drawn_lines = panel.count("\n") + 1
 
     def _line(self, elapsed: float, phase: Phase, sidecar: SidecarView, recent: list[Result], done: int) -> None:
-        if elapsed - self._last_line < self._line_every:
+        if elapsed - self._last_line < 0.9 * self._line_every:  # a wake-up a little early still gets its line
             return
         self._last_line = elapsed
         share = _share(recent)
