@@ -105,6 +105,8 @@ class Holding:
     reserved: float = 0.0
     reported_grant: float = 0.0
     rejected: int = 0
+    smallest_ask: float = 0.0
+    """The smallest ask of the latest report (0: none)."""
     sent: list[tuple[int, float]] = field(default_factory=list)
     """(grants_version, grant) sent and not yet superseded by an echoed version."""
 
@@ -172,6 +174,8 @@ class Usage:
     demand: float
     rejected: int
     granted: float
+    smallest_ask: float = 0.0
+    """The smallest amount one request asked for in the report's interval (0: none asked)."""
 
 
 class Allocator:
@@ -201,6 +205,7 @@ class Allocator:
             holding = sidecar.holdings.setdefault((usage.key, usage.window_start), Holding())
             holding.used, holding.reserved = usage.used, usage.reserved
             holding.reported_grant, holding.rejected = usage.granted, usage.rejected
+            holding.smallest_ask = usage.smallest_ask
             rate = usage.demand / max(interval, MIN_INTERVAL_S)
             sidecar.rate[usage.key] = SMOOTHING * rate + (1 - SMOOTHING) * sidecar.rate.get(usage.key, rate)
             if usage.demand > 0:

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -95,12 +95,14 @@ def _policy_share(plane: ControlPlane) -> dict[str, Any]:
             "rejected": counts.rejected,
             "messages": [[m.pod, m.message] for m in counts.messages],
         }
-    quotas = {}
+    quotas, smallest = {}, {}
     for key in plane.quotas.allocator.limits:
         figures = plane.quota_figures(key)
         if figures is not None:
-            quotas[_quota_name(key)] = asdict(figures)
-    return {"policies": policies, "quotas": quotas}
+            quotas[_quota_name(key)] = figures.shared()
+            if figures.smallest_ask:
+                smallest[_quota_name(key)] = figures.smallest_ask
+    return {"policies": policies, "quotas": quotas, "smallestAsks": smallest}
 
 
 def _totals_json(totals: LoadTotals) -> dict[str, Any]:
@@ -241,19 +243,22 @@ class FleetView:
             raw = share.get("quotas", {}).get(_quota_name(key))
             if raw is None:
                 continue
-            other = QuotaFigures(**raw)
+            ask = float(share.get("smallestAsks", {}).get(_quota_name(key), 0.0))
+            other = replace(QuotaFigures.from_shared(raw), smallest_ask=ask)
             if total is None:
                 total = other
             elif other.window_start == total.window_start:
                 previous = None
                 if total.previous_used is not None and other.previous_used is not None:
                     previous = total.previous_used + other.previous_used
+                asks = [a for a in (total.smallest_ask, other.smallest_ask) if a > 0]
                 total = QuotaFigures(
                     total.window_start,
                     total.used + other.used,
                     total.reserved + other.reserved,
                     total.rejected + other.rejected,
                     previous,
+                    min(asks, default=0.0),
                 )
         return total
 

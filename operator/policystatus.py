@@ -19,8 +19,8 @@ from .reconcile import Check
 from .status import condition, now_rfc3339
 
 EXHAUSTED_SHARE = 0.99
-"""A budget whose sidecars refuse requests with this share of it used or reserved is exhausted: what is left is
-less than the requests being refused need."""
+"""A budget whose sidecars refuse requests with this share of it used or reserved is exhausted, also where the
+size of the requests refused is not known."""
 WARN_SHARE = 0.8
 """The share of a budget at which a Warning Event says it is nearly spent."""
 STATES = ("Ok", "Downgraded", "Exhausted")
@@ -44,13 +44,19 @@ class BudgetState:
 
 
 def budget_state(budget: Budget, figures: QuotaFigures | None, now: float) -> BudgetState:
-    """Spent and state of a budget in its current window (nothing known yet: 0 spent)."""
+    """Spent and state of a budget in its current window (nothing known yet: 0 spent). It is exhausted (or
+    downgraded) once spent, or once what is left is less than the smallest request the window has seen."""
     start = budget.window.start(now)
     if figures is None or figures.window_start != start:
         return BudgetState(budget, start, 0.0, "Ok")
     limit = budget.limit_usd
     spent = figures.used
-    exhausted = spent >= limit or (figures.rejected > 0 and spent + figures.reserved >= EXHAUSTED_SHARE * limit)
+    exhausted = (
+        spent >= limit
+        # What is left once everything in flight has settled pays for no request the window has seen.
+        or (figures.smallest_ask > 0 and limit - spent < figures.smallest_ask)
+        or (figures.rejected > 0 and spent + figures.reserved >= EXHAUSTED_SHARE * limit)
+    )
     state = "Ok"
     if exhausted:
         state = "Downgraded" if budget.action == "Downgrade" else "Exhausted"

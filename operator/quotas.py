@@ -58,7 +58,7 @@ def usages(report: load_pb2.LoadReport) -> list[Usage]:
     for q in report.quotas:
         key = key_of(q.key)
         if key is not None:
-            out.append(Usage(key, q.window_start, q.used, q.reserved, q.demand, q.rejected, q.granted))
+            out.append(Usage(key, q.window_start, q.used, q.reserved, q.demand, q.rejected, q.granted, q.smallest_ask))
     return out
 
 
@@ -105,6 +105,23 @@ class QuotaFigures:
     """Requests refused in the sidecars' latest report intervals."""
     previous_used: float | None
     """The last completed window's total, once one completed while this operator ran."""
+    smallest_ask: float = 0.0
+    """The smallest amount one request asked for in this window (0 while none asked): what is left below it
+    pays for no request. Replicas exchange it apart from SHARED_FIGURES (`/fleet`'s `smallestAsks`), which a
+    replica of the previous release reads strictly."""
+
+    def shared(self) -> dict[str, Any]:
+        """What another replica reads of it from `/fleet` (SHARED_FIGURES)."""
+        return {name: getattr(self, name) for name in SHARED_FIGURES}
+
+    @classmethod
+    def from_shared(cls, raw: dict[str, Any]) -> QuotaFigures:
+        """Another replica's `shared()`; fields a later release may add are left out."""
+        return cls(**{name: raw[name] for name in SHARED_FIGURES})
+
+
+SHARED_FIGURES = ("window_start", "used", "reserved", "rejected", "previous_used")
+"""The QuotaFigures fields replicas exchange: those every replica of this release and the previous one reads."""
 
 
 @dataclass(slots=True)
@@ -382,9 +399,14 @@ class QuotaService:
             start = limit.window.start(now)
             used = reserved = 0.0
             rejected = 0
+            smallest = 0.0
             for sid, sidecar in self.allocator.sidecars.items():
                 holding = sidecar.holdings.get((key, int(start)))
-                if holding is not None and sid not in self._remote:
+                if holding is None:
+                    continue
+                if holding.smallest_ask > 0:  # this replica's own sidecars (others' come with their replica's share)
+                    smallest = min(smallest, holding.smallest_ask) if smallest else holding.smallest_ask
+                if sid not in self._remote:
                     used += holding.used
                     reserved += holding.reserved
                     rejected += holding.rejected
@@ -392,7 +414,9 @@ class QuotaService:
             previous = before.previous_used if before is not None else None
             if before is not None and before.window_start != start:
                 previous = before.used
-            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous)
+            elif before is not None and before.smallest_ask:  # the window's smallest ask so far
+                smallest = min(smallest, before.smallest_ask) if smallest else before.smallest_ask
+            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest)
 
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with the quota in its current window (None: not known yet)."""

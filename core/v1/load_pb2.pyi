@@ -86,7 +86,7 @@ class QuotaKey(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., policy: _Optional[str] = ..., limit: _Optional[str] = ..., quantity: _Optional[_Union[Quantity, str]] = ...) -> None: ...
 
 class QuotaUsage(_message.Message):
-    __slots__ = ("key", "window_start", "used", "reserved", "demand", "rejected", "granted")
+    __slots__ = ("key", "window_start", "used", "reserved", "demand", "rejected", "granted", "smallest_ask")
     KEY_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class QuotaUsage(_message.Message):
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
+    SMALLEST_ASK_FIELD_NUMBER: _ClassVar[int]
     key: QuotaKey
     window_start: int
     used: float
@@ -101,7 +102,8 @@ class QuotaUsage(_message.Message):
     demand: float
     rejected: int
     granted: float
-    def __init__(self, key: _Optional[_Union[QuotaKey, _Mapping]] = ..., window_start: _Optional[int] = ..., used: _Optional[float] = ..., reserved: _Optional[float] = ..., demand: _Optional[float] = ..., rejected: _Optional[int] = ..., granted: _Optional[float] = ...) -> None: ...
+    smallest_ask: float
+    def __init__(self, key: _Optional[_Union[QuotaKey, _Mapping]] = ..., window_start: _Optional[int] = ..., used: _Optional[float] = ..., reserved: _Optional[float] = ..., demand: _Optional[float] = ..., rejected: _Optional[int] = ..., granted: _Optional[float] = ..., smallest_ask: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
     __slots__ = ("node", "interval_seconds", "backends", "quotas", "grants_version")

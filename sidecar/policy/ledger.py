@@ -55,6 +55,7 @@ class Quota:
         "reserved",
         "scale",
         "slot",
+        "smallest_ask",
         "used",
         "window",
         "window_end",
@@ -84,6 +85,8 @@ class Quota:
         """Asked for since the last load report, admitted or not."""
         self.rejected = 0
         """Requests refused on this quota since the last load report."""
+        self.smallest_ask = 0.0
+        """The smallest amount one request asked for since the last load report, admitted or not (0: none)."""
         self.enforced = True
         """False for an Observe budget: the operator grants it nothing (it only counts the fleet's spend), so
         under the operator it admits everything; alone (local mode) it still says when the limit is passed."""
@@ -114,6 +117,8 @@ class Quota:
         fit with no grant to blame but this sidecar's share (so the operator hears of the demand at once)."""
         amount *= self.scale
         self.demand += amount
+        if amount < self.smallest_ask or not self.smallest_ask:
+            self.smallest_ask = amount
         if now >= self.window_end:
             self.roll(now)
         if self.used + self.reserved + amount <= self.granted * FIT or not (self.enforced or self._ledger.local):
@@ -191,15 +196,17 @@ class QuotaLedger:
         if self.on_unmet is not None and not self.local:
             self.on_unmet()
 
-    def take_interval(self) -> list[tuple[Quota, float, int]]:
-        """For a load report: each quota with the demand and refusals since the last one (both start again)."""
+    def take_interval(self) -> list[tuple[Quota, float, int, float]]:
+        """For a load report: each quota with the demand, refusals and smallest ask since the last one (all start
+        again)."""
         now = self.clock()
         taken = []
         for quota in self.quotas.values():
             quota.roll(now)
-            taken.append((quota, quota.demand, quota.rejected))
+            taken.append((quota, quota.demand, quota.rejected, quota.smallest_ask))
             quota.demand = 0.0
             quota.rejected = 0
+            quota.smallest_ask = 0.0
         return taken
 
 

@@ -41,7 +41,7 @@ def policies_of(response: routes_pb2.RouteResponse) -> list[Policy]:
 def usage_report(ledger: QuotaLedger, report: load_pb2.LoadReport) -> None:
     """Add to `report` every quota with a grant, usage or demand in its window, and the grants' version."""
     report.grants_version = ledger.grants_version
-    for quota, demand, rejected in ledger.take_interval():
+    for quota, demand, rejected, smallest_ask in ledger.take_interval():
         granted = quota.granted
         if not (granted or quota.used or quota.reserved or demand):
             continue
@@ -54,6 +54,7 @@ def usage_report(ledger: QuotaLedger, report: load_pb2.LoadReport) -> None:
                 demand=demand,
                 rejected=rejected,
                 granted=granted,
+                smallest_ask=smallest_ask,
             )
         )
 

@@ -122,14 +122,16 @@ def test_a_grant_of_room_for_exactly_one_more_request_admits_it() -> None:
     assert quota.used == pytest.approx(used + 0.01)
 
 
-def test_a_report_takes_the_interval_demand_and_refusals_once() -> None:
+def test_a_report_takes_the_interval_demand_refusals_and_smallest_ask_once() -> None:
     clock = Clock(T0)
     ledger = QuotaLedger(local=True, clock=clock)
     quota = ledger.track(KEY, HOUR, 1.0)
-    quota.ask(3.0, clock())
-    quota.rejected += 1
-    assert [(q.key, demand, rejected) for q, demand, rejected in ledger.take_interval()] == [(KEY, 3.0, 1)]
-    assert [(demand, rejected) for _, demand, rejected in ledger.take_interval()] == [(0.0, 0)]
+    assert not quota.ask(3.0, clock())  # more than the whole limit
+    assert quota.ask(0.5, clock())
+    assert not quota.ask(2.0, clock())
+    quota.rejected += 2
+    assert [(q.key, *figures) for q, *figures in ledger.take_interval()] == [(KEY, 5.5, 2, 0.5)]  # smallest ask
+    assert [tuple(figures) for _, *figures in ledger.take_interval()] == [(0.0, 0, 0.0)]
 
 
 def test_policies_that_change_keep_the_usage_of_quotas_that_stay() -> None:
