@@ -216,6 +216,11 @@ def plot(samples: list[Sample], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def sidecar_arm(label: str, side: sidecar.Sidecar) -> Arm:
+    """A running sidecar as an arm (its route, not the URL's path, picks the backend's path)."""
+    return Arm(label, lambda _: f"{side.base_url}/chat/completions", lambda: [side.process.pid], side)
+
+
 def start_relay(label: str, upstream: int, rounds: int, workdir: Path, started: list[procs.Process]) -> Arm:
     """Run bench/overhead/relay.py in front of the backend (with `rounds` of JSON work per request)."""
     port = procs.free_port()
@@ -278,12 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                 build = None if words[0] == "-" else Path(words[0])
                 side = sidecar.start(label, routes, workdir, llmroute=build, flags=words[1:])
                 started.append(side.process)
-                arms.append(
-                    Arm(label, lambda _, s=side: f"{s.base_url}/chat/completions", lambda s=side: [s.process.pid], side)
-                )
-            relays = [("relay", 0)] if "relay" in wanted else []
-            for label, rounds in [*relays, *(("relay+work", args.relay_work),) * bool(args.relay_work)]:
-                arms.append(start_relay(label, port, rounds, workdir, started))
+                arms.append(sidecar_arm(label, side))
+            if "relay" in wanted:
+                arms.append(start_relay("relay", port, 0, workdir, started))
+            if args.relay_work:
+                arms.append(start_relay("relay+work", port, args.relay_work, workdir, started))
             if "nginx" in wanted:
                 proxy_port = procs.free_port()
                 proxy = nginx.start("proxy", workdir, nginx.reverse_proxy(proxy_port, port))
