@@ -6,9 +6,10 @@ client connection gets one kept-alive connection to the backend on 127.0.0.1; ea
 (head to the blank line, then Content-Length bytes), written to the backend unchanged, and the answer's bytes
 (Content-Length or chunked framing) written back unchanged. No routing, no JSON, no headers rewritten: what
 the sidecar pays after an idle that this relay pays too is the interpreter's and the machine's, not the
-sidecar's request path. `--work N` adds a fixed amount of interpreter work per request, done between reading
-the request and forwarding it (N JSON round trips of the request's body, the sidecar's own first step): with
-about the sidecar's CPU per request, it tells whether the extra after an idle grows with the work alone.
+sidecar's request path. `--work N` adds a fixed amount of interpreter work on both sides of the backend call,
+as the sidecar has (N JSON round trips of the request's body before forwarding it, and N more when the answer
+has arrived, before relaying it): with about the sidecar's CPU per request, it tells whether the extra after
+an idle grows with the interpreter work alone.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ async def serve(
             request = await read_message(client)
             work(request, rounds)
             backend_out.write(request)
-            client_out.write(await read_message(backend))
+            answer = await read_message(backend)
+            work(request, rounds)
+            client_out.write(answer)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # either side closed
     finally:
