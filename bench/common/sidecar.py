@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,21 @@ class Sidecar:
         return body.decode()
 
 
-def start(name: str, routes: Path, workdir: Path, *, cpus: str | None = None, timeout: float = 20.0) -> Sidecar:
-    """Start `llmroute sidecar --routes routes` on free ports; return once /readyz says a table is loaded."""
+def start(
+    name: str,
+    routes: Path,
+    workdir: Path,
+    *,
+    cpus: str | None = None,
+    timeout: float = 20.0,
+    llmroute: Path | None = None,
+    flags: Sequence[str] = (),
+) -> Sidecar:
+    """Start `llmroute sidecar --routes routes [flags]` on free ports; return once /readyz says a table is loaded.
+    `llmroute`: another build's executable (default: this virtualenv's)."""
     port, admin_port = procs.free_port(), procs.free_port()
     argv = [
-        str(Path(sys.executable).with_name("llmroute")),
+        str(llmroute or Path(sys.executable).with_name("llmroute")),
         "sidecar",
         "--routes",
         str(routes),
@@ -45,6 +56,7 @@ def start(name: str, routes: Path, workdir: Path, *, cpus: str | None = None, ti
         f"127.0.0.1:{port}",
         "--admin-listen",
         f"127.0.0.1:{admin_port}",
+        *flags,
     ]
     process = procs.start(name, procs.pinned(argv, cpus), workdir, cwd=ROOT)
     sidecar = Sidecar(process, port, admin_port)
