@@ -188,16 +188,17 @@ class Dispatcher:
         )
         # Backends expected to miss the deadline, or that have stalled, go last whatever the strategy and the
         # fallback order: `ordered` means the first healthy backend that can answer in time, not one known to
-        # take 8.5 s for a 2 s deadline, nor one whose last few requests are all overdue.
+        # take 8.5 s for a 2 s deadline, nor one whose last few requests are all overdue. Among those, the one
+        # expected to answer soonest goes first: a peer whose requests are 1.5 s overdue beats one known to take
+        # 8.5 s (in strategy order, `ordered` put the 8.5 s one first whenever its only other peer had stalled).
         strategy = policy.strategy or route.strategy
         remaining = call.deadline - now
-        feasible = [
-            c for c in available if c.expected_latency(now, stream=call.stream) < remaining and not c.stats.stalled(now)
-        ]
-        if strategy in _BLIND_TO_LATENCY and len(feasible) > 1:
-            feasible = _without_far_slower(feasible, call.stream)
-        late = [c for c in available if c not in feasible]
-        ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, rank(strategy, late, ctx))
+        expected = {c.name: c.expected_latency(now, stream=call.stream) for c in available}
+        feasible = [c for c in available if expected[c.name] < remaining and not c.stats.stalled(now)]
+        if strategy in _BLIND_TO_LATENCY and feasible:
+            feasible = _without_far_slower(feasible, available, call.stream)
+        late = sorted((c for c in available if c not in feasible), key=lambda c: expected[c.name])
+        ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, late)
         for candidate in runtime.shadow.due(ranked, now):
             self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked
@@ -486,11 +487,12 @@ FAR_SLOWER_MARGIN_S more than) the fastest one: 8.5 s where a peer needs 0.3 s '
 20 s deadline, but no one configuring `ordered` wants that answer."""
 
 
-def _without_far_slower(feasible: list[Candidate], stream: bool) -> list[Candidate]:
-    """`feasible` less the backends far slower than the fastest of them (see FAR_SLOWER). Answer times
-    alone count: a backend that just failed once is not slow (ejection judges failures), and one with no
-    answer yet is not judged."""
-    speeds = {c.name: _speed(c, stream) for c in feasible}
+def _without_far_slower(feasible: list[Candidate], available: list[Candidate], stream: bool) -> list[Candidate]:
+    """`feasible` less the backends far slower than the fastest `available` one (see FAR_SLOWER), also when
+    that one is out of `feasible` for the moment (stalled): the 8.5 s backend must not become the primary
+    because its only fast peer has two requests overdue. Answer times alone count: a backend that just
+    failed once is not slow (ejection judges failures), and one with no answer yet is not judged."""
+    speeds = {c.name: _speed(c, stream) for c in available}
     known = [v for v in speeds.values() if v is not None]
     if len(known) < 2:
         return feasible

@@ -52,3 +52,36 @@ def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could
     for _ in range(5):
         answered_in(runtime, "primary", 0.5)
     assert dispatcher._plan(batch, time.monotonic())[0].name == "primary"
+
+
+def stalled_peer(seconds: float) -> RouteRuntime:
+    """An `ordered` route: the primary answers in 8.5 s; the peer in 0.6 s, but the two requests sent to it
+    after its latest answer have waited `seconds`, past its p95 (it has stalled)."""
+    spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("peer")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "primary", 8.5)
+    stats = runtime.by_name["peer"].stats
+    now = time.monotonic()
+    for _ in range(5):
+        stats.finish(stats.start(now - seconds - 1.2), now - seconds - 0.6)
+    stats.start(now - seconds)
+    stats.start(now - seconds + 0.1)
+    assert stats.stalled(time.monotonic())
+    return runtime
+
+
+async def test_ordered_puts_a_far_slower_backend_after_a_peer_stalled_for_less_than_it_takes() -> None:
+    # The 21:00 incident's cascade with `ordered`: the primary answers in 8.5 s, mid is ejected, and cheap has
+    # two requests overdue for a moment. In route order the 8.5 s primary went first: batch requests (20 s
+    # deadline, which 8.5 s "makes") waited 7.9-9.1 s there, normal ones (3 s) waited on it before failing over.
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    dispatcher = Dispatcher(SidecarMetrics())
+    runtime = stalled_peer(1.5)
+    for priority, deadline in (("batch", 20.0), ("normal", 3.0)):
+        call = Call(runtime, CHAT, body, False, priority, time.monotonic() + deadline, frozenset())
+        assert [c.name for c in dispatcher._plan(call, time.monotonic())] == ["peer", "primary"], priority
+    # A peer silent for longer than the primary takes is the later answer: the primary goes first again.
+    runtime = stalled_peer(12.0)
+    call = Call(runtime, CHAT, body, False, "batch", time.monotonic() + 20.0, frozenset())
+    assert [c.name for c in dispatcher._plan(call, time.monotonic())] == ["primary", "peer"]
+    await dispatcher.aclose()  # the shadow probes the plans sent (to a closed port) are not waited for
