@@ -193,12 +193,23 @@ class Dispatcher:
         # 8.5 s (in strategy order, `ordered` put the 8.5 s one first whenever its only other peer had stalled).
         strategy = policy.strategy or route.strategy
         remaining = call.deadline - now
-        expected = {c.name: c.expected_latency(now, stream=call.stream) for c in available}
-        feasible = [c for c in available if expected[c.name] < remaining and not c.stats.stalled(now)]
+        stream = call.stream
+        feasible: list[Candidate] = []
+        late: list[tuple[float, Candidate]] = []  # (expected latency, backend): usually none
+        for candidate in available:
+            expected = candidate.expected_latency(now, stream=stream)
+            if expected < remaining and not candidate.stats.stalled(now):
+                feasible.append(candidate)
+            else:
+                late.append((expected, candidate))
         if strategy in _BLIND_TO_LATENCY and feasible:
-            feasible = _without_far_slower(feasible, available, call.stream)
-        late = sorted((c for c in available if c not in feasible), key=lambda c: expected[c.name])
-        ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, late)
+            kept = _without_far_slower(feasible, available, stream)
+            if len(kept) < len(feasible):
+                late += [(c.expected_latency(now, stream=stream), c) for c in feasible if c not in kept]
+                feasible = kept
+        if len(late) > 1:
+            late.sort(key=_soonest)
+        ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, [c for _, c in late])
         for candidate in runtime.shadow.due(ranked, now):
             self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
         return ranked
@@ -485,6 +496,10 @@ FAR_SLOWER_MARGIN_S = 1.0
 """Strategies that do not weigh latency still pass over a backend expected to take FAR_SLOWER times (and
 FAR_SLOWER_MARGIN_S more than) the fastest one: 8.5 s where a peer needs 0.3 s 'can answer in time' for a
 20 s deadline, but no one configuring `ordered` wants that answer."""
+
+
+def _soonest(entry: tuple[float, Candidate]) -> float:
+    return entry[0]
 
 
 def _without_far_slower(feasible: list[Candidate], available: list[Candidate], stream: bool) -> list[Candidate]:
