@@ -49,11 +49,12 @@ def backend(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def shop(apiserver: ApiServer, operator: OperatorProcess, backend: str) -> str:
-    """A namespace with ServiceAccount `app`, a route over the priced backend, and a Reject budget."""
+    """A namespace with ServiceAccount `app`, a route over the priced backend, and a Reject budget per UTC month
+    (a window that does not turn while the test runs)."""
     namespace = apiserver.create_namespace(unique("shop"))
     route = {"models": ["chat"], "backends": [{"name": "sim", "provider": "openai", "url": backend, "model": "m",
                                                "price": PRICE}]}  # fmt: skip
-    policy = {"tier": "growth", "budgets": [{"name": "hourly", "window": "1h", "limitUSD": LIMIT_USD,
+    policy = {"tier": "growth", "budgets": [{"name": "monthly", "window": "30d", "limitUSD": LIMIT_USD,
                                              "action": "Reject"}]}  # fmt: skip
     apiserver.apply(
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": namespace}},

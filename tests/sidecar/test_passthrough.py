@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -545,6 +546,8 @@ async def test_passthrough_requests_count_against_the_requests_per_minute_limits
               "spec": {"rateLimits": rate_limits}}  # fmt: skip
     (policies / "shop.yaml").write_text(json.dumps(policy))
     async with setup(tmp_path, extra=("--policies", str(policies))) as s, s.openai() as client:
+        mid_minute = (time.time() // 60 + 1) * 60 + 30
+        s.sidecar.ledger.clock = lambda: mid_minute  # held mid-minute: no UTC minute turns during the test
         for _ in range(2):
             await client.moderations.create(input="fine?")  # passthrough
         await client.chat.completions.create(model="chat", messages=USER)  # routed: the same limit
