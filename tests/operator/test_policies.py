@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from llmroute.model.policy import QuotaKey
+from llmroute.model.policy_parse import parse_window
 from llmroute.v1.quota_keys import key_message
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def limits(**allowed: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"tier": "growth", "budgets": [{"name": "hourly", "window": "1h", "limitUSD": 1.0}]}
+    spec: dict[str, Any] = {"tier": "growth", "budgets": [{"name": "monthly", "window": "30d", "limitUSD": 1.0}]}
     spec["rateLimits"] = [{"name": "rpm", "requestsPerMinute": 600}]
     if allowed:
         spec["allowed"] = allowed
@@ -86,8 +87,8 @@ async def test_sidecars_get_the_policies_and_status_shows_spend_with_events(benc
     assert bench.condition(policy, "Accepted")["status"] == "True"
     assert policy["status"]["tier"] == "growth"
 
-    window = int(time.time()) // 3600 * 3600
-    key = key_message(QuotaKey("shop", "limits", "hourly", "usd"))
+    window = int(parse_window("30d").start(time.time()))  # the calendar month: it does not turn mid-test
+    key = key_message(QuotaKey("shop", "limits", "monthly", "usd"))
     await sidecar.report_quota(key, window, used=0.85, demand=0.1)
 
     async def budget(state: str, spent: float) -> dict[str, Any] | None:

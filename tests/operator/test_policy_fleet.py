@@ -98,7 +98,7 @@ async def policy_programmed(cluster: Bench, sidecars: int) -> bool:
 
 
 def budget(limit: float) -> dict[str, Any]:
-    return {"tier": "growth", "budgets": [{"name": "hourly", "window": "1h", "limitUSD": limit}]}
+    return {"tier": "growth", "budgets": [{"name": "monthly", "window": "30d", "limitUSD": limit}]}
 
 
 async def test_a_budget_holds_across_sidecars_with_skewed_load(

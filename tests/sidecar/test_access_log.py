@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ async def test_a_policy_refusal_and_an_observed_limit_are_in_the_policy_field(tm
         "kind": "LLMPolicy",
         "metadata": {"name": "shop-limits", "namespace": "default"},
         "spec": {
-            "budgets": [{"name": "watch", "window": "1h", "limitUSD": 0.000001, "action": "Observe"}],
+            "budgets": [{"name": "watch", "window": "30d", "limitUSD": 0.000001, "action": "Observe"}],
             "rateLimits": [{"name": "one-a-minute", "requestsPerMinute": 1}],
         },
     }
@@ -188,6 +189,7 @@ async def test_a_policy_refusal_and_an_observed_limit_are_in_the_policy_field(tm
         with out.open("wb") as stdout:
             async with sidecar_process(*argv, stdout=stdout) as (process, port, _admin, _log):
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as http:
+                    await _clear_of_a_minute_turn()
                     assert (await http.post("/chat/completions", json=_ask())).status_code == 200
                     refused = await http.post("/chat/completions", json=_ask())
                     assert refused.status_code == 429 and refused.headers["x-llmroute-policy"] == "shop-limits"
@@ -202,3 +204,11 @@ async def test_a_policy_refusal_and_an_observed_limit_are_in_the_policy_field(tm
         "rate_limit_exceeded",
         {"refused_by": "shop-limits"},
     )
+
+
+async def _clear_of_a_minute_turn(margin: float = 5.0) -> None:
+    """Wait out the last seconds of a UTC minute, so a per-minute rate limit's window (the sidecar's wall clock,
+    in another process) does not turn between two requests that must share it."""
+    left = 60.0 - time.time() % 60.0
+    if left < margin:
+        await asyncio.sleep(left + 0.1)
