@@ -11,7 +11,11 @@ naming both interruptions and why the second was not continued.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
+import yaml
 
 from llmroute.model import Api
 from llmroute.model.policy import Policy, RateLimit
@@ -30,7 +36,7 @@ from llmroute.sidecar.inbound.base import CHARS_PER_TOKEN
 
 from ..specs import responses_event_errors
 from ..tools import REPO
-from .harness import APP_KEY, Harness, sidecar_for
+from .harness import APP_KEY, Harness, route_doc, sidecar_for, sidecar_process
 from .test_policy_admission import enforce, used
 
 if str(REPO) not in sys.path:  # bench/ runs from the source tree (python -m bench.faults)
@@ -278,3 +284,61 @@ async def test_a_second_continuation_silent_past_the_requests_timeout_ends_with_
     assert "not continued: fallback failed to continue it: no answer within" in read.error
     assert 3.0 <= waited < 40.0  # the timeout, with a wide margin for a loaded machine; the provider holds 60 s
     assert len(_apps(rescuer)) == 2
+
+
+PRICES = (
+    {"inputPerMTok": 1000.0, "outputPerMTok": 2000.0},  # the primary: $0.001 a prompt token, $0.002 an answer's
+    {"inputPerMTok": 3000.0, "outputPerMTok": 4000.0},  # the fallback
+)
+
+
+async def test_the_access_log_line_of_a_continued_stream_says_what_the_app_was_billed(tmp_path: Path) -> None:
+    # `llmroute sidecar` as a real process, its access log on stdout. A chat stream cut in the original and in
+    # the first continuation: its line gives the whole answer's tokens and cost, the usage and cost the app
+    # was told, not only the last attempt's.
+    out = tmp_path / "stdout"
+    async with _providers() as (primary, rescuer):
+        spec = _spec(primary, rescuer)
+        for backend, price in zip(spec["backends"], PRICES, strict=True):
+            backend["price"] = price
+        routes = tmp_path / "route.yaml"
+        routes.write_text(yaml.safe_dump(route_doc(spec)))
+        with out.open("wb") as stdout:
+            async with sidecar_process("--routes", str(routes), stdout=stdout) as (process, port, _admin, _log):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=60) as http:
+                    for armed in (False, True):
+                        if armed:
+                            _arm(primary, rescuer)
+                        async with http.stream("POST", "/chat/completions", json=BODIES["chat"]) as response:
+                            raw = (await response.aread()).decode()
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(process.wait, 30) == 0
+        second = _apps(rescuer)[-1]
+    events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == ANSWER
+    usage = chunks[-1]["usage"]
+    cost = re.search(r"^: x-llmroute-cost-usd=([0-9.]+)$", raw, re.MULTILINE)
+    assert cost is not None
+    # What the three attempts billed, each at its backend's prices: the primary's prompt (estimated) and the
+    # text it delivered, the first continuation's likewise, the second's as its provider reported them.
+    prompt = BY_API["chat"].parse(BODIES["chat"]).tokens_in
+    delivered = len(FIRST) // CHARS_PER_TOKEN, (len(SECOND) - len(FIRST)) // CHARS_PER_TOKEN
+    last = usage_of(second["messages"], ANSWER[len(SECOND) :])
+    billed = [
+        (prompt, delivered[0]),
+        (prompt + delivered[0], delivered[1]),
+        (last["prompt_tokens"], last["completion_tokens"]),
+    ]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == tuple(map(sum, zip(*billed, strict=True)))
+    dollars = [PRICES[0], PRICES[1], PRICES[1]]
+    whole = sum(
+        (i * p["inputPerMTok"] + o * p["outputPerMTok"]) / 1e6 for (i, o), p in zip(billed, dollars, strict=True)
+    )
+    assert float(cost.group(1)) == pytest.approx(whole, abs=1e-8)
+
+    line = json.loads(out.read_text().splitlines()[-1])
+    assert (line["outcome"], line["backend"], line["attempts"]) == ("success", "fallback", 3)
+    assert (line["tokens_in"], line["tokens_out"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert line["cost_usd"] == pytest.approx(whole)
