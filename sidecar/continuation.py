@@ -177,7 +177,7 @@ class Continuation:
 
     def _plans(self, failed: Candidate) -> tuple[list[_Plan], list[str]]:
         """Who can continue, how: (backend, API to call it in, body, translator factory or None for native),
-        backends other than `failed` first; and why each other backend declaring prefill cannot."""
+        backends other than `failed` first; and why each of the other backends that declare prefill cannot."""
         call = self._call
         runtime = call.runtime
         api = call.api.api
@@ -243,17 +243,15 @@ class Continuation:
         if not plans:
             self.why_not = "no backend can continue it: " + "; ".join(cannot)
             return None
-        billed = False
         text = self.text
         failures: list[str] = []
-        for candidate, api, body, translator in plans:
+        for number, (candidate, api, body, translator) in enumerate(plans):
             bound = self._bound()
             if bound is not None:
                 failures.append(bound)
                 break
-            if not billed:
-                self._bill()
-                billed = True
+            if number == 0:
+                self._bill()  # the attempt that broke off, once it is going to be continued
             prompt = call.tokens_in + len(text) // CHARS_PER_TOKEN
             resumed = Call(
                 call.runtime,
