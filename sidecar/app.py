@@ -266,14 +266,15 @@ class SidecarApp:
         self, request: Request, call: Call, answer: Answer, received: float, gate: ConcurrencyGate | None
     ) -> AsyncGenerator[bytes, None]:
         """Forward a stream that already produced its first chunk, then its cost comment and the API's ending.
-        A chat, Messages or Responses stream that breaks off is continued on a backend that can (continuation.py), so
-        the app gets one whole answer; otherwise it ends with the API's SSE error naming the interruption. Each stream's
-        attempt closes here, whatever happens: abandoned when the app goes away mid-stream."""
+        A chat, Messages or Responses stream that breaks off is continued on a backend that can (continuation.py), and
+        so is a continuation that breaks off, so the app gets one whole answer; otherwise it ends with the API's SSE
+        error naming the interruption. Each stream's attempt closes here, whatever happens: abandoned when the app
+        goes away mid-stream."""
         ttft = time.monotonic() - received
         self.metrics.child(
             self.metrics.ttft, call.runtime.route.name, answer.candidate.name, call.priority, call.api.api
         ).observe(ttft)
-        continuation = Continuation(self.dispatcher, call) if can_continue(call) else None
+        continuation = Continuation(self.dispatcher, call, call.deadline - received) if can_continue(call) else None
         spent = 0.0  # what interrupted attempts cost before the one that finished
         outcome = "abandoned"
         try:
@@ -293,10 +294,13 @@ class SidecarApp:
                                 attempt.chunk()
                         except UpstreamError as error:
                             attempt.fail(error)
-                            resumed = await continuation.resume(candidate) if continuation is not None else None
+                            resumed = await continuation.resume(candidate, error) if continuation is not None else None
                             if resumed is None:
                                 outcome = "error"
-                                message = f"backend {candidate.name} failed mid-stream: {error}"
+                                if continuation is not None:
+                                    message = continuation.interruption(candidate, error)
+                                else:
+                                    message = f"backend {candidate.name} failed mid-stream: {error}"
                                 interrupted = ProxyError(502, message, "stream_interrupted")
                                 sequence = stream.sequence  # a spliced stream is numbered on by its splice
                                 if continuation is not None:

@@ -12,10 +12,18 @@ Chat, Anthropic Messages and Responses streams are continued, whichever backend 
 - through the chat translation on a prefill backend that serves chat, for Messages and Responses requests
   that translation carries: the sidecar sends the translated chat request with the text as the prefill and
   turns the chat chunks back into the app's API with the translation's own stream translator.
-The Responses API itself cannot ask for a continuation, so a Responses stream is continued only through the
-translation: a request it does not carry (stored responses, `previous_response_id`, built-in tools, ...)
-ends with the API's `error` event. Only text can be continued: a stream that was calling tools, thinking or
-refusing ends with the interruption instead, and Messages and Responses streams are continued once.
+The Responses API itself cannot ask for a continuation (an assistant item in its `input` is a finished
+earlier turn, and nothing in a request asks the model to go on with it), so a Responses stream is continued
+only through the translation, and a backend that serves only the Responses API never continues a stream: a
+request the translation does not carry (stored responses, `previous_response_id`, built-in tools, ...) ends
+with the API's `error` event. Only text can be continued: a stream that was calling tools, thinking or
+refusing ends with the interruption instead.
+
+A continuation that breaks off in turn is continued again the same way, from all the text the app has, for
+every API alike. Each continuation is one more attempt of the app's request: it needs an attempt left under
+the route's `retry.attempts` and the retry budget's leave, and its first chunk is due within the request's
+own timeout (`x-llmroute-timeout-ms`, or its class's), as the stream's first chunk was. When none is left,
+the app gets the API's error event, which names every interruption and why the last was not continued.
 """
 
 from __future__ import annotations
@@ -36,6 +44,11 @@ from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.sse import SSEParser
 
 PREFILL = "prefill"
+NO_RESPONSES_PREFILL = (
+    "serves the Responses API natively, which cannot continue a partial answer (no prefill: an assistant item in"
+    " its input is a finished turn); only a backend that serves chat can continue a Responses stream"
+)
+"""Why a backend that serves the Responses API itself (and not chat) never continues a Responses stream."""
 
 
 _SPLICES: dict[str, type[Splice]] = {"chat": ChatSplice, "messages": MessagesSplice, "responses": ResponsesSplice}
@@ -88,16 +101,31 @@ class Translated:
 class Continuation:
     """What the app has been sent of one stream, and how to go on from there."""
 
-    __slots__ = ("_billed", "_call", "_dispatcher", "_mark", "_prompt", "_splice", "_translated")
+    __slots__ = (
+        "_billed",
+        "_breaks",
+        "_call",
+        "_dispatcher",
+        "_mark",
+        "_prompt",
+        "_splice",
+        "_timeout",
+        "_translated",
+        "why_not",
+    )
 
-    def __init__(self, dispatcher: Dispatcher, call: Call) -> None:
+    def __init__(self, dispatcher: Dispatcher, call: Call, timeout: float) -> None:
         self._dispatcher = dispatcher
         self._call = call
+        self._timeout = timeout  # the request's own time to its first chunk: each continuation's too
         self._splice = _SPLICES[call.api.api]()
         self._translated: Translated | None = None
         self._prompt = call.tokens_in  # the current attempt's prompt, estimated
         self._mark = 0  # characters of text the app had when the current attempt began
         self._billed = (0, 0)  # the last interrupted attempt's (input, output) tokens
+        self._breaks: list[str] = []  # the interruptions continued so far
+        self.why_not = ""
+        """Why the last interruption was not continued (after `resume` returned None)."""
 
     @property
     def text(self) -> str:
@@ -137,58 +165,101 @@ class Continuation:
         splice.before += billed[1]
         self._mark = len(text)
 
-    def _plans(self, failed: Candidate) -> list[_Plan]:
+    def interruption(self, failed: Candidate, error: UpstreamError) -> str:
+        """The message of the error event that ends the app's stream: the interruption the app got last, the
+        ones continued before it, and why it was not continued."""
+        parts = [f"backend {failed.name} failed mid-stream: {error}"]
+        if self._breaks:
+            parts.append(f"it was continuing the answer after {', then '.join(self._breaks)}")
+        if self.why_not:
+            parts.append(f"not continued: {self.why_not}")
+        return "; ".join(parts)
+
+    def _plans(self, failed: Candidate) -> tuple[list[_Plan], list[str]]:
         """Who can continue, how: (backend, API to call it in, body, translator factory or None for native),
-        backends other than `failed` first."""
+        backends other than `failed` first; and why each of the other backends that declare prefill cannot."""
         call = self._call
         runtime = call.runtime
         api = call.api.api
         text = self.text
         excluded = call.policy.excluded if call.policy is not None else {}  # by LLMPolicy: never continued on
         plans: list[_Plan] = []
+        cannot: list[str] = []
         for c in runtime.candidates:
-            if PREFILL not in c.spec.capabilities or not c.spec.serves(call.needs) or c.name in excluded:
-                continue
-            if not runtime.detector.is_available(c.name):
+            if PREFILL not in c.spec.capabilities:
                 continue
             codec = runtime.upstreams[c.name].codecs.get(api)
-            if codec is None:
+            if not c.spec.serves(call.needs):
+                why = f"does not support {', '.join(sorted(c.spec.lacks(call.needs)))}"
+            elif c.name in excluded:
+                why = f"left out by LLMPolicy: {excluded[c.name]}"
+            elif not runtime.detector.is_available(c.name):
+                why = "unavailable (ejected, half-open or at maxConcurrency)"
+            elif codec is None:
+                why = f"serves no {api} API, natively or translated"
+            elif codec.translates and codec.upstream == "chat" and api in _TO_CHAT:
+                missing = codec.lacks(call.body)
+                if missing is None:
+                    plans.append((c, CHAT, chat_continuation(api, call.body, text, c.spec), codec.translator))
+                    continue
+                why = f"the chat translation cannot carry {missing}"
+            elif (body := self._splice.body(call.body, text, c.spec)) is None:
+                why = NO_RESPONSES_PREFILL if api == "responses" else "the app's own final assistant turn is not text"
+            elif codec.translates and (missing := codec.lacks(body)) is not None:
+                why = f"cannot take this prefill ({missing})"
+            else:
+                plans.append((c, call.api, body, None))
                 continue
-            if codec.translates and codec.upstream == "chat" and api in _TO_CHAT:
-                if codec.lacks(call.body) is not None:
-                    continue  # the app's request itself does not go through this translation
-                plans.append((c, CHAT, chat_continuation(api, call.body, text, c.spec), codec.translator))
-                continue
-            body = self._splice.body(call.body, text, c.spec)
-            if body is None or (codec.translates and codec.lacks(body) is not None):
-                continue  # this backend cannot take this prefill
-            plans.append((c, call.api, body, None))
+            cannot.append(f"{c.name}: {why}")
         plans.sort(key=lambda plan: plan[0] is failed)
-        return plans
+        return plans, cannot
 
-    async def resume(self, failed: Candidate) -> Answer | None:
-        """Ask a prefill backend (another than `failed` first) to continue; its Answer with the first chunk
-        of the continuation, or None when none can (not only text was sent, no backend, no budget)."""
+    def _bound(self) -> str | None:
+        """Why no further attempt may be made for the request (the route's attempts, its retry budget)."""
         call = self._call
         runtime = call.runtime
+        retry = runtime.route.retry
+        if call.attempts > retry.attempts:
+            return f"the route's {retry.attempts} retry attempts were used"
+        if not runtime.retry_budget.try_acquire_retry(time.monotonic()):
+            metrics = self._dispatcher.metrics
+            metrics.child(metrics.retries_refused, runtime.route.name).inc()
+            return "the retry budget was spent"
+        return None
+
+    async def resume(self, failed: Candidate, error: UpstreamError) -> Answer | None:
+        """Ask a prefill backend (another than `failed` first) to continue after `error`; its Answer with the
+        first chunk of the continuation, or None (and `why_not`) when none can: not only text was sent, no
+        backend can, no attempt is left, or every one asked failed."""
+        call = self._call
         splice = self._splice
-        if splice.stuck or (splice.resumed and splice.once):
+        self.why_not = ""
+        if splice.stuck:
+            self.why_not = (
+                "the answer holds more than text (a tool call, thinking, a refusal), which no prefill carries"
+            )
             return None
-        plans = self._plans(failed)
-        if not plans or not runtime.retry_budget.try_acquire_retry(time.monotonic()):
+        plans, cannot = self._plans(failed)
+        if not plans:
+            self.why_not = "no backend can continue it: " + "; ".join(cannot)
             return None
-        self._bill()
         text = self.text
-        timeout = runtime.route.priorities[call.priority].timeout
-        for candidate, api, body, translator in plans:
+        failures: list[str] = []
+        for number, (candidate, api, body, translator) in enumerate(plans):
+            bound = self._bound()
+            if bound is not None:
+                failures.append(bound)
+                break
+            if number == 0:
+                self._bill()  # the attempt that broke off, once it is going to be continued
             prompt = call.tokens_in + len(text) // CHARS_PER_TOKEN
             resumed = Call(
-                runtime,
+                call.runtime,
                 api,
                 body,
                 True,
                 call.priority,
-                time.monotonic() + timeout,
+                time.monotonic() + self._timeout,
                 call.needs,
                 tokens_in=prompt,
                 tokens_out=call.tokens_out,
@@ -198,12 +269,14 @@ class Continuation:
             call.attempts += 1
             try:
                 answer = await self._dispatcher.attempt(resumed, candidate)
-            except UpstreamError:
+            except UpstreamError as refused:
+                failures.append(f"{candidate.name} failed to continue it: {refused}")
                 continue
-            splice.resumed = True
-            splice.reported_in = None
-            splice.trim = candidate.spec.provider == "anthropic" and text != text.rstrip()
+            self._breaks.append(f"backend {failed.name} failed mid-stream: {error}")
+            splice.resume(trim=candidate.spec.provider == "anthropic" and text != text.rstrip())
             self._prompt = prompt
             self._translated = None if translator is None else Translated(translator(call.body, candidate.spec.model))
+            answer.continued_from = (splice.prompts, splice.before)
             return answer
+        self.why_not = "; ".join(failures)
         return None

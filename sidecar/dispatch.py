@@ -103,6 +103,9 @@ class Answer:
     first_chunk: bytes = b""
     cost: float = 0.0
     """USD, once the usage is known (at once for JSON answers, at the end for streams)."""
+    continued_from: tuple[int, int] = (0, 0)
+    """A continuation's: the (input, output) tokens billed for the attempts that broke off before it, which
+    with its own usage make the whole answer's (llmroute.sidecar.continuation)."""
 
 
 class Dispatcher:

@@ -1,10 +1,11 @@
 """Splicing a continuation into a stream the app is reading, one class per inbound API that can be continued.
 
-Before a resume a splice notes what the app has received (the text, the ids, whether anything but text was
-sent); after it, it rewrites the continuation's events, already in the app's API, into the original stream:
-the app's ids and numbering, no second opening, the broken-off text block or item going on, and a usage that
-adds up what every attempt was billed (the interrupted attempts' prompts and delivered text, estimated where
-their usage never came, plus the continuation's own).
+A splice notes every event the app receives (the text, the ids, whether anything but text was sent). After a
+resume it rewrites the continuation's events, already in the app's API, into the original stream, and notes
+them as the app gets them: the app's ids and numbering, no second opening, the broken-off text block or item
+going on, and a usage that adds up what every attempt was billed (the interrupted attempts' prompts and
+delivered text, estimated where their usage never came, plus the continuation's own). Since what it notes is
+the app's stream, a continuation that breaks off in turn is resumed from there like the original.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ class Splice:
         self.trim = False
         """The prefill lost trailing white space: drop it from the start of the continuation's text."""
 
-    once = False
-    """Only one continuation can be spliced in (the rewrite does not follow the continuation's own blocks or
-    items, which a second one would have to go on from)."""
+    def resume(self, *, trim: bool) -> None:
+        """A continuation starts: from now on (until the next resume) its events go on from what the app has.
+        `trim`: its prefill lost trailing white space (see `trim`)."""
+        self.resumed = True
+        self.reported_in = None
+        self.trim = trim
 
     @property
     def sequence(self) -> int:
@@ -128,9 +132,8 @@ class ChatSplice(Splice):
 
 class _Named(Splice):
     """A splice of an API with named SSE events (Messages, Responses): before a resume each event is noted and
-    goes out as it came; after it, each is rewritten into the original stream, or dropped."""
-
-    once = True
+    goes out as it came; after it, each is rewritten into the original stream (and noted as the app gets it),
+    or dropped."""
 
     def relay(self, data: bytes) -> bytes:
         if not data:
@@ -146,15 +149,17 @@ class _Named(Splice):
                 self._note(kind, doc)
                 out.append(event + b"\n\n")
             elif self._rewrite(kind, doc):
+                self._note(kind, doc)
                 out.append(_event(kind, doc))
         return b"".join(out)
 
     def _note(self, kind: str, doc: dict[str, Any]) -> None:
-        """Before a resume: record what the event tells the app."""
+        """Record what the event, as the app gets it, tells the app."""
         raise NotImplementedError
 
     def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
-        """After a resume: rewrite the continuation's event (in place) as the original stream's; False drops it."""
+        """After a resume: rewrite the continuation's event (in place) as the original stream's; False drops it.
+        What it tells the app is then noted by `_note`."""
         raise NotImplementedError
 
 
@@ -212,7 +217,6 @@ class MessagesSplice(_Named):
             delta = doc.get("delta") or {}
             if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                 delta["text"] = self._lstrip(delta["text"])
-                self.text.append(delta["text"])
             return True
         usage = doc.get("usage")
         if kind == "message_delta" and isinstance(usage, dict):
@@ -228,17 +232,23 @@ class ResponsesSplice(_Named):
     a continuation goes through the chat translation, whose events arrive here in the Responses shape. After
     a resume its response.created and .in_progress are dropped, its message item continues the app's open
     item and content part (their .added dropped, their .done events and the final response carrying the
-    whole text), every event is numbered on from the app's last sequence_number, and response.completed
-    names the app's response, lists the app's finished items before the continuation's, and adds up usage."""
+    whole text), its other items are numbered on after the app's, every event is numbered on from the app's
+    last sequence_number, and response.completed names the app's response, lists the app's finished items
+    before the continuation's, and adds up usage."""
 
     def __init__(self) -> None:
         super().__init__()
+        # The app's stream, as it has received it:
         self._sequence = 0  # the next sequence_number the app expects
         self._response: dict[str, Any] = {}  # the app's response.created snapshot
         self._items: list[dict[str, Any]] = []  # the app's finished output items
         self._open: dict[str, Any] | None = None  # the app's message item being streamed: id, index, part, text
-        self._map: dict[str, Any] | None = None  # the continuation's item that continues the open one
-        self._added = 0  # continuation items added besides the one continuing the open item
+        self._count = 0  # output items the app has seen added
+        # The current continuation, from its resume:
+        self._from: dict[str, Any] | None = None  # the app's open item when it began (text: the open part's)
+        self._kept: list[dict[str, Any]] = []  # the app's items finished when it began
+        self._map: dict[str, Any] | None = None  # its item that continues the open one: id
+        self._indexes: dict[Any, int] = {}  # its output_index -> the app's
 
     @property
     def sequence(self) -> int:
@@ -247,6 +257,14 @@ class ResponsesSplice(_Named):
     def body(self, body: dict[str, Any], text: str, backend: Backend) -> None:
         """None: the Responses API has no way to ask for a continuation (the chat translation does)."""
         return None
+
+    def resume(self, *, trim: bool) -> None:
+        super().resume(trim=trim)
+        opened = self._open
+        self._from = None if opened is None else {**opened, "text": "".join(opened["text"]), "done": [*opened["done"]]}
+        self._kept = [*self._items]
+        self._map = None
+        self._indexes = {}
 
     def _rewrite(self, kind: str, doc: dict[str, Any]) -> bool:
         """After a resume: the continuation's event as the original stream's, numbered on (False: dropped)."""
@@ -265,6 +283,7 @@ class ResponsesSplice(_Named):
             item = doc.get("item") or {}
             if item.get("type") != "message":
                 self.stuck = True
+            self._count += 1
             self._open = {"id": item.get("id"), "index": doc.get("output_index"), "part": None, "text": [], "done": []}
         elif kind == "response.content_part.added" and self._open is not None:
             if (doc.get("part") or {}).get("type") != "output_text":
@@ -288,34 +307,35 @@ class ResponsesSplice(_Named):
         dropped)."""
         if kind in ("response.created", "response.in_progress"):
             return False
-        opened = self._open
+        opened = self._from
+        index = doc.get("output_index")
         if kind == "response.output_item.added":
             item = doc.get("item") or {}
             if opened is not None and self._map is None and item.get("type") == "message":
-                self._map = {"id": item.get("id"), "index": doc.get("output_index")}
+                self._map = {"id": item.get("id")}
+                self._indexes[index] = opened["index"]
                 return False  # it goes on in the app's open item
-            doc["output_index"] = len(self._items) + (opened is not None) + self._added
-            self._added += 1
+            self._indexes[index] = doc["output_index"] = self._count
             return True
-        mapped = opened is not None and self._map is not None and doc.get("item_id") == self._map["id"]
-        if mapped and opened is not None:
-            doc["item_id"], doc["output_index"] = opened["id"], opened["index"]
+        if index in self._indexes:
+            doc["output_index"] = self._indexes[index]
+        if opened is not None and self._map is not None and doc.get("item_id") == self._map["id"]:
+            doc["item_id"] = opened["id"]
             continuing = opened["part"] is not None  # the app's content part is open: the text goes on in it
-            if kind == "response.content_part.added" and continuing:
+            part = doc.get("content_index")
+            if kind == "response.content_part.added" and continuing and part == 0:
                 return False
-            if isinstance(doc.get("content_index"), int):
-                doc["content_index"] = opened["part"] if continuing else len(opened["done"]) + doc["content_index"]
-            prefix = "".join(opened["text"]) if continuing and doc.get("content_index") == opened["part"] else ""
+            if isinstance(part, int):
+                doc["content_index"] = (opened["part"] if continuing else len(opened["done"])) + part
+            prefix = opened["text"] if continuing and part == 0 else ""
             if kind == "response.output_text.delta" and isinstance(doc.get("delta"), str):
                 doc["delta"] = self._lstrip(doc["delta"])
-                self.text.append(doc["delta"])
             elif kind == "response.output_text.done":
                 doc["text"] = prefix + str(doc.get("text", ""))
             elif kind == "response.content_part.done":
                 doc["part"] = {**(doc.get("part") or {}), "text": prefix + str((doc.get("part") or {}).get("text", ""))}
         if kind == "response.output_item.done":
             doc["item"] = self._item(doc.get("item") or {})
-            doc["output_index"] = self._index(doc.get("output_index"))
         elif kind in ("response.completed", "response.incomplete") and isinstance(doc.get("response"), dict):
             doc["response"] = self._final(doc["response"])
         return True
@@ -323,24 +343,19 @@ class ResponsesSplice(_Named):
     def _item(self, item: dict[str, Any]) -> dict[str, Any]:
         """A finished continuation item as the app's: the item that continued the open one under its id,
         with the whole text."""
-        opened = self._open
+        opened = self._from
         if opened is None or self._map is None or item.get("id") != self._map["id"]:
             return item
         content = [dict(part) for part in item.get("content") or ()]
         if opened["part"] is not None and content and content[0].get("type") == "output_text":
-            content[0]["text"] = "".join(opened["text"]) + str(content[0].get("text", ""))
+            content[0]["text"] = opened["text"] + str(content[0].get("text", ""))
         return {**item, "id": opened["id"], "content": [*opened["done"], *content]}
 
-    def _index(self, index: Any) -> Any:
-        """A continuation item's output_index in the app's output."""
-        if self._map is not None and index == self._map["index"] and self._open is not None:
-            return self._open["index"]
-        return index
-
     def _final(self, response: dict[str, Any]) -> dict[str, Any]:
-        """The continuation's final response as the app's: its id, creation time and model, the app's finished
-        items then the continuation's (rewritten), usage added up over the attempts."""
-        output = [*self._items, *(self._item(item) for item in response.get("output") or ())]
+        """The continuation's final response as the app's: its id, creation time and model, the app's items
+        finished before the continuation then the continuation's (rewritten), usage added up over the
+        attempts."""
+        output = [*self._kept, *(self._item(item) for item in response.get("output") or ())]
         final = {**response, "output": output}
         for name in ("id", "created_at", "model"):
             if name in self._response:

@@ -156,7 +156,8 @@ BACKEND = {
             "items": {"type": "string", "enum": CAPABILITIES},
             "description": (
                 "Request features the backend serves: tools, vision (image parts), json (response_format),"
-                " prefill (continues a final assistant message: a broken stream is resumed on it)."
+                " prefill (continues a final assistant message: a broken stream is resumed on it; a backend"
+                " that serves only the Responses API never is, that API has no prefill)."
             ),
         },
         "apis": {

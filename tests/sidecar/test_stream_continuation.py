@@ -152,6 +152,43 @@ async def test_a_responses_stream_only_a_native_backend_can_carry_ends_with_the_
         assert "Tell me a story" not in (h.sims["rescuer"].stats.last_body or b"").decode()  # a shadow probe at most
 
 
+async def test_a_responses_only_backend_that_declares_prefill_is_passed_over_for_a_chat_prefill_backend(
+    tmp_path: Path,
+) -> None:
+    # `native` serves only the Responses API and declares prefill, but that API cannot continue a partial
+    # answer (an assistant item in `input` is a finished turn): the chat prefill backend after it in the
+    # route continues the stream, through the translation, and `native` is never asked.
+    backends = {"broken": BROKEN, "native": RESCUER, "rescuer": RESCUER}
+    extra = {"broken": {"apis": ["responses"]}, "native": {"apis": ["responses"], **PREFILL}, "rescuer": PREFILL}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == "token" + "token token token token"
+        assert h.sims["rescuer"].stats.last_json["messages"][-1] == {
+            "role": "assistant",
+            "content": "token",
+            "prefix": True,
+        }
+        assert "Tell me a story" not in (h.sims["native"].stats.last_body or b"").decode()  # a shadow probe at most
+
+
+async def test_a_responses_stream_whose_only_prefill_backend_serves_only_responses_ends_saying_why(
+    tmp_path: Path,
+) -> None:
+    backends = {"broken": BROKEN, "native": RESCUER}
+    extra = {"broken": {"apis": ["responses"]}, "native": {"apis": ["responses"], **PREFILL}}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        with pytest.raises(openai.APIError) as caught:
+            async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+                async for _ in stream:
+                    pass
+        message = caught.value.message
+        assert message.startswith("backend broken failed mid-stream")
+        assert "not continued: no backend can continue it: native: serves the Responses API natively, which" in message
+        assert "cannot continue a partial answer" in message
+        assert "Tell me a story" not in (h.sims["native"].stats.last_body or b"").decode()
+
+
 def _events(*docs: dict[str, Any]) -> bytes:
     return b"".join(f"event: {d['type']}\ndata: {json.dumps(d)}\n\n".encode() for d in docs)
 
@@ -174,7 +211,8 @@ def _text_block(index: int, text: str, *, stop: bool) -> list[dict[str, Any]]:
 def test_a_messages_continuation_after_a_closed_block_numbers_its_blocks_on() -> None:
     splice = MessagesSplice()
     assert splice.relay(_events(START, *_text_block(0, "Hello.", stop=True))).count(b"event: ") == 4
-    splice.resumed, splice.before, splice.prompts = True, 2, 30  # what the broken attempt was billed
+    splice.resume(trim=False)
+    splice.before, splice.prompts = 2, 30  # what the broken attempt was billed
     continued = _docs(
         splice.relay(
             _events(

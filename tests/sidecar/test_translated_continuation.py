@@ -39,6 +39,28 @@ AFTER = 10
 DELIVERED = "".join(w + " " for w in ANSWER.split(" ")[:AFTER])
 """What the app has when the primary breaks off: the fallback is asked to continue from exactly this."""
 
+WHOLE_MESSAGE = [
+    "message_start",
+    "content_block_start",
+    *["content_block_delta"] * len(ANSWER.split(" ")),
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+"""The events of ANSWER as one Messages stream (the SDK's own `text` events aside): one message, one block."""
+WHOLE_RESPONSE = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * len(ANSWER.split(" ")),
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+"""The events of ANSWER as one Responses stream: one response, one message item, one content part."""
+
 
 @contextlib.asynccontextmanager
 async def _route(tmp_path: Path, fault: str, shape: str, **fallback: Any) -> AsyncIterator[tuple[str, Any, Any]]:
@@ -127,14 +149,7 @@ async def test_a_messages_stream_through_the_chat_translation_is_continued_as_on
         await client.close()
         assert "".join(b.text for b in final.content if b.type == "text") == ANSWER
         assert final.stop_reason == "end_turn"
-        assert [k for k in kinds if k != "text"] == [
-            "message_start",
-            "content_block_start",
-            *["content_block_delta"] * len(ANSWER.split(" ")),
-            "content_block_stop",
-            "message_delta",
-            "message_stop",
-        ]
+        assert [k for k in kinds if k != "text"] == WHOLE_MESSAGE
         assert "gpt-primary" in final.id  # the message the app started on
         continuation = _continuation(rescuer, shape)
         assert continuation["messages"][0] == {"role": "user", "content": PROMPT}  # the translated prompt
@@ -160,17 +175,7 @@ async def test_a_responses_stream_through_the_chat_translation_is_continued_as_o
         await client.close()
         assert final.output_text == ANSWER and final.status == "completed"
         kinds = [e["type"] for e in events]
-        assert kinds == [
-            "response.created",
-            "response.in_progress",
-            "response.output_item.added",
-            "response.content_part.added",
-            *["response.output_text.delta"] * len(ANSWER.split(" ")),
-            "response.output_text.done",
-            "response.content_part.done",
-            "response.output_item.done",
-            "response.completed",
-        ]
+        assert kinds == WHOLE_RESPONSE
         assert [e["sequence_number"] for e in events] == list(range(len(events)))
         assert {e["item_id"] for e in events if "item_id" in e} == {events[2]["item"]["id"]}
         assert events[-4]["text"] == events[-3]["part"]["text"] == ANSWER

@@ -69,7 +69,7 @@ def test_a_continuation_through_the_chat_translation(name: str) -> None:
     assert continuation == case["continuation_request"]
     assert spec_errors("openai", "CreateChatCompletionRequest", continuation) == []
 
-    splice.resumed = True
+    splice.resume(trim=False)
     splice.prompts, splice.before = case["billed"]["input"], case["billed"]["output"]
     resumed = Translated(codec.translator(request, "gpt-fallback"))
     sent += splice.relay(resumed.events(_sse(case["continuation_chunks"]), last=True))
