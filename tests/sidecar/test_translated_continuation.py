@@ -66,7 +66,8 @@ WHOLE_RESPONSE = [
 async def _route(tmp_path: Path, fault: str, shape: str, **fallback: Any) -> AsyncIterator[tuple[str, Any, Any]]:
     """A primary that breaks off after AFTER words (`cut` or `stall`) once armed (`_arm`) and a chat prefill
     fallback (`prefix`: an OpenAI-compatible API such as DeepSeek's; `vllm`: selfHosted), behind a sidecar;
-    its base URL and the two providers. A short idle bound makes a stall count at once."""
+    its base URL and the two providers. An idle bound of 1-3 s makes the stall count within seconds and stays
+    above the gaps a loaded machine puts between the fallback's chunks (a spurious second continuation)."""
     primary = FaultProvider("gpt-primary", lambda n, t: Action(fault, after=AFTER))  # type: ignore[arg-type]
     rescuer = FaultProvider("gpt-fallback")
     await primary.start()
@@ -79,7 +80,7 @@ async def _route(tmp_path: Path, fault: str, shape: str, **fallback: Any) -> Asy
         "models": ["chat"],
         "strategy": "ordered",
         "backends": [{"name": "primary", "provider": "openai", "url": primary.url, "model": "gpt-primary"}, backup],
-        "priorities": {"normal": {"timeout": "10s", "streamIdle": {"min": "200ms", "max": "600ms"}}},
+        "priorities": {"normal": {"timeout": "10s", "streamIdle": {"min": "1s", "max": "3s"}}},
     }
     try:
         async with sidecar_for(tmp_path, spec) as sidecar:
