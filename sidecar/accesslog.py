@@ -190,15 +190,15 @@ def log_call(
     ttft: float | None,
 ) -> None:
     """The line of a dispatched request: its route, the backend that answered (if any), tokens and cost (of a
-    continued stream, the whole answer's, as the app's usage and cost say)."""
+    continued stream, the whole answer's, as the app's usage and cost say; of a stream that broke off and was
+    not continued, none: its usage never came)."""
     tokens_in = tokens_out = cost = None
     if answer is not None:
         source = answer.completion if answer.completion is not None else answer.stream
         assert source is not None
-        usage = source.usage
-        before_in, before_out = answer.continued_from  # a continued stream: what its broken-off attempts billed
-        tokens_in, tokens_out = usage.prompt_tokens + before_in, usage.completion_tokens + before_out
-        cost = answer.cost
+        if outcome != "error":
+            tokens_in, tokens_out = answer.tokens()
+            cost = answer.cost
         upstream_headers = source.headers
     model = call.body.get("model")
     decision = call.policy

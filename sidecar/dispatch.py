@@ -107,6 +107,15 @@ class Answer:
     """A continuation's: the (input, output) tokens billed for the attempts that broke off before it, which
     with its own usage make the whole answer's (llmroute.sidecar.continuation)."""
 
+    def tokens(self) -> tuple[int, int]:
+        """(input, output) tokens of the whole answer, as the app's usage gives them: the answering attempt's,
+        plus what the attempts of a continued stream that broke off before it billed."""
+        source = self.completion if self.completion is not None else self.stream
+        assert source is not None
+        usage = source.usage
+        before_in, before_out = self.continued_from
+        return usage.prompt_tokens + before_in, usage.completion_tokens + before_out
+
 
 class Dispatcher:
     """Runs calls against a route's backends and keeps the route's policies informed."""

@@ -110,6 +110,10 @@ class RequestSpan:
         span.set_attribute("llmroute.cost_usd", self._cost)
         if answer is not None:
             span.set_attribute("llmroute.backend", answer.candidate.name)
+            if self._winner is not None and answer.continued_from != (0, 0):  # the whole answer's, as billed
+                tokens_in, tokens_out = answer.tokens()
+                span.set_attribute("gen_ai.usage.input_tokens", tokens_in)
+                span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
         if outcome not in ("success", "abandoned"):
             # The last backend error says why, where there is one (else: a deadline, a refusal, ...).
             kind = call.errors[-1][1].kind.value if call.errors else outcome

@@ -206,6 +206,37 @@ async def test_a_policy_refusal_and_an_observed_limit_are_in_the_policy_field(tm
     )
 
 
+async def test_a_stream_that_broke_off_and_was_not_continued_claims_no_tokens_or_cost(tmp_path: Path) -> None:
+    # A priced backend that breaks every stream off mid-answer, and no backend that could continue it: the app
+    # gets an error event, and the line says so without inventing a usage that never came (not 0 USD).
+    broken = Behavior(latency=Latency.fixed(0.01), midstream_failure_rate=1.0, output_tokens=6, api_key=KEY)
+    primary = SimProvider("primary", "openai", broken, seed=3)
+    await primary.start()
+    route = _route(tmp_path, primary)
+    doc = yaml.safe_load(route.read_text())
+    doc["spec"]["backends"][0]["price"] = {"inputPerMTok": 1.0, "outputPerMTok": 2.0}
+    route.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "stdout"
+    argv = ["--routes", str(route), "--secrets-dir", str(tmp_path / "secrets")]
+    try:
+        with out.open("wb") as stdout:
+            async with sidecar_process(*argv, stdout=stdout) as (process, port, _admin, _log):
+                async with (
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as http,
+                    http.stream("POST", "/chat/completions", json=_ask(stream=True)) as response,
+                ):
+                    assert response.status_code == 200  # the first chunk went out before the break
+                    streamed = (await response.aread()).decode()
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        await primary.stop()
+    assert '"stream_interrupted"' in streamed and "data: [DONE]" not in streamed
+    [line] = [json.loads(raw) for raw in out.read_text().splitlines()]
+    assert (line["outcome"], line["error"], line["backend"]) == ("error", "stream_interrupted", "primary")
+    assert (line["tokens_in"], line["tokens_out"], line["cost_usd"]) == (None, None, None)
+
+
 async def _clear_of_a_minute_turn(margin: float = 5.0) -> None:
     """Wait out the last seconds of a UTC minute, so a per-minute rate limit's window (the sidecar's wall clock,
     in another process) does not turn between two requests that must share it."""

@@ -204,6 +204,36 @@ async def test_with_tracing_on_a_request_without_traceparent_starts_a_trace_and_
     assert request.end_ns >= attempt.end_ns  # the request ends when the app has read the stream
 
 
+async def test_the_request_span_of_a_continued_stream_carries_the_whole_answers_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first backend breaks the stream off after one chunk; the prefill backend continues it. The request
+    # span says what the app was billed (both attempts), each attempt span what its backend reported.
+    broken = Behavior(latency=Latency.fixed(0.005), midstream_failure_rate=1.0, output_tokens=6)
+    backends = {"broken": broken, "rescuer": Behavior(latency=Latency.fixed(0.005), output_tokens=4)}
+    extra: dict[str, dict[str, object]] = {"rescuer": {"capabilities": ["prefill"]}}
+    stream_body = chat_body(stream=True, stream_options={"include_usage": True})
+    async with collecting(monkeypatch) as collector:
+        async with (
+            running(tmp_path, backends, spec={"strategy": "ordered"}, backend_extra=extra) as h,
+            h.http() as http,
+            http.stream("POST", "/chat/completions", json=stream_body) as answer,
+        ):
+            events = [line[6:] async for line in answer.aiter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        usage = json.loads(events[-2])["usage"]
+        spans = list(collector.spans)
+    request = _one(spans, kind="SERVER")
+    attempts = sorted((s for s in spans if s.kind == "CLIENT"), key=lambda s: s.start_ns)
+    assert [a.attributes["llmroute.backend"] for a in attempts] == ["broken", "rescuer"]
+    assert request.attributes["llmroute.outcome"] == "success"
+    billed = (request.attributes["gen_ai.usage.input_tokens"], request.attributes["gen_ai.usage.output_tokens"])
+    assert billed == (usage["prompt_tokens"], usage["completion_tokens"])
+    continued = attempts[1].attributes
+    assert usage["prompt_tokens"] > continued["gen_ai.usage.input_tokens"]  # the broken attempt's prompt counts
+    assert usage["completion_tokens"] == continued["gen_ai.usage.output_tokens"] + 1  # and its one chunk ("token")
+
+
 async def test_spans_can_be_exported_over_otlp_grpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with collecting(monkeypatch, "grpc") as collector:
         async with running(tmp_path, {"only": FAST}) as h, h.http() as http:
