@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from llmroute.model.policy import Budget, Policy, QuotaKey, Window
+from llmroute.operator.allocator import HOLD_S
 from llmroute.operator.quotas import QuotaService
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message
@@ -163,3 +164,68 @@ def test_a_new_leader_counts_what_the_old_leaders_unreconnected_sidecars_hold_un
         step([stray, busy])
     assert stray.granted < held
     assert busy.used + stray.used >= LIMIT - 1.0
+
+
+def test_the_leader_sends_its_own_sidecar_a_raise_only_once_a_ledger_handed_to_the_other_replicas_holds_it() -> None:
+    now = [START]
+    stray = SimSidecar("a-0", rate=4.0)  # on the leader; when it dies, this one reaches no other replica
+    busy = SimSidecar("b-0", rate=8.0)
+    leader, other = replica(now, True, [stray]), replica(now, False, [busy])
+    leader.service.announcing = lambda: True  # another replica answers the leader's polls
+    held: list[int] = []
+    leader.service.on_held = lambda: held.append(1)
+    now[0] += STEP
+    stray.work()
+    leader.service.report("shop/a-0", stray.report())
+    leader.service.allocate()
+    assert held and stray.granted == 0.0  # decided, not sent: nobody else knows of it yet
+    ledger = json.loads(json.dumps(leader.service.ledger()))  # the next poll's body
+    covered = leader.service.newest_version
+    [[_, _, announced]] = ledger["shop/a-0"]
+    assert announced > 0
+    leader.service.announced(covered)
+    assert stray.granted == announced  # sent once the other replica has it
+    # The leader dies right then; the other replica takes over with that ledger, and its busy sidecar asks for
+    # more than the whole limit while the stray one spends what it holds: the fleet never holds more than it.
+    other.service.granting = lambda: True
+    other.service.inherit(ledger)
+    for _ in range(int(6.0 / STEP)):
+        now[0] += STEP
+        stray.work()
+        busy.work()
+        other.service.report("shop/b-0", busy.report())
+        other.service.allocate()
+        fleet = max(stray.granted, stray.used) + max(busy.granted, busy.used)
+        assert fleet <= LIMIT + 1e-6, f"the fleet holds {fleet} of {LIMIT}: {stray}, {busy}"
+    assert busy.used >= LIMIT - announced - 1.0
+
+
+def test_a_raise_held_back_is_not_sent_once_the_leader_stops_granting_and_a_lowered_grant_goes_out_at_once() -> None:
+    now = [START]
+    sidecar = SimSidecar("a-0", rate=4.0)
+    granting = [True]
+    leader = replica(now, True, [sidecar])
+    leader.service.granting = lambda: granting[0]
+    leader.service.announcing = lambda: True
+
+    def step() -> None:
+        now[0] += STEP
+        sidecar.work()
+        leader.service.report("shop/a-0", sidecar.report())
+        leader.service.allocate()
+
+    step()
+    leader.service.announced(leader.service.newest_version)
+    first = sidecar.granted
+    assert first > 0
+    # Demand drops to nothing: the lowered grant is sent without waiting for a poll.
+    sidecar.rate = 0.0
+    for _ in range(int(HOLD_S / STEP) + 4):
+        step()
+    assert sidecar.granted < first
+    # Demand comes back, and the leader is deposed before its next poll: the raise it held back is never sent.
+    sidecar.rate, lowered = 8.0, sidecar.granted
+    step()
+    granting[0] = False
+    leader.service.announced(leader.service.newest_version)
+    assert sidecar.granted == lowered
