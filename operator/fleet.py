@@ -260,13 +260,13 @@ class FleetView:
                 if total.previous_used is not None and other.previous_used is not None:
                     previous = total.previous_used + other.previous_used
                 asks = [a for a in (total.smallest_ask, other.smallest_ask) if a > 0]
-                total = QuotaFigures(
-                    total.window_start,
-                    total.used + other.used,
-                    total.reserved + other.reserved,
-                    total.rejected + other.rejected,
-                    previous,
-                    min(asks, default=0.0),
+                total = replace(  # the largest piece stays this replica's: it is the one granting for the fleet
+                    total,
+                    used=total.used + other.used,
+                    reserved=total.reserved + other.reserved,
+                    rejected=total.rejected + other.rejected,
+                    previous_used=previous,
+                    smallest_ask=min(asks, default=0.0),
                 )
         return total
 

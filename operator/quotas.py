@@ -113,6 +113,10 @@ class QuotaFigures:
     """The smallest amount one request asked for in this window (0 while none asked): what is left below it
     pays for no request. Replicas exchange it apart from SHARED_FIGURES (`/fleet`'s `smallestAsks`), which a
     replica of the previous release reads strictly."""
+    largest_piece: float | None = None
+    """The largest part of what is left that one request could use now: one sidecar's room (its grant beyond what
+    it used and reserved) or the rest of the limit no sidecar holds. A remainder split into pieces each smaller
+    than a request pays for none. Known where the fleet's grants are (the replica granting); None elsewhere."""
 
     def shared(self) -> dict[str, Any]:
         """What another replica reads of it from `/fleet` (SHARED_FIGURES)."""
@@ -231,8 +235,9 @@ class QuotaService:
         """One round: grants for every sidecar, directives to those whose grants or interval changed. A replica
         not granting only tells its sidecars a changed report interval (a directive with no grants_version)."""
         now = self.clock()
-        self._record(now)
-        if not self.granting():
+        granting = self.granting()
+        self._record(now, granting)
+        if not granting:
             self.allocator.forget(now)
             for stream in self._streams.values():
                 interval = self.interval(stream.namespace)
@@ -434,10 +439,12 @@ class QuotaService:
             ],
         )
 
-    def _record(self, now: float) -> None:
-        """Sum each quota's current window over this replica's sidecars; keep the last completed window's total."""
+    def _record(self, now: float, granting: bool) -> None:
+        """Sum each quota's current window over this replica's sidecars; keep the last completed window's total.
+        Granting, this replica also knows every sidecar's grant: the largest piece of what is left."""
         for key, limit in self.allocator.limits.items():
             start = limit.window.start(now)
+            piece = self._largest_piece(limit, int(start)) if granting else None
             used = reserved = 0.0
             rejected = 0
             smallest = 0.0
@@ -457,7 +464,18 @@ class QuotaService:
                 previous = before.used
             elif before is not None and before.smallest_ask:  # the window's smallest ask so far
                 smallest = min(smallest, before.smallest_ask) if smallest else before.smallest_ask
-            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest)
+            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest, piece)
+
+    def _largest_piece(self, limit: Limit, start: int) -> float:
+        """The largest room one sidecar holds in the window, or the rest of the limit nobody holds if larger."""
+        held = largest = 0.0
+        for sidecar in self.allocator.sidecars.values():
+            holding = sidecar.holdings.get((limit.key, start))
+            if holding is not None:
+                in_force = holding.in_force(sidecar.echoed)
+                held += max(in_force, holding.floor)
+                largest = max(largest, in_force - holding.floor)
+        return max(largest, limit.limit - held)
 
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with the quota in its current window (None: not known yet)."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import pytest
+
 from llmroute.model.policy import Budget, Policy, QuotaKey, Window
 from llmroute.operator.allocator import HOLD_S
+from llmroute.operator.policystatus import budget_state
 from llmroute.operator.quotas import QuotaService
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message
@@ -229,3 +232,29 @@ def test_a_raise_held_back_is_not_sent_once_the_leader_stops_granting_and_a_lowe
     granting[0] = False
     leader.service.announced(leader.service.newest_version)
     assert sidecar.granted == lowered
+
+
+def test_the_granting_replica_knows_the_largest_piece_of_what_is_left_and_the_status_says_when_none_pays() -> None:
+    now = [START]
+    window = int(START - 60)
+    service = QuotaService(report_interval=5.0, policy_interval=STEP, clock=lambda: now[0])
+    service.set_policies("shop", [POLICY])
+    # Five sidecars hold all of the 20 USD limit; each has 0.5 left while it refuses requests of 1 USD: 2.5 USD is
+    # left in all, split into rooms smaller than one request.
+    for i in range(5):
+        service.opened(f"shop/s-{i}", "shop", lambda directive: None)
+        usage = load_pb2.QuotaUsage(
+            key=key_message(KEY), window_start=window, used=3.5, granted=4.0, rejected=2, smallest_ask=1.0
+        )
+        service.report(f"shop/s-{i}", load_pb2.LoadReport(interval_seconds=STEP, quotas=[usage]))
+    service.granting = lambda: False  # a replica not granting does not know the fleet's grants
+    service.allocate()
+    figures = service.figures(KEY)
+    assert figures is not None and figures.largest_piece is None
+    assert budget_state(POLICY.budgets[0], figures, now[0]).state == "Ok"  # nothing it knows says otherwise
+    service.granting = lambda: True
+    service.allocate()
+    figures = service.figures(KEY)
+    assert figures is not None and figures.largest_piece == pytest.approx(0.5)
+    assert LIMIT - figures.used > figures.smallest_ask  # the remainder alone would read Ok
+    assert budget_state(POLICY.budgets[0], figures, now[0]).state == "Exhausted"
