@@ -240,6 +240,8 @@ class QuotaService:
         if not granting:
             self.allocator.forget(now)
             for stream in self._streams.values():
+                if stream.held:
+                    _drop_held(stream)
                 interval = self.interval(stream.namespace)
                 if interval != stream.interval:
                     stream.interval = interval
@@ -302,6 +304,8 @@ class QuotaService:
             stream.held = [held for held in stream.held if held[0] > version]
             if self.granting():
                 self._send(stream, *ready[-1])
+            else:
+                _drop_held(stream)
 
     # -- across replicas -----------------------------------------------------------------------------
 
@@ -480,6 +484,11 @@ class QuotaService:
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with the quota in its current window (None: not known yet)."""
         return self._figures.get(key)
+
+
+def _drop_held(stream: _Stream) -> None:
+    """Forget the raises held back for a sidecar (this replica no longer grants): decided afresh if it grants again."""
+    stream.held, stream.last = [], ()
 
 
 def _raises(pushed: dict[tuple[QuotaKey, int], float], grants: Iterable[Grant]) -> bool:

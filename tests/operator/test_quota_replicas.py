@@ -232,6 +232,13 @@ def test_a_raise_held_back_is_not_sent_once_the_leader_stops_granting_and_a_lowe
     granting[0] = False
     leader.service.announced(leader.service.newest_version)
     assert sidecar.granted == lowered
+    # Leading again, it decides afresh and sends the raise once announced.
+    step()
+    assert sidecar.granted == lowered
+    granting[0] = True
+    step()
+    leader.service.announced(leader.service.newest_version)
+    assert sidecar.granted > lowered
 
 
 def test_the_granting_replica_knows_the_largest_piece_of_what_is_left_and_the_status_says_when_none_pays() -> None:
