@@ -216,3 +216,37 @@ async def test_a_replica_of_the_previous_release_keeps_its_static_share_out_of_t
     [granted] = [g.granted for g in grants["shop/pod-0"] if g.window_start == window]
     assert granted == pytest.approx(10.0)  # the other half of 20 is the old replica's to grant
     assert "previous-release" not in json.dumps(leader.plane.quotas.ledger())  # never handed on as a sidecar
+
+
+async def test_the_leaders_quota_figures_add_the_other_replicas_and_keep_its_own_largest_piece(
+    members: list[Member],
+) -> None:
+    leader, other = members
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    other.fleet.holder = lambda: "replica-a"
+    other.plane.quotas.granting = other.fleet.granting  # as the operator wires it: only the leader grants
+    window = int(Window(3600).start(time.time()))
+    for pod, member, used, granted, rejected, ask in (
+        ("pod-0", leader, 3.5, 4.0, 2, 1.0),
+        ("pod-1", other, 3.0, 3.5, 1, 0.5),
+    ):
+        member.plane.quotas.set_policies("shop", [POLICY])
+        usage = load_pb2.QuotaUsage(
+            key=key_message(KEY), window_start=window, used=used, granted=granted, rejected=rejected, smallest_ask=ask
+        )
+        member.plane.quotas.report(f"shop/{pod}", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    other.plane.quotas.allocate()  # its figures, as its allocation loop records them
+    own = other.plane.quota_figures(KEY)
+    assert own is not None and own.largest_piece is None  # it does not know the fleet's grants
+    polling = asyncio.create_task(leader.fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+    leader.plane.quotas.allocate()
+    merged = leader.fleet.quota_figures(KEY)
+    assert merged is not None
+    assert (merged.used, merged.rejected, merged.smallest_ask) == (6.5, 3, 0.5)
+    # The largest piece is what nobody holds: 20 - 4 (the leader's sidecar) - 3.5 (the other's, relayed).
+    assert merged.largest_piece == pytest.approx(12.5)
