@@ -154,6 +154,16 @@ async def _async(value: bool) -> bool | None:
     return value or None
 
 
+async def poll_until_granting(fleet: FleetView) -> None:
+    """Run the leader's poll until it grants for the fleet (every replica answered it with its reports)."""
+    polling = asyncio.create_task(fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(fleet.granting()), what="the leader granting")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+
+
 async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(members: list[Member]) -> None:
     leader, other = members
     leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
@@ -164,13 +174,8 @@ async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(member
     window = int(Window(3600).start(time.time()))
     usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, used=3.0, granted=5.0)
     leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
-    polling = asyncio.create_task(leader.fleet.run(lambda: True))
-    try:
-        # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
-        await eventually(lambda: _async(leader.fleet.granting()), what="the leader's POST taken")
-    finally:
-        polling.cancel()
-        await asyncio.gather(polling, return_exceptions=True)
+    # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
+    await poll_until_granting(leader.fleet)
     assert other.plane.quotas.ledger() == {}  # a follower only keeps it
     # The leader is gone; the other replica leads: the sidecar, not connected to it, counts what it held.
     taking_over = asyncio.create_task(other.fleet.run(lambda: True))
@@ -238,12 +243,7 @@ async def test_the_leaders_quota_figures_add_the_other_replicas_and_keep_its_own
     other.plane.quotas.allocate()  # its figures, as its allocation loop records them
     own = other.plane.quota_figures(KEY)
     assert own is not None and own.largest_piece is None  # it does not know the fleet's grants
-    polling = asyncio.create_task(leader.fleet.run(lambda: True))
-    try:
-        await eventually(lambda: _async(leader.fleet.granting()), what="the leader granting")
-    finally:
-        polling.cancel()
-        await asyncio.gather(polling, return_exceptions=True)
+    await poll_until_granting(leader.fleet)
     leader.plane.quotas.allocate()
     merged = leader.fleet.quota_figures(KEY)
     assert merged is not None
