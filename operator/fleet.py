@@ -17,7 +17,9 @@ grants nothing until every replica has answered once with its reports (or, for o
 ledger (what every sidecar it knows may hold), which each replica keeps: a replica that takes over counts
 what it inherits for a sidecar that has not reported to it yet (its replica died with the leader, its
 stream not broken yet) until the sidecar reports again or the window ends, so the fleet never holds more
-than the limit. The POST goes to the replicas' peer port, over mTLS (peerport.py).
+than the limit. For that ledger to hold every grant in force, the leader sends its own sidecars a raise only
+once a poll has carried it (quotas.py, `announced`); a held raise brings the next poll forward, to at most
+one every ANNOUNCE_GAP_S. The POST goes to the replicas' peer port, over mTLS (peerport.py).
 
 A replica of the previous release (before the leader allocated for the fleet) has no peer port, or answers
 the POST 405: it grants its own sidecars a static share of every limit (1/--quota-replicas). Told that share
@@ -28,6 +30,7 @@ is there, and does not wait for it; untold, such a replica is one that does not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 FLEET_PATH = "/fleet"
 POLL_INTERVAL_S = 1.0
+ANNOUNCE_GAP_S = 0.2
+"""While a raise for the leader's own sidecars waits to be announced, polls come this often instead."""
 
 Share = dict[str, Any]  # one replica's JSON answer
 
@@ -168,6 +173,9 @@ class FleetView:
         self._ledger: dict[str, Any] = {}  # the Lease holder's ledger from its latest POST
         self._refused_by: set[str] = set()  # peers that refused this replica's certificate (logged once each)
         self._previous: set[str] = set()  # peers of the previous release, as last polled (no peer port, or 405)
+        self._held = asyncio.Event()  # a raise for this replica's sidecars waits for the next poll
+        plane.quotas.announcing = lambda: self._leading() and bool(self._shares)
+        plane.quotas.on_held = self._held.set
 
     def share(self, body: bytes = b"") -> bytes:
         """This replica's share as served at /fleet. A POST from the leader (the Lease holder, another replica)
@@ -252,13 +260,13 @@ class FleetView:
                 if total.previous_used is not None and other.previous_used is not None:
                     previous = total.previous_used + other.previous_used
                 asks = [a for a in (total.smallest_ask, other.smallest_ask) if a > 0]
-                total = QuotaFigures(
-                    total.window_start,
-                    total.used + other.used,
-                    total.reserved + other.reserved,
-                    total.rejected + other.rejected,
-                    previous,
-                    min(asks, default=0.0),
+                total = replace(  # the largest piece stays this replica's: it is the one granting for the fleet
+                    total,
+                    used=total.used + other.used,
+                    reserved=total.reserved + other.reserved,
+                    rejected=total.rejected + other.rejected,
+                    previous_used=previous,
+                    smallest_ask=min(asks, default=0.0),
                 )
         return total
 
@@ -279,14 +287,24 @@ class FleetView:
                     self._heard.clear()
                     self.plane.quotas.relinquish()
                     self._update({})
-                await asyncio.sleep(self.interval)
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the next poll: `interval`, or ANNOUNCE_GAP_S after this one when a raise waits to be announced."""
+        since = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._held.wait(), self.interval)
+        self._held.clear()
+        await asyncio.sleep(max(0.0, since + min(self.interval, ANNOUNCE_GAP_S) - time.monotonic()))
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         endpoints = await resolve(self.peers)
         quotas = self.plane.quotas
         body = json.dumps({"leader": self.identity, "grants": quotas.handover(), "ledger": quotas.ledger()}).encode()
+        covered = quotas.newest_version  # the ledger holds every raise held back up to it
         previous, self._previous = self._previous, set()
         answers = await asyncio.gather(*(self._fetch(session, e, body) for e in endpoints))
+        quotas.announced(covered)
         if not self.previous_share:
             self._previous.clear()
         for target in self._previous - previous:

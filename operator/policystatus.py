@@ -45,7 +45,8 @@ class BudgetState:
 
 def budget_state(budget: Budget, figures: QuotaFigures | None, now: float) -> BudgetState:
     """Spent and state of a budget in its current window (nothing known yet: 0 spent). It is exhausted (or
-    downgraded) once spent, or once what is left is less than the smallest request the window has seen."""
+    downgraded) once spent, once what is left is less than the smallest request the window has seen, or while
+    requests are refused and what is left is split into pieces each smaller than that request."""
     start = budget.window.start(now)
     if figures is None or figures.window_start != start:
         return BudgetState(budget, start, 0.0, "Ok")
@@ -55,6 +56,8 @@ def budget_state(budget: Budget, figures: QuotaFigures | None, now: float) -> Bu
         spent >= limit
         # What is left once everything in flight has settled pays for no request the window has seen.
         or (figures.smallest_ask > 0 and limit - spent < figures.smallest_ask)
+        # Sidecars refuse requests and no sidecar's room, nor the rest no sidecar holds, pays for one.
+        or (figures.rejected > 0 and figures.largest_piece is not None and figures.largest_piece < figures.smallest_ask)
         or (figures.rejected > 0 and spent + figures.reserved >= EXHAUSTED_SHARE * limit)
     )
     state = "Ok"

@@ -9,6 +9,10 @@ allocates, for the whole fleet: the others keep their sidecars' reports for the 
 and push the grants the leader hands them (`apply`); the leader feeds the reports it collects into its
 allocator (`imported`) and hands out the remote sidecars' grants (`handover`). A replica that is not
 granting never grants on its own: its sidecars keep what they hold.
+
+While other replicas are there (`announcing`), the leader holds back a raise for its own sidecars until
+a poll has carried it to them in its ledger (`announced`), as the remote sidecars' grants travel in the
+same POST as the ledger: a replica that takes over after the leader dies so knows every grant in force.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast, get_args
 
 from llmroute.model.policy import Policy, Quantity, QuotaKey, Window
@@ -109,6 +113,10 @@ class QuotaFigures:
     """The smallest amount one request asked for in this window (0 while none asked): what is left below it
     pays for no request. Replicas exchange it apart from SHARED_FIGURES (`/fleet`'s `smallestAsks`), which a
     replica of the previous release reads strictly."""
+    largest_piece: float | None = None
+    """The largest part of what is left that one request could use now: one sidecar's room (its grant beyond what
+    it used and reserved) or the rest of the limit no sidecar holds. A remainder split into pieces each smaller
+    than a request pays for none. Known where the fleet's grants are (the replica granting); None elsewhere."""
 
     def shared(self) -> dict[str, Any]:
         """What another replica reads of it from `/fleet` (SHARED_FIGURES)."""
@@ -132,6 +140,10 @@ class _Stream:
     interval: float = 0.0
     version: int = 0
     """The grants_version last sent on the stream."""
+    pushed: dict[tuple[QuotaKey, int], float] = field(default_factory=dict)
+    """The grants last sent on the stream, by (quota, window start)."""
+    held: list[tuple[int, list[Grant]]] = field(default_factory=list)
+    """Raises decided but not sent until the other replicas have heard of them: (grants_version, grants)."""
 
 
 Relayed = list[tuple[float, int, list[Usage]]]
@@ -158,6 +170,11 @@ class QuotaService:
         """Unix time; a bench shifts it to a window start."""
         self.granting: Callable[[], bool] = lambda: True
         """Whether this replica allocates for the fleet now (the operator: the leader, once it heard everyone)."""
+        self.announcing: Callable[[], bool] = lambda: False
+        """Whether other replicas must hear of a raise for this replica's sidecars before it is sent (the leader,
+        while another replica answers its polls)."""
+        self.on_held: Callable[[], None] = lambda: None
+        """Called when a raise is held back: the fleet view announces it at its next poll."""
         self._policies: dict[str, tuple[Policy, ...]] = {}
         self._streams: dict[str, _Stream] = {}
         self._version = 0
@@ -218,10 +235,13 @@ class QuotaService:
         """One round: grants for every sidecar, directives to those whose grants or interval changed. A replica
         not granting only tells its sidecars a changed report interval (a directive with no grants_version)."""
         now = self.clock()
-        self._record(now)
-        if not self.granting():
+        granting = self.granting()
+        self._record(now, granting)
+        if not granting:
             self.allocator.forget(now)
             for stream in self._streams.values():
+                if stream.held:
+                    _drop_held(stream)
                 interval = self.interval(stream.namespace)
                 if interval != stream.interval:
                     stream.interval = interval
@@ -237,7 +257,14 @@ class QuotaService:
             if fingerprint == stream.last and interval == stream.interval:
                 continue
             stream.last, stream.interval = fingerprint, interval
-            self._push(sidecar, stream, self._next_version(), given)
+            version = self._next_version()
+            if self.announcing() and _raises(stream.pushed, given):
+                self.allocator.sent(sidecar, version, given)  # it counts from now, and is in the next ledger
+                stream.held.append((version, given))
+                self.on_held()
+            else:
+                stream.held.clear()  # superseded: a lowered grant goes out at once
+                self._push(sidecar, stream, version, given)
         self._hand_over(grants)
 
     def _hand_over(self, grants: dict[str, list[Grant]]) -> None:
@@ -258,10 +285,27 @@ class QuotaService:
         return self._version
 
     def _push(self, sidecar: str, stream: _Stream, version: int, grants: list[Grant]) -> None:
-        stream.version = version
         if sidecar in self.allocator.sidecars:
             self.allocator.sent(sidecar, version, grants)
+        self._send(stream, version, grants)
+
+    def _send(self, stream: _Stream, version: int, grants: list[Grant]) -> None:
+        stream.version = version
+        stream.pushed = {(g.key, g.window_start): g.granted for g in grants}
         stream.send(self._directive(stream.interval, version, grants))
+
+    def announced(self, version: int) -> None:
+        """The other replicas were handed a ledger taken when `version` was the newest grants_version: send each
+        own sidecar the newest raise held back up to it (none once this replica no longer grants)."""
+        for stream in self._streams.values():
+            ready = [held for held in stream.held if held[0] <= version]
+            if not ready:
+                continue
+            stream.held = [held for held in stream.held if held[0] > version]
+            if self.granting():
+                self._send(stream, *ready[-1])
+            else:
+                _drop_held(stream)
 
     # -- across replicas -----------------------------------------------------------------------------
 
@@ -326,9 +370,15 @@ class QuotaService:
             if version > stream.version:
                 self._push(sidecar, stream, version, grants)
 
+    @property
+    def newest_version(self) -> int:
+        """The newest grants_version decided: a ledger taken now covers every grant held back up to it."""
+        return self._version
+
     def ledger(self) -> dict[str, list[Any]]:
         """What every sidecar this replica knows may hold, by sidecar: [[key, window_start, held], ...] (held: the
-        grant it may apply, or more if it used and reserved more). The leader hands it to every replica."""
+        grant it may apply, or more if it used and reserved more; raises held back included). The leader hands it
+        to every replica."""
         out: dict[str, list[Any]] = {}
         for sid, sidecar in self.allocator.sidecars.items():
             if sid in self._set_aside:
@@ -393,10 +443,12 @@ class QuotaService:
             ],
         )
 
-    def _record(self, now: float) -> None:
-        """Sum each quota's current window over this replica's sidecars; keep the last completed window's total."""
+    def _record(self, now: float, granting: bool) -> None:
+        """Sum each quota's current window over this replica's sidecars; keep the last completed window's total.
+        Granting, this replica also knows every sidecar's grant: the largest piece of what is left."""
         for key, limit in self.allocator.limits.items():
             start = limit.window.start(now)
+            piece = self._largest_piece(limit, int(start)) if granting else None
             used = reserved = 0.0
             rejected = 0
             smallest = 0.0
@@ -416,11 +468,32 @@ class QuotaService:
                 previous = before.used
             elif before is not None and before.smallest_ask:  # the window's smallest ask so far
                 smallest = min(smallest, before.smallest_ask) if smallest else before.smallest_ask
-            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest)
+            self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest, piece)
+
+    def _largest_piece(self, limit: Limit, start: int) -> float:
+        """The largest room one sidecar holds in the window, or the rest of the limit nobody holds if larger."""
+        held = largest = 0.0
+        for sidecar in self.allocator.sidecars.values():
+            holding = sidecar.holdings.get((limit.key, start))
+            if holding is not None:
+                in_force = holding.in_force(sidecar.echoed)
+                held += max(in_force, holding.floor)
+                largest = max(largest, in_force - holding.floor)
+        return max(largest, limit.limit - held)
 
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
         """What this replica's sidecars did with the quota in its current window (None: not known yet)."""
         return self._figures.get(key)
+
+
+def _drop_held(stream: _Stream) -> None:
+    """Forget the raises held back for a sidecar (this replica no longer grants): decided afresh if it grants again."""
+    stream.held, stream.last = [], ()
+
+
+def _raises(pushed: dict[tuple[QuotaKey, int], float], grants: Iterable[Grant]) -> bool:
+    """Whether `grants` give the sidecar more of some quota window than the grants it was last sent."""
+    return any(g.granted > pushed.get((g.key, g.window_start), 0.0) for g in grants)
 
 
 def _fingerprint(grants: Iterable[Grant]) -> tuple[object, ...]:

@@ -1,6 +1,6 @@
 """LLMPolicy share bench: N sidecars with skewed demand against one budget and one rate limit.
 
-    python -m bench.policy [--sidecars 20 200] [--seconds 20] [--tail 30] [--write docs/performance.md]
+    python -m bench.policy [--sidecars 20 200] [--seconds 20] [--tail 30] [--peer] [--write docs/performance.md]
                            [--plot docs/img/policy.png]
 
 For each N, the real control plane (ControlPlane with its QuotaService, on 127.0.0.1) serves N simulated
@@ -15,9 +15,15 @@ and use late counts; both windows begin when the run does (the clocks of the con
 ledgers are shifted to a window start).
 
 Measured per run: the overshoot of each limit (settled use above the limit, in % of it), the share of
-each limit used, and the time an idle sidecar that starts sending at a quarter of the run waits for
-its first admitted request (at 2 requests/s). The same again with the control plane stopped at a quarter
+each limit used, the time an idle sidecar that starts sending at a quarter of the run waits for
+its first admitted request (at 2 requests/s), and how long a sidecar waits from a request refused for want
+of a share to its next raise (the allocation's cadence as a sidecar sees it, whether or not the raise
+admits its next request). The same again with the control plane stopped at a quarter
 of the run (sidecars keep what they hold): the overshoot must stay at 0.
+
+With `--peer` the control plane leads a second replica (a real FleetView polling it over HTTP on 127.0.0.1,
+which has no sidecars of its own), as the chart's two replicas do: the sidecars are all the leader's, so
+every raise of theirs is announced to that replica before it is sent. Without it the control plane is alone.
 
 Where the rest of the budget is: every 0.25 s the bench reads every ledger, so at the end (and over time,
 in the plot) the part of the budget not spent splits into what sidecars hold unused (room for at least
@@ -31,13 +37,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,8 @@ from llmroute.model.policy import QuotaKey
 from llmroute.model.policy_parse import parse_policy_spec
 from llmroute.operator.auth import InsecureAuthenticator
 from llmroute.operator.controlplane import ControlPlane
+from llmroute.operator.fleet import FleetView
+from llmroute.operator.peerport import PeerServer
 from llmroute.sidecar.policy.admission import MINUTE
 from llmroute.sidecar.policy.ledger import FIT, Quota, QuotaLedger, Reservation
 from llmroute.sidecar.policy.wire import apply_directive, usage_report
@@ -84,6 +93,22 @@ class SimSidecar:
     interval: float = 5.0
     late: list[float] = field(default_factory=list)
     """How late each request went out after its scheduled time (the event loop's lag), in seconds."""
+    unmet_since: float | None = None
+    """When a request first found too small a share since the sidecar's grants were last raised."""
+    raised_after: list[float] = field(default_factory=list)
+    """From a request that found too small a share to the next raise of the sidecar's grants, in seconds."""
+
+    def unmet(self) -> None:
+        """The ledger refused a request for want of a share: report at once, and time the raise."""
+        if self.unmet_since is None:
+            self.unmet_since = time.monotonic()
+        self.early.set()
+
+    def applied(self, before: list[float]) -> None:
+        """A directive was applied: a raise ends the wait that began with a refusal."""
+        if self.unmet_since is not None and any(q.granted > b for q, b in zip(self.quotas, before, strict=True)):
+            self.raised_after.append(time.monotonic() - self.unmet_since)
+            self.unmet_since = None
 
     def try_request(self, now: float) -> Reservation | None:
         """Every other request counts against the budget, the others against the rate limit, so each limit
@@ -159,6 +184,8 @@ class Run:
     """Where the budget was, every 0.25 s."""
     late_p99_s: float
     """The 99th percentile of how late the simulated sidecars' requests went out."""
+    raised_after: list[float]
+    """Every wait from a request refused for want of a share to the sidecar's next raise, sorted."""
 
     def overshoot(self, used: float, limit: float) -> float:
         return max(0.0, used - limit) / limit * 100
@@ -179,6 +206,8 @@ class Run:
             "budget_pool_end_pct": self.end().pool / self.budget_usd * 100,
             "budget_95_s": self.reached(0.95),
             "late_p99_s": self.late_p99_s,
+            "raised_after_p50_s": _quantile(self.raised_after, 0.5),
+            "raised_after_p99_s": _quantile(self.raised_after, 0.99),
         }
 
     def end(self) -> Sample:
@@ -189,7 +218,25 @@ class Run:
         return next((s.t for s in self.series if s.used >= share * self.budget_usd), None)
 
 
-async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int) -> Run:
+@contextlib.asynccontextmanager
+async def leading(plane: ControlPlane) -> AsyncIterator[None]:
+    """The control plane as the leader of two replicas: it polls a second one (no sidecars) over HTTP."""
+    follower = ControlPlane(authenticator=InsecureAuthenticator(), report_interval=5.0, registry=CollectorRegistry())
+    share = FleetView(follower, "follower", holder=lambda: "leader").share
+    server = PeerServer(share, {"127.0.0.1"}, CollectorRegistry())
+    await server.start("127.0.0.1", 0)
+    view = FleetView(plane, "leader", (("127.0.0.1", server.port),))
+    plane.quotas.granting = view.granting
+    polling = asyncio.create_task(view.run(lambda: True))
+    try:
+        yield
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await server.stop()
+
+
+async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int, peer: bool = False) -> Run:
     rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(n)]
     rates = [TOTAL_RATE * w / sum(weights) for w in weights]
@@ -215,6 +262,9 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     plane.quotas.clock = clock  # the bench's shifted clock: windows begin with the run
     await plane.start("127.0.0.1:0")
     plane.publish_policies(NAMESPACE, [policy])
+    fleet = contextlib.AsyncExitStack()
+    if peer:
+        await fleet.enter_async_context(leading(plane))
     allocator = asyncio.create_task(plane.quotas.run())
     hourly = QuotaKey(NAMESPACE, "limits", "hourly", "usd")
     rpm = QuotaKey(NAMESPACE, "limits", "rpm", "requests")
@@ -224,7 +274,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
         budget_q = ledger.track(hourly, policy.budgets[0].window, budget)
         rpm_q = ledger.track(rpm, MINUTE, requests_limit)
         sim = SimSidecar(f"sidecar-{i}", rates[i] if i < n else IDLE_RATE, ledger, [budget_q, rpm_q])
-        ledger.on_unmet = sim.early.set
+        ledger.on_unmet = sim.unmet
         sims.append(sim)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}")
     stop = asyncio.Event()
@@ -245,6 +295,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     if killed:
         await asyncio.sleep(seconds / 4)
         stopped.set()
+        await fleet.aclose()
         allocator.cancel()
         await plane.stop(0)
         log(f"  N={n}: control plane stopped at {seconds / 4:.0f} s")
@@ -254,6 +305,7 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     series.append(sample())
+    await fleet.aclose()
     allocator.cancel()
     await channel.close(None)
     if not killed:
@@ -264,10 +316,15 @@ async def run_once(n: int, seconds: float, tail: float, killed: bool, seed: int)
     wait = None if idle.first_admit is None or idle.first_ask is None else idle.first_admit - idle.first_ask
     budget_asked = sum(s.asked_by_quota[0] for s in sims) * COST_USD * 0.65 / budget
     requests_asked = sum(s.asked_by_quota[1] for s in sims) / requests_limit
-    late = sorted(x for s in sims for x in s.late)
-    late_p99 = late[int(0.99 * (len(late) - 1))] if late else 0.0
+    late_p99 = _quantile(sorted(x for s in sims for x in s.late), 0.99)
+    raised = sorted(x for s in sims for x in s.raised_after)
     asked = (budget_asked, requests_asked)
-    return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, *asked, series, late_p99)
+    return Run(n, killed, seconds / 4, budget, requests_limit, spent, requests, wait, *asked, series, late_p99, raised)
+
+
+def _quantile(values: list[float], share: float) -> float:
+    """A quantile of sorted values (0 when there are none)."""
+    return values[int(share * (len(values) - 1))] if values else 0.0
 
 
 async def _sample(series: list[Sample], sample: Callable[[], Sample]) -> None:
@@ -322,7 +379,9 @@ async def _report(channel: grpc.aio.Channel, sim: SimSidecar, stop: asyncio.Even
         async for directive in call:
             if directive.report_interval_seconds:
                 sim.interval = directive.report_interval_seconds
+            before = [q.granted for q in sim.quotas]
             apply_directive(sim.ledger, directive)
+            sim.applied(before)
 
     reader = asyncio.create_task(directives())
     try:
@@ -351,7 +410,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def table(runs: list[Run]) -> str:
     header = ["sidecars", "operator", "budget: asked", "overshoot", "used", "rpm: asked", "overshoot", "used"]
-    header += ["idle sidecar admitted after", "requests sent late, p99"]
+    header += ["idle sidecar admitted after", "refused to raised, p50 / p99", "requests sent late, p99"]
     rows = []
     for run in runs:
         r = run.row()
@@ -367,6 +426,7 @@ def table(runs: list[Run]) -> str:
                 f"{r['rpm_overshoot_pct']:.2f}%",
                 f"{r['rpm_used_pct']:.1f}%",
                 wait,
+                f"{r['raised_after_p50_s'] * 1000:.0f} / {r['raised_after_p99_s'] * 1000:.0f} ms",
                 f"{r['late_p99_s'] * 1000:.0f} ms",
             ]
         )
@@ -468,7 +528,7 @@ async def main(args: argparse.Namespace) -> None:
     for n in args.sidecars:
         for killed in (False, True):
             log(f"N={n}, operator {'killed mid-run' if killed else 'up'} ...")
-            run = await run_once(n, args.seconds, args.tail, killed, seed=n)
+            run = await run_once(n, args.seconds, args.tail, killed, seed=n, peer=args.peer)
             log(f"  {run.row()}")
             log("  the budget over the run (% of it): t, spent, reserved, room, remainders, unechoed, free")
             for sample in run.series[::4]:
@@ -491,6 +551,7 @@ if __name__ == "__main__":
     parser.add_argument("--sidecars", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--seconds", type=float, default=20.0, help="the limits are sized for this long")
     parser.add_argument("--tail", type=float, default=30.0, help="demand goes on this much longer (within the minute)")
+    parser.add_argument("--peer", action="store_true", help="the control plane leads a second replica (no sidecars)")
     parser.add_argument("--write", type=Path, default=None, help="replace the figures in this Markdown file")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the shares used")
     logging.basicConfig(level=logging.WARNING)

@@ -154,6 +154,16 @@ async def _async(value: bool) -> bool | None:
     return value or None
 
 
+async def poll_until_granting(fleet: FleetView) -> None:
+    """Run the leader's poll until it grants for the fleet (every replica answered it with its reports)."""
+    polling = asyncio.create_task(fleet.run(lambda: True))
+    try:
+        await eventually(lambda: _async(fleet.granting()), what="the leader granting")
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+
+
 async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(members: list[Member]) -> None:
     leader, other = members
     leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
@@ -164,13 +174,8 @@ async def test_a_replica_that_takes_over_inherits_the_last_leaders_ledger(member
     window = int(Window(3600).start(time.time()))
     usage = load_pb2.QuotaUsage(key=key_message(KEY), window_start=window, used=3.0, granted=5.0)
     leader.plane.quotas.report("shop/pod-0", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
-    polling = asyncio.create_task(leader.fleet.run(lambda: True))
-    try:
-        # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
-        await eventually(lambda: _async(leader.fleet.granting()), what="the leader's POST taken")
-    finally:
-        polling.cancel()
-        await asyncio.gather(polling, return_exceptions=True)
+    # Granting: the other replica took its POST as the Lease holder's (grants, reports and the ledger).
+    await poll_until_granting(leader.fleet)
     assert other.plane.quotas.ledger() == {}  # a follower only keeps it
     # The leader is gone; the other replica leads: the sidecar, not connected to it, counts what it held.
     taking_over = asyncio.create_task(other.fleet.run(lambda: True))
@@ -216,3 +221,32 @@ async def test_a_replica_of_the_previous_release_keeps_its_static_share_out_of_t
     [granted] = [g.granted for g in grants["shop/pod-0"] if g.window_start == window]
     assert granted == pytest.approx(10.0)  # the other half of 20 is the old replica's to grant
     assert "previous-release" not in json.dumps(leader.plane.quotas.ledger())  # never handed on as a sidecar
+
+
+async def test_the_leaders_quota_figures_add_the_other_replicas_and_keep_its_own_largest_piece(
+    members: list[Member],
+) -> None:
+    leader, other = members
+    leader.fleet.peers = tuple(("127.0.0.1", m.admin.port) for m in members)
+    other.fleet.holder = lambda: "replica-a"
+    other.plane.quotas.granting = other.fleet.granting  # as the operator wires it: only the leader grants
+    window = int(Window(3600).start(time.time()))
+    for pod, member, used, granted, rejected, ask in (
+        ("pod-0", leader, 3.5, 4.0, 2, 1.0),
+        ("pod-1", other, 3.0, 3.5, 1, 0.5),
+    ):
+        member.plane.quotas.set_policies("shop", [POLICY])
+        usage = load_pb2.QuotaUsage(
+            key=key_message(KEY), window_start=window, used=used, granted=granted, rejected=rejected, smallest_ask=ask
+        )
+        member.plane.quotas.report(f"shop/{pod}", load_pb2.LoadReport(interval_seconds=0.5, quotas=[usage]))
+    other.plane.quotas.allocate()  # its figures, as its allocation loop records them
+    own = other.plane.quota_figures(KEY)
+    assert own is not None and own.largest_piece is None  # it does not know the fleet's grants
+    await poll_until_granting(leader.fleet)
+    leader.plane.quotas.allocate()
+    merged = leader.fleet.quota_figures(KEY)
+    assert merged is not None
+    assert (merged.used, merged.rejected, merged.smallest_ask) == (6.5, 3, 0.5)
+    # The largest piece is what nobody holds: 20 - 4 (the leader's sidecar) - 3.5 (the other's, relayed).
+    assert merged.largest_piece == pytest.approx(12.5)

@@ -20,8 +20,10 @@ def budget(action: str = "Reject") -> Budget:
     return parse_policy_spec(spec, name="limits", namespace="shop", generation=1).budgets[0]
 
 
-def figures(used: float, smallest_ask: float, *, reserved: float = 0.0, rejected: int = 0) -> QuotaFigures:
-    return QuotaFigures(budget().window.start(NOW), used, reserved, rejected, None, smallest_ask)
+def figures(
+    used: float, smallest_ask: float, *, reserved: float = 0.0, rejected: int = 0, piece: float | None = None
+) -> QuotaFigures:
+    return QuotaFigures(budget().window.start(NOW), used, reserved, rejected, None, smallest_ask, piece)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +36,11 @@ def figures(used: float, smallest_ask: float, *, reserved: float = 0.0, rejected
         (figures(0.0995, 0.0, rejected=3), "Exhausted"),  # refused with 99.5% spent
         (figures(0.1, 0.0), "Exhausted"),
         (figures(0.09, 0.003, reserved=0.009), "Ok"),  # in flight: it may settle lower
+        # 0.01 left, but in pieces of at most 0.002 (sidecars' rooms, the rest nobody holds) while requests of
+        # 0.003 are refused: none of them pays for one.
+        (figures(0.09, 0.003, rejected=2, piece=0.002), "Exhausted"),
+        (figures(0.09, 0.003, rejected=2, piece=0.004), "Ok"),  # one piece pays for a request
+        (figures(0.09, 0.003, piece=0.002), "Ok"),  # nobody refused: nobody asks for more now
     ],
 )
 def test_a_budget_is_exhausted_once_what_is_left_pays_for_no_request(seen: QuotaFigures | None, state: str) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import pytest
+
 from llmroute.model.policy import Budget, Policy, QuotaKey, Window
+from llmroute.operator.allocator import HOLD_S
+from llmroute.operator.policystatus import budget_state
 from llmroute.operator.quotas import QuotaService
 from llmroute.v1 import load_pb2
 from llmroute.v1.quota_keys import key_message
@@ -163,3 +167,101 @@ def test_a_new_leader_counts_what_the_old_leaders_unreconnected_sidecars_hold_un
         step([stray, busy])
     assert stray.granted < held
     assert busy.used + stray.used >= LIMIT - 1.0
+
+
+def test_the_leader_sends_its_own_sidecar_a_raise_only_once_a_ledger_handed_to_the_other_replicas_holds_it() -> None:
+    now = [START]
+    stray = SimSidecar("a-0", rate=4.0)  # on the leader; when it dies, this one reaches no other replica
+    busy = SimSidecar("b-0", rate=8.0)
+    leader, other = replica(now, True, [stray]), replica(now, False, [busy])
+    leader.service.announcing = lambda: True  # another replica answers the leader's polls
+    held: list[int] = []
+    leader.service.on_held = lambda: held.append(1)
+    now[0] += STEP
+    stray.work()
+    leader.service.report("shop/a-0", stray.report())
+    leader.service.allocate()
+    assert held and stray.granted == 0.0  # decided, not sent: nobody else knows of it yet
+    ledger = json.loads(json.dumps(leader.service.ledger()))  # the next poll's body
+    covered = leader.service.newest_version
+    [[_, _, announced]] = ledger["shop/a-0"]
+    assert announced > 0
+    leader.service.announced(covered)
+    assert stray.granted == announced  # sent once the other replica has it
+    # The leader dies right then; the other replica takes over with that ledger, and its busy sidecar asks for
+    # more than the whole limit while the stray one spends what it holds: the fleet never holds more than it.
+    other.service.granting = lambda: True
+    other.service.inherit(ledger)
+    for _ in range(int(6.0 / STEP)):
+        now[0] += STEP
+        stray.work()
+        busy.work()
+        other.service.report("shop/b-0", busy.report())
+        other.service.allocate()
+        fleet = max(stray.granted, stray.used) + max(busy.granted, busy.used)
+        assert fleet <= LIMIT + 1e-6, f"the fleet holds {fleet} of {LIMIT}: {stray}, {busy}"
+    assert busy.used >= LIMIT - announced - 1.0
+
+
+def test_a_raise_held_back_is_not_sent_once_the_leader_stops_granting_and_a_lowered_grant_goes_out_at_once() -> None:
+    now = [START]
+    sidecar = SimSidecar("a-0", rate=4.0)
+    granting = [True]
+    leader = replica(now, True, [sidecar])
+    leader.service.granting = lambda: granting[0]
+    leader.service.announcing = lambda: True
+
+    def step() -> None:
+        now[0] += STEP
+        sidecar.work()
+        leader.service.report("shop/a-0", sidecar.report())
+        leader.service.allocate()
+
+    step()
+    leader.service.announced(leader.service.newest_version)
+    first = sidecar.granted
+    assert first > 0
+    # Demand drops to nothing: the lowered grant is sent without waiting for a poll.
+    sidecar.rate = 0.0
+    for _ in range(int(HOLD_S / STEP) + 4):
+        step()
+    assert sidecar.granted < first
+    # Demand comes back, and the leader is deposed before its next poll: the raise it held back is never sent.
+    sidecar.rate, lowered = 8.0, sidecar.granted
+    step()
+    granting[0] = False
+    leader.service.announced(leader.service.newest_version)
+    assert sidecar.granted == lowered
+    # Leading again, it decides afresh and sends the raise once announced.
+    step()
+    assert sidecar.granted == lowered
+    granting[0] = True
+    step()
+    leader.service.announced(leader.service.newest_version)
+    assert sidecar.granted > lowered
+
+
+def test_the_granting_replica_knows_the_largest_piece_of_what_is_left_and_the_status_says_when_none_pays() -> None:
+    now = [START]
+    window = int(START - 60)
+    service = QuotaService(report_interval=5.0, policy_interval=STEP, clock=lambda: now[0])
+    service.set_policies("shop", [POLICY])
+    # Five sidecars hold all of the 20 USD limit; each has 0.5 left while it refuses requests of 1 USD: 2.5 USD is
+    # left in all, split into rooms smaller than one request.
+    for i in range(5):
+        service.opened(f"shop/s-{i}", "shop", lambda directive: None)
+        usage = load_pb2.QuotaUsage(
+            key=key_message(KEY), window_start=window, used=3.5, granted=4.0, rejected=2, smallest_ask=1.0
+        )
+        service.report(f"shop/s-{i}", load_pb2.LoadReport(interval_seconds=STEP, quotas=[usage]))
+    service.granting = lambda: False  # a replica not granting does not know the fleet's grants
+    service.allocate()
+    figures = service.figures(KEY)
+    assert figures is not None and figures.largest_piece is None
+    assert budget_state(POLICY.budgets[0], figures, now[0]).state == "Ok"  # nothing it knows says otherwise
+    service.granting = lambda: True
+    service.allocate()
+    figures = service.figures(KEY)
+    assert figures is not None and figures.largest_piece == pytest.approx(0.5)
+    assert LIMIT - figures.used > figures.smallest_ask  # the remainder alone would read Ok
+    assert budget_state(POLICY.budgets[0], figures, now[0]).state == "Exhausted"
