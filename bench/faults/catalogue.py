@@ -97,7 +97,9 @@ CATALOGUE: tuple[Fault, ...] = (
         warmup=3,
     ),
     Fault("malformed", "malformed chunk mid-stream", always(Action("malformed")), stream=True),
-    Fault("no-terminator", "stream without its terminator, the connection held", always(Action("no_done")), stream=True),
+    Fault(
+        "no-terminator", "stream without its terminator, the connection held", always(Action("no_done")), stream=True
+    ),
     Fault("context-length", "context length exceeded (400)", always(Action("status", 400, "context_length"))),
     Fault(
         "content-filter",

@@ -69,10 +69,11 @@ def targets(cells: list[Cell]) -> str:
     lines = []
     fails = [k for k, c in ours.items() if c.verdict.score == "fail"]
     lines.append(f"- No fail for llmroute: {'met' if not fails else '**missed**: ' + ', '.join(fails)}.")
-    short = [k for k, c in ours.items() if c.verdict.score != ("safe" if c.fault.key in BEST_SAFE else "pass")]
+    short = [c for c in ours.values() if c.verdict.score != ("safe" if c.fault.key in BEST_SAFE else "pass")]
+    missed = "; ".join(f"{c.row} ({c.verdict.score}: {c.verdict.why})" for c in short)
     lines.append(
         "- Pass wherever a proxy can deliver the whole answer, safe where it cannot "
-        f"({', '.join(sorted(BEST_SAFE))}): {'met' if not short else '**missed** on ' + ', '.join(short)}."
+        f"({', '.join(sorted(BEST_SAFE))}): {'met' if not short else '**missed** on ' + missed}."
     )
     if theirs:
         behind = [k for k, c in ours.items() if k in theirs and _rank(c) < _rank(theirs[k])]
@@ -185,7 +186,13 @@ request's grade; crosses are requests the faulty primary saw, dots requests the 
 
 ### What happened, fault by fault
 
+What the app got and what the providers saw, for every API, fault and arm:
+
+<details><summary>{len(cells)} cells</summary>
+
 {detail(cells)}
+
+</details>
 
 ### Scores
 
@@ -234,7 +241,8 @@ the partial answer as an assistant prefill.
   `retry.attempts: {RETRIES}`, `outlierDetection.consecutiveFailures: 3`; the backends are `provider:
   openai` for chat, `provider: anthropic` for Messages, and `provider: openai, apis: [chat, responses]`
   for Responses (the providers serve both, as OpenAI's API and vLLM do), so each API's requests go to the
-  providers in that API itself. LiteLLM's proxy: per API and fault a model group on the primary and one
+  providers in that API itself. The Responses API has no prefill, so a broken Responses stream can be
+  continued only in chat: the fallback serves chat and declares `capabilities: [prefill]`. LiteLLM's proxy: per API and fault a model group on the primary and one
   on the fallback (`openai/...` for chat and Responses, `anthropic/...` for Messages) named in its
   `fallbacks` and `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one
   worker; it serves `/v1/messages` and `/v1/responses` with the same router, fallbacks and retries.

@@ -104,7 +104,22 @@ _OPENAI_ERRORS: dict[ErrorKind, dict[str, Any]] = {
 }
 
 
-class Chat:
+class _OpenAIShape:
+    """OpenAI's APIs: errors as `{"error": {message, type, param, code}}`, any prefill taken."""
+
+    errors = _OPENAI_ERRORS
+
+    def bad_prefill(self, prefix: str) -> None:
+        return None
+
+    def error(self, kind: ErrorKind, status: int) -> dict[str, Any]:
+        return {"error": self.errors[kind]}
+
+    def reason(self, kind: ErrorKind) -> str:
+        return str(self.errors[kind]["message"])
+
+
+class Chat(_OpenAIShape):
     """OpenAI chat completions: `data:` chunks, usage in a last chunk when asked, then `data: [DONE]`."""
 
     name = "chat"
@@ -119,15 +134,6 @@ class Chat:
 
     def wants_usage(self, request: Mapping[str, Any]) -> bool:
         return bool((request.get("stream_options") or {}).get("include_usage"))
-
-    def bad_prefill(self, prefix: str) -> None:
-        return None
-
-    def error(self, kind: ErrorKind, status: int) -> dict[str, Any]:
-        return {"error": _OPENAI_ERRORS[kind]}
-
-    def reason(self, kind: ErrorKind) -> str:
-        return str(_OPENAI_ERRORS[kind]["message"])
 
     def answer(self, answer_id: str, model: str, text: str, usage: Usage) -> dict[str, Any]:
         return {
@@ -291,12 +297,13 @@ _RESPONSES_ERRORS: dict[ErrorKind, dict[str, Any]] = {
 }
 
 
-class Responses:
+class Responses(_OpenAIShape):
     """OpenAI Responses: named events numbered by `sequence_number`, from `response.created` to
     `response.completed` (with the output and usage); no `[DONE]`: the body's end closes the stream."""
 
     name = "responses"
     path = "/responses"
+    errors = _RESPONSES_ERRORS
 
     def prompt(self, request: Mapping[str, Any]) -> tuple[str, str | None]:
         items = request.get("input")
@@ -308,15 +315,6 @@ class Responses:
 
     def wants_usage(self, request: Mapping[str, Any]) -> bool:
         return True
-
-    def bad_prefill(self, prefix: str) -> None:
-        return None
-
-    def error(self, kind: ErrorKind, status: int) -> dict[str, Any]:
-        return {"error": _RESPONSES_ERRORS[kind]}
-
-    def reason(self, kind: ErrorKind) -> str:
-        return str(_RESPONSES_ERRORS[kind]["message"])
 
     def answer(self, answer_id: str, model: str, text: str, usage: Usage) -> dict[str, Any]:
         return _response(answer_id, model, "completed", text, usage)
