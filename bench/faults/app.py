@@ -71,7 +71,8 @@ async def _messages(client: Any, model: str, stream: bool, headers: dict[str, st
         elif event.type == "content_block_delta" and event.delta.type == "text_delta":
             got.text.append(event.delta.text)
         elif event.type == "message_delta":
-            got.usage = (event.usage.input_tokens or tokens_in, event.usage.output_tokens)
+            # message_delta repeats input_tokens only in newer API versions; message_start always has them
+            got.usage = (getattr(event.usage, "input_tokens", None) or tokens_in, event.usage.output_tokens)
 
 
 async def _responses(client: Any, model: str, stream: bool, headers: dict[str, str], got: _Got) -> None:

@@ -242,12 +242,14 @@ the partial answer as an assistant prefill.
   openai` for chat, `provider: anthropic` for Messages, and `provider: openai, apis: [chat, responses]`
   for Responses (the providers serve both, as OpenAI's API and vLLM do), so each API's requests go to the
   providers in that API itself. The Responses API has no prefill, so a broken Responses stream can be
-  continued only in chat: the fallback serves chat and declares `capabilities: [prefill]`. LiteLLM's proxy: per API and fault a model group on the primary and one
-  on the fallback (`openai/...` for chat and Responses, `anthropic/...` for Messages) named in its
-  `fallbacks` and `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one
-  worker; it serves `/v1/messages` and `/v1/responses` with the same router, fallbacks and retries.
-- The three arms of a fault and API run at the same time, the rows one after the other. The machine is shared
-  and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
+  continued only in chat: the fallback serves chat and declares `capabilities: [prefill]`.
+- LiteLLM's proxy: per API and fault a model group on the primary and one on the fallback (`openai/...`
+  for chat and Responses, `anthropic/...` for Messages) named in its `fallbacks` and
+  `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one worker. It serves
+  `/v1/messages` and `/v1/responses` with the same router, fallbacks and retries as chat, so every row has
+  a LiteLLM cell.
+- The three arms of a fault and API run at the same time, the rows one after the other. The machine is
+  shared and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
   so times in the detail table are indicative; the scores depend on what arrived, not on how fast,
   except where a deadline was missed.
 - "attempts (proxy's log)": for llmroute, the `attempts` of its access-log line for each of the fault's
