@@ -4,6 +4,7 @@ primary directly. How each API's backends are declared is one table, `BACKENDS`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,12 @@ def _base(api: str, root: str) -> str:
 def route(api: str, fault: Fault, primary: str, fallback: str) -> dict[str, Any]:
     """The LLMRoute for one fault: the faulty primary first (`ordered`), the healthy fallback after it."""
     kind = BACKENDS[api]
-    common = {"provider": kind.provider, "apis": list(kind.apis)}
-    backup: dict[str, Any] = {"name": "fallback", **common, "url": f"{fallback}/v1", "model": kind.fallback}
+
+    def backend(name: str, root: str, model: str) -> dict[str, Any]:
+        """A fresh dict per backend: YAML would write a shared `apis` list as an anchor and an alias."""
+        return {"name": name, "provider": kind.provider, "apis": list(kind.apis), "url": f"{root}/v1", "model": model}
+
+    backup = backend("fallback", fallback, kind.fallback)
     if fault.declares_prefill:
         backup["capabilities"] = ["prefill"]
     name = route_name(api, fault)
@@ -70,7 +75,7 @@ def route(api: str, fault: Fault, primary: str, fallback: str) -> dict[str, Any]
         "spec": {
             "models": [name],
             "strategy": "ordered",
-            "backends": [{"name": "primary", **common, "url": f"{primary}/v1", "model": kind.primary}, backup],
+            "backends": [backend("primary", primary, kind.primary), backup],
             "fallback": ["fallback"],
             "priorities": {"normal": {"timeout": f"{TIMEOUT_S:g}s"}},
             "retry": {"attempts": RETRIES, "retryOn": ["connect-failure", "reset", "5xx", "429", "timeout"]},
@@ -102,7 +107,7 @@ def litellm_config(faults: Sequence[Fault], roots: Roots) -> dict[str, Any]:
         "num_retries": RETRIES,
         "timeout": TIMEOUT_S,
         "fallbacks": fallbacks,
-        "context_window_fallbacks": fallbacks,
+        "context_window_fallbacks": copy.deepcopy(fallbacks),  # not a YAML alias of `fallbacks` in the docs
     }
     return litellm.config(model_list, settings)
 
@@ -110,22 +115,25 @@ def litellm_config(faults: Sequence[Fault], roots: Roots) -> dict[str, Any]:
 def start_proxies(
     arms: Sequence[str], faults: Sequence[Fault], roots: Roots, workdir: Path
 ) -> tuple[dict[str, str], list[procs.Process], dict[str, str]]:
-    """Start the proxies the chosen arms need; their roots by arm, their processes, their configs."""
+    """Start the proxies the chosen arms need; their roots by arm, their processes, and for the docs the part
+    of their configs that serves the first fault (every other fault's is the same but for names and URLs)."""
     bases: dict[str, str] = {}
     running: list[procs.Process] = []
     configs: dict[str, str] = {}
+
+    def routes(chosen: Sequence[Fault]) -> list[dict[str, Any]]:
+        return [route(api, f, *roots[api, f.key]) for f in chosen for api in f.apis if (api, f.key) in roots]
+
     try:
         if "llmroute" in arms:
-            docs = [route(api, f, *roots[api, f.key]) for f in faults for api in f.apis if (api, f.key) in roots]
-            configs["llmroute"] = yaml.safe_dump_all(docs, sort_keys=False)
-            (workdir / "routes.yaml").write_text(configs["llmroute"])
+            configs["llmroute"] = yaml.safe_dump_all(routes(faults[:1]), sort_keys=False)
+            (workdir / "routes.yaml").write_text(yaml.safe_dump_all(routes(faults), sort_keys=False))
             car = sidecar.start(LLMROUTE_PROCESS, workdir / "routes.yaml", workdir)
             running.append(car.process)
             bases["llmroute"] = car.base_url.removesuffix("/v1")
         if "litellm" in arms:
-            doc = litellm_config(faults, roots)
-            configs["litellm"] = yaml.safe_dump(doc, sort_keys=False)
-            process, port = litellm.start("litellm", doc, workdir)
+            configs["litellm"] = yaml.safe_dump(litellm_config(faults[:1], roots), sort_keys=False)
+            process, port = litellm.start("litellm", litellm_config(faults, roots), workdir)
             running.append(process)
             bases["litellm"] = f"http://127.0.0.1:{port}"
     except BaseException:

@@ -159,8 +159,9 @@ def records(cells: list[Cell], meta: Mapping[str, object]) -> dict[str, Any]:
 
 def render(cells: list[Cell], meta: Mapping[str, object], configs: Mapping[str, str], image: str) -> str:
     config_blocks = "\n\n".join(
-        f"<details><summary>{NAMES[arm]} configuration (as written)</summary>\n\n"
-        f"```yaml\n{text.strip()}\n```\n\n</details>"
+        f"<details><summary>{NAMES[arm]} configuration of the first fault's rows (as written; every other row's "
+        "is the same with its own name and URLs, and no `capabilities` on prefill-rejected's fallback)</summary>"
+        f"\n\n```yaml\n{text.strip()}\n```\n\n</details>"
         for arm, text in configs.items()
     )
     litellm = f" LiteLLM {meta['litellm']}." if meta.get("litellm") else ""
