@@ -31,8 +31,7 @@ from .harness import APP_KEY, sidecar_for
 if str(REPO) not in sys.path:  # bench/ runs from the source tree (python -m bench.faults)
     sys.path.insert(0, str(REPO))
 
-from bench.faults.provider import ANSWER, Action, FaultProvider
-from bench.faults.wire import WIRES, count_usage
+from bench.faults.provider import ANSWER, Action, FaultProvider, usage_of
 
 PROMPT = "Tell me what the lighthouse keeper did that night."
 AFTER = 10
@@ -105,9 +104,9 @@ def _billed(rescuer: FaultProvider, prompt_estimate: int) -> tuple[int, int]:
     """(input, output) tokens of the whole answer: the interrupted attempt's prompt (estimated: its usage never
     came) and delivered text (estimated), plus what the fallback reported for the continuation."""
     request = _continuation_of(rescuer)
-    tokens_in, tokens_out = count_usage(WIRES["chat"].prompt(request)[0], ANSWER[len(DELIVERED) :])
+    continued = usage_of(request["messages"], ANSWER[len(DELIVERED) :])
     delivered = len(DELIVERED) // CHARS_PER_TOKEN
-    return prompt_estimate + tokens_in, delivered + tokens_out
+    return prompt_estimate + continued["prompt_tokens"], delivered + continued["completion_tokens"]
 
 
 @pytest.mark.parametrize(("fault", "shape"), [("cut", "prefix"), ("cut", "vllm"), ("stall", "prefix")])
