@@ -14,11 +14,11 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bench.faults.wire import WIRES, ErrorKind, Stream, Wire, count_usage
+from bench.faults.wire import WIRES, ErrorKind, Stream, Wire, chat_usage, count_usage
 
 ANSWER = (
     "The lighthouse keeper counted forty ships that night, wrote each name in the log, trimmed the wick "
@@ -216,6 +216,12 @@ class FaultProvider:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def usage_of(messages: Sequence[Mapping[str, object]], text: str) -> dict[str, int]:
+    """The chat `usage` the provider reports for answering `messages` with `text` (tests hold a router's
+    billing to it)."""
+    return chat_usage(count_usage("".join(str(m.get("content") or "") for m in messages), text))
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

@@ -142,14 +142,14 @@ class Chat(_OpenAIShape):
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": _chat_usage(usage),
+            "usage": chat_usage(usage),
         }
 
     def stream(self, answer_id: str, model: str, text: str, usage: Usage | None) -> Stream:
         return _ChatStream(answer_id, model, usage)
 
 
-def _chat_usage(usage: Usage) -> dict[str, int]:
+def chat_usage(usage: Usage) -> dict[str, int]:
     return {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
 
 
@@ -174,7 +174,7 @@ class _ChatStream:
     def finish(self) -> bytes:
         end = self._chunk({}, "stop")
         if self._usage is not None:
-            end += _sse({**self._head, "choices": [], "usage": _chat_usage(self._usage)})
+            end += _sse({**self._head, "choices": [], "usage": chat_usage(self._usage)})
         return end
 
     def terminator(self) -> bytes:
