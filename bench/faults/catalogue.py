@@ -1,11 +1,13 @@
-"""The fault catalogue: for each fault, what the primary does once armed, what the app sends, and what the
-right outcome is (the whole answer, or for a content-policy rejection the provider's own 400)."""
+"""The fault catalogue: for each fault, what the primary does once armed, what the app sends, through which
+inbound APIs, and what the right outcome is (the whole answer, or for a content-policy rejection the
+provider's own 400)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from bench.faults.provider import Action, Prefill, Script
+from bench.faults.wire import WIRES
 
 TIMEOUT_S = 10.0
 """The request timeout every arm is given (sidecar class timeout, LiteLLM `timeout`, the SDK's `timeout`)."""
@@ -14,31 +16,13 @@ DEADLINE_S = 15.0
 RETRY_AFTER_ONCE_S = 2.0
 RETRY_AFTER_PERSISTENT_S = 20.0
 
-_CONTEXT = {
-    "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9120 "
-    "tokens. Please reduce the length of the messages.",
-    "type": "invalid_request_error",
-    "param": "messages",
-    "code": "context_length_exceeded",
-}
-CONTENT_FILTER_REASON = "The response was filtered due to the prompt triggering the content management policy."
-_FILTER = {
-    "message": CONTENT_FILTER_REASON,
-    "type": "invalid_request_error",
-    "param": "prompt",
-    "code": "content_filter",
-}
-
 
 def _server_error(status: int) -> Action:
-    return Action(
-        "status", status, {"message": "The server had an error processing your request.", "type": "server_error"}
-    )
+    return Action("status", status, "server_error")
 
 
 def _rate_limited(retry_after: float | None) -> Action:
-    error = {"message": "Rate limit reached for requests.", "type": "requests", "code": "rate_limit_exceeded"}
-    return Action("status", 429, error, retry_after)
+    return Action("status", 429, "rate_limit", retry_after)
 
 
 def once(fault: Action) -> Script:
@@ -72,10 +56,16 @@ class Fault:
     declares_prefill: bool = True
     expect_error: int | None = None
     """The status the app must get back (with the provider's reason) instead of an answer."""
+    apis: tuple[str, ...] = tuple(WIRES)
+    """The inbound APIs the fault is run through (each against a provider of that API's wire format)."""
     accounting: bool = False
     """Also check that the answer reports the model and usage of the backend that gave it."""
     warmup: int = 12
     """Healthy requests (sent at once) before the fault, so routers know the primary as in production."""
+
+    def reason(self, api: str) -> str:
+        """The provider's reason, in `api`'s wording, that the app must get with `expect_error` ("" if none)."""
+        return WIRES[api].reason("content_filter") if self.expect_error else ""
 
     @property
     def budget(self) -> int:
@@ -107,12 +97,14 @@ CATALOGUE: tuple[Fault, ...] = (
         warmup=3,
     ),
     Fault("malformed", "malformed chunk mid-stream", always(Action("malformed")), stream=True),
-    Fault("no-terminator", "stream without its terminator ([DONE])", always(Action("no_done")), stream=True),
-    Fault("context-length", "context length exceeded (400)", always(Action("status", 400, _CONTEXT))),
+    Fault(
+        "no-terminator", "stream without its terminator, the connection held", always(Action("no_done")), stream=True
+    ),
+    Fault("context-length", "context length exceeded (400)", always(Action("status", 400, "context_length"))),
     Fault(
         "content-filter",
         "content filter (a 400 the app must get)",
-        always(Action("status", 400, _FILTER)),
+        always(Action("status", 400, "content_filter")),
         expect_error=400,
     ),
     Fault(

@@ -8,23 +8,43 @@ from typing import Any
 
 from bench.common import machine, report
 from bench.faults import score
-from bench.faults.arms import NAMES, RETRIES
+from bench.faults.arms import BACKENDS, NAMES, RETRIES
 from bench.faults.catalogue import BEST_SAFE, CATALOGUE, DEADLINE_S, TIMEOUT_S
 from bench.faults.provider import CHUNK_DELAY_S
 from bench.faults.run import Cell
+
+API_TITLES = {
+    "chat": "Chat completions (`POST /v1/chat/completions`)",
+    "messages": "Anthropic Messages (`POST /v1/messages`)",
+    "responses": "Responses (`POST /v1/responses`)",
+}
 
 
 def _arms(cells: list[Cell]) -> list[str]:
     return list(dict.fromkeys(c.arm for c in cells))
 
 
+def _apis(cells: list[Cell]) -> list[str]:
+    return list(dict.fromkeys(c.api for c in cells))
+
+
 def _rows(cells: list[Cell]) -> list[list[Cell]]:
-    keys = list(dict.fromkeys(c.fault.key for c in cells))
-    return [[c for c in cells if c.fault.key == key] for key in keys]
+    keys = list(dict.fromkeys(c.row for c in cells))
+    return [[c for c in cells if c.row == key] for key in keys]
+
+
+def _arm_name(arm: str, api: str) -> str:
+    return f"{BACKENDS[api].sdk}, direct" if arm == "direct" else NAMES[arm]
 
 
 def scorecard(cells: list[Cell]) -> str:
-    """Rows = faults, columns = arms, each cell the score."""
+    """One table per inbound API: rows = faults, columns = arms, each cell the score."""
+    return "\n\n".join(
+        f"**{API_TITLES[api]}**\n\n{_scorecard([c for c in cells if c.api == api])}" for api in _apis(cells)
+    )
+
+
+def _scorecard(cells: list[Cell]) -> str:
     rows = []
     for row in _rows(cells):
         rows.append(
@@ -37,22 +57,23 @@ def scorecard(cells: list[Cell]) -> str:
     for arm in _arms(cells):
         mine = [c.verdict.score for c in cells if c.arm == arm]
         totals.append(" / ".join(str(mine.count(s)) for s in reversed(score.ORDER)))
-    return report.table(["fault", *(NAMES[a] for a in _arms(cells))], [*rows, totals])
+    return report.table(["fault", *(_arm_name(a, cells[0].api) for a in _arms(cells))], [*rows, totals])
 
 
 def targets(cells: list[Cell]) -> str:
-    """The issue's targets for llmroute, met or missed, row by row."""
-    ours = {c.fault.key: c for c in cells if c.arm == "llmroute"}
-    theirs = {c.fault.key: c for c in cells if c.arm == "litellm"}
+    """The issue's targets for llmroute, met or missed, row by row (every API)."""
+    ours = {c.row: c for c in cells if c.arm == "llmroute"}
+    theirs = {c.row: c for c in cells if c.arm == "litellm"}
     if not ours:
         return "(llmroute did not run)"
     lines = []
     fails = [k for k, c in ours.items() if c.verdict.score == "fail"]
     lines.append(f"- No fail for llmroute: {'met' if not fails else '**missed**: ' + ', '.join(fails)}.")
-    short = [k for k, c in ours.items() if c.verdict.score != ("safe" if k in BEST_SAFE else "pass")]
+    short = [c for c in ours.values() if c.verdict.score != ("safe" if c.fault.key in BEST_SAFE else "pass")]
+    missed = "; ".join(f"{c.row} ({c.verdict.score}: {c.verdict.why})" for c in short)
     lines.append(
         "- Pass wherever a proxy can deliver the whole answer, safe where it cannot "
-        f"({', '.join(sorted(BEST_SAFE))}): {'met' if not short else '**missed** on ' + ', '.join(short)}."
+        f"({', '.join(sorted(BEST_SAFE))}): {'met' if not short else '**missed** on ' + missed}."
     )
     if theirs:
         behind = [k for k, c in ours.items() if k in theirs and _rank(c) < _rank(theirs[k])]
@@ -90,7 +111,7 @@ def detail(cells: list[Cell]) -> str:
         note = f" (warm-up: {cell.warmup_failures} of {cell.fault.warmup} failed)" if cell.warmup_failures else ""
         counted = [r.attempts for r in cell.received if r.attempts is not None]
         attempts = ", ".join(map(str, counted)) if counted else "-"
-        row = [cell.fault.key, NAMES[cell.arm], cell.verdict.score, cell.verdict.why + note, seen, attempts]
+        row = [cell.row, _arm_name(cell.arm, cell.api), cell.verdict.score, cell.verdict.why + note, seen, attempts]
         rows.append([*row, f"{done:.2f}"])
     headers = ["fault", "arm", "score", "why", "requests seen by primary / fallback", "attempts (proxy's log)"]
     headers.append("app done after s")
@@ -105,8 +126,9 @@ def _catalogue() -> str:
         right = f"the provider's {fault.expect_error} with its reason" if fault.expect_error else "the whole answer"
         if fault.key in BEST_SAFE:
             right += " (impossible: a clean error is the best)"
-        rows.append([fault.key, fault.title, sends, right, str(fault.budget)])
-    headers = ["key", "what the primary does once armed", "the app sends", "right outcome", "faulty answers allowed"]
+        rows.append([fault.key, fault.title, ", ".join(fault.apis), sends, right, str(fault.budget)])
+    headers = ["key", "what the primary does once armed", "through", "the app sends", "right outcome"]
+    headers.append("faulty answers allowed")
     return report.table(headers, rows)
 
 
@@ -117,6 +139,7 @@ def records(cells: list[Cell], meta: Mapping[str, object]) -> dict[str, Any]:
         out.append(
             {
                 "fault": cell.fault.key,
+                "api": cell.api,
                 "arm": cell.arm,
                 "score": cell.verdict.score,
                 "why": cell.verdict.why,
@@ -136,15 +159,18 @@ def records(cells: list[Cell], meta: Mapping[str, object]) -> dict[str, Any]:
 
 def render(cells: list[Cell], meta: Mapping[str, object], configs: Mapping[str, str], image: str) -> str:
     config_blocks = "\n\n".join(
-        f"<details><summary>{NAMES[arm]} configuration (as written)</summary>\n\n"
-        f"```yaml\n{text.strip()}\n```\n\n</details>"
+        f"<details><summary>{NAMES[arm]} configuration of the first fault's rows (as written; every other row's "
+        "is the same with its own name and URLs, and no `capabilities` on prefill-rejected's fallback)</summary>"
+        f"\n\n```yaml\n{text.strip()}\n```\n\n</details>"
         for arm, text in configs.items()
     )
     litellm = f" LiteLLM {meta['litellm']}." if meta.get("litellm") else ""
     return f"""## Provider faults (bench/faults)
 
-What the app receives when its provider misbehaves, one fault at a time, for `llmroute sidecar`, LiteLLM's
-proxy and the openai SDK calling the provider directly with its built-in retries. Command:
+What the app receives when its provider misbehaves, one fault at a time, through each inbound API (chat
+completions, Anthropic Messages, Responses), for `llmroute sidecar`, LiteLLM's proxy, and the API's own SDK
+(openai for chat completions and Responses, anthropic for Messages) calling the provider directly with its
+built-in retries. Command:
 `{meta["command"]}` ({meta["date"]}, commit {meta["commit"]}; machine load {meta["load_start"]} at the start,
 {meta["load_end"]} at the end).{litellm}
 
@@ -161,7 +187,13 @@ request's grade; crosses are requests the faulty primary saw, dots requests the 
 
 ### What happened, fault by fault
 
+What the app got and what the providers saw, for every API, fault and arm:
+
+<details><summary>{len(cells)} cells</summary>
+
 {detail(cells)}
+
+</details>
 
 ### Scores
 
@@ -182,26 +214,43 @@ the partial answer as an assistant prefill.
 
 ### Method
 
-- One bench process runs every provider: a scripted OpenAI-compatible server per primary and per fallback
+- One bench process runs every provider: a scripted server per primary and per fallback
   (`bench/faults/provider.py`, real sockets, HTTP/1.1 written by hand so a cut stream is a chunked body
-  without its last chunk, a reset a TCP RST, silence a held socket). Each fault gets fresh providers for
-  each arm, so nothing one fault does to a router's state carries over to the next. Healthy providers
-  answer one fixed 37-word text at once (JSON) or word by word every {CHUNK_DELAY_S * 1000:g} ms (stream,
-  usage in the last chunk when asked); a fallback continues an assistant prefill (`prefix: true`) from
-  where the text stopped, except where it rejects prefill with a 400.
+  without its last chunk, a reset a TCP RST, silence a held socket). Each speaks the wire format of the API
+  it is called in (`bench/faults/wire.py`): OpenAI chat chunks ending in `data: [DONE]`; Anthropic's named
+  events from `message_start` to `message_stop`; Responses events numbered by `sequence_number` up to
+  `response.completed`, after which the body ends. Errors come in each API's own shape and wording (for
+  example Anthropic's `prompt is too long` and `Output blocked by content filtering policy`, Responses'
+  `invalid_prompt`). Each fault gets fresh providers for each API and arm, so nothing one fault does to a
+  router's state carries over to the next. Healthy providers answer one fixed 37-word text at once (JSON)
+  or word by word every {CHUNK_DELAY_S * 1000:g} ms (stream, usage in the last events); a fallback
+  continues an assistant prefill from where the text stopped (refusing, as Anthropic's API does, one that
+  ends in whitespace), except where it rejects prefill with a 400.
+- "Stream without its terminator" is, per API, the finish and usage sent and then the end-of-stream marker
+  withheld with the connection held open: `data: [DONE]` (chat), `message_stop` (Messages), the end of
+  the body after `response.completed` (Responses, which has no marker of its own).
 - Before each fault, the app sends 12 healthy requests of the fault's kind at once through each arm (3 in
   the `stream-stall-young` row), so every router has seen the primary answer, as it would in production.
   Then the primary is armed and the app sends the fault's requests.
-- The app is the openai SDK (`AsyncOpenAI`). In front of a proxy its own retries are off (the proxy's are
-  measured); calling the provider directly it keeps the SDK's defaults (2 retries, Retry-After honoured)
-  with `timeout={TIMEOUT_S:g}`. Every request is abandoned at the app's deadline, {DEADLINE_S:g} s.
-- `llmroute sidecar`: one route per fault, `strategy: ordered`, the primary then the fallback
+- The app is the API's official SDK: `openai.AsyncOpenAI` (`chat.completions.create`, `responses.create`)
+  or `anthropic.AsyncAnthropic` (`messages.create`, `max_tokens` 1024), streaming by iterating the raw
+  events to the end. In front of a proxy its own retries are off (the proxy's are measured); calling the
+  provider directly it keeps the SDK's defaults (2 retries, Retry-After honoured) with
+  `timeout={TIMEOUT_S:g}`. Every request is abandoned at the app's deadline, {DEADLINE_S:g} s.
+- `llmroute sidecar`: one route per API and fault, `strategy: ordered`, the primary then the fallback
   (`capabilities: [prefill]` except in the prefill-rejected row), class timeout {TIMEOUT_S:g} s,
-  `retry.attempts: {RETRIES}`, `outlierDetection.consecutiveFailures: 3`. LiteLLM's proxy: per fault a
-  model group on the primary and one on the fallback named in its `fallbacks` and
-  `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one worker.
-- The three arms of a fault run at the same time, the faults one after the other. The machine is shared
-  and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
+  `retry.attempts: {RETRIES}`, `outlierDetection.consecutiveFailures: 3`; the backends are `provider:
+  openai` for chat, `provider: anthropic` for Messages, and `provider: openai, apis: [chat, responses]`
+  for Responses (the providers serve both, as OpenAI's API and vLLM do), so each API's requests go to the
+  providers in that API itself. The Responses API has no prefill, so a broken Responses stream can be
+  continued only in chat: the fallback serves chat and declares `capabilities: [prefill]`.
+- LiteLLM's proxy: per API and fault a model group on the primary and one on the fallback (`openai/...`
+  for chat and Responses, `anthropic/...` for Messages) named in its `fallbacks` and
+  `context_window_fallbacks`, `num_retries: {RETRIES}`, `timeout: {TIMEOUT_S:g}`, one worker. It serves
+  `/v1/messages` and `/v1/responses` with the same router, fallbacks and retries as chat, so every row has
+  a LiteLLM cell.
+- The three arms of a fault and API run at the same time, the rows one after the other. The machine is
+  shared and was busy (other engineers ran builds and tests on its 2 cores during the run; load averages above),
   so times in the detail table are indicative; the scores depend on what arrived, not on how fast,
   except where a deadline was missed.
 - "attempts (proxy's log)": for llmroute, the `attempts` of its access-log line for each of the fault's

@@ -1,5 +1,6 @@
-"""A fault-injecting OpenAI chat provider on a real socket: healthy until armed, then it misbehaves as its
-script says (status errors, resets, silence, broken or garbled streams), and records every request it saw.
+"""A fault-injecting provider on a real socket that serves OpenAI chat, Anthropic Messages and OpenAI Responses
+(bench.faults.wire): healthy until armed, then it misbehaves as its script says (status errors, resets,
+silence, broken or garbled streams) in whichever API it is called, and records every request it saw.
 
 HTTP/1.1 is written by hand so that each fault is exactly what a real provider's network does: a stream
 cut is a chunked body that ends without its last chunk, a reset is a TCP RST, silence is a held socket.
@@ -14,8 +15,10 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from bench.faults.wire import WIRES, ErrorKind, Stream, Wire, chat_usage, count_usage
 
 ANSWER = (
     "The lighthouse keeper counted forty ships that night, wrote each name in the log, trimmed the wick "
@@ -35,7 +38,8 @@ class Action:
 
     kind: Kind = "ok"
     status: int = 0
-    error: dict[str, Any] = field(default_factory=dict)
+    error: ErrorKind = "server_error"
+    """What a `status` answer says, written in the called API's own error shape."""
     retry_after: float | None = None
     after: int = 10
 
@@ -51,7 +55,7 @@ Prefill = Literal["continue", "reject"]
 
 @dataclass(frozen=True)
 class Seen:
-    """One chat request as the provider saw it: when (monotonic), what it did, whether it was a prefill."""
+    """One request as the provider saw it: when (monotonic), what it did, whether it was a prefill."""
 
     at: float
     kind: Kind
@@ -59,7 +63,10 @@ class Seen:
     retry_after: float | None
     prefill: bool
     probe: bool = False
-    """The request set `max_tokens` (the app never does): a router's own probe, such as llmroute's shadow request."""
+    """The request limited its output as the app never does: a router's own probe, such as llmroute's shadow
+    request."""
+    api: str = "chat"
+    """The API it was called in (bench.faults.wire)."""
 
 
 def healthy(_n: int, _t: float) -> Action:
@@ -76,7 +83,7 @@ class FaultProvider:
         self.armed_at: float | None = None
         self.seen: list[Seen] = []
         self.requests: list[dict[str, Any]] = []
-        """Every chat request body it received, armed or not (what a router sent, in its exact shape)."""
+        """Every request body it received, armed or not (what a router sent, in its exact shape)."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = asyncio.Event()
@@ -86,9 +93,15 @@ class FaultProvider:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
 
     @property
-    def url(self) -> str:
+    def root(self) -> str:
+        """Its address without a path: the base URL of the Anthropic API (`/v1/messages`)."""
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    @property
+    def url(self) -> str:
+        """The base URL of the OpenAI APIs (`/chat/completions`, `/responses`)."""
+        return f"{self.root}/v1"
 
     def arm(self, at: float) -> None:
         self.armed_at = at
@@ -128,32 +141,36 @@ class FaultProvider:
         body = await _read_body(reader, headers)
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return await _json(writer, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
-        if method != "POST" or not path.endswith("/chat/completions"):
+        wire = next((w for w in WIRES.values() if method == "POST" and path.endswith(w.path)), None)
+        if wire is None:
             return await _json(writer, 404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}})
         request = json.loads(body)
-        return await self._chat(request, writer)
+        return await self._answer(wire, request, writer)
 
-    async def _chat(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+    async def _answer(self, wire: Wire, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         now = time.monotonic()
         self.requests.append(request)
-        messages = request.get("messages") or []
-        prefix = messages[-1].get("content") if messages and messages[-1].get("role") == "assistant" else None
+        prompt, prefix = wire.prompt(request)
         if self.armed_at is None:
             action = Action()
         else:
             action = self.script(sum(1 for s in self.seen if not s.prefill), now - self.armed_at)
         if prefix is not None and self.prefill == "reject":
-            reject = {"message": "assistant prefill is not supported by this model", "type": "invalid_request_error"}
-            action = Action("status", 400, {**reject, "code": "unsupported_prefill"})
+            action = Action("status", 400, "prefill_rejected")
+        refused = None if prefix is None else wire.bad_prefill(prefix)
         if self.armed_at is not None:
-            probe = request.get("max_tokens") is not None
-            self.seen.append(Seen(now, action.kind, action.status, action.retry_after, prefix is not None, probe))
+            probe = wire.probe(request)
+            self.seen.append(
+                Seen(now, action.kind, action.status, action.retry_after, prefix is not None, probe, wire.name)
+            )
         text = ANSWER
-        if isinstance(prefix, str) and ANSWER.startswith(prefix):
-            text = ANSWER[len(prefix) :]  # continue the prefill (DeepSeek's `prefix: true`)
+        if prefix is not None and ANSWER.startswith(prefix):
+            text = ANSWER[len(prefix) :]  # continue the prefill (Anthropic's, DeepSeek's `prefix: true`)
+        if refused is not None and action.kind == "ok":
+            return await _json(writer, 400, refused)
         if action.kind == "status":
             extra = [("retry-after", f"{action.retry_after:g}")] if action.retry_after is not None else []
-            return await _json(writer, action.status, {"error": action.error}, extra)
+            return await _json(writer, action.status, wire.error(action.error, action.status), extra)
         if action.kind == "reset":
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -163,42 +180,20 @@ class FaultProvider:
             await self._hold()
             return False
         self._ids += 1
-        answer_id = f"chatcmpl-{self.model}-{self._ids}"
-        usage = usage_of(messages, text)
+        answer_id = f"{wire.name}-{self.model}-{self._ids}"
+        usage = count_usage(prompt, text)
         if not request.get("stream"):
-            message = {"role": "assistant", "content": text}
-            doc = {
-                "id": answer_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": usage,
-            }
-            return await _json(writer, 200, doc)
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        return await self._stream(writer, action, answer_id, text, usage if include_usage else None)
+            return await _json(writer, 200, wire.answer(answer_id, self.model, text, usage))
+        events = wire.stream(answer_id, self.model, text, usage if wire.wants_usage(request) else None)
+        return await self._stream(writer, action, events, text)
 
-    async def _stream(
-        self, writer: asyncio.StreamWriter, action: Action, answer_id: str, text: str, usage: dict[str, int] | None
-    ) -> bool:
+    async def _stream(self, writer: asyncio.StreamWriter, action: Action, events: Stream, text: str) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         await writer.drain()
         if action.kind == "slow_first":
             await self._hold()
             return False
-
-        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {
-                "id": answer_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-        await _chunk(writer, event({"role": "assistant", "content": ""}))
+        await _chunk(writer, events.opening())
         words = [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]] if text else []
         for i, word in enumerate(words):
             if i == action.after:
@@ -209,29 +204,24 @@ class FaultProvider:
                     await self._hold()
                     return False
                 if action.kind == "malformed":
-                    await _chunk(
-                        writer, b'data: {"id": "' + answer_id.encode() + b'", "choices": [{"delta": {"cont\n\n'
-                    )
+                    await _chunk(writer, events.garbled())
             await asyncio.sleep(CHUNK_DELAY_S)
-            await _chunk(writer, event({"content": word}))
-        await _chunk(writer, event({}, "stop"))
-        if usage is not None:
-            done = {"id": answer_id, "object": "chat.completion.chunk", "model": self.model, "choices": []}
-            await _chunk(writer, b"data: " + json.dumps({**done, "usage": usage}).encode() + b"\n\n")
+            await _chunk(writer, events.delta(word))
+        await _chunk(writer, events.finish())
         if action.kind == "no_done":
             await self._hold()
             return False
-        await _chunk(writer, b"data: [DONE]\n\n")
+        if terminator := events.terminator():
+            await _chunk(writer, terminator)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
 
 
 def usage_of(messages: Sequence[Mapping[str, object]], text: str) -> dict[str, int]:
-    """Tokens as this provider counts them: a word of output is a token, a prompt is 4 characters a token."""
-    prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 3
-    completion = len(text.split())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    """The chat `usage` the provider reports for answering `messages` with `text` (tests hold a router's
+    billing to it)."""
+    return chat_usage(count_usage("".join(str(m.get("content") or "") for m in messages), text))
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

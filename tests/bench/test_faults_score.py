@@ -89,7 +89,7 @@ def test_attempts_are_read_from_the_access_log_by_trace_id() -> None:
     )
     attempts = attempts_by_trace(log)
     assert attempts == {"aa": 2, "bb": 1}
-    cell = Cell(CATALOGUE[0], "llmroute", FaultProvider("p"), None)
+    cell = Cell(CATALOGUE[0], "chat", "llmroute", FaultProvider("p"), None)
     cell.received = [Received(0.1, ANSWER, trace_id="aa"), Received(0.1, ANSWER, trace_id="cc")]
     attach_attempts([cell], attempts)
     assert [r.attempts for r in cell.received] == [2, None]
