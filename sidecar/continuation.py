@@ -14,7 +14,8 @@ Chat, Anthropic Messages and Responses streams are continued, whichever backend 
   turns the chat chunks back into the app's API with the translation's own stream translator.
 The Responses API itself cannot ask for a continuation (an assistant item in its `input` is a finished
 earlier turn, and nothing in a request asks the model to go on with it), so a Responses stream is continued
-only through the translation, and a backend that serves only the Responses API never continues a stream: a
+only through the translation (also on a backend that serves the Responses API natively, when it serves chat
+as well), and a backend that serves only the Responses API never continues a stream: a
 request the translation does not carry (stored responses, `previous_response_id`, built-in tools, ...) ends
 with the API's `error` event. Only text can be continued: a stream that was calling tools, thinking or
 refusing ends with the interruption instead.
@@ -40,6 +41,7 @@ from llmroute.sidecar.inbound.chat import CHAT
 from llmroute.sidecar.splice import ChatSplice, MessagesSplice, ResponsesSplice, Splice, chat_prefill
 from llmroute.sidecar.upstream import messages_chat, responses_chat
 from llmroute.sidecar.upstream.base import DONE, StreamTranslator
+from llmroute.sidecar.upstream.codecs import CODECS
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.sse import SSEParser
 
@@ -189,6 +191,8 @@ class Continuation:
             if PREFILL not in c.spec.capabilities:
                 continue
             codec = runtime.upstreams[c.name].codecs.get(api)
+            if codec is not None and not self._splice.asks_natively and "chat" in c.spec.apis:
+                codec = CODECS.get((api, "chat"), codec)  # its chat API can continue what this API cannot
             if not c.spec.serves(call.needs):
                 why = f"does not support {', '.join(sorted(c.spec.lacks(call.needs)))}"
             elif c.name in excluded:

@@ -20,6 +20,10 @@ class Splice:
     """What the app has been sent of one stream in its API's events, and how to write a continuation's
     events into it. One subclass per API that can be continued."""
 
+    asks_natively = True
+    """Whether the API itself can ask a backend to continue a partial answer (`body`); if not, a continuation
+    goes through the chat translation, also on a backend that serves the API natively."""
+
     def __init__(self) -> None:
         self.text: list[str] = []
         """The answer's text the app has received so far."""
@@ -235,6 +239,8 @@ class ResponsesSplice(_Named):
     whole text), its other items are numbered on after the app's, every event is numbered on from the app's
     last sequence_number, and response.completed names the app's response, lists the app's finished items
     before the continuation's, and adds up usage."""
+
+    asks_natively = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -133,6 +133,27 @@ async def test_a_native_responses_stream_is_continued_through_the_chat_translati
         ]
 
 
+async def test_a_responses_stream_is_continued_on_a_backend_that_serves_responses_natively_and_chat(
+    tmp_path: Path,
+) -> None:
+    # Both backends serve the Responses API natively and chat as well (as OpenAI does): the stream the app
+    # reads is native, and its continuation goes to the prefill backend's chat API, which can continue it.
+    backends = {"broken": BROKEN, "rescuer": RESCUER}
+    both = {"apis": ["chat", "responses"]}
+    extra = {"broken": both, "rescuer": {**both, **PREFILL}}
+    async with running(tmp_path, backends, spec=ORDERED, backend_extra=extra) as h:
+        async with h.client().responses.stream(model="chat", input="Tell me a story") as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == "token" + "token token token token"
+        assert "broken" in final.id  # the response the app started on
+        assert h.sims["rescuer"].stats.last_path == "/v1/chat/completions"
+        assert h.sims["rescuer"].stats.last_json["messages"][-1] == {
+            "role": "assistant",
+            "content": "token",
+            "prefix": True,
+        }
+
+
 async def test_a_responses_stream_only_a_native_backend_can_carry_ends_with_the_responses_error_event(
     tmp_path: Path,
 ) -> None:
