@@ -342,8 +342,8 @@ def test_proxy_variables_lower_case_first_and_bad_values_named() -> None:
     )
     assert str(egress.https_proxy) == "lower:3128" and str(egress.http_proxy) == "proxy.corp:80"
     assert egress.proxy_for("https", "api.openai.com", 443) == egress.https_proxy
-    with pytest.raises(ValueError, match="HTTPS_PROXY: only http:// proxies"):
-        Egress.from_environment({"HTTPS_PROXY": "socks5://proxy:1080"})
+    with pytest.raises(ValueError, match="HTTPS_PROXY: proxy scheme must be"):
+        Egress.from_environment({"HTTPS_PROXY": "ftp://proxy:1080"})
     with pytest.raises(ValueError, match="CA bundle /nonexistent"):
         Egress.from_environment({}, ca_bundle=Path("/nonexistent/ca.pem"))
     secret = parse_proxy("http://user:hunter2@proxy:3128", "HTTPS_PROXY")
