@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -271,18 +272,31 @@ def test_unusable_proxy_urls_are_refused_at_start_without_their_credentials() ->
     assert PASSWORD not in repr(socks) + str(socks) + Egress(http_proxy=socks).describe()
 
 
-async def test_a_proxy_that_is_no_socks5_server_is_named() -> None:
-    async def not_socks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(3)
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-        await writer.drain()
+@pytest.mark.parametrize(
+    ("userinfo", "script", "message"),
+    [
+        ("u:p@", [b"\x05\x02", b"\x01\x01"], "refused the user name and password"),
+        ("", [b"\x05\xff"], "accepts none of the authentication methods offered (no authentication)"),
+        ("", [b"\x05\x00", b"\x05\x04\x00\x01" + bytes(6)], "could not connect to 127.0.0.1:9: host unreachable"),
+        ("", [b"HTTP/1.1 400 Bad Request\r\n\r\n"], "does not speak SOCKS5"),
+    ],
+)
+async def test_a_socks5_proxys_refusals_are_named(userinfo: str, script: list[bytes], message: str) -> None:
+    """What pproxy does not send (it hangs up instead): RFC 1929's failure status, RFC 1928's "no acceptable
+    methods" and a CONNECT reply code; and a proxy that is no SOCKS5 server at all."""
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in script:  # one answer to each message of the client's
+            await reader.read(512)
+            writer.write(answer)
+            await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(not_socks, "127.0.0.1", 0)
+    server = await asyncio.start_server(scripted, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    pool = Pool(egress=Egress(http_proxy=parse_proxy(f"socks5://127.0.0.1:{port}", "HTTP_PROXY")))
+    pool = Pool(egress=Egress(http_proxy=parse_proxy(f"socks5://{userinfo}127.0.0.1:{port}", "HTTP_PROXY")))
     try:
-        with pytest.raises(ProxyError, match="does not speak SOCKS5"):
+        with pytest.raises(ProxyError, match=re.escape(message)):
             await pool.request("POST", "http://127.0.0.1:9/v1/chat/completions", {}, b"{}")
     finally:
         await pool.aclose()
