@@ -214,9 +214,10 @@ async def test_an_unreachable_proxy_is_a_503_naming_it(
     _no_secret(answer.text)
 
 
-def test_tls_in_tls_on_uvloop(tmp_path: Path, pki: PrivateCA) -> None:
-    """Production runs on uvloop: TLS to the backend inside TLS to the proxy, verified there too (a backend
-    whose certificate names another host is refused)."""
+@pytest.mark.parametrize("kind", ["https", "socks5h", "http"])
+def test_tls_through_each_kind_of_proxy_on_uvloop(tmp_path: Path, pki: PrivateCA, kind: str) -> None:
+    """Production runs on uvloop: TLS to the backend started on the tunnel (inside TLS to an https:// proxy),
+    verified there too (a backend whose certificate names another host is refused)."""
     other_cert, other_key = pki.issue(tmp_path / "other", "other", "DNS:other.example")
 
     async def main() -> None:
@@ -228,8 +229,10 @@ def test_tls_in_tls_on_uvloop(tmp_path: Path, pki: PrivateCA) -> None:
         await right.start()
         await wrong.start()
         try:
-            async with pproxy(tmp_path, "http", credentials=CREDENTIALS, tls=pki) as proxy:
-                egress = Egress(https_proxy=parse_proxy(proxy.url, "HTTPS_PROXY"), ca_files=(pki.ca,))
+            scheme, tls = ("http", pki) if kind == "https" else ("socks5" if kind == "socks5h" else "http", None)
+            async with pproxy(tmp_path, scheme, credentials=CREDENTIALS, tls=tls) as proxy:
+                url = proxy.url.replace("socks5:", "socks5h:")
+                egress = Egress(https_proxy=parse_proxy(url, "HTTPS_PROXY"), ca_files=(pki.ca,))
                 pool = Pool(egress=egress)
                 try:
                     url = f"https://localhost:{right.port}/v1/chat/completions"
