@@ -10,7 +10,6 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,42 +18,15 @@ import uvloop
 from llmroute.sidecar.upstream.egress import Egress, parse_proxy
 from llmroute.sidecar.upstream.neterrors import ConnectError, ProxyError
 from llmroute.sidecar.upstream.transport import Pool
-from tests.egress import PrivateCA, private_ca
+from tests.egress import PrivateCA
 from tests.proxies import pproxy
 from tests.sidecar.harness import sidecar_for
 
-from .conftest import RawServer
-from .test_egress import CHAT, PROXY_VARIABLES, answer_chat, ask, route
+from .conftest import RawServer, answer_chat
+from .test_egress import CHAT, ask, route
 
 PASSWORD = "pw-9f3c-secret"
 CREDENTIALS = f"egress:{PASSWORD}"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
-    return private_ca(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def https_backend(pki: PrivateCA) -> AsyncIterator[RawServer]:
-    server = RawServer(answer_chat)
-    server.tls = pki.server_context()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[RawServer]:
-    server = await RawServer(answer_chat).start()
-    yield server
-    await server.stop()
 
 
 def _no_secret(text: str) -> None:
