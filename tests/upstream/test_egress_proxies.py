@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,14 +187,15 @@ async def test_an_unreachable_proxy_is_a_503_naming_it(
     _no_secret(answer.text)
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("kind", ["https", "socks5h", "http"])
-def test_tls_through_each_kind_of_proxy_on_uvloop(tmp_path: Path, pki: PrivateCA, kind: str) -> None:
-    """Production runs on uvloop: TLS to the backend started on the tunnel (inside TLS to an https:// proxy),
-    verified there too (a backend whose certificate names another host is refused)."""
+def test_tls_through_each_kind_of_proxy(tmp_path: Path, pki: PrivateCA, kind: str, loop: str) -> None:
+    """TLS to the backend started on the tunnel (inside TLS to an https:// proxy), verified there too (a backend
+    whose certificate names another host is refused), on uvloop (production's loop) and asyncio's own."""
     other_cert, other_key = pki.issue(tmp_path / "other", "other", "DNS:other.example")
 
     async def main() -> None:
-        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        assert type(asyncio.get_running_loop()).__module__.startswith(loop)
         right, wrong = RawServer(answer_chat), RawServer(answer_chat)
         right.tls = pki.server_context()
         wrong.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -210,8 +212,12 @@ def test_tls_through_each_kind_of_proxy_on_uvloop(tmp_path: Path, pki: PrivateCA
                     url = f"https://localhost:{right.port}/v1/chat/completions"
                     answer = await pool.request("POST", url, {}, b"{}")
                     assert answer.status == 200 and b"hello from afar" in await answer.read()
-                    with pytest.raises(ConnectError, match="certificate verify failed"):
+                    with pytest.raises(ConnectError) as refused:
                         await pool.request("POST", f"https://localhost:{wrong.port}/v1/chat/completions", {}, b"{}")
+                    if loop == "uvloop" or kind != "https" or sys.version_info >= (3, 11, 8):
+                        assert "certificate verify failed" in str(refused.value)
+                    else:  # CPython gh-113214: the failure inside TLS in TLS surfaces without its reason
+                        assert "inside the proxy's TLS failed" in str(refused.value)
                 finally:
                     await pool.aclose()
             assert proxy.destinations() == [f"localhost:{right.port}", f"localhost:{wrong.port}"]
@@ -220,7 +226,8 @@ def test_tls_through_each_kind_of_proxy_on_uvloop(tmp_path: Path, pki: PrivateCA
             await right.stop()
             await wrong.stop()
 
-    uvloop.run(main())
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    run(main())
 
 
 @pytest.mark.parametrize(
