@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +25,8 @@ _RUN = (
     " from pproxy.server import main; main()"
 )
 _DESTINATION = re.compile(r"^\S+ \S+ -> (\S+)$", re.MULTILINE)
+_SERVING = re.compile(r"^Serving on \S+ 127\.0\.0\.1:(\d+) ", re.MULTILINE)
+_started = itertools.count()
 
 
 @dataclass
@@ -39,27 +41,21 @@ class ThirdPartyProxy:
         return _DESTINATION.findall(self.log.read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def pproxy(
     where: Path, scheme: str, *, credentials: str | None = None, tls: PrivateCA | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[ThirdPartyProxy]:
-    """pproxy serving `scheme` ("socks5" or "http") on a free port, requiring `credentials` ("user:password")
-    when given, inside TLS with `tls`'s server certificate when given; `host` is the name in the URL."""
-    port = _free_port()
-    listen = f"{scheme}{'+ssl' if tls else ''}://127.0.0.1:{port}" + (f"#{credentials}" if credentials else "")
+    """pproxy serving `scheme` ("socks5" or "http") on a port of its choosing, requiring `credentials`
+    ("user:password") when given, inside TLS with `tls`'s server certificate when given; `host` is the name in
+    the URL."""
+    listen = f"{scheme}{'+ssl' if tls else ''}://127.0.0.1:0" + (f"#{credentials}" if credentials else "")
     argv = [sys.executable, "-c", _RUN, "-l", listen, "--auth", "0", "-v"]  # --auth 0: every connection authenticates
     if tls is not None:
         argv += ["--ssl", f"{tls.cert},{tls.key}"]
-    log = where / f"pproxy-{port}.log"
+    log = where / f"pproxy-{next(_started)}.log"
     process = await asyncio.to_thread(_start, argv, log)
     try:
-        await _until_listening(port, process, log)
+        port = await _listening(process, log)
         url_scheme = "https" if tls is not None else scheme
         userinfo = f"{credentials}@" if credentials else ""
         yield ThirdPartyProxy(f"{url_scheme}://{userinfo}{host}:{port}", log)
@@ -74,14 +70,14 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environment)
 
 
-async def _until_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+async def _listening(process: subprocess.Popen[bytes], log: Path) -> int:
+    """The port pproxy bound (its log's first line says), once it listens; a wide margin for a loaded machine."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"pproxy exited: {await asyncio.to_thread(log.read_text)}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
+        text = await asyncio.to_thread(log.read_text)
+        if found := _SERVING.search(text):
+            return int(found.group(1))
+        if process.poll() is not None or "failed" in text:
+            raise RuntimeError(f"pproxy did not start: {text}")
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"pproxy did not listen on {port} within 30s: {await asyncio.to_thread(log.read_text)}")
+    raise RuntimeError(f"pproxy did not listen within 60s: {await asyncio.to_thread(log.read_text)}")

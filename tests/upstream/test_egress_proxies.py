@@ -176,12 +176,12 @@ async def test_passthrough_goes_through_the_same_proxy(
 async def test_an_unreachable_proxy_is_a_503_naming_it(
     tmp_path: Path, http_backend: RawServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as closed:  # a port nothing listens on
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused, and it stays ours
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    monkeypatch.setenv("HTTP_PROXY", f"socks5://{CREDENTIALS}@127.0.0.1:{port}")
-    async with sidecar_for(tmp_path, route(http_backend.base_url + "/v1")) as sidecar:
-        answer = await ask(sidecar)
+        monkeypatch.setenv("HTTP_PROXY", f"socks5://{CREDENTIALS}@127.0.0.1:{port}")
+        async with sidecar_for(tmp_path, route(http_backend.base_url + "/v1")) as sidecar:
+            answer = await ask(sidecar)
     assert answer.status_code == 503
     message = answer.json()["error"]["message"]
     assert f"proxy socks5://127.0.0.1:{port}" in message and "connect call failed" in message.lower()
