@@ -24,7 +24,7 @@ from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.passthrough import OTHER, Passthrough, family_of
 from llmroute.sidecar.policy.admission import Admission
 from llmroute.sidecar.runtime import Router, RouteRuntime
-from llmroute.sidecar.tracing import TRACEPARENT, Tracer
+from llmroute.sidecar.tracing import TRACEPARENT, Tracer, start_count_tokens
 from llmroute.sidecar.tracing import start as start_trace
 from llmroute.sidecar.upstream.base import json_loads
 from llmroute.sidecar.upstream.errors import UpstreamError
@@ -137,8 +137,12 @@ class SidecarApp:
         if routed is None:
             assert self.passthrough is not None
             return await self.passthrough.forward(request, COUNT_TOKENS.family, COUNT_TOKENS.api)
-        body, _, runtime, _, timeout = routed
-        counted = await count_tokens(runtime, body, COUNT_TOKENS.forwarded(request.headers), received + timeout)
+        body, parsed, runtime, _, timeout = routed
+        trace = None
+        if self.tracer is not None or TRACEPARENT in request.headers:
+            trace = start_count_tokens(self.tracer, request.headers, runtime.route.name, parsed.model)
+        forwarded = COUNT_TOKENS.forwarded(request.headers)
+        counted = await count_tokens(runtime, body, forwarded, received + timeout, trace)
         return self._answered(request, COUNT_TOKENS.api, received, counted)
 
     def _parse(

@@ -23,6 +23,9 @@ OPERATION_NAMES: dict[Api, str] = {
     "embeddings": "embeddings",
 }
 """`gen_ai.operation.name` of each inbound API (a translated call performs the same operation upstream)."""
+COUNT_TOKENS = "count_tokens"
+"""`gen_ai.operation.name` of POST /v1/messages/count_tokens: not one of the convention's well-known values (none
+applies), so the provider's own name for it, as the convention advises."""
 
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 """Seconds: the advised boundaries of gen_ai.client.operation.duration and .time_to_first_chunk."""

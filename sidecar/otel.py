@@ -5,7 +5,8 @@ A request is a SERVER span named `{gen_ai.operation.name} {model the app asked f
 is a CLIENT child of it named `{gen_ai.operation.name} {backend model}` with the GenAI attributes, so
 retries, hedges and fallbacks appear as siblings. A passthrough request is a SERVER span and a CLIENT child
 for its upstream call, both named by the HTTP method (the HTTP conventions' name where no route template
-exists). Attributes hold names, models, paths, counts and cost: never a header, a key, a query string, a
+exists). A count_tokens request is a SERVER span named `count_tokens {model}` with a CLIENT child per backend
+asked. Attributes hold names, models, paths, counts and cost: never a header, a key, a query string, a
 prompt or an answer.
 """
 
@@ -25,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from llmroute import __version__
 from llmroute.sidecar.balancer.candidates import Candidate
 from llmroute.sidecar.dispatch import Answer, Call
-from llmroute.sidecar.genai import OPERATION_NAMES, PROVIDER_NAMES, response_model
+from llmroute.sidecar.genai import COUNT_TOKENS, OPERATION_NAMES, PROVIDER_NAMES, response_model
 from llmroute.sidecar.tracing import GRPC, HTTP_PROTOBUF, TraceParent
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Usage
@@ -57,6 +58,9 @@ class OtelTracer:
 
     def passthrough(self, parent: TraceParent | None, method: str, path: str, api: str) -> PassthroughSpan:
         return PassthroughSpan(self._tracer, _context(parent), method, path, api)
+
+    def count_tokens(self, parent: TraceParent | None, route: str, model: str) -> CountSpan:
+        return CountSpan(self._tracer, _context(parent), route, model)
 
     def shutdown(self) -> None:
         self._provider.shutdown()
@@ -229,6 +233,79 @@ class PassthroughSpan:
                 span.set_attribute("error.type", kind)
                 span.set_status(Status(StatusCode.ERROR, kind))
             span.end()
+
+
+class CountSpan:
+    """The spans of one count_tokens request: SERVER for the app's request, a CLIENT child per backend call
+    (failed ones first, as the route's order tried them)."""
+
+    __slots__ = ("_call", "_calls", "_context", "_provider", "_route", "_server", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer, context: Any, route: str, model: str) -> None:
+        attributes = {"gen_ai.operation.name": COUNT_TOKENS, "gen_ai.request.model": model, "llmroute.route": route}
+        self._server = tracer.start_span(
+            f"{COUNT_TOKENS} {model}", context=context, kind=SpanKind.SERVER, attributes=attributes
+        )
+        self._context = trace.set_span_in_context(self._server)
+        self._tracer = tracer
+        self._route = route
+        self._call: trace.Span | None = None
+        self._calls = 0
+        self._provider: str | None = None  # of the backend whose call is open, then of the one that counted
+
+    def call(self, candidate: Candidate) -> dict[str, str]:
+        self._calls += 1
+        backend = candidate.spec
+        self._provider = PROVIDER_NAMES[backend.provider]
+        attributes = {
+            "gen_ai.operation.name": COUNT_TOKENS,
+            "gen_ai.provider.name": self._provider,
+            "gen_ai.request.model": backend.model,
+            "llmroute.route": self._route,
+            "llmroute.backend": candidate.name,
+            "llmroute.attempt": self._calls,
+            **_server(backend.url),
+        }
+        self._call = self._tracer.start_span(
+            f"{COUNT_TOKENS} {backend.model}", context=self._context, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        return _carrying(self._call)
+
+    def called(self, error: UpstreamError | None) -> None:
+        span, self._call = self._call, None
+        if span is None:
+            return
+        if error is None:
+            span.set_attribute("llmroute.outcome", "success")
+        else:
+            self._provider = None
+            span.set_attribute("error.type", error.kind.value)
+            span.set_attribute("llmroute.outcome", error.kind.value)
+            if error.status is not None:
+                span.set_attribute("http.response.status_code", error.status)
+            span.set_status(Status(StatusCode.ERROR, error.kind.value))  # never the message: it may quote the body
+        span.end()
+
+    def end(self, status: int | None, backend: str | None) -> None:
+        if self._call is not None:
+            self._call.set_attribute("llmroute.outcome", "abandoned")
+            self._call.end()
+        span = self._server
+        span.set_attribute("llmroute.attempts", self._calls)
+        if status is None:
+            span.set_attribute("llmroute.outcome", "abandoned")
+        else:
+            span.set_attribute("http.response.status_code", status)
+            span.set_attribute("llmroute.outcome", "success" if status < 400 else "client_error")
+            if status >= 400:
+                span.set_attribute("error.type", str(status))  # a 4xx the provider gave: not a server error
+            else:
+                span.set_attribute("llmroute.estimate", backend is None)
+        if backend is not None:
+            span.set_attribute("llmroute.backend", backend)
+            if self._provider is not None:
+                span.set_attribute("gen_ai.provider.name", self._provider)
+        span.end()
 
 
 def _exporter(protocol: str) -> SpanExporter:

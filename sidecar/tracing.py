@@ -1,7 +1,8 @@
 """W3C trace context for routed requests: an app's `traceparent` is continued to every backend attempt, and
 spans are recorded when tracing is on (the OpenTelemetry SDK of the `otel` extra, imported only then).
-Passthrough requests get spans too when tracing is on; off, their `traceparent` travels with the app's other
-headers unchanged.
+Passthrough and count_tokens requests get spans too when tracing is on; off, a passthrough request's
+`traceparent` travels with the app's other headers unchanged, and a count_tokens request's is continued to each
+backend it asks.
 
 Tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, unless
 OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Off, a request without `traceparent` costs one header
@@ -111,6 +112,20 @@ class PassthroughTrace(Protocol):
         """The request ended with this status (None: no answer) and outcome; called once."""
 
 
+class CountTrace(Protocol):
+    """The spans of one count_tokens request: the app's request, and each backend call (made one at a time)."""
+
+    def call(self, candidate: Candidate) -> dict[str, str]:
+        """A call to `candidate` begins; the headers that carry the trace there."""
+
+    def called(self, error: UpstreamError | None) -> None:
+        """The call begun last answered (None) or failed with `error`."""
+
+    def end(self, status: int | None, backend: str | None) -> None:
+        """The app got `status` (None: it went away first), counted by `backend` (None: the sidecar estimated
+        it, or nobody counted); a call still open is abandoned. Called once."""
+
+
 class Tracer(Protocol):
     """What records spans (llmroute.sidecar.otel.OtelTracer when tracing is on)."""
 
@@ -119,6 +134,9 @@ class Tracer(Protocol):
 
     def passthrough(self, parent: TraceParent | None, method: str, path: str, api: str) -> PassthroughTrace:
         """The spans of a request relayed unchanged to its family's upstream."""
+
+    def count_tokens(self, parent: TraceParent | None, route: str, model: str) -> CountTrace:
+        """The spans of a count_tokens request for `model` on `route`."""
 
     def shutdown(self) -> None:
         """Export what is still buffered, then stop (blocking: run it off the event loop)."""
@@ -160,6 +178,24 @@ class Continued:
         pass
 
 
+class ContinuedCount:
+    """A count_tokens request whose app sent a trace context, with tracing off: each call passes it on."""
+
+    __slots__ = ("_parent",)
+
+    def __init__(self, parent: TraceParent) -> None:
+        self._parent = parent
+
+    def call(self, candidate: Candidate) -> dict[str, str]:
+        return self._parent.child(new_span_id())
+
+    def called(self, error: UpstreamError | None) -> None:
+        pass
+
+    def end(self, status: int | None, backend: str | None) -> None:
+        pass
+
+
 def start(tracer: Tracer | None, headers: Mapping[str, str], call: Call) -> RequestTrace | None:
     """The request's trace: recorded (tracing on), continued only (off, with a traceparent), or none."""
     parent = parse_traceparent(headers) if TRACEPARENT in headers else None
@@ -176,6 +212,14 @@ def start_passthrough(
         return None
     parent = parse_traceparent(headers) if TRACEPARENT in headers else None
     return tracer.passthrough(parent, method, path, api)
+
+
+def start_count_tokens(tracer: Tracer | None, headers: Mapping[str, str], route: str, model: str) -> CountTrace | None:
+    """A count_tokens request's spans (tracing on), its trace continued only (off, with a traceparent), or none."""
+    parent = parse_traceparent(headers) if TRACEPARENT in headers else None
+    if tracer is not None:
+        return tracer.count_tokens(parent, route, model)
+    return ContinuedCount(parent) if parent is not None else None
 
 
 class TracingUnavailable(RuntimeError):

@@ -1,6 +1,7 @@
-"""How backend and passthrough calls leave the pod: which proxy (HTTPS_PROXY / HTTP_PROXY / NO_PROXY), which
-CAs are trusted (public roots plus SSL_CERT_FILE, SSL_CERT_DIR, --ca-bundle and a backend's own CA), and the caps (open
-connections per backend, bytes of a whole JSON answer). Read once at start; the transport asks it per origin."""
+"""How backend and passthrough calls leave the pod: which proxy (HTTPS_PROXY / HTTP_PROXY / NO_PROXY; an http,
+https or SOCKS5 proxy), which CAs are trusted (public roots plus SSL_CERT_FILE, SSL_CERT_DIR, --ca-bundle and a
+backend's own CA), and the caps (open connections per backend, bytes of a whole JSON answer). Read once at start;
+the transport asks it per origin."""
 
 from __future__ import annotations
 
@@ -25,37 +26,64 @@ _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+PROXY_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
+"""The proxy URL schemes served (as curl and Python's HTTP clients read them) and each one's default port."""
+
+
 @dataclass(frozen=True, slots=True)
 class Proxy:
-    """An HTTP proxy (plain HTTP to the proxy: CONNECT tunnels for https, absolute-form requests for http)."""
+    """An egress proxy. `http`: plain HTTP to the proxy (CONNECT tunnels for https backends, absolute-form
+    requests for http ones); `https`: the same inside TLS to the proxy itself; `socks5` / `socks5h`: a SOCKS5
+    tunnel (RFC 1928) for every backend, the name resolved here (socks5) or by the proxy (socks5h)."""
 
     host: str
     port: int
     authorization: str | None = field(default=None, repr=False)
     """`Proxy-Authorization` value from the URL's user:password (Basic), never logged."""
+    scheme: str = "http"
+    credentials: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    """SOCKS5 user name and password (RFC 1929) from the URL, never logged."""
+
+    @property
+    def socks(self) -> bool:
+        """Whether the proxy speaks SOCKS5 rather than HTTP."""
+        return self.scheme.startswith("socks")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the sidecar speaks TLS to the proxy itself (an https:// proxy URL)."""
+        return self.scheme == "https"
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.port}" if self.scheme == "http" else f"{self.scheme}://{self.host}:{self.port}"
 
 
 def parse_proxy(url: str, variable: str) -> Proxy:
-    """An `http://[user:password@]host[:port]` proxy URL (no scheme means http; port 80 by default)."""
+    """A `scheme://[user:password@]host[:port]` proxy URL, scheme one of PROXY_PORTS (none means http;
+    the port is the scheme's default when left out)."""
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"{variable}: only http:// proxies are supported (the tunnel itself carries TLS), got {url!r}")
+    scheme = parts.scheme.lower()
+    if scheme not in PROXY_PORTS:
+        shown = f"{scheme}://{parts.hostname or ''}"  # never the whole URL: it may hold credentials
+        raise ValueError(f"{variable}: proxy scheme must be http, https, socks5 or socks5h, got {shown!r}")
     try:
-        port = parts.port or 80
+        port = parts.port or PROXY_PORTS[scheme]
     except ValueError:
-        raise ValueError(f"{variable}: invalid port in {url!r}") from None
+        raise ValueError(f"{variable}: invalid port in the proxy URL") from None
     if not parts.hostname:
         raise ValueError(f"{variable}: no host in the proxy URL")
-    authorization = None
+    authorization = credentials = None
     if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-    return Proxy(parts.hostname, port, authorization)
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        if scheme.startswith("socks"):
+            credentials = (user.encode(), password.encode())
+            if not all(0 < len(part) < 256 for part in credentials):
+                raise ValueError(f"{variable}: a SOCKS5 user name and password must each be 1 to 255 bytes")
+        else:
+            authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return Proxy(parts.hostname, port, authorization, scheme, credentials)
 
 
 class NoProxy:

@@ -2,9 +2,9 @@
 
 httpx's default transport (httpcore) re-checks every pooled connection, with a poll() each, on every
 request: ~70% of the sidecar's CPU under load. This pool pops the most recently used idle connection
-instead and checks its age only then. Calls go direct or through the egress proxy (a CONNECT tunnel for https,
-absolute-form requests for http), at most `max_connections` open per origin. Failures are raised as the
-project's own classes (neterrors), which `errors.error_from_transport` classifies.
+instead and checks its age only then. Calls go direct or through the egress proxy (an HTTP CONNECT or SOCKS5
+tunnel, or absolute-form requests for http through an HTTP proxy), at most `max_connections` open per origin.
+Failures are raised as the project's own classes (neterrors), which `errors.error_from_transport` classifies.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from llmroute.sidecar.upstream.neterrors import (
     UnsupportedProtocol,
     WriteTimeout,
 )
-from llmroute.sidecar.upstream.tunnel import open_tunnel
+from llmroute.sidecar.upstream.tunnel import connect_via
 
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection may wait for reuse; older ones are closed at checkout
 MAX_IDLE = 256  # idle connections kept per origin
@@ -122,8 +122,8 @@ class _Unsolicited(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Via:
-    """How one origin is reached: directly, or through a proxy (`tunnel` for https; else absolute-form with
-    `prefix` = scheme://host:port before the path and `extra` = the proxy's credentials header)."""
+    """How one origin is reached: directly, or through a proxy (`tunnel` for https and for any SOCKS proxy; else
+    absolute-form with `prefix` = scheme://host:port before the path and `extra` = the proxy's credentials header)."""
 
     proxy: Proxy
     tunnel: bool = False
@@ -544,10 +544,10 @@ class Pool:
         proxy = self._egress.proxy_for(scheme, host, port)
         if proxy is None:
             return None
-        if scheme == "https":
+        if scheme == "https" or proxy.socks:
             return _Via(proxy, tunnel=True)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        extra = f"proxy-authorization: {proxy.authorization}\r\n".encode() if proxy.authorization else b""
+        extra = f"Proxy-Authorization: {proxy.authorization}\r\n".encode() if proxy.authorization else b""
         return _Via(proxy, prefix=f"http://{authority}".encode("ascii"), extra=extra)
 
     def _checkout(self, origin: _Origin) -> _Connection | None:
@@ -625,22 +625,22 @@ class Pool:
                     _, connection = await loop.create_connection(
                         lambda: _Connection(gone), host, port, ssl=tls, server_hostname=host if tls else None
                     )
-                elif not via.tunnel:
-                    try:
-                        _, connection = await loop.create_connection(
-                            lambda: _Connection(gone), via.proxy.host, via.proxy.port
-                        )
-                    except OSError as exc:
-                        raise ProxyError(f"proxy {via.proxy}: {exc}") from None
                 else:
-                    sock = await open_tunnel(via.proxy, host, port)
-                    try:
-                        _, connection = await loop.create_connection(
-                            lambda: _Connection(gone), sock=sock, ssl=tls, server_hostname=host
-                        )
-                    except BaseException:
-                        sock.close()
-                        raise
+                    proxy_tls = self._egress.ssl_context() if via.proxy.tls else None  # the sidecar's own CAs
+                    if via.tunnel:
+                        connection = _Connection(gone)
+                        await connect_via(via.proxy, proxy_tls, host, port, connection, tls)
+                    else:
+                        try:
+                            _, connection = await loop.create_connection(
+                                lambda: _Connection(gone),
+                                via.proxy.host,
+                                via.proxy.port,
+                                ssl=proxy_tls,
+                                server_hostname=via.proxy.host if proxy_tls else None,
+                            )
+                        except OSError as exc:
+                            raise ProxyError(f"proxy {via.proxy}: {exc}") from None
         except TimeoutError:
             where = f"{host}:{port}" + (f" via proxy {proxy}" if proxy is not None else "")
             raise ConnectTimeout(f"no connection to {where} within {connect_timeout:g}s") from None

@@ -1,72 +1,73 @@
-"""A CONNECT tunnel through an HTTP proxy (RFC 9110 9.3.6): a socket that reaches host:port, over which the
-caller then speaks TLS to the backend itself, so the proxy sees only the name and port, never the traffic."""
+"""A tunnel through an egress proxy: an HTTP CONNECT (RFC 9110 9.3.6) to an http:// or, inside TLS to the proxy
+itself, an https:// proxy, or a SOCKS5 CONNECT (socks.py). Over it the caller speaks to the backend itself (TLS
+for https), so the proxy sees only the name and port, never the traffic."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import ssl
 
+from llmroute.sidecar.upstream import socks
 from llmroute.sidecar.upstream.egress import Proxy
-from llmroute.sidecar.upstream.neterrors import ProxyError
+from llmroute.sidecar.upstream.handshake import Handshake
+from llmroute.sidecar.upstream.neterrors import ConnectError, ProxyError
 
-_MAX_HEAD = 16 * 1024
 
-
-async def open_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
-    """A connected non-blocking socket tunnelled to host:port; ProxyError if the proxy cannot be reached or
-    answers anything but a 2xx (the status line is in the message, the credentials are not)."""
+async def connect_via(
+    proxy: Proxy,
+    proxy_tls: ssl.SSLContext | None,
+    host: str,
+    port: int,
+    protocol: asyncio.Protocol,
+    tls: ssl.SSLContext | None,
+) -> None:
+    """Connect `protocol` to host:port through `proxy` (verified with `proxy_tls` when it is an https:// one),
+    with TLS to the backend when `tls` is given. ProxyError until the tunnel stands; after that an OSError
+    (ssl.SSLError among them) from the backend's TLS handshake."""
     loop = asyncio.get_running_loop()
-    sock = await _connect(loop, proxy)
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = await socks.destination(proxy, host, port) if proxy.socks else b""  # a name resolved before connecting
     try:
-        head = f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n"
-        if proxy.authorization is not None:
-            head += f"proxy-authorization: {proxy.authorization}\r\n"
-        await loop.sock_sendall(sock, (head + "\r\n").encode("latin-1"))
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            piece = await loop.sock_recv(sock, 4096)
-            if not piece:
-                raise ProxyError(f"proxy {proxy} closed the connection instead of answering CONNECT {authority}")
-            answer += piece
-            if len(answer) > _MAX_HEAD:
-                raise ProxyError(f"proxy {proxy} sent an answer head longer than {_MAX_HEAD} bytes")
-        status_line = answer.partition(b"\r\n")[0]
-        fields = status_line.split(None, 2)
-        status = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
-        if not status_line.startswith(b"HTTP/1.") or not 200 <= status < 300:
-            shown = status_line[:200].decode("latin-1", "replace")
-            raise ProxyError(f"proxy {proxy} refused the tunnel to {authority}: {shown}")
-        if answer.index(b"\r\n\r\n") + 4 != len(answer):
-            raise ProxyError(f"proxy {proxy} sent bytes after its CONNECT answer")
-    except OSError as exc:
-        sock.close()
+        name = proxy.host if proxy_tls else None
+        transport, stream = await loop.create_connection(
+            lambda: Handshake(proxy), proxy.host, proxy.port, ssl=proxy_tls, server_hostname=name
+        )
+    except OSError as exc:  # refused, unreachable, DNS, or the proxy's own certificate
         raise ProxyError(f"proxy {proxy}: {exc}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _connect(loop: asyncio.AbstractEventLoop, proxy: Proxy) -> socket.socket:
-    """A socket connected to the proxy, trying each of its addresses in turn."""
     try:
-        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ProxyError(f"proxy {proxy}: {exc}") from None
-    failure: OSError | None = None
-    for family, kind, protocol, _, address in infos:
-        sock = socket.socket(family, kind, protocol)
-        sock.setblocking(False)
+        if proxy.socks:
+            await socks.handshake(stream, host, port, target)
+        else:
+            await _http_connect(stream, host, port)
+        tunnel = stream.finish("its tunnel was set up")
+        if tls is None:
+            tunnel.set_protocol(protocol)
+            protocol.connection_made(tunnel)
+            return
         try:
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            failure = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise ProxyError(f"proxy {proxy}: {failure or 'no address'}")
+            inner = await loop.start_tls(tunnel, protocol, tls, server_hostname=host)
+        except TypeError as exc:  # CPython before 3.11.8 (gh-113214) fails TLS in TLS this way; uvloop does not
+            raise ConnectError(f"TLS to {host}:{port} inside the proxy's TLS failed ({exc})") from None
+        assert inner is not None  # typeshed allows None; asyncio and uvloop return the TLS transport or raise
+        protocol.connection_made(inner)  # start_tls does not call it
+    except BaseException:
+        transport.abort()
+        raise
+
+
+async def _http_connect(stream: Handshake, host: str, port: int) -> None:
+    """CONNECT host:port; ProxyError unless the proxy answers 2xx (its status line in the message, the
+    credentials never)."""
+    proxy = stream.proxy
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # Spelled as curl sends them: some proxies (pproxy among them) match these names by their case.
+    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if proxy.authorization is not None:
+        head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+    stream.send((head + "\r\n").encode("latin-1"))
+    answer = await stream.head(f"instead of answering CONNECT {authority}")
+    status_line = answer.partition(b"\r\n")[0]
+    fields = status_line.split(None, 2)
+    status = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    if not status_line.startswith(b"HTTP/1.") or not 200 <= status < 300:
+        shown = status_line[:200].decode("latin-1", "replace")
+        raise ProxyError(f"proxy {proxy} refused the tunnel to {authority}: {shown}")

@@ -101,6 +101,7 @@ def test_optional_objects_follow_their_values(render: Render) -> None:
             {"httpsProxy": "http://proxy:3128", "httpsProxySecretRef": {"name": "corp-proxy"}},
             "set httpsProxy or httpsProxySecretRef, not both",
         ),
+        ("injection.sidecar.egress.httpsProxy", "socks4://proxy:1080", "does not match pattern"),
     ],
 )
 def test_a_typo_in_values_fails_naming_the_key(helm_bin: Path, key: str, value: Any, message: str) -> None:
@@ -312,6 +313,17 @@ def test_injected_sidecar_gets_the_egress_proxy_and_ca(render: Render, tmp_path:
     plain = sidecar_container(defaults)
     assert not {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"} & {e["name"] for e in plain["env"]}
     assert not any(a.startswith("--ca-bundle") for a in plain["args"])
+
+
+@pytest.mark.parametrize("url", ["https://proxy.corp:3129", "socks5://proxy.corp:1080", "socks5h://proxy.corp"])
+def test_the_chart_takes_https_and_socks5_proxies(render: Render, tmp_path: Path, url: str) -> None:
+    egress = {"httpsProxy": url, "httpProxy": url}
+    config = InjectionConfig.from_file(_injection_config(render({"injection.sidecar.egress": egress}), tmp_path))
+    env = {e["name"]: e.get("value") for e in sidecar_container(config)["env"]}
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == url
+    settings = Egress.from_environment(env)  # and the sidecar reads them as meant
+    assert settings.https_proxy is not None and settings.https_proxy.scheme == url.partition(":")[0]
+    assert settings.proxy_for("http", "vllm.ml", 8000) == settings.https_proxy
 
 
 def _injection_config(objects: list[dict[str, Any]], tmp_path: Path) -> Path:

@@ -3,7 +3,8 @@ real `llmroute sidecar` processes get them over gRPC and use them (a backend tha
 error bodies among them, and a passthrough call with the app's own key), and then everything an operator
 could read is scanned for every key: each process's log, the access logs, /metrics and the debug and admin
 endpoints, the answers the app got, the trace spans they exported over OTLP, and every object the operator
-wrote (status, Events). Names that every
+wrote (status, Events). Each sidecar reaches its backends through an egress proxy with credentials (pproxy: one
+pod through SOCKS5, the other through an https:// proxy), and those passwords are scanned for too. Names that every
 source shows by design (the routes', the echoing backend's) are scanned for as decoy keys: each source must
 show one, which proves that it was captured and searched."""
 
@@ -24,6 +25,8 @@ import pytest
 from llmroute.http import HTTPServer, Request, Response, StreamingResponse
 from llmroute.sim import Behavior, Latency, SimProvider
 from llmroute.sim.otlp import Collector
+from tests.egress import private_ca
+from tests.proxies import pproxy
 from tests.sidecar.harness import sidecar_process
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ NAMELESS = (
 KEYS = {"echo": "sk-live-ECHOED-key-0f4c1d", "backup": "sk-live-BACKUP-key-93ab27"}
 APP_KEY = "sk-app-OWN-key-d2e8a6"
 """The app's own key: relayed to the passthrough upstream, never logged."""
+PROXY_PASSWORDS = {PODS[0]: "pw-SOCKS-egress-7c1e90", PODS[1]: "pw-HTTPS-egress-4b2d58"}
+"""Each pod's egress proxy password (in the URL of its HTTP_PROXY), never logged."""
 
 
 FRAGMENT = 12
@@ -172,7 +177,8 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
     caplog.set_level(logging.DEBUG)  # the operator runs in this process: its log (kopf's too) at debug
     collector = Collector()  # the sidecars trace every request and export the spans here
     await collector.start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    # By name, which the sidecars' NO_PROXY lists: their OTLP exporter honours HTTP_PROXY too.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.replace("127.0.0.1", "localhost"))
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     assert bench.operator is not None
     echo, backup = EchoBackend(), SimProvider("backup", "openai", Behavior(latency=Latency.fixed(0.01)), seed=1)
@@ -192,8 +198,11 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
     await bench.eventually(missing_key, what="the KeyNotFound Event")
     await bench.kube.put_secret(NAMESPACE, "llm-keys", KEYS)
     sources: dict[str, str] = {}
+    pki = private_ca(tmp_path / "pki")
+    proxied: dict[str, list[str]] = {}
     try:
-        for pod in PODS:
+        for pod, scheme in zip(PODS, ("socks5", "http"), strict=True):
+            password = PROXY_PASSWORDS[pod]
             token = tmp_path / f"{pod}.token"
             token.write_text(f"token-{pod}")
             bench.cluster.tokens[f"token-{pod}"] = f"system:serviceaccount:{NAMESPACE}:default"
@@ -201,11 +210,19 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
                 f"--control-plane=127.0.0.1:{bench.operator.grpc_port}",
                 f"--namespace={NAMESPACE}", f"--pod-name={pod}", "--labels=app=shop",
                 f"--token-file={token}", f"--state-dir={tmp_path / pod}", "--log-level=debug",
-                f"--passthrough=openai={upstream.url}", "--plaintext",
+                f"--passthrough=openai={upstream.url}", "--plaintext", f"--ca-bundle={pki.ca}",
             ]  # fmt: skip
             access_log = tmp_path / f"{pod}.access.log"
+            tls = pki if scheme == "http" else None
             with access_log.open("wb") as stdout:
-                async with sidecar_process(*argv, stdout=stdout) as (process, port, admin, startup):
+                async with (
+                    pproxy(tmp_path, scheme, credentials=f"egress:{password}", tls=tls, host="localhost") as proxy,
+                    sidecar_process(
+                        *argv,
+                        stdout=stdout,
+                        env={"HTTP_PROXY": proxy.url.replace("socks5:", "socks5h:"), "NO_PROXY": "localhost"},
+                    ) as (process, port, admin, startup),
+                ):
                     await _until_ready(admin)
                     answers = await _app_calls(port)
                     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}", timeout=10) as http:
@@ -215,9 +232,12 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
                     assert await asyncio.to_thread(process.wait, 30) == 0
                     assert process.stderr is not None
                     sources[f"{pod} log"] = startup + process.stderr.read()
+            proxied[pod] = proxy.destinations()
             sources[f"{pod} access log"] = access_log.read_text()
             sources[f"{pod} answers"] = "\n".join(answers)
         assert echo.calls >= 10 and upstream.stats.last_headers["authorization"] == f"Bearer {APP_KEY}"
+        for pod in PODS:  # every backend and the passthrough upstream were reached through the pod's proxy
+            assert {f"127.0.0.1:{p}" for p in (echo.server.port, backup.port, upstream.port)} <= set(proxied[pod])
         assert backup.stats.last_headers["authorization"] == f"Bearer {KEYS['backup']}"  # the keys were used
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bench.operator.admin_port}") as http:
             for page in ("/metrics", "/fleet", "/healthz", "/readyz"):
@@ -234,7 +254,7 @@ async def test_no_key_in_any_log_metric_endpoint_event_or_status(
         await backup.stop()
         await upstream.stop()
 
-    found = leaks(sources, [*KEYS.values(), APP_KEY, *DECOYS])
+    found = leaks(sources, [*KEYS.values(), APP_KEY, *PROXY_PASSWORDS.values(), *DECOYS])
     decoys = set().union(*(found.pop(decoy, set()) for decoy in DECOYS))
     nameless = {name for name in sources if name.endswith(NAMELESS)}
     assert decoys == set(sources) - nameless, "a source was not captured, or not scanned"

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -144,20 +144,24 @@ def chat_body(**extra: Any) -> dict[str, Any]:
     return {"model": "chat", "messages": [{"role": "user", "content": "hello"}], **extra}
 
 
-def spawn(argv: list[str], stdout: int | IO[bytes] | None = None) -> subprocess.Popen[str]:
-    """A child process with its log on a pipe (unbuffered, so lines arrive as they are written)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+def spawn(
+    argv: list[str], stdout: int | IO[bytes] | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A child process with its log on a pipe (unbuffered, so lines arrive as they are written), with `env`
+    added to this process's environment."""
+    environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=environment)
 
 
 @contextlib.asynccontextmanager
 async def sidecar_process(
-    *args: str, stdout: int | IO[bytes] | None = None
+    *args: str, stdout: int | IO[bytes] | None = None, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[tuple[subprocess.Popen[str], int, int, str]]:
-    """`llmroute sidecar ARGS` as a real process, its log on a pipe (unbuffered) and its stdout (the access log)
-    where `stdout` says (default: inherited); yields it, its app and admin ports (read from its log) and the
-    log lines up to there. Killed afterwards if still running."""
-    process = spawn([LLMROUTE, "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args], stdout)
+    """`llmroute sidecar ARGS` as a real process (`env` added to its environment), its log on a pipe
+    (unbuffered) and its stdout (the access log) where `stdout` says (default: inherited); yields it, its app
+    and admin ports (read from its log) and the log lines up to there. Killed afterwards if still running."""
+    argv = [LLMROUTE, "sidecar", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args]
+    process = spawn(argv, stdout, env)
     assert process.stderr is not None
     line = startup = ""
     for _ in range(200):

@@ -317,6 +317,73 @@ async def test_a_passthrough_request_is_traced_with_the_upstream_call_as_its_chi
     assert all(secret not in json.dumps(span.to_json()) for span in spans for secret in (APP_KEY, "q-secret-77"))
 
 
+COUNT = {"model": "chat", "messages": [{"role": "user", "content": "How many tokens is this?"}]}
+
+
+async def test_count_tokens_is_traced_with_a_client_span_per_backend_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = Behavior(error_rate=1.0, error_statuses=(503,))
+    estimated_trace = "5" * 32
+    async with collecting(monkeypatch) as collector:
+        async with running(tmp_path, {"down": ("anthropic", down), "up": ("anthropic", FAST)}) as h, h.http() as http:
+            counted = await http.post("/messages/count_tokens", json=COUNT, headers={"traceparent": TRACEPARENT})
+            assert counted.status_code == 200 and counted.headers["x-llmroute-backend"] == "up"
+            sent = h.sims["up"].stats.last_headers["traceparent"]
+            h.sims["up"].set_behavior(down)
+            headers = {"traceparent": f"00-{estimated_trace}-{APP_SPAN}-01"}
+            estimated = await http.post("/messages/count_tokens", json=COUNT, headers=headers)
+            assert estimated.headers["x-llmroute-estimate"] == "true"
+        spans = [span for span in collector.spans if span.trace_id == TRACE_ID]
+        estimate_spans = [span for span in collector.spans if span.trace_id == estimated_trace]
+    request = _one(spans, kind="SERVER")
+    failed, answered = sorted((s for s in spans if s.kind == "CLIENT"), key=lambda s: s.start_ns)
+    assert request.parent_span_id == APP_SPAN and {failed.parent_span_id, answered.parent_span_id} == {request.span_id}
+    assert sent == f"00-{TRACE_ID}-{answered.span_id}-01"  # the backend call carries its span's id
+    assert (request.name, failed.name, answered.name) == (
+        "count_tokens chat",
+        "count_tokens down-model",
+        "count_tokens up-model",
+    )
+    assert {
+        k: request.attributes.get(k) for k in ("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.provider.name")
+    } == {
+        "gen_ai.operation.name": "count_tokens",
+        "gen_ai.request.model": "chat",
+        "gen_ai.provider.name": "anthropic",
+    }
+    assert request.attributes["llmroute.backend"] == "up" and request.attributes["llmroute.attempts"] == 2
+    assert request.attributes["http.response.status_code"] == 200 and request.attributes["llmroute.estimate"] is False
+    assert request.status == "UNSET"
+    assert failed.status == "ERROR" and failed.attributes["error.type"] == "5xx"
+    assert failed.attributes["http.response.status_code"] == 503 and failed.attributes["llmroute.backend"] == "down"
+    assert answered.status == "UNSET" and answered.attributes["llmroute.outcome"] == "success"
+    assert {
+        k: answered.attributes.get(k)
+        for k in ("gen_ai.provider.name", "gen_ai.request.model", "server.port", "llmroute.attempt")
+    } == {
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": "up-model",
+        "server.port": h.sims["up"].port,
+        "llmroute.attempt": 2,
+    }
+    # Both backends failing: two failed calls, and the request answered with the sidecar's estimate.
+    estimate = _one(estimate_spans, kind="SERVER")
+    assert len(estimate_spans) == 3 and all(s.status == "ERROR" for s in estimate_spans if s.kind == "CLIENT")
+    assert estimate.attributes["llmroute.estimate"] is True and "llmroute.backend" not in estimate.attributes
+
+
+async def test_count_tokens_continues_an_apps_traceparent_with_tracing_off(tmp_path: Path) -> None:
+    async with running(tmp_path, {"claude": ("anthropic", FAST)}) as h, h.http() as http:
+        headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=opaque"}
+        assert (await http.post("/messages/count_tokens", json=COUNT, headers=headers)).status_code == 200
+        sent = h.sims["claude"].stats.last_headers
+        assert sent["traceparent"].startswith(f"00-{TRACE_ID}-") and sent["traceparent"].endswith("-01")
+        assert APP_SPAN not in sent["traceparent"] and sent["tracestate"] == "vendor=opaque"
+        assert (await http.post("/messages/count_tokens", json=COUNT)).status_code == 200
+        assert "traceparent" not in h.sims["claude"].stats.last_headers
+
+
 def _one(spans: list[Span], *, kind: str) -> Span:
     found = [s for s in spans if s.kind == kind]
     assert len(found) == 1, [(s.kind, s.name) for s in spans]

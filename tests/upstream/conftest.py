@@ -19,6 +19,7 @@ import pytest
 
 from llmroute.model import Backend, SecretValue
 from llmroute.sidecar.upstream import CompletionStream
+from tests.egress import PrivateCA, private_ca
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -232,3 +233,51 @@ def drain() -> Callable[[CompletionStream], Awaitable[list[bytes]]]:
 def key() -> str:
     """The API key every test backend uses: it must reach the wire and nothing else."""
     return KEY
+
+
+# The egress tests' parts (test_egress.py, test_egress_proxies.py).
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from afar"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+}
+PROXY_VARIABLES = (
+    *("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR"),
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    return private_ca(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sets the proxy variables it means; none leak in from the machine."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+async def answer_chat(received: Received, responder: Responder) -> None:
+    await responder.json(200, ANSWER)
+
+
+@pytest.fixture
+async def https_backend(pki: PrivateCA) -> AsyncIterator[RawServer]:
+    """An OpenAI-style backend on https://localhost whose certificate the private CA signed."""
+    server = RawServer(answer_chat)
+    server.tls = pki.server_context()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def http_backend() -> AsyncIterator[RawServer]:
+    server = await RawServer(answer_chat).start()
+    yield server
+    await server.stop()

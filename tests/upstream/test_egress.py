@@ -22,37 +22,13 @@ from llmroute.sidecar.upstream.client import Upstream
 from llmroute.sidecar.upstream.egress import Egress, NoProxy, parse_proxy
 from llmroute.sidecar.upstream.neterrors import PoolTimeout
 from llmroute.sidecar.upstream.transport import Pool
-from tests.egress import PrivateCA, RecordingProxy, private_ca
+from tests.egress import PrivateCA, RecordingProxy
 from tests.sidecar.harness import sidecar_for
 
-from .conftest import RawServer, Received, Responder
+from .conftest import ANSWER, RawServer, Received, Responder
 
-ANSWER = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 0,
-    "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from afar"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-}
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 CA_REF = {"caSecretRef": {"name": "private-ca", "key": "ca.crt"}}
-PROXY_VARIABLES = (
-    *("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"),
-    *("SSL_CERT_FILE", "SSL_CERT_DIR"),
-)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
-    return private_ca(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sets the proxy variables it means; none leak in from the machine."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -60,27 +36,6 @@ async def proxy() -> AsyncIterator[RecordingProxy]:
     proxy = await RecordingProxy().start()
     yield proxy
     await proxy.stop()
-
-
-async def answer_chat(received: Received, responder: Responder) -> None:
-    await responder.json(200, ANSWER)
-
-
-@pytest.fixture
-async def https_backend(pki: PrivateCA) -> AsyncIterator[RawServer]:
-    """An OpenAI-style backend on https://localhost whose certificate the private CA signed."""
-    server = RawServer(answer_chat)
-    server.tls = pki.server_context()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[RawServer]:
-    server = await RawServer(answer_chat).start()
-    yield server
-    await server.stop()
 
 
 def route(url: str, **extra: Any) -> dict[str, Any]:
@@ -342,8 +297,8 @@ def test_proxy_variables_lower_case_first_and_bad_values_named() -> None:
     )
     assert str(egress.https_proxy) == "lower:3128" and str(egress.http_proxy) == "proxy.corp:80"
     assert egress.proxy_for("https", "api.openai.com", 443) == egress.https_proxy
-    with pytest.raises(ValueError, match="HTTPS_PROXY: only http:// proxies"):
-        Egress.from_environment({"HTTPS_PROXY": "socks5://proxy:1080"})
+    with pytest.raises(ValueError, match="HTTPS_PROXY: proxy scheme must be"):
+        Egress.from_environment({"HTTPS_PROXY": "ftp://proxy:1080"})
     with pytest.raises(ValueError, match="CA bundle /nonexistent"):
         Egress.from_environment({}, ca_bundle=Path("/nonexistent/ca.pem"))
     secret = parse_proxy("http://user:hunter2@proxy:3128", "HTTPS_PROXY")
