@@ -29,9 +29,9 @@ from tests.apiserver.harness import (
     SERVICE_NAME,
     ApiServer,
     eventually,
-    free_port,
     http_status,
 )
+from tests.ports import free_port
 from tests.tools import REPO, helm_bin, kubectl_bin
 
 __all__ = [

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -124,14 +123,6 @@ class ApiServer:
         """A Secret's decoded data."""
         secret = self.get("secret", "-n", namespace, name)
         return {k: base64.b64decode(v) for k, v in secret["data"].items()}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def http_status(url: str) -> int:

@@ -59,13 +59,7 @@ mkdir -p "$pki"
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 )
 
-read -r etcd_port etcd_peer_port api_port < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
+read -r etcd_port etcd_peer_port api_port < <(python3 "$here/../ports.py" 3)
 
 "$bin/etcd" --name llmroute-test --data-dir "$state/etcd" --unsafe-no-fsync \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \

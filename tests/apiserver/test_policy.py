@@ -18,7 +18,8 @@ import openai
 import pytest
 
 from tests.apiserver.conftest import OperatorProcess
-from tests.apiserver.harness import ApiServer, eventually, free_port, http_status, unique
+from tests.apiserver.harness import ApiServer, eventually, http_status, unique
+from tests.ports import free_port
 
 PRICE = {"inputPerMTok": 100.0, "outputPerMTok": 100.0}
 """Dear enough that a few dozen simulated answers spend the budget."""

@@ -18,7 +18,8 @@ import pytest
 
 from llmroute.v1 import routes_pb2
 from tests.apiserver.conftest import OperatorProcess
-from tests.apiserver.harness import ApiServer, eventually, free_port, subscribe, unique
+from tests.apiserver.harness import ApiServer, eventually, subscribe, unique
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")

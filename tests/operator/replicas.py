@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,18 +17,12 @@ import aiohttp
 
 from llmroute.endpoints import Endpoint, ranked
 from tests.egress import PrivateCA
+from tests.ports import free_port
 
 from .conftest import eventually
 
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/default/leases/llmroute-operator"
 LEASE_DURATION_S = 3.0
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the process given it binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -13,8 +13,7 @@ import pytest
 
 from llmroute.operator.kubeapi import KubeAPI
 from llmroute.operator.lease import LeaderElection
-
-from .replicas import free_port
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     from conftest import Bench

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from llmroute.operator.logformat import JsonFormatter
+from tests.ports import free_port
 
 from .conftest import eventually
-from .replicas import free_port, spawn
+from .replicas import spawn
 
 if TYPE_CHECKING:
     from conftest import Bench

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import socket
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from llmroute.sidecar.upstream import Upstream, UpstreamError
 from llmroute.sidecar.upstream import client as client_module
 from llmroute.sidecar.upstream.errors import mask
+from tests.ports import free_port
 
 REQUEST: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}
 STREAM_REQUEST = {**REQUEST, "stream": True}
@@ -31,12 +31,6 @@ async def fail(upstream: Upstream, streaming: bool, bound: float = 5) -> Upstrea
         else:
             await upstream.complete(REQUEST, timeout=bound)
     return caught.value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("streaming", [False, True])
