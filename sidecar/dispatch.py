@@ -50,7 +50,8 @@ FIRST_TOKEN_DEFAULT_S = 10.0
 route has any either: the tail hedge then fires after 30 s."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
-that p95, and at least this long apart."""
+that p95, and at least this long apart: requests sent after it may make the quorum (for those already out,
+`BackendStats.stall_due` gives the moment)."""
 
 _rng = random.Random()
 log = logging.getLogger(__name__)
@@ -315,10 +316,13 @@ class Dispatcher:
         `now` means now.
 
         Hedging classes (`hedge: true`) send it after the primary's p95, bounded by half the time to the
-        deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
-        to it are overdue as well), and otherwise only for a tail outlier: after TAIL_FACTOR times the p95
-        (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows down
-        leave it together, while one slow answer of a healthy backend is not duplicated. A backend with no
+        deadline. Every other class sends it the moment the primary stalls (STALL_QUORUM requests to it
+        overdue, this one or others; `BackendStats.stall_due` says when, so no time is lost polling), however
+        short a time this request has waited; one sent to a backend that had stalled already (nothing better
+        was left) waits its own p95 first. Otherwise only a tail outlier is hedged: after TAIL_FACTOR times
+        the p95 (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows
+        down leave it together, the later ones without first waiting out a p95 of their own, while one slow
+        answer of a healthy backend is not duplicated. A backend with no
         answer yet is judged by what the route's other backends need (the slowest of their p95s), and a
         stream with no reference at all by FIRST_TOKEN_DEFAULT_S: its first token is never waited for
         without a limit. Every hedge is bounded by the retry budget.
@@ -333,11 +337,15 @@ class Dispatcher:
             if p95 is None:
                 return math.inf
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
-        if now < started + p95:
-            return started + p95
-        if now >= tail or stats.stalled(now):
+        own = started + p95
+        stall = stats.stall_due(now)
+        if stall <= started:
+            stall = own  # sent to a backend stalled already (nothing better was left): its own p95 first
+        if now >= tail or now >= stall:
             return now
-        return min(tail, now + max(STALL_RECHECK_S, p95 / 4))
+        if now < own:
+            return min(own, stall)
+        return min(tail, stall, now + max(STALL_RECHECK_S, p95 / 4))
 
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name

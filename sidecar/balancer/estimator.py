@@ -377,22 +377,31 @@ class BackendStats:
         """Whether STALL_QUORUM requests started since the latest success are overdue, each waiting for a first
         byte past the backend's p95 (TTFT p95 for streams, answer p95 otherwise), or abandoned for a hedge
         while overdue: the backend itself has slowed down, not just one request to it."""
+        return self.stall_due(now) <= now
+
+    def stall_due(self, now: float) -> float:
+        """When the backend has stalled or will have (see `stalled`) if none of its requests in flight gets an
+        answer meanwhile: the moment the last request of the quorum became (or becomes) overdue, `inf` when
+        too few are out to make the quorum. The request path waits for exactly that moment instead of looking
+        again and again, and can tell whether a request was sent before the stall or after it."""
         if len(self._awaiting) + len(self._given_up) < STALL_QUORUM:
-            return False
+            return math.inf
         since = self._answered_since
-        overdue = sum(1 for started in self._given_up if started >= since)
         answer = self.quantile(0.95)
         if answer is None:
-            return overdue >= STALL_QUORUM
+            return now if sum(1 for started in self._given_up if started >= since) >= STALL_QUORUM else math.inf
         first_byte = self.quantile(0.95, stream=True) or answer
         sooner = min(answer, first_byte)
+        # The STALL_QUORUM earliest times at which a request was or will be overdue, sorted. One given up was
+        # overdue when it was abandoned, by now at the latest.
+        due = sorted(min(started + sooner, now) for started in self._given_up if started >= since)
         for token, started in self._awaiting.items():  # oldest first
-            waited = now - started
-            if waited <= sooner:
-                break
-            if started >= since and waited > (first_byte if token in self._streams else answer):
-                overdue += 1
-        return overdue >= STALL_QUORUM
+            if len(due) == STALL_QUORUM and started + sooner >= due[-1]:
+                break  # every later request is overdue later still
+            if started >= since:
+                bisect.insort(due, started + (first_byte if token in self._streams else answer))
+                del due[STALL_QUORUM:]
+        return due[-1] if len(due) == STALL_QUORUM else math.inf
 
     def idle_limit(self, floor: float, ceiling: float) -> float:
         """How long a stream of this backend may go without a chunk before it counts as stalled:

@@ -445,3 +445,30 @@ def test_quantiles_follow_the_window_as_old_samples_leave() -> None:
     assert (window.quantile(0.5), window.quantile(1.0)) == (2.0, 4.0)
     window.add(0.5)  # 1.0 leaves
     assert [window.quantile(q) for q in (0.25, 0.5, 0.75, 1.0)] == [0.5, 2.0, 3.0, 4.0]
+
+
+def test_the_moment_a_backend_stalls_is_known_ahead_from_the_requests_it_has_out() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)  # answers take 0.5 s: a request is overdue after that
+    stats.start(2.0)
+    assert stats.stall_due(2.1) == math.inf  # one request out can only be the backend's tail
+    stats.start(2.05)
+    stats.start(2.3)  # a third, sent later: the first two make the quorum before it is overdue
+    assert stats.stall_due(2.1) == pytest.approx(2.55)  # when the second one will be overdue
+    assert not stats.stalled(2.54)
+    assert stats.stalled(2.56)
+    assert stats.stall_due(2.9) == pytest.approx(2.55)  # a stall that began then, for what was sent after it
+    served(stats, 0.4, 2.95)  # a request sent at 2.55 answered: those out before it are stragglers
+    assert stats.stall_due(2.95) == math.inf
+
+
+def test_a_stall_made_of_a_hedge_given_up_is_due_when_the_request_still_out_is_overdue() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)
+    stats.cancel(stats.start(2.0), 2.6)  # overdue at 2.5, given up for a hedge at 2.6
+    stats.start(2.4)
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
+    stream = stats.start(2.45, stream=True)  # no stream history: judged by the answer p95 as well
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
+    stats.first_byte(stream, 2.6)
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
