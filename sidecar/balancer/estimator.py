@@ -270,9 +270,10 @@ class BackendStats:
         # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
         # after the hedges that replaced them have answered.
         self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
-        # How long the latest stream given up (or failed) without a first token had waited, until an answer
-        # comes sooner than that: streams rank the backend no better, though their TTFT estimate (first tokens
-        # seen) is from before it slowed down and nothing of it is in flight now.
+        # How long the latest stream given up (or failed) without a first token had waited, raised by each
+        # slower answer since, until an answer comes sooner than that: streams rank the backend no better,
+        # though their TTFT estimate (first tokens seen) is from before it slowed down and nothing of it is in
+        # flight now.
         self._first_token_wait = 0.0
         self._next_token = 0
 
@@ -306,9 +307,15 @@ class BackendStats:
             self._answered_within(now - started)
 
     def _answered_within(self, seconds: float) -> None:
-        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history."""
-        if seconds < self._first_token_wait:
+        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history. One
+        that came later still, while a stream's wait stands, raises that wait to it: a stream is hedged within
+        a second of a backend slowing down, and a bound of that second let the next streams back to a backend
+        whose answers (shadow probes, JSON) now take 5 s."""
+        wait = self._first_token_wait
+        if seconds < wait:
             self._first_token_wait = 0.0
+        elif wait:
+            self._first_token_wait = seconds
 
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure

@@ -472,3 +472,29 @@ def test_a_stall_made_of_a_hedge_given_up_is_due_when_the_request_still_out_is_o
     assert stats.stall_due(2.7) == pytest.approx(2.9)
     stats.first_byte(stream, 2.6)
     assert stats.stall_due(2.7) == pytest.approx(2.9)
+
+
+def test_streams_stay_off_a_slowed_backend_as_long_as_its_answers_say_so_not_just_as_long_as_one_waited() -> None:
+    stats = BackendStats()
+    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
+        token = stats.start(i * 0.5, stream=True)
+        stats.first_byte(token, i * 0.5 + 0.15)
+        stats.finish(token, i * 0.5 + 0.3)
+    stats.cancel(stats.start(10.0, stream=True), 10.4)  # it slowed down: a stream hedged after 0.4 s
+    assert stats.expected_latency(10.4, load_sensitive=False, stream=True) == pytest.approx(0.4)
+    served(stats, 5.1, 15.2)  # a shadow probe (JSON) sent at 10.1 took 5.1 s
+    # Nothing in flight: streams rank it by what its answers take now, not by the 0.4 s the stream waited
+    # before a peer 0.3 s away answered it.
+    assert stats.in_flight == 0
+    assert stats.expected_latency(15.2, load_sensitive=False, stream=True) >= 5.1
+    served(stats, 0.3, 16.0)  # recovered: an answer sooner than that clears it
+    assert stats.expected_latency(16.0, load_sensitive=False, stream=True) == pytest.approx(0.15)
+
+
+def test_a_slow_json_answer_alone_never_holds_streams_off_a_backend() -> None:
+    stats = BackendStats()
+    token = stats.start(0.0, stream=True)
+    stats.first_byte(token, 0.15)
+    stats.finish(token, 0.3)
+    served(stats, 8.0, 9.0)  # a long answer (JSON), no stream given up: streams still rank it by first tokens
+    assert stats.expected_latency(9.0, load_sensitive=False, stream=True) == pytest.approx(0.15)
