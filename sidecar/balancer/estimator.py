@@ -236,6 +236,7 @@ class BackendStats:
         "_given_up",
         "_next_token",
         "_penalty",
+        "_slow_answer",
         "_started",
         "_streams",
         "failed_in_row",
@@ -270,11 +271,12 @@ class BackendStats:
         # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
         # after the hedges that replaced them have answered.
         self._given_up: deque[float] = deque(maxlen=STALL_QUORUM)
-        # How long the latest stream given up (or failed) without a first token had waited, raised by each
-        # slower answer since, until an answer comes sooner than that: streams rank the backend no better,
-        # though their TTFT estimate (first tokens seen) is from before it slowed down and nothing of it is in
-        # flight now.
+        # How long the latest stream given up (or failed) without a first token had waited, until an answer
+        # comes sooner than that: streams rank the backend no better, though their TTFT estimate (first tokens
+        # seen) is from before it slowed down and nothing of it is in flight now.
         self._first_token_wait = 0.0
+        # The latest answer (or first token) since then that came later still: streams rank it no better either.
+        self._slow_answer = 0.0
         self._next_token = 0
 
     @property
@@ -308,14 +310,14 @@ class BackendStats:
 
     def _answered_within(self, seconds: float) -> None:
         """A first byte (or a whole answer) came this soon: a longer wait for a first token is history. One
-        that came later still, while a stream's wait stands, raises that wait to it: a stream is hedged within
-        a second of a backend slowing down, and a bound of that second let the next streams back to a backend
-        whose answers (shadow probes, JSON) now take 5 s."""
+        that came later still, while a stream's wait stands, is how slow the backend is now: a stream is hedged
+        within a second of a backend slowing down, and a bound of that second alone let the next streams back
+        to a backend whose answers (shadow probes, JSON) took 5 s."""
         wait = self._first_token_wait
         if seconds < wait:
-            self._first_token_wait = 0.0
+            self._first_token_wait = self._slow_answer = 0.0
         elif wait:
-            self._first_token_wait = seconds
+            self._slow_answer = seconds
 
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
@@ -362,12 +364,13 @@ class BackendStats:
 
         Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
         stopped answering looks slow at once, not after its first slow answer) and for streams to the wait of
-        the latest stream given up without a first token, times (in_flight + 1) only when `load_sensitive`
-        (self-hosted or concurrency-limited), plus failure rate * penalty.
+        the latest stream given up without a first token and to the latest slower answer since, times
+        (in_flight + 1) only when `load_sensitive` (self-hosted or concurrency-limited), plus failure rate *
+        penalty.
         """
         estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
         if stream and estimate is not None:
-            estimate = max(estimate, self._first_token_wait)
+            estimate = max(estimate, self._first_token_wait, self._slow_answer)
         if estimate is None:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since
