@@ -14,6 +14,16 @@ def served(stats: BackendStats, latency: float, end: float, failure: FailureKind
     stats.finish(stats.start(end - latency), end, failure)
 
 
+def healthy_streams() -> BackendStats:
+    """A backend's stats after 10 healthy streams, one every 0.5 s: first tokens in 0.15 s, answers in 0.3 s."""
+    stats = BackendStats()
+    for i in range(10):
+        token = stats.start(i * 0.5, stream=True)
+        stats.first_byte(token, i * 0.5 + 0.15)
+        stats.finish(token, i * 0.5 + 0.3)
+    return stats
+
+
 def test_one_slow_answer_is_believed_at_once() -> None:
     ewma = PeakEWMA()
     for i in range(20):
@@ -219,11 +229,7 @@ def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_
 
 
 def test_streams_avoid_a_backend_whose_first_tokens_stopped_coming_and_return_with_its_answers() -> None:
-    stats = BackendStats()
-    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
-        token = stats.start(i * 0.5, stream=True)
-        stats.first_byte(token, i * 0.5 + 0.15)
-        stats.finish(token, i * 0.5 + 0.3)
+    stats = healthy_streams()
     served(stats, 5.1, 12.0)  # it slows down: a (JSON) shadow probe takes 5.1 s
     stream = stats.start(12.0, stream=True)
     stats.cancel(stream, 14.0)  # a stream waited 2 s for its first token; a hedge answered it elsewhere
@@ -475,11 +481,7 @@ def test_a_stall_made_of_a_hedge_given_up_is_due_when_the_request_still_out_is_o
 
 
 def test_streams_stay_off_a_slowed_backend_as_long_as_its_answers_say_so_not_just_as_long_as_one_waited() -> None:
-    stats = BackendStats()
-    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
-        token = stats.start(i * 0.5, stream=True)
-        stats.first_byte(token, i * 0.5 + 0.15)
-        stats.finish(token, i * 0.5 + 0.3)
+    stats = healthy_streams()
     stats.cancel(stats.start(10.0, stream=True), 10.4)  # it slowed down: a stream hedged after 0.4 s
     assert stats.expected_latency(10.4, load_sensitive=False, stream=True) == pytest.approx(0.4)
     served(stats, 5.1, 15.2)  # a shadow probe (JSON) sent at 10.1 took 5.1 s
