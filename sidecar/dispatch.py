@@ -48,6 +48,11 @@ is the class's timeout (both bounds settable per class: streamIdle)."""
 FIRST_TOKEN_DEFAULT_S = 10.0
 """The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
 route has any either: the tail hedge then fires after 30 s."""
+LOOK_AGAIN_S = 0.1
+"""A hedge that finds no backend to go to (the retry budget refused it, or none is expected to answer in time)
+is asked for again this much later, not given up: the late attempt stays late, and the budget allows 10 more
+retries each second. Requests caught on a backend that slowed down hedge together, and one whose hedge fell
+beyond that second's allowance waited out its 3 s deadline (a 504 where a peer answers in 1 s)."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
 that p95, and at least this long apart: requests sent after it may make the quorum (for those already out,
@@ -272,12 +277,14 @@ class Dispatcher:
                     hedge_at = self._hedge_at(call, lead, lead_started, now, eager=False)  # stalled by now?
                 if hedge_at <= now:
                     # The lead attempt is slower than it should be (hedge classes: past its backend's p95;
-                    # others: past it while that backend has stalled, or a tail outlier).
-                    hedge_at = math.inf
-                    hedged = True
+                    # others: once that backend has stalled, or a tail outlier).
                     if (following := attempts.next_candidate(None)) is not None:
+                        hedge_at = math.inf
+                        hedged = True
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
+                    else:  # none may go now (retry budget, no backend expected in time): the lead is still late
+                        hedge_at = now + LOOK_AGAIN_S
                 elif now >= failover_at:
                     # What is left is just enough for the next backend: start it while it can make the deadline.
                     failover_at = math.inf
