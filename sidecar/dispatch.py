@@ -48,9 +48,15 @@ is the class's timeout (both bounds settable per class: streamIdle)."""
 FIRST_TOKEN_DEFAULT_S = 10.0
 """The p95 a stream's first token is judged by on a backend with no history, when no other backend of the
 route has any either: the tail hedge then fires after 30 s."""
+LOOK_AGAIN_S = 0.1
+"""A hedge that finds no backend to go to (the retry budget refused it, or none is expected to answer in time)
+is asked for again this much later, not given up: the late attempt stays late, and the budget allows 10 more
+retries each second. Requests caught on a backend that slowed down hedge together, and one whose hedge fell
+beyond that second's allowance waited out its 3 s deadline (a 504 where a peer answers in 1 s)."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
-that p95, and at least this long apart."""
+that p95, and at least this long apart: requests sent after it may make the quorum (for those already out,
+`BackendStats.stall_due` gives the moment)."""
 
 _rng = random.Random()
 log = logging.getLogger(__name__)
@@ -283,12 +289,14 @@ class Dispatcher:
                     hedge_at = self._hedge_at(call, lead, lead_started, now, eager=False)  # stalled by now?
                 if hedge_at <= now:
                     # The lead attempt is slower than it should be (hedge classes: past its backend's p95;
-                    # others: past it while that backend has stalled, or a tail outlier).
-                    hedge_at = math.inf
-                    hedged = True
+                    # others: once that backend has stalled, or a tail outlier).
                     if (following := attempts.next_candidate(None)) is not None:
+                        hedge_at = math.inf
+                        hedged = True
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
+                    else:  # none may go now (retry budget, no backend expected in time): the lead is still late
+                        hedge_at = now + LOOK_AGAIN_S
                 elif now >= failover_at:
                     # What is left is just enough for the next backend: start it while it can make the deadline.
                     failover_at = math.inf
@@ -327,10 +335,13 @@ class Dispatcher:
         `now` means now.
 
         Hedging classes (`hedge: true`) send it after the primary's p95, bounded by half the time to the
-        deadline. Every other class sends it after the p95 only once the primary has stalled (other requests
-        to it are overdue as well), and otherwise only for a tail outlier: after TAIL_FACTOR times the p95
-        (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows down
-        leave it together, while one slow answer of a healthy backend is not duplicated. A backend with no
+        deadline. Every other class sends it the moment the primary stalls (STALL_QUORUM requests to it
+        overdue, this one or others; `BackendStats.stall_due` says when, so no time is lost polling), however
+        short a time this request has waited; one sent to a backend that had stalled already (nothing better
+        was left) waits its own p95 first. Otherwise only a tail outlier is hedged: after TAIL_FACTOR times
+        the p95 (and at least TAIL_MARGIN_S more). So the requests caught on a backend at the moment it slows
+        down leave it together, the later ones without first waiting out a p95 of their own, while one slow
+        answer of a healthy backend is not duplicated. A backend with no
         answer yet is judged by what the route's other backends need (the slowest of their p95s), and a
         stream with no reference at all by FIRST_TOKEN_DEFAULT_S: its first token is never waited for
         without a limit. Every hedge is bounded by the retry budget.
@@ -345,11 +356,15 @@ class Dispatcher:
             if p95 is None:
                 return math.inf
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
-        if now < started + p95:
-            return started + p95
-        if now >= tail or stats.stalled(now):
+        own = started + p95
+        stall = stats.stall_due(now)
+        if stall <= started:
+            stall = own  # sent to a backend stalled already (nothing better was left): its own p95 first
+        if now >= tail or now >= stall:
             return now
-        return min(tail, now + max(STALL_RECHECK_S, p95 / 4))
+        if now < own:
+            return min(own, stall)
+        return min(tail, stall, now + max(STALL_RECHECK_S, p95 / 4))
 
     def _won(self, call: Call, answer: Answer, hedged: bool, plan: list[Candidate]) -> None:
         route = call.runtime.route.name

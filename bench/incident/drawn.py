@@ -21,6 +21,8 @@ from llmroute.sim import Behavior, Latency, Schedule
 
 NAMES = tuple(p.name for p in PROVIDERS)
 PHASES = ("healthy", "degraded", "cascade", "recovered")
+JUDGED = PHASES[1:]
+"""The phases after a transition: the target is about them (the healthy phase starts cold, and is shown)."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench.incident.drawn import Draw
-from bench.incident.seeds_report import JUDGED
+from bench.incident.drawn import JUDGED, Draw
 from bench.incident.summary import PolicyRun, quantile
 from llmroute.sim import Behavior
 from llmroute.sim.provider import keyed_draws

@@ -8,11 +8,9 @@ from pathlib import Path
 
 from bench.common import charts, machine, report
 from bench.incident.document import ORACLE_FACTOR
-from bench.incident.drawn import PHASES, Draw
+from bench.incident.drawn import JUDGED, PHASES, Draw
+from bench.incident.floor import floors
 from bench.incident.summary import PolicyRun, ms
-
-JUDGED = PHASES[1:]
-"""The phases after a transition: the target is about them (the healthy phase starts cold, and is shown)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,7 @@ def worst(results: list[SeedRun]) -> tuple[float, int, str]:
 def table(results: list[SeedRun]) -> str:
     rows = []
     for r in results:
+        floor = floors(r.draw, r.oracle)
         for phase in PHASES:
             ratio = r.ratio(phase)
             mine, theirs = r.llmroute.select(phase=phase), r.oracle.select(phase=phase)
@@ -59,13 +58,14 @@ def table(results: list[SeedRun]) -> str:
                     ms(r.p99(r.llmroute, phase)),
                     ms(r.p99(r.oracle, phase)),
                     "" if ratio is None else f"{ratio:.2f}x",
+                    f"{floor[phase][1] / floor[phase][0]:.2f}x" if phase in floor else "",
                     _shares(r.llmroute, phase),
                     r.draw.oracle_choice(r.draw.phases()[PHASES.index(phase)].start + 0.01),
                 ]
             )
     headers = [
         "seed", "phase", "requests (llmroute / oracle)", "success", "p99 llmroute ms", "p99 oracle ms", "ratio",
-        "llmroute answered by", "oracle uses",
+        "floor", "llmroute answered by", "oracle uses",
     ]  # fmt: skip
     return report.table(headers, rows)
 
@@ -128,7 +128,9 @@ app's n-th request is the same in both arms (stream or not, prompt) and carries 
 providers draw its latency (the same quantile on every backend), so the arms differ in where they send a
 request, not in the luck of the draw. A phase's p99 covers every request sent in it, failed ones at the
 time they took; the ratio is llmroute's p99 over the oracle's. The target is judged on the phases after a
-transition (the healthy phase starts with no history and is shown for reference).
+transition (the healthy phase starts with no history and is shown for reference). The floor is the ratio
+of the best router that learns of a transition only from answers (`python -m bench.incident.floor`,
+modelled on the oracle's own requests): a ratio near it is as good as answers allow.
 
 {incidents(results)}
 

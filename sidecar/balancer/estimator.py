@@ -236,6 +236,7 @@ class BackendStats:
         "_given_up",
         "_next_token",
         "_penalty",
+        "_slow_answer",
         "_started",
         "_streams",
         "failed_in_row",
@@ -274,6 +275,8 @@ class BackendStats:
         # comes sooner than that: streams rank the backend no better, though their TTFT estimate (first tokens
         # seen) is from before it slowed down and nothing of it is in flight now.
         self._first_token_wait = 0.0
+        # The latest answer (or first token) since then that came later still: streams rank it no better either.
+        self._slow_answer = 0.0
         self._next_token = 0
 
     @property
@@ -306,9 +309,15 @@ class BackendStats:
             self._answered_within(now - started)
 
     def _answered_within(self, seconds: float) -> None:
-        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history."""
-        if seconds < self._first_token_wait:
-            self._first_token_wait = 0.0
+        """A first byte (or a whole answer) came this soon: a longer wait for a first token is history. One
+        that came later still, while a stream's wait stands, is how slow the backend is now: a stream is hedged
+        within a second of a backend slowing down, and a bound of that second alone let the next streams back
+        to a backend whose answers (shadow probes, JSON) took 5 s."""
+        wait = self._first_token_wait
+        if seconds < wait:
+            self._first_token_wait = self._slow_answer = 0.0
+        elif wait:
+            self._slow_answer = seconds
 
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
@@ -355,12 +364,13 @@ class BackendStats:
 
         Peak-EWMA, raised to the age of the oldest request still waiting for its first byte (a backend that
         stopped answering looks slow at once, not after its first slow answer) and for streams to the wait of
-        the latest stream given up without a first token, times (in_flight + 1) only when `load_sensitive`
-        (self-hosted or concurrency-limited), plus failure rate * penalty.
+        the latest stream given up without a first token and to the latest slower answer since, times
+        (in_flight + 1) only when `load_sensitive` (self-hosted or concurrency-limited), plus failure rate *
+        penalty.
         """
         estimate = self.ttft.value if stream and self.ttft.value is not None else self.latency.value
         if stream and estimate is not None:
-            estimate = max(estimate, self._first_token_wait)
+            estimate = max(estimate, self._first_token_wait, self._slow_answer)
         if estimate is None:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since
@@ -377,22 +387,31 @@ class BackendStats:
         """Whether STALL_QUORUM requests started since the latest success are overdue, each waiting for a first
         byte past the backend's p95 (TTFT p95 for streams, answer p95 otherwise), or abandoned for a hedge
         while overdue: the backend itself has slowed down, not just one request to it."""
+        return self.stall_due(now) <= now
+
+    def stall_due(self, now: float) -> float:
+        """When the backend has stalled or will have (see `stalled`) if none of its requests in flight gets an
+        answer meanwhile: the moment the last request of the quorum became (or becomes) overdue, `inf` when
+        too few are out to make the quorum. The request path waits for exactly that moment instead of looking
+        again and again, and can tell whether a request was sent before the stall or after it."""
         if len(self._awaiting) + len(self._given_up) < STALL_QUORUM:
-            return False
+            return math.inf
         since = self._answered_since
-        overdue = sum(1 for started in self._given_up if started >= since)
         answer = self.quantile(0.95)
         if answer is None:
-            return overdue >= STALL_QUORUM
+            return now if sum(1 for started in self._given_up if started >= since) >= STALL_QUORUM else math.inf
         first_byte = self.quantile(0.95, stream=True) or answer
         sooner = min(answer, first_byte)
+        # The STALL_QUORUM earliest times at which a request was or will be overdue, sorted. One given up was
+        # overdue when it was abandoned, by now at the latest.
+        due = sorted(min(started + sooner, now) for started in self._given_up if started >= since)
         for token, started in self._awaiting.items():  # oldest first
-            waited = now - started
-            if waited <= sooner:
-                break
-            if started >= since and waited > (first_byte if token in self._streams else answer):
-                overdue += 1
-        return overdue >= STALL_QUORUM
+            if len(due) == STALL_QUORUM and started + sooner >= due[-1]:
+                break  # every later request is overdue later still
+            if started >= since:
+                bisect.insort(due, started + (first_byte if token in self._streams else answer))
+                del due[STALL_QUORUM:]
+        return due[-1] if len(due) == STALL_QUORUM else math.inf
 
     def idle_limit(self, floor: float, ceiling: float) -> float:
         """How long a stream of this backend may go without a chunk before it counts as stalled:

@@ -14,6 +14,16 @@ def served(stats: BackendStats, latency: float, end: float, failure: FailureKind
     stats.finish(stats.start(end - latency), end, failure)
 
 
+def healthy_streams() -> BackendStats:
+    """A backend's stats after 10 healthy streams, one every 0.5 s: first tokens in 0.15 s, answers in 0.3 s."""
+    stats = BackendStats()
+    for i in range(10):
+        token = stats.start(i * 0.5, stream=True)
+        stats.first_byte(token, i * 0.5 + 0.15)
+        stats.finish(token, i * 0.5 + 0.3)
+    return stats
+
+
 def test_one_slow_answer_is_believed_at_once() -> None:
     ewma = PeakEWMA()
     for i in range(20):
@@ -219,11 +229,7 @@ def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_
 
 
 def test_streams_avoid_a_backend_whose_first_tokens_stopped_coming_and_return_with_its_answers() -> None:
-    stats = BackendStats()
-    for i in range(10):  # healthy: first tokens in 0.15 s, answers in 0.3 s
-        token = stats.start(i * 0.5, stream=True)
-        stats.first_byte(token, i * 0.5 + 0.15)
-        stats.finish(token, i * 0.5 + 0.3)
+    stats = healthy_streams()
     served(stats, 5.1, 12.0)  # it slows down: a (JSON) shadow probe takes 5.1 s
     stream = stats.start(12.0, stream=True)
     stats.cancel(stream, 14.0)  # a stream waited 2 s for its first token; a hedge answered it elsewhere
@@ -445,3 +451,54 @@ def test_quantiles_follow_the_window_as_old_samples_leave() -> None:
     assert (window.quantile(0.5), window.quantile(1.0)) == (2.0, 4.0)
     window.add(0.5)  # 1.0 leaves
     assert [window.quantile(q) for q in (0.25, 0.5, 0.75, 1.0)] == [0.5, 2.0, 3.0, 4.0]
+
+
+def test_the_moment_a_backend_stalls_is_known_ahead_from_the_requests_it_has_out() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)  # answers take 0.5 s: a request is overdue after that
+    stats.start(2.0)
+    assert stats.stall_due(2.1) == math.inf  # one request out can only be the backend's tail
+    stats.start(2.05)
+    stats.start(2.3)  # a third, sent later: the first two make the quorum before it is overdue
+    assert stats.stall_due(2.1) == pytest.approx(2.55)  # when the second one will be overdue
+    assert not stats.stalled(2.54)
+    assert stats.stalled(2.56)
+    assert stats.stall_due(2.9) == pytest.approx(2.55)  # a stall that began then, for what was sent after it
+    served(stats, 0.4, 2.95)  # a request sent at 2.55 answered: those out before it are stragglers
+    assert stats.stall_due(2.95) == math.inf
+
+
+def test_a_stall_made_of_a_hedge_given_up_is_due_when_the_request_still_out_is_overdue() -> None:
+    stats = BackendStats()
+    served(stats, 0.5, 1.0)
+    stats.cancel(stats.start(2.0), 2.6)  # overdue at 2.5, given up for a hedge at 2.6
+    stats.start(2.4)
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
+    stream = stats.start(2.45, stream=True)  # no stream history: judged by the answer p95 as well
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
+    stats.first_byte(stream, 2.6)
+    assert stats.stall_due(2.7) == pytest.approx(2.9)
+
+
+def test_streams_stay_off_a_slowed_backend_as_long_as_its_answers_say_so_not_just_as_long_as_one_waited() -> None:
+    stats = healthy_streams()
+    stats.cancel(stats.start(10.0, stream=True), 10.4)  # it slowed down: a stream hedged after 0.4 s
+    assert stats.expected_latency(10.4, load_sensitive=False, stream=True) == pytest.approx(0.4)
+    served(stats, 5.1, 15.2)  # a shadow probe (JSON) sent at 10.1 took 5.1 s
+    # Nothing in flight: streams rank it by what its answers take now, not by the 0.4 s the stream waited
+    # before a peer 0.3 s away answered it.
+    assert stats.in_flight == 0
+    assert stats.expected_latency(15.2, load_sensitive=False, stream=True) >= 5.1
+    served(stats, 4.6, 15.8)  # its slow answers vary: the next one, a little sooner, is how slow it is now
+    assert stats.expected_latency(15.8, load_sensitive=False, stream=True) >= 4.6
+    served(stats, 0.3, 16.0)  # recovered: an answer sooner than the stream waited clears it
+    assert stats.expected_latency(16.0, load_sensitive=False, stream=True) == pytest.approx(0.15)
+
+
+def test_a_slow_json_answer_alone_never_holds_streams_off_a_backend() -> None:
+    stats = BackendStats()
+    token = stats.start(0.0, stream=True)
+    stats.first_byte(token, 0.15)
+    stats.finish(token, 0.3)
+    served(stats, 8.0, 9.0)  # a long answer (JSON), no stream given up: streams still rank it by first tokens
+    assert stats.expected_latency(9.0, load_sensitive=False, stream=True) == pytest.approx(0.15)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from llmroute.model import parse_spec
 from llmroute.sidecar.dispatch import Call, Dispatcher, _Attempts
 from llmroute.sidecar.inbound.chat import CHAT
@@ -85,3 +87,30 @@ async def test_ordered_puts_a_far_slower_backend_after_a_peer_stalled_for_less_t
     call = Call(runtime, CHAT, body, False, "batch", time.monotonic() + 20.0, frozenset())
     assert [c.name for c in dispatcher._plan(call, time.monotonic())] == ["primary", "peer"]
     await dispatcher.aclose()  # the shadow probes the plans sent (to a closed port) are not waited for
+
+
+def test_a_normal_request_leaves_a_backend_the_moment_it_stalls_not_after_a_p95_of_its_own() -> None:
+    spec = {"models": ["chat"], "backends": [backend("primary"), backend("second")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    primary = runtime.by_name["primary"]
+    stats = primary.stats
+    stats.finish(stats.start(0.5), 1.0)  # its answers take 0.5 s (the p95), on a clock driven by hand
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    call = Call(runtime, CHAT, body, False, "normal", 100.0, frozenset())
+    stats.start(2.0)
+    stats.start(2.05)
+    stats.start(2.3)  # ours: sent before anything was overdue
+    # It slowed down: the two requests before ours are overdue at 2.5 and 2.55, and ours leaves with them
+    # then, not at its own p95 (2.8).
+    assert Dispatcher._hedge_at(call, primary, 2.3, 2.3, eager=False) == pytest.approx(2.55)
+    assert Dispatcher._hedge_at(call, primary, 2.3, 2.56, eager=False) == 2.56
+    # One sent once the stall had begun (nothing better was left for it) waits its own p95 first.
+    stats.start(2.7)
+    assert Dispatcher._hedge_at(call, primary, 2.7, 2.7, eager=False) == pytest.approx(3.2)
+    assert Dispatcher._hedge_at(call, primary, 2.7, 3.2, eager=False) == 3.2
+    # The backend answers again (a request sent at 3.3): a lone request sent after that is its tail, hedged
+    # only after max(3 x p95, p95 + 1 s), with a look now and then whether requests sent later stall.
+    stats.finish(stats.start(3.3), 3.6)
+    stats.start(3.7)
+    assert Dispatcher._hedge_at(call, primary, 3.7, 3.7, eager=False) == pytest.approx(4.2)
+    assert Dispatcher._hedge_at(call, primary, 3.7, 4.2, eager=False) == pytest.approx(4.2 + 0.5 / 4)

@@ -238,6 +238,29 @@ async def test_requests_caught_on_a_backend_that_stalls_leave_it_at_its_p95(tmp_
         assert (later.headers["x-llmroute-backend"], later.headers["x-llmroute-attempts"]) == ("second", "1")
 
 
+async def test_a_hedge_the_retry_budget_refused_goes_out_once_the_budget_allows_it(tmp_path: Path) -> None:
+    # The retry budget (here only its floor: 10 retries a second) has nothing left this second when a request's
+    # hedge is due: the hedge is asked for again and goes out in a later second, instead of the request waiting
+    # on the slowed backend until its deadline (a 504 naming "the retry budget was spent").
+    spec = {
+        "strategy": "ordered",
+        "priorities": {"critical": {"timeout": "5s", "hedge": True}},
+        "retry": {"attempts": 2, "budgetPercent": 0},
+    }
+    async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
+        critical = {"x-llmroute-priority": "critical"}
+        await send(http, 10, **critical)  # the primary's p95 is about 20 ms
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
+        budget = next(iter(h.sidecar.router.runtimes.values())).retry_budget
+        while budget.try_acquire_retry(time.monotonic()):
+            pass
+        started = time.monotonic()
+        response = await http.post("/chat/completions", json=chat_body(), headers=critical)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-llmroute-backend"] == "second"
+        assert time.monotonic() - started < 4.0  # a second or so; the deadline is 5 s
+
+
 async def test_after_a_failover_the_hedge_is_timed_by_the_backend_now_answering(tmp_path: Path) -> None:
     # A critical request fails at once on the first backend and fails over to the second, which has
     # slowed down; its hedge goes out at the second backend's p95 (about 20 ms), not at a time worked out
