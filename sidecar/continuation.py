@@ -21,8 +21,9 @@ with the API's `error` event. Only text can be continued: a stream that was call
 refusing ends with the interruption instead.
 
 A continuation that breaks off in turn is continued again the same way, from all the text the app has, for
-every API alike. Each continuation is one more attempt of the app's request: it needs an attempt left under
-the route's `retry.attempts` and the retry budget's leave, and its first chunk is due within the request's
+every API alike. Each continuation is one more attempt of the app's request: at most the route's
+`retry.attempts` continuations are asked for (fail-overs before the first chunk do not count against them),
+each with the retry budget's leave, and its first chunk is due within the request's
 own timeout (`x-llmroute-timeout-ms`, or its class's), as the stream's first chunk was. When none is left,
 the app gets the API's error event, which names every interruption and why the last was not continued.
 """
@@ -104,6 +105,7 @@ class Continuation:
     """What the app has been sent of one stream, and how to go on from there."""
 
     __slots__ = (
+        "_asked",
         "_billed",
         "_breaks",
         "_call",
@@ -126,6 +128,7 @@ class Continuation:
         self._mark = 0  # characters of text the app had when the current attempt began
         self._billed = (0, 0)  # the last interrupted attempt's (input, output) tokens
         self._breaks: list[str] = []  # the interruptions continued so far
+        self._asked = 0  # continuations asked for, started or not
         self.why_not = ""
         """Why the last interruption was not continued (after `resume` returned None)."""
 
@@ -219,11 +222,11 @@ class Continuation:
         return plans, cannot
 
     def _bound(self) -> str | None:
-        """Why no further attempt may be made for the request (the route's attempts, its retry budget)."""
-        call = self._call
-        runtime = call.runtime
+        """Why no further continuation may be asked for: the route's `retry.attempts` used by continuations
+        (fail-overs before the first chunk do not count: the stream was not broken then), or its retry budget."""
+        runtime = self._call.runtime
         retry = runtime.route.retry
-        if call.attempts > retry.attempts:
+        if self._asked >= retry.attempts:
             return f"the route's {retry.attempts} retry attempts were used"
         if not runtime.retry_budget.try_acquire_retry(time.monotonic()):
             metrics = self._dispatcher.metrics
@@ -271,6 +274,7 @@ class Continuation:
                 trace=call.trace,  # the continuation is one more attempt of the app's request
             )
             call.attempts += 1
+            self._asked += 1
             try:
                 answer = await self._dispatcher.attempt(resumed, candidate)
             except UpstreamError as refused:

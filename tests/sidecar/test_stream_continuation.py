@@ -82,6 +82,28 @@ async def test_a_messages_stream_that_breaks_off_is_continued_as_one_message(tmp
         assert 'llmroute_stream_continuations_total{route="chat"} 1.0' in metrics
 
 
+async def test_a_fail_over_before_the_first_chunk_does_not_use_up_the_continuation(tmp_path: Path) -> None:
+    # `retry.attempts: 1`: the first backend answers 503, the request fails over to the second, whose stream
+    # breaks off. That fail-over happened before the stream began: the one continuation the route allows is
+    # still there, and the app gets the whole answer.
+    backends = {"down": Behavior(latency=Latency.fixed(0.01), error_rate=1.0), "broken": BROKEN, "rescuer": RESCUER}
+    spec = {**ORDERED, "retry": {"attempts": 1}}
+    async with running(tmp_path, backends, spec=spec, backend_extra={"rescuer": PREFILL}) as h:
+        body = {"model": "chat", "messages": ASK, "stream": True}
+        async with h.http() as http, http.stream("POST", "/chat/completions", json=body) as answer:
+            events = [line[6:] async for line in answer.aiter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]", events
+        chunks = [json.loads(e) for e in events[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert text == "token" + "token token token token"
+        assert h.sims["down"].stats.requests >= 1 and h.sims["broken"].stats.requests >= 1
+        assert h.sims["rescuer"].stats.last_json["messages"][-1] == {
+            "role": "assistant",
+            "content": "token",
+            "prefix": True,
+        }
+
+
 async def test_a_continuation_appends_to_the_apps_own_prefill_without_trailing_white_space(tmp_path: Path) -> None:
     backends = {"broken": ("anthropic", BROKEN), "rescuer": ("anthropic", RESCUER)}
     messages = [*ASK, {"role": "assistant", "content": [{"type": "text", "text": "Once upon a time, "}]}]
