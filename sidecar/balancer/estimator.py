@@ -322,7 +322,8 @@ class BackendStats:
     def finish(self, token: int, now: float, failure: FailureKind | None = None) -> None:
         """The attempt ended: a success (failure=None) is a latency sample; a failure counts in the failure
         rate and is only a lower bound on latency, so a fast 429/5xx never makes the backend look fast."""
-        no_first_token = token in self._awaiting and token in self._streams
+        stream = token in self._streams
+        no_first_token = stream and token in self._awaiting
         started = self._release(token)
         if started is None or (failure is not None and not failure.blames_backend):
             return
@@ -332,7 +333,8 @@ class BackendStats:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)
             self._answered_since = max(self._answered_since, started)
-            self._answered_within(elapsed)
+            if not stream:  # a stream's first token was judged at first_byte; its whole length says nothing of it
+                self._answered_within(elapsed)
         else:
             self.latency.observe_at_least(elapsed, now)
             if no_first_token:

@@ -502,3 +502,15 @@ def test_a_slow_json_answer_alone_never_holds_streams_off_a_backend() -> None:
     stats.finish(token, 0.3)
     served(stats, 8.0, 9.0)  # a long answer (JSON), no stream given up: streams still rank it by first tokens
     assert stats.expected_latency(9.0, load_sensitive=False, stream=True) == pytest.approx(0.15)
+
+
+def test_a_long_stream_after_a_given_up_one_holds_streams_off_by_its_first_token_not_its_length() -> None:
+    stats = healthy_streams()
+    stats.cancel(stats.start(10.0, stream=True), 10.4)  # a stream given up there after 0.4 s (a hedge won)
+    # The next stream's first token takes 0.5 s (it is slower now), and its whole answer 15 s: streams rank
+    # the backend by that first token, not by how long the answer ran.
+    stream = stats.start(11.0, stream=True)
+    stats.first_byte(stream, 11.5)
+    assert stats.expected_latency(11.5, load_sensitive=False, stream=True) == pytest.approx(0.5)
+    stats.finish(stream, 26.0)
+    assert stats.expected_latency(26.0, load_sensitive=False, stream=True) == pytest.approx(0.5)
