@@ -296,7 +296,7 @@ class Dispatcher:
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
                     else:  # none may go now (retry budget, no backend expected in time): the lead is still late
-                        hedge_at = now + LOOK_AGAIN_S
+                        hedge_at = now + LOOK_AGAIN_S if attempts.may_hedge_later() else math.inf
                 elif now >= failover_at:
                     # What is left is just enough for the next backend: start it while it can make the deadline.
                     failover_at = math.inf
@@ -592,6 +592,7 @@ class _Attempts:
         self._call = call
         self._plan = plan
         self.running: dict[asyncio.Task[Answer], Candidate] = {}
+        self._refused = False  # the retry budget refused this call an attempt already (counted once)
 
     def start(self, candidate: Candidate) -> None:
         """Send the call to `candidate`."""
@@ -605,21 +606,35 @@ class _Attempts:
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
-        if call.attempts > retry.attempts:
-            call.not_tried = f"the route's {retry.attempts} retry attempts were used"
-            return None
-        if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
-            call.not_tried = "too little time was left before the deadline"
+        if (spent := self._spent()) is not None:
+            call.not_tried = spent
             return None
         if after is not None and after.kind not in retry.retry_on and after.kind not in _ALWAYS_ELSEWHERE:
             call.not_tried = f"{after.kind} is not in the route's retryOn"
             return None
         candidate = self.peek(hedge=after is None)
         if candidate is not None and not runtime.retry_budget.try_acquire_retry(time.monotonic()):
-            self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
+            if not self._refused:  # a hedge asked for again is still the one attempt not made
+                self._refused = True
+                self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
             call.not_tried = "the retry budget was spent"
             return None
         return candidate
+
+    def may_hedge_later(self) -> bool:
+        """Whether a hedge none may go for now could go later: the retry budget refills and the backends'
+        estimates move, but the attempts used and the time left only go one way (`_spent`)."""
+        return self._spent() is None
+
+    def _spent(self) -> str | None:
+        """Why no attempt may follow for good: the route's retry attempts used, or too little time left."""
+        call = self._call
+        attempts = call.runtime.route.retry.attempts
+        if call.attempts > attempts:
+            return f"the route's {attempts} retry attempts were used"
+        if call.deadline - time.monotonic() < MIN_ATTEMPT_S:
+            return "too little time was left before the deadline"
+        return None
 
     def peek(self, *, hedge: bool = False) -> Candidate | None:
         """The backend a retry or hedge would go to now. Backends not yet tried come first, in plan order;
