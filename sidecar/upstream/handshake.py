@@ -73,8 +73,11 @@ class Handshake(asyncio.Protocol):
         return await self.exactly(end + 4, awaiting)
 
     def finish(self, after: str) -> asyncio.Transport:
-        """The connection, once the handshake is over; ProxyError if the proxy said more than it should have."""
+        """The connection, once the handshake is over; ProxyError if the proxy said more than it should have,
+        or already closed the tunnel (a request written into it would wait for its timeout instead)."""
         if self._buffer:
             raise ProxyError(f"proxy {self.proxy} sent bytes after {after}")
+        if self._ended is not None:
+            raise ProxyError(f"proxy {self.proxy} {self._ended} after {after}")
         assert self.transport is not None
         return self.transport

@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from llmroute.sidecar.upstream.egress import Egress, parse_proxy
-from llmroute.sidecar.upstream.neterrors import ConnectError, ProxyError
+from llmroute.sidecar.upstream.neterrors import ConnectError, ProxyError, TransportError, TransportTimeout
 from llmroute.sidecar.upstream.transport import Pool
 from tests.egress import PrivateCA
 from tests.proxies import pproxy
@@ -281,6 +281,29 @@ async def test_a_socks5_proxys_refusals_are_named(userinfo: str, script: list[by
     try:
         with pytest.raises(ProxyError, match=re.escape(message)):
             await pool.request("POST", "http://127.0.0.1:9/v1/chat/completions", {}, b"{}")
+    finally:
+        await pool.aclose()
+        server.close()
+
+
+async def test_a_tunnel_the_proxy_closes_as_it_grants_it_fails_at_once() -> None:
+    """A SOCKS5 proxy that grants the CONNECT and hangs up (the backend went away at once): the request fails
+    over as a connection failure at once, not after waiting for an answer on a closed tunnel."""
+
+    async def grant_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(512)
+        writer.write(b"\x05\x00")
+        await reader.read(512)
+        writer.write(b"\x05\x00\x00\x01" + bytes(6))
+        writer.close()
+
+    server = await asyncio.start_server(grant_and_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Pool(egress=Egress(http_proxy=parse_proxy(f"socks5://127.0.0.1:{port}", "HTTP_PROXY")))
+    try:
+        with pytest.raises(TransportError) as caught:
+            await asyncio.wait_for(pool.request("POST", "http://127.0.0.1:9/v1/chat/completions", {}, b"{}"), 30)
+        assert not isinstance(caught.value, TransportTimeout), caught.value
     finally:
         await pool.aclose()
         server.close()
