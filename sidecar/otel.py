@@ -118,6 +118,7 @@ class RequestSpan:
                 tokens_in, tokens_out = answer.tokens()
                 span.set_attribute("gen_ai.usage.input_tokens", tokens_in)
                 span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
+                span.set_attribute("llmroute.cost_usd", answer.cost)  # the broken attempts' part included
         if outcome not in ("success", "abandoned"):
             # The last backend error says why, where there is one (else: a deadline, a refusal, ...).
             kind = call.errors[-1][1].kind.value if call.errors else outcome

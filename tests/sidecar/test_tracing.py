@@ -211,7 +211,11 @@ async def test_the_request_span_of_a_continued_stream_carries_the_whole_answers_
     # span says what the app was billed (both attempts), each attempt span what its backend reported.
     broken = Behavior(latency=Latency.fixed(0.005), midstream_failure_rate=1.0, output_tokens=6)
     backends = {"broken": broken, "rescuer": Behavior(latency=Latency.fixed(0.005), output_tokens=4)}
-    extra: dict[str, dict[str, object]] = {"rescuer": {"capabilities": ["prefill"]}}
+    price = {"inputPerMTok": 1000.0, "outputPerMTok": 2000.0}
+    extra: dict[str, dict[str, object]] = {
+        "broken": {"price": price},
+        "rescuer": {"capabilities": ["prefill"], "price": price},
+    }
     stream_body = chat_body(stream=True, stream_options={"include_usage": True})
     async with collecting(monkeypatch) as collector:
         async with (
@@ -219,7 +223,9 @@ async def test_the_request_span_of_a_continued_stream_carries_the_whole_answers_
             h.http() as http,
             http.stream("POST", "/chat/completions", json=stream_body) as answer,
         ):
-            events = [line[6:] async for line in answer.aiter_lines() if line.startswith("data: ")]
+            lines = [line async for line in answer.aiter_lines()]
+        events = [line[6:] for line in lines if line.startswith("data: ")]
+        comments = [line for line in lines if line.startswith(":")]
         assert events[-1] == "[DONE]"
         usage = json.loads(events[-2])["usage"]
         spans = list(collector.spans)
@@ -232,6 +238,9 @@ async def test_the_request_span_of_a_continued_stream_carries_the_whole_answers_
     continued = attempts[1].attributes
     assert usage["prompt_tokens"] > continued["gen_ai.usage.input_tokens"]  # the broken attempt's prompt counts
     assert usage["completion_tokens"] == continued["gen_ai.usage.output_tokens"] + 1  # and its one chunk ("token")
+    cost = float(next(line for line in comments if line.startswith(": x-llmroute-cost-usd=")).split("=")[1])
+    assert cost > continued["llmroute.cost_usd"]  # the broken attempt's part is in what the app was told
+    assert request.attributes["llmroute.cost_usd"] == pytest.approx(cost, abs=1e-8)
 
 
 async def test_spans_can_be_exported_over_otlp_grpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
