@@ -471,14 +471,16 @@ class QuotaService:
             self._figures[key] = QuotaFigures(start, used, reserved, rejected, previous, smallest, piece)
 
     def _largest_piece(self, limit: Limit, start: int) -> float:
-        """The largest room one sidecar holds in the window, or the rest of the limit nobody holds if larger."""
+        """The largest room one sidecar holds in the window, or the rest of the limit nobody holds if larger. A
+        previous-release replica's static share is held, but is no one sidecar's room: how it splits is unknown."""
         held = largest = 0.0
-        for sidecar in self.allocator.sidecars.values():
+        for sid, sidecar in self.allocator.sidecars.items():
             holding = sidecar.holdings.get((limit.key, start))
             if holding is not None:
                 in_force = holding.in_force(sidecar.echoed)
                 held += max(in_force, holding.floor)
-                largest = max(largest, in_force - holding.floor)
+                if sid not in self._set_aside:
+                    largest = max(largest, in_force - holding.floor)
         return max(largest, limit.limit - held)
 
     def figures(self, key: QuotaKey) -> QuotaFigures | None:
