@@ -21,7 +21,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llmroute import __version__
 from llmroute.sidecar.balancer.candidates import Candidate
@@ -179,14 +179,8 @@ class AttemptSpan:
         self._span.end()
 
     def fail(self, error: UpstreamError) -> None:
-        span = self._span
-        span.set_attribute("error.type", error.kind.value)
-        span.set_attribute("llmroute.outcome", error.kind.value)
-        if error.status is not None:
-            span.set_attribute("http.response.status_code", error.status)
-        # The kind and status only: an upstream's message may quote the request back.
-        span.set_status(Status(StatusCode.ERROR, error.kind.value))
-        span.end()
+        _failed(self._span, error)
+        self._span.end()
 
     def abandon(self) -> None:
         self._span.set_attribute("llmroute.outcome", "abandoned")
@@ -280,11 +274,7 @@ class CountSpan:
             span.set_attribute("llmroute.outcome", "success")
         else:
             self._provider = None
-            span.set_attribute("error.type", error.kind.value)
-            span.set_attribute("llmroute.outcome", error.kind.value)
-            if error.status is not None:
-                span.set_attribute("http.response.status_code", error.status)
-            span.set_status(Status(StatusCode.ERROR, error.kind.value))  # never the message: it may quote the body
+            _failed(span, error)
         span.end()
 
     def end(self, status: int | None, backend: str | None) -> None:
@@ -351,3 +341,13 @@ def _server(url: str) -> dict[str, Any]:
     if not parts.hostname:
         return {}
     return {"server.address": parts.hostname, "server.port": parts.port or (443 if parts.scheme == "https" else 80)}
+
+
+def _failed(span: Span, error: UpstreamError) -> None:
+    """Mark a backend call's span failed: its error kind and HTTP status only, never the message (an upstream's
+    message may quote the request back)."""
+    span.set_attribute("error.type", error.kind.value)
+    span.set_attribute("llmroute.outcome", error.kind.value)
+    if error.status is not None:
+        span.set_attribute("http.response.status_code", error.status)
+    span.set_status(Status(StatusCode.ERROR, error.kind.value))
