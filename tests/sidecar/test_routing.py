@@ -259,9 +259,11 @@ async def test_a_hedge_the_retry_budget_refused_goes_out_once_the_budget_allows_
         assert response.status_code == 200, response.text
         assert response.headers["x-llmroute-backend"] == "second"
         assert time.monotonic() - started < 4.0  # a second or so; the deadline is 5 s
-        # Asked for again every 0.1 s while refused, it is still one retry the budget did not allow.
+        # Asked for again every 0.1 s while refused, it is still one retry the budget did not allow (none, in the
+        # rare run where the budget's second turned between the draining above and the hedge).
         metrics = (await http.get(f"{h.admin_url}/metrics")).text
-        assert 'llmroute_retry_budget_exhausted_total{route="chat"} 1.0' in metrics
+        counted = re.search(r'^llmroute_retry_budget_exhausted_total\{route="chat"\} (\S+)$', metrics, re.MULTILINE)
+        assert counted is None or float(counted.group(1)) == 1.0, counted
 
 
 async def test_after_a_failover_the_hedge_is_timed_by_the_backend_now_answering(tmp_path: Path) -> None:
