@@ -44,6 +44,16 @@ def require_model(body: dict[str, Any]) -> str:
     return model
 
 
+def streams(body: dict[str, Any]) -> bool:
+    """Whether the request asks for a stream. The sidecar answers JSON or SSE by it, so anything but a boolean
+    (or null, OpenAI's "not set") is a 400 here rather than a guess that the backend might read otherwise."""
+    value = body.get("stream")
+    if value is None or isinstance(value, bool):
+        return value is True
+    shown = json.dumps(value) if isinstance(value, str | int | float) else f"a JSON {type(value).__name__}"
+    raise invalid(f"'stream' must be a boolean, not {shown[:40]}")
+
+
 def estimate_tokens(value: Any) -> int:
     """About how many tokens `value` (text, or JSON of parts) holds."""
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

@@ -13,6 +13,7 @@ from llmroute.sidecar.inbound.base import (
     invalid,
     output_limit,
     require_model,
+    streams,
 )
 from llmroute.sidecar.upstream.base import DONE
 
@@ -57,7 +58,7 @@ class Chat(Inbound):
         chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
         return Parsed(
             model=model,
-            stream=body.get("stream") is True,
+            stream=streams(body),
             needs=needed_capabilities(body),
             tokens_in=max(chars // CHARS_PER_TOKEN, 1),
             tokens_out=output_limit(body, "max_completion_tokens", "max_tokens"),

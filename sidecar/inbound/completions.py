@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, output_limit, require_model
+from llmroute.sidecar.inbound.base import (
+    Inbound,
+    Parsed,
+    estimate_tokens,
+    invalid,
+    output_limit,
+    require_model,
+    streams,
+)
 from llmroute.sidecar.upstream.base import DONE
 
 
@@ -25,7 +33,7 @@ class Completions(Inbound):
             needs.add("logprobs")
         return Parsed(
             model=model,
-            stream=body.get("stream") is True,
+            stream=streams(body),
             needs=frozenset(needs),
             tokens_in=estimate_tokens(prompt),
             tokens_out=output_limit(body, "max_tokens") if "max_tokens" in body else 16,  # the API's default

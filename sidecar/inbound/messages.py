@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmroute.model import Api
-from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, require_model
+from llmroute.sidecar.inbound.base import Inbound, Parsed, estimate_tokens, invalid, require_model, streams
 
 
 def _is_image(block: Any) -> bool:
@@ -55,7 +55,7 @@ class Messages(Inbound):
             raise invalid("max_tokens: field required (a positive integer)")
         return Parsed(
             model=model,
-            stream=body.get("stream") is True,
+            stream=streams(body),
             needs=needed_capabilities(body),
             tokens_in=estimate_tokens([body.get("system"), messages]),
             tokens_out=max_tokens,

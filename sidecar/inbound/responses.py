@@ -21,6 +21,7 @@ from llmroute.sidecar.inbound.base import (
     invalid,
     output_limit,
     require_model,
+    streams,
 )
 
 _ERROR_TYPES = {429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error"}
@@ -50,7 +51,7 @@ class Responses(Inbound):
             raise invalid("'input' must be a string or a non-empty array of input items")
         return Parsed(
             model=model,
-            stream=body.get("stream") is True,
+            stream=streams(body),
             needs=needed_capabilities(body),
             tokens_in=estimate_tokens([body.get("instructions"), items]),
             tokens_out=output_limit(body, "max_output_tokens"),

@@ -131,6 +131,22 @@ async def test_request_without_messages_is_400_before_any_backend(tmp_path: Path
         assert h.sims["a"].stats.requests == 0
 
 
+async def test_a_stream_flag_that_is_not_a_boolean_is_400_naming_it(tmp_path: Path) -> None:
+    # The sidecar answers JSON or SSE by `stream`: "true" or 1 is refused, never read one way here and
+    # another by the backend. Null is OpenAI's "not set".
+    async with running(tmp_path, {"a": FAST}) as h, h.http() as http:
+        for path, body in (
+            ("/chat/completions", chat_body(stream="true")),
+            ("/completions", {"model": "chat", "prompt": "hi", "stream": 1}),
+            ("/responses", {"model": "chat", "input": "hi", "stream": "yes"}),
+        ):
+            response = await http.post(path, json=body)
+            assert response.status_code == 400, (path, response.text)
+            assert "'stream' must be a boolean" in response.json()["error"]["message"]
+        assert h.sims["a"].stats.requests == 0
+        assert (await http.post("/chat/completions", json=chat_body(stream=None))).status_code == 200
+
+
 async def test_every_backend_rate_limited_is_429_with_retry_after(tmp_path: Path) -> None:
     limited = Behavior(rate_limit_rate=1.0, retry_after=7)
     async with running(tmp_path, {"a": limited, "b": limited}) as h, h.http() as http:

@@ -234,6 +234,7 @@ async def test_errors_are_in_anthropic_shape(tmp_path: Path) -> None:
                 await http.post("/messages", content=b"{not json"),
                 await http.post("/messages", content=b'{"model": "chat", "messages": ' + b"[" * 50_000),
                 await http.post("/messages/count_tokens", json={"model": "chat"}),
+                await http.post("/messages", json={"model": "chat", "max_tokens": 10, "messages": ASK, "stream": 1}),
             ):
                 assert response.status_code in (400, 405)
                 assert spec_errors("anthropic", "ErrorResponse", response.json()) == []
