@@ -1,7 +1,7 @@
-"""How backend and passthrough calls leave the pod: which proxy (HTTPS_PROXY / HTTP_PROXY / NO_PROXY; an http,
-https or SOCKS5 proxy), which CAs are trusted (public roots plus SSL_CERT_FILE, SSL_CERT_DIR, --ca-bundle and a
-backend's own CA), and the caps (open connections per backend, bytes of a whole JSON answer). Read once at start;
-the transport asks it per origin."""
+"""How backend and passthrough calls leave the pod: which proxy (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY /
+NO_PROXY; an http, https or SOCKS5 proxy), which CAs are trusted (public roots plus SSL_CERT_FILE,
+SSL_CERT_DIR, --ca-bundle and a backend's own CA), and the caps (open connections per backend, bytes of a
+whole JSON answer). Read once at start; the transport asks it per origin."""
 
 from __future__ import annotations
 
@@ -161,6 +161,14 @@ def _env(environ: Mapping[str, str], name: str) -> str:
     return value if value is not None else environ.get(name.upper(), "")
 
 
+def _proxy(environ: Mapping[str, str], name: str) -> Proxy | None:
+    """The proxy variable `name` names, else ALL_PROXY (as curl and httpx read it), else None."""
+    for variable in (name, "all_proxy"):
+        if value := _env(environ, variable):
+            return parse_proxy(value, variable.upper())
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Egress:
     """Egress settings for every backend and passthrough call of one sidecar."""
@@ -188,13 +196,12 @@ class Egress:
         """Settings from the proxy variables, SSL_CERT_FILE and SSL_CERT_DIR; ValueError naming the variable or
         file at fault (a CA file that does not load is refused here, at start, rather than on the first call)."""
         environ = os.environ if environ is None else environ
-        https, http = _env(environ, "https_proxy"), _env(environ, "http_proxy")
         cert_file = environ.get("SSL_CERT_FILE", "")
         files = tuple(Path(p) for p in (cert_file, ca_bundle) if p)
         dirs = tuple(Path(p) for p in environ.get("SSL_CERT_DIR", "").split(os.pathsep) if p)
         egress = cls(
-            https_proxy=parse_proxy(https, "HTTPS_PROXY") if https else None,
-            http_proxy=parse_proxy(http, "HTTP_PROXY") if http else None,
+            https_proxy=_proxy(environ, "https_proxy"),
+            http_proxy=_proxy(environ, "http_proxy"),
             no_proxy=NoProxy(_env(environ, "no_proxy")),
             ca_files=files,
             ca_dirs=dirs,

@@ -299,6 +299,12 @@ def test_proxy_variables_lower_case_first_and_bad_values_named() -> None:
     assert egress.proxy_for("https", "api.openai.com", 443) == egress.https_proxy
     with pytest.raises(ValueError, match="HTTPS_PROXY: proxy scheme must be"):
         Egress.from_environment({"HTTPS_PROXY": "ftp://proxy:1080"})
+    # ALL_PROXY stands in for a scheme whose own variable is unset or empty, as in curl and httpx.
+    every = Egress.from_environment({"ALL_PROXY": "socks5://all:1080", "http_proxy": "http://web:3128"})
+    assert str(every.https_proxy) == "socks5://all:1080" and str(every.http_proxy) == "web:3128"
+    assert str(Egress.from_environment({"https_proxy": "", "all_proxy": "all:3128"}).https_proxy) == "all:3128"
+    with pytest.raises(ValueError, match="ALL_PROXY: proxy scheme must be"):
+        Egress.from_environment({"all_proxy": "socks4://proxy:1080"})
     with pytest.raises(ValueError, match="CA bundle /nonexistent"):
         Egress.from_environment({}, ca_bundle=Path("/nonexistent/ca.pem"))
     secret = parse_proxy("http://user:hunter2@proxy:3128", "HTTPS_PROXY")
