@@ -162,8 +162,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dial the control plane without TLS: API keys cross the network unencrypted (local development "
         "only; logs a warning)",
     )
-    parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 4000), metavar="HOST:PORT")
-    parser.add_argument("--admin-listen", type=host_port, default=("127.0.0.1", 4001), metavar="HOST:PORT")
+    parser.add_argument(
+        "--listen",
+        type=host_port,
+        default=("127.0.0.1", 4000),
+        metavar="HOST:PORT",
+        help="where the app's calls arrive (default 127.0.0.1:4000)",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        type=host_port,
+        default=("127.0.0.1", 4001),
+        metavar="HOST:PORT",
+        help="/metrics, /healthz, /readyz, /debug/routes and /debug/backends (default 127.0.0.1:4001)",
+    )
     parser.add_argument(
         "--secrets-dir",
         type=Path,
@@ -179,7 +191,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where requests no route names (unknown models, unlisted paths) go, with the app's own credentials; "
         "each URL as the SDK's base URL (OpenAI's with /v1); default off: a 404",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        metavar="N",
+        help="a larger body on an inbound API path is a 413 (default 8 MiB; other passthrough paths stream theirs)",
+    )
     parser.add_argument(
         "--read-timeout",
         type=_positive_seconds,
@@ -209,7 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="access-log lines held while stdout is slow; beyond them lines are dropped "
         "(llmroute_access_log_dropped_total), never requests delayed",
     )
-    out = parser.add_argument_group("egress (backend and passthrough calls; HTTPS_PROXY, HTTP_PROXY, NO_PROXY too)")
+    out = parser.add_argument_group(
+        "egress (backend and passthrough calls; HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY too)"
+    )
     out.add_argument(
         "--ca-bundle",
         type=Path,
