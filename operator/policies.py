@@ -154,7 +154,9 @@ class PolicyController:
             await asyncio.sleep(self._refresh)
 
     async def _warn(self, obj: RouteObject) -> None:
-        """A Warning Event when a budget passes 80% and when it is exhausted, once per budget and window."""
+        """A Warning Event when a budget passes 80% and when it is spent, once per budget and window. A budget
+        that reads Exhausted only because what is left is split into pieces too small for a request gets no
+        Event: the operator gathers them, and requests pass again."""
         policy = self._parse(obj).policy
         if policy is None or not self._leading():
             return
@@ -167,7 +169,7 @@ class PolicyController:
             state = budget_state(budget, figures, now)
             window = starts[budget.name]
             spent = f"{state.spent:.2f} of {budget.limit_usd:g} USD in this {window_text(budget.window)} window"
-            if state.state != "Ok" and (budget.name, "exhausted", window) not in seen:
+            if state.spent_out and (budget.name, "exhausted", window) not in seen:
                 seen |= {(budget.name, "exhausted", window), (budget.name, "80", window)}
                 then = _CONSEQUENCE[budget.action]
                 await post_event(

@@ -37,6 +37,9 @@ class BudgetState:
     window_start: float
     spent: float
     state: str
+    spent_out: bool = False
+    """What is left pays for no request: the budget is spent, not only split into pieces too small for one
+    (which the operator gathers, so a state of Exhausted for that reason alone is brief)."""
 
     @property
     def share(self) -> float:
@@ -52,18 +55,18 @@ def budget_state(budget: Budget, figures: QuotaFigures | None, now: float) -> Bu
         return BudgetState(budget, start, 0.0, "Ok")
     limit = budget.limit_usd
     spent = figures.used
-    exhausted = (
+    spent_out = (
         spent >= limit
         # What is left once everything in flight has settled pays for no request the window has seen.
         or (figures.smallest_ask > 0 and limit - spent < figures.smallest_ask)
-        # Sidecars refuse requests and no sidecar's room, nor the rest no sidecar holds, pays for one.
-        or (figures.rejected > 0 and figures.largest_piece is not None and figures.largest_piece < figures.smallest_ask)
         or (figures.rejected > 0 and spent + figures.reserved >= EXHAUSTED_SHARE * limit)
     )
+    # Sidecars refuse requests and no sidecar's room, nor the rest no sidecar holds, pays for one.
+    split = figures.rejected > 0 and figures.largest_piece is not None and figures.largest_piece < figures.smallest_ask
     state = "Ok"
-    if exhausted:
+    if spent_out or split:
         state = "Downgraded" if budget.action == "Downgrade" else "Exhausted"
-    return BudgetState(budget, start, spent, state)
+    return BudgetState(budget, start, spent, state, spent_out)
 
 
 def programmed(generation: int, sidecars: SidecarCounts, *, reconnecting: bool) -> Check:

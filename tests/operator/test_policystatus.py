@@ -27,24 +27,27 @@ def figures(
 
 
 @pytest.mark.parametrize(
-    ("seen", "state"),
+    ("seen", "state", "spent_out"),
     [
-        (None, "Ok"),  # nothing reported yet
-        (figures(0.09, 0.003), "Ok"),
-        (figures(0.098, 0.003), "Exhausted"),  # 0.002 left: less than any request made in the window
-        (figures(0.098, 0.0), "Ok"),  # no request sizes known (another release's replicas), no refusals
-        (figures(0.0995, 0.0, rejected=3), "Exhausted"),  # refused with 99.5% spent
-        (figures(0.1, 0.0), "Exhausted"),
-        (figures(0.09, 0.003, reserved=0.009), "Ok"),  # in flight: it may settle lower
+        (None, "Ok", False),  # nothing reported yet
+        (figures(0.09, 0.003), "Ok", False),
+        (figures(0.098, 0.003), "Exhausted", True),  # 0.002 left: less than any request made in the window
+        (figures(0.098, 0.0), "Ok", False),  # no request sizes known (another release's replicas), no refusals
+        (figures(0.0995, 0.0, rejected=3), "Exhausted", True),  # refused with 99.5% spent
+        (figures(0.1, 0.0), "Exhausted", True),
+        (figures(0.09, 0.003, reserved=0.009), "Ok", False),  # in flight: it may settle lower
         # 0.01 left, but in pieces of at most 0.002 (sidecars' rooms, the rest nobody holds) while requests of
-        # 0.003 are refused: none of them pays for one.
-        (figures(0.09, 0.003, rejected=2, piece=0.002), "Exhausted"),
-        (figures(0.09, 0.003, rejected=2, piece=0.004), "Ok"),  # one piece pays for a request
-        (figures(0.09, 0.003, piece=0.002), "Ok"),  # nobody refused: nobody asks for more now
+        # 0.003 are refused: none of them pays for one now, and the operator gathers them (no Event: not spent).
+        (figures(0.09, 0.003, rejected=2, piece=0.002), "Exhausted", False),
+        (figures(0.09, 0.003, rejected=2, piece=0.004), "Ok", False),  # one piece pays for a request
+        (figures(0.09, 0.003, piece=0.002), "Ok", False),  # nobody refused: nobody asks for more now
     ],
 )
-def test_a_budget_is_exhausted_once_what_is_left_pays_for_no_request(seen: QuotaFigures | None, state: str) -> None:
+def test_a_budget_is_exhausted_once_what_is_left_pays_for_no_request(
+    seen: QuotaFigures | None, state: str, spent_out: bool
+) -> None:
     assert budget_state(budget(), seen, NOW).state == state
+    assert budget_state(budget(), seen, NOW).spent_out == spent_out
 
 
 def test_a_downgrade_budget_in_that_state_is_downgraded() -> None:

@@ -264,7 +264,9 @@ def test_the_granting_replica_knows_the_largest_piece_of_what_is_left_and_the_st
     figures = service.figures(KEY)
     assert figures is not None and figures.largest_piece == pytest.approx(0.5)
     assert LIMIT - figures.used > figures.smallest_ask  # the remainder alone would read Ok
-    assert budget_state(POLICY.budgets[0], figures, now[0]).state == "Exhausted"
+    split = budget_state(POLICY.budgets[0], figures, now[0])
+    assert split.state == "Exhausted"
+    assert not split.spent_out  # every sidecar refuses now, but the budget is not spent: no BudgetExhausted Event
     # A replica of the previous release joins, with a static quarter of every limit: that share is held, and no
     # one sidecar's room (its sidecars split it), so it makes no piece of its own.
     service.set_aside(["old-0"], 0.25)
