@@ -310,6 +310,9 @@ class StubSidecar:
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None
+        # One write at a time on the stream: grpc.aio refuses a second while one is in progress
+        # (TOO_MANY_OPERATIONS), as when the test subscribes to policies while an ACK is being sent.
+        self._writing = asyncio.Lock()
 
     @property
     def node(self) -> routes_pb2.Node:
@@ -334,19 +337,24 @@ class StubSidecar:
 
     async def subscribe_policies(self) -> None:
         """Ask for the policy set on the same stream (its own type); each one is ACKed."""
-        await self._call.write(routes_pb2.RouteRequest(type_url=rpc.TYPE_POLICIES))
+        await self._write(self._call, routes_pb2.RouteRequest(type_url=rpc.TYPE_POLICIES))
+
+    async def _write(self, call: Any, request: routes_pb2.RouteRequest) -> None:
+        async with self._writing:
+            await call.write(request)
 
     async def _serve(self, call: Any) -> None:
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
                 if response.type_url == rpc.TYPE_POLICIES:
                     self.policies.append(response)
-                    await call.write(
+                    await self._write(
+                        call,
                         routes_pb2.RouteRequest(
                             type_url=response.type_url,
                             version_info=response.version_info,
                             response_nonce=response.nonce,
-                        )
+                        ),
                     )
                     continue
                 self.received.append((time.monotonic(), response))
@@ -357,7 +365,7 @@ class StubSidecar:
                 else:
                     self.version = response.version_info
                     answer = routes_pb2.RouteRequest(version_info=self.version, response_nonce=response.nonce)
-                await call.write(answer)
+                await self._write(call, answer)
         except grpc.aio.AioRpcError as exc:
             self.closed = exc
 
