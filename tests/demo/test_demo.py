@@ -88,7 +88,9 @@ def test_failing_second_backend_loses_its_traffic(
     _, summary = demo
     assert _phase(summary, "incident")["share"]["claude"] >= 0.3  # it took over from the slow primary
     assert _phase(summary, "cascade")["share"]["claude"] <= 0.2  # until it started failing
-    assert summary["router"]["ejections"] >= 1
+    # Not asserted: an ejection. Claude fails 35% with 5xx and 20% with 429; its first 5xx costs it its rank
+    # (the failure rate), so when none of the ~10 requests it has out as the cascade begins draws a 429 (about
+    # 1 run in 10) it loses its traffic without ever being ejected. A CI run at load 3 saw just that.
 
 
 def test_batch_goes_to_the_cheapest_backend(demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
