@@ -61,6 +61,7 @@ class Attempt:
         stream: bool = False,
         api: Api = "chat",
         trace: RequestTrace | None = None,
+        shadow: bool = False,
     ) -> None:
         self.runtime = runtime
         self.candidate = candidate
@@ -78,7 +79,7 @@ class Attempt:
         """A half-open backend's one trial request: its verdict closes or reopens the circuit."""
         if load is not None:
             load.start(runtime.route.name, candidate.name)
-        self._token = candidate.stats.start(self.started, stream=stream)
+        self._token = candidate.stats.start(self.started, stream=stream, shadow=shadow)
         spec = candidate.spec
         self._genai = metrics.genai(OPERATION_NAMES[api], PROVIDER_NAMES[spec.provider], spec.model)
         self.span: AttemptTrace | None = trace.attempt(candidate) if trace is not None else None

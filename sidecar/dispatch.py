@@ -229,7 +229,7 @@ class Dispatcher:
             late.sort(key=_soonest)
         ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, [c for _, c in late])
         for candidate in runtime.shadow.due(ranked, now):
-            self._spawn(self._shadow_probe(runtime, candidate), f"shadow probe {route.name}/{candidate.name}")
+            self._spawn(self._shadow_probe(runtime, candidate, now), f"shadow probe {route.name}/{candidate.name}")
         return ranked
 
     # ----- the attempt loop -----------------------------------------------------------------------------
@@ -479,12 +479,13 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(functools.partial(log_failure, log=log))
 
-    async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate) -> None:
-        """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh."""
+    async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate, due: float) -> None:
+        """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh
+        (`due`: when the prober chose it)."""
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
         try:
-            with Attempt(runtime, candidate, self.metrics, self.load, api=api) as attempt:
+            with Attempt(runtime, candidate, self.metrics, self.load, api=api, shadow=True) as attempt:
                 try:
                     completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
                 except UpstreamError as error:
@@ -492,7 +493,7 @@ class Dispatcher:
                 else:
                     attempt.succeed(completion.usage, "shadow")
         finally:
-            runtime.shadow.done(candidate.name)
+            runtime.shadow.done(candidate.name, due)
 
     async def probe_ejected(self, runtime: RouteRuntime) -> None:
         """Probe (GET /models, never a completion) every backend whose ejection is over."""

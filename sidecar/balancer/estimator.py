@@ -99,13 +99,18 @@ class PeakEWMA:
 
 
 IMPROBABLE_RUN = 0.1
-"""A run of successes this unlikely at the failure rate read when it began shows the backend has changed."""
+"""A run of successes this unlikely at the failure share read when it began shows the backend has changed."""
 QUIET_S = DECAY_S / 2
 """Successes only, for this long since the latest failure, also clear the failures: a backend kept away
 (ejected, or behind its peers) for a while is not held to a share that its silence cannot change."""
 PROBED_RUN = 20
 """A failing backend whose recovery takes at most this many successes in a row to prove is probed again as
 soon as each probe is back (`recovering`); one with fewer failures is left to time decay and its traffic."""
+RECENT_OUTCOMES = 20
+"""Outcomes whose failure share sets how long a run of successes must be to show a change. The time-decayed
+rate is no measure of that: a backend that was primary for 10 s and then failed 48% of its few requests read
+8%, so 25 successes in a row were needed, it was not probed for them, and it got its traffic back only 5 s
+after its latest failure (4-9 s after it recovered, on drawn seed 3)."""
 
 
 class FailureRate:
@@ -113,15 +118,27 @@ class FailureRate:
     44% reads about that whether it gets 5 or 30 requests a second, and failures are forgiven with time even
     without traffic. A lone failure among a busy backend's many successes is a small share of them.
 
-    A run of successes that would be improbable (under `IMPROBABLE_RUN`) at the rate read when it began
-    shows the backend has changed, and so do successes only for `QUIET_S`: the counts restart from that run,
-    so a backend that recovered while only probes reach it is cleared by a few of them (4-5 after failing
-    44%), and one kept away for a while (ejected, or behind its peers) by its first answer. Time decay
-    alone would not do it: it shrinks a busy backend's many outcomes and its failures alike. A backend that
+    A run of successes that would be improbable (under `IMPROBABLE_RUN`) at the share of failures among the latest
+    `RECENT_OUTCOMES` when it began shows the backend has changed, and so do successes only for `QUIET_S`: the
+    counts restart from that run, so a backend that recovered while only probes reach it is cleared by a few of them
+    (4-5 after failing 44%), and one kept away for a while (ejected, or behind its peers) by its first answer. Time
+    decay alone would not do it: it shrinks a busy backend's many outcomes and its failures alike. A backend that
     keeps failing has such runs now and then too: a failure within as many outcomes again shows the backend
     had not changed, and the counts from before the restart come back."""
 
-    __slots__ = ("_before", "_decay", "_failed", "_failed_at", "_needed", "_run", "_since", "_stamp", "_total")
+    __slots__ = (
+        "_before",
+        "_decay",
+        "_failed",
+        "_failed_at",
+        "_needed",
+        "_recent",
+        "_recent_failed",
+        "_run",
+        "_since",
+        "_stamp",
+        "_total",
+    )
 
     def __init__(self, decay: float = DECAY_S) -> None:
         self._decay = decay
@@ -132,7 +149,10 @@ class FailureRate:
         """Successes since the latest failure."""
         self._failed_at = 0.0
         self._needed = 0
-        """Successes in a row that clear the latest failure: improbable at the rate read right after it."""
+        """Successes in a row that clear the latest failure: improbable at the share of failures among the
+        latest `RECENT_OUTCOMES` right after it."""
+        self._recent: deque[bool] = deque(maxlen=RECENT_OUTCOMES)
+        self._recent_failed = 0
         self._before: tuple[float, float] | None = None
         """The failed and total counts the latest restart set aside, until the new run confirms it."""
         self._since = 0
@@ -153,6 +173,11 @@ class FailureRate:
         self._failed = self._failed * keep + failed
         self._total = self._total * keep + 1.0
         self._stamp = now
+        recent = self._recent
+        if len(recent) == RECENT_OUTCOMES:
+            self._recent_failed -= recent[0]
+        recent.append(failed)
+        self._recent_failed += failed
         if self._before is not None:
             failed_before, total_before = self._before
             self._before = (failed_before * keep, total_before * keep)
@@ -166,7 +191,8 @@ class FailureRate:
         if failed:
             self._run = 0
             self._failed_at = now
-            self._needed = math.ceil(math.log(IMPROBABLE_RUN) / math.log1p(-self.value(now)))
+            share = self._recent_failed / (len(recent) + PRIOR_SUCCESSES)
+            self._needed = math.ceil(math.log(IMPROBABLE_RUN) / math.log1p(-share))
             return
         self._run += 1
         if self._failed and (self._run >= self._needed or now - self._failed_at >= QUIET_S):
@@ -233,6 +259,7 @@ class BackendStats:
         "_answered_since",
         "_awaiting",
         "_first_token_wait",
+        "_fresh",
         "_given_up",
         "_next_token",
         "_penalty",
@@ -243,8 +270,10 @@ class BackendStats:
         "failures",
         "gaps",
         "last_observed",
+        "last_sent",
         "latencies",
         "latency",
+        "news_from",
         "ttft",
         "ttfts",
     )
@@ -263,10 +292,18 @@ class BackendStats:
         """Outcomes blamed on the backend that failed since its latest success (probes' backoff)."""
         self.last_observed: float | None = None
         """When an outcome last told us about this backend (success or its fault); None if never."""
+        self.last_sent: float | None = None
+        """When the app's newest request (not a shadow probe) to this backend was sent; None if never."""
+        self.news_from: float | None = None
+        """When the request behind the newest such outcome was sent: how old what we know of the backend is.
+        An 8.5 s answer tells how the backend was 8.5 s ago, not how it is now."""
         self._penalty = failure_penalty
         self._started: dict[int, float] = {}
         self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
         self._answered_since = -math.inf  # start of the latest-started request that succeeded
+        # The requests of `_awaiting` started since then, oldest first: the only ones that can show a stall or
+        # make the backend look slow. Kept apart so those reads never walk the stragglers before them.
+        self._fresh: OrderedDict[int, float] = OrderedDict()
         self._streams: set[int] = set()  # tokens of streams: overdue past the TTFT p95, not the answer p95
         # Starts of the latest attempts abandoned while overdue (hedge losers): still evidence of a stall
         # after the hedges that replaced them have answered.
@@ -290,12 +327,15 @@ class BackendStats:
         """Requests (including shadow probes and hedges) started and not yet finished."""
         return len(self._started)
 
-    def start(self, now: float, *, stream: bool = False) -> int:
-        """An attempt begins; returns the token to finish it with."""
+    def start(self, now: float, *, stream: bool = False, shadow: bool = False) -> int:
+        """An attempt begins (`shadow`: a shadow probe, not the app's); returns the token to finish it with."""
+        if not shadow:
+            self.last_sent = now
         token = self._next_token
         self._next_token = token + 1
         self._started[token] = now
         self._awaiting[token] = now
+        self._fresh[token] = now
         if stream:
             self._streams.add(token)
         return token
@@ -303,6 +343,7 @@ class BackendStats:
     def first_byte(self, token: int, now: float) -> None:
         """A stream's first content chunk arrived: records TTFT."""
         started = self._awaiting.pop(token, None)
+        self._fresh.pop(token, None)
         if started is not None:
             self.ttft.observe(now - started, now)
             self.ttfts.add(now - started)
@@ -332,7 +373,7 @@ class BackendStats:
         if failure is None:
             self.latency.observe(elapsed, now)
             self.latencies.add(elapsed)
-            self._answered_since = max(self._answered_since, started)
+            self._answered(started)
             if not stream:  # a stream's first token was judged at first_byte; its whole length says nothing of it
                 self._answered_within(elapsed)
         else:
@@ -341,6 +382,19 @@ class BackendStats:
                 self._first_token_wait = max(self._first_token_wait, elapsed)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
+        news = self.news_from
+        if news is None or started > news:
+            self.news_from = started
+
+    def _answered(self, started: float) -> None:
+        """A request sent at `started` succeeded: the backend answers again, and requests still waiting from
+        before it are stragglers (amortised: each leaves `_fresh` once)."""
+        if started <= self._answered_since:
+            return
+        self._answered_since = started
+        fresh = self._fresh
+        while fresh and next(iter(fresh.values())) < started:
+            fresh.popitem(last=False)
 
     def cancel(self, token: int, now: float) -> None:
         """We abandoned the attempt (hedge loser): it would have taken at least this long."""
@@ -358,6 +412,7 @@ class BackendStats:
 
     def _release(self, token: int) -> float | None:
         self._awaiting.pop(token, None)
+        self._fresh.pop(token, None)
         self._streams.discard(token)
         return self._started.pop(token, None)
 
@@ -377,10 +432,9 @@ class BackendStats:
             return math.inf if self._started else 0.0
         # Requests still waiting count as slow ones, except those older than a request that has since
         # succeeded: the backend answers again, and one straggler must not hide a recovery.
-        for started in self._awaiting.values():
-            if started >= self._answered_since:
-                estimate = max(estimate, now - started)
-                break
+        for started in self._fresh.values():  # the oldest
+            estimate = max(estimate, now - started)
+            break
         if load_sensitive:
             estimate *= len(self._started) + 1
         return estimate + self.failures.value(now) * self._penalty
@@ -396,7 +450,7 @@ class BackendStats:
         answer meanwhile: the moment the last request of the quorum became (or becomes) overdue, `inf` when
         too few are out to make the quorum. The request path waits for exactly that moment instead of looking
         again and again, and can tell whether a request was sent before the stall or after it."""
-        if len(self._awaiting) + len(self._given_up) < STALL_QUORUM:
+        if len(self._fresh) + len(self._given_up) < STALL_QUORUM:
             return math.inf
         since = self._answered_since
         answer = self.quantile(0.95)
@@ -407,12 +461,11 @@ class BackendStats:
         # The STALL_QUORUM earliest times at which a request was or will be overdue, sorted. One given up was
         # overdue when it was abandoned, by now at the latest.
         due = sorted(min(started + sooner, now) for started in self._given_up if started >= since)
-        for token, started in self._awaiting.items():  # oldest first
+        for token, started in self._fresh.items():  # oldest first
             if len(due) == STALL_QUORUM and started + sooner >= due[-1]:
                 break  # every later request is overdue later still
-            if started >= since:
-                bisect.insort(due, started + (first_byte if token in self._streams else answer))
-                del due[STALL_QUORUM:]
+            bisect.insort(due, started + (first_byte if token in self._streams else answer))
+            del due[STALL_QUORUM:]
         return due[-1] if len(due) == STALL_QUORUM else math.inf
 
     def idle_limit(self, floor: float, ceiling: float) -> float:

@@ -7,36 +7,54 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .candidates import Candidate
+from .estimator import RECOVERY_SAMPLES, BackendStats
 
 STALE_AFTER_S = 2.0
-"""A backend with no outcome for this long is due for a shadow probe."""
+"""A backend is due for a shadow probe once the app's newest request to it, and the request behind its newest
+outcome, were both sent this long ago. Counted from the sends, not the answers: a degraded backend's 8.5 s
+answers, arriving a second apart, would otherwise keep it looking fresh, and it got no probe for up to one slow
+answer's length (7-10 s gaps on drawn schedules, each a possible delay in seeing its recovery). The app's own
+requests count when they are sent: a healthy backend whose answers take 10 s is measured by the traffic it
+carries, not probed besides."""
 MIN_INTERVAL_S = 1.0
-"""At most one shadow probe per backend per this interval."""
+"""At most one shadow probe per backend per this interval, but while it may be recovering (`CONFIRMING`)."""
 BACKOFF_AFTER = 3
 FAILED_BACKOFF_MAX_S = 8.0
 """A backend whose latest outcome failed is probed at the usual pace (after STALE_AFTER_S without news), not
 as soon as the probe is back: a half-open trial that fails closes the way again. Past BACKOFF_AFTER failures
 in a row (after 1 in 16 probes of a backend failing half its requests, every probe of one that is down) the wait
-doubles per failure, up to this; so a backend that fails half its requests is still seen within seconds
-once it recovers, and one that is down is never probed at the pace of the app's requests."""
+doubles per failure, up to this, counted from the latest failure's arrival or the latest probe, whichever is
+later (a failure that takes 30 s to arrive does not make the backend look stale for longer); so a backend that
+fails half its requests is still seen within seconds once it recovers, and one that is down is never probed
+at the pace of the app's requests."""
 PATIENCE_S = MIN_INTERVAL_S
 """A shadow probe still running after this does not hold back the next one: the backend it measures may
 have recovered meanwhile (an 8.5 s probe sent just before a recovery would otherwise hide it for 8.5 s). So a
-degraded backend gets one probe a second, the most any backend gets, and a recovery is seen within about a
-second plus one of its answers (it was 2 s: traffic came back 1.2-5.9 s after a recovery on drawn schedules)."""
+degraded backend gets one probe a second, the most any backend gets outside a recovery's proof, and a recovery
+is seen within about a second plus one of its answers (it was 2 s: traffic came back 1.2-5.9 s after a recovery
+on drawn schedules)."""
+
+CONFIRMING = RECOVERY_SAMPLES - 1
+"""Probes in flight at once to a backend that may be recovering: the rest of a latency recovery's proof, sent
+side by side. One after the other, as each came back, the proof took three answers' time after the first fast
+one (traffic came back 1.4-4.6 s after a recovery on drawn schedules, against the one healthy answer's time a
+router learning from answers could take); side by side it takes one. A failure ends the run."""
 
 
 class ShadowProber:
-    """Per-route choice of shadow probes: at most one in flight and one per `min_interval` per backend.
-    Probes are only ever triggered by real requests, so an idle route costs nothing."""
+    """Per-route choice of shadow probes: one per `min_interval` per backend (a slow one in flight holds back the
+    next for `PATIENCE_S`); while a backend may be recovering, up to `CONFIRMING` in flight. Probes are only ever
+    triggered by real requests, so an idle route costs nothing."""
 
-    __slots__ = ("_in_flight", "_min_interval", "_sent", "_stale_after")
+    __slots__ = ("_in_flight", "_last", "_min_interval", "_stale_after")
 
     def __init__(self, *, stale_after: float = STALE_AFTER_S, min_interval: float = MIN_INTERVAL_S) -> None:
         self._stale_after = stale_after
         self._min_interval = min_interval
-        self._sent: dict[str, float] = {}
-        self._in_flight: set[str] = set()
+        self._last: dict[str, float] = {}
+        """When each backend's latest probe was sent."""
+        self._in_flight: dict[str, list[float]] = {}
+        """When the probes sent to each backend and not yet `done` were sent, oldest first."""
 
     def due(self, ranked: Sequence[Candidate], now: float) -> list[Candidate]:
         """The non-primary candidates of this request that are stale and may be probed now; they are
@@ -45,26 +63,38 @@ class ShadowProber:
         due = []
         for candidate in ranked[1:]:
             # A backend whose latest answer came in under half its estimate, or that answered after failing,
-            # may be recovering: it is probed again as soon as that probe is back, so the few answers that
-            # prove it come within a second or two.
-            # A failure ends that (`PeakEWMA.observe_at_least`): the trial failed, and each failure in a row
-            # then doubles the wait for the next (`FAILED_BACKOFF_MAX_S`).
-            stats = candidate.stats
-            recovering = stats.recovering
-            seen = stats.last_observed
-            if not recovering and seen is not None and now - seen <= self._quiet(stats.failed_in_row):
-                continue
-            name = candidate.name
-            sent = self._sent.get(name)
-            if sent is not None and (
-                (not recovering and now - sent < self._min_interval)
-                or (name in self._in_flight and now - sent < PATIENCE_S)
+            # may be recovering: it gets up to `CONFIRMING` probes in flight, so the few answers that prove it
+            # come within a second. A failure ends that (`PeakEWMA.observe_at_least`): the trial failed, and
+            # each failure in a row then doubles the wait for the next (`FAILED_BACKOFF_MAX_S`).
+            name, stats = candidate.name, candidate.stats
+            flights = self._in_flight.get(name)
+            last = self._last.get(name)
+            if stats.recovering:
+                # Probes sent before the request behind its newest answer are old news: they do not count.
+                news = stats.news_from or 0.0
+                if flights and sum(1 for sent in flights if sent >= news) >= CONFIRMING:
+                    continue
+            elif self._fresh(stats, last, now) or (
+                last is not None and (now - last < self._min_interval or (flights and now - last < PATIENCE_S))
             ):
                 continue
-            self._sent[name] = now
-            self._in_flight.add(name)
+            self._last[name] = now
+            self._in_flight.setdefault(name, []).append(now)
             due.append(candidate)
         return due
+
+    def _fresh(self, stats: BackendStats, last_probe: float | None, now: float) -> bool:
+        """Whether what is known of the backend is recent enough: the app's newest request to it or the request
+        behind its newest outcome was sent within the quiet time; once its latest outcomes failed, that time is
+        longer and also counts from the latest failure's arrival and the latest probe."""
+        failed = stats.failed_in_row
+        if failed > BACKOFF_AFTER:
+            quiet = self._quiet(failed)
+            times: tuple[float | None, ...] = (stats.news_from, stats.last_sent, stats.last_observed, last_probe)
+        else:  # every request reads this for each backend it is not sent to: no more than needed
+            quiet = self._stale_after
+            times = (stats.news_from, stats.last_sent)
+        return any(seen is not None and now - seen <= quiet for seen in times)
 
     def _quiet(self, failed_in_row: int) -> float:
         """Seconds without news after which a backend is probed: longer while its latest outcomes failed."""
@@ -73,6 +103,9 @@ class ShadowProber:
         backoff = self._stale_after * 2.0 ** min(failed_in_row - BACKOFF_AFTER, 16)
         return min(backoff, max(FAILED_BACKOFF_MAX_S, self._stale_after))
 
-    def done(self, name: str) -> None:
-        """The shadow probe to `name` finished (whatever its outcome)."""
-        self._in_flight.discard(name)
+    def done(self, name: str, sent: float | None = None) -> None:
+        """The shadow probe to `name` sent at `sent` (the `now` of its `due`; the oldest when not given)
+        finished, whatever its outcome."""
+        flights = self._in_flight.get(name)
+        if flights:
+            flights.remove(sent if sent is not None and sent in flights else flights[0])

@@ -278,12 +278,13 @@ def test_a_recovered_quiet_backend_is_cleared_by_a_run_of_probes_improbable_at_i
         served(stats, 1.0, 2.0 + i * 0.1, FailureKind.TIMEOUT)
     assert stats.failures.value(2.5) == pytest.approx(0.21, abs=0.01)
     assert stats.recovering is False  # no answer since: nothing to probe for at once
-    # Answers to probes, which now come one after another (tests/balancer/test_freshness.py): 9 in a row
-    # are not improbable at 21% (0.79^9 = 0.12), the 10th is (0.095 < IMPROBABLE_RUN).
-    for i in range(9):
+    # Answers to probes (tests/balancer/test_freshness.py): the run is judged at the share of failures among
+    # the latest 20 outcomes, 5 (with the prior success, 5 in 21: 24%): 8 in a row are not improbable at
+    # that share (0.76^8 = 0.11), the 9th is (0.085 < IMPROBABLE_RUN).
+    for i in range(8):
         served(stats, 0.3, 4.0 + 0.3 * i)
         assert stats.recovering
-    assert stats.failures.value(6.4) > 0.1
+    assert stats.failures.value(6.1) > 0.1
     served(stats, 0.3, 6.7)
     assert stats.failures.value(6.7) == 0.0
     assert not stats.recovering
@@ -376,6 +377,30 @@ def test_a_backend_that_stops_failing_44_percent_is_cleared_by_three_to_eight_pr
     assert stats.expected_latency(now, load_sensitive=False) == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_busy_backend_that_then_failed_half_its_few_requests_is_cleared_by_a_few_probes_after_it_recovers(
+    seed: int,
+) -> None:
+    stats = BackendStats()
+    *_, now = _outcomes(stats, 30, 10.0, 0.0, seed=0)  # primary for 10 s: 300 answers
+    rng = random.Random(seed)
+    for i in range(24):  # then it fails 48% of the 3 requests a second it still gets, for 8 s
+        failed = rng.random() < 0.48 or i == 23
+        end = now + (i + 1) / 3
+        served(stats, 0.01 if failed else 0.3, end, FailureKind.SERVER_ERROR if failed else None)
+    now = end
+    # Its time-decayed rate is diluted by the 300 answers before (it reads 6-12%), but a run of successes is
+    # judged at the share of its latest 20 outcomes: after it recovers, the first answer makes it a backend
+    # to probe at once, and a few answers clear it, long before 5 s of successes would.
+    probes = 0
+    while stats.failures.value(now) > 0.0:
+        now += 0.3
+        served(stats, 0.3, now)
+        probes += 1
+        assert stats.recovering or stats.failures.value(now) == 0.0
+    assert probes <= 6  # at the time-decayed reading, 19-38 in a row (seeds 0-19: 2-6)
+
+
 def test_a_straggler_from_before_a_recovery_does_not_hide_it() -> None:
     stats = BackendStats()
     served(stats, 0.3, 1.0)
@@ -387,6 +412,18 @@ def test_a_straggler_from_before_a_recovery_does_not_hide_it() -> None:
     assert stats.expected_latency(9.0, load_sensitive=False) >= 2.0
     stats.finish(straggler, 10.5)
     stats.finish(newer, 10.5)
+
+
+def test_a_straggler_stream_still_gives_its_first_token_time_and_its_wait_when_given_up() -> None:
+    stats = BackendStats()
+    straggler = stats.start(1.0, stream=True)
+    served(stats, 0.2, 1.5)  # sent at 1.3 and answered: the stream sent before it is a straggler now
+    stats.first_byte(straggler, 3.0)
+    assert stats.quantile(0.5, stream=True) == 2.0
+    given_up = stats.start(4.0, stream=True)
+    served(stats, 0.2, 4.5)
+    stats.cancel(given_up, 9.0)  # waited 5 s for a first token: streams rank the backend by that wait
+    assert stats.expected_latency(9.0, load_sensitive=False, stream=True) >= 5.0
 
 
 def test_a_backend_has_stalled_once_two_requests_since_its_last_answer_are_overdue() -> None:

@@ -3,6 +3,8 @@
 import itertools
 from collections.abc import Callable
 
+import pytest
+
 from llmroute.sidecar.balancer import Candidate, FailureKind, ShadowProber
 
 MakeCandidate = Callable[..., Candidate]
@@ -53,6 +55,38 @@ def test_a_probe_result_refreshes_the_backend(make: MakeCandidate) -> None:
     assert names(prober.due([primary, other], 12.5)) == ["other"]
 
 
+def probe_while_answering_in(ranked: list[Candidate], seconds: float, start: float, end: float) -> list[float]:
+    """An app request every 100 ms from `start` to `end`; every shadow probe is answered `seconds` after it is
+    sent. Returns the probes' send times."""
+    prober = ShadowProber()
+    sent: list[float] = []
+    out: list[tuple[float, Candidate, int]] = []  # (answer due, backend, token)
+    for step in range(round((end - start) * 10)):
+        now = start + step / 10
+        for due_at, probe, token in [o for o in out if o[0] <= now]:
+            probe.stats.finish(token, due_at)
+            prober.done(probe.name)
+            out.remove((due_at, probe, token))
+        for probe in prober.due(ranked, now):
+            sent.append(now)
+            out.append((now + seconds, probe, probe.stats.start(now, shadow=True)))
+    return sent
+
+
+def test_a_degraded_backend_is_probed_every_second_though_its_slow_answers_keep_coming(
+    make: MakeCandidate, observe: Observe
+) -> None:
+    primary, slow = make("primary"), make("slow")
+    observe(slow, 8.5, 10.0)
+    sent = probe_while_answering_in([primary, slow], 8.5, 13.0, 43.0)
+    # An answer that took 8.5 s is news of 8.5 s ago: however often such answers arrive, the backend is probed
+    # once a second, so a probe goes out within a second of its recovery whenever it comes. (Counting from the
+    # answers, each one made it look fresh for 2 s: probes came in bursts, 6.5 s apart.)
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(sent)]
+    assert max(gaps) == 1.0
+    assert len(sent) == 30
+
+
 def test_a_backend_answering_far_faster_than_its_estimate_is_probed_again_at_once(
     make: MakeCandidate, observe: Observe
 ) -> None:
@@ -63,16 +97,19 @@ def test_a_backend_answering_far_faster_than_its_estimate_is_probed_again_at_onc
     assert names(prober.due(ranked, 13.0)) == ["other"]
     observe(other, 0.3, 13.3)  # the probe comes back fast: it may have recovered
     prober.done("other")
-    # Not after the usual 2 s without news, nor a second after the last probe: now, to confirm it quickly.
+    # Not after the usual 2 s without news, nor a second after the last probe: now, both answers that would
+    # prove it side by side, and no more until one is back.
     assert names(prober.due(ranked, 13.3)) == ["other"]
-    assert prober.due(ranked, 13.4) == []  # still one probe in flight at most
+    assert names(prober.due(ranked, 13.4)) == ["other"]
+    assert prober.due(ranked, 13.5) == []
     observe(other, 0.3, 13.6)
     prober.done("other")
-    assert names(prober.due(ranked, 13.6)) == ["other"]
-    observe(other, 0.3, 13.9)  # the third fast answer in a row proves it: back to the usual pace
+    assert names(prober.due(ranked, 13.6)) == ["other"]  # one back, one more: never more than two out
+    assert prober.due(ranked, 13.65) == []
+    observe(other, 0.3, 13.7)  # the third fast answer in a row proves it: back to the usual pace
     prober.done("other")
-    assert other.stats.expected_latency(13.9, load_sensitive=False) < 0.5
-    assert prober.due(ranked, 14.0) == []
+    assert other.stats.expected_latency(13.7, load_sensitive=False) < 0.5
+    assert prober.due(ranked, 13.8) == []
 
 
 def test_a_backend_answering_after_failing_is_probed_again_at_once_until_the_run_proves_it(
@@ -125,10 +162,47 @@ def test_a_failed_trial_backs_the_probes_off_instead_of_following_every_request(
         now += 0.1
     # The first at once (the trial), then 2 s after each failure (the usual pace) and, from the fourth
     # failure in a row, twice as long per failure up to 8 s.
-    gaps = [round(b - a, 1) for a, b in itertools.pairwise(sent)]
+    # (The app's requests come every 100 ms: each wait ends at the first request past it.)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert sent[0] == 11.0
-    assert gaps[:5] == [2.1, 2.1, 2.1, 4.1, 8.1]
-    assert set(gaps[5:]) == {8.1}
+    assert gaps[:5] == pytest.approx([2.0, 2.0, 2.0, 4.0, 8.0], abs=0.15)
+    assert gaps[5:] == pytest.approx([8.0] * len(gaps[5:]), abs=0.15)
     # A trial that succeeds is confirmed at once, as after any failures (the run that clears them).
     observe(other, 0.3, 42.0)
     assert names(prober.due(ranked, 42.0)) == ["other"]
+
+
+def test_a_healthy_backend_with_slow_answers_is_measured_by_its_traffic_not_probed(make: MakeCandidate) -> None:
+    # Answers take 10 s (long completions): each outcome is news of 10 s ago, but the app sends it a request
+    # every half second, and those are what measure it. It is second choice on every request here.
+    primary, slow = make("primary"), make("slow")
+    prober = ShadowProber()
+    probes, out = 0, []
+    for step in range(240):  # 120 s
+        now = step * 0.5
+        for started, token in [o for o in out if o[0] + 10.0 <= now]:
+            slow.stats.finish(token, started + 10.0)
+            out.remove((started, token))
+        out.append((now, slow.stats.start(now)))
+        probes += len(prober.due([primary, slow], now))
+    assert probes == 0
+
+
+def test_a_backend_whose_failures_take_long_to_arrive_is_still_probed_less_and_less(make: MakeCandidate) -> None:
+    # Down, each probe failing after 12 s (a timeout): the back-off counts from the latest failure's arrival
+    # or the latest probe, not from the failed request's send, which is always more than 8 s ago.
+    primary, down = make("primary"), make("down")
+    prober = ShadowProber()
+    sent: list[float] = []
+    out: list[tuple[float, int]] = []
+    for step in range(1200):  # 120 s, an app request every 100 ms
+        now = step / 10
+        for started, token in [o for o in out if o[0] + 12.0 <= now]:
+            down.stats.finish(token, started + 12.0, FailureKind.TIMEOUT)
+            prober.done("down", started)
+            out.remove((started, token))
+        for _ in prober.due([primary, down], now):
+            sent.append(now)
+            out.append((now, down.stats.start(now, shadow=True)))
+    late = [b - a for a, b in itertools.pairwise(sent) if a > 60.0]
+    assert late and min(late) >= 7.9, sent  # one probe per 8 s once it has failed more than a few times

@@ -36,7 +36,7 @@ def simulate(make: Callable[..., Candidate]) -> tuple[list[tuple[float, str]], i
         probes += len(shadows)
         for c, is_probe in [(ranked[0], False), *((s, True) for s in shadows)]:
             seq += 1
-            heapq.heappush(completions, (now + latency(c, now), seq, c, c.stats.start(now), is_probe))
+            heapq.heappush(completions, (now + latency(c, now), seq, c, c.stats.start(now, shadow=is_probe), is_probe))
         sent.append((now, ranked[0].name))
     return sent, probes
 
