@@ -228,10 +228,11 @@ class Continuation:
         retry = runtime.route.retry
         if self._asked >= retry.attempts:
             return f"the route's {retry.attempts} retry attempts were used"
-        if not runtime.retry_budget.try_acquire_retry(time.monotonic()):
+        now = time.monotonic()
+        if not runtime.retry_budget.try_acquire_retry(now):
             metrics = self._dispatcher.metrics
             metrics.child(metrics.retries_refused, runtime.route.name).inc()
-            return "the retry budget was spent"
+            return f"the retry budget was spent ({runtime.retry_budget.describe(now)})"
         return None
 
     async def resume(self, failed: Candidate, error: UpstreamError) -> Answer | None:

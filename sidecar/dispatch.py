@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmroute.model import Api, Priority
 from llmroute.sidecar.attempt import Attempt
@@ -50,9 +50,9 @@ FIRST_TOKEN_DEFAULT_S = 10.0
 route has any either: the tail hedge then fires after 30 s."""
 LOOK_AGAIN_S = 0.1
 """A hedge that finds no backend to go to (the retry budget refused it, or none is expected to answer in time)
-is asked for again this much later, not given up: the late attempt stays late, and the budget allows 10 more
-retries each second. Requests caught on a backend that slowed down hedge together, and one whose hedge fell
-beyond that second's allowance waited out its 3 s deadline (a 504 where a peer answers in 1 s)."""
+is asked for again this much later, not given up: the late attempt stays late, and the budget grows with new
+requests and as its spends age out of its window. A refused hedge that was never asked for again waited out
+its deadline on the slowed backend (a 504 where a peer answers in 1 s)."""
 STALL_RECHECK_S = 0.05
 """A request past its backend's p95 looks again whether the backend as a whole has stalled every quarter of
 that p95, and at least this long apart: requests sent after it may make the quorum (for those already out,
@@ -249,11 +249,11 @@ class Dispatcher:
         attempts.start(lead)
         hedge_at = self._hedge_at(call, lead, lead_started, now, eager=eager) if len(plan) > 1 else math.inf
         hedged = False
-        failover_at = self._failover_at(call, attempts, now)
+        rescue = self._rescue(call, attempts, now, self._late_at(call, lead, lead_started, eager=eager))
         try:
             while attempts.running:
                 now = time.monotonic()
-                wake = min(call.deadline, hedge_at, failover_at)
+                wake = min(call.deadline, hedge_at, rescue.at)
                 done = await _first_done(attempts.running, max(wake - now, 0))
                 for task in done:
                     candidate = attempts.running.pop(task)
@@ -274,7 +274,7 @@ class Dispatcher:
                         self.metrics.child(self.metrics.retries, route.name, error.kind).inc()
                         attempts.start(following)
                         now = time.monotonic()
-                        failover_at = self._failover_at(call, attempts, now)
+                        rescue = self._rescue(call, attempts, now, self._late_at(call, following, now, eager=eager))
                         if not hedged and len(plan) > 1:
                             lead, lead_started = following, now
                             hedge_at = self._hedge_at(call, lead, lead_started, now, eager=eager)
@@ -295,39 +295,62 @@ class Dispatcher:
                         hedged = True
                         self.metrics.child(self.metrics.hedges, route.name, "sent").inc()
                         attempts.start(following)
+                        # A rescue beside the hedge waits until the hedge, in turn, is late.
+                        rescue = self._rescue(call, attempts, now, self._late_at(call, following, now, eager=eager))
                     else:  # none may go now (retry budget, no backend expected in time): the lead is still late
                         hedge_at = now + LOOK_AGAIN_S if attempts.may_hedge_later() else math.inf
-                elif now >= failover_at:
-                    # What is left is just enough for the next backend: start it while it can make the deadline.
-                    failover_at = math.inf
-                    if (following := attempts.next_candidate(_TOO_SLOW)) is not None:
+                elif now >= rescue.at:
+                    # The running attempt is late, or what is left is just enough for the next backend: start it
+                    # while it can make the deadline. Before the last chance it is as speculative as a hedge,
+                    # and is paid for as one; refused, it waits for the last chance.
+                    speculative = rescue.at < rescue.last
+                    if (following := attempts.next_candidate(_TOO_SLOW, hedge=speculative)) is not None:
+                        rescue = _NO_RESCUE
                         self.metrics.child(self.metrics.retries, route.name, "timeout").inc()
                         attempts.start(following)
+                    else:
+                        rescue = Rescue(rescue.last, rescue.last) if speculative else _NO_RESCUE
         finally:
             call.upstream_done = time.monotonic()
             attempts.cancel_all()
         raise self._failure(call)
 
     @staticmethod
-    def _failover_at(call: Call, attempts: _Attempts, now: float) -> float:
-        """When to start the next backend beside the running attempt: while it can still answer in time
-        (twice what it is expected to take, or half of what is left when it has never answered). Never,
-        when that backend is not expected to make the deadline anyway."""
+    def _rescue(call: Call, attempts: _Attempts, now: float, late: float) -> Rescue:
+        """When to start the next backend beside the running attempt, while it can still answer in time. The
+        last chance leaves it 1.5 times what it is expected to take (its p95, or the live estimate when
+        higher; a quarter of what is left when it has never answered). Sooner, from twice that, once the running
+        attempt is `late` (past its p95, `_late_at`): earlier still, the second request is a duplicate the
+        first nearly always makes useless (a 1.5 s deadline and a 0.65 s p95 next sent most requests twice
+        after 0.2 s). Never, when that backend is not expected to make the deadline anyway."""
         following = attempts.peek()
         if following is None:
-            return call.deadline
+            return _NO_RESCUE
         remaining = call.deadline - now
         # Its p95 from past answers, but no less than the live estimate: a backend that has just slowed
         # down still has a fast p95 from before.
         p95 = following.stats.quantile(0.95, stream=call.stream)
         expected = following.expected_latency(now, stream=call.stream)
         if p95 is None and expected == 0:
-            reserve = remaining / 2
+            need = remaining / 4
         elif 2 * max(p95 or 0.0, expected) < remaining:
-            reserve = 2 * max(p95 or 0.0, expected)
+            need = max(p95 or 0.0, expected)
         else:
-            return call.deadline
-        return call.deadline - max(reserve, MIN_ATTEMPT_S)
+            return _NO_RESCUE
+        last = call.deadline - max(1.5 * need, 2 * MIN_ATTEMPT_S)
+        return Rescue(max(call.deadline - max(2 * need, 2 * MIN_ATTEMPT_S), min(late, last)), last)
+
+    @staticmethod
+    def _late_at(call: Call, lead: Candidate, started: float, *, eager: bool) -> float:
+        """When the attempt on `lead` started at `started` is past its backend's p95 (hedging classes: at most
+        half the time to the deadline; others, of a backend with no answer yet: the slowest p95 of the route's
+        others, and at once when none has any)."""
+        if eager:
+            p95 = lead.stats.quantile(0.95, stream=call.stream)
+            half = (call.deadline - started) / 2
+            return started + (half if p95 is None else min(p95, half))
+        own = _own_p95(call, lead)
+        return started if own is None else started + own
 
     @staticmethod
     def _hedge_at(call: Call, primary: Candidate, started: float, now: float, *, eager: bool) -> float:
@@ -346,15 +369,12 @@ class Dispatcher:
         stream with no reference at all by FIRST_TOKEN_DEFAULT_S: its first token is never waited for
         without a limit. Every hedge is bounded by the retry budget.
         """
-        stats = primary.stats
-        p95 = stats.quantile(0.95, stream=call.stream)
         if eager:
-            half = (call.deadline - started) / 2
-            return started + (half if p95 is None else min(p95, half))
+            return Dispatcher._late_at(call, primary, started, eager=True)
+        stats = primary.stats
+        p95 = _own_p95(call, primary)
         if p95 is None:
-            p95 = _reference_p95(call, primary)
-            if p95 is None:
-                return math.inf
+            return math.inf
         tail = started + max(TAIL_FACTOR * p95, p95 + TAIL_MARGIN_S)
         own = started + p95
         stall = stats.stall_due(now)
@@ -550,6 +570,12 @@ def _speed(candidate: Candidate, stream: bool) -> float | None:
     return stats.ttft.value if stream and stats.ttft.value is not None else stats.latency.value
 
 
+def _own_p95(call: Call, lead: Candidate) -> float | None:
+    """The p95 of `lead` (TTFT for a stream), or while it has none what the route's others need."""
+    p95 = lead.stats.quantile(0.95, stream=call.stream)
+    return p95 if p95 is not None else _reference_p95(call, lead)
+
+
 def _reference_p95(call: Call, primary: Candidate) -> float | None:
     """What a backend with no history is expected to need: the slowest p95 of the route's other backends, or
     for streams FIRST_TOKEN_DEFAULT_S when none has answered yet; None for a JSON call with no reference."""
@@ -581,6 +607,16 @@ def _accounting(call: Call) -> str:
     return "; ".join(parts)
 
 
+class Rescue(NamedTuple):
+    """When a call's next backend is started beside its running attempt (`at`), and its last chance (`last`):
+    a rescue before that is speculative, paid for from the retry budget as a hedge."""
+
+    at: float
+    last: float
+
+
+_NO_RESCUE = Rescue(math.inf, math.inf)
+
 _TOO_SLOW = UpstreamError(FailureKind.TIMEOUT, "slower than the time left for a failover")
 """What a failover for time is retried as (the route's retryOn must allow timeouts)."""
 
@@ -601,9 +637,10 @@ class _Attempts:
         task = asyncio.get_running_loop().create_task(self._dispatcher.attempt(self._call, candidate))
         self.running[task] = candidate
 
-    def next_candidate(self, after: UpstreamError | None) -> Candidate | None:
+    def next_candidate(self, after: UpstreamError | None, *, hedge: bool | None = None) -> Candidate | None:
         """The next backend to try after `after` (None: a hedge), if the route's retry policy, its retry
-        budget and the deadline allow one more attempt."""
+        budget and the deadline allow one more attempt. `hedge` says how the budget counts it (by default,
+        a hedge when `after` is None)."""
         call = self._call
         runtime = call.runtime
         retry = runtime.route.retry
@@ -613,12 +650,14 @@ class _Attempts:
         if after is not None and after.kind not in retry.retry_on and after.kind not in _ALWAYS_ELSEWHERE:
             call.not_tried = f"{after.kind} is not in the route's retryOn"
             return None
-        candidate = self.peek(hedge=after is None)
-        if candidate is not None and not runtime.retry_budget.try_acquire_retry(time.monotonic()):
+        hedge = after is None if hedge is None else hedge
+        candidate = self.peek(hedge=hedge)
+        now = time.monotonic()
+        if candidate is not None and not runtime.retry_budget.try_acquire_retry(now, hedge=hedge):
             if not self._refused:  # a hedge asked for again is still the one attempt not made
                 self._refused = True
                 self._dispatcher.metrics.child(self._dispatcher.metrics.retries_refused, runtime.route.name).inc()
-            call.not_tried = "the retry budget was spent"
+            call.not_tried = f"the retry budget was spent ({runtime.retry_budget.describe(now, hedge=hedge)})"
             return None
         return candidate
 

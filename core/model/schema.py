@@ -289,7 +289,12 @@ SPEC = {
             "additionalProperties": False,
             "properties": {
                 "attempts": _integer("Most extra attempts per request (default 2).", 0, 10),
-                "budgetPercent": _number("Retries at most this share of recent requests (default 20).", 0, 100),
+                "budgetPercent": _number(
+                    "Fail-overs and hedges at most this share of the last 10 s of requests, plus a reserve of 100"
+                    " (half of it kept from hedges for fail-overs); default 20.",
+                    0,
+                    100,
+                ),
                 "retryOn": {
                     "type": "array",
                     "maxItems": len(RETRY_ON),

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llmroute.model import parse_spec
-from llmroute.sidecar.dispatch import Call, Dispatcher, _Attempts
+from llmroute.sidecar.dispatch import _TOO_SLOW, MIN_ATTEMPT_S, Call, Dispatcher, _Attempts
 from llmroute.sidecar.inbound.chat import CHAT
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime, UpstreamPool
@@ -41,7 +41,7 @@ async def test_a_hedge_skips_a_backend_expected_to_miss_the_deadline() -> None:
     await first_running
 
 
-def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could_make_the_deadline() -> None:
+async def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could_make_the_deadline() -> None:
     spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("peer")]}
     runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
     answered_in(runtime, "primary", 8.5)
@@ -54,6 +54,8 @@ def test_ordered_passes_over_a_backend_far_slower_than_its_peers_though_it_could
     for _ in range(5):
         answered_in(runtime, "primary", 0.5)
     assert dispatcher._plan(batch, time.monotonic())[0].name == "primary"
+    # The first plan sent the primary a shadow probe: its only answer was of a request sent 8.5 s before.
+    await dispatcher.aclose()
 
 
 def stalled_peer(seconds: float) -> RouteRuntime:
@@ -114,3 +116,67 @@ def test_a_normal_request_leaves_a_backend_the_moment_it_stalls_not_after_a_p95_
     stats.start(3.7)
     assert Dispatcher._hedge_at(call, primary, 3.7, 3.7, eager=False) == pytest.approx(4.2)
     assert Dispatcher._hedge_at(call, primary, 3.7, 4.2, eager=False) == pytest.approx(4.2 + 0.5 / 4)
+
+
+async def test_the_deadline_rescue_waits_until_the_running_attempt_is_late() -> None:
+    # The incident bench's critical class: a 1.5 s deadline, the primary's p95 0.56 s, the next backend's 0.65 s.
+    spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("next")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "primary", 0.56)
+    answered_in(runtime, "next", 0.65)
+    primary = runtime.by_name["primary"]
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    now = time.monotonic()
+    critical = Call(runtime, CHAT, body, False, "critical", now + 1.5, frozenset())
+    attempts = _Attempts(Dispatcher(SidecarMetrics()), critical, list(runtime.candidates))
+    running = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    attempts.running[running] = primary
+    # Not 0.2 s in (1.5 s less the next backend's doubled p95): no sooner than the primary is late (its p95,
+    # 0.56 s), and here at its last chance, which leaves the next backend 1.5 times its p95.
+    late = Dispatcher._late_at(critical, primary, now, eager=True)
+    assert late == pytest.approx(now + 0.56, abs=0.01)
+    rescue = Dispatcher._rescue(critical, attempts, now, late)
+    assert rescue.at == rescue.last == pytest.approx(now + 1.5 - 1.5 * 0.65, abs=0.01)
+    # A class that does not hedge: late past the primary's p95 as well, though its hedge waits for the tail.
+    normal = Call(runtime, CHAT, body, False, "normal", now + 3.0, frozenset())
+    attempts = _Attempts(Dispatcher(SidecarMetrics()), normal, list(runtime.candidates))
+    attempts.running[running] = primary
+    late = Dispatcher._late_at(normal, primary, now, eager=False)
+    assert late == pytest.approx(now + 0.56, abs=0.01)
+    # With a 3 s deadline the rescue may go from the deadline less the next's doubled p95, before its last
+    # chance: as speculative as a hedge, and paid for as one.
+    rescue = Dispatcher._rescue(normal, attempts, now, late)
+    assert rescue.at == pytest.approx(now + 3.0 - 1.3, abs=0.01)
+    assert rescue.last == pytest.approx(now + 3.0 - 1.5 * 0.65, abs=0.01)
+    assert Dispatcher._rescue(normal, attempts, now, now + 1.9).at == pytest.approx(now + 1.9, abs=0.01)
+    assert Dispatcher._rescue(normal, attempts, now, now + 2.5).at == pytest.approx(rescue.last, abs=0.01)
+    # A next backend that answers in 30 ms still gets twice MIN_ATTEMPT_S: a rescue at the deadline less 50 ms
+    # would be refused for too little time left.
+    quick = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(quick, "primary", 0.56)
+    answered_in(quick, "next", 0.03)
+    normal = Call(quick, CHAT, body, False, "normal", now + 1.5, frozenset())
+    attempts = _Attempts(Dispatcher(SidecarMetrics()), normal, list(quick.candidates))
+    attempts.running[running] = quick.by_name["primary"]
+    rescue = Dispatcher._rescue(normal, attempts, now, now + 1.2)
+    assert rescue.at == rescue.last == pytest.approx(now + 1.5 - 2 * MIN_ATTEMPT_S, abs=0.01)
+    await running
+
+
+async def test_a_rescue_before_its_last_chance_is_paid_for_as_a_hedge() -> None:
+    # Once hedges have used their part of the retry budget, a speculative rescue is refused as a hedge would
+    # be; the part kept for fail-overs still pays for the rescue at its last chance.
+    spec = {"models": ["chat"], "strategy": "ordered", "backends": [backend("primary"), backend("next")]}
+    runtime = RouteRuntime(parse_spec(spec, name="r", namespace="ns"), UpstreamPool())
+    answered_in(runtime, "next", 0.65)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    call = Call(runtime, CHAT, body, False, "normal", time.monotonic() + 3.0, frozenset())
+    attempts = _Attempts(Dispatcher(SidecarMetrics()), call, list(runtime.candidates))
+    running = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    attempts.running[running] = runtime.by_name["primary"]
+    while runtime.retry_budget.try_acquire_retry(time.monotonic(), hedge=True):
+        pass
+    assert attempts.next_candidate(_TOO_SLOW, hedge=True) is None
+    assert call.not_tried is not None and "kept for fail-overs" in call.not_tried
+    assert attempts.next_candidate(_TOO_SLOW) is runtime.by_name["next"]
+    await running

@@ -12,7 +12,7 @@ import httpx
 
 from llmroute.sim import Behavior, Latency
 
-from .harness import chat_body, running
+from .harness import Harness, chat_body, running
 
 FAST = Behavior(latency=Latency.fixed(0.02))
 SLOW = Behavior(latency=Latency.fixed(0.25))
@@ -239,31 +239,96 @@ async def test_requests_caught_on_a_backend_that_stalls_leave_it_at_its_p95(tmp_
 
 
 async def test_a_hedge_the_retry_budget_refused_goes_out_once_the_budget_allows_it(tmp_path: Path) -> None:
-    # The retry budget (here only its floor: 10 retries a second) has nothing left this second when a request's
-    # hedge is due: the hedge is asked for again and goes out in a later second, instead of the request waiting
-    # on the slowed backend until its deadline (a 504 naming "the retry budget was spent").
+    # The retry budget has nothing left for hedges when a request's hedge is due: the hedge is asked for again
+    # and goes out once new requests add to the budget, instead of the request waiting on the slowed backend
+    # until its deadline (a 504 naming "the retry budget was spent").
     spec = {
         "strategy": "ordered",
         "priorities": {"critical": {"timeout": "5s", "hedge": True}},
-        "retry": {"attempts": 2, "budgetPercent": 0},
+        "retry": {"attempts": 2, "budgetPercent": 20},
     }
     async with running(tmp_path, {"primary": FAST, "second": FAST}, spec=spec) as h, h.http() as http:
         critical = {"x-llmroute-priority": "critical"}
         await send(http, 10, **critical)  # the primary's p95 is about 20 ms
         h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
         budget = next(iter(h.sidecar.router.runtimes.values())).retry_budget
-        while budget.try_acquire_retry(time.monotonic()):
+        while budget.try_acquire_retry(time.monotonic(), hedge=True):
             pass
-        started = time.monotonic()
-        response = await http.post("/chat/completions", json=chat_body(), headers=critical)
+        hedged_before = await _hedges_sent(h, http)  # a warm-up answer may come just after the primary's p95
+        pending = asyncio.create_task(http.post("/chat/completions", json=chat_body(), headers=critical))
+        await asyncio.sleep(0.5)  # refused and asked for again meanwhile
+        assert not pending.done()
+        for _ in range(5):  # 20% of five requests: one more retry
+            budget.record_request(time.monotonic())
+        response = await pending
         assert response.status_code == 200, response.text
         assert response.headers["x-llmroute-backend"] == "second"
-        assert time.monotonic() - started < 4.0  # a second or so; the deadline is 5 s
-        # Asked for again every 0.1 s while refused, it is still one retry the budget did not allow (none, in the
-        # rare run where the budget's second turned between the draining above and the hedge).
+        # The hedge itself, asked for again, answered: not the deadline rescue (a retry, not a hedge).
+        assert await _hedges_sent(h, http) - hedged_before == 1
+        # Asked for again every 0.1 s while refused, it is still one retry the budget did not allow.
         metrics = (await http.get(f"{h.admin_url}/metrics")).text
         counted = re.search(r'^llmroute_retry_budget_exhausted_total\{route="chat"\} (\S+)$', metrics, re.MULTILINE)
-        assert counted is None or float(counted.group(1)) == 1.0, counted
+        assert counted is not None and float(counted.group(1)) == 1.0, counted
+
+
+async def test_requests_caught_on_a_backend_that_slows_down_all_hedge_at_once(tmp_path: Path) -> None:
+    # 45 critical requests are out when the primary slows from 0.5 s to 8 s: each hedges after the primary's
+    # p95, all within the same half second (one sent after that would go to `second` first, the primary
+    # stalled). Before, the budget allowed 10 a second beyond its share of requests, and the hedges past the
+    # third second's allowance were refused until the 3 s deadline (504 "the retry budget was spent"); its
+    # reserve of 10 a second now counts over its 10 s window, as Finagle's and tower's do, and covers them.
+    spec = {
+        "strategy": "ordered",
+        "priorities": {"critical": {"timeout": "3s", "hedge": True}},
+        "retry": {"attempts": 2, "budgetPercent": 0},
+    }
+    backends = {"primary": Behavior(latency=Latency.fixed(0.5)), "second": Behavior(latency=Latency.fixed(0.4))}
+    async with running(tmp_path, backends, spec=spec) as h, h.http() as http:
+        critical = {"x-llmroute-priority": "critical"}
+        await send(http, 4, **critical)
+        hedged_before = await _hedges_sent(h, http)  # a warm-up answer may come just after the primary's p95
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(8.0)))
+        responses = await asyncio.gather(
+            *(http.post("/chat/completions", json=chat_body(), headers=critical) for _ in range(45))
+        )
+        failed = [r.text for r in responses if r.status_code != 200]
+        assert not failed, (len(failed), failed[0])
+        answered = Counter((r.headers["x-llmroute-backend"], r.headers["x-llmroute-attempts"]) for r in responses)
+        # Each request sent to the primary hedged; one that reached the sidecar after the primary had stalled
+        # (a machine slow to deliver the 45) went to `second` first.
+        assert set(answered) <= {("second", "2"), ("second", "1")} and answered[("second", "2")] >= 1, answered
+        # They hedged, not waited for the rescue at the deadline less the next backend's doubled p95.
+        assert await _hedges_sent(h, http) - hedged_before == answered[("second", "2")], answered
+
+
+async def _hedges_sent(h: Harness, http: httpx.AsyncClient) -> float:
+    metrics = (await http.get(f"{h.admin_url}/metrics")).text
+    sent = re.search(r'^llmroute_hedges_total\{result="sent",route="chat"\} (\S+)$', metrics, re.MULTILINE)
+    return 0.0 if sent is None else float(sent.group(1))
+
+
+async def test_a_request_on_a_healthy_backend_is_not_sent_twice_for_a_tight_deadline(tmp_path: Path) -> None:
+    # The next backend needs 2.4 s and the deadline is 5 s: the last moment it could still answer in time with
+    # room to spare (its doubled p95) comes 0.2 s in. The primary answers in 0.6 s, before it is late (its p95
+    # is 1.2 s), so no second request goes out: before, every request was sent twice, each copy a retry
+    # against the budget.
+    spec = {
+        "strategy": "ordered",
+        "priorities": {"normal": {"timeout": "5s"}},
+        "retry": {"attempts": 2, "retryOn": ["5xx", "timeout"]},
+    }
+    backends = {"primary": Behavior(error_rate=1.0), "next": Behavior(latency=Latency.fixed(2.4))}
+    async with running(tmp_path, backends, spec=spec) as h, h.http() as http:
+        for _ in range(2):  # fewer failures than eject a backend: `next` answers, and has a p95
+            [response] = await send(http, 1)
+            assert response.headers["x-llmroute-backend"] == "next"
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(1.2)))
+        await send(http, 1)  # the primary's p95 is about 1.2 s
+        h.sims["primary"].set_behavior(Behavior(latency=Latency.fixed(0.6)))
+        responses = await send(http, 3)
+        assert [r.status_code for r in responses] == [200] * 3
+        answered = [(r.headers["x-llmroute-backend"], r.headers["x-llmroute-attempts"]) for r in responses]
+        assert answered == [("primary", "1")] * 3
 
 
 async def test_after_a_failover_the_hedge_is_timed_by_the_backend_now_answering(tmp_path: Path) -> None:
