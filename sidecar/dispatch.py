@@ -30,7 +30,7 @@ from llmroute.sidecar.tracing import RequestTrace
 from llmroute.sidecar.upstream.client import CompletionStream, Upstream
 from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
-from llmroute.sidecar.upstream.usage import Completion
+from llmroute.sidecar.upstream.usage import Completion, Usage
 from llmroute.supervise import log_failure
 
 if TYPE_CHECKING:
@@ -229,7 +229,8 @@ class Dispatcher:
             late.sort(key=_soonest)
         ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, [c for _, c in late])
         for candidate in runtime.shadow.due(ranked, now):
-            self._spawn(self._shadow_probe(runtime, candidate, now), f"shadow probe {route.name}/{candidate.name}")
+            probe = self._shadow_probe(runtime, candidate, now, stream=stream)
+            self._spawn(probe, f"shadow probe {route.name}/{candidate.name}")
         return ranked
 
     # ----- the attempt loop -----------------------------------------------------------------------------
@@ -499,19 +500,26 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(functools.partial(log_failure, log=log))
 
-    async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate, due: float) -> None:
+    async def _shadow_probe(self, runtime: RouteRuntime, candidate: Candidate, due: float, *, stream: bool) -> None:
         """A max_tokens-capped request to a backend the user's request did not go to, to keep its estimate fresh
-        (`due`: when the prober chose it)."""
+        (`due`: when the prober chose it). Streamed when the request that chose it is (`stream`), so it measures
+        what ranks streams, the time to first token: a backend's JSON answers never teach it, and streams kept
+        ranking a backend that had never had one by its whole answer's time."""
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
+        stream = stream and api != "embeddings"
         try:
-            with Attempt(runtime, candidate, self.metrics, self.load, api=api, shadow=True) as attempt:
+            with Attempt(runtime, candidate, self.metrics, self.load, api=api, stream=stream, shadow=True) as attempt:
                 try:
-                    completion = await upstream.complete(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
+                    if stream:
+                        usage = await _streamed_probe(upstream, api, attempt)
+                    else:
+                        body = dict(BY_API[api].shadow)
+                        usage = (await upstream.complete(body, timeout=SHADOW_TIMEOUT_S, api=api)).usage
                 except UpstreamError as error:
                     attempt.fail(error)
                 else:
-                    attempt.succeed(completion.usage, "shadow")
+                    attempt.succeed(usage, "shadow")
         finally:
             runtime.shadow.done(candidate.name, due)
 
@@ -712,6 +720,28 @@ class _Attempts:
             self._call.errors.append(
                 (candidate.name, UpstreamError(FailureKind.TIMEOUT, f"no answer after {waited:.0f} ms"))
             )
+
+
+async def _streamed_probe(upstream: Upstream, api: Api, attempt: Attempt) -> Usage:
+    """A shadow probe's streamed answer, read to its end within SHADOW_TIMEOUT_S: its first chunk is the
+    attempt's first byte (the backend's time to first token), the rest its gaps. UpstreamError on any failure,
+    a cut or silent stream included."""
+    try:
+        async with asyncio.timeout(SHADOW_TIMEOUT_S):
+            answer = await upstream.stream(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
+            try:
+                async for _ in answer:
+                    if attempt.ttft is None:
+                        attempt.first_byte()
+                    else:
+                        attempt.chunk()
+            finally:
+                await answer.aclose()
+    except TimeoutError:
+        raise UpstreamError(FailureKind.TIMEOUT, f"no whole answer within {SHADOW_TIMEOUT_S:g}s") from None
+    if attempt.ttft is None:
+        raise UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
+    return answer.usage
 
 
 def _shadow_api(upstream: Upstream) -> Api:

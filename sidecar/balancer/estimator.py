@@ -318,9 +318,9 @@ class BackendStats:
 
     @property
     def recovering(self) -> bool:
-        """Whether its latest answers begin to prove a recovery, from slowness or from failures, that a few
-        more answers would complete."""
-        return self.latency.recovering or self.failures.recovering
+        """Whether its latest answers (or first tokens) begin to prove a recovery, from slowness or from
+        failures, that a few more would complete."""
+        return self.latency.recovering or self.ttft.recovering or self.failures.recovering
 
     @property
     def in_flight(self) -> int:

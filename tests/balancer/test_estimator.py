@@ -209,6 +209,18 @@ def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() ->
     assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
 
 
+def test_a_fast_first_token_after_slow_ones_is_a_recovery_worth_confirming() -> None:
+    # Streams rank a backend by its first tokens, so a first token under half their estimate may be a recovery
+    # as much as a fast answer is: the prober then sends the rest of the proof side by side.
+    stats = BackendStats()
+    for start, first, end in ((0.0, 6.0, 6.5), (1.0, 7.0, 7.5), (10.0, 10.2, 14.0)):
+        token = stats.start(start, stream=True)
+        stats.first_byte(token, first)
+        stats.finish(token, end)
+    assert stats.ttft.recovering and not stats.latency.recovering  # its whole answers are no faster
+    assert stats.recovering
+
+
 def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_its_proof() -> None:
     stats = BackendStats()
     served(stats, 8.5, 10.0)  # degraded: the estimate is 8.5 s

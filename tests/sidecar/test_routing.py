@@ -362,3 +362,28 @@ async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_p
         # With time for it, the order holds again.
         batch = await send(http, 2, **{"x-llmroute-priority": "batch"})
         assert {r.headers["x-llmroute-backend"] for r in batch} == {"first"}
+
+
+async def test_streams_go_to_the_backend_with_the_fastest_first_token_though_it_never_had_a_stream(
+    tmp_path: Path,
+) -> None:
+    # "chatty" writes long answers (0.5 s, as JSON or streamed) but starts them at once (first token after
+    # 0.02 s); "steady" takes 0.1 s either way. JSON traffic first, so neither has had a stream: streams then
+    # rank both by their JSON answers, and go to steady. Shadow probes chosen by a stream request are
+    # streamed, so chatty's first token is measured and the streams move to it. With JSON probes only, they
+    # never did: chatty kept being ranked for streams by its whole JSON answer.
+    steady = Behavior(latency=Latency.fixed(0.1))
+    chatty = Behavior(latency=Latency.fixed(0.5), ttft=Latency.fixed(0.02), token_delay=0.03)  # 16 tokens: 0.5 s
+    async with running(tmp_path, {"steady": steady, "chatty": chatty}) as h, h.http() as http:
+        await send(http, 10)
+        served: list[str] = []
+        started = time.monotonic()
+        while served[-5:] != ["chatty"] * 5 and time.monotonic() - started < 20:
+            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                await response.aread()
+                assert response.status_code == 200
+                served.append(response.headers["x-llmroute-backend"])
+            await asyncio.sleep(0.05)
+        assert served[-5:] == ["chatty"] * 5, Counter(served)
+        # JSON requests are still ranked by whole answers: they stay on steady.
+        assert {r.headers["x-llmroute-backend"] for r in await send(http, 5)} == {"steady"}
