@@ -228,7 +228,7 @@ class Dispatcher:
         if len(late) > 1:
             late.sort(key=_soonest)
         ranked = with_fallback(rank(strategy, feasible, ctx), route.fallback, [c for _, c in late])
-        for candidate in runtime.shadow.due(ranked, now):
+        for candidate in runtime.shadow.due(ranked, now, stream=stream):
             probe = self._shadow_probe(runtime, candidate, now, stream=stream)
             self._spawn(probe, f"shadow probe {route.name}/{candidate.name}")
         return ranked

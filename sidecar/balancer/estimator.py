@@ -274,6 +274,8 @@ class BackendStats:
         "latencies",
         "latency",
         "news_from",
+        "stream_news_from",
+        "stream_sent",
         "ttft",
         "ttfts",
     )
@@ -297,6 +299,11 @@ class BackendStats:
         self.news_from: float | None = None
         """When the request behind the newest such outcome was sent: how old what we know of the backend is.
         An 8.5 s answer tells how the backend was 8.5 s ago, not how it is now."""
+        self.stream_sent: float | None = None
+        """`last_sent` for the app's streams alone."""
+        self.stream_news_from: float | None = None
+        """`news_from` for first tokens alone: when the stream behind the newest first token (or failure before
+        one) was sent. JSON answers say nothing of first tokens, which rank streams."""
         self._penalty = failure_penalty
         self._started: dict[int, float] = {}
         self._awaiting: OrderedDict[int, float] = OrderedDict()  # not yet a first byte; oldest first
@@ -331,6 +338,8 @@ class BackendStats:
         """An attempt begins (`shadow`: a shadow probe, not the app's); returns the token to finish it with."""
         if not shadow:
             self.last_sent = now
+            if stream:
+                self.stream_sent = now
         token = self._next_token
         self._next_token = token + 1
         self._started[token] = now
@@ -348,6 +357,7 @@ class BackendStats:
             self.ttft.observe(now - started, now)
             self.ttfts.add(now - started)
             self._answered_within(now - started)
+            self._first_token_news(started)
 
     def _answered_within(self, seconds: float) -> None:
         """A first byte (or a whole answer) came this soon: a longer wait for a first token is history. One
@@ -380,11 +390,18 @@ class BackendStats:
             self.latency.observe_at_least(elapsed, now)
             if no_first_token:
                 self._first_token_wait = max(self._first_token_wait, elapsed)
+                self._first_token_news(started)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
         news = self.news_from
         if news is None or started > news:
             self.news_from = started
+
+    def _first_token_news(self, started: float) -> None:
+        """A stream sent at `started` told of the backend's first tokens (one came, or it failed before one)."""
+        news = self.stream_news_from
+        if news is None or started > news:
+            self.stream_news_from = started
 
     def _answered(self, started: float) -> None:
         """A request sent at `started` succeeded: the backend answers again, and requests still waiting from

@@ -56,10 +56,10 @@ class ShadowProber:
         self._in_flight: dict[str, list[float]] = {}
         """When the probes sent to each backend and not yet `done` were sent, oldest first."""
 
-    def due(self, ranked: Sequence[Candidate], now: float) -> list[Candidate]:
-        """The non-primary candidates of this request that are stale and may be probed now; they are
-        marked in flight. Pass the eligible, ranked list (ejected backends are probed by ejection, not
-        here). Feed each probe through the backend's stats as usual, then call `done`."""
+    def due(self, ranked: Sequence[Candidate], now: float, *, stream: bool = False) -> list[Candidate]:
+        """The non-primary candidates of this request (`stream`: a stream, ranked by first tokens) that are stale
+        and may be probed now; they are marked in flight. Pass the eligible, ranked list (ejected backends are
+        probed by ejection, not here). Feed each probe through the backend's stats as usual, then call `done`."""
         due = []
         for candidate in ranked[1:]:
             # A backend whose latest answer came in under half its estimate, or that answered after failing,
@@ -74,7 +74,7 @@ class ShadowProber:
                 news = stats.news_from or 0.0
                 if flights and sum(1 for sent in flights if sent >= news) >= CONFIRMING:
                     continue
-            elif self._fresh(stats, last, now) or (
+            elif self._fresh(stats, last, now, stream=stream) or (
                 last is not None and (now - last < self._min_interval or (flights and now - last < PATIENCE_S))
             ):
                 continue
@@ -83,17 +83,18 @@ class ShadowProber:
             due.append(candidate)
         return due
 
-    def _fresh(self, stats: BackendStats, last_probe: float | None, now: float) -> bool:
+    def _fresh(self, stats: BackendStats, last_probe: float | None, now: float, *, stream: bool) -> bool:
         """Whether what is known of the backend is recent enough: the app's newest request to it or the request
-        behind its newest outcome was sent within the quiet time; once its latest outcomes failed, that time is
-        longer and also counts from the latest failure's arrival and the latest probe."""
+        behind its newest outcome was sent within the quiet time (for a `stream`, its newest stream and first
+        token: a backend busy with JSON requests may have no recent first token); once its latest outcomes
+        failed, that time is longer and also counts from the latest failure's arrival and the latest probe."""
         failed = stats.failed_in_row
         if failed > BACKOFF_AFTER:
             quiet = self._quiet(failed)
             times: tuple[float | None, ...] = (stats.news_from, stats.last_sent, stats.last_observed, last_probe)
         else:  # every request reads this for each backend it is not sent to: no more than needed
             quiet = self._stale_after
-            times = (stats.news_from, stats.last_sent)
+            times = (stats.stream_news_from, stats.stream_sent) if stream else (stats.news_from, stats.last_sent)
         return any(seen is not None and now - seen <= quiet for seen in times)
 
     def _quiet(self, failed_in_row: int) -> float:

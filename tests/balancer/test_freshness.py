@@ -23,6 +23,22 @@ def test_only_stale_non_primary_backends_are_probed(make: MakeCandidate, observe
     assert names(ShadowProber().due([primary, fresh, stale, unknown], 10.0)) == ["stale", "unknown"]
 
 
+def test_a_backend_busy_with_json_requests_is_stale_for_streams_until_a_first_token_is_news(
+    make: MakeCandidate,
+) -> None:
+    # Streams rank a backend by its first tokens, which JSON answers never measure: the app's JSON requests
+    # keep a backend fresh for JSON requests only.
+    primary, busy = make("primary"), make("busy")
+    stats = busy.stats
+    stats.finish(stats.start(9.5), 9.8)  # the app's JSON request, sent half a second ago
+    assert ShadowProber().due([primary, busy], 10.0) == []
+    assert names(ShadowProber().due([primary, busy], 10.0, stream=True)) == ["busy"]
+    token = stats.start(9.6, stream=True)  # and once a stream sent since told of its first token
+    stats.first_byte(token, 9.7)
+    stats.finish(token, 9.9)
+    assert ShadowProber().due([primary, busy], 10.0, stream=True) == []
+
+
 def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:
     primary, other = make("primary"), make("other")
     prober = ShadowProber()

@@ -387,3 +387,37 @@ async def test_streams_go_to_the_backend_with_the_fastest_first_token_though_it_
         assert served[-5:] == ["chatty"] * 5, Counter(served)
         # JSON requests are still ranked by whole answers: they stay on steady.
         assert {r.headers["x-llmroute-backend"] for r in await send(http, 5)} == {"steady"}
+
+
+async def _served(http: httpx.AsyncClient, *, stream: bool) -> str:
+    """Send one chat request (a stream, read to its end, when `stream`); the backend that answered it."""
+    async with http.stream("POST", "/chat/completions", json=chat_body(stream=stream)) as response:
+        await response.aread()
+        assert response.status_code == 200, response.text
+        return response.headers["x-llmroute-backend"]
+
+
+async def test_streams_return_to_a_recovered_backend_that_already_carries_the_json_traffic(tmp_path: Path) -> None:
+    # "b" is slow while only streams are sent, so its first tokens are known to take 1 s. It recovers, and
+    # JSON requests return to it. Streams must return too: its first tokens are news no JSON answer brings, so
+    # a stream request probes it (streamed) although the app's JSON requests keep it busy. Before, the app's
+    # JSON requests kept it "fresh", it was never probed, and streams stayed on "a" for good.
+    a = Behavior(latency=Latency.fixed(0.3), ttft=Latency.fixed(0.1), token_delay=0.013)
+    slow = Behavior(latency=Latency.fixed(1.0))
+    async with running(tmp_path, {"a": a, "b": slow}) as h, h.http() as http:
+        for _ in range(8):
+            await _served(http, stream=True)
+        h.sims["b"].set_behavior(Behavior(latency=Latency.fixed(0.2), ttft=Latency.fixed(0.02), token_delay=0.011))
+        json_served: list[str] = []
+        started = time.monotonic()
+        while json_served[-5:] != ["b"] * 5 and time.monotonic() - started < 20:
+            json_served.append(await _served(http, stream=False))
+            await asyncio.sleep(0.05)
+        assert json_served[-5:] == ["b"] * 5, Counter(json_served)  # JSON traffic came back to b
+        streams_served: list[str] = []
+        started = time.monotonic()
+        while streams_served[-5:] != ["b"] * 5 and time.monotonic() - started < 20:
+            assert await _served(http, stream=False) == "b"
+            streams_served.append(await _served(http, stream=True))
+            await asyncio.sleep(0.05)
+        assert streams_served[-5:] == ["b"] * 5, Counter(streams_served)
