@@ -544,6 +544,20 @@ def test_streams_stay_off_a_slowed_backend_as_long_as_its_answers_say_so_not_jus
     assert stats.expected_latency(16.0, load_sensitive=False, stream=True) == pytest.approx(0.15)
 
 
+def test_a_stream_that_fails_at_once_leaves_streams_ranking_the_backend_by_its_first_tokens() -> None:
+    stats = healthy_streams()  # first tokens in 0.15 s
+    stats.finish(stats.start(10.0, stream=True), 10.01, FailureKind.SERVER_ERROR)  # an immediate 503
+    served(stats, 0.6, 11.0)  # then JSON answers of their usual length
+    served(stats, 0.6, 11.5)
+    penalty = stats.expected_latency(11.5, load_sensitive=False) - (stats.latency.value or 0.0)
+    # The failure counts (its penalty), but 10 ms is no wait for a first token: streams still rank the backend
+    # by its first tokens, not by the JSON answers slower than those 10 ms.
+    assert stats.expected_latency(11.5, load_sensitive=False, stream=True) == pytest.approx(0.15 + penalty)
+    # A stream that failed later than its usual first token did wait for one: streams rank it by that wait.
+    stats.finish(stats.start(12.0, stream=True), 12.4, FailureKind.SERVER_ERROR)
+    assert stats.expected_latency(12.4, load_sensitive=False, stream=True) >= 0.4
+
+
 def test_a_slow_json_answer_alone_never_holds_streams_off_a_backend() -> None:
     stats = BackendStats()
     token = stats.start(0.0, stream=True)
