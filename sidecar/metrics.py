@@ -162,7 +162,8 @@ class SidecarMetrics:
         )
         self.retries_refused = Counter(
             "llmroute_retry_budget_exhausted_total",
-            "Retries not made because the retry budget was spent.",
+            "Requests the retry budget refused a fail-over, hedge or deadline rescue, once each (it may have gone"
+            " out later, once the budget allowed it).",
             ["route"],
             registry=r,
         )
