@@ -63,9 +63,12 @@ class NativeCodec:
         return None
 
     def encode(self, request: dict[str, Any], model: str, *, stream: bool) -> bytes:
-        """The app's body with the upstream model (and, where the API needs asking, usage in streams)."""
+        """The app's body with the upstream model, and for a stream `stream: true` (the app's body says so; a
+        shadow probe's does not) and, where the API needs asking, usage."""
         body = dict(request)
         body["model"] = model
+        if stream:
+            body["stream"] = True
         if stream and self._usage_option:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from llmroute.sim import Behavior, Latency
 
@@ -364,37 +365,41 @@ async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_p
         assert {r.headers["x-llmroute-backend"] for r in batch} == {"first"}
 
 
-async def test_streams_go_to_the_backend_with_the_fastest_first_token_though_it_never_had_a_stream(
-    tmp_path: Path,
-) -> None:
-    # "chatty" writes long answers (0.5 s, as JSON or streamed) but starts them at once (first token after
-    # 0.02 s); "steady" takes 0.1 s either way. JSON traffic first, so neither has had a stream: streams then
-    # rank both by their JSON answers, and go to steady. Shadow probes chosen by a stream request are
-    # streamed, so chatty's first token is measured and the streams move to it. With JSON probes only, they
-    # never did: chatty kept being ranked for streams by its whole JSON answer.
-    steady = Behavior(latency=Latency.fixed(0.1))
-    chatty = Behavior(latency=Latency.fixed(0.5), ttft=Latency.fixed(0.02), token_delay=0.03)  # 16 tokens: 0.5 s
-    async with running(tmp_path, {"steady": steady, "chatty": chatty}) as h, h.http() as http:
-        await send(http, 10)
-        served: list[str] = []
-        started = time.monotonic()
-        while served[-5:] != ["chatty"] * 5 and time.monotonic() - started < 20:
-            async with http.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
-                await response.aread()
-                assert response.status_code == 200
-                served.append(response.headers["x-llmroute-backend"])
-            await asyncio.sleep(0.05)
-        assert served[-5:] == ["chatty"] * 5, Counter(served)
-        # JSON requests are still ranked by whole answers: they stay on steady.
-        assert {r.headers["x-llmroute-backend"] for r in await send(http, 5)} == {"steady"}
-
-
 async def _served(http: httpx.AsyncClient, *, stream: bool) -> str:
     """Send one chat request (a stream, read to its end, when `stream`); the backend that answered it."""
     async with http.stream("POST", "/chat/completions", json=chat_body(stream=stream)) as response:
         await response.aread()
         assert response.status_code == 200, response.text
         return response.headers["x-llmroute-backend"]
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_streams_go_to_the_backend_with_the_fastest_first_token_though_it_never_had_a_stream(
+    tmp_path: Path, kind: str
+) -> None:
+    # "chatty" writes long answers (0.5 s, as JSON or streamed) but starts them at once (first token after
+    # 0.02 s); "steady" takes 0.1 s either way. JSON traffic first, so neither has had a stream: streams then
+    # rank both by their JSON answers, and go to steady. Shadow probes chosen by a stream request are
+    # streamed, so chatty's first token is measured and the streams move to it. With JSON probes only, they
+    # never did: chatty kept being ranked for streams by its whole JSON answer. An Anthropic backend is probed
+    # through its own Messages API, which must be asked for a stream in the body.
+    steady = Behavior(latency=Latency.fixed(0.1))
+    chatty = Behavior(latency=Latency.fixed(0.5), ttft=Latency.fixed(0.02), token_delay=0.03)  # 16 tokens: 0.5 s
+    async with running(tmp_path, {"steady": steady, "chatty": (kind, chatty)}) as h, h.http() as http:
+        await send(http, 10)
+        served: list[str] = []
+        started = time.monotonic()
+        while served[-5:] != ["chatty"] * 5 and time.monotonic() - started < 20:
+            served.append(await _served(http, stream=True))
+            await asyncio.sleep(0.05)
+        assert served[-5:] == ["chatty"] * 5, Counter(served)
+        # JSON requests are still ranked by whole answers: they stay on steady.
+        assert {r.headers["x-llmroute-backend"] for r in await send(http, 5)} == {"steady"}
+        # And no probe failed: a probe that the backend answered as JSON would have read as a broken stream.
+        metrics = (await http.get(f"{h.admin_url}/metrics")).text
+        attempts = 'llmroute_upstream_attempts_total{backend="chatty",outcome="%s",route="chat"}'
+        assert attempts % "5xx" not in metrics
+        assert re.search("^" + re.escape(attempts % "shadow") + " [1-9]", metrics, re.MULTILINE), metrics
 
 
 async def test_streams_return_to_a_recovered_backend_that_already_carries_the_json_traffic(tmp_path: Path) -> None:
@@ -417,7 +422,7 @@ async def test_streams_return_to_a_recovered_backend_that_already_carries_the_js
         streams_served: list[str] = []
         started = time.monotonic()
         while streams_served[-5:] != ["b"] * 5 and time.monotonic() - started < 20:
-            assert await _served(http, stream=False) == "b"
+            await _served(http, stream=False)  # JSON traffic goes on (to b, unless a slow moment sends one to a)
             streams_served.append(await _served(http, stream=True))
             await asyncio.sleep(0.05)
         assert streams_served[-5:] == ["b"] * 5, Counter(streams_served)
