@@ -83,6 +83,14 @@ class PeakEWMA:
                 self._low_count = 0
         self._stamp = now
 
+    def end_run(self, sample: float, now: float) -> bool:
+        """A request sent `sample` seconds before `now` went wrong: it ends a run of fast answers, unless it was
+        sent before that run began (old news: False)."""
+        if now - sample < self._fast_since:
+            return False
+        self._low_count = 0
+        return True
+
     def observe_at_least(self, bound: float, now: float) -> None:
         """A duration known only as a lower bound (failure, timeout, cancelled hedge): may raise, never lower.
         It also ends a run of fast answers: a backend that fails right after one fast answer has not shown a
@@ -90,9 +98,8 @@ class PeakEWMA:
         Like an answer, it is old news (changes nothing) when its request was sent before that run began:
         requests caught before a recovery and given up after it would otherwise restart the proof again and
         again (traffic came back 8.6-10.6 s after the recovery instead of 0.8-1.4 s)."""
-        if now - bound < self._fast_since:
+        if not self.end_run(bound, now):
             return
-        self._low_count = 0
         if self.value is None or bound > self.value:
             self.value = bound
             self._stamp = now
@@ -326,9 +333,10 @@ class BackendStats:
 
     @property
     def recovering(self) -> bool:
-        """Whether its latest answers (or first tokens) begin to prove a recovery, from slowness or from
-        failures, that a few more would complete."""
-        return self.latency.recovering or self.ttft.recovering or self.failures.recovering
+        """Whether its latest answers begin to prove a recovery, from slowness or from failures, that a few
+        more answers would complete. (`ttft.recovering` says the same of first tokens, which only streams
+        measure.)"""
+        return self.latency.recovering or self.failures.recovering
 
     @property
     def in_flight(self) -> int:
@@ -391,6 +399,7 @@ class BackendStats:
             if no_first_token:
                 self._waited_for_first_token(elapsed)
                 self._first_token_news(started)
+                self.ttft.end_run(elapsed, now)
             self.latency.observe_at_least(elapsed, now)
         self.failures.observe(failure is not None, now)
         self.last_observed = now
@@ -432,6 +441,7 @@ class BackendStats:
             return
         if waiting and stream:
             self._waited_for_first_token(now - started)
+            self.ttft.end_run(now - started, now)
         self.latency.observe_at_least(now - started, now)
         if waiting:
             overdue = self.quantile(0.95, stream=stream)

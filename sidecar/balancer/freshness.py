@@ -69,9 +69,14 @@ class ShadowProber:
             name, stats = candidate.name, candidate.stats
             flights = self._in_flight.get(name)
             last = self._last.get(name)
-            if stats.recovering:
-                # Probes sent before the request behind its newest answer are old news: they do not count.
-                news = stats.news_from or 0.0
+            # For a stream, so may one whose latest first token came in under half its estimate: streams rank it by
+            # first tokens, which its probes for streams measure.
+            recovering = stats.recovering
+            first_tokens = stream and not recovering and stats.ttft.recovering
+            if recovering or first_tokens:
+                # Probes sent before the request behind its newest answer (first token) are old news: they do not
+                # count.
+                news = (stats.stream_news_from if first_tokens else stats.news_from) or 0.0
                 if flights and sum(1 for sent in flights if sent >= news) >= CONFIRMING:
                     continue
             elif self._fresh(stats, last, now, stream=stream) or (

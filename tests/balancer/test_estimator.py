@@ -209,16 +209,24 @@ def test_a_failure_after_a_fast_answer_ends_the_recovery_it_seemed_to_begin() ->
     assert stats.expected_latency(15.0, load_sensitive=False) < 5  # the run counts from after the failure
 
 
-def test_a_fast_first_token_after_slow_ones_is_a_recovery_worth_confirming() -> None:
+def test_a_fast_first_token_after_slow_ones_may_be_a_recovery_until_a_stream_fails_without_one() -> None:
     # Streams rank a backend by its first tokens, so a first token under half their estimate may be a recovery
-    # as much as a fast answer is: the prober then sends the rest of the proof side by side.
+    # as much as a fast answer is (the prober confirms it for streams). A stream that then fails or is given
+    # up before its first token ends that run, as a failure ends a run of fast answers.
     stats = BackendStats()
     for start, first, end in ((0.0, 6.0, 6.5), (1.0, 7.0, 7.5), (10.0, 10.2, 14.0)):
         token = stats.start(start, stream=True)
         stats.first_byte(token, first)
         stats.finish(token, end)
     assert stats.ttft.recovering and not stats.latency.recovering  # its whole answers are no faster
-    assert stats.recovering
+    assert not stats.recovering  # which is what JSON requests go by
+    stats.finish(stats.start(14.0, stream=True), 14.01, FailureKind.SERVER_ERROR)
+    assert not stats.ttft.recovering
+    token = stats.start(15.0, stream=True)
+    stats.first_byte(token, 15.2)
+    assert stats.ttft.recovering
+    stats.cancel(stats.start(15.5, stream=True), 16.5)  # given up without a first token: a hedge answered first
+    assert not stats.ttft.recovering
 
 
 def test_requests_caught_before_a_recovery_and_given_up_after_it_do_not_restart_its_proof() -> None:

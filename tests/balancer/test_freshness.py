@@ -39,6 +39,27 @@ def test_a_backend_busy_with_json_requests_is_stale_for_streams_until_a_first_to
     assert ShadowProber().due([primary, busy], 10.0, stream=True) == []
 
 
+def test_a_fast_first_token_is_confirmed_for_streams_only_and_not_past_a_failed_probe(make: MakeCandidate) -> None:
+    primary, other = make("primary"), make("other")
+    stats = other.stats
+    for start, first, end in ((0.0, 6.0, 6.5), (1.0, 7.0, 7.5), (10.0, 10.2, 14.0)):  # first tokens: 6 s, then 0.2
+        token = stats.start(start, stream=True)
+        stats.first_byte(token, first)
+        stats.finish(token, end)
+    stats.start(13.0)  # the app's JSON request, still out: it keeps the backend fresh for JSON requests
+    prober = ShadowProber()
+    # JSON requests do not rank by first tokens: no probes beyond the usual pace for them.
+    assert prober.due([primary, other], 14.5) == []
+    # For streams it may be recovering: the rest of the proof goes out side by side.
+    assert names(prober.due([primary, other], 14.5, stream=True)) == ["other"]
+    assert names(prober.due([primary, other], 14.6, stream=True)) == ["other"]
+    assert prober.due([primary, other], 14.7, stream=True) == []  # two in flight
+    # A probe fails at once, before its first token: the run is over, and probes go back to the usual pace.
+    stats.finish(stats.start(14.5, stream=True, shadow=True), 14.8, FailureKind.SERVER_ERROR)
+    prober.done("other", 14.5)
+    assert prober.due([primary, other], 14.9, stream=True) == []
+
+
 def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:
     primary, other = make("primary"), make("other")
     prober = ShadowProber()
