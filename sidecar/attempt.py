@@ -41,6 +41,7 @@ class Attempt:
         "_load",
         "_longest_gap",
         "_metrics",
+        "_shadow",
         "_token",
         "_trial",
         "candidate",
@@ -73,6 +74,7 @@ class Attempt:
         self._handed_over = False
         self._last_chunk = 0.0
         self._longest_gap = 0.0
+        self._shadow = shadow
         runtime.pool.lease(runtime.upstreams[candidate.name])
         detector = runtime.detector
         self._trial = candidate.name in detector.half_open and detector.trial_started(candidate.name)
@@ -120,7 +122,9 @@ class Attempt:
         runtime, candidate = self.runtime, self.candidate
         candidate.stats.finish(self._token, now)
         runtime.detector.record_success(candidate.name)
-        if self.ttft is not None:  # a whole stream: its longest silence was a normal one
+        # A whole stream: its longest silence was a normal one. Not a shadow probe's: a few short answers to
+        # "ping" would set the idle limit (4x their gaps, 2 s at least) for the app's long streams.
+        if self.ttft is not None and not self._shadow:
             candidate.stats.gaps.add(self._longest_gap)
         route, name = runtime.route.name, candidate.name
         price = candidate.spec.price

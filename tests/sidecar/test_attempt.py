@@ -93,3 +93,20 @@ async def test_a_handed_over_stream_stays_open_until_its_reader_closes_it(parts)
         pass
     assert handed.closed and in_flight(parts) == (0, 0)
     assert handed.ttft is not None and handed.ttft >= 0
+
+
+async def test_a_shadow_probes_stream_teaches_first_tokens_but_not_the_gaps_that_set_the_idle_limit(parts) -> None:
+    # Three short "ping" streams would otherwise set a backend's idle limit (4x their longest gaps, at least
+    # 2 s) for the app's long streams, which pause to think or call tools.
+    runtime, metrics, load = parts
+    stats = runtime.candidates[0].stats
+    probe = Attempt(runtime, runtime.candidates[0], metrics, load, stream=True, shadow=True)
+    probe.first_byte()
+    probe.chunk()
+    probe.succeed(Usage(prompt_tokens=5, completion_tokens=16), "shadow")
+    assert len(stats.ttfts) == 1 and len(stats.gaps) == 0
+    stream = start(parts, stream=True)
+    stream.first_byte()
+    stream.chunk()
+    stream.succeed(Usage(prompt_tokens=5, completion_tokens=16))
+    assert len(stats.ttfts) == 2 and len(stats.gaps) == 1
