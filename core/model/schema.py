@@ -309,7 +309,10 @@ SPEC = {
             "additionalProperties": False,
             "properties": {
                 "consecutiveFailures": _integer("Failures in a row that eject a backend (default 5).", 1, 1000),
-                "baseEjectionTime": _duration("First ejection time, multiplied by the ejection count (default 30s)."),
+                "baseEjectionTime": _duration(
+                    "First ejection time, doubled by each further ejection in a row (up to 300s), and how long an"
+                    " ejected backend whose probe failed waits for the next (default 30s)."
+                ),
                 "maxEjectionPercent": _integer("Most backends ejected at once, in percent (default 50).", 0, 100),
             },
         },

@@ -173,7 +173,11 @@ class OutlierDetector:
 
     def probe_result(self, name: str, ok: bool, now: float) -> None:
         """Outcome of GET {url}/models: ok makes the backend half-open (one trial request at a time until
-        one succeeds), failure ejects it again with a longer back-off."""
+        one succeeds); failure keeps it out for the base ejection time, then it is probed again. The probe is
+        free, so a failed one does not lengthen the next wait, as an Envoy health check that keeps failing is
+        repeated at a fixed interval: with waits doubled per failed probe (up to 300 s), a backend down for two
+        minutes came back 90 s after it recovered. The back-off grows with ejections by real traffic (failures
+        in a row, a failed trial) alone."""
         host = self._hosts.get(name)
         if host is None or host.state is not State.PROBING:
             return
@@ -184,7 +188,7 @@ class OutlierDetector:
             host.consecutive = 0
             host.since = now
         else:
-            self._eject(host, now, self._backoff(host, now), Reason.PROBE_FAILED)
+            self._eject(host, now, self._base, Reason.PROBE_FAILED)
 
     def retry_after(self, names: Iterable[str], now: float) -> float | None:
         """If every named backend is out because of a 429, seconds until the first may return (the

@@ -42,24 +42,53 @@ def test_an_ejected_backend_needs_a_successful_probe_after_its_ejection_time() -
     assert detector.is_available("a")
 
 
-def test_failed_probes_back_off_exponentially_up_to_the_cap() -> None:
+def remaining(detector: OutlierDetector, name: str, now: float) -> float:
+    (status,) = [s for s in detector.snapshot(now) if s.name == name]
+    return status.remaining_s
+
+
+def test_failed_trials_back_off_exponentially_up_to_the_cap() -> None:
     detector = OutlierDetector(["a", "b"], base_ejection=30.0)
     fail(detector, "a", 0.0)
     now, waits = 0.0, []
     for _ in range(6):
-        (status,) = [s for s in detector.snapshot(now) if s.name == "a"]
-        waits.append(status.remaining_s)
-        now += status.remaining_s
+        waits.append(remaining(detector, "a", now))
+        now += waits[-1]
         assert detector.due_for_probe(now) == ["a"]
-        detector.probe_result("a", False, now)
+        detector.probe_result("a", True, now)  # the model list answers: one trial request
+        assert detector.trial_started("a")
+        assert detector.record_failure("a", FIVE_XX, now)  # which fails: ejected again, for longer
     assert waits == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
+
+
+def test_a_backend_whose_probe_fails_is_probed_again_after_the_base_ejection_time() -> None:
+    # The probe is free: a failed one does not lengthen the wait, so a backend down for two minutes is back
+    # within one base ejection time of its recovery (doubling per failed probe, it came back 90 s after it).
+    detector = OutlierDetector(["a", "b"], base_ejection=30.0)
+    fail(detector, "a", 0.0)
+    now = 0.0
+    while True:
+        now += remaining(detector, "a", now)
+        assert detector.due_for_probe(now) == ["a"]
+        if now > 120.0:  # its outage ended at 120 s
+            break
+        detector.probe_result("a", False, now)
+        (status,) = [s for s in detector.snapshot(now) if s.name == "a"]
+        assert status.reason is Reason.PROBE_FAILED and status.remaining_s == 30.0
+    detector.probe_result("a", True, now)
+    assert now == 150.0 and detector.is_available("a")
+    assert detector.trial_started("a")
+    assert detector.record_failure("a", FIVE_XX, now)  # its failed probes did not add to the back-off
+    assert remaining(detector, "a", now) == 60.0
 
 
 def test_the_back_off_multiplier_decays_while_the_backend_stays_healthy() -> None:
     detector = OutlierDetector(["a", "b"], base_ejection=30.0)
     fail(detector, "a", 0.0)
     detector.due_for_probe(30.0)
-    detector.probe_result("a", False, 30.0)  # second ejection: 60 s
+    detector.probe_result("a", True, 30.0)
+    detector.trial_started("a")
+    detector.record_failure("a", FIVE_XX, 30.0)  # a failed trial: second ejection, 60 s
     detector.due_for_probe(90.0)
     detector.probe_result("a", True, 90.0)
     detector.record_success("a")  # its trial request: active again
