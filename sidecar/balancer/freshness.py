@@ -53,8 +53,9 @@ class ShadowProber:
         self._min_interval = min_interval
         self._last: dict[str, float] = {}
         """When each backend's latest probe was sent."""
-        self._in_flight: dict[str, list[float]] = {}
-        """When the probes sent to each backend and not yet `done` were sent, oldest first."""
+        self._in_flight: dict[str, list[tuple[float, bool]]] = {}
+        """When the probes sent to each backend and not yet `done` were sent, and whether each was streamed (for
+        a stream request), oldest first."""
 
     def due(self, ranked: Sequence[Candidate], now: float, *, stream: bool = False) -> list[Candidate]:
         """The non-primary candidates of this request (`stream`: a stream, ranked by first tokens) that are stale
@@ -77,14 +78,16 @@ class ShadowProber:
                 # Probes sent before the request behind its newest answer (first token) are old news: they do not
                 # count.
                 news = (stats.stream_news_from if first_tokens else stats.news_from) or 0.0
-                if flights and sum(1 for sent in flights if sent >= news) >= CONFIRMING:
+                # Only streamed probes can show a first token: JSON ones do not hold a first-token proof back.
+                counted = (sent for sent, streamed in flights or () if streamed or not first_tokens)
+                if sum(1 for sent in counted if sent >= news) >= CONFIRMING:
                     continue
             elif self._fresh(stats, last, now, stream=stream) or (
                 last is not None and (now - last < self._min_interval or (flights and now - last < PATIENCE_S))
             ):
                 continue
             self._last[name] = now
-            self._in_flight.setdefault(name, []).append(now)
+            self._in_flight.setdefault(name, []).append((now, stream))
             due.append(candidate)
         return due
 
@@ -114,4 +117,4 @@ class ShadowProber:
         finished, whatever its outcome."""
         flights = self._in_flight.get(name)
         if flights:
-            flights.remove(sent if sent is not None and sent in flights else flights[0])
+            flights.pop(next((i for i, (at, _) in enumerate(flights) if at == sent), 0))

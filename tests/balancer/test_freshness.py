@@ -60,6 +60,22 @@ def test_a_fast_first_token_is_confirmed_for_streams_only_and_not_past_a_failed_
     assert prober.due([primary, other], 14.9, stream=True) == []
 
 
+def test_json_probes_in_flight_do_not_hold_back_the_proof_of_a_fast_first_token(make: MakeCandidate) -> None:
+    primary, other = make("primary"), make("other")
+    stats = other.stats
+    for start, first, end in ((0.0, 6.0, 6.5), (1.0, 7.0, 7.5), (10.0, 10.2, 14.0)):  # first tokens: 6 s, then 0.2
+        token = stats.start(start, stream=True)
+        stats.first_byte(token, first)
+        stats.finish(token, end)
+    prober = ShadowProber()
+    assert names(prober.due([primary, other], 14.5)) == ["other"]  # stale for JSON: a JSON probe
+    assert names(prober.due([primary, other], 16.6)) == ["other"]  # the first slow: another after PATIENCE_S
+    # Neither can show a first token: two streamed probes still go out side by side for streams.
+    assert names(prober.due([primary, other], 16.7, stream=True)) == ["other"]
+    assert names(prober.due([primary, other], 16.8, stream=True)) == ["other"]
+    assert prober.due([primary, other], 16.9, stream=True) == []
+
+
 def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:
     primary, other = make("primary"), make("other")
     prober = ShadowProber()
