@@ -188,7 +188,7 @@ class OutlierDetector:
             host.consecutive = 0
             host.since = now
         else:
-            self._eject(host, now, self._base, Reason.PROBE_FAILED)
+            self._eject(host, now, min(self._base, self._max), Reason.PROBE_FAILED)
 
     def retry_after(self, names: Iterable[str], now: float) -> float | None:
         """If every named backend is out because of a 429, seconds until the first may return (the

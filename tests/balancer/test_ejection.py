@@ -82,6 +82,15 @@ def test_a_backend_whose_probe_fails_is_probed_again_after_the_base_ejection_tim
     assert remaining(detector, "a", now) == 60.0
 
 
+def test_a_failed_probe_waits_no_longer_than_the_longest_ejection() -> None:
+    detector = OutlierDetector(["a", "b"], base_ejection=600.0)
+    fail(detector, "a", 0.0)
+    assert remaining(detector, "a", 0.0) == 300.0
+    assert detector.due_for_probe(300.0) == ["a"]
+    detector.probe_result("a", False, 300.0)
+    assert remaining(detector, "a", 300.0) == 300.0
+
+
 def test_the_back_off_multiplier_decays_while_the_backend_stays_healthy() -> None:
     detector = OutlierDetector(["a", "b"], base_ejection=30.0)
     fail(detector, "a", 0.0)
