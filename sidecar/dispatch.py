@@ -508,6 +508,7 @@ class Dispatcher:
         upstream = runtime.upstreams[candidate.name]
         api = _shadow_api(upstream)
         stream = stream and api != "embeddings"
+        refused = False
         try:
             with Attempt(runtime, candidate, self.metrics, self.load, api=api, stream=stream, shadow=True) as attempt:
                 try:
@@ -518,10 +519,11 @@ class Dispatcher:
                         usage = (await upstream.complete(body, timeout=SHADOW_TIMEOUT_S, api=api)).usage
                 except UpstreamError as error:
                     attempt.fail(error)
+                    refused = not error.kind.blames_backend
                 else:
                     attempt.succeed(usage, "shadow")
         finally:
-            runtime.shadow.done(candidate.name, due)
+            runtime.shadow.done(candidate.name, due, refused=refused)
 
     async def probe_ejected(self, runtime: RouteRuntime) -> None:
         """Probe (GET /models, never a completion) every backend whose ejection is over."""

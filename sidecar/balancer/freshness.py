@@ -41,18 +41,27 @@ one (traffic came back 1.4-4.6 s after a recovery on drawn schedules, against th
 router learning from answers could take); side by side it takes one. A failure ends the run."""
 
 
+REFUSED_S = 30.0
+"""A backend that refused a shadow probe as a bad request (an error that is the request's fault: a model that
+takes no `max_tokens`, say) is not probed again for this long. The probe's fixed body would be refused every time,
+and the refusal says nothing of the backend's health, so it ended no recovery run: such a backend was probed on
+every request while one was open."""
+
+
 class ShadowProber:
     """Per-route choice of shadow probes: one per `min_interval` per backend (a slow one in flight holds back the
     next for `PATIENCE_S`); while a backend may be recovering, up to `CONFIRMING` in flight. Probes are only ever
     triggered by real requests, so an idle route costs nothing."""
 
-    __slots__ = ("_in_flight", "_last", "_min_interval", "_stale_after")
+    __slots__ = ("_in_flight", "_last", "_min_interval", "_refused", "_stale_after")
 
     def __init__(self, *, stale_after: float = STALE_AFTER_S, min_interval: float = MIN_INTERVAL_S) -> None:
         self._stale_after = stale_after
         self._min_interval = min_interval
         self._last: dict[str, float] = {}
         """When each backend's latest probe was sent."""
+        self._refused: dict[str, float] = {}
+        """Until when each backend that refused a probe as a bad request is left alone (`REFUSED_S`)."""
         self._in_flight: dict[str, list[tuple[float, bool]]] = {}
         """When the probes sent to each backend and not yet `done` were sent, and whether each was streamed (for
         a stream request), oldest first."""
@@ -68,6 +77,8 @@ class ShadowProber:
             # come within a second. A failure ends that (`PeakEWMA.observe_at_least`): the trial failed, and
             # each failure in a row then doubles the wait for the next (`FAILED_BACKOFF_MAX_S`).
             name, stats = candidate.name, candidate.stats
+            if self._refused and now < self._refused.get(name, 0.0):
+                continue
             flights = self._in_flight.get(name)
             last = self._last.get(name)
             # For a stream, so may one whose latest first token came in under half its estimate: streams rank it by
@@ -112,9 +123,11 @@ class ShadowProber:
         backoff = self._stale_after * 2.0 ** min(failed_in_row - BACKOFF_AFTER, 16)
         return min(backoff, max(FAILED_BACKOFF_MAX_S, self._stale_after))
 
-    def done(self, name: str, sent: float | None = None) -> None:
+    def done(self, name: str, sent: float | None = None, *, refused: bool = False) -> None:
         """The shadow probe to `name` sent at `sent` (the `now` of its `due`; the oldest when not given)
-        finished, whatever its outcome."""
+        finished, whatever its outcome (`refused`: the backend refused it as a bad request)."""
         flights = self._in_flight.get(name)
         if flights:
-            flights.pop(next((i for i, (at, _) in enumerate(flights) if at == sent), 0))
+            at, _ = flights.pop(next((i for i, (when, _) in enumerate(flights) if when == sent), 0))
+            if refused:
+                self._refused[name] = at + REFUSED_S

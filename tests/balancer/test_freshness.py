@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 
 from llmroute.sidecar.balancer import Candidate, FailureKind, ShadowProber
+from llmroute.sidecar.balancer.freshness import REFUSED_S
 
 MakeCandidate = Callable[..., Candidate]
 Observe = Callable[..., float]
@@ -76,6 +77,19 @@ def test_json_probes_in_flight_do_not_hold_back_the_proof_of_a_fast_first_token(
     assert names(prober.due([primary, other], 16.7, stream=True)) == ["other"]
     assert names(prober.due([primary, other], 16.8, stream=True)) == ["other"]
     assert prober.due([primary, other], 16.9, stream=True) == []
+
+
+def test_a_backend_that_refuses_the_probe_as_a_bad_request_is_left_alone_for_a_while(make: MakeCandidate) -> None:
+    # A model that takes no `max_tokens`, say: the probe's fixed body is refused every time, and the refusal
+    # says nothing of the backend, so it ends no recovery run. Without a pause it was probed on every request.
+    primary, other = make("primary"), first_token_fast_once(make("other"))
+    prober = ShadowProber()
+    assert names(prober.due([primary, other], 14.5, stream=True)) == ["other"]
+    prober.done("other", 14.5, refused=True)
+    assert other.stats.ttft.recovering  # still open: nothing the backend said ended it
+    assert prober.due([primary, other], 14.6, stream=True) == []
+    assert prober.due([primary, other], 14.5 + REFUSED_S - 0.1, stream=True) == []
+    assert names(prober.due([primary, other], 14.5 + REFUSED_S, stream=True)) == ["other"]
 
 
 def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:
