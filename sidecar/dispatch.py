@@ -22,7 +22,7 @@ from llmroute.sidecar.balancer.candidates import Candidate, eligible
 from llmroute.sidecar.balancer.outcome import FailureKind
 from llmroute.sidecar.balancer.pickers import PickContext, rank, with_fallback
 from llmroute.sidecar.errors import ProxyError
-from llmroute.sidecar.inbound import BY_API, Inbound
+from llmroute.sidecar.inbound import Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
 from llmroute.sidecar.runtime import RouteRuntime
@@ -511,15 +511,16 @@ class Dispatcher:
         refused = False
         try:
             with Attempt(runtime, candidate, self.metrics, self.load, api=api, stream=stream, shadow=True) as attempt:
+                body = runtime.probe_bodies.body(candidate.name, api)
                 try:
                     if stream:
-                        usage = await _streamed_probe(upstream, api, attempt)
+                        usage = await _streamed_probe(upstream, body, api, attempt)
                     else:
-                        body = dict(BY_API[api].shadow)
                         usage = (await upstream.complete(body, timeout=SHADOW_TIMEOUT_S, api=api)).usage
                 except UpstreamError as error:
                     attempt.fail(error)
-                    refused = not error.kind.blames_backend
+                    learned = runtime.probe_bodies.learn(candidate.name, api, error)
+                    refused = not error.kind.blames_backend and not learned
                 else:
                     attempt.succeed(usage, "shadow")
         finally:
@@ -724,13 +725,13 @@ class _Attempts:
             )
 
 
-async def _streamed_probe(upstream: Upstream, api: Api, attempt: Attempt) -> Usage:
+async def _streamed_probe(upstream: Upstream, body: dict[str, Any], api: Api, attempt: Attempt) -> Usage:
     """A shadow probe's streamed answer, read to its end within SHADOW_TIMEOUT_S: its first chunk is the
     attempt's first byte (the backend's time to first token), the rest its gaps. UpstreamError on any failure,
     a cut or silent stream included."""
     try:
         async with asyncio.timeout(SHADOW_TIMEOUT_S):
-            answer = await upstream.stream(dict(BY_API[api].shadow), timeout=SHADOW_TIMEOUT_S, api=api)
+            answer = await upstream.stream(body, timeout=SHADOW_TIMEOUT_S, api=api)
             try:
                 async for _ in answer:
                     if attempt.ttft is None:

@@ -19,6 +19,7 @@ from llmroute.sidecar.balancer.ejection import OutlierDetector
 from llmroute.sidecar.balancer.estimator import BackendStats
 from llmroute.sidecar.balancer.freshness import ShadowProber
 from llmroute.sidecar.balancer.retry_budget import RetryBudget
+from llmroute.sidecar.probebody import ProbeBodies
 from llmroute.sidecar.upstream.client import Upstream
 from llmroute.sidecar.upstream.egress import Egress
 
@@ -94,6 +95,7 @@ class RouteRuntime:
     detector: OutlierDetector
     retry_budget: RetryBudget
     shadow: ShadowProber
+    probe_bodies: ProbeBodies
     gates: dict[Priority, ConcurrencyGate]
 
     def __init__(self, route: Route, pool: UpstreamPool, previous: RouteRuntime | None = None) -> None:
@@ -119,6 +121,7 @@ class RouteRuntime:
         keep = previous is not None and previous.route.retry.retry_budget_percent == percent
         self.retry_budget = previous.retry_budget if previous is not None and keep else RetryBudget(percent)
         self.shadow = previous.shadow if previous is not None else ShadowProber()
+        self.probe_bodies = previous.probe_bodies if previous is not None else ProbeBodies()
         self.gates: dict[Priority, ConcurrencyGate] = {}
         for priority, policy in route.priorities.items():
             if policy.max_concurrency is None:

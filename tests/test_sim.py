@@ -226,6 +226,17 @@ async def test_wrong_key_is_401_in_provider_shape(start_sim: StartSim) -> None:
     assert sim.stats.by_outcome["unauthorized"] == claude.stats.by_outcome["unauthorized"] == 1
 
 
+async def test_a_reasoning_model_refuses_max_tokens_as_openai_does(start_sim: StartSim) -> None:
+    sim = await start_sim("o3", behavior=Behavior(output_tokens=4, unsupported_params=("max_tokens",)))
+    with pytest.raises(openai.BadRequestError) as failure:
+        await client(sim).chat.completions.create(model="o3", messages=MESSAGES, max_tokens=2)
+    assert (failure.value.code, failure.value.param) == ("unsupported_parameter", "max_tokens")
+    assert "Use 'max_completion_tokens' instead." in failure.value.message
+    answer = await client(sim).chat.completions.create(model="o3", messages=MESSAGES, max_completion_tokens=2)
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+    assert (sim.stats.by_outcome["unsupported_parameter"], sim.stats.by_outcome["ok"]) == (1, 1)
+
+
 def test_config_file_with_schedules(tmp_path: Path) -> None:
     config = tmp_path / "sim.yaml"
     config.write_text(
@@ -236,12 +247,13 @@ def test_config_file_with_schedules(tmp_path: Path) -> None:
         "    kind: anthropic\n"
         "    schedule:\n"
         "      - {at: 0s, behavior: {latency: 0.3, error_rate: 0.1}}\n"
-        "      - {at: 20s, behavior: {latency: 8.5s}}\n"
+        "      - {at: 20s, behavior: {latency: 8.5s, unsupported_params: [max_tokens]}}\n"
     )
     a, b = load_config(config)
     assert a.provider.schedule.at(0).latency == Latency.lognormal(0.3, 0.8)
     late = b.provider.schedule.at(25)
     assert (late.latency, late.error_rate) == (Latency.fixed(8.5), 0.1)  # later phases change what they name
+    assert late.unsupported_params == ("max_tokens",)
     config.write_text("backends:\n  - {name: a, schedule: [{at: 0, behavior: {latncy: 1}}]}\n")
     with pytest.raises(SimConfigError, match=r"backends\[0\]\.schedule\[0\]\.behavior\.latncy: unknown field"):
         load_config(config)

@@ -105,6 +105,10 @@ class AnthropicDialect:
         message = f"prompt is too long: {prompt_tokens} tokens > {window} maximum"
         return dump({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
 
+    def parameter_error(self, param: str) -> bytes:
+        message = f"{param}: Extra inputs are not permitted"
+        return dump({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+
     def models_body(self, models: tuple[str, ...]) -> bytes:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models]
         return dump({"data": data, "has_more": False, "first_id": models[0], "last_id": models[-1]})

@@ -70,6 +70,8 @@ class Behavior:
     api_key: str | None = None  # when set, any other key gets 401
     context_window: int | None = None  # when set, longer prompts get the provider's context-length 400
     models_stay_up: bool = False  # GET /models answers even while the other endpoints fail
+    unsupported_params: tuple[str, ...] = ()  # request fields refused with the provider's 400 (an OpenAI
+    # reasoning model refuses `max_tokens`)
 
     def __post_init__(self) -> None:
         rates = (self.error_rate, self.rate_limit_rate, self.hang_rate, self.reset_rate)

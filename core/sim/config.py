@@ -120,6 +120,8 @@ def _behavior(base: Behavior, spec: Any, where: str) -> Behavior:
             changes[key] = _seconds(value, f"{where}.{key}")
         elif key == "error_statuses":
             changes[key] = tuple(int(s) for s in value)
+        elif key == "unsupported_params":
+            changes[key] = tuple(str(p) for p in value)
         else:
             changes[key] = value
     try:

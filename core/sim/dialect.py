@@ -93,6 +93,10 @@ class Dialect(Protocol):
         """The provider's own 400 body for a prompt longer than the model's context window."""
         ...
 
+    def parameter_error(self, param: str) -> bytes:
+        """The provider's own 400 body for a request field the model does not take."""
+        ...
+
     def models_body(self, models: tuple[str, ...]) -> bytes: ...
 
 

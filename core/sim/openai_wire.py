@@ -129,6 +129,13 @@ class OpenAIDialect:
         error = {"message": message, "type": "invalid_request_error", "param": "messages"}
         return dump({"error": {**error, "code": "context_length_exceeded"}})
 
+    def parameter_error(self, param: str) -> bytes:
+        message = f"Unsupported parameter: '{param}' is not supported with this model."
+        if param == "max_tokens":  # what OpenAI's reasoning models say
+            message += " Use 'max_completion_tokens' instead."
+        error = {"message": message, "type": "invalid_request_error", "param": param}
+        return dump({"error": {**error, "code": "unsupported_parameter"}})
+
     def models_body(self, models: tuple[str, ...]) -> bytes:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "llmroute-sim"} for m in models]
         return dump({"object": "list", "data": data})

@@ -155,6 +155,10 @@ class SimProvider:
         chat = fmt.parse(request, payload)
         if isinstance(chat, str):
             return self._error(400, "bad_request", chat)
+        refused = next((param for param in behavior.unsupported_params if param in payload), None)
+        if refused is not None:
+            self.stats.by_outcome["unsupported_parameter"] += 1
+            return Response(400, dialect.parameter_error(refused), self._headers)
         window = behavior.context_window
         if window is not None and _prompt_tokens(request) > window:
             self.stats.by_outcome["context_length"] += 1

@@ -43,9 +43,10 @@ router learning from answers could take); side by side it takes one. A failure e
 
 REFUSED_S = 30.0
 """A backend that refused a shadow probe as a bad request (an error that is the request's fault: a model that
-takes no `max_tokens`, say) is not probed again for this long. The probe's fixed body would be refused every time,
-and the refusal says nothing of the backend's health, so it ended no recovery run: such a backend was probed on
-every request while one was open."""
+needs a field the probe's fixed body lacks, say) is not probed again for this long. The probe would be refused
+every time, and the refusal says nothing of the backend's health, so it ended no recovery run: such a backend
+was probed on every request while one was open. (A refused `max_tokens` is not such a refusal: the next probe
+caps the output with `max_completion_tokens` instead, see llmroute.sidecar.probebody.)"""
 
 
 class ShadowProber:

@@ -365,6 +365,28 @@ async def test_ordered_passes_over_a_backend_expected_to_miss_the_deadline(tmp_p
         assert {r.headers["x-llmroute-backend"] for r in batch} == {"first"}
 
 
+async def test_a_reasoning_model_that_refuses_max_tokens_is_probed_with_max_completion_tokens(tmp_path: Path) -> None:
+    # OpenAI's reasoning models refuse `max_tokens` with a 400 `unsupported_parameter` naming it. All traffic
+    # goes to "primary" (ordered), so "reasoning" is measured only by shadow probes. The probe's first body
+    # caps the output with `max_tokens` (what most compatible servers take); after the refusal the probes use
+    # `max_completion_tokens` and the backend gets a latency estimate. Before, every probe was refused (and
+    # paused 30 s), and the backend was never measured.
+    reasoning = Behavior(latency=Latency.fixed(0.05), unsupported_params=("max_tokens",))
+    async with (
+        running(tmp_path, {"primary": FAST, "reasoning": reasoning}, spec={"strategy": "ordered"}) as h,
+        h.http() as http,
+    ):
+        started = time.monotonic()
+        while h.sims["reasoning"].stats.by_outcome["ok"] < 2 and time.monotonic() - started < 15:
+            assert {r.headers["x-llmroute-backend"] for r in await send(http, 1)} == {"primary"}
+            await asyncio.sleep(0.1)
+        outcomes = h.sims["reasoning"].stats.by_outcome
+        assert outcomes["ok"] >= 2 and outcomes["unsupported_parameter"] == 1, outcomes
+        backends = (await http.get(f"{h.admin_url}/debug/backends")).json()
+        measured = next(b for b in backends["default/chat"] if b["name"] == "reasoning")
+        assert measured["latency_ewma_s"] is not None and measured["latency_ewma_s"] >= 0.05, measured
+
+
 async def _served(http: httpx.AsyncClient, *, stream: bool) -> str:
     """Send one chat request (a stream, read to its end, when `stream`); the backend that answered it."""
     async with http.stream("POST", "/chat/completions", json=chat_body(stream=stream)) as response:
