@@ -511,7 +511,7 @@ class Dispatcher:
         refused = False
         try:
             with Attempt(runtime, candidate, self.metrics, self.load, api=api, stream=stream, shadow=True) as attempt:
-                body = runtime.probe_bodies.body(candidate.name, api)
+                body = runtime.probe_bodies.body(candidate.spec, api)
                 try:
                     if stream:
                         usage = await _streamed_probe(upstream, body, api, attempt)
@@ -519,7 +519,7 @@ class Dispatcher:
                         usage = (await upstream.complete(body, timeout=SHADOW_TIMEOUT_S, api=api)).usage
                 except UpstreamError as error:
                     attempt.fail(error)
-                    learned = runtime.probe_bodies.learn(candidate.name, api, error)
+                    learned = runtime.probe_bodies.learn(candidate.spec, api, body, error)
                     refused = not error.kind.blames_backend and not learned
                 else:
                     attempt.succeed(usage, "shadow")

@@ -122,6 +122,7 @@ class RouteRuntime:
         self.retry_budget = previous.retry_budget if previous is not None and keep else RetryBudget(percent)
         self.shadow = previous.shadow if previous is not None else ShadowProber()
         self.probe_bodies = previous.probe_bodies if previous is not None else ProbeBodies()
+        self.probe_bodies.retain(route.backends)
         self.gates: dict[Priority, ConcurrencyGate] = {}
         for priority, policy in route.priorities.items():
             if policy.max_concurrency is None:
