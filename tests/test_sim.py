@@ -237,6 +237,19 @@ async def test_a_reasoning_model_refuses_max_tokens_as_openai_does(start_sim: St
     assert (sim.stats.by_outcome["unsupported_parameter"], sim.stats.by_outcome["ok"]) == (1, 1)
 
 
+async def test_a_json_answer_can_take_longer_the_more_it_writes(start_sim: StartSim) -> None:
+    sim = await start_sim("primary", behavior=Behavior(output_tokens=10, json_token_delay=0.1))
+    started = time.monotonic()
+    long = await client(sim).chat.completions.create(model="m", messages=MESSAGES)
+    writing_long = time.monotonic() - started
+    started = time.monotonic()
+    short = await client(sim).chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
+    writing_short = time.monotonic() - started
+    assert long.usage is not None and short.usage is not None
+    assert (long.usage.completion_tokens, short.usage.completion_tokens) == (10, 1)
+    assert writing_long >= 0.95 > writing_short  # 10 tokens at 0.1 s, against one
+
+
 def test_config_file_with_schedules(tmp_path: Path) -> None:
     config = tmp_path / "sim.yaml"
     config.write_text(
@@ -247,15 +260,18 @@ def test_config_file_with_schedules(tmp_path: Path) -> None:
         "    kind: anthropic\n"
         "    schedule:\n"
         "      - {at: 0s, behavior: {latency: 0.3, error_rate: 0.1}}\n"
-        "      - {at: 20s, behavior: {latency: 8.5s, unsupported_params: [max_tokens]}}\n"
+        "      - {at: 20s, behavior: {latency: 8.5s, unsupported_params: [max_tokens], json_token_delay: 20ms}}\n"
     )
     a, b = load_config(config)
     assert a.provider.schedule.at(0).latency == Latency.lognormal(0.3, 0.8)
     late = b.provider.schedule.at(25)
     assert (late.latency, late.error_rate) == (Latency.fixed(8.5), 0.1)  # later phases change what they name
-    assert late.unsupported_params == ("max_tokens",)
+    assert (late.unsupported_params, late.json_token_delay) == (("max_tokens",), 0.02)
     config.write_text("backends:\n  - {name: a, schedule: [{at: 0, behavior: {latncy: 1}}]}\n")
     with pytest.raises(SimConfigError, match=r"backends\[0\]\.schedule\[0\]\.behavior\.latncy: unknown field"):
+        load_config(config)
+    config.write_text("backends:\n  - {name: a, behavior: {unsupported_params: max_tokens}}\n")
+    with pytest.raises(SimConfigError, match=r"unsupported_params: a list of request field names is required"):
         load_config(config)
 
 

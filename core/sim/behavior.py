@@ -55,6 +55,8 @@ class Behavior:
     latency: Latency = field(default_factory=Latency)  # until a JSON answer (or the first token)
     ttft: Latency | None = None  # streams: until the first token; defaults to `latency`
     token_delay: float = 0.0  # streams: seconds between tokens
+    json_token_delay: float = 0.0  # JSON answers: seconds per output token on top of `latency` (a real model's
+    # whole answer takes longer the more it writes; 0: a JSON answer takes `latency` whatever its length)
     output_tokens: int = 16  # capped by the request's max_tokens
     cached_tokens: int = 0  # reported as cached prompt tokens (capped by the prompt)
     cache_write_tokens: int = 0  # Anthropic: prompt tokens reported as written to the cache (after cached ones)
@@ -79,9 +81,11 @@ class Behavior:
             raise ValueError("rates must be between 0 and 1")
         if sum(rates) > 1 + 1e-9:
             raise ValueError("error, rate-limit, hang and reset rates add up to more than 1")
-        counts = (self.cached_tokens, self.cache_write_tokens, self.token_delay, self.retry_after, self.stall)
-        if self.output_tokens < 1 or min(counts) < 0:
-            raise ValueError("output_tokens must be >= 1; token counts, token_delay, retry_after and stall >= 0")
+        counts = (self.cached_tokens, self.cache_write_tokens, self.retry_after, self.stall)
+        if self.output_tokens < 1 or min(*counts, self.token_delay, self.json_token_delay) < 0:
+            raise ValueError(
+                "output_tokens must be >= 1; token counts, token_delay, json_token_delay, retry_after and stall >= 0"
+            )
         if not self.error_statuses or any(not 400 <= s <= 599 for s in self.error_statuses):
             raise ValueError("error_statuses must be HTTP error codes (400-599)")
 

@@ -34,7 +34,7 @@ from llmroute.model.durations import parse_duration
 from llmroute.sim.behavior import Behavior, Latency, Schedule
 from llmroute.sim.provider import Kind, SimProvider
 
-_SECONDS_FIELDS = frozenset({"token_delay", "retry_after", "stall"})
+_SECONDS_FIELDS = frozenset({"token_delay", "json_token_delay", "retry_after", "stall"})
 _LATENCY_FIELDS = frozenset({"latency", "ttft"})
 _BEHAVIOR_FIELDS = frozenset(f.name for f in dataclasses.fields(Behavior))
 
@@ -121,6 +121,8 @@ def _behavior(base: Behavior, spec: Any, where: str) -> Behavior:
         elif key == "error_statuses":
             changes[key] = tuple(int(s) for s in value)
         elif key == "unsupported_params":
+            if not isinstance(value, list):
+                raise SimConfigError(f"{where}.{key}: a list of request field names is required")
             changes[key] = tuple(str(p) for p in value)
         else:
             changes[key] = value

@@ -175,7 +175,8 @@ class SimProvider:
             chunks = self._stream(fmt, request, chat, completion, behavior, broken, stall)
             return StreamingResponse(200, chunks, [*self._headers, ("cache-control", "no-cache")])
         self.stats.by_outcome["ok"] += 1
-        await _sleep(behavior.latency.sample(latency_draws(request.body, self._rng)))
+        writing = completion.completion_tokens * behavior.json_token_delay
+        await _sleep(behavior.latency.sample(latency_draws(request.body, self._rng)) + writing)
         return Response(200, self._completion_body(fmt, completion), self._headers)
 
     def _completion_body(self, fmt: Format, completion: Completion) -> bytes:
