@@ -98,6 +98,10 @@ class AdminApp:
                         "ejections": ejection[c.name].ejections,
                         "remaining_s": ejection[c.name].remaining_s,
                     },
+                    "shadow_probes": {
+                        "chat_output_cap": runtime.probe_bodies.cap(c.spec),
+                        "refused_pause_s": runtime.shadow.refused_for(c.name, now),
+                    },
                 }
                 for c in runtime.candidates
             ]

@@ -37,7 +37,7 @@ class ProbeBodies:
     def body(self, backend: Backend, api: Api) -> dict[str, Any]:
         """A fresh copy of the probe body for `backend` in `api` (the caller may add to it)."""
         body = dict(BY_API[api].shadow)
-        if api == "chat" and _key(backend) in self._renamed:
+        if api == "chat" and self.cap(backend) == RENAMED_CAP:
             body[RENAMED_CAP] = body.pop(CAP)
         return body
 
@@ -53,6 +53,10 @@ class ProbeBodies:
             return False
         self._renamed.add(_key(backend))
         return True
+
+    def cap(self, backend: Backend) -> str:
+        """The field that caps the output of `backend`'s chat probes."""
+        return RENAMED_CAP if _key(backend) in self._renamed else CAP
 
     def retain(self, backends: Iterable[Backend]) -> None:
         """Forget what was learnt of servers no backend of the route points at any more."""

@@ -124,6 +124,11 @@ class ShadowProber:
         backoff = self._stale_after * 2.0 ** min(failed_in_row - BACKOFF_AFTER, 16)
         return min(backoff, max(FAILED_BACKOFF_MAX_S, self._stale_after))
 
+    def refused_for(self, name: str, now: float) -> float | None:
+        """Seconds until `name` is probed again after refusing a probe as a bad request; None when it is not."""
+        until = self._refused.get(name)
+        return until - now if until is not None and until > now else None
+
     def done(self, name: str, sent: float | None = None, *, refused: bool = False) -> None:
         """The shadow probe to `name` sent at `sent` (the `now` of its `due`; the oldest when not given)
         finished, whatever its outcome (`refused`: the backend refused it as a bad request)."""

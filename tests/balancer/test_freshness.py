@@ -87,9 +87,12 @@ def test_a_backend_that_refuses_the_probe_as_a_bad_request_is_left_alone_for_a_w
     assert names(prober.due([primary, other], 14.5, stream=True)) == ["other"]
     prober.done("other", 14.5, refused=True)
     assert other.stats.ttft.recovering  # still open: nothing the backend said ended it
+    assert prober.refused_for("other", 14.6) == pytest.approx(REFUSED_S - 0.1)  # shown in /debug/backends
+    assert prober.refused_for("primary", 14.6) is None
     assert prober.due([primary, other], 14.6, stream=True) == []
     assert prober.due([primary, other], 14.5 + REFUSED_S - 0.1, stream=True) == []
     assert names(prober.due([primary, other], 14.5 + REFUSED_S, stream=True)) == ["other"]
+    assert prober.refused_for("other", 14.5 + REFUSED_S) is None
 
 
 def test_one_probe_in_flight_and_at_most_one_per_second_per_backend(make: MakeCandidate) -> None:

@@ -385,6 +385,7 @@ async def test_a_reasoning_model_that_refuses_max_tokens_is_probed_with_max_comp
         backends = (await http.get(f"{h.admin_url}/debug/backends")).json()
         measured = next(b for b in backends["default/chat"] if b["name"] == "reasoning")
         assert measured["latency_ewma_s"] is not None and measured["latency_ewma_s"] >= 0.05, measured
+        assert measured["shadow_probes"] == {"chat_output_cap": "max_completion_tokens", "refused_pause_s": None}
 
 
 async def _served(http: httpx.AsyncClient, *, stream: bool) -> str:
