@@ -25,10 +25,10 @@ from llmroute.sidecar.errors import ProxyError
 from llmroute.sidecar.inbound import Inbound
 from llmroute.sidecar.load import LoadRecorder
 from llmroute.sidecar.metrics import SidecarMetrics
+from llmroute.sidecar.probebody import probe_api
 from llmroute.sidecar.runtime import RouteRuntime
 from llmroute.sidecar.tracing import RequestTrace
 from llmroute.sidecar.upstream.client import CompletionStream, Upstream
-from llmroute.sidecar.upstream.codecs import PREFERENCE
 from llmroute.sidecar.upstream.errors import UpstreamError
 from llmroute.sidecar.upstream.usage import Completion, Usage
 from llmroute.supervise import log_failure
@@ -506,7 +506,7 @@ class Dispatcher:
         what ranks streams, the time to first token: a backend's JSON answers never teach it, and streams kept
         ranking a backend that had never had one by its whole answer's time."""
         upstream = runtime.upstreams[candidate.name]
-        api = _shadow_api(upstream)
+        api = probe_api(candidate.spec)
         stream = stream and api != "embeddings"
         refused = False
         try:
@@ -745,14 +745,6 @@ async def _streamed_probe(upstream: Upstream, body: dict[str, Any], api: Api, at
     if attempt.ttft is None:
         raise UpstreamError(FailureKind.SERVER_ERROR, "stream ended before any content")
     return answer.usage
-
-
-def _shadow_api(upstream: Upstream) -> Api:
-    """The API a shadow probe uses: the backend's first native one. A shadow probe measures the backend, not
-    the app's prompt: a tiny fixed request in that API, so no user data is copied to a backend the user's
-    request did not go to."""
-    apis = upstream.backend.apis
-    return next(api for api in PREFERENCE if api in apis)
 
 
 async def _first_done(tasks: Collection[asyncio.Task[Answer]], timeout: float) -> list[asyncio.Task[Answer]]:  # noqa: ASYNC109

@@ -43,8 +43,10 @@ def test_a_chat_probe_caps_the_output_with_max_tokens_until_a_backend_refuses_it
     renamed = bodies.body(o3, "chat")
     assert renamed["max_completion_tokens"] == 16 and "max_tokens" not in renamed
     assert bodies.body(other, "chat")["max_tokens"] == 16  # other backends keep the usual cap
-    # A refusal of the renamed cap is news of another kind: the prober pauses as for any bad request.
+    # A server that refuses the renamed cap too (a proxy or an old API version that does not know it): the
+    # probes go back to max_tokens, after the usual pause for a probe refused as a bad request.
     assert not bodies.learn(o3, "chat", renamed, refusal(OpenAIDialect().parameter_error("max_completion_tokens")))
+    assert bodies.body(o3, "chat")["max_tokens"] == 16
 
 
 def test_a_second_probe_sent_before_the_first_refusal_came_back_is_not_paused() -> None:
@@ -53,6 +55,16 @@ def test_a_second_probe_sent_before_the_first_refusal_came_back_is_not_paused() 
     first, second = bodies.body(o3, "chat"), bodies.body(o3, "chat")
     assert bodies.learn(o3, "chat", first, REFUSES_MAX_TOKENS)
     assert bodies.learn(o3, "chat", second, REFUSES_MAX_TOKENS)
+
+
+def test_the_debug_view_names_the_cap_of_chat_probes_only() -> None:
+    bodies, o3 = ProbeBodies(), backend()
+    assert bodies.cap(o3) == "max_tokens"
+    bodies.learn(o3, "chat", bodies.body(o3, "chat"), REFUSES_MAX_TOKENS)
+    assert bodies.cap(o3) == "max_completion_tokens"
+    entry = {"name": "c", "provider": "anthropic", "url": "http://claude.example/v1", "model": "c"}
+    claude = parse_spec({"models": ["c"], "backends": [entry]}, name="r", namespace="ns").backends[0]
+    assert bodies.cap(claude) is None  # probed through the Messages API
 
 
 def test_each_body_is_a_copy_the_caller_may_change() -> None:
@@ -67,8 +79,17 @@ def test_only_a_refusal_of_the_cap_as_unsupported_changes_the_body() -> None:
     assert not bodies.learn(o3, "chat", sent, refusal(OpenAIDialect().parameter_error("temperature")))
     assert not bodies.learn(o3, "chat", sent, refusal(OpenAIDialect().context_error(20, 10)))
     assert not bodies.learn(o3, "chat", sent, refusal(b"<html>Bad Request</html>"))
-    out_of_range = {"message": "max_tokens is too large: 99999.", "param": "max_tokens", "code": "invalid_value"}
-    assert not bodies.learn(o3, "chat", sent, refusal(_doc(out_of_range)))
+    # OpenAI's out-of-range answer names the field too, and says what the model "supports".
+    too_large = (
+        "max_tokens is too large: 99999. This model supports at most 16384 completion tokens, whereas you"
+        " provided 99999."
+    )
+    assert not bodies.learn(o3, "chat", sent, refusal(_doc({"message": too_large, "param": "max_tokens"})))
+    # vLLM's context-length answer names both fields; a 503 may say anything.
+    vllm = "'max_tokens' or 'max_completion_tokens' is too large: 99999. This model's maximum context length is 4096."
+    assert not bodies.learn(o3, "chat", sent, refusal(_doc({"message": vllm})))
+    unavailable = error_from_response(503, {}, _doc({"message": "'max_tokens' is not supported right now"}))
+    assert not bodies.learn(o3, "chat", sent, unavailable)
     # Anthropic and the other APIs have one name for the cap: nothing to switch to.
     messages = bodies.body(o3, "messages")
     assert not bodies.learn(o3, "messages", messages, refusal(AnthropicDialect().parameter_error("max_tokens")))
@@ -82,9 +103,12 @@ def _doc(error: dict[str, str]) -> bytes:
     return json.dumps({"error": {"type": "invalid_request_error", **error}}).encode()
 
 
-def test_a_refusal_that_names_the_other_cap_only_in_its_message_counts() -> None:
+def test_a_refusal_that_names_the_cap_only_in_its_message_counts() -> None:
     # Servers that copy OpenAI's message but leave `param` out (Azure's short error shape, proxies).
-    body = AzureOpenAIDialect().error_body(400, "Use 'max_completion_tokens' instead of 'max_tokens'.")
+    message = (
+        "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+    )
+    body = AzureOpenAIDialect().error_body(400, message)
     bodies, azure = ProbeBodies(), backend("azure", "http://azure.example")
     assert bodies.learn(azure, "chat", bodies.body(azure, "chat"), refusal(body))
     assert "max_completion_tokens" in bodies.body(azure, "chat")

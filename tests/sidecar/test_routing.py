@@ -381,7 +381,8 @@ async def test_a_reasoning_model_that_refuses_max_tokens_is_probed_with_max_comp
             assert {r.headers["x-llmroute-backend"] for r in await send(http, 1)} == {"primary"}
             await asyncio.sleep(0.1)
         outcomes = h.sims["reasoning"].stats.by_outcome
-        assert outcomes["ok"] >= 2 and outcomes["unsupported_parameter"] == 1, outcomes
+        # One refusal, or two when a second probe went out before the first came back.
+        assert outcomes["ok"] >= 2 and 1 <= outcomes["unsupported_parameter"] <= 2, outcomes
         backends = (await http.get(f"{h.admin_url}/debug/backends")).json()
         measured = next(b for b in backends["default/chat"] if b["name"] == "reasoning")
         assert measured["latency_ewma_s"] is not None and measured["latency_ewma_s"] >= 0.05, measured
