@@ -174,26 +174,39 @@ def chart(results: list[Result], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure(clients: int, duration: float, rounds: int) -> list[Result]:
+    """Every round of both conditions, the conditions' order alternated from round to round."""
+    results = []
+    conditions = [("length-blind (control)", False), ("length-timed", True)]
+    with tempfile.TemporaryDirectory(prefix="bench-lengths-") as tmp:
+        for round_ in range(rounds):
+            for condition, timed in conditions if round_ % 2 == 0 else conditions[::-1]:
+                print(f"== round {round_ + 1}, {condition}: {clients} clients for {duration:g} s", flush=True)
+                result = asyncio.run(run(f"r{round_}-{timed}", timed, Path(tmp), clients, duration))
+                result.condition = condition
+                print(f"   {len(result.took)} requests, {100 * result.share('slow'):.0f}% answered by slow", flush=True)
+                results.append(result)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lengths", description=__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results/lengths.json")
+    parser.add_argument("--report-only", action="store_true", help="redraw the docs from --results, without a run")
     parser.add_argument("--no-docs", action="store_true", help="print the section instead of writing the docs")
     args = parser.parse_args(argv)
-    results = []
-    conditions = [("length-blind (control)", False), ("length-timed", True)]
-    with tempfile.TemporaryDirectory(prefix="bench-lengths-") as tmp:
-        for round_ in range(args.rounds):
-            for condition, timed in conditions if round_ % 2 == 0 else conditions[::-1]:
-                print(f"== round {round_ + 1}, {condition}: {args.clients} clients for {args.duration:g} s", flush=True)
-                result = asyncio.run(run(f"r{round_}-{timed}", timed, Path(tmp), args.clients, args.duration))
-                result.condition = condition
-                print(f"   {len(result.took)} requests, {100 * result.share('slow'):.0f}% answered by slow", flush=True)
-                results.append(result)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps([asdict(r) for r in results]))
+    if args.report_only:
+        saved = json.loads(args.results.read_text())
+        args.clients, args.duration, args.rounds = saved["clients"], saved["duration"], saved["rounds"]
+        results = [Result(**r) for r in saved["results"]]
+    else:
+        results = measure(args.clients, args.duration, args.rounds)
+        run_args = {"clients": args.clients, "duration": args.duration, "rounds": args.rounds}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps({**run_args, "results": [asdict(r) for r in results]}))
     text = section(results, args.clients, args.duration, args.rounds)
     if args.no_docs:
         print(text)
