@@ -519,8 +519,9 @@ class Dispatcher:
                         usage = (await upstream.complete(body, timeout=SHADOW_TIMEOUT_S, api=api)).usage
                 except UpstreamError as error:
                     attempt.fail(error)
-                    learned = runtime.probe_bodies.learn(candidate.spec, api, body, error)
-                    refused = not error.kind.blames_backend and not learned
+                    refused = not error.kind.blames_backend and not runtime.probe_bodies.learn(
+                        candidate.spec, api, body, error
+                    )
                 else:
                     attempt.succeed(usage, "shadow")
         finally:

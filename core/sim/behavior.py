@@ -81,8 +81,15 @@ class Behavior:
             raise ValueError("rates must be between 0 and 1")
         if sum(rates) > 1 + 1e-9:
             raise ValueError("error, rate-limit, hang and reset rates add up to more than 1")
-        counts = (self.cached_tokens, self.cache_write_tokens, self.retry_after, self.stall)
-        if self.output_tokens < 1 or min(*counts, self.token_delay, self.json_token_delay) < 0:
+        counts = (
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.token_delay,
+            self.json_token_delay,
+            self.retry_after,
+            self.stall,
+        )
+        if self.output_tokens < 1 or min(counts) < 0:
             raise ValueError(
                 "output_tokens must be >= 1; token counts, token_delay, json_token_delay, retry_after and stall >= 0"
             )
